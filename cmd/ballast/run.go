@@ -1,0 +1,139 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/ballast-proxy/ballast/config"
+	"github.com/ballast-proxy/ballast/proxy"
+)
+
+// configSource resolves -c: the flag, else ./ballast.yaml when present,
+// else the embedded default.
+func configSource(file string, flags map[string]any) config.Source {
+	if file == "" {
+		if _, err := os.Stat(config.DefaultFile); err == nil {
+			file = config.DefaultFile
+		}
+	}
+	return config.Source{File: file, Flags: flags}
+}
+
+func cmdRun(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("run", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	file := fs.String("c", "", "config file (default ./ballast.yaml, else the embedded default)")
+	listen := fs.String("listen", "", "override listen")
+	admin := fs.String("admin", "", "override admin.listen")
+	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
+		fmt.Fprintf(stderr, "ballast: --log-level: %v\n", err)
+		return 2
+	}
+	log := slog.New(slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: level}))
+
+	flags := map[string]any{}
+	if *listen != "" {
+		flags["listen"] = *listen
+	}
+	if *admin != "" {
+		flags["admin.listen"] = *admin
+	}
+	src := configSource(*file, flags)
+	cfg, err := config.Load(src)
+	if err != nil {
+		printProblems(stderr, src.Origin(), err)
+		return 1
+	}
+	srv, err := proxy.New(cfg, proxy.Options{Logger: log, Source: &src})
+	if err != nil {
+		fmt.Fprintf(stderr, "ballast: %v\n", err)
+		return 1
+	}
+	ln, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		fmt.Fprintf(stderr, "ballast: listen: %v\n", err)
+		return 1
+	}
+	adminLn, err := net.Listen("tcp", cfg.Admin.Listen)
+	if err != nil {
+		ln.Close()
+		fmt.Fprintf(stderr, "ballast: admin listen: %v\n", err)
+		return 1
+	}
+	return serve(srv, cfg, src, ln, adminLn, log)
+}
+
+func serve(srv *proxy.Server, cfg *config.Config, src config.Source, ln, adminLn net.Listener, log *slog.Logger) int {
+	errc := make(chan error, 2)
+	go func() { errc <- srv.ServeAdmin(adminLn) }()
+	go func() { errc <- srv.Serve(ln) }()
+
+	base := "http://" + ln.Addr().String()
+	log.Info("ballast is running",
+		"version", version, "config", src.Origin(), "listen", ln.Addr().String(),
+		"admin", adminLn.Addr().String(), "routes", len(cfg.Routes))
+	if src.File == "" {
+		log.Info("embedded default config: point your SDKs here",
+			"OPENAI_BASE_URL", base+"/openai/v1", "ANTHROPIC_BASE_URL", base+"/anthropic")
+	}
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	if src.File != "" {
+		go func() {
+			if err := srv.WatchConfig(ctx, 200*time.Millisecond); err != nil && !errors.Is(err, proxy.ErrNoSource) {
+				log.Warn("config file watch unavailable; use SIGHUP or POST /reload", "error", err.Error())
+			}
+		}()
+	}
+
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGTERM, syscall.SIGINT)
+	defer signal.Stop(sigs)
+	for {
+		select {
+		case err := <-errc:
+			if err != nil {
+				log.Error("listener failed", "error", err.Error())
+				return 1
+			}
+		case sig := <-sigs:
+			if sig == syscall.SIGHUP {
+				_ = srv.Reload()
+				continue
+			}
+			timeout := srv.Config().ShutdownTimeout.D()
+			log.Info("draining", "signal", sig.String(), "shutdown_timeout", timeout.String())
+			sctx, scancel := context.WithTimeout(context.Background(), timeout)
+			err := srv.Shutdown(sctx)
+			scancel()
+			if err != nil {
+				log.Warn("drain did not finish in time; exiting", "error", err.Error())
+			}
+			log.Info("stopped")
+			return 0
+		}
+	}
+}
+
+func printProblems(w io.Writer, origin string, err error) {
+	problems := config.Problems(err)
+	fmt.Fprintf(w, "ballast: %s: %d problem(s):\n", origin, len(problems))
+	for _, p := range problems {
+		fmt.Fprintf(w, "  %v\n", p)
+	}
+}

@@ -1,0 +1,118 @@
+// Package config defines ballast's configuration: the structs, loading from
+// a YAML file plus environment and flag overrides (koanf), defaults, strict
+// validation and redaction.
+//
+// config is a leaf: it never imports the packages it configures. proxy turns
+// a validated *Config into running policies.
+package config
+
+// Config is the whole configuration. Load returns it with defaults applied
+// and every route's policy merged over Defaults.
+type Config struct {
+	// Listen is the address agents connect to. Default 127.0.0.1:8080.
+	Listen string `koanf:"listen" json:"listen"`
+	// Admin is the admin listener.
+	Admin Admin `koanf:"admin" json:"admin"`
+	// ShutdownTimeout bounds how long SIGTERM waits for in-flight requests
+	// to drain. Default 30s.
+	ShutdownTimeout Duration `koanf:"shutdown_timeout" json:"shutdown_timeout"`
+	// Server holds listener-level limits.
+	Server Server `koanf:"server" json:"server"`
+	// Defaults is the policy every route inherits; a route may override any
+	// key of it.
+	Defaults Policy `koanf:"defaults" json:"defaults"`
+	// Routes are matched by host, longest path prefix, then methods.
+	Routes []Route `koanf:"routes" json:"routes"`
+
+	display *Config // the same config with ${NAME} references unexpanded
+	origin  string  // where it was loaded from
+}
+
+// Origin says where the config was loaded from: a file path or
+// "embedded default".
+func (c *Config) Origin() string { return c.origin }
+
+// Admin configures the admin listener (/healthz, /readyz, /metrics,
+// /config, /reload).
+type Admin struct {
+	// Listen is the admin address. Default 127.0.0.1:9901. Binding it beyond
+	// localhost requires Token.
+	Listen string `koanf:"listen" json:"listen"`
+	// Token, when set, is required as "Authorization: Bearer <token>" on
+	// every admin endpoint except /healthz and /readyz. Use ${ENV}.
+	Token string `koanf:"token" json:"token,omitempty"`
+}
+
+// Server configures the agent-facing listener.
+type Server struct {
+	// MaxHeaderBytes caps the request line plus headers. Larger requests get
+	// 431. Default 16KiB.
+	MaxHeaderBytes Size `koanf:"max_header_bytes" json:"max_header_bytes"`
+	// IdleTimeout closes agent keep-alive connections idle this long.
+	// Default 90s.
+	IdleTimeout Duration `koanf:"idle_timeout" json:"idle_timeout"`
+}
+
+// Policy is the part of a route that the defaults block provides and a
+// route may override key by key.
+type Policy struct {
+	// Timeouts bound each phase of an upstream exchange.
+	Timeouts Timeouts `koanf:"timeouts" json:"timeouts"`
+	// MaxBody caps the request body; larger requests get 413. Default 10MiB.
+	MaxBody Size `koanf:"max_body" json:"max_body"`
+}
+
+// Timeouts bound an upstream exchange.
+type Timeouts struct {
+	// Connect bounds dialling (and the TLS handshake). Default 2s.
+	Connect Duration `koanf:"connect" json:"connect"`
+	// PerTry bounds one attempt until the response headers arrive. Default 30s.
+	PerTry Duration `koanf:"per_try" json:"per_try"`
+	// Idle is the longest gap allowed between two reads of a response body,
+	// which matters for streams. Default 30s.
+	Idle Duration `koanf:"idle" json:"idle"`
+	// Total is the whole deadline of a request, body included. An agent may
+	// lower it for one request with X-Ballast-Timeout. Default 120s.
+	Total Duration `koanf:"total" json:"total"`
+}
+
+// Route sends matching requests to one upstream.
+type Route struct {
+	// Name identifies the route in metrics, logs and errors. Required, unique.
+	Name string `koanf:"name" json:"name"`
+	// Match selects requests.
+	Match Match `koanf:"match" json:"match"`
+	// Upstream is the base URL (http or https, optionally with a base path)
+	// requests are forwarded to.
+	Upstream string `koanf:"upstream" json:"upstream"`
+	// StripPrefix removes Match.PathPrefix before appending the rest of the
+	// path to the upstream's base path. Default false.
+	StripPrefix bool `koanf:"strip_prefix" json:"strip_prefix"`
+	// Headers edits the outbound request's headers.
+	Headers HeaderRules `koanf:"headers" json:"headers"`
+	// CAFile is an extra PEM CA bundle trusted for an https upstream, on top
+	// of the system roots.
+	CAFile string `koanf:"ca_file" json:"ca_file,omitempty"`
+
+	Policy `koanf:",squash"`
+}
+
+// Match selects the requests of a route. Every set field must match.
+type Match struct {
+	// Host matches the request's host (port ignored, case-insensitive).
+	// "*.example.com" matches any subdomain. Empty matches any host.
+	Host string `koanf:"host" json:"host,omitempty"`
+	// PathPrefix matches at a segment boundary: "/api" matches /api and
+	// /api/x but not /apix; "/api/" matches /api/x only. Required.
+	PathPrefix string `koanf:"path_prefix" json:"path_prefix"`
+	// Methods limits the route to these methods. Empty matches any.
+	Methods []string `koanf:"methods" json:"methods,omitempty"`
+}
+
+// HeaderRules edits headers on the outbound request. Remove runs first.
+type HeaderRules struct {
+	// Set replaces (or adds) headers. Values may reference ${ENV} secrets.
+	Set map[string]string `koanf:"set" json:"set,omitempty"`
+	// Remove deletes headers by name.
+	Remove []string `koanf:"remove" json:"remove,omitempty"`
+}

@@ -1,0 +1,313 @@
+package config
+
+import (
+	_ "embed"
+	"errors"
+	"fmt"
+	"os"
+	"reflect"
+	"strings"
+
+	"github.com/go-viper/mapstructure/v2"
+	"github.com/knadh/koanf/parsers/yaml"
+	"github.com/knadh/koanf/providers/confmap"
+	"github.com/knadh/koanf/providers/rawbytes"
+	"github.com/knadh/koanf/v2"
+)
+
+//go:embed default.yaml
+var embeddedDefault []byte
+
+// EmbeddedDefault returns the YAML of the embedded default config.
+func EmbeddedDefault() []byte { return append([]byte(nil), embeddedDefault...) }
+
+// DefaultFile is the config file `ballast run` looks for in the working
+// directory when no -c flag is given.
+const DefaultFile = "ballast.yaml"
+
+// EnvPrefix starts every environment override. A double underscore separates
+// levels: BALLAST_ADMIN__LISTEN=0.0.0.0:9901 sets admin.listen.
+const EnvPrefix = "BALLAST_"
+
+// Source says where a config comes from. Later layers override earlier ones:
+// built-in defaults, then the file (or the embedded default), then the
+// environment, then flags.
+type Source struct {
+	// File is the YAML file to read. Empty means the embedded default.
+	File string
+	// Environ is the environment, in os.Environ form. Nil means os.Environ().
+	// It provides both BALLAST_* overrides and ${NAME} references.
+	Environ []string
+	// Flags are overrides by dotted key ("listen", "admin.listen").
+	Flags map[string]any
+}
+
+// Origin describes where the config came from, for logs.
+func (s Source) Origin() string {
+	if s.File == "" {
+		return "embedded default"
+	}
+	return s.File
+}
+
+// Load reads, merges, expands and validates a config. It reports every
+// problem at once, joined with errors.Join, each prefixed by its path. Every
+// validation problem matches ErrInvalid.
+func Load(src Source) (*Config, error) {
+	data := embeddedDefault
+	if src.File != "" {
+		b, err := os.ReadFile(src.File)
+		if err != nil {
+			return nil, fmt.Errorf("config: %w", err)
+		}
+		data = b
+	}
+	return parse(data, src)
+}
+
+// Parse is Load for YAML already in memory (src.File is used only in
+// messages).
+func Parse(data []byte, src Source) (*Config, error) { return parse(data, src) }
+
+func parse(data []byte, src Source) (*Config, error) {
+	env := src.Environ
+	if env == nil {
+		env = os.Environ()
+	}
+	k := koanf.New(".")
+	if err := k.Load(confmap.Provider(builtinDefaults(), ""), nil); err != nil {
+		return nil, fmt.Errorf("config: defaults: %w", err)
+	}
+	if err := k.Load(rawbytes.Provider(data), yaml.Parser()); err != nil {
+		return nil, fmt.Errorf("config: %s: %w", src.Origin(), &FieldError{Msg: "not valid YAML: " + err.Error()})
+	}
+	if err := k.Load(confmap.Provider(envOverrides(env), "."), nil); err != nil {
+		return nil, fmt.Errorf("config: environment: %w", err)
+	}
+	if len(src.Flags) > 0 {
+		if err := k.Load(confmap.Provider(src.Flags, "."), nil); err != nil {
+			return nil, fmt.Errorf("config: flags: %w", err)
+		}
+	}
+	cleaned, shapeErrs := pruneShape("", k.Raw(), reflect.TypeFor[Config]())
+	raw, _ := cleaned.(map[string]any)
+	if raw == nil {
+		raw = map[string]any{}
+	}
+
+	// The display copy keeps ${NAME} references unexpanded: /config shows
+	// where a secret comes from, never the secret.
+	display, err := decode(raw)
+	if err != nil {
+		return nil, err
+	}
+	lookup := envLookup(env)
+	expanded, expandErrs := expand("", raw, lookup)
+	shapeErrs = append(shapeErrs, expandErrs...)
+	cfg, err := decode(expanded.(map[string]any))
+	if err != nil {
+		return nil, err
+	}
+	if errs := withoutPaths(Problems(cfg.Validate()), shapeErrs); len(shapeErrs)+len(errs) > 0 {
+		return nil, errors.Join(append(shapeErrs, errs...)...)
+	}
+	cfg.display = display
+	cfg.origin = src.Origin()
+	return cfg, nil
+}
+
+func builtinDefaults() map[string]any {
+	return map[string]any{
+		"listen":           "127.0.0.1:8080",
+		"admin":            map[string]any{"listen": "127.0.0.1:9901"},
+		"shutdown_timeout": "30s",
+		"server":           map[string]any{"max_header_bytes": "16KiB", "idle_timeout": "90s"},
+		"defaults": map[string]any{
+			"timeouts": map[string]any{"connect": "2s", "per_try": "30s", "idle": "30s", "total": "120s"},
+			"max_body": "10MiB",
+		},
+	}
+}
+
+// envOverrides turns BALLAST_ADMIN__LISTEN=x into {"admin.listen": "x"}.
+func envOverrides(env []string) map[string]any {
+	out := map[string]any{}
+	for _, kv := range env {
+		name, value, ok := strings.Cut(kv, "=")
+		if !ok || !strings.HasPrefix(name, EnvPrefix) {
+			continue
+		}
+		key := strings.ToLower(strings.TrimPrefix(name, EnvPrefix))
+		key = strings.ReplaceAll(key, "__", ".")
+		out[key] = value
+	}
+	return out
+}
+
+func envLookup(env []string) func(string) (string, bool) {
+	m := make(map[string]string, len(env))
+	for _, kv := range env {
+		if name, value, ok := strings.Cut(kv, "="); ok {
+			m[name] = value
+		}
+	}
+	return func(name string) (string, bool) { v, ok := m[name]; return v, ok }
+}
+
+// decode merges each route over the defaults block and decodes the result.
+func decode(raw map[string]any) (*Config, error) {
+	merged := make(map[string]any, len(raw))
+	for k, v := range raw {
+		merged[k] = v
+	}
+	defaults, _ := raw["defaults"].(map[string]any)
+	if routes, ok := raw["routes"].([]any); ok {
+		out := make([]any, len(routes))
+		for i, r := range routes {
+			rm, _ := r.(map[string]any)
+			out[i] = mergeMaps(defaults, rm)
+		}
+		merged["routes"] = out
+	}
+	var cfg Config
+	dec, err := mapstructure.NewDecoder(&mapstructure.DecoderConfig{
+		TagName:          "koanf",
+		WeaklyTypedInput: true,
+		DecodeHook:       mapstructure.TextUnmarshallerHookFunc(),
+		Result:           &cfg,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	if err := dec.Decode(merged); err != nil {
+		return nil, fmt.Errorf("config: %w: %w", ErrInvalid, err)
+	}
+	return &cfg, nil
+}
+
+// mergeMaps returns base overlaid with over: maps merge key by key, any
+// other value (lists included) replaces. Neither input is modified.
+func mergeMaps(base, over map[string]any) map[string]any {
+	out := make(map[string]any, len(base)+len(over))
+	for k, v := range base {
+		out[k] = v
+	}
+	for k, v := range over {
+		bm, bok := out[k].(map[string]any)
+		om, ook := v.(map[string]any)
+		if bok && ook {
+			out[k] = mergeMaps(bm, om)
+			continue
+		}
+		out[k] = v
+	}
+	return out
+}
+
+// expand replaces ${NAME} in every string value with the environment
+// variable's value; $$ is a literal $. An unset variable is an error at the
+// value's path.
+func expand(path string, v any, lookup func(string) (string, bool)) (any, []error) {
+	switch x := v.(type) {
+	case map[string]any:
+		out := make(map[string]any, len(x))
+		var errs []error
+		for k, e := range x {
+			ev, es := expand(join(path, k), e, lookup)
+			out[k], errs = ev, append(errs, es...)
+		}
+		return out, errs
+	case []any:
+		out := make([]any, len(x))
+		var errs []error
+		for i, e := range x {
+			ev, es := expand(fmt.Sprintf("%s[%d]", path, i), e, lookup)
+			out[i], errs = ev, append(errs, es...)
+		}
+		return out, errs
+	case string:
+		s, err := ExpandEnv(x, lookup)
+		if err != nil {
+			return x, []error{pathErr(path, err.Error())}
+		}
+		return s, nil
+	}
+	return v, nil
+}
+
+// ExpandEnv replaces ${NAME} references in s using lookup. $$ stands for a
+// literal $; any other $ is kept as is.
+func ExpandEnv(s string, lookup func(string) (string, bool)) (string, error) {
+	if !strings.Contains(s, "$") {
+		return s, nil
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] != '$' || i+1 >= len(s) {
+			b.WriteByte(s[i])
+			continue
+		}
+		switch s[i+1] {
+		case '$':
+			b.WriteByte('$')
+			i++
+		case '{':
+			end := strings.IndexByte(s[i+2:], '}')
+			if end < 0 {
+				return "", fmt.Errorf("unterminated ${ reference")
+			}
+			name := s[i+2 : i+2+end]
+			if !validEnvName(name) {
+				return "", fmt.Errorf("%q is not a valid environment variable name", name)
+			}
+			val, ok := lookup(name)
+			if !ok {
+				return "", fmt.Errorf("environment variable %s is not set", name)
+			}
+			b.WriteString(val)
+			i += 2 + end
+		default:
+			b.WriteByte('$')
+		}
+	}
+	return b.String(), nil
+}
+
+func validEnvName(name string) bool {
+	if name == "" {
+		return false
+	}
+	for i, c := range name {
+		switch {
+		case c == '_', c >= 'A' && c <= 'Z', c >= 'a' && c <= 'z':
+		case c >= '0' && c <= '9' && i > 0:
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+// withoutPaths drops the errors whose path already has a shape error, so a
+// value that was rejected is not reported again as missing.
+func withoutPaths(errs, seen []error) []error {
+	if len(seen) == 0 {
+		return errs
+	}
+	paths := map[string]bool{}
+	for _, e := range seen {
+		var fe *FieldError
+		if errors.As(e, &fe) {
+			paths[fe.Path] = true
+		}
+	}
+	out := errs[:0]
+	for _, e := range errs {
+		var fe *FieldError
+		if errors.As(e, &fe) && paths[fe.Path] {
+			continue
+		}
+		out = append(out, e)
+	}
+	return out
+}

@@ -1,0 +1,56 @@
+package config
+
+import (
+	"encoding/json"
+	"strings"
+)
+
+// Redacted is the placeholder that replaces a secret in /config.
+const Redacted = "[redacted]"
+
+// sensitiveHeaderWords mark header names whose values are credentials.
+var sensitiveHeaderWords = []string{"authorization", "cookie", "key", "token", "secret", "password", "signature"}
+
+// Redacted returns the effective config as JSON with every secret removed:
+// ${NAME} references are shown as written (never their values), and any
+// literal admin token or credential-like header value is replaced by
+// "[redacted]".
+func (c *Config) Redacted() ([]byte, error) {
+	view := c.display
+	if view == nil {
+		view = c
+	}
+	cp := *view
+	if cp.Admin.Token != "" && !isReference(cp.Admin.Token) {
+		cp.Admin.Token = Redacted
+	}
+	cp.Routes = make([]Route, len(view.Routes))
+	for i, r := range view.Routes {
+		if len(r.Headers.Set) > 0 {
+			set := make(map[string]string, len(r.Headers.Set))
+			for k, v := range r.Headers.Set {
+				if sensitiveHeader(k) && !isReference(v) {
+					v = Redacted
+				}
+				set[k] = v
+			}
+			r.Headers.Set = set
+		}
+		cp.Routes[i] = r
+	}
+	return json.MarshalIndent(&cp, "", "  ")
+}
+
+// isReference reports whether v is made only of ${NAME} references and
+// text that cannot hold a secret on its own (such as "Bearer ").
+func isReference(v string) bool { return strings.Contains(v, "${") }
+
+func sensitiveHeader(name string) bool {
+	n := strings.ToLower(name)
+	for _, w := range sensitiveHeaderWords {
+		if strings.Contains(n, w) {
+			return true
+		}
+	}
+	return false
+}

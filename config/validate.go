@@ -1,0 +1,221 @@
+package config
+
+import (
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"os"
+	"regexp"
+	"strings"
+)
+
+var routeName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$`)
+
+// hopByHop are the headers a proxy owns (RFC 9110 §7.6.1); routes may not
+// set them.
+var hopByHop = []string{"connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade"}
+
+// Validate checks the semantics of a decoded config and returns every
+// problem, joined, each with its path.
+func (c *Config) Validate() error {
+	var errs []error
+	add := func(err error) {
+		if err != nil {
+			errs = append(errs, err)
+		}
+	}
+	add(checkAddr("listen", c.Listen))
+	add(checkAddr("admin.listen", c.Admin.Listen))
+	if c.Admin.Token == "" && !isLoopback(c.Admin.Listen) {
+		add(pathErr("admin.listen", "binding the admin listener beyond localhost requires admin.token"))
+	}
+	if c.Server.MaxHeaderBytes < 1<<10 || c.Server.MaxHeaderBytes > 1<<20 {
+		add(pathErr("server.max_header_bytes", "must be between 1KiB and 1MiB"))
+	}
+	defaultErrs := c.Defaults.validate("defaults")
+	errs = append(errs, defaultErrs...)
+	if len(c.Routes) == 0 {
+		add(pathErr("routes", "at least one route is required: ballast forwards nothing without one"))
+	}
+	names := map[string]int{}
+	matches := map[string]int{}
+	for i := range c.Routes {
+		r := &c.Routes[i]
+		p := fmt.Sprintf("routes[%d]", i)
+		errs = append(errs, r.validate(p)...)
+		if len(defaultErrs) == 0 {
+			// A route's policy is the defaults plus its overrides; report
+			// the defaults' own problems once, above.
+			errs = append(errs, r.Policy.validate(p)...)
+		}
+		if j, dup := names[r.Name]; dup && r.Name != "" {
+			add(pathErrf(p+".name", "%q is already used by routes[%d]", r.Name, j))
+		}
+		names[r.Name] = i
+		key := strings.ToLower(r.Match.Host) + " " + r.Match.PathPrefix + " " + strings.Join(r.Match.Methods, ",")
+		if j, dup := matches[key]; dup {
+			add(pathErrf(p+".match", "matches exactly what routes[%d] (%s) matches", j, c.Routes[j].Name))
+		}
+		matches[key] = i
+	}
+	return errors.Join(errs...)
+}
+
+func (p *Policy) validate(path string) []error {
+	var errs []error
+	t := p.Timeouts
+	for _, x := range []struct {
+		name string
+		v    Duration
+	}{{"connect", t.Connect}, {"per_try", t.PerTry}, {"total", t.Total}} {
+		if x.v <= 0 {
+			errs = append(errs, pathErr(path+".timeouts."+x.name, "must be positive"))
+		}
+	}
+	if t.Connect > t.Total && t.Total > 0 {
+		errs = append(errs, pathErr(path+".timeouts.connect", "is longer than timeouts.total"))
+	}
+	if p.MaxBody <= 0 || p.MaxBody > 1<<30 {
+		errs = append(errs, pathErr(path+".max_body", "must be between 1 byte and 1GiB"))
+	}
+	return errs
+}
+
+func (r *Route) validate(p string) []error {
+	var errs []error
+	add := func(path, msg string) { errs = append(errs, pathErr(path, msg)) }
+	if r.Name == "" {
+		add(p+".name", "is required")
+	} else if !routeName.MatchString(r.Name) {
+		add(p+".name", "must be 1-63 letters, digits, '_', '.' or '-'")
+	}
+	switch {
+	case r.Match.PathPrefix == "":
+		add(p+".match.path_prefix", "is required (use / to match every path)")
+	case !strings.HasPrefix(r.Match.PathPrefix, "/"):
+		add(p+".match.path_prefix", "must start with /")
+	case strings.ContainsAny(r.Match.PathPrefix, "?#%\\ \t\r\n") || strings.Contains(r.Match.PathPrefix, ".."):
+		add(p+".match.path_prefix", "must be a plain path (no ?, #, %, .., spaces or backslashes)")
+	}
+	if h := r.Match.Host; h != "" && !validHostPattern(h) {
+		add(p+".match.host", fmt.Sprintf("%q is not a host name or *.domain pattern", h))
+	}
+	for i, m := range r.Match.Methods {
+		if !isToken(m) || strings.ToUpper(m) != m {
+			add(fmt.Sprintf("%s.match.methods[%d]", p, i), fmt.Sprintf("%q is not an upper-case method name", m))
+		}
+	}
+	u, err := url.Parse(r.Upstream)
+	switch {
+	case r.Upstream == "":
+		add(p+".upstream", "is required")
+	case err != nil:
+		add(p+".upstream", fmt.Sprintf("%q is not a URL", r.Upstream))
+	case u.Scheme != "http" && u.Scheme != "https":
+		add(p+".upstream", fmt.Sprintf("%q must use http or https", r.Upstream))
+	case u.Host == "" || u.Hostname() == "":
+		add(p+".upstream", fmt.Sprintf("%q has no host", r.Upstream))
+	case u.User != nil:
+		add(p+".upstream", "must not carry credentials; set an Authorization header from ${ENV} instead")
+	case u.RawQuery != "" || u.Fragment != "":
+		add(p+".upstream", "must not have a query or fragment")
+	}
+	for name, v := range r.Headers.Set {
+		hp := p + ".headers.set." + name
+		switch {
+		case !isToken(name):
+			add(hp, "is not a valid header name")
+		case isHopByHop(name):
+			add(hp, "is a hop-by-hop header, owned by the proxy")
+		case strings.ContainsAny(v, "\r\n\x00"):
+			add(hp, "value must not contain CR, LF or NUL")
+		}
+	}
+	for i, name := range r.Headers.Remove {
+		if !isToken(name) {
+			add(fmt.Sprintf("%s.headers.remove[%d]", p, i), fmt.Sprintf("%q is not a valid header name", name))
+		}
+	}
+	if r.CAFile != "" {
+		if err == nil && u.Scheme != "https" {
+			add(p+".ca_file", "applies only to https upstreams")
+		} else if pem, rerr := os.ReadFile(r.CAFile); rerr != nil {
+			add(p+".ca_file", rerr.Error())
+		} else if !x509.NewCertPool().AppendCertsFromPEM(pem) {
+			add(p+".ca_file", fmt.Sprintf("%s holds no PEM certificate", r.CAFile))
+		}
+	}
+	return errs
+}
+
+func checkAddr(path, addr string) error {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return pathErrf(path, "%q is not host:port", addr)
+	}
+	if host != "" && net.ParseIP(host) == nil && !validHostPattern(host) {
+		return pathErrf(path, "%q is not a valid host", host)
+	}
+	var n int
+	if _, err := fmt.Sscanf(port, "%d", &n); err != nil || n < 0 || n > 65535 || fmt.Sprint(n) != port {
+		return pathErrf(path, "%q is not a port number", port)
+	}
+	return nil
+}
+
+// isLoopback reports whether addr binds only to the local machine.
+func isLoopback(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+func validHostPattern(h string) bool {
+	h = strings.TrimPrefix(h, "*.")
+	if h == "" || len(h) > 253 {
+		return false
+	}
+	for _, label := range strings.Split(h, ".") {
+		if label == "" || len(label) > 63 {
+			return false
+		}
+		for _, c := range label {
+			if !(c == '-' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9') {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// isToken reports whether s is an RFC 9110 token (header names, methods).
+func isToken(s string) bool {
+	if s == "" {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0 {
+			continue
+		}
+		return false
+	}
+	return true
+}
+
+func isHopByHop(name string) bool {
+	for _, h := range hopByHop {
+		if strings.EqualFold(h, name) {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,104 @@
+package proxy
+
+import (
+	"crypto/subtle"
+	"encoding/json"
+
+	"github.com/ballast-proxy/ballast/config"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/valyala/fasthttp"
+	"github.com/valyala/fasthttp/fasthttpadaptor"
+)
+
+// handleAdmin serves the admin listener. /healthz and /readyz are open (for
+// probes); every other endpoint requires the bearer token when admin.token
+// is set.
+func (s *Server) handleAdmin(ctx *fasthttp.RequestCtx) {
+	path := string(ctx.Path())
+	switch path {
+	case "/healthz":
+		ctx.SetContentType("text/plain; charset=utf-8")
+		ctx.SetBodyString("ok\n")
+		return
+	case "/readyz":
+		ctx.SetContentType("text/plain; charset=utf-8")
+		if !s.ready.Load() || s.draining.Load() {
+			ctx.SetStatusCode(fasthttp.StatusServiceUnavailable)
+			if s.draining.Load() {
+				ctx.SetBodyString("draining\n")
+			} else {
+				ctx.SetBodyString("not ready\n")
+			}
+			return
+		}
+		ctx.SetBodyString("ready\n")
+		return
+	}
+	if !s.adminAuthorized(ctx) {
+		ctx.Response.Header.Set("WWW-Authenticate", `Bearer realm="ballast admin"`)
+		writeProblem(ctx, problem{Status: fasthttp.StatusUnauthorized, Reason: ReasonBadRequest,
+			Detail: "the admin endpoints require Authorization: Bearer <admin.token>"})
+		return
+	}
+	switch path {
+	case "/metrics":
+		s.metricsHandler()(ctx)
+	case "/config":
+		b, err := s.Config().Redacted()
+		if err != nil {
+			ctx.Error(err.Error(), fasthttp.StatusInternalServerError)
+			return
+		}
+		ctx.SetContentType("application/json")
+		ctx.SetBody(b)
+	case "/reload":
+		if !ctx.IsPost() {
+			ctx.Response.Header.Set("Allow", "POST")
+			writeProblem(ctx, problem{Status: fasthttp.StatusMethodNotAllowed, Reason: ReasonBadRequest, Detail: "use POST /reload"})
+			return
+		}
+		s.adminReload(ctx)
+	default:
+		writeProblem(ctx, problem{Status: fasthttp.StatusNotFound, Reason: ReasonNoRoute,
+			Detail: "the admin listener serves /healthz, /readyz, /metrics, /config and /reload"})
+	}
+}
+
+func (s *Server) adminAuthorized(ctx *fasthttp.RequestCtx) bool {
+	token := s.Config().Admin.Token
+	if token == "" {
+		return true
+	}
+	want := "Bearer " + token
+	got := ctx.Request.Header.Peek("Authorization")
+	return subtle.ConstantTimeCompare(got, []byte(want)) == 1
+}
+
+func (s *Server) adminReload(ctx *fasthttp.RequestCtx) {
+	err := s.Reload()
+	ctx.SetContentType("application/json")
+	if err == nil {
+		ctx.SetBodyString(`{"result":"success"}` + "\n")
+		return
+	}
+	var msgs []string
+	for _, e := range config.Problems(err) {
+		msgs = append(msgs, e.Error())
+	}
+	b, _ := json.Marshal(map[string]any{
+		"type": problemTypePrefix + "invalid_config", "title": "Invalid config", "status": 422,
+		"detail": "the new config was refused; the old one stays in force", "reason": "invalid_config", "errors": msgs,
+	})
+	ctx.SetStatusCode(fasthttp.StatusUnprocessableEntity)
+	ctx.SetContentType("application/problem+json")
+	ctx.SetBody(b)
+}
+
+func (s *Server) metricsHandler() fasthttp.RequestHandler {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.promHandler == nil {
+		s.promHandler = fasthttpadaptor.NewFastHTTPHandler(promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{}))
+	}
+	return s.promHandler
+}

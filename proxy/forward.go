@@ -1,0 +1,290 @@
+package proxy
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"net"
+	"strconv"
+	"time"
+
+	"github.com/valyala/bytebufferpool"
+	"github.com/valyala/fasthttp"
+)
+
+const (
+	headerTimeout   = "X-Ballast-Timeout"
+	ballastPrefix   = "X-Ballast-"
+	headerAttempts  = "X-Ballast-Attempts"
+	headerUpstream  = "X-Ballast-Upstream"
+	headerRequestIDBallast = "X-Ballast-Request-Id"
+)
+
+// inboundSkip are request headers never copied upstream: hop-by-hop headers
+// (RFC 9110 §7.6.1), headers the server consumed, and headers ballast sets
+// itself.
+var inboundSkip = [][]byte{
+	[]byte("Connection"), []byte("Keep-Alive"), []byte("Proxy-Connection"), []byte("TE"),
+	[]byte("Trailer"), []byte("Transfer-Encoding"), []byte("Upgrade"), []byte("Proxy-Authorization"),
+	[]byte("Host"), []byte("Content-Length"), []byte("Expect"),
+	[]byte("X-Forwarded-For"), []byte("X-Forwarded-Proto"), []byte(headerRequestID),
+}
+
+// outboundSkip are response headers never copied back to the agent.
+var outboundSkip = [][]byte{
+	[]byte("Connection"), []byte("Keep-Alive"), []byte("Proxy-Connection"), []byte("TE"),
+	[]byte("Trailer"), []byte("Upgrade"), []byte("Proxy-Authenticate"),
+}
+
+// forward sends the request to the route's upstream and relays the answer.
+// The inbound request is only read; the outbound one is built.
+func (s *Server) forward(ctx *fasthttp.RequestCtx, r *route, start time.Time) {
+	deadline := start.Add(r.total)
+	if v := ctx.Request.Header.Peek(headerTimeout); len(v) > 0 {
+		d, err := parseTimeoutHeader(v)
+		if err != nil {
+			writeProblem(ctx, problem{Status: fasthttp.StatusBadRequest, Reason: ReasonBadRequest,
+				Detail: headerTimeout + ": " + err.Error(), Route: r.name})
+			return
+		}
+		if dl := start.Add(d); dl.Before(deadline) {
+			deadline = dl
+		}
+	}
+	body, buf, ok := readBody(ctx, r)
+	if buf != nil {
+		defer bytebufferpool.Put(buf)
+	}
+	if !ok {
+		return
+	}
+
+	out := fasthttp.AcquireRequest()
+	defer fasthttp.ReleaseRequest(out)
+	buildOutbound(out, ctx, r, body)
+
+	resp := fasthttp.AcquireResponse()
+	tryDeadline := time.Now().Add(r.perTry)
+	if deadline.Before(tryDeadline) {
+		tryDeadline = deadline
+	}
+	if err := r.upstream.client.DoDeadline(out, resp, tryDeadline); err != nil {
+		fasthttp.ReleaseResponse(resp)
+		s.writeTransportProblem(ctx, r, err, 1)
+		return
+	}
+	s.relay(ctx, r, resp, deadline, 1)
+}
+
+// writeTransportProblem answers a failed exchange: 504 when it timed out,
+// 502 otherwise.
+func (s *Server) writeTransportProblem(ctx *fasthttp.RequestCtx, r *route, err error, attempts int) {
+	p := problem{Status: fasthttp.StatusBadGateway, Reason: ReasonUpstreamUnavailable, Route: r.name,
+		Attempts: attempts, Detail: "the upstream " + r.upstreamName + " failed: " + err.Error()}
+	var ne net.Error
+	if errors.Is(err, fasthttp.ErrTimeout) || errors.Is(err, fasthttp.ErrDialTimeout) || (errors.As(err, &ne) && ne.Timeout()) {
+		p.Status, p.Reason = fasthttp.StatusGatewayTimeout, ReasonTimeout
+		p.Detail = "the upstream " + r.upstreamName + " did not answer within the deadline"
+	}
+	writeProblem(ctx, p)
+}
+
+// readBody returns the request body, enforcing the route's limit. It
+// answers 413 itself and returns ok=false when the body is too large. buf,
+// when not nil, must be returned to bytebufferpool after the exchange.
+func readBody(ctx *fasthttp.RequestCtx, r *route) (body []byte, buf *bytebufferpool.ByteBuffer, ok bool) {
+	tooLarge := func() {
+		writeProblem(ctx, problem{Status: fasthttp.StatusRequestEntityTooLarge, Reason: ReasonBodyTooLarge, Route: r.name,
+			Detail: "the request body is larger than this route's limit of " + formatBytes(r.maxBody)})
+		ctx.SetConnectionClose()
+	}
+	if int64(ctx.Request.Header.ContentLength()) > r.maxBody {
+		tooLarge()
+		return nil, nil, false
+	}
+	stream := ctx.Request.BodyStream()
+	if stream == nil {
+		b := ctx.Request.Body()
+		if int64(len(b)) > r.maxBody {
+			tooLarge()
+			return nil, nil, false
+		}
+		return b, nil, true
+	}
+	buf = bytebufferpool.Get()
+	for {
+		if len(buf.B) == cap(buf.B) {
+			buf.B = append(buf.B, 0)[:len(buf.B)]
+		}
+		n, err := stream.Read(buf.B[len(buf.B):cap(buf.B)])
+		buf.B = buf.B[:len(buf.B)+n]
+		if int64(len(buf.B)) > r.maxBody {
+			tooLarge()
+			return nil, buf, false
+		}
+		if err == io.EOF {
+			return buf.B, buf, true
+		}
+		if err != nil {
+			writeProblem(ctx, problem{Status: fasthttp.StatusBadRequest, Reason: ReasonBadRequest, Route: r.name,
+				Detail: "reading the request body failed: " + err.Error()})
+			ctx.SetConnectionClose()
+			return nil, buf, false
+		}
+	}
+}
+
+// buildOutbound fills out from the inbound request: headers minus
+// hop-by-hop and X-Ballast-*, the upstream's scheme, host and path, the
+// forwarding headers and the route's header rules.
+func buildOutbound(out *fasthttp.Request, ctx *fasthttp.RequestCtx, r *route, body []byte) {
+	in := &ctx.Request.Header
+	connection := in.Peek("Connection")
+	for k, v := range in.All() {
+		if skipHeader(k, inboundSkip) || hasPrefixFold(k, ballastPrefix) || listedIn(connection, k) {
+			continue
+		}
+		out.Header.AddBytesKV(k, v)
+	}
+	out.Header.SetMethodBytes(ctx.Method())
+
+	var scratch [512]byte
+	uri := out.URI()
+	uri.SetSchemeBytes(r.upstream.scheme)
+	uri.SetHostBytes(r.upstream.host)
+	uri.SetPathBytes(r.appendUpstreamPath(scratch[:0], ctx.Path()))
+	uri.SetQueryStringBytes(ctx.URI().QueryString())
+	out.Header.SetHostBytes(r.upstream.host)
+
+	xff := append(scratch[:0], in.Peek("X-Forwarded-For")...)
+	if len(xff) > 0 {
+		xff = append(xff, ", "...)
+	}
+	if ta, ok := ctx.RemoteAddr().(*net.TCPAddr); ok {
+		xff = ta.AddrPort().Addr().Unmap().AppendTo(xff)
+	} else {
+		xff = append(xff, "unknown"...)
+	}
+	out.Header.SetBytesV("X-Forwarded-For", xff)
+	if ctx.IsTLS() {
+		out.Header.Set("X-Forwarded-Proto", "https")
+	} else {
+		out.Header.Set("X-Forwarded-Proto", "http")
+	}
+	out.Header.SetBytesV(headerRequestID, ctx.Response.Header.Peek(headerRequestID))
+
+	for _, k := range r.removeHeaders {
+		out.Header.DelBytes(k)
+	}
+	for _, kv := range r.setHeaders {
+		out.Header.SetBytesKV(kv[0], kv[1])
+	}
+	if len(body) > 0 {
+		out.SetBodyRaw(body)
+	}
+}
+
+// relay copies the upstream response to the agent. The body streams: it is
+// never held in memory, and SSE events reach the agent as they arrive.
+func (s *Server) relay(ctx *fasthttp.RequestCtx, r *route, resp *fasthttp.Response, deadline time.Time, attempts int) {
+	var idBuf [maxRequestIDLen]byte
+	id := idBuf[:copy(idBuf[:], ctx.Response.Header.Peek(headerRequestID))]
+
+	h := &ctx.Response.Header
+	resp.Header.CopyTo(h)
+	connection := resp.Header.Peek("Connection")
+	for _, k := range outboundSkip {
+		h.DelBytes(k)
+	}
+	if len(connection) > 0 {
+		for _, tok := range splitTokens(connection) {
+			h.DelBytes(tok)
+		}
+	}
+	h.ResetConnectionClose()
+	if up := h.Peek(headerRequestID); len(up) > 0 && !bytes.Equal(up, id) {
+		h.SetBytesV(headerRequestIDBallast, id)
+	} else {
+		h.SetBytesV(headerRequestID, id)
+	}
+	var nb [20]byte
+	h.SetBytesV(headerAttempts, strconv.AppendInt(nb[:0], int64(attempts), 10))
+	h.Set(headerUpstream, r.upstreamName)
+
+	stream := resp.BodyStream()
+	if stream == nil {
+		if b := resp.Body(); len(b) > 0 {
+			ctx.Response.SetBody(b)
+		}
+		fasthttp.ReleaseResponse(resp)
+		return
+	}
+	beginBody(resp.RemoteAddr(), r.idle, deadline)
+	size := resp.Header.ContentLength()
+	if size < 0 {
+		size = -1
+	}
+	rb := acquireRelayBody(s, r, resp, stream, id)
+	ctx.Response.SetBodyStream(rb, size)
+}
+
+func parseTimeoutHeader(v []byte) (time.Duration, error) {
+	d, err := time.ParseDuration(string(v))
+	if err != nil {
+		return 0, errors.New("not a Go duration such as 5s or 1500ms")
+	}
+	if d <= 0 {
+		return 0, errors.New("must be positive")
+	}
+	return d, nil
+}
+
+func skipHeader(k []byte, list [][]byte) bool {
+	for _, s := range list {
+		if asciiEqualFold(k, s) {
+			return true
+		}
+	}
+	return false
+}
+
+func hasPrefixFold(k []byte, prefix string) bool {
+	return len(k) >= len(prefix) && asciiEqualFold(k[:len(prefix)], []byte(prefix))
+}
+
+// listedIn reports whether name is one of the comma-separated tokens of a
+// Connection header value.
+func listedIn(connection, name []byte) bool {
+	for len(connection) > 0 {
+		var tok []byte
+		if i := bytes.IndexByte(connection, ','); i >= 0 {
+			tok, connection = connection[:i], connection[i+1:]
+		} else {
+			tok, connection = connection, nil
+		}
+		if asciiEqualFold(bytes.TrimSpace(tok), name) {
+			return true
+		}
+	}
+	return false
+}
+
+func splitTokens(v []byte) [][]byte {
+	var out [][]byte
+	for _, t := range bytes.Split(v, []byte(",")) {
+		if t = bytes.TrimSpace(t); len(t) > 0 {
+			out = append(out, t)
+		}
+	}
+	return out
+}
+
+func formatBytes(n int64) string {
+	switch {
+	case n >= 1<<20 && n%(1<<20) == 0:
+		return strconv.FormatInt(n>>20, 10) + "MiB"
+	case n >= 1<<10 && n%(1<<10) == 0:
+		return strconv.FormatInt(n>>10, 10) + "KiB"
+	}
+	return strconv.FormatInt(n, 10) + " bytes"
+}

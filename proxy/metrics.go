@@ -1,0 +1,99 @@
+package proxy
+
+import (
+	"sync"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+)
+
+// statusClasses are the values of the code label: the status class of the
+// answer the agent got.
+var statusClasses = [...]string{"1xx", "2xx", "3xx", "4xx", "5xx"}
+
+// metrics holds ballast's collectors. It is created once per Server and
+// registered on the Registerer the caller passes; routes resolve their
+// label children once, at config load.
+type metrics struct {
+	requests  *prometheus.CounterVec
+	duration  *prometheus.HistogramVec
+	truncated *prometheus.CounterVec
+	reloads   *prometheus.CounterVec
+	inflight  *prometheus.GaugeVec
+
+	mu     sync.Mutex
+	routes map[string]*routeMetrics
+}
+
+// routeMetrics are one route's pre-resolved label children.
+type routeMetrics struct {
+	requests  [len(statusClasses)]prometheus.Counter
+	duration  [len(statusClasses)]prometheus.Observer
+	truncated prometheus.Counter
+	inflight  prometheus.Gauge
+}
+
+func newMetrics(reg prometheus.Registerer) *metrics {
+	m := &metrics{
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "ballast_requests_total",
+			Help: "Requests answered, by route and status class of the answer.",
+		}, []string{"route", "code"}),
+		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "ballast_request_duration_seconds",
+			Help:    "Time from request arrival until the response headers were ready, by route and status class.",
+			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 120},
+		}, []string{"route", "code"}),
+		truncated: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "ballast_stream_truncated_total",
+			Help: "Responses whose upstream body broke after the headers were sent; the agent's connection was aborted.",
+		}, []string{"route"}),
+		reloads: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "ballast_config_reloads_total",
+			Help: "Config reloads by result (success or failure).",
+		}, []string{"result"}),
+		inflight: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "ballast_inflight_requests",
+			Help: "Requests being handled now, by route.",
+		}, []string{"route"}),
+		routes: map[string]*routeMetrics{},
+	}
+	reg.MustRegister(m.requests, m.duration, m.truncated, m.reloads, m.inflight)
+	m.reloads.WithLabelValues("success")
+	m.reloads.WithLabelValues("failure")
+	return m
+}
+
+// registerRuntime adds the Go and process collectors.
+func registerRuntime(reg prometheus.Registerer) {
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+}
+
+// forRoute returns the route's label children, creating them once.
+func (m *metrics) forRoute(name string) *routeMetrics {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if rm, ok := m.routes[name]; ok {
+		return rm
+	}
+	rm := &routeMetrics{
+		truncated: m.truncated.WithLabelValues(name),
+		inflight:  m.inflight.WithLabelValues(name),
+	}
+	for i, c := range statusClasses {
+		rm.requests[i] = m.requests.WithLabelValues(name, c)
+		rm.duration[i] = m.duration.WithLabelValues(name, c)
+	}
+	m.routes[name] = rm
+	return rm
+}
+
+// observe counts one answered request.
+func (rm *routeMetrics) observe(status int, seconds float64) {
+	i := status/100 - 1
+	if i < 0 || i >= len(statusClasses) {
+		i = len(statusClasses) - 1
+	}
+	rm.requests[i].Inc()
+	rm.duration[i].Observe(seconds)
+}

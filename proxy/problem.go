@@ -1,0 +1,125 @@
+package proxy
+
+import (
+	"strconv"
+	"time"
+	"unicode/utf8"
+
+	"github.com/valyala/fasthttp"
+)
+
+// Reason is the machine-readable word in every problem+json ballast answers
+// itself. The set is closed; docs/errors.md describes each one.
+type Reason string
+
+// The reasons ballast answers with.
+const (
+	ReasonNoRoute             Reason = "no_route"
+	ReasonBadRequest          Reason = "bad_request"
+	ReasonHeadersTooLarge     Reason = "headers_too_large"
+	ReasonBodyTooLarge        Reason = "body_too_large"
+	ReasonTimeout             Reason = "timeout"
+	ReasonUpstreamUnavailable Reason = "upstream_unavailable"
+	ReasonRateLimited         Reason = "rate_limited"
+	ReasonOverloaded          Reason = "overloaded"
+	ReasonBudgetExhausted     Reason = "budget_exhausted"
+	ReasonBreakerOpen         Reason = "breaker_open"
+	ReasonInvalidResponse     Reason = "invalid_response"
+	ReasonShuttingDown        Reason = "shutting_down"
+)
+
+// problem is an RFC 9457 problem detail ballast answers itself.
+type problem struct {
+	Status     int
+	Reason     Reason
+	Title      string
+	Detail     string
+	Route      string
+	Attempts   int
+	RetryAfter time.Duration // > 0 adds retry_after_s and a Retry-After header
+}
+
+const problemTypePrefix = "urn:ballast:problem:"
+
+// writeProblem replaces whatever response ctx holds with p as
+// application/problem+json.
+func writeProblem(ctx *fasthttp.RequestCtx, p problem) {
+	resp := &ctx.Response
+	id := resp.Header.Peek(headerRequestID)
+	var idBuf [maxRequestIDLen]byte
+	n := copy(idBuf[:], id)
+	resp.Reset()
+	resp.Header.SetNoDefaultContentType(true)
+	if n > 0 {
+		resp.Header.SetBytesV(headerRequestID, idBuf[:n])
+	}
+	resp.SetStatusCode(p.Status)
+	resp.Header.SetContentType("application/problem+json")
+	resp.Header.Set("Cache-Control", "no-store")
+	secs := 0
+	if p.RetryAfter > 0 {
+		secs = int((p.RetryAfter + time.Second - 1) / time.Second)
+		resp.Header.Set("Retry-After", strconv.Itoa(secs))
+	}
+	title := p.Title
+	if title == "" {
+		title = fasthttp.StatusMessage(p.Status)
+	}
+	buf := make([]byte, 0, 256)
+	buf = append(buf, `{"type":`...)
+	buf = appendJSONString(buf, problemTypePrefix+string(p.Reason))
+	buf = append(buf, `,"title":`...)
+	buf = appendJSONString(buf, title)
+	buf = append(buf, `,"status":`...)
+	buf = strconv.AppendInt(buf, int64(p.Status), 10)
+	buf = append(buf, `,"detail":`...)
+	buf = appendJSONString(buf, p.Detail)
+	buf = append(buf, `,"reason":`...)
+	buf = appendJSONString(buf, string(p.Reason))
+	if p.Route != "" {
+		buf = append(buf, `,"route":`...)
+		buf = appendJSONString(buf, p.Route)
+	}
+	buf = append(buf, `,"attempts":`...)
+	buf = strconv.AppendInt(buf, int64(p.Attempts), 10)
+	if secs > 0 {
+		buf = append(buf, `,"retry_after_s":`...)
+		buf = strconv.AppendInt(buf, int64(secs), 10)
+	}
+	if n > 0 {
+		buf = append(buf, `,"request_id":`...)
+		buf = appendJSONString(buf, string(idBuf[:n]))
+	}
+	buf = append(buf, "}\n"...)
+	resp.SetBodyRaw(buf)
+}
+
+// appendJSONString appends s as a JSON string, escaping quotes,
+// backslashes, control characters and invalid UTF-8.
+func appendJSONString(dst []byte, s string) []byte {
+	const hex = "0123456789abcdef"
+	dst = append(dst, '"')
+	for i := 0; i < len(s); {
+		c := s[i]
+		if c < utf8.RuneSelf {
+			switch {
+			case c == '"' || c == '\\':
+				dst = append(dst, '\\', c)
+			case c < 0x20 || c == 0x7f:
+				dst = append(dst, '\\', 'u', '0', '0', hex[c>>4], hex[c&0xf])
+			default:
+				dst = append(dst, c)
+			}
+			i++
+			continue
+		}
+		r, size := utf8.DecodeRuneInString(s[i:])
+		if r == utf8.RuneError && size == 1 {
+			dst = append(dst, `\ufffd`...)
+		} else {
+			dst = append(dst, s[i:i+size]...)
+		}
+		i += size
+	}
+	return append(dst, '"')
+}

@@ -1,0 +1,241 @@
+// Package proxy is ballast's request path: the agent-facing server, route
+// matching, forwarding and streaming, and the admin listener. It is the only
+// package that turns a config.Config into running policies.
+package proxy
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/ballast-proxy/ballast/config"
+	"github.com/ballast-proxy/ballast/policy"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/valyala/fasthttp"
+)
+
+// Options are a Server's collaborators. The zero value of each field means
+// its default.
+type Options struct {
+	// Logger receives structured logs. Default: slog.Default().
+	Logger *slog.Logger
+	// Registry receives ballast's metrics and serves /metrics. Default: a
+	// new registry with the Go and process collectors.
+	Registry *prometheus.Registry
+	// Clock is the source of time for policy decisions. Default: the wall
+	// clock.
+	Clock policy.Clock
+	// Source, when set, is where Reload (SIGHUP, file changes, POST
+	// /reload) reads the config again. Without it, Reload is refused.
+	Source *config.Source
+}
+
+// Server is a running ballast: the agent-facing listener and the admin
+// listener over one atomically swapped route table.
+type Server struct {
+	log   *slog.Logger
+	reg   *prometheus.Registry
+	clock policy.Clock
+	m     *metrics
+	ids   *idSource
+	ups   *upstreamPool
+
+	table     atomic.Pointer[table]
+	ready     atomic.Bool
+	draining  atomic.Bool
+	src       *config.Source
+	reloadMu  sync.Mutex
+	unmatched *routeMetrics
+
+	srv      *fasthttp.Server
+	adminSrv *fasthttp.Server
+
+	mu          sync.Mutex
+	promHandler fasthttp.RequestHandler
+}
+
+// New builds a Server on cfg. It validates nothing itself: cfg comes from
+// config.Load, which already did.
+func New(cfg *config.Config, opts Options) (*Server, error) {
+	s := &Server{
+		log:      opts.Logger,
+		reg:      opts.Registry,
+		clock:    opts.Clock,
+		ids:      newIDSource(),
+		ups:      newUpstreamPool(),
+		src:      opts.Source,
+	}
+	if s.log == nil {
+		s.log = slog.Default()
+	}
+	if s.clock == nil {
+		s.clock = policy.SystemClock{}
+	}
+	if s.reg == nil {
+		s.reg = prometheus.NewRegistry()
+		registerRuntime(s.reg)
+	}
+	s.m = newMetrics(s.reg)
+	s.unmatched = s.m.forRoute("_unmatched")
+	t, err := buildTable(cfg, s.ups, s.m)
+	if err != nil {
+		return nil, err
+	}
+	s.table.Store(t)
+	s.srv = &fasthttp.Server{
+		Handler:                       s.handle,
+		ErrorHandler:                  s.handleParseError,
+		NoDefaultServerHeader:         true,
+		NoDefaultContentType:          true,
+		ReadBufferSize:                int(cfg.Server.MaxHeaderBytes),
+		StreamRequestBody:             true,
+		MaxRequestBodySize:            1 << 30, // routes enforce their own max_body
+		IdleTimeout:                   cfg.Server.IdleTimeout.D(),
+		ReadTimeout:                   5 * time.Minute,
+		CloseOnShutdown:               true,
+		DisablePreParseMultipartForm:  true,
+		DisableHeaderNamesNormalizing: false,
+		Logger:                        fasthttpLogger{s.log},
+	}
+	s.adminSrv = &fasthttp.Server{
+		Handler:               s.handleAdmin,
+		NoDefaultServerHeader: true,
+		ReadTimeout:           30 * time.Second,
+		IdleTimeout:           30 * time.Second,
+		CloseOnShutdown:       true,
+		Logger:                fasthttpLogger{s.log},
+	}
+	return s, nil
+}
+
+// Config returns the config in force now.
+func (s *Server) Config() *config.Config { return s.table.Load().cfg }
+
+// Apply swaps in a new config. Requests already running finish on the
+// table they started with. Listener addresses and server limits take
+// effect only on restart; Apply logs when they differ.
+func (s *Server) Apply(cfg *config.Config) error {
+	t, err := buildTable(cfg, s.ups, s.m)
+	if err != nil {
+		return err
+	}
+	old := s.table.Swap(t)
+	if old != nil && (old.cfg.Listen != cfg.Listen || old.cfg.Admin.Listen != cfg.Admin.Listen || old.cfg.Server != cfg.Server) {
+		s.log.Warn("listen addresses and server limits change only on restart", "listen", cfg.Listen, "admin", cfg.Admin.Listen)
+	}
+	return nil
+}
+
+// Serve accepts agent connections on ln until Shutdown.
+func (s *Server) Serve(ln net.Listener) error {
+	s.ready.Store(true)
+	err := s.srv.Serve(ln)
+	if err != nil && !errors.Is(err, net.ErrClosed) {
+		return err
+	}
+	return nil
+}
+
+// ServeAdmin serves the admin endpoints on ln until Shutdown.
+func (s *Server) ServeAdmin(ln net.Listener) error {
+	err := s.adminSrv.Serve(ln)
+	if err != nil && !errors.Is(err, net.ErrClosed) {
+		return err
+	}
+	return nil
+}
+
+// Shutdown makes /readyz fail, stops accepting, and waits for in-flight
+// requests until ctx ends. The admin listener stops last.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.draining.Store(true)
+	s.ready.Store(false)
+	err := s.srv.ShutdownWithContext(ctx)
+	if aerr := s.adminSrv.ShutdownWithContext(ctx); err == nil {
+		err = aerr
+	}
+	return err
+}
+
+// handle is the agent-facing request handler.
+func (s *Server) handle(ctx *fasthttp.RequestCtx) {
+	start := time.Now()
+	s.ids.assign(ctx)
+	if ambiguousFraming(&ctx.Request.Header) {
+		writeProblem(ctx, problem{Status: fasthttp.StatusBadRequest, Reason: ReasonBadRequest,
+			Detail: "the request has both Content-Length and Transfer-Encoding; its framing is ambiguous"})
+		ctx.SetConnectionClose()
+		s.unmatched.observe(fasthttp.StatusBadRequest, time.Since(start).Seconds())
+		return
+	}
+	t := s.table.Load()
+	r := t.match(ctx.Host(), ctx.Path(), ctx.Method())
+	if r == nil {
+		writeProblem(ctx, problem{Status: fasthttp.StatusNotFound, Reason: ReasonNoRoute,
+			Detail: fmt.Sprintf("no route matches %s %s (host %q)", ctx.Method(), ctx.Path(), ctx.Host())})
+		s.unmatched.observe(fasthttp.StatusNotFound, time.Since(start).Seconds())
+		return
+	}
+	r.m.inflight.Inc()
+	s.forward(ctx, r, start)
+	r.m.inflight.Dec()
+	r.m.observe(ctx.Response.StatusCode(), time.Since(start).Seconds())
+}
+
+// handleParseError answers requests fasthttp could not parse.
+func (s *Server) handleParseError(ctx *fasthttp.RequestCtx, err error) {
+	s.ids.assign(ctx)
+	p := problem{Status: fasthttp.StatusBadRequest, Reason: ReasonBadRequest, Detail: "malformed request: " + err.Error()}
+	var se *fasthttp.ErrSmallBuffer
+	switch {
+	case errors.As(err, &se) || strings.Contains(err.Error(), "small read buffer"):
+		p.Status, p.Reason = fasthttp.StatusRequestHeaderFieldsTooLarge, ReasonHeadersTooLarge
+		p.Detail = "the request line and headers are larger than server.max_header_bytes"
+	case errors.Is(err, fasthttp.ErrBodyTooLarge):
+		p.Status, p.Reason = fasthttp.StatusRequestEntityTooLarge, ReasonBodyTooLarge
+		p.Detail = "the request body is too large"
+	}
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		p.Status, p.Detail = fasthttp.StatusRequestTimeout, "the request was not received in time"
+	}
+	writeProblem(ctx, p)
+	ctx.SetConnectionClose()
+	s.unmatched.observe(p.Status, 0)
+}
+
+// ambiguousFraming reports a request that carries both Content-Length and
+// Transfer-Encoding (RFC 9112 §6.3, request smuggling). fasthttp lets
+// Transfer-Encoding win; ballast refuses it.
+func ambiguousFraming(h *fasthttp.RequestHeader) bool {
+	if h.ContentLength() != -1 { // -1: chunked
+		return false
+	}
+	raw := h.RawHeaders()
+	for len(raw) > 0 {
+		line := raw
+		if i := bytes.IndexByte(raw, '\n'); i >= 0 {
+			line, raw = raw[:i], raw[i+1:]
+		} else {
+			raw = nil
+		}
+		if len(line) > len("content-length:") && asciiEqualFold(line[:len("content-length:")], []byte("content-length:")) {
+			return true
+		}
+	}
+	return false
+}
+
+// fasthttpLogger routes fasthttp's own messages into slog at debug level.
+type fasthttpLogger struct{ log *slog.Logger }
+
+func (l fasthttpLogger) Printf(format string, args ...any) {
+	l.log.Debug("fasthttp: " + fmt.Sprintf(format, args...))
+}

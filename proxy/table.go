@@ -1,0 +1,199 @@
+package proxy
+
+import (
+	"bytes"
+	"fmt"
+	"net/url"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/ballast-proxy/ballast/config"
+)
+
+// table is one immutable generation of the routing configuration. It is
+// built once per config load and swapped atomically; a request keeps the
+// table it started with until it ends.
+type table struct {
+	routes []*route // longest path prefix first
+	cfg    *config.Config
+}
+
+// route is a config.Route resolved for the request path: every per-route
+// setting is computed here, at load, and never per request.
+type route struct {
+	name       string
+	host       []byte // lower case; empty matches any host
+	hostSuffix bool   // host was "*.example.com": match by suffix ".example.com"
+	prefix     []byte
+	slashEnd   bool   // prefix ends in '/'
+	methods    []byte // nil: any; else the methods' bytes joined by ' ' with a leading and trailing space
+	strip      bool
+
+	upstream     *upstream
+	upstreamName string // shown in X-Ballast-Upstream
+	basePath     []byte // upstream base path without trailing '/'
+
+	setHeaders    [][2][]byte
+	removeHeaders [][]byte
+
+	maxBody int64
+	perTry  time.Duration
+	idle    time.Duration
+	total   time.Duration
+
+	m *routeMetrics
+}
+
+func buildTable(cfg *config.Config, ups *upstreamPool, m *metrics) (*table, error) {
+	t := &table{cfg: cfg}
+	for i := range cfg.Routes {
+		rc := &cfg.Routes[i]
+		r, err := buildRoute(rc, ups, m)
+		if err != nil {
+			return nil, fmt.Errorf("proxy: routes[%d] (%s): %w", i, rc.Name, err)
+		}
+		t.routes = append(t.routes, r)
+	}
+	sort.SliceStable(t.routes, func(i, j int) bool {
+		a, b := t.routes[i], t.routes[j]
+		if len(a.prefix) != len(b.prefix) {
+			return len(a.prefix) > len(b.prefix)
+		}
+		// Equal prefixes: the more specific match (host, then methods) first.
+		if (len(a.host) > 0) != (len(b.host) > 0) {
+			return len(a.host) > 0
+		}
+		return a.methods != nil && b.methods == nil
+	})
+	return t, nil
+}
+
+func buildRoute(rc *config.Route, ups *upstreamPool, m *metrics) (*route, error) {
+	u, err := url.Parse(rc.Upstream)
+	if err != nil {
+		return nil, err
+	}
+	up, err := ups.get(u, rc)
+	if err != nil {
+		return nil, err
+	}
+	r := &route{
+		name:         rc.Name,
+		prefix:       []byte(rc.Match.PathPrefix),
+		slashEnd:     strings.HasSuffix(rc.Match.PathPrefix, "/"),
+		strip:        rc.StripPrefix,
+		upstream:     up,
+		upstreamName: u.Host,
+		basePath:     []byte(strings.TrimSuffix(u.EscapedPath(), "/")),
+		maxBody:      int64(rc.MaxBody),
+		perTry:       rc.Timeouts.PerTry.D(),
+		idle:         rc.Timeouts.Idle.D(),
+		total:        rc.Timeouts.Total.D(),
+		m:            m.forRoute(rc.Name),
+	}
+	if h := strings.ToLower(rc.Match.Host); h != "" {
+		if rest, ok := strings.CutPrefix(h, "*"); ok {
+			r.host, r.hostSuffix = []byte(rest), true
+		} else {
+			r.host = []byte(h)
+		}
+	}
+	if len(rc.Match.Methods) > 0 {
+		r.methods = []byte(" " + strings.Join(rc.Match.Methods, " ") + " ")
+	}
+	if p, err := url.PathUnescape(string(r.basePath)); err == nil {
+		r.basePath = []byte(p)
+	}
+	names := make([]string, 0, len(rc.Headers.Set))
+	for k := range rc.Headers.Set {
+		names = append(names, k)
+	}
+	sort.Strings(names)
+	for _, k := range names {
+		r.setHeaders = append(r.setHeaders, [2][]byte{[]byte(k), []byte(rc.Headers.Set[k])})
+	}
+	for _, k := range rc.Headers.Remove {
+		r.removeHeaders = append(r.removeHeaders, []byte(k))
+	}
+	return r, nil
+}
+
+// match returns the route for a request, or nil. host may carry a port;
+// path is the normalised, decoded path.
+func (t *table) match(host, path, method []byte) *route {
+	if i := bytes.LastIndexByte(host, ':'); i >= 0 && bytes.IndexByte(host[i:], ']') < 0 {
+		host = host[:i]
+	}
+	for _, r := range t.routes {
+		if r.matches(host, path, method) {
+			return r
+		}
+	}
+	return nil
+}
+
+func (r *route) matches(host, path, method []byte) bool {
+	if !r.matchPath(path) {
+		return false
+	}
+	if len(r.host) > 0 {
+		if r.hostSuffix {
+			if len(host) <= len(r.host) || !asciiEqualFold(host[len(host)-len(r.host):], r.host) {
+				return false
+			}
+		} else if !asciiEqualFold(host, r.host) {
+			return false
+		}
+	}
+	if r.methods != nil {
+		i := bytes.Index(r.methods, method)
+		if i <= 0 || r.methods[i-1] != ' ' || r.methods[i+len(method)] != ' ' || len(method) == 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// matchPath matches the prefix at a segment boundary.
+func (r *route) matchPath(path []byte) bool {
+	if !bytes.HasPrefix(path, r.prefix) {
+		return false
+	}
+	return r.slashEnd || len(path) == len(r.prefix) || path[len(r.prefix)] == '/'
+}
+
+// appendUpstreamPath appends the path to send upstream for path.
+func (r *route) appendUpstreamPath(dst, path []byte) []byte {
+	rest := path
+	if r.strip {
+		rest = path[len(r.prefix):]
+		if r.slashEnd {
+			rest = path[len(r.prefix)-1:] // keep the separating '/'
+		}
+	}
+	dst = append(dst, r.basePath...)
+	if len(rest) == 0 || rest[0] != '/' {
+		dst = append(dst, '/')
+	}
+	return append(dst, rest...)
+}
+
+func asciiEqualFold(a, b []byte) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		x, y := a[i], b[i]
+		if 'A' <= x && x <= 'Z' {
+			x += 'a' - 'A'
+		}
+		if 'A' <= y && y <= 'Z' {
+			y += 'a' - 'A'
+		}
+		if x != y {
+			return false
+		}
+	}
+	return true
+}
