@@ -1,6 +1,8 @@
 package proxy
 
 import (
+	"errors"
+	"fmt"
 	"sync"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -64,9 +66,18 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	return m
 }
 
-// registerRuntime adds the Go and process collectors.
-func registerRuntime(reg prometheus.Registerer) {
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+// registerRuntime adds the Go and process collectors, unless the registry
+// already has them.
+func registerRuntime(reg prometheus.Registerer) error {
+	for _, c := range []prometheus.Collector{collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})} {
+		if err := reg.Register(c); err != nil {
+			var are prometheus.AlreadyRegisteredError
+			if !errors.As(err, &are) {
+				return fmt.Errorf("proxy: registering runtime metrics: %w", err)
+			}
+		}
+	}
+	return nil
 }
 
 // forRoute returns the route's label children, creating them once.

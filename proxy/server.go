@@ -26,8 +26,9 @@ import (
 type Options struct {
 	// Logger receives structured logs. Default: slog.Default().
 	Logger *slog.Logger
-	// Registry receives ballast's metrics and serves /metrics. Default: a
-	// new registry with the Go and process collectors.
+	// Registry receives ballast's metrics, plus the Go and process
+	// collectors when it lacks them, and serves /metrics. Default: a new
+	// registry.
 	Registry *prometheus.Registry
 	// Clock is the source of time for policy decisions. Default: the wall
 	// clock.
@@ -80,7 +81,9 @@ func New(cfg *config.Config, opts Options) (*Server, error) {
 	}
 	if s.reg == nil {
 		s.reg = prometheus.NewRegistry()
-		registerRuntime(s.reg)
+	}
+	if err := registerRuntime(s.reg); err != nil {
+		return nil, err
 	}
 	s.m = newMetrics(s.reg)
 	s.unmatched = s.m.forRoute("_unmatched")
@@ -161,6 +164,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	if aerr := s.adminSrv.ShutdownWithContext(ctx); err == nil {
 		err = aerr
 	}
+	s.ups.closeIdle()
 	return err
 }
 

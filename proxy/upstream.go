@@ -45,6 +45,15 @@ func (p *upstreamPool) get(u *url.URL, rc *config.Route) (*upstream, error) {
 	return up, nil
 }
 
+// closeIdle closes every pooled upstream connection not in use.
+func (p *upstreamPool) closeIdle() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, up := range p.all {
+		up.client.CloseIdleConnections()
+	}
+}
+
 func newUpstream(u *url.URL, rc *config.Route) (*upstream, error) {
 	isTLS := u.Scheme == "https"
 	addr := u.Host
@@ -63,7 +72,8 @@ func newUpstream(u *url.URL, rc *config.Route) (*upstream, error) {
 			if connect > 0 && (timeout <= 0 || connect < timeout) {
 				timeout = connect
 			}
-			c, err := fasthttp.DialTimeout(addr, timeout)
+			d := net.Dialer{Timeout: timeout, KeepAlive: 30 * time.Second}
+			c, err := d.Dial("tcp", addr)
 			if err != nil {
 				return nil, err
 			}
@@ -74,7 +84,7 @@ func newUpstream(u *url.URL, rc *config.Route) (*upstream, error) {
 		MaxIdemponentCallAttempts:     1, // ballast's retry policy decides, not fasthttp
 		RetryIf:                       func(*fasthttp.Request) bool { return false },
 		StreamResponseBody:            true,
-		DisablePathNormalizing:        true, // the path was normalised on the way in
+		DisablePathNormalizing:        false, // fasthttp re-encodes the decoded path on the way out
 		NoDefaultUserAgentHeader:      true,
 		DisableHeaderNamesNormalizing: false,
 		ReadBufferSize:                16 << 10,

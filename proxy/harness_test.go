@@ -1,0 +1,193 @@
+package proxy_test
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/ballast-proxy/ballast/config"
+	"github.com/ballast-proxy/ballast/proxy"
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/goleak"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m,
+		// net/http's test clients keep idle connections in the background;
+		// each test closes its own, this only covers the transport reaper.
+		goleak.IgnoreTopFunction("net/http.(*persistConn).readLoop"),
+		goleak.IgnoreTopFunction("net/http.(*persistConn).writeLoop"),
+		goleak.IgnoreTopFunction("internal/poll.runtime_pollWait"),
+		// fasthttp's pool cleaners sleep on their own timers and exit on
+		// the next tick after Shutdown; they are not per-request goroutines.
+		goleak.IgnoreAnyFunction("github.com/valyala/fasthttp.(*workerPool).Start.func2"),
+		goleak.IgnoreAnyFunction("github.com/valyala/fasthttp.(*HostClient).connsCleaner"),
+		// fasthttp keeps one process-wide goroutine that updates the Date header.
+		goleak.IgnoreAnyFunction("github.com/valyala/fasthttp.updateServerDate.func1"),
+	)
+}
+
+// ballast is one running ballast under test.
+type ballast struct {
+	t     *testing.T
+	srv   *proxy.Server
+	base  string // http://127.0.0.1:port
+	admin string // http://127.0.0.1:port
+	addr  string // host:port of the main listener
+	reg   *prometheus.Registry
+	logs  *syncBuffer
+	file  string
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// startBallast writes yaml to a file, loads it as ballast would, and serves
+// it on loopback listeners. Environment references resolve from env.
+func startBallast(t *testing.T, yaml string, env ...string) *ballast {
+	t.Helper()
+	file := t.TempDir() + "/ballast.yaml"
+	if err := os.WriteFile(file, []byte(yaml), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	src := config.Source{File: file, Environ: env}
+	cfg, err := config.Load(src)
+	if err != nil {
+		t.Fatalf("config: %v", err)
+	}
+	logs := &syncBuffer{}
+	reg := prometheus.NewRegistry()
+	srv, err := proxy.New(cfg, proxy.Options{
+		Logger:   slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		Registry: reg,
+		Source:   &src,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	aln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{}, 2)
+	go func() { _ = srv.Serve(ln); done <- struct{}{} }()
+	go func() { _ = srv.ServeAdmin(aln); done <- struct{}{} }()
+	b := &ballast{t: t, srv: srv, base: "http://" + ln.Addr().String(), admin: "http://" + aln.Addr().String(),
+		addr: ln.Addr().String(), reg: reg, logs: logs, file: file}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(ctx)
+		<-done
+		<-done
+	})
+	return b
+}
+
+// client returns an HTTP client whose idle connections close with the test.
+func client(t *testing.T) *http.Client {
+	tr := &http.Transport{MaxIdleConnsPerHost: 64, DisableCompression: true}
+	t.Cleanup(tr.CloseIdleConnections)
+	return &http.Client{Transport: tr, Timeout: 30 * time.Second}
+}
+
+// upstream starts a real loopback HTTP server.
+func upstream(t *testing.T, h http.HandlerFunc) (url string, addr string) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &http.Server{Handler: h}
+	go func() { _ = s.Serve(ln) }()
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		if s.Shutdown(ctx) != nil {
+			_ = s.Close()
+		}
+	})
+	return "http://" + ln.Addr().String(), ln.Addr().String()
+}
+
+func get(t *testing.T, c *http.Client, url string, headers ...string) (*http.Response, string) {
+	t.Helper()
+	req, err := http.NewRequest(http.MethodGet, url, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i+1 < len(headers); i += 2 {
+		req.Header.Set(headers[i], headers[i+1])
+	}
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatalf("GET %s: %v", url, err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("GET %s: reading body: %v", url, err)
+	}
+	return resp, string(body)
+}
+
+// metric returns the value of the series whose name and labels match, or
+// -1 when it does not exist.
+func (b *ballast) metric(name string, labels map[string]string) float64 {
+	b.t.Helper()
+	mfs, err := b.reg.Gather()
+	if err != nil {
+		b.t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+	next:
+		for _, m := range mf.GetMetric() {
+			have := map[string]string{}
+			for _, lp := range m.GetLabel() {
+				have[lp.GetName()] = lp.GetValue()
+			}
+			for k, v := range labels {
+				if have[k] != v {
+					continue next
+				}
+			}
+			switch {
+			case m.Counter != nil:
+				return m.GetCounter().GetValue()
+			case m.Gauge != nil:
+				return m.GetGauge().GetValue()
+			case m.Histogram != nil:
+				return float64(m.GetHistogram().GetSampleCount())
+			}
+		}
+	}
+	return -1
+}
