@@ -13,10 +13,10 @@ import (
 )
 
 const (
-	headerTimeout   = "X-Ballast-Timeout"
-	ballastPrefix   = "X-Ballast-"
-	headerAttempts  = "X-Ballast-Attempts"
-	headerUpstream  = "X-Ballast-Upstream"
+	headerTimeout          = "X-Ballast-Timeout"
+	ballastPrefix          = "X-Ballast-"
+	headerAttempts         = "X-Ballast-Attempts"
+	headerUpstream         = "X-Ballast-Upstream"
 	headerRequestIDBallast = "X-Ballast-Request-Id"
 )
 

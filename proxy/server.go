@@ -66,12 +66,12 @@ type Server struct {
 // config.Load, which already did.
 func New(cfg *config.Config, opts Options) (*Server, error) {
 	s := &Server{
-		log:      opts.Logger,
-		reg:      opts.Registry,
-		clock:    opts.Clock,
-		ids:      newIDSource(),
-		ups:      newUpstreamPool(),
-		src:      opts.Source,
+		log:   opts.Logger,
+		reg:   opts.Registry,
+		clock: opts.Clock,
+		ids:   newIDSource(),
+		ups:   newUpstreamPool(),
+		src:   opts.Source,
 	}
 	if s.log == nil {
 		s.log = slog.Default()
