@@ -1,0 +1,129 @@
+package cache
+
+import (
+	"bytes"
+	"time"
+
+	"github.com/valyala/fasthttp"
+)
+
+// Entry is one stored response. It is immutable once handed to Cache.Set:
+// Get returns the shared *Entry, which readers must not modify.
+type Entry struct {
+	// Status is the response status code.
+	Status int
+	// Header holds the end-to-end response headers as "Name: value\r\n"
+	// lines, in upstream order, without hop-by-hop headers, Content-Length,
+	// Age, Date, Set-Cookie and X-Ballast-* (see NewEntry). One compact
+	// slice rather than pairs keeps an entry to three allocations.
+	Header []byte
+	// Body is the response body as relayed (still Content-Encoded if the
+	// upstream encoded it; Content-Encoding is kept in Header).
+	Body []byte
+	// StoredAt is when the response was received; age is measured from it.
+	StoredAt time.Time
+}
+
+// entryOverhead approximates the bytes an entry costs beyond Header and
+// Body: the struct, the LRU element and the map slot.
+const entryOverhead = 160
+
+// Size is the number of bytes the entry is charged against Config.MaxBytes.
+func (e *Entry) Size() int64 { return int64(len(e.Header)+len(e.Body)) + entryOverhead }
+
+// NewEntry copies resp's status, storable headers and body into a new Entry
+// stored at now. Call it on the upstream response before ballast adds its
+// own headers (X-Request-Id and X-Ballast-* are skipped anyway).
+func NewEntry(resp *fasthttp.Response, now time.Time) *Entry {
+	return &Entry{
+		Status:   resp.StatusCode(),
+		Header:   AppendHeader(nil, &resp.Header),
+		Body:     bytes.Clone(resp.Body()),
+		StoredAt: now,
+	}
+}
+
+// AppendHeader appends h's storable headers to dst as "Name: value\r\n"
+// lines. Skipped: hop-by-hop headers (Connection, Keep-Alive,
+// Proxy-Connection, Transfer-Encoding, TE, Trailer, Upgrade,
+// Proxy-Authenticate), Content-Length (recomputed from the body), Age and
+// Date (they describe a moment, not the response), Set-Cookie (never
+// shared) and X-Ballast-* and X-Request-Id (ballast's own, per request).
+func AppendHeader(dst []byte, h *fasthttp.ResponseHeader) []byte {
+	for k, v := range h.All() {
+		if skipStoredHeader(k) {
+			continue
+		}
+		dst = append(dst, k...)
+		dst = append(dst, ": "...)
+		dst = append(dst, v...)
+		dst = append(dst, "\r\n"...)
+	}
+	return dst
+}
+
+func skipStoredHeader(k []byte) bool {
+	if len(k) > len("x-ballast-") && equalFold(k[:len("x-ballast-")], "x-ballast-") {
+		return true
+	}
+	for _, name := range [...]string{
+		"connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer",
+		"upgrade", "proxy-authenticate", "content-length", "age", "date", "set-cookie", "x-request-id",
+	} {
+		if equalFold(k, name) {
+			return true
+		}
+	}
+	return false
+}
+
+// Headers calls yield for each stored header line until it returns false.
+// name and value alias e.Header and must not be modified.
+func (e *Entry) Headers(yield func(name, value []byte) bool) {
+	rest := e.Header
+	for len(rest) > 0 {
+		line := rest
+		if i := bytes.Index(rest, []byte("\r\n")); i >= 0 {
+			line, rest = rest[:i], rest[i+2:]
+		} else {
+			rest = nil
+		}
+		name, value, ok := bytes.Cut(line, []byte(": "))
+		if !ok {
+			continue
+		}
+		if !yield(name, value) {
+			return
+		}
+	}
+}
+
+// WriteResponse sets resp's status, headers and body from e. Existing
+// headers are kept (stored ones are added), so call it on a fresh response.
+// The body is attached without copying (fasthttp SetBodyRaw): e.Body is
+// immutable, and fasthttp copies before any in-place append.
+func (e *Entry) WriteResponse(resp *fasthttp.Response) {
+	resp.SetStatusCode(e.Status)
+	e.Headers(func(name, value []byte) bool {
+		resp.Header.AddBytesKV(name, value)
+		return true
+	})
+	resp.SetBodyRaw(e.Body)
+}
+
+// equalFold compares b with the lower-case ASCII string s, ignoring b's case.
+func equalFold(b []byte, s string) bool {
+	if len(b) != len(s) {
+		return false
+	}
+	for i := 0; i < len(b); i++ {
+		c := b[i]
+		if c >= 'A' && c <= 'Z' {
+			c += 'a' - 'A'
+		}
+		if c != s[i] {
+			return false
+		}
+	}
+	return true
+}

@@ -1,0 +1,92 @@
+package validate
+
+import (
+	"bytes"
+	"strings"
+)
+
+// mediaPattern is an allowed media type, lower-cased: "type/subtype", or
+// "type/" for "type/*", or "" for "*/*".
+type mediaPattern string
+
+// parseMediaPattern validates and normalises one Config.ContentType entry.
+func parseMediaPattern(s string) (mediaPattern, bool) {
+	s = strings.ToLower(strings.TrimSpace(s))
+	if s == "*/*" {
+		return "", true
+	}
+	typ, sub, ok := strings.Cut(s, "/")
+	if !ok || !isToken(typ) || typ == "*" {
+		return "", false
+	}
+	if sub == "*" {
+		return mediaPattern(typ + "/"), true
+	}
+	if !isToken(sub) {
+		return "", false
+	}
+	return mediaPattern(s), true
+}
+
+func isToken(s string) bool {
+	if s == "" {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case c >= 'a' && c <= 'z', c >= '0' && c <= '9':
+		case strings.IndexByte("!#$&-^_.+*", c) >= 0:
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+// mediaType returns the media type of a Content-Type value: the part before
+// any ';', without surrounding whitespace. It does not allocate.
+func mediaType(ct []byte) []byte {
+	if i := bytes.IndexByte(ct, ';'); i >= 0 {
+		ct = ct[:i]
+	}
+	return bytes.Trim(ct, " \t")
+}
+
+// matches reports whether the media type mt (not lower-cased) matches p.
+func (p mediaPattern) matches(mt []byte) bool {
+	if len(mt) == 0 {
+		return false
+	}
+	if p == "" {
+		return true
+	}
+	if p[len(p)-1] == '/' {
+		return len(mt) > len(p) && equalFoldASCII(mt[:len(p)], string(p))
+	}
+	return equalFoldASCII(mt, string(p))
+}
+
+// equalFoldASCII compares b with the lower-case ASCII string s, ignoring the
+// case of b.
+func equalFoldASCII(b []byte, s string) bool {
+	if len(b) != len(s) {
+		return false
+	}
+	for i := 0; i < len(b); i++ {
+		c := b[i]
+		if c >= 'A' && c <= 'Z' {
+			c += 'a' - 'A'
+		}
+		if c != s[i] {
+			return false
+		}
+	}
+	return true
+}
+
+// IsStream reports whether a Content-Type value is text/event-stream, whose
+// body is relayed as it arrives and therefore gets only the head checks.
+func IsStream(contentType []byte) bool {
+	return equalFoldASCII(mediaType(contentType), "text/event-stream")
+}

@@ -1,0 +1,54 @@
+package validate
+
+import "errors"
+
+// Check names, as reported in Failure.Check and used as metric labels.
+const (
+	CheckStatus        = "status"
+	CheckContentType   = "content_type"
+	CheckJSON          = "json"
+	CheckSchema        = "schema"
+	CheckJSONRPC       = "jsonrpc"
+	CheckProviderError = "provider_error"
+	CheckNonEmpty      = "non_empty"
+	CheckMaxBody       = "max_body"
+)
+
+// ErrInvalid is matched by every *Failure: errors.Is(err, ErrInvalid) tells
+// a validation failure from a transport error.
+var ErrInvalid = errors.New("validate: invalid response")
+
+// Failure says which check rejected a response and where.
+//
+// Check is one of the Check* constants. Detail names the place and the
+// problem, for example
+//
+//	json:           invalid character 'x' looking for beginning of value at offset 17
+//	schema:         /items/0/price: minimum: got -1, want >= 0
+//	jsonrpc:        error -32603 "Internal error"
+//	provider_error: type "overloaded_error" message "Overloaded"
+//
+// Retryable is a hint that asking again may succeed: it is set for a
+// JSON-RPC error whose code is listed in Config.RetryableRPCCodes, and for a
+// provider error envelope whose code, status or type says the provider was
+// overloaded, rate limited or failing internally (HTTP-like code 408, 429 or
+// 5xx; status UNAVAILABLE, RESOURCE_EXHAUSTED, INTERNAL, DEADLINE_EXCEEDED;
+// a type containing "overloaded", "rate_limit", "server_error", "timeout" or
+// "unavailable"). Every other failure has Retryable false; whether an invalid
+// response is retried at all is the retry policy's decision.
+//
+// A nil *Failure means "passed". Do not store a nil *Failure in an error
+// variable (the interface would be non-nil); test it first.
+type Failure struct {
+	Check     string
+	Detail    string
+	Retryable bool
+}
+
+// Error returns "validate: <check>: <detail>".
+func (f *Failure) Error() string { return "validate: " + f.Check + ": " + f.Detail }
+
+// Is reports whether target is ErrInvalid.
+func (f *Failure) Is(target error) bool { return target == ErrInvalid }
+
+func fail(check, detail string) *Failure { return &Failure{Check: check, Detail: detail} }
