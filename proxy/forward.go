@@ -68,7 +68,7 @@ func (s *Server) forward(ctx *fasthttp.RequestCtx, r *route, start time.Time) {
 	if deadline.Before(tryDeadline) {
 		tryDeadline = deadline
 	}
-	if err := r.upstream.client.DoDeadline(out, resp, tryDeadline); err != nil {
+	if err := r.upstream.ex.do(out, resp, tryDeadline); err != nil {
 		fasthttp.ReleaseResponse(resp)
 		s.writeTransportProblem(ctx, r, err, 1)
 		return
@@ -219,7 +219,9 @@ func (s *Server) relay(ctx *fasthttp.RequestCtx, r *route, resp *fasthttp.Respon
 		fasthttp.ReleaseResponse(resp)
 		return
 	}
-	beginBody(resp.RemoteAddr(), r.idle, deadline)
+	if ub, ok := stream.(interface{ bound(time.Duration, time.Time) }); ok {
+		ub.bound(r.idle, deadline)
+	}
 	size := resp.Header.ContentLength()
 	if size < 0 {
 		size = -1

@@ -36,7 +36,7 @@ func TestMain(m *testing.M) {
 
 // ballast is one running ballast under test.
 type ballast struct {
-	t     *testing.T
+	t     testing.TB
 	srv   *proxy.Server
 	base  string // http://127.0.0.1:port
 	admin string // http://127.0.0.1:port
@@ -65,7 +65,7 @@ func (s *syncBuffer) String() string {
 
 // startBallast writes yaml to a file, loads it as ballast would, and serves
 // it on loopback listeners. Environment references resolve from env.
-func startBallast(t *testing.T, yaml string, env ...string) *ballast {
+func startBallast(t testing.TB, yaml string, env ...string) *ballast {
 	t.Helper()
 	file := t.TempDir() + "/ballast.yaml"
 	if err := os.WriteFile(file, []byte(yaml), 0o600); err != nil {

@@ -53,17 +53,10 @@ func (b *relayBody) Read(p []byte) (int, error) {
 
 // CloseWithError is called by fasthttp once the body was written, or
 // writing it failed (err is then the agent-side error).
-func (b *relayBody) CloseWithError(err error) error {
-	if err == nil {
-		err = b.err
-	}
-	if err == nil {
-		_ = b.resp.CloseBodyStream()
-	} else if c, ok := b.stream.(fasthttp.ReadCloserWithError); ok {
-		_ = c.CloseWithError(err)
-	} else {
-		_ = b.resp.CloseBodyStream()
-	}
+func (b *relayBody) CloseWithError(error) error {
+	// The upstream body knows whether it was read to its end, and so
+	// whether its connection may be reused; closing it once is enough.
+	_ = b.resp.CloseBodyStream()
 	fasthttp.ReleaseResponse(b.resp)
 	*b = relayBody{}
 	relayBodyPool.Put(b)

@@ -16,7 +16,8 @@ import (
 
 // upstream is one pooled, keep-alive connection set to a scheme+host.
 type upstream struct {
-	client *fasthttp.HostClient
+	client *fasthttp.HostClient // owns the connection pool
+	ex     exchanger            // performs exchanges on it
 	scheme []byte
 	host   []byte // host[:port] as sent in the Host header
 }
@@ -73,20 +74,12 @@ func newUpstream(u *url.URL, rc *config.Route) (*upstream, error) {
 				timeout = connect
 			}
 			d := net.Dialer{Timeout: timeout, KeepAlive: 30 * time.Second}
-			c, err := d.Dial("tcp", addr)
-			if err != nil {
-				return nil, err
-			}
-			return newUpstreamConn(c), nil
+			return d.Dial("tcp", addr)
 		},
 		MaxConns:                      4096,
 		MaxIdleConnDuration:           90 * time.Second,
-		MaxIdemponentCallAttempts:     1, // ballast's retry policy decides, not fasthttp
-		RetryIf:                       func(*fasthttp.Request) bool { return false },
-		StreamResponseBody:            true,
-		DisablePathNormalizing:        false, // fasthttp re-encodes the decoded path on the way out
+		MaxConnWaitTimeout:            time.Second,
 		NoDefaultUserAgentHeader:      true,
-		DisableHeaderNamesNormalizing: false,
 		ReadBufferSize:                16 << 10,
 		WriteBufferSize:               16 << 10,
 	}
@@ -108,70 +101,10 @@ func newUpstream(u *url.URL, rc *config.Route) (*upstream, error) {
 		}
 		hc.TLSConfig = tc
 	}
-	return &upstream{client: hc, scheme: []byte(u.Scheme), host: []byte(u.Host)}, nil
-}
-
-// upstreamConn lets ballast bound the gaps while a response body streams.
-// fasthttp sets one read deadline before it reads the response headers (the
-// per-try timeout); once the headers are in, beginBody switches the
-// connection to a per-read deadline of min(total deadline, now+idle).
-// Any deadline fasthttp sets again (the next request on this pooled
-// connection) switches it back.
-type upstreamConn struct {
-	net.Conn
-	addr      connAddr
-	streaming bool
-	idle      time.Duration
-	hard      time.Time
-}
-
-// connAddr is the upstream's address with a way back to its connection:
-// fasthttp exposes the connection's RemoteAddr on the response, and that is
-// the only handle ballast has on the connection a response arrived on.
-type connAddr struct {
-	net.Addr
-	conn *upstreamConn
-}
-
-func newUpstreamConn(c net.Conn) *upstreamConn {
-	uc := &upstreamConn{Conn: c}
-	uc.addr = connAddr{Addr: c.RemoteAddr(), conn: uc}
-	return uc
-}
-
-func (c *upstreamConn) RemoteAddr() net.Addr { return &c.addr }
-
-func (c *upstreamConn) Read(p []byte) (int, error) {
-	if c.streaming && c.idle > 0 {
-		d := time.Now().Add(c.idle)
-		if !c.hard.IsZero() && c.hard.Before(d) {
-			d = c.hard
-		}
-		_ = c.Conn.SetReadDeadline(d)
-	}
-	return c.Conn.Read(p)
-}
-
-func (c *upstreamConn) SetReadDeadline(t time.Time) error {
-	c.streaming = false
-	return c.Conn.SetReadDeadline(t)
-}
-
-func (c *upstreamConn) SetDeadline(t time.Time) error {
-	c.streaming = false
-	return c.Conn.SetDeadline(t)
-}
-
-// beginBody bounds the body of the response that arrived on addr's
-// connection by idle gaps and the request's total deadline.
-func beginBody(addr net.Addr, idle time.Duration, deadline time.Time) {
-	ca, ok := addr.(*connAddr)
-	if !ok {
-		return
-	}
-	c := ca.conn
-	c.idle, c.hard, c.streaming = idle, deadline, true
-	if idle <= 0 {
-		_ = c.Conn.SetReadDeadline(deadline)
-	}
+	return &upstream{
+		client: hc,
+		ex:     newTransport(hc, hc.AcquireConn, hc.ReleaseConn, hc.CloseConn),
+		scheme: []byte(u.Scheme),
+		host:   []byte(u.Host),
+	}, nil
 }

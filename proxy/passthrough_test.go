@@ -1,0 +1,101 @@
+package proxy_test
+
+import (
+	"fmt"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/valyala/fasthttp"
+)
+
+var jsonAnswer = []byte(`{"id":"chatcmpl-1","object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"hello"},"finish_reason":"stop"}]}`)
+
+// fastUpstream is a fasthttp server answering a fixed JSON body, the
+// cheapest possible upstream, so benchmarks measure the proxy.
+func fastUpstream(tb testing.TB) string {
+	tb.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	s := &fasthttp.Server{Handler: func(ctx *fasthttp.RequestCtx) {
+		ctx.SetContentType("application/json")
+		ctx.SetBody(jsonAnswer)
+	}}
+	go func() { _ = s.Serve(ln) }()
+	tb.Cleanup(func() { _ = s.Shutdown() })
+	return ln.Addr().String()
+}
+
+type passThrough struct {
+	client *fasthttp.HostClient
+	req    *fasthttp.Request
+	resp   *fasthttp.Response
+}
+
+func newPassThrough(tb testing.TB, addr, path string) *passThrough {
+	p := &passThrough{
+		client: &fasthttp.HostClient{Addr: addr, MaxConns: 64,
+			Dial: func(a string) (net.Conn, error) { return net.Dial("tcp", a) }},
+		req:    fasthttp.AcquireRequest(),
+		resp:   fasthttp.AcquireResponse(),
+	}
+	p.req.SetRequestURI("http://" + addr + path)
+	p.req.Header.Set("Authorization", "Bearer sk-bench")
+	tb.Cleanup(func() {
+		p.client.CloseIdleConnections()
+		fasthttp.ReleaseRequest(p.req)
+		fasthttp.ReleaseResponse(p.resp)
+	})
+	return p
+}
+
+func (p *passThrough) do(tb testing.TB) {
+	if err := p.client.DoTimeout(p.req, p.resp, 5*time.Second); err != nil {
+		tb.Fatal(err)
+	}
+	if p.resp.StatusCode() != 200 || len(p.resp.Body()) != len(jsonAnswer) {
+		tb.Fatalf("status %d body %q", p.resp.StatusCode(), p.resp.Body())
+	}
+}
+
+func benchBallast(tb testing.TB) *ballast {
+	up := fastUpstream(tb)
+	return startBallast(tb, fmt.Sprintf(`
+routes:
+  - name: model
+    match: {path_prefix: /v1/}
+    upstream: http://%s
+    headers: {set: {X-Tenant: bench}}
+`, up))
+}
+
+func BenchmarkDirect(b *testing.B) {
+	up := fastUpstream(b)
+	p := newPassThrough(b, up, "/v1/chat/completions")
+	b.ReportAllocs()
+	for b.Loop() {
+		p.do(b)
+	}
+}
+
+func BenchmarkPassThrough(b *testing.B) {
+	bl := benchBallast(b)
+	p := newPassThrough(b, bl.addr, "/v1/chat/completions")
+	b.ReportAllocs()
+	for b.Loop() {
+		p.do(b)
+	}
+}
+
+func BenchmarkPassThroughParallel(b *testing.B) {
+	bl := benchBallast(b)
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		p := newPassThrough(b, bl.addr, "/v1/chat/completions")
+		for pb.Next() {
+			p.do(b)
+		}
+	})
+}

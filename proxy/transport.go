@@ -1,0 +1,431 @@
+package proxy
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"io"
+	"net"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/valyala/fasthttp"
+)
+
+// bufferLimit is the largest Content-Length read whole into the response
+// before relaying; larger bodies, chunked bodies and event streams are
+// relayed as they arrive.
+const bufferLimit = 64 << 10
+
+// pooledConn is what ballast needs of fasthttp's pooled connection type.
+type pooledConn interface {
+	Conn() net.Conn
+	LastUseTime() time.Time
+	CreatedTime() time.Time
+}
+
+// transport performs one HTTP exchange on a fasthttp.HostClient's
+// connection pool. It replaces HostClient.Do for two reasons: streamed
+// bodies there cost four allocations per response (closures), and ballast
+// must bound the gaps between body reads (timeouts.idle), which needs the
+// connection. Small fixed-size bodies are read whole; everything else is
+// exposed as a pooled upstreamBody.
+//
+// C is fasthttp's unexported connection type, inferred from
+// HostClient.AcquireConn.
+type transport[C pooledConn] struct {
+	hc        *fasthttp.HostClient
+	acquire   func(time.Duration, bool) (C, error)
+	release   func(C)
+	closeConn func(C)
+	bodies    sync.Pool
+}
+
+// exchanger is the transport seen without its type parameter.
+type exchanger interface {
+	// do writes req and reads resp's headers (and small bodies) before
+	// deadline. On success, a streamed body is resp.BodyStream(), an
+	// *upstreamBody that must be closed.
+	do(req *fasthttp.Request, resp *fasthttp.Response, deadline time.Time) error
+}
+
+func newTransport[C pooledConn](hc *fasthttp.HostClient, acquire func(time.Duration, bool) (C, error), release, closeConn func(C)) *transport[C] {
+	return &transport[C]{hc: hc, acquire: acquire, release: release, closeConn: closeConn}
+}
+
+// errStaleConn marks an exchange that failed on a reused keep-alive
+// connection before any response byte arrived: the upstream had most
+// likely closed it while idle.
+var errStaleConn = errors.New("proxy: reused upstream connection closed before answering")
+
+func (t *transport[C]) do(req *fasthttp.Request, resp *fasthttp.Response, deadline time.Time) error {
+	err := t.once(req, resp, deadline)
+	// Like net/http: a reused connection that the upstream had closed is
+	// retried once on a fresh one when nothing can have been processed
+	// twice — the request was never fully written, or the method is
+	// idempotent.
+	se, stale := err.(*staleError) // a type switch, not errors.As: no allocation
+	if stale && (!se.written || idempotentMethod(req.Header.Method())) {
+		err = t.once(req, resp, deadline)
+		se, stale = err.(*staleError)
+	}
+	if stale {
+		err = se.err
+	}
+	return err
+}
+
+type staleError struct {
+	err     error
+	written bool
+}
+
+func (e *staleError) Error() string { return errStaleConn.Error() + ": " + e.err.Error() }
+func (e *staleError) Unwrap() error { return e.err }
+
+func (t *transport[C]) once(req *fasthttp.Request, resp *fasthttp.Response, deadline time.Time) error {
+	timeout := time.Until(deadline)
+	if timeout <= 0 {
+		return fasthttp.ErrTimeout
+	}
+	cc, err := t.acquire(timeout, false)
+	if err != nil {
+		return err
+	}
+	conn := cc.Conn()
+	reused := !cc.LastUseTime().IsZero() // zero until the pool first takes it back
+	if err := conn.SetDeadline(deadline); err != nil {
+		t.closeConn(cc)
+		return err
+	}
+	bw := t.hc.AcquireWriter(conn)
+	err = req.Write(bw)
+	if err == nil {
+		err = bw.Flush()
+	}
+	t.hc.ReleaseWriter(bw)
+	if err != nil {
+		t.closeConn(cc)
+		if reused && !isTimeout(err) {
+			return &staleError{err: err}
+		}
+		return timeoutOr(err)
+	}
+
+	br := t.hc.AcquireReader(conn)
+	if err := readHeader(&resp.Header, br); err != nil {
+		t.hc.ReleaseReader(br)
+		t.closeConn(cc)
+		if reused && isConnClosed(err) {
+			return &staleError{err: err, written: true}
+		}
+		return timeoutOr(err)
+	}
+	closeAfter := resp.ConnectionClose() || req.ConnectionClose()
+	status := resp.StatusCode()
+	cl := resp.Header.ContentLength()
+	switch {
+	case req.Header.IsHead() || status == 204 || status == 304 || (status >= 100 && status < 200):
+		resp.SkipBody = true
+		cl = 0
+	case cl >= 0 && cl <= bufferLimit && !isEventStream(resp.Header.ContentType()):
+		if err := resp.ReadBody(br, 0); err != nil {
+			t.hc.ReleaseReader(br)
+			t.closeConn(cc)
+			return timeoutOr(err)
+		}
+		cl = 0
+		resp.SkipBody = false
+	default:
+		b := t.acquireBody()
+		b.cc, b.br, b.closeAfter = cc, br, closeAfter
+		b.start(cl)
+		if cl < 0 {
+			cl = -1 // relayed chunked, whatever the upstream's framing
+		}
+		resp.SetBodyStream(b, cl)
+		return nil
+	}
+	t.hc.ReleaseReader(br)
+	if closeAfter {
+		t.closeConn(cc)
+	} else {
+		_ = conn.SetDeadline(time.Time{})
+		t.release(cc)
+	}
+	return nil
+}
+
+// readHeader reads the response header, skipping interim 1xx responses
+// (but not 101).
+func readHeader(h *fasthttp.ResponseHeader, br *bufio.Reader) error {
+	for range 8 {
+		if err := h.Read(br); err != nil {
+			return err
+		}
+		if s := h.StatusCode(); s < 100 || s > 199 || s == fasthttp.StatusSwitchingProtocols {
+			return nil
+		}
+	}
+	return errors.New("proxy: too many interim responses")
+}
+
+func isEventStream(ct []byte) bool {
+	return len(ct) >= len("text/event-stream") && asciiEqualFold(ct[:len("text/event-stream")], []byte("text/event-stream"))
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.Is(err, fasthttp.ErrTimeout) || (errors.As(err, &ne) && ne.Timeout())
+}
+
+func timeoutOr(err error) error {
+	if isTimeout(err) {
+		return fasthttp.ErrTimeout
+	}
+	return err
+}
+
+func isConnClosed(err error) bool {
+	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNRESET) ||
+		errors.Is(err, syscall.EPIPE) || errors.Is(err, fasthttp.ErrConnectionClosed)
+}
+
+func (t *transport[C]) acquireBody() *upstreamBody[C] {
+	if b, ok := t.bodies.Get().(*upstreamBody[C]); ok {
+		return b
+	}
+	return &upstreamBody[C]{t: t}
+}
+
+// bodyMode is how an upstream body is framed.
+type bodyMode uint8
+
+const (
+	bodyFixed      bodyMode = iota // Content-Length
+	bodyChunked                    // Transfer-Encoding: chunked
+	bodyUntilClose                 // neither: the body ends when the connection does
+)
+
+// upstreamBody reads one streamed upstream response body straight off its
+// pooled connection, bounding each read by the idle timeout and the
+// request's total deadline. Closing it returns the connection to the pool
+// when the body was read to its end, and drops it otherwise.
+type upstreamBody[C pooledConn] struct {
+	t          *transport[C]
+	cc         C
+	br         *bufio.Reader
+	closeAfter bool
+
+	mode      bodyMode
+	remaining int64 // bodyFixed: bytes left; bodyChunked: bytes left in this chunk
+	done      bool
+	err       error
+
+	idle     time.Duration
+	deadline time.Time
+}
+
+var _ fasthttp.ReadCloserWithError = (*upstreamBody[pooledConn])(nil)
+
+func (b *upstreamBody[C]) start(cl int) {
+	b.done, b.err, b.idle, b.deadline = false, nil, 0, time.Time{}
+	switch {
+	case cl >= 0:
+		b.mode, b.remaining = bodyFixed, int64(cl)
+		b.done = cl == 0
+	case cl == -1:
+		b.mode, b.remaining = bodyChunked, 0
+	default:
+		b.mode = bodyUntilClose
+	}
+}
+
+// bound sets the limits for reading the rest of the body: no gap between
+// reads longer than idle (0: no limit), and nothing after deadline.
+func (b *upstreamBody[C]) bound(idle time.Duration, deadline time.Time) {
+	b.idle, b.deadline = idle, deadline
+	if idle <= 0 {
+		_ = b.cc.Conn().SetReadDeadline(deadline)
+	}
+}
+
+func (b *upstreamBody[C]) Read(p []byte) (int, error) {
+	if b.err != nil {
+		return 0, b.err
+	}
+	if b.done {
+		return 0, io.EOF
+	}
+	if b.idle > 0 {
+		d := time.Now().Add(b.idle)
+		if !b.deadline.IsZero() && b.deadline.Before(d) {
+			d = b.deadline
+		}
+		_ = b.cc.Conn().SetReadDeadline(d)
+	}
+	n, err := b.read(p)
+	if err != nil && err != io.EOF {
+		b.err = timeoutOr(err)
+		return n, b.err
+	}
+	return n, err
+}
+
+func (b *upstreamBody[C]) read(p []byte) (int, error) {
+	switch b.mode {
+	case bodyFixed:
+		if int64(len(p)) > b.remaining {
+			p = p[:b.remaining]
+		}
+		n, err := b.br.Read(p)
+		b.remaining -= int64(n)
+		if b.remaining == 0 {
+			b.done = true
+			return n, nil
+		}
+		if err == io.EOF {
+			return n, io.ErrUnexpectedEOF
+		}
+		return n, err
+	case bodyChunked:
+		if b.remaining == 0 {
+			size, err := readChunkSize(b.br)
+			if err != nil {
+				return 0, err
+			}
+			if size == 0 {
+				if err := skipTrailer(b.br); err != nil {
+					return 0, err
+				}
+				b.done = true
+				return 0, io.EOF
+			}
+			b.remaining = size
+		}
+		if int64(len(p)) > b.remaining {
+			p = p[:b.remaining]
+		}
+		n, err := b.br.Read(p)
+		b.remaining -= int64(n)
+		if b.remaining == 0 && err == nil {
+			err = expectCRLF(b.br)
+		}
+		if err == io.EOF {
+			err = io.ErrUnexpectedEOF
+		}
+		return n, err
+	default:
+		n, err := b.br.Read(p)
+		if err == io.EOF {
+			b.done = true
+		}
+		return n, err
+	}
+}
+
+// CloseWithError (fasthttp calls it exactly once, through
+// Response.CloseBodyStream or Reset) releases the connection: back to the pool when the body
+// was read to its end on a keep-alive connection, closed otherwise.
+func (b *upstreamBody[C]) CloseWithError(error) error {
+	t := b.t
+	t.hc.ReleaseReader(b.br)
+	if b.done && b.err == nil && !b.closeAfter && b.mode != bodyUntilClose {
+		_ = b.cc.Conn().SetDeadline(time.Time{})
+		t.release(b.cc)
+	} else {
+		t.closeConn(b.cc)
+	}
+	var zero C
+	b.cc, b.br = zero, nil
+	t.bodies.Put(b)
+	return nil
+}
+
+
+const maxChunkSize = 1 << 40
+
+// readChunkSize reads a chunk-size line, ignoring chunk extensions.
+func readChunkSize(br *bufio.Reader) (int64, error) {
+	line, err := br.ReadSlice('\n')
+	if err != nil {
+		if err == io.EOF {
+			err = io.ErrUnexpectedEOF
+		}
+		return 0, err
+	}
+	line = bytes.TrimRight(line, "\r\n")
+	if i := bytes.IndexByte(line, ';'); i >= 0 {
+		line = line[:i]
+	}
+	line = bytes.TrimSpace(line)
+	if len(line) == 0 || len(line) > 16 {
+		return 0, errBadChunk
+	}
+	var n int64
+	for _, c := range line {
+		var d byte
+		switch {
+		case c >= '0' && c <= '9':
+			d = c - '0'
+		case c >= 'a' && c <= 'f':
+			d = c - 'a' + 10
+		case c >= 'A' && c <= 'F':
+			d = c - 'A' + 10
+		default:
+			return 0, errBadChunk
+		}
+		n = n<<4 | int64(d)
+	}
+	if n < 0 || n > maxChunkSize {
+		return 0, errBadChunk
+	}
+	return n, nil
+}
+
+var errBadChunk = errors.New("proxy: malformed chunked encoding from the upstream")
+
+func expectCRLF(br *bufio.Reader) error {
+	c, err := br.ReadByte()
+	if err == nil && c == '\r' {
+		c, err = br.ReadByte()
+	}
+	if err != nil {
+		if err == io.EOF {
+			return io.ErrUnexpectedEOF
+		}
+		return err
+	}
+	if c != '\n' {
+		return errBadChunk
+	}
+	return nil
+}
+
+// skipTrailer reads trailer fields up to the empty line ending the body.
+// ballast does not relay trailers.
+func skipTrailer(br *bufio.Reader) error {
+	for range 64 {
+		line, err := br.ReadSlice('\n')
+		if err != nil {
+			if err == io.EOF {
+				err = io.ErrUnexpectedEOF
+			}
+			return err
+		}
+		if len(bytes.TrimRight(line, "\r\n")) == 0 {
+			return nil
+		}
+	}
+	return errBadChunk
+}
+
+// idempotentMethod reports RFC 9110's idempotent methods.
+func idempotentMethod(m []byte) bool {
+	switch string(m) {
+	case "GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE":
+		return true
+	}
+	return false
+}
