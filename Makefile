@@ -1,0 +1,44 @@
+# ballast — build, test and run.
+#
+#   make build   the static binary ./ballast (the same go build the Dockerfile runs)
+#   make test    the whole test suite, with the race detector
+#   make vet     gofmt check and go vet
+#   make bench   every benchmark, with allocation counts
+#   make run     run ballast on ./ballast.yaml, else the embedded default config
+#   make docker  build the container image (tag: ballast)
+
+.PHONY: build test test-deps vet bench run docker clean
+
+build:
+	CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o ./ballast ./cmd/ballast
+
+test: test-deps
+	go test -race -count=1 -timeout 20m ./...
+	# The allocation gates are built without the race detector (it allocates).
+	go test -count=1 -run 'Alloc' ./...
+
+# test-deps checks the toolchain and lists the system packages the suite
+# needs; see scripts/test-deps.sh.
+test-deps:
+	bash scripts/test-deps.sh
+
+vet:
+	@unformatted="$$(gofmt -l .)"; \
+	if [ -n "$$unformatted" ]; then \
+		echo "gofmt: these files need formatting (run gofmt -w):"; \
+		echo "$$unformatted"; \
+		exit 1; \
+	fi
+	go vet ./...
+
+bench:
+	go test -run '^$$' -bench . -benchmem ./...
+
+run:
+	go run ./cmd/ballast run
+
+docker:
+	docker build -t ballast .
+
+clean:
+	rm -f ./ballast
