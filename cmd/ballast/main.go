@@ -26,6 +26,7 @@ Usage:
   ballast run [-c FILE] [--listen ADDR] [--admin ADDR]   run the proxy
   ballast validate -c FILE                                check a config; exit 1 on errors
   ballast healthcheck [--admin ADDR]                      GET the admin /healthz (for containers)
+  ballast bench upstream [--listen ADDR] [--size N]       serve the benchmark upstream
   ballast version                                         print the version
 
 Without -c, run uses ./ballast.yaml when present, otherwise the embedded default
@@ -42,6 +43,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return cmdRun(args[1:], stdout, stderr)
 	case "validate":
 		return cmdValidate(args[1:], stdout, stderr)
+	case "bench":
+		return cmdBench(args[1:], stdout, stderr)
 	case "healthcheck":
 		return cmdHealthcheck(args[1:], stdout, stderr)
 	case "version", "--version", "-v":
