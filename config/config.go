@@ -64,7 +64,8 @@ type Policy struct {
 
 // Timeouts bound an upstream exchange.
 type Timeouts struct {
-	// Connect bounds dialling (and the TLS handshake). Default 2s.
+	// Connect bounds the TCP dial. The TLS handshake that follows counts
+	// against PerTry. Default 2s.
 	Connect Duration `koanf:"connect" json:"connect"`
 	// PerTry bounds one attempt until the response headers arrive. Default 30s.
 	PerTry Duration `koanf:"per_try" json:"per_try"`

@@ -4,11 +4,13 @@ import (
 	"encoding/pem"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestAdminEndpoints(t *testing.T) {
@@ -93,4 +95,38 @@ routes:
 	if r.StatusCode != 502 || !strings.Contains(body, "certificate") {
 		t.Errorf("without the CA the upstream must fail verification: %d %s", r.StatusCode, body)
 	}
+}
+
+func TestTLSHandshakeThatNeverEndsTimesOut(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	accepted := make(chan net.Conn, 4)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			accepted <- c // holds the connection open, never speaks TLS
+		}
+	}()
+	t.Cleanup(func() {
+		ln.Close()
+		close(accepted)
+		for c := range accepted {
+			c.Close()
+		}
+	})
+	b := startBallast(t, fmt.Sprintf(`
+routes:
+  - {name: tlshang, match: {path_prefix: /}, upstream: "https://%s", timeouts: {per_try: 300ms, total: 2s}}
+`, ln.Addr()))
+	start := time.Now()
+	resp, body := get(t, client(t), b.base+"/x")
+	if resp.StatusCode != 504 || time.Since(start) > 5*time.Second {
+		t.Fatalf("status %d after %v: %s; a stuck handshake must hit the per-try deadline", resp.StatusCode, time.Since(start), body)
+	}
+	waitFor(t, func() bool { return b.metric("ballast_inflight_requests", map[string]string{"route": "tlshang"}) == 0 })
 }
