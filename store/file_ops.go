@@ -1,0 +1,363 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+	berrors "go.etcd.io/bbolt/errors"
+)
+
+// Transactions. Writes share commits (a committer, or DB.Batch), which may
+// run a function more than once and re-run the rest of a batch when one
+// function fails; so the functions reset their results on entry and report
+// domain outcomes (mismatch, not held, full) in their results, returning an
+// error only for a failure of the file itself.
+
+func (f *File) view(op string, fn func(tx *bolt.Tx) error) (err error) {
+	if f.closed.Load() {
+		return ErrClosed
+	}
+	defer func() {
+		if p := recover(); p != nil {
+			err = f.wrap(op, fmt.Errorf("%w: %v", ErrCorrupt, p))
+		}
+	}()
+	return f.wrap(op, f.db.View(fn))
+}
+
+func (f *File) batch(op string, fn func(tx *bolt.Tx) error) error {
+	if f.closed.Load() {
+		return ErrClosed
+	}
+	return f.wrap(op, f.write(fn))
+}
+
+func (f *File) wrap(op string, err error) error {
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, berrors.ErrDatabaseNotOpen):
+		return ErrClosed
+	}
+	return fmt.Errorf("store: %s in %s: %w", op, f.path, err)
+}
+
+// readRecord returns the stored record of key (nil when absent).
+func readRecord(tx *bolt.Tx, key string) (*Record, error) {
+	v := tx.Bucket(bucketRecords).Get([]byte(key))
+	if v == nil {
+		return nil, nil
+	}
+	return decodeRecord(key, v)
+}
+
+// Claim implements Store. A key that is already taken is answered from a
+// read-only transaction; only a new claim pays for a (batched) commit.
+func (f *File) Claim(ctx context.Context, key string, args ClaimArgs) (*Record, bool, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, false, err
+	}
+	if err := checkKey("key", key); err != nil {
+		return nil, false, err
+	}
+	var cur *Record
+	err := f.view("claim", func(tx *bolt.Tx) (err error) {
+		cur, err = readRecord(tx, key)
+		return err
+	})
+	if err != nil {
+		return nil, false, err
+	}
+	switch decision, view := decideClaim(cur, args); decision {
+	case mismatch:
+		return view, false, mismatchError(key)
+	case answerExisting:
+		return view, false, nil
+	}
+
+	rec := newClaim(key, args, f.lim.Owner, f.tokens.new())
+	enc := appendRecord(nil, rec)
+	bkey := []byte(key)
+	var (
+		out      *Record
+		owned    bool
+		outErr   error
+		replaced bool
+	)
+	err = f.batch("claim", func(tx *bolt.Tx) error {
+		out, owned, outErr, replaced = nil, false, nil, false
+		b := tx.Bucket(bucketRecords)
+		cur, err := readRecord(tx, key)
+		if err != nil {
+			return err
+		}
+		switch decision, view := decideClaim(cur, args); decision {
+		case mismatch:
+			out, outErr = view, mismatchError(key)
+			return nil
+		case answerExisting:
+			out = view
+			return nil
+		}
+		if cur == nil {
+			n := b.Sequence()
+			if n >= uint64(f.lim.MaxRecords) {
+				outErr = ErrFull
+				return nil
+			}
+			if err := b.SetSequence(n + 1); err != nil {
+				return err
+			}
+		}
+		if err := b.Put(bkey, enc); err != nil {
+			return err
+		}
+		out, owned, replaced = rec, true, cur != nil && cur.State == InFlight
+		return nil
+	})
+	if err != nil {
+		return nil, false, err
+	}
+	if replaced {
+		f.wakeup.wake(key)
+	}
+	return out, owned, outErr
+}
+
+// Complete implements Store. It returns once the response is on disk.
+func (f *File) Complete(ctx context.Context, held *Record, resp *Response, now time.Time, ttl time.Duration) error {
+	if err := checkHeld(held); err != nil {
+		return err
+	}
+	if resp == nil {
+		return invalidf("nil response")
+	}
+	if n := resp.Size(); n > f.lim.MaxResponseBytes {
+		return tooLarge("response", n, f.lim.MaxResponseBytes)
+	}
+	enc := appendRecord(nil, completed(held, resp, now, ttl))
+	if err := f.finish("complete", held, enc); err != nil {
+		return err
+	}
+	f.wakeup.wake(held.Key)
+	return nil
+}
+
+// Release implements Store.
+func (f *File) Release(ctx context.Context, held *Record) error {
+	if err := checkHeld(held); err != nil {
+		return err
+	}
+	if err := f.finish("release", held, nil); err != nil {
+		return err
+	}
+	f.wakeup.wake(held.Key)
+	return nil
+}
+
+// finish replaces the claim held with enc, or deletes it when enc is nil.
+func (f *File) finish(op string, held *Record, enc []byte) error {
+	bkey := []byte(held.Key)
+	var notHeld bool
+	err := f.batch(op, func(tx *bolt.Tx) error {
+		notHeld = false
+		b := tx.Bucket(bucketRecords)
+		state, token, ok := peekClaim(b.Get(bkey))
+		if !ok || token != held.Token || state == Completed {
+			notHeld = true
+			return nil
+		}
+		if enc != nil {
+			return b.Put(bkey, enc)
+		}
+		if err := b.Delete(bkey); err != nil {
+			return err
+		}
+		return addSequence(b, -1)
+	})
+	switch {
+	case err != nil:
+		return err
+	case notHeld:
+		return ErrNotHeld
+	}
+	return nil
+}
+
+// Wait implements Store.
+func (f *File) Wait(ctx context.Context, key string) (*Record, error) {
+	return waitFor(ctx, f.wakeup, key, func() (rec *Record, err error) {
+		err = f.view("wait", func(tx *bolt.Tx) (err error) {
+			rec, err = readRecord(tx, key)
+			return err
+		})
+		return rec, err
+	}, f.closed.Load)
+}
+
+// Get implements Store.
+func (f *File) Get(ctx context.Context, key string, now time.Time) (*Record, error) {
+	var rec *Record
+	err := f.view("get", func(tx *bolt.Tx) (err error) {
+		rec, err = readRecord(tx, key)
+		return err
+	})
+	switch {
+	case err != nil:
+		return nil, err
+	case rec == nil || rec.expired(now):
+		return nil, ErrNotFound
+	}
+	return rec.viewAt(now), nil
+}
+
+// PutJob implements Store. It returns once the job is on disk.
+func (f *File) PutJob(ctx context.Context, job *Job) error {
+	if err := f.lim.checkJob(job); err != nil {
+		return err
+	}
+	enc := appendJob(nil, job)
+	id := []byte(job.ID)
+	var full bool
+	err := f.batch("put job", func(tx *bolt.Tx) error {
+		full = false
+		b := tx.Bucket(bucketJobs)
+		if b.Get(id) == nil {
+			n := b.Sequence()
+			if n >= uint64(f.lim.MaxJobs) {
+				full = true
+				return nil
+			}
+			if err := b.SetSequence(n + 1); err != nil {
+				return err
+			}
+		}
+		return b.Put(id, enc)
+	})
+	switch {
+	case err != nil:
+		return err
+	case full:
+		return ErrFull
+	}
+	return nil
+}
+
+// GetJob implements Store.
+func (f *File) GetJob(ctx context.Context, id string) (*Job, error) {
+	var job *Job
+	err := f.view("get job", func(tx *bolt.Tx) (err error) {
+		if v := tx.Bucket(bucketJobs).Get([]byte(id)); v != nil {
+			job, err = decodeJob(id, v)
+		}
+		return err
+	})
+	switch {
+	case err != nil:
+		return nil, err
+	case job == nil:
+		return nil, ErrNotFound
+	}
+	return job, nil
+}
+
+// ListJobs implements Store.
+func (f *File) ListJobs(ctx context.Context, states ...JobState) ([]*Job, error) {
+	var out []*Job
+	err := f.view("list jobs", func(tx *bolt.Tx) error {
+		out = out[:0]
+		return tx.Bucket(bucketJobs).ForEach(func(k, v []byte) error {
+			if len(v) > stateOffset && !matchState(JobState(v[stateOffset]), states) {
+				return nil
+			}
+			j, err := decodeJob(string(k), v)
+			if err != nil {
+				return err
+			}
+			out = append(out, j)
+			return nil
+		})
+	})
+	if err != nil {
+		return nil, err
+	}
+	sortJobs(out)
+	return out, nil
+}
+
+// DeleteJob implements Store.
+func (f *File) DeleteJob(ctx context.Context, id string) error {
+	bid := []byte(id)
+	return f.batch("delete job", func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketJobs)
+		if b.Get(bid) == nil {
+			return nil
+		}
+		if err := b.Delete(bid); err != nil {
+			return err
+		}
+		return addSequence(b, -1)
+	})
+}
+
+// Sweep implements Store. It runs in one transaction.
+func (f *File) Sweep(now time.Time) (int, error) {
+	if f.closed.Load() {
+		return 0, ErrClosed
+	}
+	var swept []string
+	removed := 0
+	err := f.wrap("sweep", f.db.Update(func(tx *bolt.Tx) error {
+		swept, removed = swept[:0], 0
+		for _, spec := range []struct {
+			name    []byte
+			records bool
+		}{{bucketRecords, true}, {bucketJobs, false}} {
+			b := tx.Bucket(spec.name)
+			var dead [][]byte
+			err := b.ForEach(func(k, v []byte) error {
+				exp, ok := expiresAt(v)
+				if !ok {
+					return fmt.Errorf("%w: %s %q too short", ErrCorrupt, spec.name, k)
+				}
+				if (spec.records || !exp.IsZero()) && !now.Before(exp) {
+					dead = append(dead, append([]byte(nil), k...))
+				}
+				return nil
+			})
+			if err != nil {
+				return err
+			}
+			for _, k := range dead {
+				if err := b.Delete(k); err != nil {
+					return err
+				}
+				if spec.records {
+					swept = append(swept, string(k))
+				}
+			}
+			if err := addSequence(b, -len(dead)); err != nil {
+				return err
+			}
+			removed += len(dead)
+		}
+		return nil
+	}))
+	if err != nil {
+		return 0, err
+	}
+	for _, k := range swept {
+		f.wakeup.wake(k)
+	}
+	return removed, nil
+}
+
+// addSequence adds delta to the bucket's count (its sequence), never going
+// below zero.
+func addSequence(b *bolt.Bucket, delta int) error {
+	n := int64(b.Sequence()) + int64(delta)
+	return b.SetSequence(uint64(max(n, 0)))
+}

@@ -1,0 +1,85 @@
+package store
+
+import (
+	"context"
+	"path/filepath"
+	"runtime"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// t0 is the fixed start of every test's timeline.
+var t0 = time.Date(2025, 3, 1, 12, 0, 0, 0, time.UTC)
+
+type backend struct {
+	name string
+	open func(t testing.TB, lim Limits) Store
+}
+
+func backends() []backend {
+	return []backend{
+		{"memory", func(t testing.TB, lim Limits) Store {
+			s := OpenMemory(MemoryOptions{Limits: lim})
+			t.Cleanup(func() { _ = s.Close() })
+			return s
+		}},
+		{"file", func(t testing.TB, lim Limits) Store {
+			return openTestFile(t, filepath.Join(t.TempDir(), "state.db"), FileOptions{Limits: lim})
+		}},
+		{"file-boltbatch", func(t testing.TB, lim Limits) Store {
+			return openTestFile(t, filepath.Join(t.TempDir(), "state.db"), FileOptions{Limits: lim, BatchDelay: time.Millisecond})
+		}},
+	}
+}
+
+func openTestFile(t testing.TB, path string, opts FileOptions) *File {
+	t.Helper()
+	s, err := OpenFile(path, opts)
+	if err != nil {
+		t.Fatalf("OpenFile: %v", err)
+	}
+	t.Cleanup(func() { _ = s.Close() })
+	return s
+}
+
+func fp(s string) [32]byte { return Fingerprint([]byte("POST"), []byte("/v1"), []byte(s)) }
+
+func args(body string, now time.Time) ClaimArgs {
+	return ClaimArgs{Fingerprint: fp(body), Now: now, Lease: time.Minute, TTL: time.Hour}
+}
+
+func mustClaim(t testing.TB, s Store, key string, a ClaimArgs) *Record {
+	t.Helper()
+	rec, owned, err := s.Claim(context.Background(), key, a)
+	if err != nil || !owned {
+		t.Fatalf("Claim(%q) = %+v, owned=%v, err=%v; want owned", key, rec, owned, err)
+	}
+	return rec
+}
+
+func resp(body string) *Response {
+	return &Response{Status: 200, Header: []byte("Content-Type: application/json\r\n"), Body: []byte(body)}
+}
+
+// waiters reports how many Waits are blocked on key.
+func waiters(s Store, key string) int {
+	switch x := s.(type) {
+	case *Memory:
+		return x.wakeup.waiting(key)
+	case *File:
+		return x.wakeup.waiting(key)
+	}
+	return 0
+}
+
+// awaitWaiters yields until n Waits are blocked on key.
+func awaitWaiters(t testing.TB, s Store, key string, n int) {
+	t.Helper()
+	for waiters(s, key) < n {
+		runtime.Gosched()
+	}
+}

@@ -1,0 +1,308 @@
+package store
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/golang-lru/v2/simplelru"
+)
+
+// MemoryOptions configure a Memory store. The zero value uses the defaults.
+type MemoryOptions struct {
+	Limits
+}
+
+// Memory is the in-process Store: fast, bounded, and lost on restart (so it
+// never reports UnknownOutcome after a restart; only an expired lease does).
+//
+// Claims in flight live in a map bounded by MaxRecords (ErrFull beyond);
+// completed records live in an LRU of MaxRecords entries, so under pressure
+// the least recently used stored response is forgotten and a later duplicate
+// of it runs again.
+type Memory struct {
+	lim    Limits
+	tokens *tokens
+	wakeup *notifier
+
+	mu       sync.Mutex
+	closed   bool
+	inflight map[string]*Record
+	done     *simplelru.LRU[string, *Record]
+	jobs     map[string]*Job
+}
+
+var _ Store = (*Memory)(nil)
+
+// OpenMemory returns an empty Memory store.
+func OpenMemory(opts MemoryOptions) *Memory {
+	lim := opts.Limits.withDefaults()
+	done, err := simplelru.NewLRU[string, *Record](lim.MaxRecords, nil)
+	if err != nil {
+		// NewLRU fails only for a size ≤ 0, which withDefaults rules out.
+		panic("store: " + err.Error())
+	}
+	return &Memory{
+		lim:      lim,
+		tokens:   newTokens(),
+		wakeup:   newNotifier(),
+		inflight: make(map[string]*Record),
+		done:     done,
+		jobs:     make(map[string]*Job),
+	}
+}
+
+// Owner returns the instance id written into this store's claims.
+func (m *Memory) Owner() string { return m.lim.Owner }
+
+// lookup returns the stored record of key, marking a completed one as
+// recently used. m.mu must be held.
+func (m *Memory) lookup(key string) *Record {
+	if r := m.inflight[key]; r != nil {
+		return r
+	}
+	r, _ := m.done.Get(key)
+	return r
+}
+
+// Claim implements Store.
+func (m *Memory) Claim(ctx context.Context, key string, args ClaimArgs) (*Record, bool, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, false, err
+	}
+	if err := checkKey("key", key); err != nil {
+		return nil, false, err
+	}
+	m.mu.Lock()
+	if m.closed {
+		m.mu.Unlock()
+		return nil, false, ErrClosed
+	}
+	cur := m.lookup(key)
+	decision, view := decideClaim(cur, args)
+	switch decision {
+	case mismatch:
+		m.mu.Unlock()
+		return view, false, mismatchError(key)
+	case answerExisting:
+		m.mu.Unlock()
+		return view, false, nil
+	}
+	replaced := cur != nil && m.inflight[key] == cur
+	if cur != nil {
+		delete(m.inflight, key)
+		m.done.Remove(key)
+	}
+	if len(m.inflight) >= m.lim.MaxRecords {
+		m.mu.Unlock()
+		if replaced {
+			m.wakeup.wake(key)
+		}
+		return nil, false, ErrFull
+	}
+	rec := newClaim(key, args, m.lim.Owner, m.tokens.new())
+	m.inflight[key] = rec
+	m.mu.Unlock()
+	if replaced {
+		m.wakeup.wake(key)
+	}
+	return rec, true, nil
+}
+
+// Complete implements Store.
+func (m *Memory) Complete(ctx context.Context, held *Record, resp *Response, now time.Time, ttl time.Duration) error {
+	if err := checkHeld(held); err != nil {
+		return err
+	}
+	if resp == nil {
+		return invalidf("nil response")
+	}
+	if n := resp.Size(); n > m.lim.MaxResponseBytes {
+		return tooLarge("response", n, m.lim.MaxResponseBytes)
+	}
+	own := resp.clone()
+	m.mu.Lock()
+	if m.closed {
+		m.mu.Unlock()
+		return ErrClosed
+	}
+	cur := m.inflight[held.Key]
+	if !holds(cur, held) {
+		m.mu.Unlock()
+		return ErrNotHeld
+	}
+	delete(m.inflight, held.Key)
+	m.done.Add(held.Key, completed(cur, own, now, ttl))
+	m.mu.Unlock()
+	m.wakeup.wake(held.Key)
+	return nil
+}
+
+// Release implements Store.
+func (m *Memory) Release(ctx context.Context, held *Record) error {
+	if err := checkHeld(held); err != nil {
+		return err
+	}
+	m.mu.Lock()
+	if m.closed {
+		m.mu.Unlock()
+		return ErrClosed
+	}
+	if !holds(m.inflight[held.Key], held) {
+		m.mu.Unlock()
+		return ErrNotHeld
+	}
+	delete(m.inflight, held.Key)
+	m.mu.Unlock()
+	m.wakeup.wake(held.Key)
+	return nil
+}
+
+// Wait implements Store.
+func (m *Memory) Wait(ctx context.Context, key string) (*Record, error) {
+	return waitFor(ctx, m.wakeup, key, func() (*Record, error) {
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		if r := m.inflight[key]; r != nil {
+			return r, nil
+		}
+		r, _ := m.done.Peek(key)
+		return r, nil
+	}, m.isClosed)
+}
+
+func (m *Memory) isClosed() bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.closed
+}
+
+// Get implements Store. It does not allocate unless the record's lease has
+// expired.
+func (m *Memory) Get(ctx context.Context, key string, now time.Time) (*Record, error) {
+	m.mu.Lock()
+	if m.closed {
+		m.mu.Unlock()
+		return nil, ErrClosed
+	}
+	r := m.lookup(key)
+	m.mu.Unlock()
+	if r == nil || r.expired(now) {
+		return nil, ErrNotFound
+	}
+	return r.viewAt(now), nil
+}
+
+// PutJob implements Store.
+func (m *Memory) PutJob(ctx context.Context, job *Job) error {
+	if err := m.lim.checkJob(job); err != nil {
+		return err
+	}
+	own := job.clone()
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed {
+		return ErrClosed
+	}
+	if _, ok := m.jobs[own.ID]; !ok && len(m.jobs) >= m.lim.MaxJobs {
+		return ErrFull
+	}
+	m.jobs[own.ID] = own
+	return nil
+}
+
+// GetJob implements Store.
+func (m *Memory) GetJob(ctx context.Context, id string) (*Job, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed {
+		return nil, ErrClosed
+	}
+	j := m.jobs[id]
+	if j == nil {
+		return nil, ErrNotFound
+	}
+	c := *j
+	return &c, nil
+}
+
+// ListJobs implements Store.
+func (m *Memory) ListJobs(ctx context.Context, states ...JobState) ([]*Job, error) {
+	m.mu.Lock()
+	if m.closed {
+		m.mu.Unlock()
+		return nil, ErrClosed
+	}
+	var out []*Job
+	for _, j := range m.jobs {
+		if matchState(j.State, states) {
+			c := *j
+			out = append(out, &c)
+		}
+	}
+	m.mu.Unlock()
+	sortJobs(out)
+	return out, nil
+}
+
+// DeleteJob implements Store.
+func (m *Memory) DeleteJob(ctx context.Context, id string) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed {
+		return ErrClosed
+	}
+	delete(m.jobs, id)
+	return nil
+}
+
+// Sweep implements Store.
+func (m *Memory) Sweep(now time.Time) (int, error) {
+	m.mu.Lock()
+	if m.closed {
+		m.mu.Unlock()
+		return 0, ErrClosed
+	}
+	var woken []string
+	for k, r := range m.inflight {
+		if r.expired(now) {
+			delete(m.inflight, k)
+			woken = append(woken, k)
+		}
+	}
+	removed := len(woken)
+	for _, k := range m.done.Keys() {
+		if r, ok := m.done.Peek(k); ok && r.expired(now) {
+			m.done.Remove(k)
+			removed++
+		}
+	}
+	for id, j := range m.jobs {
+		if !j.ExpiresAt.IsZero() && !now.Before(j.ExpiresAt) {
+			delete(m.jobs, id)
+			removed++
+		}
+	}
+	m.mu.Unlock()
+	for _, k := range woken {
+		m.wakeup.wake(k)
+	}
+	return removed, nil
+}
+
+// Len reports how many records (in flight and completed, including expired
+// ones not yet swept) the store holds.
+func (m *Memory) Len() int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return len(m.inflight) + m.done.Len()
+}
+
+// Close implements Store. It is idempotent.
+func (m *Memory) Close() error {
+	m.mu.Lock()
+	m.closed = true
+	m.mu.Unlock()
+	m.wakeup.closeAll()
+	return nil
+}
