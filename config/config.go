@@ -59,7 +59,74 @@ type Policy struct {
 	// Timeouts bound each phase of an upstream exchange.
 	Timeouts Timeouts `koanf:"timeouts" json:"timeouts"`
 	// MaxBody caps the request body; larger requests get 413. Default 10MiB.
+	// Bodies are buffered whole, so any request ballast accepts can be
+	// re-sent by a retry.
 	MaxBody Size `koanf:"max_body" json:"max_body"`
+	// Retry says when and how failed attempts are repeated.
+	Retry Retry `koanf:"retry" json:"retry"`
+	// Breaker is the circuit breaker of each upstream the route uses.
+	Breaker Breaker `koanf:"breaker" json:"breaker"`
+}
+
+// Retry configures retries. Attempts count the first one: attempts: 1
+// never retries.
+type Retry struct {
+	// Attempts is the most attempts per upstream (primary, then each
+	// fallback), the first included. Default 3.
+	Attempts int `koanf:"attempts" json:"attempts"`
+	// On lists what is retried: connect-failure, reset, timeout, invalid,
+	// 5xx, gateway-error, or status codes. Default [connect-failure, reset,
+	// timeout, 429, 502, 503, 504].
+	On []string `koanf:"on" json:"on"`
+	// Backoff is the full-jitter delay between attempts.
+	Backoff Backoff `koanf:"backoff" json:"backoff"`
+	// MaxRetryAfter caps how long a server's hint (Retry-After, reset
+	// headers) is waited for. Default 60s.
+	MaxRetryAfter Duration `koanf:"max_retry_after" json:"max_retry_after"`
+	// Budget bounds retries to a share of recent requests per upstream.
+	Budget Budget `koanf:"budget" json:"budget"`
+	// UnsafeMethods allows repeating POST and other non-idempotent methods
+	// after they were sent (for model APIs, where a repeat is harmless).
+	// Default false.
+	UnsafeMethods bool `koanf:"unsafe_methods" json:"unsafe_methods"`
+}
+
+// Backoff is the delay before retry n: uniform in [0, min(max, base·2^n)).
+type Backoff struct {
+	// Base is the first ceiling. Default 100ms.
+	Base Duration `koanf:"base" json:"base"`
+	// Max caps the ceiling. Default 10s.
+	Max Duration `koanf:"max" json:"max"`
+}
+
+// Budget is the Finagle/Linkerd retry budget: retries may be at most Ratio
+// of the requests of the last 10s, plus MinPerSecond.
+type Budget struct {
+	// Ratio is the share of recent requests that may be retried. Default 0.2.
+	Ratio float64 `koanf:"ratio" json:"ratio"`
+	// MinPerSecond retries are always allowed, for low traffic. Default 10.
+	MinPerSecond float64 `koanf:"min_per_second" json:"min_per_second"`
+}
+
+// Breaker configures the circuit breaker of each upstream.
+type Breaker struct {
+	// Enabled turns the breaker on. Default true.
+	Enabled bool `koanf:"enabled" json:"enabled"`
+	// Failures opens it after this many consecutive failed attempts.
+	// Default 5.
+	Failures int `koanf:"failures" json:"failures"`
+	// FailureRatio, when > 0, also opens it when this share of the
+	// attempts of the last 10s failed (once min_requests were seen).
+	// Default 0 (off).
+	FailureRatio float64 `koanf:"failure_ratio" json:"failure_ratio"`
+	// MinRequests is the least number of attempts before failure_ratio
+	// applies. Default 20.
+	MinRequests int `koanf:"min_requests" json:"min_requests"`
+	// OpenFor is how long it fails fast before probing. Default 30s.
+	OpenFor Duration `koanf:"open_for" json:"open_for"`
+	// HalfOpenRequests is how many probes may test a recovering upstream
+	// at once. Default 1.
+	HalfOpenRequests int `koanf:"half_open_requests" json:"half_open_requests"`
 }
 
 // Timeouts bound an upstream exchange.
@@ -94,8 +161,23 @@ type Route struct {
 	// CAFile is an extra PEM CA bundle trusted for an https upstream, on top
 	// of the system roots.
 	CAFile string `koanf:"ca_file" json:"ca_file,omitempty"`
+	// Fallbacks are tried in order when the upstream's breaker is open or
+	// its attempts are spent, within the same total deadline.
+	Fallbacks []Fallback `koanf:"fallbacks" json:"fallbacks,omitempty"`
 
 	Policy `koanf:",squash"`
+}
+
+// Fallback is another upstream for a route: another region, a mirror, a
+// secondary tool server. The route's header rules apply first, then the
+// fallback's own (for example another API key from ${ENV}).
+type Fallback struct {
+	// Upstream is the fallback's base URL.
+	Upstream string `koanf:"upstream" json:"upstream"`
+	// Headers edits the outbound request for this fallback.
+	Headers HeaderRules `koanf:"headers" json:"headers"`
+	// CAFile is an extra CA bundle for an https fallback.
+	CAFile string `koanf:"ca_file" json:"ca_file,omitempty"`
 }
 
 // Match selects the requests of a route. Every set field must match.

@@ -125,6 +125,18 @@ func builtinDefaults() map[string]any {
 		"defaults": map[string]any{
 			"timeouts": map[string]any{"connect": "2s", "per_try": "30s", "idle": "30s", "total": "120s"},
 			"max_body": "10MiB",
+			"retry": map[string]any{
+				"attempts":        3,
+				"on":              []any{"connect-failure", "reset", "timeout", "429", "502", "503", "504"},
+				"backoff":         map[string]any{"base": "100ms", "max": "10s"},
+				"max_retry_after": "60s",
+				"budget":          map[string]any{"ratio": 0.2, "min_per_second": 10},
+				"unsafe_methods":  false,
+			},
+			"breaker": map[string]any{
+				"enabled": true, "failures": 5, "failure_ratio": 0, "min_requests": 20,
+				"open_for": "30s", "half_open_requests": 1,
+			},
 		},
 	}
 }

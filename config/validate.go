@@ -80,6 +80,41 @@ func (p *Policy) validate(path string) []error {
 	if p.MaxBody <= 0 || p.MaxBody > 1<<30 {
 		errs = append(errs, pathErr(path+".max_body", "must be between 1 byte and 1GiB"))
 	}
+	add := func(key, msg string) { errs = append(errs, pathErr(path+"."+key, msg)) }
+	rt := p.Retry
+	if rt.Attempts < 1 || rt.Attempts > 10 {
+		add("retry.attempts", "must be between 1 and 10 (the first attempt counts)")
+	}
+	if rt.Backoff.Base <= 0 {
+		add("retry.backoff.base", "must be positive")
+	}
+	if rt.Backoff.Max < rt.Backoff.Base {
+		add("retry.backoff.max", "must be at least retry.backoff.base")
+	}
+	if rt.Budget.Ratio < 0 || rt.Budget.Ratio > 1 {
+		add("retry.budget.ratio", "must be between 0 and 1")
+	}
+	if rt.Budget.MinPerSecond < 0 {
+		add("retry.budget.min_per_second", "must not be negative")
+	}
+	br := p.Breaker
+	if br.Enabled {
+		if br.Failures < 1 {
+			add("breaker.failures", "must be at least 1")
+		}
+		if br.FailureRatio < 0 || br.FailureRatio > 1 {
+			add("breaker.failure_ratio", "must be between 0 and 1")
+		}
+		if br.MinRequests < 1 {
+			add("breaker.min_requests", "must be at least 1")
+		}
+		if br.OpenFor <= 0 {
+			add("breaker.open_for", "must be positive")
+		}
+		if br.HalfOpenRequests < 1 {
+			add("breaker.half_open_requests", "must be at least 1")
+		}
+	}
 	return errs
 }
 
@@ -107,22 +142,33 @@ func (r *Route) validate(p string) []error {
 			add(fmt.Sprintf("%s.match.methods[%d]", p, i), fmt.Sprintf("%q is not an upper-case method name", m))
 		}
 	}
-	u, err := url.Parse(r.Upstream)
+	errs = append(errs, checkUpstream(p, r.Upstream, r.CAFile, r.Headers)...)
+	for i, f := range r.Fallbacks {
+		errs = append(errs, checkUpstream(fmt.Sprintf("%s.fallbacks[%d]", p, i), f.Upstream, f.CAFile, f.Headers)...)
+	}
+	return errs
+}
+
+// checkUpstream validates an upstream URL with its CA file and header rules.
+func checkUpstream(p, upstream, caFile string, headers HeaderRules) []error {
+	var errs []error
+	add := func(path, msg string) { errs = append(errs, pathErr(path, msg)) }
+	u, err := url.Parse(upstream)
 	switch {
-	case r.Upstream == "":
+	case upstream == "":
 		add(p+".upstream", "is required")
 	case err != nil:
-		add(p+".upstream", fmt.Sprintf("%q is not a URL", r.Upstream))
+		add(p+".upstream", fmt.Sprintf("%q is not a URL", upstream))
 	case u.Scheme != "http" && u.Scheme != "https":
-		add(p+".upstream", fmt.Sprintf("%q must use http or https", r.Upstream))
+		add(p+".upstream", fmt.Sprintf("%q must use http or https", upstream))
 	case u.Host == "" || u.Hostname() == "":
-		add(p+".upstream", fmt.Sprintf("%q has no host", r.Upstream))
+		add(p+".upstream", fmt.Sprintf("%q has no host", upstream))
 	case u.User != nil:
 		add(p+".upstream", "must not carry credentials; set an Authorization header from ${ENV} instead")
 	case u.RawQuery != "" || u.Fragment != "":
 		add(p+".upstream", "must not have a query or fragment")
 	}
-	for name, v := range r.Headers.Set {
+	for name, v := range headers.Set {
 		hp := p + ".headers.set." + name
 		switch {
 		case !isToken(name):
@@ -133,18 +179,18 @@ func (r *Route) validate(p string) []error {
 			add(hp, "value must not contain CR, LF or NUL")
 		}
 	}
-	for i, name := range r.Headers.Remove {
+	for i, name := range headers.Remove {
 		if !isToken(name) {
 			add(fmt.Sprintf("%s.headers.remove[%d]", p, i), fmt.Sprintf("%q is not a valid header name", name))
 		}
 	}
-	if r.CAFile != "" {
+	if caFile != "" {
 		if err == nil && u.Scheme != "https" {
 			add(p+".ca_file", "applies only to https upstreams")
-		} else if pem, rerr := os.ReadFile(r.CAFile); rerr != nil {
+		} else if pem, rerr := os.ReadFile(caFile); rerr != nil {
 			add(p+".ca_file", rerr.Error())
 		} else if !x509.NewCertPool().AppendCertsFromPEM(pem) {
-			add(p+".ca_file", fmt.Sprintf("%s holds no PEM certificate", r.CAFile))
+			add(p+".ca_file", fmt.Sprintf("%s holds no PEM certificate", caFile))
 		}
 	}
 	return errs

@@ -244,7 +244,8 @@ func TestUnreachableUpstream(t *testing.T) {
 	if resp.StatusCode != 502 {
 		t.Fatalf("status %d", resp.StatusCode)
 	}
-	if p := decodeProblem(t, resp, body); p.Reason != "upstream_unavailable" || p.Attempts != 1 || p.Route != "gone" {
+	// A refused connection sent nothing, so it is retried (3 attempts by default).
+	if p := decodeProblem(t, resp, body); p.Reason != "upstream_unavailable" || p.Attempts != 3 || p.Route != "gone" {
 		t.Errorf("problem %+v", p)
 	}
 }

@@ -59,32 +59,18 @@ func (s *Server) forward(ctx *fasthttp.RequestCtx, r *route, start time.Time) {
 		return
 	}
 
-	out := fasthttp.AcquireRequest()
-	defer fasthttp.ReleaseRequest(out)
-	buildOutbound(out, ctx, r, body)
-
-	resp := fasthttp.AcquireResponse()
-	tryDeadline := time.Now().Add(r.perTry)
-	if deadline.Before(tryDeadline) {
-		tryDeadline = deadline
-	}
-	if err := r.upstream.ex.do(out, resp, tryDeadline); err != nil {
-		fasthttp.ReleaseResponse(resp)
-		s.writeTransportProblem(ctx, r, err, 1)
-		return
-	}
-	s.relay(ctx, r, resp, deadline, 1)
+	s.exchange(ctx, r, body, deadline)
 }
 
 // writeTransportProblem answers a failed exchange: 504 when it timed out,
 // 502 otherwise.
-func (s *Server) writeTransportProblem(ctx *fasthttp.RequestCtx, r *route, err error, attempts int) {
+func (s *Server) writeTransportProblem(ctx *fasthttp.RequestCtx, r *route, t *target, err error, attempts int) {
 	p := problem{Status: fasthttp.StatusBadGateway, Reason: ReasonUpstreamUnavailable, Route: r.name,
-		Attempts: attempts, Detail: "the upstream " + r.upstreamName + " failed: " + err.Error()}
+		Attempts: attempts, Detail: "the upstream " + t.name + " failed: " + err.Error()}
 	var ne net.Error
 	if errors.Is(err, fasthttp.ErrTimeout) || errors.Is(err, fasthttp.ErrDialTimeout) || (errors.As(err, &ne) && ne.Timeout()) {
 		p.Status, p.Reason = fasthttp.StatusGatewayTimeout, ReasonTimeout
-		p.Detail = "the upstream " + r.upstreamName + " did not answer within the deadline"
+		p.Detail = "the upstream " + t.name + " did not answer within the deadline"
 	}
 	writeProblem(ctx, p)
 }
@@ -137,7 +123,7 @@ func readBody(ctx *fasthttp.RequestCtx, r *route) (body []byte, buf *bytebufferp
 // buildOutbound fills out from the inbound request: headers minus
 // hop-by-hop and X-Ballast-*, the upstream's scheme, host and path, the
 // forwarding headers and the route's header rules.
-func buildOutbound(out *fasthttp.Request, ctx *fasthttp.RequestCtx, r *route, body []byte) {
+func buildOutbound(out *fasthttp.Request, ctx *fasthttp.RequestCtx, r *route, t *target, body []byte) {
 	in := &ctx.Request.Header
 	connection := in.Peek("Connection")
 	for k, v := range in.All() {
@@ -150,11 +136,11 @@ func buildOutbound(out *fasthttp.Request, ctx *fasthttp.RequestCtx, r *route, bo
 
 	var scratch [512]byte
 	uri := out.URI()
-	uri.SetSchemeBytes(r.upstream.scheme)
-	uri.SetHostBytes(r.upstream.host)
-	uri.SetPathBytes(r.appendUpstreamPath(scratch[:0], ctx.Path()))
+	uri.SetSchemeBytes(t.up.scheme)
+	uri.SetHostBytes(t.up.host)
+	uri.SetPathBytes(r.appendUpstreamPath(scratch[:0], t, ctx.Path()))
 	uri.SetQueryStringBytes(ctx.URI().QueryString())
-	out.Header.SetHostBytes(r.upstream.host)
+	out.Header.SetHostBytes(t.up.host)
 
 	xff := append(scratch[:0], in.Peek("X-Forwarded-For")...)
 	if len(xff) > 0 {
@@ -173,10 +159,10 @@ func buildOutbound(out *fasthttp.Request, ctx *fasthttp.RequestCtx, r *route, bo
 	}
 	out.Header.SetBytesV(headerRequestID, ctx.Response.Header.Peek(headerRequestID))
 
-	for _, k := range r.removeHeaders {
+	for _, k := range t.removeHeaders {
 		out.Header.DelBytes(k)
 	}
-	for _, kv := range r.setHeaders {
+	for _, kv := range t.setHeaders {
 		out.Header.SetBytesKV(kv[0], kv[1])
 	}
 	if len(body) > 0 {
@@ -186,7 +172,7 @@ func buildOutbound(out *fasthttp.Request, ctx *fasthttp.RequestCtx, r *route, bo
 
 // relay copies the upstream response to the agent. The body streams: it is
 // never held in memory, and SSE events reach the agent as they arrive.
-func (s *Server) relay(ctx *fasthttp.RequestCtx, r *route, resp *fasthttp.Response, deadline time.Time, attempts int) {
+func (s *Server) relay(ctx *fasthttp.RequestCtx, r *route, t *target, resp *fasthttp.Response, deadline time.Time, attempts int) {
 	var idBuf [maxRequestIDLen]byte
 	id := idBuf[:copy(idBuf[:], ctx.Response.Header.Peek(headerRequestID))]
 
@@ -209,7 +195,7 @@ func (s *Server) relay(ctx *fasthttp.RequestCtx, r *route, resp *fasthttp.Respon
 	}
 	var nb [20]byte
 	h.SetBytesV(headerAttempts, strconv.AppendInt(nb[:0], int64(attempts), 10))
-	h.Set(headerUpstream, r.upstreamName)
+	h.Set(headerUpstream, t.name)
 
 	stream := resp.BodyStream()
 	if stream == nil {
@@ -226,7 +212,7 @@ func (s *Server) relay(ctx *fasthttp.RequestCtx, r *route, resp *fasthttp.Respon
 	if size < 0 {
 		size = -1
 	}
-	rb := acquireRelayBody(s, r, resp, stream, id)
+	rb := acquireRelayBody(s, r, t, resp, stream, id)
 	ctx.Response.SetBodyStream(rb, size)
 }
 

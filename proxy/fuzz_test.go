@@ -19,11 +19,11 @@ routes:
 	if err != nil {
 		f.Fatal(err)
 	}
-	t, err := buildTable(cfg, newUpstreamPool(), newMetrics(prometheus.NewRegistry()))
+	s, err := New(cfg, Options{Registry: prometheus.NewRegistry()})
 	if err != nil {
 		f.Fatal(err)
 	}
-	return t
+	return s.table.Load()
 }
 
 // FuzzMatch drives routing with arbitrary hosts, paths and methods: it must
@@ -45,9 +45,10 @@ func FuzzMatch(f *testing.F) {
 		if !r.matchPath([]byte(path)) {
 			tt.Fatalf("route %s matched %q without its prefix", r.name, path)
 		}
-		out := r.appendUpstreamPath(nil, []byte(path))
-		if len(out) == 0 || out[0] != '/' || len(out) < len(r.basePath) || string(out[:len(r.basePath)]) != string(r.basePath) {
-			tt.Fatalf("route %s: %q became %q, outside base %q", r.name, path, out, r.basePath)
+		base := r.targets[0].basePath
+		out := r.appendUpstreamPath(nil, r.targets[0], []byte(path))
+		if len(out) == 0 || out[0] != '/' || len(out) < len(base) || string(out[:len(base)]) != string(base) {
+			tt.Fatalf("route %s: %q became %q, outside base %q", r.name, path, out, base)
 		}
 	})
 }

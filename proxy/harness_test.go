@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/ballast-proxy/ballast/config"
+	"github.com/ballast-proxy/ballast/policy"
 	"github.com/ballast-proxy/ballast/proxy"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/goleak"
@@ -67,6 +68,14 @@ func (s *syncBuffer) String() string {
 // it on loopback listeners. Environment references resolve from env.
 func startBallast(t testing.TB, yaml string, env ...string) *ballast {
 	t.Helper()
+	return startBallastClock(t, nil, yaml, env...)
+}
+
+// startBallastClock is startBallast with an injected clock for retry,
+// backoff and cool-down waits. A FakeClock must start at the real time:
+// socket deadlines are computed from it.
+func startBallastClock(t testing.TB, clock policy.Clock, yaml string, env ...string) *ballast {
+	t.Helper()
 	file := t.TempDir() + "/ballast.yaml"
 	if err := os.WriteFile(file, []byte(yaml), 0o600); err != nil {
 		t.Fatal(err)
@@ -82,6 +91,7 @@ func startBallast(t testing.TB, yaml string, env ...string) *ballast {
 		Logger:   slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
 		Registry: reg,
 		Source:   &src,
+		Clock:    clock,
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"sync"
 
+	"github.com/ballast-proxy/ballast/policy"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 )
@@ -23,6 +24,13 @@ type metrics struct {
 	reloads   *prometheus.CounterVec
 	inflight  *prometheus.GaugeVec
 
+	attempts        *prometheus.CounterVec
+	retries         *prometheus.CounterVec
+	budgetExhausted *prometheus.CounterVec
+	retryWait       *prometheus.HistogramVec
+	breakerState    *prometheus.GaugeVec
+	reg             prometheus.Registerer
+
 	mu     sync.Mutex
 	routes map[string]*routeMetrics
 }
@@ -33,6 +41,10 @@ type routeMetrics struct {
 	duration  [len(statusClasses)]prometheus.Observer
 	truncated prometheus.Counter
 	inflight  prometheus.Gauge
+
+	retries         [policy.Canceled + 1]prometheus.Counter // by the failed attempt's class
+	budgetExhausted prometheus.Counter
+	retryWait       prometheus.Observer
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -58,9 +70,32 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "ballast_inflight_requests",
 			Help: "Requests being handled now, by route.",
 		}, []string{"route"}),
+		attempts: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "ballast_upstream_attempts_total",
+			Help: "Attempts sent upstream, by route, upstream and outcome class.",
+		}, []string{"route", "upstream", "outcome"}),
+		retries: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "ballast_retries_total",
+			Help: "Retries, by route and the class of the attempt that was retried.",
+		}, []string{"route", "reason"}),
+		budgetExhausted: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "ballast_retry_budget_exhausted_total",
+			Help: "Retries refused because the upstream's retry budget was spent.",
+		}, []string{"route"}),
+		retryWait: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "ballast_retry_wait_seconds",
+			Help:    "Waits before retries (backoff or server hint) and cool-down waits.",
+			Buckets: []float64{.01, .05, .1, .25, .5, 1, 2, 5, 10, 30, 60},
+		}, []string{"route"}),
+		breakerState: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "ballast_breaker_state",
+			Help: "Circuit breaker state per upstream: 0 closed, 1 half open, 2 open.",
+		}, []string{"upstream"}),
+		reg:    reg,
 		routes: map[string]*routeMetrics{},
 	}
-	reg.MustRegister(m.requests, m.duration, m.truncated, m.reloads, m.inflight)
+	reg.MustRegister(m.requests, m.duration, m.truncated, m.reloads, m.inflight,
+		m.attempts, m.retries, m.budgetExhausted, m.retryWait, m.breakerState)
 	m.reloads.WithLabelValues("success")
 	m.reloads.WithLabelValues("failure")
 	return m
@@ -95,8 +130,23 @@ func (m *metrics) forRoute(name string) *routeMetrics {
 		rm.requests[i] = m.requests.WithLabelValues(name, c)
 		rm.duration[i] = m.duration.WithLabelValues(name, c)
 	}
+	for c := policy.OK; c <= policy.Canceled; c++ {
+		rm.retries[c] = m.retries.WithLabelValues(name, c.String())
+	}
+	rm.budgetExhausted = m.budgetExhausted.WithLabelValues(name)
+	rm.retryWait = m.retryWait.WithLabelValues(name)
 	m.routes[name] = rm
 	return rm
+}
+
+// registerCooldown exports an upstream's remaining cool-down as
+// ballast_cooldown_seconds{upstream}, computed when scraped.
+func (m *metrics) registerCooldown(upstream string, remaining func() float64) {
+	_ = m.reg.Register(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name:        "ballast_cooldown_seconds",
+		Help:        "Seconds the upstream still asks ballast to wait before sending (shared cool-down).",
+		ConstLabels: prometheus.Labels{"upstream": upstream},
+	}, remaining))
 }
 
 // observe counts one answered request.

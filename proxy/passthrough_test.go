@@ -60,7 +60,10 @@ func (p *passThrough) do(tb testing.TB) {
 	}
 }
 
-func benchBallast(tb testing.TB) *ballast {
+func benchBallast(tb testing.TB) *ballast { return benchBallastWith(tb, "") }
+
+// benchBallastWith starts ballast on a fast upstream with extra route keys.
+func benchBallastWith(tb testing.TB, extra string) *ballast {
 	up := fastUpstream(tb)
 	return startBallast(tb, fmt.Sprintf(`
 routes:
@@ -68,7 +71,26 @@ routes:
     match: {path_prefix: /v1/}
     upstream: http://%s
     headers: {set: {X-Tenant: bench}}
-`, up))
+%s`, up, extra))
+}
+
+// BenchmarkRetryMachinery compares the happy path (a 200 on the first try)
+// with the retry policy, budget, breaker and cool-down armed (the defaults)
+// against the same route with all of them off.
+func BenchmarkRetryMachinery(b *testing.B) {
+	for _, tc := range []struct{ name, extra string }{
+		{"off", "    retry: {attempts: 1}\n    breaker: {enabled: false}\n"},
+		{"armed", ""},
+	} {
+		b.Run(tc.name, func(b *testing.B) {
+			bl := benchBallastWith(b, tc.extra)
+			p := newPassThrough(b, bl.addr, "/v1/chat/completions")
+			b.ReportAllocs()
+			for b.Loop() {
+				p.do(b)
+			}
+		})
+	}
 }
 
 func BenchmarkDirect(b *testing.B) {

@@ -41,12 +41,13 @@ type Options struct {
 // Server is a running ballast: the agent-facing listener and the admin
 // listener over one atomically swapped route table.
 type Server struct {
-	log   *slog.Logger
-	reg   *prometheus.Registry
-	clock policy.Clock
-	m     *metrics
-	ids   *idSource
-	ups   *upstreamPool
+	log    *slog.Logger
+	reg    *prometheus.Registry
+	clock  policy.Clock
+	m      *metrics
+	ids    *idSource
+	ups    *upstreamPool
+	health *healthPool
 
 	table     atomic.Pointer[table]
 	ready     atomic.Bool
@@ -66,12 +67,12 @@ type Server struct {
 // config.Load, which already did.
 func New(cfg *config.Config, opts Options) (*Server, error) {
 	s := &Server{
-		log:   opts.Logger,
-		reg:   opts.Registry,
-		clock: opts.Clock,
-		ids:   newIDSource(),
-		ups:   newUpstreamPool(),
-		src:   opts.Source,
+		log:    opts.Logger,
+		reg:    opts.Registry,
+		clock:  opts.Clock,
+		ids:    newIDSource(),
+		health: newHealthPool(),
+		src:    opts.Source,
 	}
 	if s.log == nil {
 		s.log = slog.Default()
@@ -79,6 +80,7 @@ func New(cfg *config.Config, opts Options) (*Server, error) {
 	if s.clock == nil {
 		s.clock = policy.SystemClock{}
 	}
+	s.ups = newUpstreamPool(s.clock)
 	if s.reg == nil {
 		s.reg = prometheus.NewRegistry()
 	}
@@ -87,7 +89,7 @@ func New(cfg *config.Config, opts Options) (*Server, error) {
 	}
 	s.m = newMetrics(s.reg)
 	s.unmatched = s.m.forRoute("_unmatched")
-	t, err := buildTable(cfg, s.ups, s.m)
+	t, err := s.buildTable(cfg)
 	if err != nil {
 		return nil, err
 	}
@@ -125,7 +127,7 @@ func (s *Server) Config() *config.Config { return s.table.Load().cfg }
 // table they started with. Listener addresses and server limits take
 // effect only on restart; Apply logs when they differ.
 func (s *Server) Apply(cfg *config.Config) error {
-	t, err := buildTable(cfg, s.ups, s.m)
+	t, err := s.buildTable(cfg)
 	if err != nil {
 		return err
 	}
@@ -188,7 +190,7 @@ func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 		return
 	}
 	r.m.inflight.Inc()
-	s.forward(ctx, r, start)
+	s.forward(ctx, r, s.clock.Now())
 	r.m.inflight.Dec()
 	r.m.observe(ctx.Response.StatusCode(), time.Since(start).Seconds())
 }

@@ -19,6 +19,7 @@ import (
 type relayBody struct {
 	s      *Server
 	r      *route
+	t      *target
 	resp   *fasthttp.Response
 	stream io.Reader
 	id     [maxRequestIDLen]byte
@@ -31,9 +32,9 @@ var relayBodyPool = sync.Pool{New: func() any { return new(relayBody) }}
 
 var _ fasthttp.ReadCloserWithError = (*relayBody)(nil)
 
-func acquireRelayBody(s *Server, r *route, resp *fasthttp.Response, stream io.Reader, id []byte) *relayBody {
+func acquireRelayBody(s *Server, r *route, t *target, resp *fasthttp.Response, stream io.Reader, id []byte) *relayBody {
 	b := relayBodyPool.Get().(*relayBody)
-	b.s, b.r, b.resp, b.stream = s, r, resp, stream
+	b.s, b.r, b.t, b.resp, b.stream = s, r, t, resp, stream
 	b.idLen = copy(b.id[:], id)
 	return b
 }
@@ -45,7 +46,7 @@ func (b *relayBody) Read(p []byte) (int, error) {
 		b.err = err
 		b.r.m.truncated.Inc()
 		b.s.log.Warn("upstream body broke mid-stream; aborting the agent's connection",
-			"request_id", string(b.id[:b.idLen]), "route", b.r.name, "upstream", b.r.upstreamName,
+			"request_id", string(b.id[:b.idLen]), "route", b.r.name, "upstream", b.t.name,
 			"bytes_relayed", b.n, "error", err.Error())
 	}
 	return n, err

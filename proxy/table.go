@@ -2,13 +2,14 @@ package proxy
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
-	"net/url"
 	"sort"
 	"strings"
 	"time"
 
 	"github.com/ballast-proxy/ballast/config"
+	"github.com/ballast-proxy/ballast/policy"
 )
 
 // table is one immutable generation of the routing configuration. It is
@@ -27,33 +28,41 @@ type route struct {
 	hostSuffix bool   // host was "*.example.com": match by suffix ".example.com"
 	prefix     []byte
 	slashEnd   bool   // prefix ends in '/'
-	methods    []byte // nil: any; else the methods' bytes joined by ' ' with a leading and trailing space
+	methods    []byte // nil: any; else the methods joined by ' ', with a leading and trailing space
 	strip      bool
 
-	upstream     *upstream
-	upstreamName string // shown in X-Ballast-Upstream
-	basePath     []byte // upstream base path without trailing '/'
-
-	setHeaders    [][2][]byte
-	removeHeaders [][]byte
+	// targets are the primary upstream, then the fallbacks in order.
+	targets []*target
 
 	maxBody int64
 	perTry  time.Duration
 	idle    time.Duration
 	total   time.Duration
 
+	retry         policy.Retry
+	attempts      int // per target, the first included
+	backoff       policy.Backoff
+	maxRetryAfter time.Duration
+
 	m *routeMetrics
 }
 
-func buildTable(cfg *config.Config, ups *upstreamPool, m *metrics) (*table, error) {
+// buildTable compiles a config into a route table. Errors carry the config
+// path they come from.
+func (s *Server) buildTable(cfg *config.Config) (*table, error) {
 	t := &table{cfg: cfg}
+	var errs []error
 	for i := range cfg.Routes {
 		rc := &cfg.Routes[i]
-		r, err := buildRoute(rc, ups, m)
+		r, err := s.buildRoute(rc, fmt.Sprintf("routes[%d]", i))
 		if err != nil {
-			return nil, fmt.Errorf("proxy: routes[%d] (%s): %w", i, rc.Name, err)
+			errs = append(errs, err)
+			continue
 		}
 		t.routes = append(t.routes, r)
+	}
+	if len(errs) > 0 {
+		return nil, errors.Join(errs...)
 	}
 	sort.SliceStable(t.routes, func(i, j int) bool {
 		a, b := t.routes[i], t.routes[j]
@@ -69,28 +78,38 @@ func buildTable(cfg *config.Config, ups *upstreamPool, m *metrics) (*table, erro
 	return t, nil
 }
 
-func buildRoute(rc *config.Route, ups *upstreamPool, m *metrics) (*route, error) {
-	u, err := url.Parse(rc.Upstream)
+func (s *Server) buildRoute(rc *config.Route, path string) (*route, error) {
+	on, err := policy.ParseRetryOn(rc.Retry.On)
 	if err != nil {
-		return nil, err
-	}
-	up, err := ups.get(u, rc)
-	if err != nil {
-		return nil, err
+		return nil, &config.FieldError{Path: path + ".retry.on", Msg: err.Error()}
 	}
 	r := &route{
-		name:         rc.Name,
-		prefix:       []byte(rc.Match.PathPrefix),
-		slashEnd:     strings.HasSuffix(rc.Match.PathPrefix, "/"),
-		strip:        rc.StripPrefix,
-		upstream:     up,
-		upstreamName: u.Host,
-		basePath:     []byte(strings.TrimSuffix(u.EscapedPath(), "/")),
-		maxBody:      int64(rc.MaxBody),
-		perTry:       rc.Timeouts.PerTry.D(),
-		idle:         rc.Timeouts.Idle.D(),
-		total:        rc.Timeouts.Total.D(),
-		m:            m.forRoute(rc.Name),
+		name:     rc.Name,
+		prefix:   []byte(rc.Match.PathPrefix),
+		slashEnd: strings.HasSuffix(rc.Match.PathPrefix, "/"),
+		strip:    rc.StripPrefix,
+		maxBody:  int64(rc.MaxBody),
+		perTry:   rc.Timeouts.PerTry.D(),
+		idle:     rc.Timeouts.Idle.D(),
+		total:    rc.Timeouts.Total.D(),
+
+		retry:         policy.Retry{On: on, UnsafeMethods: rc.Retry.UnsafeMethods},
+		attempts:      rc.Retry.Attempts,
+		backoff:       policy.Backoff{Base: rc.Retry.Backoff.Base.D(), Max: rc.Retry.Backoff.Max.D()},
+		maxRetryAfter: rc.Retry.MaxRetryAfter.D(),
+		m:             s.m.forRoute(rc.Name),
+	}
+	primary, err := s.buildTarget(rc.Name, rc.Upstream, rc.CAFile, &rc.Policy, rc.Headers)
+	if err != nil {
+		return nil, &config.FieldError{Path: path + ".upstream", Msg: err.Error()}
+	}
+	r.targets = append(r.targets, primary)
+	for i, f := range rc.Fallbacks {
+		t, err := s.buildTarget(rc.Name, f.Upstream, f.CAFile, &rc.Policy, rc.Headers, f.Headers)
+		if err != nil {
+			return nil, &config.FieldError{Path: fmt.Sprintf("%s.fallbacks[%d].upstream", path, i), Msg: err.Error()}
+		}
+		r.targets = append(r.targets, t)
 	}
 	if h := strings.ToLower(rc.Match.Host); h != "" {
 		if rest, ok := strings.CutPrefix(h, "*"); ok {
@@ -101,20 +120,6 @@ func buildRoute(rc *config.Route, ups *upstreamPool, m *metrics) (*route, error)
 	}
 	if len(rc.Match.Methods) > 0 {
 		r.methods = []byte(" " + strings.Join(rc.Match.Methods, " ") + " ")
-	}
-	if p, err := url.PathUnescape(string(r.basePath)); err == nil {
-		r.basePath = []byte(p)
-	}
-	names := make([]string, 0, len(rc.Headers.Set))
-	for k := range rc.Headers.Set {
-		names = append(names, k)
-	}
-	sort.Strings(names)
-	for _, k := range names {
-		r.setHeaders = append(r.setHeaders, [2][]byte{[]byte(k), []byte(rc.Headers.Set[k])})
-	}
-	for _, k := range rc.Headers.Remove {
-		r.removeHeaders = append(r.removeHeaders, []byte(k))
 	}
 	return r, nil
 }
@@ -163,8 +168,8 @@ func (r *route) matchPath(path []byte) bool {
 	return r.slashEnd || len(path) == len(r.prefix) || path[len(r.prefix)] == '/'
 }
 
-// appendUpstreamPath appends the path to send upstream for path.
-func (r *route) appendUpstreamPath(dst, path []byte) []byte {
+// appendUpstreamPath appends the path to send to t for path.
+func (r *route) appendUpstreamPath(dst []byte, t *target, path []byte) []byte {
 	rest := path
 	if r.strip {
 		rest = path[len(r.prefix):]
@@ -172,7 +177,7 @@ func (r *route) appendUpstreamPath(dst, path []byte) []byte {
 			rest = path[len(r.prefix)-1:] // keep the separating '/'
 		}
 	}
-	dst = append(dst, r.basePath...)
+	dst = append(dst, t.basePath...)
 	if len(rest) == 0 || rest[0] != '/' {
 		dst = append(dst, '/')
 	}

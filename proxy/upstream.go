@@ -10,7 +10,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/ballast-proxy/ballast/config"
+	"github.com/ballast-proxy/ballast/policy"
 	"github.com/valyala/fasthttp"
 )
 
@@ -18,6 +18,9 @@ import (
 type upstream struct {
 	client *fasthttp.HostClient // owns the connection pool
 	ex     exchanger            // performs exchanges on it
+	// cool is the upstream-wide pause after the provider said it is rate
+	// limited until some instant: every route using the upstream waits.
+	cool policy.Cooldown
 	scheme []byte
 	host   []byte // host[:port] as sent in the Host header
 }
@@ -25,25 +28,34 @@ type upstream struct {
 // upstreamPool shares upstreams across config generations, so a reload
 // that keeps an upstream keeps its warm connections.
 type upstreamPool struct {
-	mu  sync.Mutex
-	all map[string]*upstream
+	clock policy.Clock
+	mu    sync.Mutex
+	all   map[string]*upstream
+	cools map[string]bool // hosts whose cool-down gauge is registered
 }
 
-func newUpstreamPool() *upstreamPool { return &upstreamPool{all: map[string]*upstream{}} }
+func newUpstreamPool(clock policy.Clock) *upstreamPool {
+	return &upstreamPool{clock: clock, all: map[string]*upstream{}, cools: map[string]bool{}}
+}
 
-func (p *upstreamPool) get(u *url.URL, rc *config.Route) (*upstream, error) {
-	key := fmt.Sprintf("%s|%s|%s|%s", u.Scheme, u.Host, rc.CAFile, rc.Timeouts.Connect.D())
+// get returns the pooled upstream for u, creating it once, and its key.
+func (p *upstreamPool) get(u *url.URL, caFile string, connect time.Duration, m *metrics) (*upstream, string, error) {
+	key := fmt.Sprintf("%s|%s|%s|%s", u.Scheme, u.Host, caFile, connect)
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if up, ok := p.all[key]; ok {
-		return up, nil
+		return up, key, nil
 	}
-	up, err := newUpstream(u, rc)
+	up, err := newUpstream(u, caFile, connect)
 	if err != nil {
-		return nil, err
+		return nil, "", err
 	}
 	p.all[key] = up
-	return up, nil
+	if m != nil && !p.cools[u.Host] {
+		p.cools[u.Host] = true
+		m.registerCooldown(u.Host, func() float64 { return up.cool.Remaining(p.clock.Now()).Seconds() })
+	}
+	return up, key, nil
 }
 
 // closeIdle closes every pooled upstream connection not in use.
@@ -55,7 +67,7 @@ func (p *upstreamPool) closeIdle() {
 	}
 }
 
-func newUpstream(u *url.URL, rc *config.Route) (*upstream, error) {
+func newUpstream(u *url.URL, caFile string, connect time.Duration) (*upstream, error) {
 	isTLS := u.Scheme == "https"
 	addr := u.Host
 	if u.Port() == "" {
@@ -65,7 +77,6 @@ func newUpstream(u *url.URL, rc *config.Route) (*upstream, error) {
 			addr = net.JoinHostPort(u.Hostname(), "80")
 		}
 	}
-	connect := rc.Timeouts.Connect.D()
 	hc := &fasthttp.HostClient{
 		Addr:  addr,
 		IsTLS: isTLS,
@@ -85,17 +96,17 @@ func newUpstream(u *url.URL, rc *config.Route) (*upstream, error) {
 	}
 	if isTLS {
 		tc := &tls.Config{ServerName: u.Hostname(), MinVersion: tls.VersionTLS12}
-		if rc.CAFile != "" {
+		if caFile != "" {
 			pool, err := x509.SystemCertPool()
 			if err != nil || pool == nil {
 				pool = x509.NewCertPool()
 			}
-			pem, err := os.ReadFile(rc.CAFile)
+			pem, err := os.ReadFile(caFile)
 			if err != nil {
 				return nil, fmt.Errorf("ca_file: %w", err)
 			}
 			if !pool.AppendCertsFromPEM(pem) {
-				return nil, fmt.Errorf("ca_file: %s holds no PEM certificate", rc.CAFile)
+				return nil, fmt.Errorf("ca_file: %s holds no PEM certificate", caFile)
 			}
 			tc.RootCAs = pool
 		}

@@ -1,0 +1,249 @@
+package proxy
+
+import (
+	"strconv"
+	"time"
+
+	"github.com/ballast-proxy/ballast/policy"
+	"github.com/valyala/fasthttp"
+)
+
+// attempt is the outcome of one upstream exchange.
+type attempt struct {
+	resp   *fasthttp.Response // nil on a transport error
+	err    error
+	class  policy.Class
+	cause  policy.Cause
+	status int
+	hint   time.Duration // the server's wait hint on a 429 or 503, 0 when none
+}
+
+// exchange runs the route's retry policy: attempts on the primary, then on
+// each fallback, inside the request's total deadline, and answers the
+// agent. It is the one place retries are decided.
+//
+// The deadline is law: no wait starts that would end after it. When the
+// next wait cannot fit, ballast answers at once — with the upstream's hint
+// as Retry-After — instead of sleeping past the agent's deadline.
+func (s *Server) exchange(ctx *fasthttp.RequestCtx, r *route, body []byte, deadline time.Time) {
+	out := fasthttp.AcquireRequest()
+	defer fasthttp.ReleaseRequest(out)
+	method := ctx.Method()
+
+	var (
+		last      attempt
+		lastT     *target
+		attempts  int
+		stop      Reason // why the loop gave up early, when it did
+		stopAfter time.Duration
+	)
+	defer func() {
+		if last.resp != nil {
+			fasthttp.ReleaseResponse(last.resp)
+		}
+	}()
+
+targets:
+	for ti, t := range r.targets {
+		if ti > 0 {
+			out.Reset()
+		}
+		buildOutbound(out, ctx, r, t, body)
+		for n := 0; n < r.attempts; n++ {
+			now := s.clock.Now()
+			ok, probe, retryIn := t.health.breaker.Allow(now)
+			if !ok {
+				if stop == "" || stop == ReasonBreakerOpen {
+					stop, stopAfter = ReasonBreakerOpen, minPositive(stopAfter, retryIn)
+				}
+				continue targets
+			}
+			if n == 0 {
+				t.health.budget.Deposit(now)
+			} else if !t.health.budget.Withdraw(now) {
+				r.m.budgetExhausted.Inc()
+				stop = ReasonBudgetExhausted
+				break targets
+			}
+			// The shared cool-down: the provider asked everyone to wait.
+			if wait := t.up.cool.Remaining(now); wait > 0 {
+				if now.Add(wait).After(deadline) {
+					stop, stopAfter = ReasonRateLimited, wait
+					continue targets
+				}
+				r.m.retryWait.Observe(wait.Seconds())
+				if !s.sleep(ctx, wait) {
+					return
+				}
+				now = s.clock.Now()
+			}
+
+			a := s.try(out, t, r, now, deadline)
+			attempts++
+			t.attempts[a.class].Inc()
+			t.health.breaker.Record(s.clock.Now(), !upstreamFault(a.class), probe)
+			if last.resp != nil {
+				fasthttp.ReleaseResponse(last.resp)
+			}
+			last, lastT = a, t
+			if a.class == policy.OK {
+				break targets
+			}
+			if d := r.retry.Decide(a.class, a.cause, a.status, method, false); d != policy.DecisionRetry {
+				break targets // final: the agent gets this outcome
+			}
+			if n+1 >= r.attempts {
+				continue targets // spent here; the next fallback may do better
+			}
+			if a.hint > r.maxRetryAfter && r.maxRetryAfter > 0 {
+				// Coming back within the cap would be refused again.
+				stop, stopAfter = ReasonRateLimited, a.hint
+				continue targets
+			}
+			wait := policy.Wait(r.backoff.Delay(n, nil), a.hint, r.maxRetryAfter)
+			if s.clock.Now().Add(wait).After(deadline) {
+				if a.hint > 0 {
+					stop, stopAfter = ReasonRateLimited, a.hint
+				}
+				continue targets
+			}
+			r.m.retries[a.class].Inc()
+			r.m.retryWait.Observe(wait.Seconds())
+			if !s.sleep(ctx, wait) {
+				return
+			}
+		}
+	}
+
+	s.answer(ctx, r, lastT, &last, attempts, stop, stopAfter, deadline)
+}
+
+// try sends one attempt to t and classifies it.
+func (s *Server) try(out *fasthttp.Request, t *target, r *route, now, deadline time.Time) attempt {
+	tryDeadline := now.Add(r.perTry)
+	if deadline.Before(tryDeadline) {
+		tryDeadline = deadline
+	}
+	tryDeadline = s.wall(tryDeadline, now)
+	resp := fasthttp.AcquireResponse()
+	if err := t.up.ex.do(out, resp, tryDeadline); err != nil {
+		fasthttp.ReleaseResponse(resp)
+		cls, cause := policy.ClassifyError(err)
+		return attempt{err: err, class: cls, cause: cause}
+	}
+	a := attempt{resp: resp, status: resp.StatusCode()}
+	var body []byte
+	if !resp.IsBodyStream() {
+		body = resp.Body()
+	}
+	a.class = policy.ClassifyResponse(a.status, &resp.Header, body)
+	if a.class != policy.OK {
+		a.cause = policy.CauseStatus
+	}
+	if a.status == fasthttp.StatusTooManyRequests || a.status == fasthttp.StatusServiceUnavailable {
+		if hint, ok := policy.RetryAfterHint(&resp.Header, now); ok {
+			a.hint = hint
+			if a.status == fasthttp.StatusTooManyRequests {
+				t.up.cool.Extend(now.Add(hint)) // everyone waits, not just this request
+			}
+		}
+	}
+	if until, ok := policy.ResetWhenExhausted(&resp.Header, now); ok {
+		t.up.cool.Extend(until) // throttle ahead of the 429
+	}
+	return a
+}
+
+// answer gives the agent the outcome of the exchange.
+func (s *Server) answer(ctx *fasthttp.RequestCtx, r *route, t *target, last *attempt, attempts int, stop Reason, stopAfter time.Duration, deadline time.Time) {
+	deadline = s.wall(deadline, s.clock.Now())
+	if last.class == policy.OK && last.resp != nil {
+		s.relay(ctx, r, t, last.resp, deadline, attempts)
+		last.resp = nil // the relay owns it now
+		return
+	}
+	lastWords := ""
+	if last.resp != nil {
+		lastWords = "; the last attempt got " + strconv.Itoa(last.status) + " from " + t.name
+	} else if last.err != nil {
+		lastWords = "; the last attempt failed: " + last.err.Error()
+	}
+	switch stop {
+	case ReasonBudgetExhausted:
+		writeProblem(ctx, problem{Status: fasthttp.StatusServiceUnavailable, Reason: ReasonBudgetExhausted, Route: r.name,
+			Attempts: attempts, RetryAfter: time.Second,
+			Detail: "the upstream's retry budget is spent: too many recent requests needed retries" + lastWords})
+		return
+	case ReasonRateLimited:
+		if last.resp == nil || last.status == fasthttp.StatusTooManyRequests || attempts == 0 {
+			writeProblem(ctx, problem{Status: fasthttp.StatusTooManyRequests, Reason: ReasonRateLimited, Route: r.name,
+				Attempts: attempts, RetryAfter: stopAfter,
+				Detail: "the upstream asked to pause for " + stopAfter.Round(time.Millisecond).String() +
+					", longer than this request's deadline or retry.max_retry_after allows" + lastWords})
+			return
+		}
+		writeProblem(ctx, problem{Status: fasthttp.StatusServiceUnavailable, Reason: ReasonUpstreamUnavailable, Route: r.name,
+			Attempts: attempts, RetryAfter: stopAfter,
+			Detail: "the upstream is unavailable and asked to come back in " + stopAfter.Round(time.Millisecond).String() + lastWords})
+		return
+	case ReasonBreakerOpen:
+		if attempts == 0 {
+			writeProblem(ctx, problem{Status: fasthttp.StatusServiceUnavailable, Reason: ReasonBreakerOpen, Route: r.name,
+				RetryAfter: stopAfter, Detail: "every upstream of this route is failing; its circuit breaker is open"})
+			return
+		}
+	}
+	if last.resp != nil {
+		// The upstream's own answer, retries spent: agents and SDKs read
+		// provider error bodies better than ours.
+		s.relay(ctx, r, t, last.resp, deadline, attempts)
+		last.resp = nil
+		return
+	}
+	if last.err != nil {
+		s.writeTransportProblem(ctx, r, t, last.err, attempts)
+		return
+	}
+	writeProblem(ctx, problem{Status: fasthttp.StatusServiceUnavailable, Reason: ReasonUpstreamUnavailable, Route: r.name,
+		Attempts: attempts, Detail: "no upstream could be tried within the deadline"})
+}
+
+// wall turns a deadline on the server's clock into wall-clock time for
+// socket deadlines: the time left, measured on the clock, from the real now.
+// With the system clock it is the identity; with a test clock it keeps I/O
+// bounded by real time while decisions follow the test's time.
+func (s *Server) wall(deadline, now time.Time) time.Time {
+	if _, ok := s.clock.(policy.SystemClock); ok {
+		return deadline
+	}
+	return time.Now().Add(deadline.Sub(now))
+}
+
+// sleep waits d on the server's clock. It returns false when the server is
+// shutting down (the request is then abandoned).
+func (s *Server) sleep(ctx *fasthttp.RequestCtx, d time.Duration) bool {
+	t := s.clock.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C():
+		return true
+	case <-ctx.Done():
+		writeProblem(ctx, problem{Status: fasthttp.StatusServiceUnavailable, Reason: ReasonShuttingDown,
+			Detail: "ballast is shutting down"})
+		return false
+	}
+}
+
+// upstreamFault reports the classes that say the upstream itself is
+// unhealthy, which is what the breaker counts. Rate limits have the
+// cool-down; caller faults say nothing about the upstream.
+func upstreamFault(c policy.Class) bool {
+	return c == policy.Transient || c == policy.Timeout || c == policy.Invalid
+}
+
+func minPositive(a, b time.Duration) time.Duration {
+	if a <= 0 || (b > 0 && b < a) {
+		return b
+	}
+	return a
+}

@@ -1,0 +1,112 @@
+package proxy
+
+import (
+	"fmt"
+	"net/url"
+	"sort"
+	"strings"
+	"sync"
+
+	"github.com/ballast-proxy/ballast/config"
+	"github.com/ballast-proxy/ballast/policy"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// target is one upstream a route can send to — its primary or a fallback —
+// with the header rules for it and the upstream's health.
+type target struct {
+	up       *upstream
+	name     string // host[:port], for X-Ballast-Upstream and metric labels
+	basePath []byte // decoded, without a trailing '/'
+
+	setHeaders    [][2][]byte
+	removeHeaders [][]byte
+
+	health   *health
+	attempts [policy.Canceled + 1]prometheus.Counter // by outcome class
+}
+
+// health is the state ballast keeps about an upstream across requests and
+// reloads: its circuit breaker and its retry budget. It is shared by every
+// route that names the same upstream with the same breaker and budget
+// settings, and survives reloads that keep them.
+type health struct {
+	breaker *policy.Breaker // nil when breaker.enabled is false
+	budget  *policy.Budget
+}
+
+// healthPool keeps health across config generations.
+type healthPool struct {
+	mu  sync.Mutex
+	all map[string]*health
+}
+
+func newHealthPool() *healthPool { return &healthPool{all: map[string]*health{}} }
+
+func (p *healthPool) get(upstreamKey string, pol *config.Policy, m *metrics, upstreamName string) *health {
+	key := fmt.Sprintf("%s|%+v|%+v", upstreamKey, pol.Breaker, pol.Retry.Budget)
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if h, ok := p.all[key]; ok {
+		return h
+	}
+	h := &health{budget: policy.NewBudget(pol.Retry.Budget.Ratio, pol.Retry.Budget.MinPerSecond, policy.DefaultBudgetTTL)}
+	if b := pol.Breaker; b.Enabled {
+		gauge := m.breakerState.WithLabelValues(upstreamName)
+		gauge.Set(float64(policy.StateClosed))
+		h.breaker = policy.NewBreaker(policy.BreakerConfig{
+			Failures: b.Failures, FailureRatio: b.FailureRatio, MinRequests: b.MinRequests,
+			OpenFor: b.OpenFor.D(), HalfOpenProbes: b.HalfOpenRequests,
+		}, func(s policy.BreakerState) { gauge.Set(float64(s)) })
+	}
+	p.all[key] = h
+	return h
+}
+
+// buildTarget resolves one upstream of a route. rules are applied in order:
+// the route's header rules, then the fallback's own.
+func (s *Server) buildTarget(routeName, rawURL, caFile string, pol *config.Policy, rules ...config.HeaderRules) (*target, error) {
+	u, err := url.Parse(rawURL)
+	if err != nil {
+		return nil, err
+	}
+	up, upKey, err := s.ups.get(u, caFile, pol.Timeouts.Connect.D(), s.m)
+	if err != nil {
+		return nil, err
+	}
+	t := &target{
+		up:       up,
+		name:     u.Host,
+		basePath: []byte(strings.TrimSuffix(u.EscapedPath(), "/")),
+		health:   s.health.get(upKey, pol, s.m, u.Host),
+	}
+	if p, err := url.PathUnescape(string(t.basePath)); err == nil {
+		t.basePath = []byte(p)
+	}
+	set := map[string]string{}
+	var remove []string
+	for _, r := range rules {
+		for _, k := range r.Remove {
+			remove = append(remove, k)
+			delete(set, k)
+		}
+		for k, v := range r.Set {
+			set[k] = v
+		}
+	}
+	names := make([]string, 0, len(set))
+	for k := range set {
+		names = append(names, k)
+	}
+	sort.Strings(names)
+	for _, k := range names {
+		t.setHeaders = append(t.setHeaders, [2][]byte{[]byte(k), []byte(set[k])})
+	}
+	for _, k := range remove {
+		t.removeHeaders = append(t.removeHeaders, []byte(k))
+	}
+	for c := policy.OK; c <= policy.Canceled; c++ {
+		t.attempts[c] = s.m.attempts.WithLabelValues(routeName, t.name, c.String())
+	}
+	return t, nil
+}
