@@ -1,47 +1,256 @@
-// Package bench is ballast's benchmark harness: an upstream to measure
-// against, and (as the harness grows) load drivers and scenarios.
 package bench
 
 import (
+	"bufio"
 	"bytes"
 	"net"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
 
 	"github.com/valyala/fasthttp"
 )
 
-// UpstreamConfig configures the benchmark upstream.
+// UpstreamConfig configures the chaos upstream. The zero value answers every
+// request at once with a 1 KiB JSON document.
 type UpstreamConfig struct {
 	// Size is the size in bytes of the JSON answer. Default 1024.
 	Size int
+	// Profile is the latency and fault profile. The zero value injects
+	// nothing.
+	Profile Profile
+	// Seed makes fault and latency draws reproducible: a request's fate is
+	// a function of (Seed, its key, how many requests with that key came
+	// before), or of (Seed, arrival number) when it carries no key.
+	Seed int64
+	// StreamEvents is the number of SSE data events per stream, before the
+	// final "data: [DONE]". Default 16.
+	StreamEvents int
+	// StreamInterval is the pause between two stream events. Default 0.
+	StreamInterval time.Duration
 }
 
-// Upstream is a fasthttp server answering every request with a fixed JSON
-// body: the cheapest possible upstream, so measurements show the proxy.
+// Upstream is the benchmark upstream: a fasthttp server answering a fixed
+// JSON body, or an SSE stream for /v1/stream and for requests whose body
+// asks "stream":true, and injecting the faults of its Profile. It counts
+// side effects per key (see Counters) at GET /_bench/counters.
+//
+// Without faults, latency or keys, a request costs one SetBody: the
+// cheapest possible upstream, so measurements show the proxy.
 type Upstream struct {
-	srv  *fasthttp.Server
-	body []byte
+	cfg       UpstreamConfig
+	srv       *fasthttp.Server
+	body      []byte
+	malformed []byte
+	event     []byte
+	counters  *counters
+	seq       atomic.Uint64
+
+	done     chan struct{}
+	stopOnce sync.Once
 }
 
-// NewUpstream builds the upstream.
+// NewUpstream builds the upstream. cfg.Profile must be valid (Validate).
 func NewUpstream(cfg UpstreamConfig) *Upstream {
 	if cfg.Size <= 0 {
 		cfg.Size = 1024
 	}
-	u := &Upstream{body: jsonBody(cfg.Size)}
-	u.srv = &fasthttp.Server{Handler: u.handle, NoDefaultServerHeader: true}
+	if cfg.StreamEvents <= 0 {
+		cfg.StreamEvents = 16
+	}
+	if cfg.Profile.RetryAfter <= 0 {
+		cfg.Profile.RetryAfter = time.Second
+	}
+	if cfg.Profile.HangFor <= 0 {
+		cfg.Profile.HangFor = time.Minute
+	}
+	body := jsonBody(cfg.Size)
+	u := &Upstream{
+		cfg:       cfg,
+		body:      body,
+		malformed: body[:len(body)/2],
+		event:     []byte(`data: {"id":"chatcmpl-bench","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"content":"token "}}]}` + "\n\n"),
+		counters:  newCounters(),
+		done:      make(chan struct{}),
+	}
+	u.srv = &fasthttp.Server{
+		Handler:               u.handle,
+		NoDefaultServerHeader: true,
+		CloseOnShutdown:       true,
+		Logger:                quietLogger{},
+	}
 	return u
-}
-
-func (u *Upstream) handle(ctx *fasthttp.RequestCtx) {
-	ctx.SetContentType("application/json")
-	ctx.SetBody(u.body)
 }
 
 // Serve answers on ln until Shutdown.
 func (u *Upstream) Serve(ln net.Listener) error { return u.srv.Serve(ln) }
 
-// Shutdown stops the upstream.
-func (u *Upstream) Shutdown() error { return u.srv.Shutdown() }
+// Shutdown ends hangs and streams, then stops the server.
+func (u *Upstream) Shutdown() error {
+	u.stopOnce.Do(func() { close(u.done) })
+	return u.srv.Shutdown()
+}
+
+// Counters returns a snapshot of the side-effect counters.
+func (u *Upstream) Counters() Counters { return u.counters.snapshot() }
+
+func (u *Upstream) handle(ctx *fasthttp.RequestCtx) {
+	if bytes.HasPrefix(ctx.Path(), benchPrefix) && u.counters.serve(ctx) {
+		return
+	}
+	key := ctx.Request.Header.Peek("Idempotency-Key")
+	if len(key) == 0 {
+		key = ctx.Request.Header.Peek("X-Bench-Op")
+	}
+	stream := isStream(ctx)
+	if len(key) == 0 && !stream && !u.cfg.Profile.faulty() {
+		ctx.SetContentType("application/json")
+		ctx.SetBody(u.body)
+		return
+	}
+	var n uint64
+	if len(key) > 0 {
+		n = uint64(u.counters.arrive(key))
+	} else {
+		n = u.seq.Add(1)
+	}
+	r := newDraw(u.cfg.Seed, key, n)
+	f := u.cfg.Profile.pick(r.float()*100, stream)
+	d := u.cfg.Profile.delay(1 - r.float())
+	u.counters.fault(f)
+	if len(key) > 0 && f.sideEffect() {
+		u.counters.effect(key)
+	}
+	if d > 0 && !u.wait(d) {
+		ctx.SetConnectionClose()
+		ctx.SetStatusCode(fasthttp.StatusServiceUnavailable)
+		return
+	}
+	switch f {
+	case fault500:
+		u.errorJSON(ctx, fasthttp.StatusInternalServerError, `{"error":{"message":"The server had an error while processing your request.","type":"server_error"}}`)
+	case fault503:
+		u.errorJSON(ctx, fasthttp.StatusServiceUnavailable, `{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}`)
+	case fault429:
+		u.rateLimited(ctx)
+	case faultReset:
+		reset(ctx.Conn())
+	case faultHang:
+		u.wait(u.cfg.Profile.HangFor)
+		ctx.SetConnectionClose()
+		_ = ctx.Conn().Close()
+	case faultMalformed:
+		if stream {
+			u.stream(ctx, false, true)
+			return
+		}
+		ctx.SetContentType("application/json")
+		ctx.SetBody(u.malformed)
+	default:
+		if stream {
+			u.stream(ctx, f == faultCut, false)
+			return
+		}
+		ctx.SetContentType("application/json")
+		ctx.SetBody(u.body)
+	}
+}
+
+// wait sleeps for d, or until Shutdown; it reports whether d elapsed.
+func (u *Upstream) wait(d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-u.done:
+		return false
+	}
+}
+
+func (u *Upstream) errorJSON(ctx *fasthttp.RequestCtx, status int, body string) {
+	ctx.SetStatusCode(status)
+	ctx.SetContentType("application/json")
+	ctx.SetBodyString(body)
+}
+
+// rateLimited answers 429 with every provider's reset hint, all pointing
+// Profile.RetryAfter ahead.
+func (u *Upstream) rateLimited(ctx *fasthttp.RequestCtx) {
+	ra := u.cfg.Profile.RetryAfter
+	h := &ctx.Response.Header
+	secs := int64((ra + time.Second - 1) / time.Second)
+	h.Set("Retry-After", strconv.FormatInt(secs, 10))
+	h.Set("retry-after-ms", strconv.FormatInt(ra.Milliseconds(), 10))
+	h.Set("x-ratelimit-limit-requests", "60")
+	h.Set("x-ratelimit-remaining-requests", "0")
+	h.Set("x-ratelimit-reset-requests", ra.String())
+	h.Set("x-ratelimit-remaining-tokens", "0")
+	h.Set("x-ratelimit-reset-tokens", ra.String())
+	reset := time.Now().Add(ra).UTC().Format(time.RFC3339)
+	h.Set("anthropic-ratelimit-requests-limit", "60")
+	h.Set("anthropic-ratelimit-requests-remaining", "0")
+	h.Set("anthropic-ratelimit-requests-reset", reset)
+	h.Set("anthropic-ratelimit-tokens-remaining", "0")
+	h.Set("anthropic-ratelimit-tokens-reset", reset)
+	u.errorJSON(ctx, fasthttp.StatusTooManyRequests, `{"error":{"message":"Rate limit reached for requests","type":"requests","code":"rate_limit_exceeded"}}`)
+}
+
+// stream answers an SSE stream. cut stops half-way by closing the
+// connection without the final chunk; broken sends one unparseable event.
+func (u *Upstream) stream(ctx *fasthttp.RequestCtx, cut, broken bool) {
+	ctx.SetContentType("text/event-stream")
+	ctx.Response.Header.Set("Cache-Control", "no-cache")
+	conn := ctx.Conn()
+	events, interval, done := u.cfg.StreamEvents, u.cfg.StreamInterval, u.done
+	ctx.SetBodyStreamWriter(func(w *bufio.Writer) {
+		for i := range events {
+			if cut && i == events/2 {
+				_ = w.Flush()
+				_ = conn.Close()
+				return
+			}
+			if broken && i == events/2 {
+				_, _ = w.WriteString("data: {\"id\":\"chatcmpl-bench\",\"choices\":[{\"delta\n\n")
+			} else {
+				_, _ = w.Write(u.event)
+			}
+			if interval > 0 {
+				if err := w.Flush(); err != nil {
+					return
+				}
+				t := time.NewTimer(interval)
+				select {
+				case <-t.C:
+				case <-done:
+					t.Stop()
+					return
+				}
+			}
+		}
+		_, _ = w.WriteString("data: [DONE]\n\n")
+	})
+}
+
+var benchPrefix = []byte("/_bench/")
+
+// isStream reports a request for an SSE answer.
+func isStream(ctx *fasthttp.RequestCtx) bool {
+	if string(ctx.Path()) == "/v1/stream" {
+		return true
+	}
+	b := ctx.Request.Body()
+	return bytes.Contains(b, []byte(`"stream":true`)) || bytes.Contains(b, []byte(`"stream": true`))
+}
+
+// reset aborts conn with a TCP RST (SO_LINGER 0) where it can.
+func reset(conn net.Conn) {
+	if tc, ok := conn.(*net.TCPConn); ok {
+		_ = tc.SetLinger(0)
+	}
+	_ = conn.Close()
+}
 
 // jsonBody returns a valid chat-completion-shaped JSON document of exactly
 // size bytes (at least its fixed envelope).
@@ -55,3 +264,9 @@ func jsonBody(size int) []byte {
 	b.WriteString(tail)
 	return b.Bytes()
 }
+
+// quietLogger drops fasthttp's own messages: resets and hangs are on
+// purpose here.
+type quietLogger struct{}
+
+func (quietLogger) Printf(string, ...any) {}

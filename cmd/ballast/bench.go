@@ -1,43 +1,223 @@
 package main
 
 import (
+	"context"
 	"flag"
 	"fmt"
 	"io"
 	"net"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
+	"time"
 
 	"github.com/ballast-proxy/ballast/bench"
 )
 
-// cmdBench runs the benchmark harness. `ballast bench upstream` serves the
-// benchmark upstream until interrupted.
+const benchUsage = `usage:
+  ballast bench overhead [flags]   direct vs bare fasthttp proxy vs ballast (vs nginx on PATH)
+  ballast bench chaos [flags]      success rate, p99 and duplicates under the standard fault profile
+  ballast bench all [flags]        overhead, then chaos
+  ballast bench upstream [--listen ADDR] [--size N] [--profile none|standard] [--seed N] [fault flags]
+
+scenario flags: --duration 10s --warmup 1s --saturation 5s --rate N --connections 64
+                --size 1024 --seed 1 --timeout 5s --targets direct,bare,ballast,nginx
+                --json (machine-readable output) --out DIR (RESULTS.md section, plot, JSON)
+`
+
+// cmdBench runs the benchmark harness.
 func cmdBench(args []string, stdout, stderr io.Writer) int {
-	if len(args) == 0 || args[0] != "upstream" {
-		fmt.Fprintln(stderr, "usage: ballast bench upstream [--listen ADDR] [--size BYTES]")
+	if len(args) == 0 {
+		fmt.Fprint(stderr, benchUsage)
 		return 2
 	}
+	switch args[0] {
+	case "upstream":
+		return cmdBenchUpstream(args[1:], stdout, stderr)
+	case "bare-proxy": // hidden: the harness's library-floor child
+		return cmdBenchBareProxy(args[1:], stdout, stderr)
+	case "overhead", "chaos", "all":
+		return cmdBenchScenario(args[0], args[1:], stdout, stderr)
+	case "help", "-h", "--help":
+		fmt.Fprint(stdout, benchUsage)
+		return 0
+	default:
+		fmt.Fprintf(stderr, "ballast bench: unknown scenario %q\n\n%s", args[0], benchUsage)
+		return 2
+	}
+}
+
+func cmdBenchScenario(name string, args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("bench "+name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var o bench.Options
+	fs.DurationVar(&o.Duration, "duration", 10*time.Second, "measured window of each load run")
+	fs.DurationVar(&o.Warmup, "warmup", time.Second, "discarded warm-up before each load run (0: none)")
+	fs.DurationVar(&o.Saturation, "saturation", 5*time.Second, "overhead: closed-loop phase per target (0: skip)")
+	fs.Float64Var(&o.Rate, "rate", 0, fmt.Sprintf("open-loop requests per second (default %d for overhead, %d for chaos)", bench.OverheadDefaultRate, bench.ChaosDefaultRate))
+	fs.IntVar(&o.Connections, "connections", 64, "concurrent connections (the closed-loop N)")
+	fs.IntVar(&o.Size, "size", 1024, "upstream JSON answer size in bytes")
+	fs.Int64Var(&o.Seed, "seed", 1, "chaos upstream seed")
+	fs.DurationVar(&o.Timeout, "timeout", 5*time.Second, "per-request timeout of the load driver")
+	targets := fs.String("targets", "", "overhead targets, comma-separated (default: all; nginx when on PATH)")
+	asJSON := fs.Bool("json", false, "print JSON instead of tables")
+	out := fs.String("out", "", "write RESULTS.md's harness section, the plot and JSON into this directory")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	// Zero means "default" in Options; on the command line 0 means none.
+	if o.Warmup == 0 {
+		o.Warmup = -1
+	}
+	if o.Saturation == 0 {
+		o.Saturation = -1
+	}
+	if *targets != "" {
+		o.Targets = strings.Split(*targets, ",")
+	}
+	o.Progress = stderr
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+
+	rep := &bench.Report{
+		Machine:  bench.ThisMachine(),
+		Date:     time.Now().UTC().Format(time.RFC3339),
+		Commands: []string{"ballast bench " + name + " " + strings.Join(args, " ")},
+	}
+	var err error
+	if name == "overhead" || name == "all" {
+		rep.Overhead, err = bench.Overhead(ctx, o)
+	}
+	if err == nil && (name == "chaos" || name == "all") {
+		// Without --rate, each scenario keeps its own default rate.
+		rep.Chaos, err = bench.Chaos(ctx, o)
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "ballast bench %s: %v\n", name, err)
+		return 1
+	}
+	if *asJSON {
+		err = rep.WriteJSON(stdout)
+	} else {
+		err = rep.WriteText(stdout)
+	}
+	if err == nil && *out != "" {
+		err = rep.WriteOut(*out)
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "ballast bench %s: %v\n", name, err)
+		return 1
+	}
+	return 0
+}
+
+func cmdBenchUpstream(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("bench upstream", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	listen := fs.String("listen", "127.0.0.1:9000", "address to serve on")
-	size := fs.Int("size", 1024, "size of the JSON answer in bytes")
-	if err := fs.Parse(args[1:]); err != nil {
+	var cfg bench.UpstreamConfig
+	fs.IntVar(&cfg.Size, "size", 1024, "size of the JSON answer in bytes")
+	profile := fs.String("profile", "none", "fault profile: "+strings.Join(bench.ProfileNames(), ", "))
+	fs.Int64Var(&cfg.Seed, "seed", 1, "seed of fault and latency draws")
+	fs.IntVar(&cfg.StreamEvents, "stream-events", 16, "SSE events per stream")
+	fs.DurationVar(&cfg.StreamInterval, "stream-interval", 0, "pause between SSE events")
+	var p bench.Profile
+	fs.DurationVar(&p.LatencyFixed, "latency-fixed", 0, "fixed latency added to every answer")
+	fs.DurationVar(&p.LatencyExpMean, "latency-exp", 0, "mean of an exponential latency added on top")
+	fs.Float64Var(&p.Error500, "p500", 0, "percent answered 500")
+	fs.Float64Var(&p.Error503, "p503", 0, "percent answered 503")
+	fs.Float64Var(&p.RateLimited, "p429", 0, "percent answered 429 with provider reset headers")
+	fs.Float64Var(&p.Malformed, "malformed", 0, "percent answered with malformed JSON")
+	fs.Float64Var(&p.Reset, "reset", 0, "percent whose connection is reset")
+	fs.Float64Var(&p.Hang, "hang", 0, "percent that never answer")
+	fs.Float64Var(&p.CutStream, "cut", 0, "percent of streams cut half-way")
+	fs.DurationVar(&p.RetryAfter, "retry-after", time.Second, "reset hint sent with 429s")
+	fs.DurationVar(&p.HangFor, "hang-for", time.Minute, "how long a hang lasts")
+	if err := fs.Parse(args); err != nil {
 		return 2
 	}
+	named, err := bench.NamedProfile(*profile)
+	if err != nil {
+		fmt.Fprintf(stderr, "ballast bench upstream: %v\n", err)
+		return 2
+	}
+	// Fault flags given on the command line override the named profile.
+	custom := false
+	fs.Visit(func(f *flag.Flag) {
+		switch f.Name {
+		case "latency-fixed":
+			named.LatencyFixed = p.LatencyFixed
+		case "latency-exp":
+			named.LatencyExpMean = p.LatencyExpMean
+		case "p500":
+			named.Error500 = p.Error500
+		case "p503":
+			named.Error503 = p.Error503
+		case "p429":
+			named.RateLimited = p.RateLimited
+		case "malformed":
+			named.Malformed = p.Malformed
+		case "reset":
+			named.Reset = p.Reset
+		case "hang":
+			named.Hang = p.Hang
+		case "cut":
+			named.CutStream = p.CutStream
+		default:
+			return
+		}
+		custom = true
+	})
+	if custom {
+		named.Name = named.Name + "+custom"
+	}
+	named.RetryAfter, named.HangFor = p.RetryAfter, p.HangFor
+	if err := named.Validate(); err != nil {
+		fmt.Fprintf(stderr, "ballast bench upstream: %v\n", err)
+		return 2
+	}
+	cfg.Profile = named
 	ln, err := net.Listen("tcp", *listen)
 	if err != nil {
 		fmt.Fprintf(stderr, "ballast bench upstream: %v\n", err)
 		return 1
 	}
-	u := bench.NewUpstream(bench.UpstreamConfig{Size: *size})
-	fmt.Fprintf(stdout, "bench upstream on http://%s (%d-byte JSON answers)\n", ln.Addr(), *size)
+	u := bench.NewUpstream(cfg)
+	fmt.Fprintf(stdout, "bench upstream on http://%s (%d-byte JSON answers, profile %s, seed %d)\n", ln.Addr(), cfg.Size, named.Name, cfg.Seed)
+	return serveUntilSignal(u.Serve, u.Shutdown, ln, "bench upstream", stderr)
+}
+
+func cmdBenchBareProxy(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("bench bare-proxy", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	listen := fs.String("listen", "127.0.0.1:0", "address to serve on")
+	upstream := fs.String("upstream", "", "upstream host:port")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if *upstream == "" {
+		fmt.Fprintln(stderr, "ballast bench bare-proxy: --upstream is required")
+		return 2
+	}
+	ln, err := net.Listen("tcp", *listen)
+	if err != nil {
+		fmt.Fprintf(stderr, "ballast bench bare-proxy: %v\n", err)
+		return 1
+	}
+	p := bench.NewBareProxy(*upstream)
+	fmt.Fprintf(stdout, "bare proxy on http://%s to %s\n", ln.Addr(), *upstream)
+	return serveUntilSignal(p.Serve, p.Shutdown, ln, "bench bare-proxy", stderr)
+}
+
+// serveUntilSignal serves on ln until SIGTERM or SIGINT.
+func serveUntilSignal(serve func(net.Listener) error, shutdown func() error, ln net.Listener, name string, stderr io.Writer) int {
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
-	go func() { <-sigs; _ = u.Shutdown() }()
-	if err := u.Serve(ln); err != nil {
-		fmt.Fprintf(stderr, "ballast bench upstream: %v\n", err)
+	defer signal.Stop(sigs)
+	go func() { <-sigs; _ = shutdown() }()
+	if err := serve(ln); err != nil {
+		fmt.Fprintf(stderr, "ballast %s: %v\n", name, err)
 		return 1
 	}
 	return 0

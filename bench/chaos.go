@@ -1,0 +1,145 @@
+package bench
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"strings"
+	"time"
+)
+
+// ChaosDefaultRate is the chaos scenario's open-loop rate.
+const ChaosDefaultRate = 200
+
+// ChaosWorkload is one workload's outcome through one target.
+type ChaosWorkload struct {
+	WorkloadResult
+	// SuccessRate is what the agent saw: 2xx with a valid JSON body.
+	SuccessRate float64 `json:"success_rate"`
+	// UpstreamAttempts counts requests the upstream received for this
+	// workload's measured operations (retries included).
+	UpstreamAttempts int64 `json:"upstream_attempts"`
+	// Duplicates counts side effects beyond the first per operation key.
+	Duplicates int64 `json:"duplicate_side_effects"`
+}
+
+// ChaosTarget is the chaos scenario through one target.
+type ChaosTarget struct {
+	Name      string          `json:"name"`
+	RPS       float64         `json:"rps"`
+	Workloads []ChaosWorkload `json:"workloads"`
+	// Faults counts what the upstream injected, by fault.
+	Faults map[string]int64 `json:"faults"`
+}
+
+// ChaosResult is the chaos scenario's report.
+type ChaosResult struct {
+	Settings Settings `json:"settings"`
+	// Profile is the upstream's fault profile.
+	Profile Profile `json:"profile"`
+	// BallastFeatures are the optional config blocks ballast accepted
+	// (retry, validate, idempotency); empty means ballast ran pass-through.
+	BallastFeatures []string      `json:"ballast_features"`
+	Targets         []ChaosTarget `json:"targets"`
+}
+
+// chaosWorkloads are the three kinds of agent calls: idempotent GETs,
+// POSTs with an Idempotency-Key, and model-style POSTs.
+func chaosWorkloads() []Workload {
+	valid := func(ct, body []byte) bool { return bytes.Contains(ct, []byte("json")) && json.Valid(body) }
+	return []Workload{
+		{Name: "get", Method: "GET", Path: "/v1/items/42", KeyHeader: "X-Bench-Op", Valid: valid},
+		{Name: "keyed", Method: "POST", Path: "/v1/orders", Body: []byte(`{"item":42,"qty":1}`),
+			ContentType: "application/json", KeyHeader: "Idempotency-Key", Valid: valid},
+		{Name: "model", Method: "POST", Path: "/v1/chat/completions", Body: modelBody,
+			ContentType: "application/json", KeyHeader: "X-Bench-Op", Valid: valid},
+	}
+}
+
+// Chaos runs the three workloads open-loop under the standard fault
+// profile, directly and through ballast, with the same seed so both see
+// the same faults for the same operation. Retries, validation and
+// idempotency in ballast's config are used when the config package accepts
+// them (see ballast.yaml.tmpl); until then ballast runs pass-through and
+// shows direct's failure rate.
+func Chaos(ctx context.Context, opts Options) (*ChaosResult, error) {
+	opts, err := opts.withDefaults(ChaosDefaultRate)
+	if err != nil {
+		return nil, err
+	}
+	profile, err := NamedProfile("standard")
+	if err != nil {
+		return nil, err
+	}
+	dir, err := os.MkdirTemp("", "ballast-bench")
+	if err != nil {
+		return nil, fmt.Errorf("bench: %w", err)
+	}
+	defer os.RemoveAll(dir)
+
+	fmt.Fprintf(opts.Progress, "chaos: starting upstream (profile %s, seed %d)\n", profile.Name, opts.Seed)
+	up, err := startUpstream(ctx, opts.Exe, UpstreamConfig{Size: opts.Size, Seed: opts.Seed, Profile: profile})
+	if err != nil {
+		return nil, err
+	}
+	defer up.Stop()
+	bl, features, err := startBallast(ctx, opts.Exe, dir, up.Addr, true)
+	if err != nil {
+		return nil, err
+	}
+	defer bl.Stop()
+
+	res := &ChaosResult{Settings: opts.settings(), Profile: profile, BallastFeatures: features}
+	if res.BallastFeatures == nil {
+		res.BallastFeatures = []string{}
+	}
+	admin := newClient(up.Addr, 2, 5*time.Second)
+	defer admin.CloseIdleConnections()
+	for _, t := range []struct{ name, addr string }{{TargetDirect, up.Addr}, {TargetBallast, bl.Addr}} {
+		if err := ResetCounters(admin, up.Addr); err != nil {
+			return nil, err
+		}
+		fmt.Fprintf(opts.Progress, "chaos: %s open loop at %.0f rps for %v\n", t.name, opts.Rate, opts.Duration)
+		lr, err := RunLoad(ctx, LoadConfig{
+			Addr: t.addr, Workloads: chaosWorkloads(), Rate: opts.Rate, Connections: chaosConcurrency(opts),
+			Warmup: opts.Warmup, Duration: opts.Duration, Timeout: opts.Timeout,
+		})
+		if err != nil {
+			return nil, err
+		}
+		c, err := FetchCounters(admin, up.Addr)
+		if err != nil {
+			return nil, err
+		}
+		res.Targets = append(res.Targets, chaosTarget(t.name, lr, c))
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+	}
+	return res, nil
+}
+
+// chaosConcurrency lets every request of the open loop be in flight until
+// its timeout: agents are independent, so a slow answer must not hold back
+// the next agent's request (that would measure the driver's cap, not the
+// target).
+func chaosConcurrency(o Options) int {
+	return max(o.Connections, int(o.Rate*o.Timeout.Seconds())+1)
+}
+
+func chaosTarget(name string, lr LoadResult, c Counters) ChaosTarget {
+	ct := ChaosTarget{Name: name, RPS: lr.RPS, Faults: c.Faults}
+	for _, w := range lr.Workloads {
+		prefix := w.Name + "-"
+		cw := ChaosWorkload{WorkloadResult: w, SuccessRate: w.SuccessRate(), Duplicates: c.Duplicates(prefix)}
+		for k, v := range c.Keys {
+			if strings.HasPrefix(k, prefix) {
+				cw.UpstreamAttempts += v.Arrivals
+			}
+		}
+		ct.Workloads = append(ct.Workloads, cw)
+	}
+	return ct
+}

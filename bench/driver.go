@@ -1,0 +1,407 @@
+package bench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	hdrhistogram "github.com/HdrHistogram/hdrhistogram-go"
+	"github.com/valyala/fasthttp"
+)
+
+// ErrLoad reports a load run that could not be set up.
+var ErrLoad = errors.New("bench: load")
+
+// Workload is one kind of request a load run sends. Requests take
+// workloads in turn: request i uses Workloads[i % len(Workloads)].
+type Workload struct {
+	// Name labels the workload's results and its operation keys.
+	Name string
+	// Method defaults to GET.
+	Method string
+	// Path is the request path, e.g. /v1/chat/completions.
+	Path string
+	// Body and ContentType, when set, are sent with every request.
+	Body        []byte
+	ContentType string
+	// KeyHeader, when set, names a header that carries a per-request
+	// operation key: "<Name>-<n>" while measuring and "warm-<Name>-<n>"
+	// during warm-up, n the request's ordinal in the run.
+	KeyHeader string
+	// Valid decides agent-visible success of a 2xx answer. Nil accepts
+	// every 2xx.
+	Valid func(contentType, body []byte) bool
+}
+
+// LoadConfig configures one load run against one address.
+type LoadConfig struct {
+	// Addr is host:port of the target.
+	Addr string
+	// Workloads are the requests to send; at least one.
+	Workloads []Workload
+	// Rate, when positive, runs open-loop: request i is due at
+	// start + i/Rate whatever happened before, and its latency counts from
+	// that intended time, so a stalled target cannot hide its stall
+	// (no coordinated omission). Zero runs closed-loop: Connections
+	// workers each send their next request when the previous one ends.
+	Rate float64
+	// Connections caps concurrent requests (and connections). Default 64.
+	Connections int
+	// Warmup runs the same load first and discards it. Default 0.
+	Warmup time.Duration
+	// Duration is the measured window; it must be positive.
+	Duration time.Duration
+	// Timeout bounds each request. Default 5s.
+	Timeout time.Duration
+	// OnMeasure, when set, is called once when the warm-up ends and the
+	// measured window starts (to snapshot the target's CPU, for example).
+	OnMeasure func()
+}
+
+// Percentiles are latencies in milliseconds.
+type Percentiles struct {
+	P50  float64 `json:"p50_ms"`
+	P90  float64 `json:"p90_ms"`
+	P99  float64 `json:"p99_ms"`
+	P999 float64 `json:"p99_9_ms"`
+	Max  float64 `json:"max_ms"`
+	Mean float64 `json:"mean_ms"`
+}
+
+// WorkloadResult is the measured window of one workload.
+type WorkloadResult struct {
+	Name string `json:"name"`
+	// Requests counts requests sent in the measured window; OK those that
+	// succeeded as the agent sees it (2xx and Valid).
+	Requests int64 `json:"requests"`
+	OK       int64 `json:"ok"`
+	// Errors counts failures by class: "3xx", "4xx", "5xx" (status
+	// classes), "invalid" (2xx the workload's Valid refused),
+	// "transport" (connection errors) and "timeout".
+	Errors  map[string]int64 `json:"errors"`
+	Latency Percentiles      `json:"latency"`
+}
+
+// SuccessRate is OK/Requests, 0 without requests.
+func (w *WorkloadResult) SuccessRate() float64 {
+	if w.Requests == 0 {
+		return 0
+	}
+	return float64(w.OK) / float64(w.Requests)
+}
+
+// LoadResult is the outcome of one load run.
+type LoadResult struct {
+	// Mode is "open" or "closed".
+	Mode string `json:"mode"`
+	// TargetRate is LoadConfig.Rate (open loop only).
+	TargetRate float64 `json:"target_rate,omitempty"`
+	// Elapsed is the measured window as it happened: from its start to the
+	// end of its last request.
+	Elapsed time.Duration `json:"elapsed"`
+	// RPS is requests completed in the measured window per second of
+	// Elapsed.
+	RPS float64 `json:"rps"`
+	// All merges the workloads.
+	All       WorkloadResult   `json:"all"`
+	Workloads []WorkloadResult `json:"workloads"`
+}
+
+// job is one request to send.
+type job struct {
+	n        uint64
+	intended time.Time
+	warm     bool
+}
+
+// tally is one workload's live statistics. Safe for concurrent use.
+type tally struct {
+	mu     sync.Mutex
+	hist   *hdrhistogram.Histogram
+	reqs   int64
+	ok     int64
+	errors map[string]int64
+}
+
+const (
+	histMin = 1                     // µs
+	histMax = 10 * 60 * 1000 * 1000 // µs: ten minutes
+)
+
+func newTally() *tally {
+	return &tally{hist: hdrhistogram.New(histMin, histMax, 3), errors: map[string]int64{}}
+}
+
+func (t *tally) record(lat time.Duration, class string) {
+	us := min(max(lat.Microseconds(), histMin), histMax)
+	t.mu.Lock()
+	_ = t.hist.RecordValue(us)
+	t.reqs++
+	if class == "" {
+		t.ok++
+	} else {
+		t.errors[class]++
+	}
+	t.mu.Unlock()
+}
+
+func (t *tally) result(name string) WorkloadResult {
+	return WorkloadResult{Name: name, Requests: t.reqs, OK: t.ok, Errors: t.errors, Latency: percentiles(t.hist)}
+}
+
+func percentiles(h *hdrhistogram.Histogram) Percentiles {
+	if h.TotalCount() == 0 {
+		return Percentiles{}
+	}
+	ms := func(us int64) float64 { return float64(us) / 1000 }
+	return Percentiles{
+		P50: ms(h.ValueAtQuantile(50)), P90: ms(h.ValueAtQuantile(90)), P99: ms(h.ValueAtQuantile(99)),
+		P999: ms(h.ValueAtQuantile(99.9)), Max: ms(h.Max()), Mean: h.Mean() / 1000,
+	}
+}
+
+// RunLoad drives load at cfg.Addr and returns the measured window. It
+// returns early, with what it measured, when ctx ends. Every goroutine and
+// connection it starts is gone when it returns.
+func RunLoad(ctx context.Context, cfg LoadConfig) (LoadResult, error) {
+	if len(cfg.Workloads) == 0 || cfg.Duration <= 0 || cfg.Rate < 0 || cfg.Addr == "" {
+		return LoadResult{}, fmt.Errorf("%w: need an address, a workload and a positive duration", ErrLoad)
+	}
+	if cfg.Connections <= 0 {
+		cfg.Connections = 64
+	}
+	if cfg.Timeout <= 0 {
+		cfg.Timeout = 5 * time.Second
+	}
+	d := &driver{cfg: cfg, client: newClient(cfg.Addr, cfg.Connections, cfg.Timeout)}
+	defer d.client.CloseIdleConnections()
+	for _, wl := range cfg.Workloads {
+		d.tallies = append(d.tallies, newTally())
+		d.uris = append(d.uris, "http://"+cfg.Addr+wl.Path)
+	}
+	start := time.Now()
+	d.measureFrom = start.Add(cfg.Warmup)
+	d.end = d.measureFrom.Add(cfg.Duration)
+	res := LoadResult{Mode: "closed"}
+	if cfg.Rate > 0 {
+		res.Mode, res.TargetRate = "open", cfg.Rate
+		d.openLoop(ctx, start)
+	} else {
+		d.closedLoop(ctx)
+	}
+	res.Elapsed = time.Duration(d.lastDone.Load()) - time.Duration(d.measureFrom.UnixNano())
+	if res.Elapsed <= 0 {
+		res.Elapsed = cfg.Duration
+	}
+	all := newTally()
+	for i, t := range d.tallies {
+		w := t.result(cfg.Workloads[i].Name)
+		res.Workloads = append(res.Workloads, w)
+		all.hist.Merge(t.hist)
+		all.reqs += t.reqs
+		all.ok += t.ok
+		for k, v := range t.errors {
+			all.errors[k] += v
+		}
+	}
+	res.All = all.result("all")
+	res.RPS = float64(res.All.Requests) / res.Elapsed.Seconds()
+	return res, nil
+}
+
+// newClient returns a HostClient that dials with a plain net.Dialer (no
+// fasthttp DNS cache goroutine).
+func newClient(addr string, conns int, timeout time.Duration) *fasthttp.HostClient {
+	dialer := &net.Dialer{Timeout: 2 * time.Second}
+	return &fasthttp.HostClient{
+		Addr:                     addr,
+		Dial:                     func(a string) (net.Conn, error) { return dialer.Dial("tcp", a) },
+		MaxConns:                 conns,
+		MaxConnWaitTimeout:       timeout,
+		MaxIdleConnDuration:      10 * time.Second,
+		NoDefaultUserAgentHeader: true,
+		DisablePathNormalizing:   true,
+		MaxResponseBodySize:      64 << 20,
+		ReadBufferSize:           16 << 10,
+		// An agent's own client may retry; this one must not, or it would
+		// hide failures and add side effects the proxy did not cause.
+		MaxIdemponentCallAttempts: 1,
+		RetryIfErr:                func(*fasthttp.Request, int, error) (bool, bool) { return false, false },
+	}
+}
+
+type driver struct {
+	cfg         LoadConfig
+	client      *fasthttp.HostClient
+	tallies     []*tally
+	uris        []string
+	measureFrom time.Time
+	end         time.Time
+	lastDone    atomic.Int64 // unix nanos of the last measured completion
+	measureOnce sync.Once
+}
+
+func (d *driver) startMeasuring() {
+	d.measureOnce.Do(func() {
+		if d.cfg.OnMeasure != nil {
+			d.cfg.OnMeasure()
+		}
+	})
+}
+
+// openLoop schedules request i at start + i/Rate.
+func (d *driver) openLoop(ctx context.Context, start time.Time) {
+	jobs := make(chan job, 1<<14)
+	var wg sync.WaitGroup
+	for range d.cfg.Connections {
+		wg.Go(func() {
+			w := d.newWorker()
+			defer w.release()
+			for j := range jobs {
+				w.do(j, j.intended)
+			}
+		})
+	}
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	perReq := float64(time.Second) / d.cfg.Rate
+schedule:
+	for i := uint64(0); ; i++ {
+		at := start.Add(time.Duration(float64(i) * perReq))
+		if !at.Before(d.end) {
+			break
+		}
+		if wait := time.Until(at); wait > 0 {
+			timer.Reset(wait)
+			select {
+			case <-timer.C:
+			case <-ctx.Done():
+				break schedule
+			}
+		}
+		warm := at.Before(d.measureFrom)
+		if !warm {
+			d.startMeasuring()
+		}
+		select {
+		case jobs <- job{n: i, intended: at, warm: warm}:
+		case <-ctx.Done():
+			break schedule
+		}
+	}
+	close(jobs)
+	wg.Wait()
+}
+
+// closedLoop runs Connections workers back to back until the end.
+func (d *driver) closedLoop(ctx context.Context) {
+	var next atomic.Uint64
+	var wg sync.WaitGroup
+	for range d.cfg.Connections {
+		wg.Go(func() {
+			w := d.newWorker()
+			defer w.release()
+			for ctx.Err() == nil {
+				now := time.Now()
+				if !now.Before(d.end) {
+					return
+				}
+				warm := now.Before(d.measureFrom)
+				if !warm {
+					d.startMeasuring()
+				}
+				w.do(job{n: next.Add(1) - 1, warm: warm}, now)
+			}
+		})
+	}
+	wg.Wait()
+}
+
+// worker owns one request/response pair.
+type worker struct {
+	d    *driver
+	req  *fasthttp.Request
+	resp *fasthttp.Response
+	key  []byte
+}
+
+func (d *driver) newWorker() *worker {
+	return &worker{d: d, req: fasthttp.AcquireRequest(), resp: fasthttp.AcquireResponse()}
+}
+
+func (w *worker) release() {
+	fasthttp.ReleaseRequest(w.req)
+	fasthttp.ReleaseResponse(w.resp)
+}
+
+// do sends job j and records its latency from since.
+func (w *worker) do(j job, since time.Time) {
+	i := j.n % uint64(len(w.d.cfg.Workloads))
+	wl := &w.d.cfg.Workloads[i]
+	req := w.req
+	req.Reset()
+	req.SetRequestURI(w.d.uris[i])
+	if wl.Method != "" {
+		req.Header.SetMethod(wl.Method)
+	}
+	if wl.Body != nil {
+		req.SetBodyRaw(wl.Body)
+	}
+	if wl.ContentType != "" {
+		req.Header.SetContentType(wl.ContentType)
+	}
+	if wl.KeyHeader != "" {
+		w.key = w.key[:0]
+		if j.warm {
+			w.key = append(w.key, "warm-"...)
+		}
+		w.key = append(w.key, wl.Name...)
+		w.key = append(w.key, '-')
+		w.key = strconv.AppendUint(w.key, j.n, 10)
+		req.Header.SetBytesV(wl.KeyHeader, w.key)
+	}
+	w.resp.Reset()
+	err := w.d.client.DoTimeout(req, w.resp, w.d.cfg.Timeout)
+	done := time.Now()
+	if j.warm {
+		return
+	}
+	w.d.tallies[i].record(done.Sub(since), classify(err, w.resp, wl))
+	for {
+		last := w.d.lastDone.Load()
+		if done.UnixNano() <= last || w.d.lastDone.CompareAndSwap(last, done.UnixNano()) {
+			break
+		}
+	}
+}
+
+// classify returns "" for agent-visible success, else the error class.
+func classify(err error, resp *fasthttp.Response, wl *Workload) string {
+	if err != nil {
+		var ne net.Error
+		if errors.Is(err, fasthttp.ErrTimeout) || errors.Is(err, fasthttp.ErrDialTimeout) || (errors.As(err, &ne) && ne.Timeout()) {
+			return "timeout"
+		}
+		return "transport"
+	}
+	switch s := resp.StatusCode(); {
+	case s >= 200 && s < 300:
+		if wl.Valid != nil && !wl.Valid(resp.Header.ContentType(), resp.Body()) {
+			return "invalid"
+		}
+		return ""
+	case s >= 300 && s < 400:
+		return "3xx"
+	case s >= 400 && s < 500:
+		return "4xx"
+	case s >= 500 && s < 600:
+		return "5xx"
+	default:
+		return "status_" + strconv.Itoa(s)
+	}
+}

@@ -1,0 +1,72 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"time"
+)
+
+// NginxPath returns the nginx binary on PATH, or "" when there is none.
+func NginxPath() string {
+	p, err := exec.LookPath("nginx")
+	if err != nil {
+		return ""
+	}
+	return p
+}
+
+// nginxConfig is a minimal reverse proxy to upstream with keep-alive
+// connections both ways and no logging, so it competes on equal terms.
+func nginxConfig(dir, listen, upstream string) string {
+	return fmt.Sprintf(`daemon off;
+master_process on;
+worker_processes auto;
+pid %[1]s/nginx.pid;
+error_log %[1]s/error.log warn;
+events { worker_connections 4096; multi_accept on; }
+http {
+    access_log off;
+    client_body_temp_path %[1]s/body;
+    proxy_temp_path %[1]s/proxy;
+    fastcgi_temp_path %[1]s/fastcgi;
+    uwsgi_temp_path %[1]s/uwsgi;
+    scgi_temp_path %[1]s/scgi;
+    keepalive_requests 1000000;
+    upstream bench { server %[3]s; keepalive 256; keepalive_requests 1000000; }
+    server {
+        listen %[2]s;
+        location / {
+            proxy_pass http://bench;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host $host;
+        }
+    }
+}
+`, dir, listen, upstream)
+}
+
+// startNginx writes a config into dir and runs nginx in the foreground.
+func startNginx(ctx context.Context, exe, dir, upstream string) (*Process, error) {
+	listen, err := freeAddr()
+	if err != nil {
+		return nil, err
+	}
+	conf := filepath.Join(dir, "nginx.conf")
+	if err := os.WriteFile(conf, []byte(nginxConfig(dir, listen, upstream)), 0o600); err != nil {
+		return nil, fmt.Errorf("%w: nginx: %w", ErrProcess, err)
+	}
+	p, err := startProcess("nginx", exe, "-p", dir, "-c", conf, "-e", filepath.Join(dir, "error.log"))
+	if err != nil {
+		return nil, err
+	}
+	p.Addr = listen
+	if err := p.awaitHTTP(ctx, listen, "/", false, 10*time.Second); err != nil {
+		p.Stop()
+		return nil, err
+	}
+	return p, nil
+}

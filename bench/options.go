@@ -1,0 +1,106 @@
+package bench
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"time"
+)
+
+// Options configure a scenario run. The zero value of each field means its
+// default.
+type Options struct {
+	// Exe is the ballast binary the children run (`bench upstream`,
+	// `bench bare-proxy`, `run -c`). Default: os.Executable().
+	Exe string
+	// Duration is the measured window of each load run. Default 10s.
+	Duration time.Duration
+	// Warmup precedes each load run and is discarded. Default 1s; negative
+	// means none.
+	Warmup time.Duration
+	// Saturation is the closed-loop phase per overhead target. Default 5s;
+	// negative skips it.
+	Saturation time.Duration
+	// Rate is the open-loop rate in requests per second. Default 2,000
+	// for overhead, 200 for chaos.
+	Rate float64
+	// Connections caps concurrent requests; it is also the closed-loop N.
+	// Default 64.
+	Connections int
+	// Size is the upstream's JSON answer size in bytes. Default 1024.
+	Size int
+	// Seed seeds the chaos upstream. Default 1.
+	Seed int64
+	// Timeout bounds each request of the load driver. Default 5s.
+	Timeout time.Duration
+	// Targets limits the overhead targets to these names (direct, bare,
+	// ballast, nginx). Empty means all; nginx only when on PATH.
+	Targets []string
+	// Progress receives one line per step. Default: discarded.
+	Progress io.Writer
+}
+
+func (o Options) withDefaults(rate float64) (Options, error) {
+	if o.Exe == "" {
+		exe, err := os.Executable()
+		if err != nil {
+			return o, fmt.Errorf("bench: finding the ballast binary: %w", err)
+		}
+		o.Exe = exe
+	}
+	if o.Duration <= 0 {
+		o.Duration = 10 * time.Second
+	}
+	switch {
+	case o.Warmup == 0:
+		o.Warmup = time.Second
+	case o.Warmup < 0:
+		o.Warmup = 0
+	}
+	switch {
+	case o.Saturation == 0:
+		o.Saturation = 5 * time.Second
+	case o.Saturation < 0:
+		o.Saturation = 0
+	}
+	if o.Rate <= 0 {
+		o.Rate = rate
+	}
+	if o.Connections <= 0 {
+		o.Connections = 64
+	}
+	if o.Size <= 0 {
+		o.Size = 1024
+	}
+	if o.Seed == 0 {
+		o.Seed = 1
+	}
+	if o.Timeout <= 0 {
+		o.Timeout = 5 * time.Second
+	}
+	if o.Progress == nil {
+		o.Progress = io.Discard
+	}
+	return o, nil
+}
+
+// Settings are the options a scenario ran with, for reports.
+type Settings struct {
+	Duration    string  `json:"duration"`
+	Warmup      string  `json:"warmup"`
+	Saturation  string  `json:"saturation,omitempty"`
+	Rate        float64 `json:"rate"`
+	Connections int     `json:"connections"`
+	Size        int     `json:"size"`
+	Seed        int64   `json:"seed"`
+	Timeout     string  `json:"timeout"`
+}
+
+func (o Options) settings() Settings {
+	s := Settings{Duration: o.Duration.String(), Warmup: o.Warmup.String(), Rate: o.Rate,
+		Connections: o.Connections, Size: o.Size, Seed: o.Seed, Timeout: o.Timeout.String()}
+	if o.Saturation > 0 {
+		s.Saturation = o.Saturation.String()
+	}
+	return s
+}

@@ -1,0 +1,229 @@
+package bench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"slices"
+	"time"
+)
+
+// Overhead target names.
+const (
+	TargetDirect  = "direct"
+	TargetBare    = "bare"
+	TargetBallast = "ballast"
+	TargetNginx   = "nginx"
+)
+
+// OverheadDefaultRate is the overhead scenario's open-loop rate.
+const OverheadDefaultRate = 2000
+
+// modelBody is a small chat-completion request.
+var modelBody = []byte(`{"model":"bench-1","messages":[{"role":"user","content":"Say hello in one word."}],"max_tokens":16}`)
+
+// OverheadTarget is one target's measurements in the overhead scenario.
+type OverheadTarget struct {
+	// Name is direct, bare, ballast or nginx.
+	Name string `json:"name"`
+	// Open is the open-loop run at the fixed rate.
+	Open LoadResult `json:"open"`
+	// Saturation is the closed-loop run; nil when skipped.
+	Saturation *LoadResult `json:"saturation,omitempty"`
+	// CPUPer1k is the CPU (user+sys) the process under test spent per
+	// 1,000 requests of the open-loop window, in milliseconds: the proxy
+	// for proxies, the upstream for direct.
+	CPUPer1k float64 `json:"cpu_ms_per_1k"`
+	// UpstreamCPUPer1k is the upstream's share in the same window.
+	UpstreamCPUPer1k float64 `json:"upstream_cpu_ms_per_1k"`
+	// PeakRSS is the process under test's VmHWM in bytes at the end.
+	PeakRSS int64 `json:"peak_rss_bytes"`
+
+	// Against direct (zero for direct itself and when direct did not run).
+	// AddedLatency is this target's open-loop percentile minus direct's.
+	AddedLatency Percentiles `json:"added_latency"`
+	// LatencyRatio is this target's percentile over direct's.
+	LatencyRatio Percentiles `json:"latency_ratio"`
+	// RPSRatio is saturation rps over direct's.
+	RPSRatio float64 `json:"rps_ratio"`
+}
+
+// OverheadResult is the overhead scenario's report.
+type OverheadResult struct {
+	Settings Settings         `json:"settings"`
+	Targets  []OverheadTarget `json:"targets"`
+	// Skipped lists targets that were asked for or known but did not run,
+	// with why (nginx not on PATH).
+	Skipped map[string]string `json:"skipped,omitempty"`
+}
+
+// Overhead measures the same upstream directly, through a bare fasthttp
+// proxy, through ballast, and through nginx when it is on PATH, each in its
+// own child process so its CPU can be read from /proc. Each target gets an
+// open-loop run at opts.Rate (latency, CPU per 1,000 requests) and a
+// closed-loop saturation run with opts.Connections (throughput).
+func Overhead(ctx context.Context, opts Options) (*OverheadResult, error) {
+	opts, err := opts.withDefaults(OverheadDefaultRate)
+	if err != nil {
+		return nil, err
+	}
+	dir, err := os.MkdirTemp("", "ballast-bench")
+	if err != nil {
+		return nil, fmt.Errorf("bench: %w", err)
+	}
+	defer os.RemoveAll(dir)
+
+	for _, t := range opts.Targets {
+		if !slices.Contains([]string{TargetDirect, TargetBare, TargetBallast, TargetNginx}, t) {
+			return nil, fmt.Errorf("%w: unknown overhead target %q (known: direct, bare, ballast, nginx)", ErrLoad, t)
+		}
+	}
+	res := &OverheadResult{Settings: opts.settings(), Skipped: map[string]string{}}
+	want := func(name string) bool { return len(opts.Targets) == 0 || slices.Contains(opts.Targets, name) }
+
+	fmt.Fprintf(opts.Progress, "overhead: starting upstream (%d-byte answers)\n", opts.Size)
+	up, err := startUpstream(ctx, opts.Exe, UpstreamConfig{Size: opts.Size, Seed: opts.Seed})
+	if err != nil {
+		return nil, err
+	}
+	defer up.Stop()
+
+	type target struct {
+		name string
+		proc *Process
+	}
+	var targets []target
+	if want(TargetDirect) {
+		targets = append(targets, target{TargetDirect, up})
+	}
+	if want(TargetBare) {
+		p, err := startBareProxy(ctx, opts.Exe, up.Addr)
+		if err != nil {
+			return nil, err
+		}
+		defer p.Stop()
+		targets = append(targets, target{TargetBare, p})
+	}
+	if want(TargetBallast) {
+		p, _, err := startBallast(ctx, opts.Exe, dir, up.Addr, false)
+		if err != nil {
+			return nil, err
+		}
+		defer p.Stop()
+		targets = append(targets, target{TargetBallast, p})
+	}
+	if want(TargetNginx) {
+		if exe := NginxPath(); exe == "" {
+			res.Skipped[TargetNginx] = "nginx is not on PATH"
+		} else {
+			p, err := startNginx(ctx, exe, dir, up.Addr)
+			if err != nil {
+				return nil, err
+			}
+			defer p.Stop()
+			targets = append(targets, target{TargetNginx, p})
+		}
+	}
+	if len(targets) == 0 {
+		return nil, fmt.Errorf("%w: no overhead target selected (known: direct, bare, ballast, nginx)", ErrLoad)
+	}
+
+	wl := []Workload{{Name: "chat", Method: "POST", Path: "/v1/chat/completions", Body: modelBody, ContentType: "application/json"}}
+	for _, t := range targets {
+		fmt.Fprintf(opts.Progress, "overhead: %s open loop at %.0f rps for %v\n", t.name, opts.Rate, opts.Duration)
+		ot, err := measureTarget(ctx, opts, wl, t.name, t.proc, up)
+		if err != nil {
+			return nil, err
+		}
+		res.Targets = append(res.Targets, ot)
+	}
+	res.compare()
+	return res, nil
+}
+
+// measureTarget runs the open-loop and saturation phases against one
+// target, reading CPU around the open-loop window.
+func measureTarget(ctx context.Context, opts Options, wl []Workload, name string, proc, up *Process) (OverheadTarget, error) {
+	ot := OverheadTarget{Name: name}
+	var before, upBefore ProcUsage
+	var usageErr error
+	open, err := RunLoad(ctx, LoadConfig{
+		Addr: proc.Addr, Workloads: wl, Rate: opts.Rate, Connections: opts.Connections,
+		Warmup: opts.Warmup, Duration: opts.Duration, Timeout: opts.Timeout,
+		OnMeasure: func() {
+			var e1, e2 error
+			before, e1 = proc.Usage()
+			upBefore, e2 = up.Usage()
+			usageErr = errors.Join(e1, e2)
+		},
+	})
+	if err != nil {
+		return ot, err
+	}
+	after, e1 := proc.Usage()
+	upAfter, e2 := up.Usage()
+	if err := errors.Join(usageErr, e1, e2); err != nil {
+		return ot, fmt.Errorf("bench: %s: %w", name, err)
+	}
+	ot.Open = open
+	ot.CPUPer1k = per1k(after.CPU-before.CPU, open.All.Requests)
+	ot.UpstreamCPUPer1k = per1k(upAfter.CPU-upBefore.CPU, open.All.Requests)
+	ot.PeakRSS = after.PeakRSS
+	if opts.Saturation > 0 {
+		fmt.Fprintf(opts.Progress, "overhead: %s closed loop, %d connections for %v\n", name, opts.Connections, opts.Saturation)
+		sat, err := RunLoad(ctx, LoadConfig{
+			Addr: proc.Addr, Workloads: wl, Connections: opts.Connections,
+			Warmup: opts.Warmup, Duration: opts.Saturation, Timeout: opts.Timeout,
+		})
+		if err != nil {
+			return ot, err
+		}
+		ot.Saturation = &sat
+	}
+	return ot, ctx.Err()
+}
+
+// per1k is CPU milliseconds per 1,000 requests; 0 without requests.
+func per1k(cpu time.Duration, requests int64) float64 {
+	if requests <= 0 {
+		return 0
+	}
+	return float64(cpu) / float64(time.Millisecond) / float64(requests) * 1000
+}
+
+// compare fills the against-direct fields.
+func (r *OverheadResult) compare() {
+	var direct *OverheadTarget
+	for i := range r.Targets {
+		if r.Targets[i].Name == TargetDirect {
+			direct = &r.Targets[i]
+		}
+	}
+	if direct == nil {
+		return
+	}
+	d := direct.Open.All.Latency
+	for i := range r.Targets {
+		t := &r.Targets[i]
+		if t == direct {
+			continue
+		}
+		l := t.Open.All.Latency
+		t.AddedLatency = Percentiles{P50: l.P50 - d.P50, P90: l.P90 - d.P90, P99: l.P99 - d.P99,
+			P999: l.P999 - d.P999, Max: l.Max - d.Max, Mean: l.Mean - d.Mean}
+		t.LatencyRatio = Percentiles{P50: ratio(l.P50, d.P50), P90: ratio(l.P90, d.P90), P99: ratio(l.P99, d.P99),
+			P999: ratio(l.P999, d.P999), Max: ratio(l.Max, d.Max), Mean: ratio(l.Mean, d.Mean)}
+		if t.Saturation != nil && direct.Saturation != nil {
+			t.RPSRatio = ratio(t.Saturation.RPS, direct.Saturation.RPS)
+		}
+	}
+}
+
+// ratio is a/b, 0 when b is not positive (never NaN or Inf).
+func ratio(a, b float64) float64 {
+	if b <= 0 {
+		return 0
+	}
+	return a / b
+}

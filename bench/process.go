@@ -1,0 +1,164 @@
+package bench
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os/exec"
+	"regexp"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/valyala/fasthttp"
+)
+
+// ErrProcess reports a child process that would not start or get ready.
+var ErrProcess = errors.New("bench: process")
+
+// Process is a child process under test: the upstream, a proxy, nginx.
+type Process struct {
+	// Name labels the process in errors.
+	Name string
+	// Addr is host:port of its main listener.
+	Addr string
+
+	cmd    *exec.Cmd
+	output *lineTail
+	exited chan struct{}
+	err    error // of Wait, valid once exited is closed
+}
+
+// Pid is the process id, for ReadProcUsage.
+func (p *Process) Pid() int { return p.cmd.Process.Pid }
+
+// Usage reads the process tree's CPU and peak RSS.
+func (p *Process) Usage() (ProcUsage, error) { return ReadProcUsage(p.Pid()) }
+
+// startProcess starts exe with args. Its stdout and stderr are kept (the
+// last lines) for error messages. The process is killed if the harness
+// dies (Pdeathsig).
+func startProcess(name, exe string, args ...string) (*Process, error) {
+	p := &Process{Name: name, output: &lineTail{addr: make(chan string, 1)}, exited: make(chan struct{})}
+	p.cmd = exec.Command(exe, args...)
+	p.cmd.Stdout = p.output
+	p.cmd.Stderr = p.output
+	p.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := p.cmd.Start(); err != nil {
+		return nil, fmt.Errorf("%w: %s: %w", ErrProcess, name, err)
+	}
+	go func() {
+		p.err = p.cmd.Wait()
+		close(p.exited)
+	}()
+	return p, nil
+}
+
+// awaitAddr waits until the process prints its "http://host:port" line.
+func (p *Process) awaitAddr(ctx context.Context, timeout time.Duration) error {
+	t := time.NewTimer(timeout)
+	defer t.Stop()
+	select {
+	case p.Addr = <-p.output.addr:
+		return nil
+	case <-p.exited:
+		return fmt.Errorf("%w: %s exited before listening (%v): %s", ErrProcess, p.Name, p.err, p.output.String())
+	case <-t.C:
+		return fmt.Errorf("%w: %s printed no address within %v: %s", ErrProcess, p.Name, timeout, p.output.String())
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// awaitHTTP polls GET http://addr+path until it answers (with 200 when
+// wantOK).
+func (p *Process) awaitHTTP(ctx context.Context, addr, path string, wantOK bool, timeout time.Duration) error {
+	c := newClient(addr, 1, time.Second)
+	defer c.CloseIdleConnections()
+	deadline := time.Now().Add(timeout)
+	for {
+		status, _, err := c.GetTimeout(nil, "http://"+addr+path, time.Second)
+		if err == nil && (!wantOK || status == fasthttp.StatusOK) {
+			return nil
+		}
+		select {
+		case <-p.exited:
+			return fmt.Errorf("%w: %s exited (%v): %s", ErrProcess, p.Name, p.err, p.output.String())
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(20 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%w: %s not ready at %s%s within %v (last: %d %v): %s", ErrProcess, p.Name, addr, path, timeout, status, err, p.output.String())
+		}
+	}
+}
+
+// Stop sends SIGTERM, waits up to 5s, then kills. It returns once the
+// process is gone; calling it again is harmless.
+func (p *Process) Stop() {
+	select {
+	case <-p.exited:
+		return
+	default:
+	}
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	t := time.NewTimer(5 * time.Second)
+	defer t.Stop()
+	select {
+	case <-p.exited:
+	case <-t.C:
+		_ = p.cmd.Process.Kill()
+		<-p.exited
+	}
+}
+
+// Output returns the last lines the process wrote.
+func (p *Process) Output() string { return p.output.String() }
+
+var addrLine = regexp.MustCompile(`https?://([0-9.]+:[0-9]+)`)
+
+// lineTail keeps the last 4 KiB a process wrote and reports the first
+// http://host:port it sees.
+type lineTail struct {
+	mu   sync.Mutex
+	buf  []byte
+	seen bool
+	addr chan string
+}
+
+func (l *lineTail) Write(b []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.buf = append(l.buf, b...)
+	if !l.seen {
+		if i := bytes.IndexByte(l.buf, '\n'); i >= 0 {
+			if m := addrLine.FindSubmatch(l.buf); m != nil {
+				l.seen = true
+				l.addr <- string(m[1])
+			}
+		}
+	}
+	if len(l.buf) > 4096 {
+		l.buf = append(l.buf[:0], l.buf[len(l.buf)-4096:]...)
+	}
+	return len(b), nil
+}
+
+func (l *lineTail) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return string(bytes.TrimSpace(l.buf))
+}
+
+// freeAddr returns a loopback address that was free a moment ago.
+func freeAddr() (string, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", fmt.Errorf("%w: %w", ErrProcess, err)
+	}
+	addr := ln.Addr().String()
+	return addr, ln.Close()
+}

@@ -1,0 +1,77 @@
+package bench
+
+import (
+	"context"
+	"errors"
+	"os/exec"
+	"path/filepath"
+	"testing"
+	"time"
+)
+
+// buildBallast builds cmd/ballast: the scenarios run their children from it.
+func buildBallast(t *testing.T) string {
+	t.Helper()
+	gobin, err := exec.LookPath("go")
+	if err != nil {
+		t.Skip("no go toolchain to build the ballast binary")
+	}
+	exe := filepath.Join(t.TempDir(), "ballast")
+	cmd := exec.Command(gobin, "build", "-o", exe, "../cmd/ballast")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("building ballast: %v\n%s", err, out)
+	}
+	return exe
+}
+
+// TestScenarios runs both scenarios in this process (so goleak checks the
+// harness) with tiny durations, and checks shapes, never throughput.
+func TestScenarios(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts child processes")
+	}
+	exe := buildBallast(t)
+	opts := Options{Exe: exe, Duration: 200 * time.Millisecond, Warmup: -1, Saturation: 100 * time.Millisecond,
+		Rate: 150, Connections: 4, Timeout: time.Second, Targets: []string{TargetDirect, TargetBare, TargetBallast}}
+	o, err := Overhead(context.Background(), opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(o.Targets) != 3 {
+		t.Fatalf("%d targets", len(o.Targets))
+	}
+	for _, tg := range o.Targets[1:] {
+		if tg.Open.All.OK == 0 || tg.RPSRatio <= 0 || tg.LatencyRatio.P99 <= 0 {
+			t.Errorf("%s: %+v", tg.Name, tg)
+		}
+	}
+	c, err := Chaos(context.Background(), opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(c.Targets) != 2 || c.Profile.Name != "standard" {
+		t.Fatalf("%+v", c)
+	}
+	direct := c.Targets[0]
+	var faults int64
+	for name, n := range direct.Faults {
+		if name != "none" {
+			faults += n
+		}
+	}
+	if faults == 0 {
+		t.Errorf("the standard profile injected nothing: %v", direct.Faults)
+	}
+	for _, w := range direct.Workloads {
+		if w.Duplicates != 0 {
+			t.Errorf("direct %s: %d duplicate side effects without any retrying proxy", w.Name, w.Duplicates)
+		}
+	}
+}
+
+func TestOverheadRejectsUnknownTargets(t *testing.T) {
+	_, err := Overhead(context.Background(), Options{Exe: "/nonexistent", Targets: []string{"direct", "frob"}})
+	if !errors.Is(err, ErrLoad) {
+		t.Errorf("err = %v, want ErrLoad before starting anything", err)
+	}
+}

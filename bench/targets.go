@@ -1,0 +1,89 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"time"
+)
+
+// readyTimeout bounds how long a child may take to listen.
+const readyTimeout = 15 * time.Second
+
+// UpstreamArgs are the `ballast bench upstream` flags for cfg on a free
+// loopback port.
+func UpstreamArgs(cfg UpstreamConfig) []string {
+	p := cfg.Profile
+	args := []string{"bench", "upstream", "--listen", "127.0.0.1:0",
+		"--size", strconv.Itoa(cfg.Size), "--seed", strconv.FormatInt(cfg.Seed, 10)}
+	if p.Name != "" {
+		args = append(args, "--profile", p.Name)
+	}
+	return args
+}
+
+// startUpstream runs `exe bench upstream` as a child.
+func startUpstream(ctx context.Context, exe string, cfg UpstreamConfig) (*Process, error) {
+	p, err := startProcess("upstream", exe, UpstreamArgs(cfg)...)
+	if err != nil {
+		return nil, err
+	}
+	if err := p.awaitAddr(ctx, readyTimeout); err != nil {
+		p.Stop()
+		return nil, err
+	}
+	return p, nil
+}
+
+// startBareProxy runs `exe bench bare-proxy` as a child.
+func startBareProxy(ctx context.Context, exe, upstream string) (*Process, error) {
+	p, err := startProcess("bare", exe, "bench", "bare-proxy", "--listen", "127.0.0.1:0", "--upstream", upstream)
+	if err != nil {
+		return nil, err
+	}
+	if err := p.awaitAddr(ctx, readyTimeout); err != nil {
+		p.Stop()
+		return nil, err
+	}
+	return p, nil
+}
+
+// startBallast renders the config template into dir and runs
+// `exe run -c FILE` as a child, waiting for its /readyz. It returns the
+// features the config enabled.
+func startBallast(ctx context.Context, exe, dir, upstream string, chaos bool) (*Process, []string, error) {
+	listen, err := freeAddr()
+	if err != nil {
+		return nil, nil, err
+	}
+	admin, err := freeAddr()
+	if err != nil {
+		return nil, nil, err
+	}
+	cfg := BallastConfig{Listen: listen, Admin: admin, Upstream: upstream, Chaos: chaos}
+	var yaml []byte
+	if chaos {
+		cfg, yaml, err = cfg.WithSupportedFeatures(ballastFeatures)
+	} else {
+		yaml, err = cfg.check()
+	}
+	if err != nil {
+		return nil, nil, err
+	}
+	file := filepath.Join(dir, "ballast.yaml")
+	if err := os.WriteFile(file, yaml, 0o600); err != nil {
+		return nil, nil, fmt.Errorf("%w: ballast: %w", ErrProcess, err)
+	}
+	p, err := startProcess("ballast", exe, "run", "-c", file, "--log-level", "error")
+	if err != nil {
+		return nil, nil, err
+	}
+	p.Addr = listen
+	if err := p.awaitHTTP(ctx, admin, "/readyz", true, readyTimeout); err != nil {
+		p.Stop()
+		return nil, nil, err
+	}
+	return p, cfg.Features, nil
+}

@@ -1,0 +1,113 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/ballast-proxy/ballast/bench"
+)
+
+// benchCLI runs the built binary (the harness starts its children from
+// its own executable) and returns stdout.
+func benchCLI(t *testing.T, args ...string) string {
+	t.Helper()
+	cmd := exec.Command(binary, append([]string{"bench"}, args...)...)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("ballast bench %v: %v\n%s", args, err, errb.String())
+	}
+	return out.String()
+}
+
+// The CI smoke: tiny runs that check the tables are produced with sane
+// numbers. They assert no throughput figure.
+func TestBenchOverheadSmoke(t *testing.T) {
+	out := benchCLI(t, "overhead", "--duration", "300ms", "--warmup", "50ms", "--saturation", "200ms", "--rate", "200", "--connections", "8", "--json")
+	var rep bench.Report
+	if err := json.Unmarshal([]byte(out), &rep); err != nil {
+		t.Fatalf("not JSON (NaN would not encode): %v\n%s", err, out)
+	}
+	o := rep.Overhead
+	if o == nil || rep.Machine.Cores <= 0 || rep.Machine.Go == "" {
+		t.Fatalf("report %+v", rep)
+	}
+	names := map[string]bool{}
+	for _, tg := range o.Targets {
+		names[tg.Name] = true
+		a := tg.Open.All
+		if a.Requests == 0 || tg.Open.RPS <= 0 || a.OK != a.Requests || a.Latency.P50 <= 0 || a.Latency.P999 < a.Latency.P50 {
+			t.Errorf("%s open loop: rps %v, %+v", tg.Name, tg.Open.RPS, a)
+		}
+		if tg.Saturation == nil || tg.Saturation.RPS <= 0 || tg.CPUPer1k < 0 || tg.PeakRSS <= 0 {
+			t.Errorf("%s: saturation %+v, cpu %v, rss %v", tg.Name, tg.Saturation, tg.CPUPer1k, tg.PeakRSS)
+		}
+		if tg.Name != bench.TargetDirect && (tg.RPSRatio <= 0 || tg.LatencyRatio.P50 <= 0) {
+			t.Errorf("%s: ratios against direct not computed: %v %+v", tg.Name, tg.RPSRatio, tg.LatencyRatio)
+		}
+	}
+	for _, want := range []string{bench.TargetDirect, bench.TargetBare, bench.TargetBallast} {
+		if !names[want] {
+			t.Errorf("no %s target in %v", want, names)
+		}
+	}
+	if names[bench.TargetNginx] != (bench.NginxPath() != "") {
+		t.Errorf("nginx ran %v, on PATH %v", names[bench.TargetNginx], bench.NginxPath() != "")
+	}
+}
+
+func TestBenchChaosSmoke(t *testing.T) {
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "RESULTS.md"), []byte("# results\n\nhand-written\n"), 0o644)
+	out := benchCLI(t, "chaos", "--duration", "400ms", "--warmup", "0", "--rate", "90", "--timeout", "1s", "--out", dir)
+	for _, want := range []string{"agent-visible success", "duplicate side effects", "direct", "ballast", "get", "keyed", "model", "faults injected"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("table lacks %q:\n%s", want, out)
+		}
+	}
+	if strings.Contains(out, "NaN") {
+		t.Errorf("NaN in output:\n%s", out)
+	}
+	var rep bench.Report
+	js, err := os.ReadFile(filepath.Join(dir, bench.JSONFile))
+	if err != nil || json.Unmarshal(js, &rep) != nil || rep.Chaos == nil || len(rep.Chaos.Targets) != 2 {
+		t.Fatalf("harness.json: %v", err)
+	}
+	for _, tg := range rep.Chaos.Targets {
+		for _, w := range tg.Workloads {
+			if w.Requests == 0 || w.SuccessRate < 0 || w.SuccessRate > 1 || w.UpstreamAttempts == 0 {
+				t.Errorf("%s %s: %+v", tg.Name, w.Name, w)
+			}
+		}
+	}
+	md, _ := os.ReadFile(filepath.Join(dir, "RESULTS.md"))
+	if !strings.HasPrefix(string(md), "# results\n\nhand-written\n") || !strings.Contains(string(md), bench.MarkerBegin) || !strings.Contains(string(md), "### Chaos") {
+		t.Errorf("RESULTS.md:\n%s", md)
+	}
+}
+
+func TestBenchUsageErrors(t *testing.T) {
+	cases := []struct {
+		name string
+		args []string
+	}{
+		{name: "no scenario", args: []string{"bench"}},
+		{name: "unknown scenario", args: []string{"bench", "policies"}},
+		{name: "unknown profile", args: []string{"bench", "upstream", "--profile", "nope"}},
+		{name: "percentages above 100", args: []string{"bench", "upstream", "--p503", "80", "--p429", "30"}},
+		{name: "bare proxy without upstream", args: []string{"bench", "bare-proxy"}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			var out, errb bytes.Buffer
+			if code := run(c.args, &out, &errb); code != 2 {
+				t.Errorf("exit %d, want 2: %s", code, errb.String())
+			}
+		})
+	}
+}
