@@ -113,16 +113,18 @@ type Breaker struct {
 	// Enabled turns the breaker on. Default true.
 	Enabled bool `koanf:"enabled" json:"enabled"`
 	// Failures opens it after this many consecutive failed attempts.
-	// Default 5.
+	// Default 20: with no fallback an open breaker turns a flaky upstream
+	// into a dead one, so it should open for outages, not for noise (at a
+	// 17% failure rate, 5 in a row happen every few seconds under load).
 	Failures int `koanf:"failures" json:"failures"`
 	// FailureRatio, when > 0, also opens it when this share of the
 	// attempts of the last 10s failed (once min_requests were seen).
-	// Default 0 (off).
+	// Default 0.5.
 	FailureRatio float64 `koanf:"failure_ratio" json:"failure_ratio"`
 	// MinRequests is the least number of attempts before failure_ratio
 	// applies. Default 20.
 	MinRequests int `koanf:"min_requests" json:"min_requests"`
-	// OpenFor is how long it fails fast before probing. Default 30s.
+	// OpenFor is how long it fails fast before probing. Default 10s.
 	OpenFor Duration `koanf:"open_for" json:"open_for"`
 	// HalfOpenRequests is how many probes may test a recovering upstream
 	// at once. Default 1.

@@ -134,8 +134,8 @@ func builtinDefaults() map[string]any {
 				"unsafe_methods":  false,
 			},
 			"breaker": map[string]any{
-				"enabled": true, "failures": 5, "failure_ratio": 0, "min_requests": 20,
-				"open_for": "30s", "half_open_requests": 1,
+				"enabled": true, "failures": 20, "failure_ratio": 0.5, "min_requests": 20,
+				"open_for": "10s", "half_open_requests": 1,
 			},
 		},
 	}
