@@ -23,6 +23,10 @@ type Config struct {
 	Defaults Policy `koanf:"defaults" json:"defaults"`
 	// Routes are matched by host, longest path prefix, then methods.
 	Routes []Route `koanf:"routes" json:"routes"`
+	// Limiters are named rate limits that several routes can share with
+	// rate_limit.limiter (for example one provider quota behind several
+	// routes).
+	Limiters map[string]Limiter `koanf:"limiters" json:"limiters,omitempty"`
 
 	display *Config // the same config with ${NAME} references unexpanded
 	origin  string  // where it was loaded from
@@ -66,6 +70,58 @@ type Policy struct {
 	Retry Retry `koanf:"retry" json:"retry"`
 	// Breaker is the circuit breaker of each upstream the route uses.
 	Breaker Breaker `koanf:"breaker" json:"breaker"`
+	// RateLimit shapes the route's traffic before it reaches the upstream.
+	RateLimit RateLimit `koanf:"rate_limit" json:"rate_limit"`
+	// Concurrency bounds the route's requests in flight (a bulkhead).
+	Concurrency Concurrency `koanf:"concurrency" json:"concurrency"`
+}
+
+// Limiter is a token bucket: requests per second, optionally partitioned by
+// a key, optionally adaptive, optionally also counting model tokens.
+type Limiter struct {
+	// RPS is the sustained requests per second. 0: no request limit.
+	RPS float64 `koanf:"rps" json:"rps,omitempty"`
+	// Burst is how many requests may go at once. Default ⌈rps⌉.
+	Burst int `koanf:"burst" json:"burst,omitempty"`
+	// Key partitions the limit: "" (one bucket for all), "ip", "header:NAME"
+	// (the value is hashed, never stored) or "json:FIELD" (a top-level
+	// field of a JSON body). Requests without the key share one bucket.
+	Key string `koanf:"key" json:"key,omitempty"`
+	// MaxKeys bounds the per-key buckets kept (least recently used are
+	// dropped). Default 10000.
+	MaxKeys int `koanf:"max_keys" json:"max_keys,omitempty"`
+	// Adaptive lowers the rate multiplicatively on each upstream 429 and
+	// climbs back additively after successes (AIMD). Default false.
+	Adaptive bool `koanf:"adaptive" json:"adaptive,omitempty"`
+	// TokensPerMinute limits model tokens for OpenAI- and Anthropic-style
+	// bodies: the estimate (prompt size and max_tokens) is reserved before
+	// sending and settled from the response's usage. 0: off.
+	TokensPerMinute int `koanf:"tokens_per_minute" json:"tokens_per_minute,omitempty"`
+}
+
+// RateLimit is a route's rate limit: inline, or a shared named one.
+type RateLimit struct {
+	Limiter `koanf:",squash"`
+	// Use names a limiter of the top-level limiters block instead of an
+	// inline limit (written `limiter:`).
+	Use string `koanf:"limiter" json:"limiter,omitempty"`
+	// MaxWait is the longest a request waits in line for its turn (always
+	// within its deadline); past it the request is refused with 429 at
+	// once and never forwarded. Default 1s.
+	MaxWait Duration `koanf:"max_wait" json:"max_wait"`
+}
+
+// Concurrency is a bulkhead: at most Max requests in flight, the rest
+// waiting in a bounded queue (low priority behind normal). Excess is shed
+// with 503.
+type Concurrency struct {
+	// Max requests in flight. 0: unbounded.
+	Max int `koanf:"max" json:"max,omitempty"`
+	// Queue is how many may wait for a slot. Default 100.
+	Queue int `koanf:"queue" json:"queue"`
+	// MaxWait bounds the time in the queue (and the deadline does).
+	// Default 5s.
+	MaxWait Duration `koanf:"max_wait" json:"max_wait"`
 }
 
 // Retry configures retries. Attempts count the first one: attempts: 1

@@ -137,6 +137,8 @@ func builtinDefaults() map[string]any {
 				"enabled": true, "failures": 20, "failure_ratio": 0.5, "min_requests": 20,
 				"open_for": "10s", "half_open_requests": 1,
 			},
+			"rate_limit":  map[string]any{"max_wait": "1s", "max_keys": 10000},
+			"concurrency": map[string]any{"queue": 100, "max_wait": "5s"},
 		},
 	}
 }

@@ -39,6 +39,12 @@ func (c *Config) Validate() error {
 	if len(c.Routes) == 0 {
 		add(pathErr("routes", "at least one route is required: ballast forwards nothing without one"))
 	}
+	for name, l := range c.Limiters {
+		errs = append(errs, l.validate("limiters."+name)...)
+		if l.RPS == 0 && l.TokensPerMinute == 0 {
+			add(pathErr("limiters."+name, "sets neither rps nor tokens_per_minute"))
+		}
+	}
 	names := map[string]int{}
 	matches := map[string]int{}
 	for i := range c.Routes {
@@ -49,6 +55,14 @@ func (c *Config) Validate() error {
 			// A route's policy is the defaults plus its overrides; report
 			// the defaults' own problems once, above.
 			errs = append(errs, r.Policy.validate(p)...)
+		}
+		if use := r.RateLimit.Use; use != "" {
+			if _, ok := c.Limiters[use]; !ok {
+				add(pathErrf(p+".rate_limit.limiter", "%q is not in the limiters block", use))
+			}
+			if r.RateLimit.RPS != 0 || r.RateLimit.TokensPerMinute != 0 {
+				add(pathErr(p+".rate_limit", "names a shared limiter and sets its own rps/tokens_per_minute; choose one"))
+			}
 		}
 		if j, dup := names[r.Name]; dup && r.Name != "" {
 			add(pathErrf(p+".name", "%q is already used by routes[%d]", r.Name, j))
@@ -96,6 +110,16 @@ func (p *Policy) validate(path string) []error {
 	}
 	if rt.Budget.MinPerSecond < 0 {
 		add("retry.budget.min_per_second", "must not be negative")
+	}
+	errs = append(errs, p.RateLimit.Limiter.validate(path+".rate_limit")...)
+	if p.RateLimit.MaxWait < 0 {
+		add("rate_limit.max_wait", "must not be negative")
+	}
+	if p.Concurrency.Max < 0 {
+		add("concurrency.max", "must not be negative")
+	}
+	if p.Concurrency.Queue < 0 {
+		add("concurrency.queue", "must not be negative")
 	}
 	br := p.Breaker
 	if br.Enabled {
@@ -145,6 +169,31 @@ func (r *Route) validate(p string) []error {
 	errs = append(errs, checkUpstream(p, r.Upstream, r.CAFile, r.Headers)...)
 	for i, f := range r.Fallbacks {
 		errs = append(errs, checkUpstream(fmt.Sprintf("%s.fallbacks[%d]", p, i), f.Upstream, f.CAFile, f.Headers)...)
+	}
+	return errs
+}
+
+func (l *Limiter) validate(path string) []error {
+	var errs []error
+	add := func(key, msg string) { errs = append(errs, pathErr(path+"."+key, msg)) }
+	if l.RPS < 0 || l.RPS > 1e6 {
+		add("rps", "must be between 0 and 1000000")
+	}
+	if l.Burst < 0 {
+		add("burst", "must not be negative")
+	}
+	if l.TokensPerMinute < 0 {
+		add("tokens_per_minute", "must not be negative")
+	}
+	if l.MaxKeys < 0 {
+		add("max_keys", "must not be negative")
+	}
+	switch k := l.Key; {
+	case k == "", k == "ip":
+	case strings.HasPrefix(k, "header:") && isToken(strings.TrimPrefix(k, "header:")):
+	case strings.HasPrefix(k, "json:") && len(k) > len("json:"):
+	default:
+		add("key", fmt.Sprintf("%q is not ip, header:NAME or json:FIELD", k))
 	}
 	return errs
 }

@@ -1,10 +1,12 @@
 package proxy
 
 import (
+	"bytes"
 	"strconv"
 	"time"
 
 	"github.com/ballast-proxy/ballast/policy"
+	"github.com/ballast-proxy/ballast/ratelimit"
 	"github.com/valyala/fasthttp"
 )
 
@@ -43,6 +45,19 @@ func (s *Server) exchange(ctx *fasthttp.RequestCtx, r *route, body []byte, deadl
 		}
 	}()
 
+	var key uint64
+	var tokens ratelimit.Reservation
+	if r.limit != nil {
+		key = r.limit.key.of(ctx, body)
+		if r.limit.tokens != nil {
+			var ok bool
+			if tokens, ok = s.reserveTokens(ctx, r, key, body, deadline); !ok {
+				return
+			}
+			defer s.settleTokens(ctx, &tokens)
+		}
+	}
+
 targets:
 	for ti, t := range r.targets {
 		if ti > 0 {
@@ -78,7 +93,27 @@ targets:
 				now = s.clock.Now()
 			}
 
+			if ok, refused := s.admit(ctx, r, key, deadline); !ok {
+				if refused == nil {
+					return // shutting down; sleep answered
+				}
+				if attempts == 0 {
+					writeRateLimited(ctx, r, refused, 0, "the route's rate limit ("+r.limit.name+") has no room within this request's deadline or rate_limit.max_wait")
+					return
+				}
+				stop, stopAfter = ReasonRateLimited, refused.RetryAfter
+				break targets
+			}
+			now = s.clock.Now()
+
 			a := s.try(out, t, r, now, deadline)
+			if r.limit != nil && r.limit.adaptive != nil {
+				if a.status == fasthttp.StatusTooManyRequests {
+					r.limit.adaptive.OnThrottle(now)
+				} else if a.class == policy.OK {
+					r.limit.adaptive.OnSuccess(now)
+				}
+			}
 			attempts++
 			t.attempts[a.class].Inc()
 			t.health.breaker.Record(s.clock.Now(), !upstreamFault(a.class), probe)
@@ -246,4 +281,49 @@ func minPositive(a, b time.Duration) time.Duration {
 		return b
 	}
 	return a
+}
+
+// reserveTokens takes the request's estimated model tokens from the route's
+// tokens_per_minute limit, waiting within max_wait and the deadline. It
+// answers 429 itself and returns ok=false when there is no room.
+func (s *Server) reserveTokens(ctx *fasthttp.RequestCtx, r *route, key uint64, body []byte, deadline time.Time) (ratelimit.Reservation, bool) {
+	now := s.clock.Now()
+	n := ratelimit.EstimateTokens(body)
+	res, err := r.limit.tokens.Reserve(key, n, now, max(min(r.limit.maxWait, deadline.Sub(now)), 0))
+	if err != nil {
+		r.m.rateRejected[rejectTokens].Inc()
+		le, ok := err.(*ratelimit.LimitedError)
+		if !ok {
+			le = &ratelimit.LimitedError{RetryAfter: time.Second}
+		}
+		writeRateLimited(ctx, r, le, 0, "the route's tokens_per_minute limit has no room for about "+
+			strconv.Itoa(n)+" tokens within this request's deadline")
+		return res, false
+	}
+	if d := res.DelayFrom(now); d > 0 {
+		r.m.rateWait.Observe(d.Seconds())
+		if !s.sleep(ctx, d) {
+			res.Cancel(s.clock.Now())
+			return res, false
+		}
+	}
+	return res, true
+}
+
+// settleTokens replaces the token estimate with the response's usage: at
+// once for a buffered answer, at the end of the stream for a streamed one.
+// An answer without usage keeps the estimate; one ballast wrote itself
+// (nothing reached the model) gives the tokens back.
+func (s *Server) settleTokens(ctx *fasthttp.RequestCtx, res *ratelimit.Reservation) {
+	if rb, ok := ctx.Response.BodyStream().(*relayBody); ok {
+		rb.tokens, rb.settle = *res, true
+		return
+	}
+	if bytes.Equal(ctx.Response.Header.ContentType(), []byte("application/problem+json")) {
+		res.Settle(0, s.clock.Now())
+		return
+	}
+	if u, ok := ratelimit.UsageFromBody(ctx.Response.Body()); ok {
+		res.Settle(u.Tokens(), s.clock.Now())
+	}
 }

@@ -59,7 +59,21 @@ func (s *Server) forward(ctx *fasthttp.RequestCtx, r *route, start time.Time) {
 		return
 	}
 
+	if r.bulkhead == nil {
+		s.exchange(ctx, r, body, deadline)
+		return
+	}
+	permit, ok := s.acquireSlot(ctx, r, deadline)
+	if !ok {
+		return
+	}
 	s.exchange(ctx, r, body, deadline)
+	// A streamed answer holds its slot until the stream ends.
+	if rb, ok := ctx.Response.BodyStream().(*relayBody); ok {
+		rb.permit, rb.hasPermit = permit, true
+		return
+	}
+	permit.Release(s.clock.Now())
 }
 
 // writeTransportProblem answers a failed exchange: 504 when it timed out,
@@ -205,7 +219,9 @@ func (s *Server) relay(ctx *fasthttp.RequestCtx, r *route, t *target, resp *fast
 		fasthttp.ReleaseResponse(resp)
 		return
 	}
-	if ub, ok := stream.(interface{ bound(time.Duration, time.Time) }); ok {
+	if ub, ok := stream.(interface {
+		bound(time.Duration, time.Time)
+	}); ok {
 		ub.bound(r.idle, deadline)
 	}
 	size := resp.Header.ContentLength()

@@ -29,7 +29,10 @@ type metrics struct {
 	budgetExhausted *prometheus.CounterVec
 	retryWait       *prometheus.HistogramVec
 	breakerState    *prometheus.GaugeVec
+	rateRejected    *prometheus.CounterVec
+	rateWait        *prometheus.HistogramVec
 	reg             prometheus.Registerer
+	funcs           map[string]prometheus.Collector // function-backed collectors by id, replaced on reload
 
 	mu     sync.Mutex
 	routes map[string]*routeMetrics
@@ -45,7 +48,18 @@ type routeMetrics struct {
 	retries         [policy.Canceled + 1]prometheus.Counter // by the failed attempt's class
 	budgetExhausted prometheus.Counter
 	retryWait       prometheus.Observer
+	rateRejected    [len(rejectReasons)]prometheus.Counter
+	rateWait        prometheus.Observer
 }
+
+// rejectReasons are the reason label values of ballast_ratelimit_rejected_total.
+var rejectReasons = [...]string{"rate_limited", "tokens", "overloaded"}
+
+const (
+	rejectRate = iota
+	rejectTokens
+	rejectOverloaded
+)
 
 func newMetrics(reg prometheus.Registerer) *metrics {
 	m := &metrics{
@@ -91,11 +105,21 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "ballast_breaker_state",
 			Help: "Circuit breaker state per upstream: 0 closed, 1 half open, 2 open.",
 		}, []string{"upstream"}),
+		rateRejected: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "ballast_ratelimit_rejected_total",
+			Help: "Requests refused before reaching the upstream, by route and reason (rate_limited, tokens, overloaded).",
+		}, []string{"route", "reason"}),
+		rateWait: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "ballast_ratelimit_wait_seconds",
+			Help:    "Time requests waited in line for the rate limit.",
+			Buckets: []float64{.001, .005, .01, .05, .1, .25, .5, 1, 2, 5},
+		}, []string{"route"}),
 		reg:    reg,
+		funcs:  map[string]prometheus.Collector{},
 		routes: map[string]*routeMetrics{},
 	}
 	reg.MustRegister(m.requests, m.duration, m.truncated, m.reloads, m.inflight,
-		m.attempts, m.retries, m.budgetExhausted, m.retryWait, m.breakerState)
+		m.attempts, m.retries, m.budgetExhausted, m.retryWait, m.breakerState, m.rateRejected, m.rateWait)
 	m.reloads.WithLabelValues("success")
 	m.reloads.WithLabelValues("failure")
 	return m
@@ -135,6 +159,10 @@ func (m *metrics) forRoute(name string) *routeMetrics {
 	}
 	rm.budgetExhausted = m.budgetExhausted.WithLabelValues(name)
 	rm.retryWait = m.retryWait.WithLabelValues(name)
+	for i, reason := range rejectReasons {
+		rm.rateRejected[i] = m.rateRejected.WithLabelValues(name, reason)
+	}
+	rm.rateWait = m.rateWait.WithLabelValues(name)
 	m.routes[name] = rm
 	return rm
 }

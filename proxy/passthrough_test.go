@@ -38,8 +38,8 @@ func newPassThrough(tb testing.TB, addr, path string) *passThrough {
 	p := &passThrough{
 		client: &fasthttp.HostClient{Addr: addr, MaxConns: 64,
 			Dial: func(a string) (net.Conn, error) { return net.Dial("tcp", a) }},
-		req:    fasthttp.AcquireRequest(),
-		resp:   fasthttp.AcquireResponse(),
+		req:  fasthttp.AcquireRequest(),
+		resp: fasthttp.AcquireResponse(),
 	}
 	p.req.SetRequestURI("http://" + addr + path)
 	p.req.Header.Set("Authorization", "Bearer sk-bench")

@@ -41,13 +41,14 @@ type Options struct {
 // Server is a running ballast: the agent-facing listener and the admin
 // listener over one atomically swapped route table.
 type Server struct {
-	log    *slog.Logger
-	reg    *prometheus.Registry
-	clock  policy.Clock
-	m      *metrics
-	ids    *idSource
-	ups    *upstreamPool
-	health *healthPool
+	log      *slog.Logger
+	reg      *prometheus.Registry
+	clock    policy.Clock
+	m        *metrics
+	ids      *idSource
+	ups      *upstreamPool
+	health   *healthPool
+	limiters *limiterPool
 
 	table     atomic.Pointer[table]
 	ready     atomic.Bool
@@ -67,12 +68,13 @@ type Server struct {
 // config.Load, which already did.
 func New(cfg *config.Config, opts Options) (*Server, error) {
 	s := &Server{
-		log:    opts.Logger,
-		reg:    opts.Registry,
-		clock:  opts.Clock,
-		ids:    newIDSource(),
-		health: newHealthPool(),
-		src:    opts.Source,
+		log:      opts.Logger,
+		reg:      opts.Registry,
+		clock:    opts.Clock,
+		ids:      newIDSource(),
+		health:   newHealthPool(),
+		limiters: newLimiterPool(),
+		src:      opts.Source,
 	}
 	if s.log == nil {
 		s.log = slog.Default()

@@ -4,6 +4,7 @@ import (
 	"io"
 	"sync"
 
+	"github.com/ballast-proxy/ballast/ratelimit"
 	"github.com/valyala/fasthttp"
 )
 
@@ -26,7 +27,20 @@ type relayBody struct {
 	idLen  int
 	n      int64
 	err    error
+
+	// A concurrency slot held until the stream ends.
+	permit    ratelimit.Permit
+	hasPermit bool
+	// A token reservation settled from the usage at the end of the stream,
+	// read from its last bytes.
+	tokens ratelimit.Reservation
+	settle bool
+	tail   [tailSize]byte
+	tailN  int
 }
+
+// tailSize is how much of a streamed body's end is kept to read its usage.
+const tailSize = 8 << 10
 
 var relayBodyPool = sync.Pool{New: func() any { return new(relayBody) }}
 
@@ -42,6 +56,9 @@ func acquireRelayBody(s *Server, r *route, t *target, resp *fasthttp.Response, s
 func (b *relayBody) Read(p []byte) (int, error) {
 	n, err := b.stream.Read(p)
 	b.n += int64(n)
+	if b.settle && n > 0 {
+		b.keepTail(p[:n])
+	}
 	if err != nil && err != io.EOF && b.err == nil {
 		b.err = err
 		b.r.m.truncated.Inc()
@@ -59,7 +76,28 @@ func (b *relayBody) CloseWithError(error) error {
 	// whether its connection may be reused; closing it once is enough.
 	_ = b.resp.CloseBodyStream()
 	fasthttp.ReleaseResponse(b.resp)
+	now := b.s.clock.Now()
+	if b.hasPermit {
+		b.permit.Release(now)
+	}
+	if b.settle {
+		if u, ok := ratelimit.UsageFromBody(b.tail[:b.tailN]); ok {
+			b.tokens.Settle(u.Tokens(), now)
+		}
+	}
 	*b = relayBody{}
 	relayBodyPool.Put(b)
 	return nil
+}
+
+// keepTail keeps the last tailSize bytes seen.
+func (b *relayBody) keepTail(p []byte) {
+	if len(p) >= tailSize {
+		b.tailN = copy(b.tail[:], p[len(p)-tailSize:])
+		return
+	}
+	if over := b.tailN + len(p) - tailSize; over > 0 {
+		b.tailN = copy(b.tail[:], b.tail[over:b.tailN])
+	}
+	b.tailN += copy(b.tail[b.tailN:], p)
 }

@@ -10,6 +10,7 @@ import (
 
 	"github.com/ballast-proxy/ballast/config"
 	"github.com/ballast-proxy/ballast/policy"
+	"github.com/ballast-proxy/ballast/ratelimit"
 )
 
 // table is one immutable generation of the routing configuration. It is
@@ -39,6 +40,9 @@ type route struct {
 	idle    time.Duration
 	total   time.Duration
 
+	limit    *limiting           // nil: no rate limit
+	bulkhead *ratelimit.Bulkhead // nil: no concurrency limit
+
 	retry         policy.Retry
 	attempts      int // per target, the first included
 	backoff       policy.Backoff
@@ -54,7 +58,7 @@ func (s *Server) buildTable(cfg *config.Config) (*table, error) {
 	var errs []error
 	for i := range cfg.Routes {
 		rc := &cfg.Routes[i]
-		r, err := s.buildRoute(rc, fmt.Sprintf("routes[%d]", i))
+		r, err := s.buildRoute(rc, fmt.Sprintf("routes[%d]", i), cfg.Limiters)
 		if err != nil {
 			errs = append(errs, err)
 			continue
@@ -78,7 +82,7 @@ func (s *Server) buildTable(cfg *config.Config) (*table, error) {
 	return t, nil
 }
 
-func (s *Server) buildRoute(rc *config.Route, path string) (*route, error) {
+func (s *Server) buildRoute(rc *config.Route, path string, limiters map[string]config.Limiter) (*route, error) {
 	on, err := policy.ParseRetryOn(rc.Retry.On)
 	if err != nil {
 		return nil, &config.FieldError{Path: path + ".retry.on", Msg: err.Error()}
@@ -110,6 +114,12 @@ func (s *Server) buildRoute(rc *config.Route, path string) (*route, error) {
 			return nil, &config.FieldError{Path: fmt.Sprintf("%s.fallbacks[%d].upstream", path, i), Msg: err.Error()}
 		}
 		r.targets = append(r.targets, t)
+	}
+	if r.limit, err = s.buildLimiting(rc, limiters); err != nil {
+		return nil, &config.FieldError{Path: path + ".rate_limit", Msg: err.Error()}
+	}
+	if r.bulkhead, err = s.buildBulkhead(rc); err != nil {
+		return nil, &config.FieldError{Path: path + ".concurrency", Msg: err.Error()}
 	}
 	if h := strings.ToLower(rc.Match.Host); h != "" {
 		if rest, ok := strings.CutPrefix(h, "*"); ok {

@@ -343,7 +343,6 @@ func (b *upstreamBody[C]) CloseWithError(error) error {
 	return nil
 }
 
-
 const maxChunkSize = 1 << 40
 
 // readChunkSize reads a chunk-size line, ignoring chunk extensions.

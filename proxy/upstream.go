@@ -20,7 +20,7 @@ type upstream struct {
 	ex     exchanger            // performs exchanges on it
 	// cool is the upstream-wide pause after the provider said it is rate
 	// limited until some instant: every route using the upstream waits.
-	cool policy.Cooldown
+	cool   policy.Cooldown
 	scheme []byte
 	host   []byte // host[:port] as sent in the Host header
 }
@@ -87,12 +87,12 @@ func newUpstream(u *url.URL, caFile string, connect time.Duration) (*upstream, e
 			d := net.Dialer{Timeout: timeout, KeepAlive: 30 * time.Second}
 			return d.Dial("tcp", addr)
 		},
-		MaxConns:                      4096,
-		MaxIdleConnDuration:           90 * time.Second,
-		MaxConnWaitTimeout:            time.Second,
-		NoDefaultUserAgentHeader:      true,
-		ReadBufferSize:                16 << 10,
-		WriteBufferSize:               16 << 10,
+		MaxConns:                 4096,
+		MaxIdleConnDuration:      90 * time.Second,
+		MaxConnWaitTimeout:       time.Second,
+		NoDefaultUserAgentHeader: true,
+		ReadBufferSize:           16 << 10,
+		WriteBufferSize:          16 << 10,
 	}
 	if isTLS {
 		tc := &tls.Config{ServerName: u.Hostname(), MinVersion: tls.VersionTLS12}

@@ -1,0 +1,289 @@
+package proxy
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/ballast-proxy/ballast/config"
+	"github.com/ballast-proxy/ballast/ratelimit"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/valyala/fasthttp"
+)
+
+// limiting is a route's resolved rate limit.
+type limiting struct {
+	name     string            // shown in RateLimit-Policy and ballast_ratelimit_rate
+	requests ratelimit.Limiter // nil: no request limit
+	adaptive *ratelimit.Adaptive
+	tokens   ratelimit.Limiter // nil: no token limit
+	key      keySource
+	maxWait  time.Duration
+}
+
+// sharedLimiter is the state of one limit, kept across reloads that keep
+// its settings.
+type sharedLimiter struct {
+	requests ratelimit.Limiter
+	adaptive *ratelimit.Adaptive
+	tokens   ratelimit.Limiter
+}
+
+// limiterPool keeps limiters (their tokens and keys) across config
+// generations.
+type limiterPool struct {
+	mu        sync.Mutex
+	all       map[string]*sharedLimiter
+	bulkheads map[string]*ratelimit.Bulkhead
+}
+
+func newLimiterPool() *limiterPool {
+	return &limiterPool{all: map[string]*sharedLimiter{}, bulkheads: map[string]*ratelimit.Bulkhead{}}
+}
+
+func (p *limiterPool) get(id string, l config.Limiter, m *metrics, metricName string) (*sharedLimiter, error) {
+	key := fmt.Sprintf("%s|%+v", id, l)
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if sl, ok := p.all[key]; ok {
+		return sl, nil
+	}
+	sl := &sharedLimiter{}
+	if l.RPS > 0 {
+		cfg := ratelimit.Config{Rate: l.RPS, Burst: l.Burst}
+		var err error
+		switch {
+		case l.Adaptive:
+			sl.adaptive, err = ratelimit.NewAdaptive(ratelimit.AdaptiveConfig{Config: cfg})
+			sl.requests = sl.adaptive
+		case l.Key != "":
+			maxKeys := l.MaxKeys
+			if maxKeys <= 0 {
+				maxKeys = 10000
+			}
+			sl.requests, err = ratelimit.NewKeyed(ratelimit.KeyedConfig{Config: cfg, MaxKeys: maxKeys})
+		default:
+			sl.requests, err = ratelimit.NewBucket(cfg)
+		}
+		if err != nil {
+			return nil, err
+		}
+		lim := sl.requests
+		m.registerLimiterRate(metricName, func() float64 { return lim.Stats().Rate })
+	}
+	if l.TokensPerMinute > 0 {
+		t, err := ratelimit.NewBucket(ratelimit.PerMinute(l.TokensPerMinute))
+		if err != nil {
+			return nil, err
+		}
+		sl.tokens = t
+	}
+	p.all[key] = sl
+	return sl, nil
+}
+
+// buildLimiting resolves a route's rate limit; nil when it has none.
+func (s *Server) buildLimiting(rc *config.Route, limiters map[string]config.Limiter) (*limiting, error) {
+	rl := rc.RateLimit
+	l, id, name := rl.Limiter, "route:"+rc.Name, rc.Name
+	if rl.Use != "" {
+		l, id, name = limiters[rl.Use], "shared:"+rl.Use, rl.Use
+	}
+	if l.RPS == 0 && l.TokensPerMinute == 0 {
+		return nil, nil
+	}
+	sl, err := s.limiters.get(id, l, s.m, name)
+	if err != nil {
+		return nil, err
+	}
+	ks, err := parseKeySource(l.Key)
+	if err != nil {
+		return nil, err
+	}
+	return &limiting{name: name, requests: sl.requests, adaptive: sl.adaptive, tokens: sl.tokens, key: ks, maxWait: rl.MaxWait.D()}, nil
+}
+
+// keySource says what a rate-limit bucket belongs to.
+type keySource struct {
+	kind keyKind
+	name []byte // header name or JSON field
+}
+
+type keyKind uint8
+
+const (
+	keyNone keyKind = iota
+	keyIP
+	keyHeader
+	keyJSON
+)
+
+func parseKeySource(k string) (keySource, error) {
+	switch {
+	case k == "":
+		return keySource{}, nil
+	case k == "ip":
+		return keySource{kind: keyIP}, nil
+	case len(k) > 7 && k[:7] == "header:":
+		return keySource{kind: keyHeader, name: []byte(k[7:])}, nil
+	case len(k) > 5 && k[:5] == "json:":
+		return keySource{kind: keyJSON, name: []byte(k[5:])}, nil
+	}
+	return keySource{}, fmt.Errorf("rate_limit.key %q is not ip, header:NAME or json:FIELD", k)
+}
+
+// of returns the partition key of a request: a hash, never the raw value.
+// Requests without the key share partition 0.
+func (k keySource) of(ctx *fasthttp.RequestCtx, body []byte) uint64 {
+	switch k.kind {
+	case keyIP:
+		if ta, ok := ctx.RemoteAddr().(*net.TCPAddr); ok {
+			var b [16]byte
+			ip := ta.AddrPort().Addr().As16()
+			copy(b[:], ip[:])
+			return ratelimit.KeyHash(b[:])
+		}
+	case keyHeader:
+		if v := ctx.Request.Header.PeekBytes(k.name); len(v) > 0 {
+			return ratelimit.KeyHash(v)
+		}
+	case keyJSON:
+		if len(body) > 0 && bytes.IndexByte(body, '{') >= 0 {
+			var fields map[string]json.RawMessage
+			if json.Unmarshal(body, &fields) == nil {
+				if v, ok := fields[string(k.name)]; ok {
+					return ratelimit.KeyHash(v)
+				}
+			}
+		}
+	}
+	return 0
+}
+
+// admit waits for the route's rate limit before an attempt. It returns
+// false when the request may not go: the limit refused within the deadline
+// (the caller answers), or the server is shutting down.
+func (s *Server) admit(ctx *fasthttp.RequestCtx, r *route, key uint64, deadline time.Time) (ok bool, refused *ratelimit.LimitedError) {
+	l := r.limit
+	if l == nil || l.requests == nil {
+		return true, nil
+	}
+	now := s.clock.Now()
+	maxWait := min(l.maxWait, deadline.Sub(now))
+	res, err := l.requests.Reserve(key, 1, now, max(maxWait, 0))
+	if err != nil {
+		var le *ratelimit.LimitedError
+		if errors.As(err, &le) {
+			r.m.rateRejected[rejectRate].Inc()
+			return false, le
+		}
+		return false, &ratelimit.LimitedError{RetryAfter: time.Second}
+	}
+	if d := res.DelayFrom(now); d > 0 {
+		r.m.rateWait.Observe(d.Seconds())
+		if !s.sleep(ctx, d) {
+			return false, nil
+		}
+	}
+	return true, nil
+}
+
+// writeRateLimited answers a request the rate limit refused: 429 with
+// Retry-After and the IETF RateLimit and RateLimit-Policy fields.
+func writeRateLimited(ctx *fasthttp.RequestCtx, r *route, le *ratelimit.LimitedError, attempts int, detail string) {
+	writeProblem(ctx, problem{Status: fasthttp.StatusTooManyRequests, Reason: ReasonRateLimited, Route: r.name,
+		Attempts: attempts, RetryAfter: le.RetryAfter, Detail: detail})
+	if r.limit != nil {
+		var buf [128]byte
+		_, policy, limit := ratelimit.AppendRateLimitFields(buf[:0], r.limit.name, le.Quota)
+		ctx.Response.Header.SetBytesV("RateLimit-Policy", policy)
+		ctx.Response.Header.SetBytesV("RateLimit", limit)
+	}
+}
+
+// acquireSlot takes a concurrency slot for the request, waiting in the
+// bulkhead's queue within the deadline. It answers 503 itself and returns
+// ok=false when the request is shed.
+func (s *Server) acquireSlot(ctx *fasthttp.RequestCtx, r *route, deadline time.Time) (ratelimit.Permit, bool) {
+	c, cancel := context.WithDeadline(ctx, s.wall(deadline, s.clock.Now()))
+	defer cancel()
+	permit, err := r.bulkhead.Acquire(c, s.clock, ratelimit.ParsePriority(ctx.Request.Header.Peek(headerPriority)))
+	if err == nil {
+		return permit, true
+	}
+	r.m.rateRejected[rejectOverloaded].Inc()
+	retry := time.Second
+	var oe *ratelimit.OverloadedError
+	if errors.As(err, &oe) && oe.RetryAfter > 0 {
+		retry = oe.RetryAfter
+	}
+	writeProblem(ctx, problem{Status: fasthttp.StatusServiceUnavailable, Reason: ReasonOverloaded, Route: r.name,
+		RetryAfter: retry, Detail: "the route's concurrency limit and queue are full; try again shortly"})
+	return ratelimit.Permit{}, false
+}
+
+const headerPriority = "X-Ballast-Priority"
+
+// registerLimiterRate exports a limiter's effective rate, replacing the
+// gauge of an earlier limiter of the same name (after a reload).
+func (m *metrics) registerLimiterRate(name string, rate func() float64) {
+	m.registerFunc("ballast_ratelimit_rate{"+name+"}", prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name:        "ballast_ratelimit_rate",
+		Help:        "A rate limiter's effective rate in requests per second (lower than configured while adaptive limiting backs off).",
+		ConstLabels: prometheus.Labels{"limiter": name},
+	}, rate))
+}
+
+// registerBulkhead exports a route's concurrency numbers.
+func (m *metrics) registerBulkhead(route string, b *ratelimit.Bulkhead) {
+	m.registerFunc("ballast_concurrency_queue_depth{"+route+"}", prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name:        "ballast_concurrency_queue_depth",
+		Help:        "Requests waiting for a concurrency slot, by route.",
+		ConstLabels: prometheus.Labels{"route": route},
+	}, func() float64 { return float64(b.Stats().Queued) }))
+	m.registerFunc("ballast_concurrency_inflight{"+route+"}", prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name:        "ballast_concurrency_inflight",
+		Help:        "Requests holding a concurrency slot, by route.",
+		ConstLabels: prometheus.Labels{"route": route},
+	}, func() float64 { return float64(b.Stats().InFlight) }))
+}
+
+// registerFunc registers a function-backed collector under id, replacing
+// the one registered before under the same id.
+func (m *metrics) registerFunc(id string, c prometheus.Collector) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if old, ok := m.funcs[id]; ok {
+		m.reg.Unregister(old)
+	}
+	if m.reg.Register(c) == nil {
+		m.funcs[id] = c
+	}
+}
+
+// buildBulkhead returns the route's bulkhead, kept across reloads that keep
+// its settings; nil when concurrency.max is 0.
+func (s *Server) buildBulkhead(rc *config.Route) (*ratelimit.Bulkhead, error) {
+	c := rc.Concurrency
+	if c.Max <= 0 {
+		return nil, nil
+	}
+	key := fmt.Sprintf("bulkhead|%s|%+v", rc.Name, c)
+	s.limiters.mu.Lock()
+	defer s.limiters.mu.Unlock()
+	if b, ok := s.limiters.bulkheads[key]; ok {
+		return b, nil
+	}
+	b, err := ratelimit.NewBulkhead(ratelimit.BulkheadConfig{MaxConcurrency: c.Max, MaxQueue: c.Queue, MaxWait: c.MaxWait.D()})
+	if err != nil {
+		return nil, err
+	}
+	s.limiters.bulkheads[key] = b
+	s.m.registerBulkhead(rc.Name, b)
+	return b, nil
+}
