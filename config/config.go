@@ -23,6 +23,8 @@ type Config struct {
 	Defaults Policy `koanf:"defaults" json:"defaults"`
 	// Routes are matched by host, longest path prefix, then methods.
 	Routes []Route `koanf:"routes" json:"routes"`
+	// Notify sends alerts to a webhook; off unless notify.webhook is set.
+	Notify Notify `koanf:"notify" json:"notify"`
 	// Limiters are named rate limits that several routes can share with
 	// rate_limit.limiter (for example one provider quota behind several
 	// routes).
@@ -74,6 +76,82 @@ type Policy struct {
 	RateLimit RateLimit `koanf:"rate_limit" json:"rate_limit"`
 	// Concurrency bounds the route's requests in flight (a bulkhead).
 	Concurrency Concurrency `koanf:"concurrency" json:"concurrency"`
+	// Validate checks every upstream response before the agent sees it.
+	Validate Validate `koanf:"validate" json:"validate"`
+	// Cache keeps good responses to serve when the upstream fails (or, in
+	// fresh mode, instead of asking it).
+	Cache Cache `koanf:"cache" json:"cache"`
+	// StaticFallback is the answer of last resort when the upstream failed
+	// and no cached response exists.
+	StaticFallback *StaticFallback `koanf:"static_fallback" json:"static_fallback,omitempty"`
+}
+
+// Validate lists the checks run, in order, on every upstream response the
+// classifier judged successful. A failure is the class "invalid": retried
+// when retry.on lists invalid (the default), then degraded, then answered
+// 502 with reason invalid_response. Streams get the status and content-type
+// checks only.
+type Validate struct {
+	// Status allows these statuses: "2xx", "200" or "200-299".
+	Status []string `koanf:"status" json:"status,omitempty"`
+	// ContentType allows these media types ("application/json", "text/*").
+	ContentType []string `koanf:"content_type" json:"content_type,omitempty"`
+	// JSON requires a well-formed JSON body.
+	JSON bool `koanf:"json" json:"json,omitempty"`
+	// Schema is an inline JSON Schema (as JSON text) the body must match.
+	Schema string `koanf:"schema" json:"schema,omitempty"`
+	// SchemaFile is a JSON Schema file the body must match.
+	SchemaFile string `koanf:"schema_file" json:"schema_file,omitempty"`
+	// JSONRPC requires a JSON-RPC 2.0 response; an error member fails it.
+	JSONRPC bool `koanf:"jsonrpc" json:"jsonrpc,omitempty"`
+	// RetryableRPCCodes are the JSON-RPC error codes worth retrying; other
+	// JSON-RPC errors are the tool's answer and pass to the agent as they
+	// are (counted, never cached).
+	RetryableRPCCodes []int `koanf:"retryable_rpc_codes" json:"retryable_rpc_codes,omitempty"`
+	// ProviderError fails a 2xx whose JSON body has a top-level "error".
+	ProviderError bool `koanf:"provider_error" json:"provider_error,omitempty"`
+	// NonEmpty fails an empty body.
+	NonEmpty bool `koanf:"non_empty" json:"non_empty,omitempty"`
+	// MaxBody fails a body larger than this. 0: no limit.
+	MaxBody Size `koanf:"max_body" json:"max_body,omitempty"`
+}
+
+// Cache configures the route's response cache.
+type Cache struct {
+	// Mode is off (the default), fallback (stale-if-error: used only when
+	// the upstream fails after retries, or its breaker is open) or fresh
+	// (also answers from the cache while an entry is younger than ttl).
+	Mode string `koanf:"mode" json:"mode"`
+	// TTL is how long an entry is fresh (fresh mode). Default 0.
+	TTL Duration `koanf:"ttl" json:"ttl"`
+	// Stale is how long past ttl an entry may serve as a fallback.
+	// Default 24h.
+	Stale Duration `koanf:"stale" json:"stale"`
+	// Vary lists request headers whose values select the response.
+	Vary []string `koanf:"vary" json:"vary,omitempty"`
+	// Public leaves the caller's identity (Authorization, API-key headers,
+	// cookies) out of the key so all callers share entries. Only for tools
+	// whose answers do not depend on who asks. Default false.
+	Public bool `koanf:"public" json:"public,omitempty"`
+	// AllowPrivate stores responses marked Cache-Control: private.
+	// Default false.
+	AllowPrivate bool `koanf:"allow_private" json:"allow_private,omitempty"`
+	// MaxEntries bounds the route's entries. Default 10000.
+	MaxEntries int `koanf:"max_entries" json:"max_entries"`
+	// MaxBytes bounds the route's cached bytes. Default 64MiB.
+	MaxBytes Size `koanf:"max_bytes" json:"max_bytes"`
+}
+
+// StaticFallback is a configured answer.
+type StaticFallback struct {
+	// Status is the answer's status. Default 503.
+	Status int `koanf:"status" json:"status"`
+	// ContentType of the body. Default application/json.
+	ContentType string `koanf:"content_type" json:"content_type"`
+	// Headers are extra response headers.
+	Headers map[string]string `koanf:"headers" json:"headers,omitempty"`
+	// Body is sent as is.
+	Body string `koanf:"body" json:"body"`
 }
 
 // Limiter is a token bucket: requests per second, optionally partitioned by

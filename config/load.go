@@ -122,12 +122,13 @@ func builtinDefaults() map[string]any {
 		"admin":            map[string]any{"listen": "127.0.0.1:9901"},
 		"shutdown_timeout": "30s",
 		"server":           map[string]any{"max_header_bytes": "16KiB", "idle_timeout": "90s"},
+		"notify":           notifyDefaults(),
 		"defaults": map[string]any{
 			"timeouts": map[string]any{"connect": "2s", "per_try": "30s", "idle": "30s", "total": "120s"},
 			"max_body": "10MiB",
 			"retry": map[string]any{
 				"attempts":        3,
-				"on":              []any{"connect-failure", "reset", "timeout", "429", "502", "503", "504"},
+				"on":              []any{"connect-failure", "reset", "timeout", "invalid", "429", "502", "503", "504"},
 				"backoff":         map[string]any{"base": "100ms", "max": "10s"},
 				"max_retry_after": "60s",
 				"budget":          map[string]any{"ratio": 0.2, "min_per_second": 10},
@@ -139,6 +140,7 @@ func builtinDefaults() map[string]any {
 			},
 			"rate_limit":  map[string]any{"max_wait": "1s", "max_keys": 10000},
 			"concurrency": map[string]any{"queue": 100, "max_wait": "5s"},
+			"cache":       map[string]any{"mode": "off", "ttl": "0", "stale": "24h", "max_entries": 10000, "max_bytes": "64MiB"},
 		},
 	}
 }

@@ -28,6 +28,7 @@ func (c *Config) Validate() error {
 	}
 	add(checkAddr("listen", c.Listen))
 	add(checkAddr("admin.listen", c.Admin.Listen))
+	errs = append(errs, c.Notify.validate("notify")...)
 	if c.Admin.Token == "" && !isLoopback(c.Admin.Listen) {
 		add(pathErr("admin.listen", "binding the admin listener beyond localhost requires admin.token"))
 	}
@@ -120,6 +121,38 @@ func (p *Policy) validate(path string) []error {
 	}
 	if p.Concurrency.Queue < 0 {
 		add("concurrency.queue", "must not be negative")
+	}
+	switch p.Cache.Mode {
+	case "off", "fallback", "fresh":
+	default:
+		add("cache.mode", fmt.Sprintf("%q is not off, fallback or fresh", p.Cache.Mode))
+	}
+	if p.Cache.Mode == "fresh" && p.Cache.TTL <= 0 {
+		add("cache.ttl", "must be positive in fresh mode")
+	}
+	if p.Cache.Mode != "off" && p.Cache.TTL <= 0 && p.Cache.Stale <= 0 {
+		add("cache.stale", "must be positive in fallback mode")
+	}
+	if p.Cache.MaxEntries < 1 {
+		add("cache.max_entries", "must be at least 1")
+	}
+	if p.Cache.MaxBytes < 1<<10 {
+		add("cache.max_bytes", "must be at least 1KiB")
+	}
+	for i, h := range p.Cache.Vary {
+		if !isToken(h) {
+			add(fmt.Sprintf("cache.vary[%d]", i), fmt.Sprintf("%q is not a header name", h))
+		}
+	}
+	if sf := p.StaticFallback; sf != nil {
+		if sf.Status != 0 && (sf.Status < 200 || sf.Status > 599) {
+			add("static_fallback.status", "must be between 200 and 599 (default 503)")
+		}
+		for k, v := range sf.Headers {
+			if !isToken(k) || isHopByHop(k) || strings.ContainsAny(v, "\r\n\x00") {
+				add("static_fallback.headers."+k, "is not a valid end-to-end header")
+			}
+		}
 	}
 	br := p.Breaker
 	if br.Enabled {

@@ -7,6 +7,7 @@ import (
 
 	"github.com/ballast-proxy/ballast/policy"
 	"github.com/ballast-proxy/ballast/ratelimit"
+	"github.com/ballast-proxy/ballast/validate"
 	"github.com/valyala/fasthttp"
 )
 
@@ -18,16 +19,18 @@ type attempt struct {
 	cause  policy.Cause
 	status int
 	hint   time.Duration // the server's wait hint on a 429 or 503, 0 when none
+	// invalid is the validation failure that made the class invalid.
+	invalid *validate.Failure
 }
 
-// exchange runs the route's retry policy: attempts on the primary, then on
+// exchangeUpstream runs the route's retry policy: attempts on the primary, then on
 // each fallback, inside the request's total deadline, and answers the
 // agent. It is the one place retries are decided.
 //
 // The deadline is law: no wait starts that would end after it. When the
 // next wait cannot fit, ballast answers at once — with the upstream's hint
 // as Retry-After — instead of sleeping past the agent's deadline.
-func (s *Server) exchange(ctx *fasthttp.RequestCtx, r *route, body []byte, deadline time.Time) {
+func (s *Server) exchangeUpstream(ctx *fasthttp.RequestCtx, r *route, body []byte, deadline time.Time, cs *cacheState) {
 	out := fasthttp.AcquireRequest()
 	defer fasthttp.ReleaseRequest(out)
 	method := ctx.Method()
@@ -150,7 +153,7 @@ targets:
 		}
 	}
 
-	s.answer(ctx, r, lastT, &last, attempts, stop, stopAfter, deadline)
+	s.answer(ctx, r, lastT, &last, attempts, stop, stopAfter, deadline, cs)
 }
 
 // try sends one attempt to t and classifies it.
@@ -174,6 +177,8 @@ func (s *Server) try(out *fasthttp.Request, t *target, r *route, now, deadline t
 	a.class = policy.ClassifyResponse(a.status, &resp.Header, body)
 	if a.class != policy.OK {
 		a.cause = policy.CauseStatus
+	} else if r.validator != nil {
+		s.check(r, &a)
 	}
 	if a.status == fasthttp.StatusTooManyRequests || a.status == fasthttp.StatusServiceUnavailable {
 		if hint, ok := policy.RetryAfterHint(&resp.Header, now); ok {
@@ -190,11 +195,25 @@ func (s *Server) try(out *fasthttp.Request, t *target, r *route, now, deadline t
 }
 
 // answer gives the agent the outcome of the exchange.
-func (s *Server) answer(ctx *fasthttp.RequestCtx, r *route, t *target, last *attempt, attempts int, stop Reason, stopAfter time.Duration, deadline time.Time) {
+func (s *Server) answer(ctx *fasthttp.RequestCtx, r *route, t *target, last *attempt, attempts int, stop Reason, stopAfter time.Duration, deadline time.Time, cs *cacheState) {
 	deadline = s.wall(deadline, s.clock.Now())
 	if last.class == policy.OK && last.resp != nil {
+		s.store(r, cs, last.resp)
 		s.relay(ctx, r, t, last.resp, deadline, attempts)
 		last.resp = nil // the relay owns it now
+		if cs != nil && cs.use {
+			var buf [96]byte
+			ctx.Response.Header.AddBytesV("Cache-Status", cs.status.Append(buf[:0], "ballast"))
+		}
+		return
+	}
+	// Degradation, in order: the retries and fallbacks are spent; now a
+	// stored response, then the static fallback, then the error.
+	if (stop != "" || last.err != nil || degradable(last.class)) && s.degrade(ctx, r, cs, last, attempts) {
+		return
+	}
+	if last.class == policy.Invalid && last.invalid != nil && stop == "" {
+		writeInvalid(ctx, r, t, last.invalid, attempts)
 		return
 	}
 	lastWords := ""

@@ -40,10 +40,11 @@ type limiterPool struct {
 	mu        sync.Mutex
 	all       map[string]*sharedLimiter
 	bulkheads map[string]*ratelimit.Bulkhead
+	caches    map[string]*routeCache
 }
 
 func newLimiterPool() *limiterPool {
-	return &limiterPool{all: map[string]*sharedLimiter{}, bulkheads: map[string]*ratelimit.Bulkhead{}}
+	return &limiterPool{all: map[string]*sharedLimiter{}, bulkheads: map[string]*ratelimit.Bulkhead{}, caches: map[string]*routeCache{}}
 }
 
 func (p *limiterPool) get(id string, l config.Limiter, m *metrics, metricName string) (*sharedLimiter, error) {

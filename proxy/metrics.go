@@ -31,6 +31,8 @@ type metrics struct {
 	breakerState    *prometheus.GaugeVec
 	rateRejected    *prometheus.CounterVec
 	rateWait        *prometheus.HistogramVec
+	cacheRequests   *prometheus.CounterVec
+	validation      *prometheus.CounterVec
 	reg             prometheus.Registerer
 	funcs           map[string]prometheus.Collector // function-backed collectors by id, replaced on reload
 
@@ -50,6 +52,8 @@ type routeMetrics struct {
 	retryWait       prometheus.Observer
 	rateRejected    [len(rejectReasons)]prometheus.Counter
 	rateWait        prometheus.Observer
+
+	validationFailures map[string]prometheus.Counter // by check
 }
 
 // rejectReasons are the reason label values of ballast_ratelimit_rejected_total.
@@ -114,12 +118,20 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help:    "Time requests waited in line for the rate limit.",
 			Buckets: []float64{.001, .005, .01, .05, .1, .25, .5, 1, 2, 5},
 		}, []string{"route"}),
+		cacheRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "ballast_cache_requests_total",
+			Help: "Cache lookups by route and result (hit, miss, stale, bypass).",
+		}, []string{"route", "result"}),
+		validation: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "ballast_validation_failures_total",
+			Help: "Upstream responses that failed validation, by route and check.",
+		}, []string{"route", "check"}),
 		reg:    reg,
 		funcs:  map[string]prometheus.Collector{},
 		routes: map[string]*routeMetrics{},
 	}
 	reg.MustRegister(m.requests, m.duration, m.truncated, m.reloads, m.inflight,
-		m.attempts, m.retries, m.budgetExhausted, m.retryWait, m.breakerState, m.rateRejected, m.rateWait)
+		m.attempts, m.retries, m.budgetExhausted, m.retryWait, m.breakerState, m.rateRejected, m.rateWait, m.cacheRequests, m.validation)
 	m.reloads.WithLabelValues("success")
 	m.reloads.WithLabelValues("failure")
 	return m
@@ -163,6 +175,7 @@ func (m *metrics) forRoute(name string) *routeMetrics {
 		rm.rateRejected[i] = m.rateRejected.WithLabelValues(name, reason)
 	}
 	rm.rateWait = m.rateWait.WithLabelValues(name)
+	rm.validationFailures = m.validationChildren(name)
 	m.routes[name] = rm
 	return rm
 }

@@ -11,6 +11,7 @@ import (
 	"github.com/ballast-proxy/ballast/config"
 	"github.com/ballast-proxy/ballast/policy"
 	"github.com/ballast-proxy/ballast/ratelimit"
+	"github.com/ballast-proxy/ballast/validate"
 )
 
 // table is one immutable generation of the routing configuration. It is
@@ -40,8 +41,11 @@ type route struct {
 	idle    time.Duration
 	total   time.Duration
 
-	limit    *limiting           // nil: no rate limit
-	bulkhead *ratelimit.Bulkhead // nil: no concurrency limit
+	limit     *limiting           // nil: no rate limit
+	bulkhead  *ratelimit.Bulkhead // nil: no concurrency limit
+	validator *validate.Validator // nil: no checks
+	cache     *routeCache         // nil: cache off
+	static    *staticAnswer       // nil: no static fallback
 
 	retry         policy.Retry
 	attempts      int // per target, the first included
@@ -121,6 +125,13 @@ func (s *Server) buildRoute(rc *config.Route, path string, limiters map[string]c
 	if r.bulkhead, err = s.buildBulkhead(rc); err != nil {
 		return nil, &config.FieldError{Path: path + ".concurrency", Msg: err.Error()}
 	}
+	if r.validator, err = buildValidator(rc.Validate, path); err != nil {
+		return nil, err
+	}
+	if r.cache, err = s.buildCache(rc); err != nil {
+		return nil, &config.FieldError{Path: path + ".cache", Msg: err.Error()}
+	}
+	r.static = buildStatic(rc.StaticFallback)
 	if h := strings.ToLower(rc.Match.Host); h != "" {
 		if rest, ok := strings.CutPrefix(h, "*"); ok {
 			r.host, r.hostSuffix = []byte(rest), true

@@ -1,0 +1,245 @@
+package proxy
+
+import (
+	"fmt"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/ballast-proxy/ballast/cache"
+	"github.com/ballast-proxy/ballast/config"
+	"github.com/ballast-proxy/ballast/policy"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/valyala/fasthttp"
+)
+
+// routeCache is a route's response cache.
+type routeCache struct {
+	c            *cache.Cache
+	fresh        bool // fresh mode: answer from entries younger than ttl
+	opts         cache.KeyOptions
+	allowPrivate bool
+	group        *cache.Group[struct{}] // collapses concurrent fresh-mode misses
+	results      [len(cacheResults)]prometheus.Counter
+}
+
+// cacheResults are the result label values of ballast_cache_requests_total.
+var cacheResults = [...]string{"hit", "miss", "stale", "bypass"}
+
+const (
+	cacheHit = iota
+	cacheMiss
+	cacheStale
+	cacheBypass
+)
+
+// cacheState is what one request's cache lookup decided.
+type cacheState struct {
+	use    bool
+	key    cache.Key
+	status cache.Status // for the Cache-Status field of a forwarded answer
+}
+
+var keyBuilders = sync.Pool{New: func() any { return cache.NewKeyBuilder() }}
+
+// buildCache returns the route's cache, kept across reloads that keep its
+// settings; nil in mode off.
+func (s *Server) buildCache(rc *config.Route) (*routeCache, error) {
+	cc := rc.Cache
+	if cc.Mode == "off" || cc.Mode == "" {
+		return nil, nil
+	}
+	key := fmt.Sprintf("cache|%s|%+v", rc.Name, cc)
+	s.limiters.mu.Lock()
+	defer s.limiters.mu.Unlock()
+	if rcache, ok := s.limiters.caches[key]; ok {
+		return rcache, nil
+	}
+	c, err := cache.New(cache.Config{MaxEntries: cc.MaxEntries, MaxBytes: int64(cc.MaxBytes), TTL: cc.TTL.D(), Stale: cc.Stale.D()})
+	if err != nil {
+		return nil, err
+	}
+	rcache := &routeCache{c: c, fresh: cc.Mode == "fresh", allowPrivate: cc.AllowPrivate, group: &cache.Group[struct{}]{},
+		opts: cache.KeyOptions{Vary: cc.Vary, Public: cc.Public}}
+	for i, res := range cacheResults {
+		rcache.results[i] = s.m.cacheRequests.WithLabelValues(rc.Name, res)
+	}
+	s.m.registerCache(rc.Name, c)
+	s.limiters.caches[key] = rcache
+	return rcache, nil
+}
+
+// cacheableMethod: the methods whose answers the cache keeps. POST is
+// included because model and tool calls are POSTs; their body is part of
+// the key.
+func cacheableMethod(m []byte) bool {
+	switch string(m) {
+	case "GET", "HEAD", "POST":
+		return true
+	}
+	return false
+}
+
+// exchange answers a request: from the cache when the route's fresh mode
+// has a fresh entry, else upstream (collapsing concurrent identical
+// misses into one call), with the degradation order on failure.
+func (s *Server) exchange(ctx *fasthttp.RequestCtx, r *route, body []byte, deadline time.Time) {
+	rc := r.cache
+	if rc == nil || !cacheableMethod(ctx.Method()) {
+		s.exchangeUpstream(ctx, r, body, deadline, nil)
+		return
+	}
+	kb := keyBuilders.Get().(*cache.KeyBuilder)
+	cs := &cacheState{use: true, key: kb.Request(&ctx.Request, &rc.opts)}
+	keyBuilders.Put(kb)
+	if !rc.fresh {
+		cs.status = cache.Miss(cache.FwdBypass, false, false) // fallback mode always asks upstream first
+		s.exchangeUpstream(ctx, r, body, deadline, cs)
+		return
+	}
+	now := s.clock.Now()
+	if cache.RequestNoCache(&ctx.Request.Header) {
+		rc.results[cacheBypass].Inc()
+		cs.status = cache.Miss(cache.FwdRequest, false, false)
+		s.exchangeUpstream(ctx, r, body, deadline, cs)
+		return
+	}
+	if l, ok := rc.c.Get(cs.key, now); ok && l.Fresh {
+		rc.results[cacheHit].Inc()
+		s.serveEntry(ctx, l, cache.Hit(l), 0)
+		return
+	}
+	ran := false
+	_, _, shared := rc.group.Do(ctx, cs.key, func() (struct{}, error) {
+		ran = true
+		rc.results[cacheMiss].Inc()
+		cs.status = cache.Miss(cache.FwdURIMiss, false, false)
+		s.exchangeUpstream(ctx, r, body, deadline, cs)
+		return struct{}{}, nil
+	})
+	if ran {
+		return
+	}
+	if shared {
+		if l, ok := rc.c.Get(cs.key, s.clock.Now()); ok && l.Fresh {
+			rc.results[cacheHit].Inc()
+			st := cache.Hit(l)
+			st.Collapsed = true
+			s.serveEntry(ctx, l, st, 0)
+			return
+		}
+	}
+	rc.results[cacheMiss].Inc()
+	cs.status = cache.Miss(cache.FwdURIMiss, false, false)
+	s.exchangeUpstream(ctx, r, body, deadline, cs)
+}
+
+// store keeps a good, buffered answer in the route's cache.
+func (s *Server) store(r *route, cs *cacheState, resp *fasthttp.Response) {
+	if cs == nil || !cs.use || resp.IsBodyStream() || !cache.Storable(resp.StatusCode(), &resp.Header, r.cache.allowPrivate) {
+		return
+	}
+	if r.cache.c.Set(cs.key, cache.NewEntry(resp, s.clock.Now())) {
+		cs.status.Stored = true
+	}
+}
+
+// degrade serves the best answer left after the upstreams failed: a
+// stored response (stale-if-error), then the route's static fallback. It
+// reports whether it answered.
+func (s *Server) degrade(ctx *fasthttp.RequestCtx, r *route, cs *cacheState, last *attempt, attempts int) bool {
+	if cs != nil && cs.use {
+		if l, ok := r.cache.c.Get(cs.key, s.clock.Now()); ok {
+			r.cache.results[cacheStale].Inc()
+			s.serveEntry(ctx, l, cache.StaleIfError(l, attempts > 0, last.status), attempts)
+			return true
+		}
+	}
+	sf := r.static
+	if sf == nil {
+		return false
+	}
+	var idBuf [maxRequestIDLen]byte
+	id := idBuf[:copy(idBuf[:], ctx.Response.Header.Peek(headerRequestID))]
+	ctx.Response.Reset()
+	ctx.Response.Header.SetBytesV(headerRequestID, id)
+	ctx.Response.SetStatusCode(sf.status)
+	ctx.Response.Header.SetContentType(sf.contentType)
+	for _, kv := range sf.headers {
+		ctx.Response.Header.SetBytesKV(kv[0], kv[1])
+	}
+	st := cache.Status{Fwd: cache.FwdURIMiss, FwdStatus: last.status, Detail: "static-fallback"}
+	if attempts == 0 {
+		st.Fwd = cache.FwdBypass
+	}
+	var buf [96]byte
+	ctx.Response.Header.AddBytesV("Cache-Status", st.Append(buf[:0], "ballast"))
+	ctx.Response.Header.Set(headerAttempts, strconv.Itoa(attempts))
+	ctx.Response.Header.Set("X-Ballast-Fallback", "static")
+	ctx.Response.SetBodyRaw(sf.body)
+	return true
+}
+
+// serveEntry answers from a stored response, marked with Cache-Status and
+// Age.
+func (s *Server) serveEntry(ctx *fasthttp.RequestCtx, l cache.Lookup, st cache.Status, attempts int) {
+	var idBuf [maxRequestIDLen]byte
+	id := idBuf[:copy(idBuf[:], ctx.Response.Header.Peek(headerRequestID))]
+	ctx.Response.Reset()
+	ctx.Response.Header.SetNoDefaultContentType(true)
+	l.Entry.WriteResponse(&ctx.Response)
+	ctx.Response.Header.SetBytesV(headerRequestID, id)
+	var buf [96]byte
+	ctx.Response.Header.AddBytesV("Cache-Status", st.Append(buf[:0], "ballast"))
+	ctx.Response.Header.SetBytesV("Age", cache.AppendAge(buf[:0], l.Age))
+	ctx.Response.Header.SetBytesV(headerAttempts, strconv.AppendInt(buf[:0], int64(attempts), 10))
+}
+
+// degradable reports the outcomes after which a stored or static answer
+// beats the failure: the upstream's own faults and refusals, not answers
+// about the request (caller_fault, auth).
+func degradable(c policy.Class) bool {
+	switch c {
+	case policy.Transient, policy.Timeout, policy.Invalid, policy.RateLimited, policy.Quota,
+		policy.BreakerOpen, policy.BudgetExhausted:
+		return true
+	}
+	return false
+}
+
+// staticAnswer is a route's resolved static_fallback.
+type staticAnswer struct {
+	status      int
+	contentType string
+	headers     [][2][]byte
+	body        []byte
+}
+
+func buildStatic(sf *config.StaticFallback) *staticAnswer {
+	if sf == nil {
+		return nil
+	}
+	a := &staticAnswer{status: sf.Status, contentType: sf.ContentType, body: []byte(sf.Body)}
+	if a.status == 0 {
+		a.status = fasthttp.StatusServiceUnavailable
+	}
+	if a.contentType == "" {
+		a.contentType = "application/json"
+	}
+	for k, v := range sf.Headers {
+		a.headers = append(a.headers, [2][]byte{[]byte(k), []byte(v)})
+	}
+	return a
+}
+
+// registerCache exports a route cache's size and evictions.
+func (m *metrics) registerCache(route string, c *cache.Cache) {
+	m.registerFunc("ballast_cache_bytes{"+route+"}", prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "ballast_cache_bytes", Help: "Bytes held by the route's response cache.",
+		ConstLabels: prometheus.Labels{"route": route},
+	}, func() float64 { return float64(c.Stats().Bytes) }))
+	m.registerFunc("ballast_cache_evictions_total{"+route+"}", prometheus.NewCounterFunc(prometheus.CounterOpts{
+		Name: "ballast_cache_evictions_total", Help: "Entries evicted from the route's cache to make room.",
+		ConstLabels: prometheus.Labels{"route": route},
+	}, func() float64 { return float64(c.Stats().Evictions) }))
+}
