@@ -18,6 +18,8 @@ type Config struct {
 	ShutdownTimeout Duration `koanf:"shutdown_timeout" json:"shutdown_timeout"`
 	// Server holds listener-level limits.
 	Server Server `koanf:"server" json:"server"`
+	// State is where idempotency records and async jobs live.
+	State State `koanf:"state" json:"state"`
 	// Defaults is the policy every route inherits; a route may override any
 	// key of it.
 	Defaults Policy `koanf:"defaults" json:"defaults"`
@@ -47,6 +49,24 @@ type Admin struct {
 	// Token, when set, is required as "Authorization: Bearer <token>" on
 	// every admin endpoint except /healthz and /readyz. Use ${ENV}.
 	Token string `koanf:"token" json:"token,omitempty"`
+}
+
+// State configures the state store. It is opened at start-up; changing it
+// takes a restart.
+type State struct {
+	// Backend is memory, file or redis. Default memory, or file when Path
+	// is set.
+	Backend string `koanf:"backend" json:"backend"`
+	// Path is the file backend's bbolt file (the sidecar's state volume).
+	Path string `koanf:"path" json:"path,omitempty"`
+	// MaxRecords bounds the idempotency records. Default 10000.
+	MaxRecords int `koanf:"max_records" json:"max_records"`
+	// MaxResponseBytes is the largest response stored for replay; larger
+	// ones pass through unstored (and are counted). Default 1MiB.
+	MaxResponseBytes Size `koanf:"max_response_bytes" json:"max_response_bytes"`
+	// SweepEvery is how often expired records and jobs are removed.
+	// Default 1m.
+	SweepEvery Duration `koanf:"sweep_every" json:"sweep_every"`
 }
 
 // Server configures the agent-facing listener.
@@ -84,6 +104,43 @@ type Policy struct {
 	// StaticFallback is the answer of last resort when the upstream failed
 	// and no cached response exists.
 	StaticFallback *StaticFallback `koanf:"static_fallback" json:"static_fallback,omitempty"`
+	// Idempotency makes a repeated request run once: duplicates attach to
+	// the running call or replay its stored response.
+	Idempotency Idempotency `koanf:"idempotency" json:"idempotency"`
+	// Async lets agents run long calls as jobs with Prefer: respond-async.
+	Async Async `koanf:"async" json:"async"`
+}
+
+// Idempotency configures idempotent replay.
+type Idempotency struct {
+	// Mode is off (the default), header (requests carrying
+	// Idempotency-Key are guarded) or auto (every request is guarded by a
+	// fingerprint of method, path, body and Headers, within Window).
+	Mode string `koanf:"mode" json:"mode"`
+	// TTL is how long a stored response replays. Default 24h.
+	TTL Duration `koanf:"ttl" json:"ttl"`
+	// Window is how long an auto fingerprint stays a duplicate. Default 10m.
+	Window Duration `koanf:"window" json:"window"`
+	// Headers are the request headers in an auto fingerprint.
+	Headers []string `koanf:"headers" json:"headers,omitempty"`
+	// OnConflict is what a duplicate of a running call gets: attach (wait
+	// for its response, the default) or reject (409 in_progress at once).
+	OnConflict string `koanf:"on_conflict" json:"on_conflict"`
+	// StoreServerErrors stores 5xx answers too. Default false: a retry may
+	// try again.
+	StoreServerErrors bool `koanf:"store_server_errors" json:"store_server_errors,omitempty"`
+	// Idempotent declares that the upstream call may run again when its
+	// outcome was lost (a crash mid-call). Default false: the duplicate
+	// gets 409 outcome_unknown and the agent decides.
+	Idempotent bool `koanf:"idempotent" json:"idempotent,omitempty"`
+}
+
+// Async configures Prefer: respond-async jobs.
+type Async struct {
+	// Enabled accepts Prefer: respond-async on this route. Default false.
+	Enabled bool `koanf:"enabled" json:"enabled"`
+	// TTL is how long a finished job's response is kept. Default 1h.
+	TTL Duration `koanf:"ttl" json:"ttl"`
 }
 
 // Validate lists the checks run, in order, on every upstream response the

@@ -122,6 +122,7 @@ func builtinDefaults() map[string]any {
 		"admin":            map[string]any{"listen": "127.0.0.1:9901"},
 		"shutdown_timeout": "30s",
 		"server":           map[string]any{"max_header_bytes": "16KiB", "idle_timeout": "90s"},
+		"state":            map[string]any{"backend": "", "max_records": 10000, "max_response_bytes": "1MiB", "sweep_every": "1m"},
 		"notify":           notifyDefaults(),
 		"defaults": map[string]any{
 			"timeouts": map[string]any{"connect": "2s", "per_try": "30s", "idle": "30s", "total": "120s"},
@@ -141,6 +142,8 @@ func builtinDefaults() map[string]any {
 			"rate_limit":  map[string]any{"max_wait": "1s", "max_keys": 10000},
 			"concurrency": map[string]any{"queue": 100, "max_wait": "5s"},
 			"cache":       map[string]any{"mode": "off", "ttl": "0", "stale": "24h", "max_entries": 10000, "max_bytes": "64MiB"},
+			"idempotency": map[string]any{"mode": "off", "ttl": "24h", "window": "10m", "on_conflict": "attach"},
+			"async":       map[string]any{"enabled": false, "ttl": "1h"},
 		},
 	}
 }

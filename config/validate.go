@@ -35,6 +35,17 @@ func (c *Config) Validate() error {
 	if c.Server.MaxHeaderBytes < 1<<10 || c.Server.MaxHeaderBytes > 1<<20 {
 		add(pathErr("server.max_header_bytes", "must be between 1KiB and 1MiB"))
 	}
+	switch c.State.Backend {
+	case "", "memory", "file", "redis":
+	default:
+		add(pathErrf("state.backend", "%q is not memory, file or redis", c.State.Backend))
+	}
+	if c.State.Backend == "file" && c.State.Path == "" {
+		add(pathErr("state.path", "is required with the file backend"))
+	}
+	if c.State.MaxRecords < 1 {
+		add(pathErr("state.max_records", "must be at least 1"))
+	}
 	defaultErrs := c.Defaults.validate("defaults")
 	errs = append(errs, defaultErrs...)
 	if len(c.Routes) == 0 {
@@ -153,6 +164,25 @@ func (p *Policy) validate(path string) []error {
 				add("static_fallback.headers."+k, "is not a valid end-to-end header")
 			}
 		}
+	}
+	switch p.Idempotency.Mode {
+	case "off", "header", "auto":
+	default:
+		add("idempotency.mode", fmt.Sprintf("%q is not off, header or auto", p.Idempotency.Mode))
+	}
+	switch p.Idempotency.OnConflict {
+	case "attach", "reject":
+	default:
+		add("idempotency.on_conflict", fmt.Sprintf("%q is not attach or reject", p.Idempotency.OnConflict))
+	}
+	if p.Idempotency.TTL <= 0 {
+		add("idempotency.ttl", "must be positive")
+	}
+	if p.Idempotency.Window <= 0 {
+		add("idempotency.window", "must be positive")
+	}
+	if p.Async.Enabled && p.Async.TTL <= 0 {
+		add("async.ttl", "must be positive")
 	}
 	br := p.Breaker
 	if br.Enabled {

@@ -83,10 +83,10 @@ func cacheableMethod(m []byte) bool {
 // exchange answers a request: from the cache when the route's fresh mode
 // has a fresh entry, else upstream (collapsing concurrent identical
 // misses into one call), with the degradation order on failure.
-func (s *Server) exchange(ctx *fasthttp.RequestCtx, r *route, body []byte, deadline time.Time) {
+func (s *Server) exchange(ctx *fasthttp.RequestCtx, r *route, body []byte, deadline time.Time, guarded bool) {
 	rc := r.cache
 	if rc == nil || !cacheableMethod(ctx.Method()) {
-		s.exchangeUpstream(ctx, r, body, deadline, nil)
+		s.exchangeUpstream(ctx, r, body, deadline, nil, guarded)
 		return
 	}
 	kb := keyBuilders.Get().(*cache.KeyBuilder)
@@ -94,14 +94,14 @@ func (s *Server) exchange(ctx *fasthttp.RequestCtx, r *route, body []byte, deadl
 	keyBuilders.Put(kb)
 	if !rc.fresh {
 		cs.status = cache.Miss(cache.FwdBypass, false, false) // fallback mode always asks upstream first
-		s.exchangeUpstream(ctx, r, body, deadline, cs)
+		s.exchangeUpstream(ctx, r, body, deadline, cs, guarded)
 		return
 	}
 	now := s.clock.Now()
 	if cache.RequestNoCache(&ctx.Request.Header) {
 		rc.results[cacheBypass].Inc()
 		cs.status = cache.Miss(cache.FwdRequest, false, false)
-		s.exchangeUpstream(ctx, r, body, deadline, cs)
+		s.exchangeUpstream(ctx, r, body, deadline, cs, guarded)
 		return
 	}
 	if l, ok := rc.c.Get(cs.key, now); ok && l.Fresh {
@@ -114,7 +114,7 @@ func (s *Server) exchange(ctx *fasthttp.RequestCtx, r *route, body []byte, deadl
 		ran = true
 		rc.results[cacheMiss].Inc()
 		cs.status = cache.Miss(cache.FwdURIMiss, false, false)
-		s.exchangeUpstream(ctx, r, body, deadline, cs)
+		s.exchangeUpstream(ctx, r, body, deadline, cs, guarded)
 		return struct{}{}, nil
 	})
 	if ran {
@@ -131,7 +131,7 @@ func (s *Server) exchange(ctx *fasthttp.RequestCtx, r *route, body []byte, deadl
 	}
 	rc.results[cacheMiss].Inc()
 	cs.status = cache.Miss(cache.FwdURIMiss, false, false)
-	s.exchangeUpstream(ctx, r, body, deadline, cs)
+	s.exchangeUpstream(ctx, r, body, deadline, cs, guarded)
 }
 
 // store keeps a good, buffered answer in the route's cache.

@@ -30,7 +30,7 @@ type attempt struct {
 // The deadline is law: no wait starts that would end after it. When the
 // next wait cannot fit, ballast answers at once — with the upstream's hint
 // as Retry-After — instead of sleeping past the agent's deadline.
-func (s *Server) exchangeUpstream(ctx *fasthttp.RequestCtx, r *route, body []byte, deadline time.Time, cs *cacheState) {
+func (s *Server) exchangeUpstream(ctx *fasthttp.RequestCtx, r *route, body []byte, deadline time.Time, cs *cacheState, guarded bool) {
 	out := fasthttp.AcquireRequest()
 	defer fasthttp.ReleaseRequest(out)
 	method := ctx.Method()
@@ -109,7 +109,7 @@ targets:
 			}
 			now = s.clock.Now()
 
-			a := s.try(out, t, r, now, deadline)
+			a := s.tryObserved(out, t, r, now, deadline, attempts)
 			if r.limit != nil && r.limit.adaptive != nil {
 				if a.status == fasthttp.StatusTooManyRequests {
 					r.limit.adaptive.OnThrottle(now)
@@ -127,7 +127,7 @@ targets:
 			if a.class == policy.OK {
 				break targets
 			}
-			if d := r.retry.Decide(a.class, a.cause, a.status, method, false); d != policy.DecisionRetry {
+			if d := r.retry.Decide(a.class, a.cause, a.status, method, guarded); d != policy.DecisionRetry {
 				break targets // final: the agent gets this outcome
 			}
 			if n+1 >= r.attempts {
@@ -154,6 +154,7 @@ targets:
 	}
 
 	s.answer(ctx, r, lastT, &last, attempts, stop, stopAfter, deadline, cs)
+	s.observeExchange(ctx, r, lastT, &last, attempts, stop)
 }
 
 // try sends one attempt to t and classifies it.

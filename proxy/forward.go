@@ -59,15 +59,31 @@ func (s *Server) forward(ctx *fasthttp.RequestCtx, r *route, start time.Time) {
 		return
 	}
 
+	if r.async != nil {
+		if async, wait := prefer(&ctx.Request.Header); async {
+			s.startJob(ctx, r, body, wait)
+			return
+		}
+	}
+	if r.idem != nil && s.guard(ctx, r, body, deadline) {
+		return
+	}
+	s.run(ctx, r, body, deadline, false)
+}
+
+// run sends the request upstream under the route's concurrency limit.
+// guarded says an idempotency key protects it, which makes repeating it
+// safe (retry safety).
+func (s *Server) run(ctx *fasthttp.RequestCtx, r *route, body []byte, deadline time.Time, guarded bool) {
 	if r.bulkhead == nil {
-		s.exchange(ctx, r, body, deadline)
+		s.exchange(ctx, r, body, deadline, guarded)
 		return
 	}
 	permit, ok := s.acquireSlot(ctx, r, deadline)
 	if !ok {
 		return
 	}
-	s.exchange(ctx, r, body, deadline)
+	s.exchange(ctx, r, body, deadline, guarded)
 	// A streamed answer holds its slot until the stream ends.
 	if rb, ok := ctx.Response.BodyStream().(*relayBody); ok {
 		rb.permit, rb.hasPermit = permit, true

@@ -33,6 +33,8 @@ type metrics struct {
 	rateWait        *prometheus.HistogramVec
 	cacheRequests   *prometheus.CounterVec
 	validation      *prometheus.CounterVec
+	idem            *prometheus.CounterVec
+	stateSeconds    *prometheus.HistogramVec
 	reg             prometheus.Registerer
 	funcs           map[string]prometheus.Collector // function-backed collectors by id, replaced on reload
 
@@ -54,6 +56,7 @@ type routeMetrics struct {
 	rateWait        prometheus.Observer
 
 	validationFailures map[string]prometheus.Counter // by check
+	idem               [len(idemResults)]prometheus.Counter
 }
 
 // rejectReasons are the reason label values of ballast_ratelimit_rejected_total.
@@ -126,12 +129,21 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "ballast_validation_failures_total",
 			Help: "Upstream responses that failed validation, by route and check.",
 		}, []string{"route", "check"}),
+		idem: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "ballast_idempotency_total",
+			Help: "Guarded requests by route and result (claimed, attached, replayed, conflict, mismatch, unknown_outcome, too_large).",
+		}, []string{"route", "result"}),
+		stateSeconds: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "ballast_state_store_seconds",
+			Help:    "State store operation latency by operation and backend.",
+			Buckets: []float64{.0001, .0005, .001, .005, .01, .05, .1, .5, 1},
+		}, []string{"op", "backend"}),
 		reg:    reg,
 		funcs:  map[string]prometheus.Collector{},
 		routes: map[string]*routeMetrics{},
 	}
 	reg.MustRegister(m.requests, m.duration, m.truncated, m.reloads, m.inflight,
-		m.attempts, m.retries, m.budgetExhausted, m.retryWait, m.breakerState, m.rateRejected, m.rateWait, m.cacheRequests, m.validation)
+		m.attempts, m.retries, m.budgetExhausted, m.retryWait, m.breakerState, m.rateRejected, m.rateWait, m.cacheRequests, m.validation, m.idem, m.stateSeconds)
 	m.reloads.WithLabelValues("success")
 	m.reloads.WithLabelValues("failure")
 	return m
@@ -176,6 +188,9 @@ func (m *metrics) forRoute(name string) *routeMetrics {
 	}
 	rm.rateWait = m.rateWait.WithLabelValues(name)
 	rm.validationFailures = m.validationChildren(name)
+	for i, res := range idemResults {
+		rm.idem[i] = m.idem.WithLabelValues(name, res)
+	}
 	m.routes[name] = rm
 	return rm
 }

@@ -26,6 +26,10 @@ const (
 	ReasonBreakerOpen         Reason = "breaker_open"
 	ReasonInvalidResponse     Reason = "invalid_response"
 	ReasonShuttingDown        Reason = "shutting_down"
+	ReasonInProgress          Reason = "in_progress"
+	ReasonIdempotencyMismatch Reason = "idempotency_mismatch"
+	ReasonOutcomeUnknown      Reason = "outcome_unknown"
+	ReasonStateUnavailable    Reason = "state_unavailable"
 )
 
 // problem is an RFC 9457 problem detail ballast answers itself.

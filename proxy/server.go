@@ -17,6 +17,7 @@ import (
 
 	"github.com/ballast-proxy/ballast/config"
 	"github.com/ballast-proxy/ballast/policy"
+	"github.com/ballast-proxy/ballast/store"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/valyala/fasthttp"
 )
@@ -50,12 +51,20 @@ type Server struct {
 	health   *healthPool
 	limiters *limiterPool
 
+	state      store.Store // idempotency records and async jobs
+	jobs       *jobRunner
+	bgOnce     sync.Once
+	bgCancel   context.CancelFunc // stops the state sweeper
+	bgDone     chan struct{}
+	sweepEvery time.Duration
+
 	table     atomic.Pointer[table]
 	ready     atomic.Bool
 	draining  atomic.Bool
 	src       *config.Source
 	reloadMu  sync.Mutex
 	unmatched *routeMetrics
+	status    *statusBoard // /status, the status page and alerts
 
 	srv      *fasthttp.Server
 	adminSrv *fasthttp.Server
@@ -96,6 +105,19 @@ func New(cfg *config.Config, opts Options) (*Server, error) {
 		return nil, err
 	}
 	s.table.Store(t)
+	st, backend, err := openState(cfg.State)
+	if err != nil {
+		return nil, err
+	}
+	if f, ok := st.(*store.File); ok {
+		rec := f.Recovery()
+		s.log.Info("state file opened", "path", cfg.State.Path, "records", rec.Records,
+			"unknown_outcome", rec.UnknownOutcome, "jobs", rec.Jobs, "pending_jobs", rec.PendingJobs)
+	}
+	s.state = newTimedStore(st, backend, s.m)
+	s.jobs = newJobRunner()
+	s.sweepEvery = cfg.State.SweepEvery.D()
+	s.status = newStatusBoard(cfg, s.clock, s.log)
 	s.srv = &fasthttp.Server{
 		Handler:                       s.handle,
 		ErrorHandler:                  s.handleParseError,
@@ -140,9 +162,34 @@ func (s *Server) Apply(cfg *config.Config) error {
 	return nil
 }
 
+// startBackground starts, once, the work a serving ballast does besides
+// requests: the state sweeper, and resuming the async jobs a previous
+// process left pending. A Server that is built but never served starts
+// no goroutine.
+func (s *Server) startBackground() {
+	s.bgOnce.Do(func() {
+		bg, cancel := context.WithCancel(context.Background())
+		s.bgCancel, s.bgDone = cancel, make(chan struct{})
+		st := s.state.(*timedStore).Store
+		go func() {
+			defer close(s.bgDone)
+			// The sweeper paces itself on the wall clock: its timer is
+			// housekeeping, not a decision a test needs to step through.
+			store.RunSweeper(bg, st, policy.SystemClock{}, s.sweepEvery, func(n int, err error) {
+				if err != nil {
+					s.log.Warn("state sweep failed", "error", err.Error())
+				}
+			})
+		}()
+		s.resumeJobs()
+	})
+}
+
 // Serve accepts agent connections on ln until Shutdown.
 func (s *Server) Serve(ln net.Listener) error {
+	s.startBackground()
 	s.ready.Store(true)
+	s.status.start()
 	err := s.srv.Serve(ln)
 	if err != nil && !errors.Is(err, net.ErrClosed) {
 		return err
@@ -169,6 +216,26 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		err = aerr
 	}
 	s.ups.closeIdle()
+	if nerr := s.status.close(ctx); err == nil {
+		err = nerr
+	}
+	s.jobs.mu.Lock()
+	s.jobs.stopped = true
+	s.jobs.mu.Unlock()
+	jobsDone := make(chan struct{})
+	go func() { s.jobs.wg.Wait(); close(jobsDone) }()
+	select { // running jobs get until ctx ends; pending ones resume on restart
+	case <-jobsDone:
+	case <-ctx.Done():
+	}
+	s.bgOnce.Do(func() {}) // never start it after this
+	if s.bgCancel != nil {
+		s.bgCancel()
+		<-s.bgDone
+	}
+	if cerr := s.state.Close(); err == nil {
+		err = cerr
+	}
 	return err
 }
 
@@ -181,6 +248,11 @@ func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 			Detail: "the request has both Content-Length and Transfer-Encoding; its framing is ambiguous"})
 		ctx.SetConnectionClose()
 		s.unmatched.observe(fasthttp.StatusBadRequest, time.Since(start).Seconds())
+		return
+	}
+	if bytes.HasPrefix(ctx.Path(), []byte(jobsPath)) && ctx.IsGet() {
+		s.handleJob(ctx)
+		s.unmatched.observe(ctx.Response.StatusCode(), time.Since(start).Seconds())
 		return
 	}
 	t := s.table.Load()

@@ -46,6 +46,8 @@ type route struct {
 	validator *validate.Validator // nil: no checks
 	cache     *routeCache         // nil: cache off
 	static    *staticAnswer       // nil: no static fallback
+	idem      *idemPolicy         // nil: idempotency off
+	async     *asyncPolicy        // nil: no Prefer: respond-async
 
 	retry         policy.Retry
 	attempts      int // per target, the first included
@@ -132,6 +134,8 @@ func (s *Server) buildRoute(rc *config.Route, path string, limiters map[string]c
 		return nil, &config.FieldError{Path: path + ".cache", Msg: err.Error()}
 	}
 	r.static = buildStatic(rc.StaticFallback)
+	r.idem = buildIdem(rc)
+	r.async = buildAsync(rc)
 	if h := strings.ToLower(rc.Match.Host); h != "" {
 		if rest, ok := strings.CutPrefix(h, "*"); ok {
 			r.host, r.hostSuffix = []byte(rest), true

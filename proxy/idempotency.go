@@ -1,0 +1,257 @@
+package proxy
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"time"
+
+	"github.com/ballast-proxy/ballast/cache"
+	"github.com/ballast-proxy/ballast/config"
+	"github.com/ballast-proxy/ballast/store"
+	"github.com/valyala/fasthttp"
+)
+
+const (
+	headerIdempotencyKey = "Idempotency-Key"
+	headerReplayed       = "Idempotent-Replayed"
+	maxIdempotencyKeyLen = 255
+)
+
+// idemPolicy is a route's resolved idempotency block.
+type idemPolicy struct {
+	auto              bool
+	ttl, window       time.Duration
+	lease             time.Duration
+	headers           [][]byte
+	reject            bool
+	storeServerErrors bool
+	idempotent        bool
+}
+
+func buildIdem(rc *config.Route) *idemPolicy {
+	ic := rc.Idempotency
+	if ic.Mode == "off" || ic.Mode == "" {
+		return nil
+	}
+	p := &idemPolicy{
+		auto: ic.Mode == "auto", ttl: ic.TTL.D(), window: ic.Window.D(),
+		// The claim must outlive the call it guards, body included.
+		lease:  rc.Timeouts.Total.D() + 30*time.Second,
+		reject: ic.OnConflict == "reject", storeServerErrors: ic.StoreServerErrors, idempotent: ic.Idempotent,
+	}
+	for _, h := range ic.Headers {
+		p.headers = append(p.headers, []byte(h))
+	}
+	return p
+}
+
+// idemKey returns the request's idempotency key — the agent's
+// Idempotency-Key, or in auto mode the request's fingerprint — scoped to
+// the route and the caller's identity, so records never cross tenants.
+// ok is false when the request is not guarded; a malformed key is answered
+// 400 here (handled true).
+func (s *Server) idemKey(ctx *fasthttp.RequestCtx, r *route, fp [32]byte) (key string, ok, handled bool) {
+	var raw []byte
+	if r.idem.auto {
+		var hexFP [64]byte
+		hex.Encode(hexFP[:], fp[:])
+		raw = hexFP[:]
+	} else {
+		raw = ctx.Request.Header.Peek(headerIdempotencyKey)
+		if len(raw) == 0 {
+			return "", false, false
+		}
+		if len(raw) > maxIdempotencyKeyLen || !validRequestID(raw) {
+			writeProblem(ctx, problem{Status: fasthttp.StatusBadRequest, Reason: ReasonBadRequest, Route: r.name,
+				Detail: "Idempotency-Key must be 1-255 visible ASCII characters"})
+			return "", false, true
+		}
+	}
+	var b []byte
+	b = append(b, r.name...)
+	b = append(b, '|')
+	b = append(b, tenantOf(&ctx.Request.Header)...)
+	b = append(b, '|')
+	b = append(b, raw...)
+	return string(b), true, false
+}
+
+// tenantOf hashes the caller's identity headers (never stored raw).
+func tenantOf(h *fasthttp.RequestHeader) string {
+	sum := sha256.New()
+	for _, name := range cache.DefaultIdentityHeaders() {
+		if v := h.Peek(name); len(v) > 0 {
+			sum.Write([]byte(name))
+			sum.Write([]byte{0})
+			sum.Write(v)
+			sum.Write([]byte{0})
+		}
+	}
+	var out [32]byte
+	return hex.EncodeToString(sum.Sum(out[:0])[:12])
+}
+
+// guard runs a request under its idempotency key: the first claims it and
+// runs; a duplicate attaches to the running call (or is refused, per
+// on_conflict), replays the stored response, or learns that the outcome is
+// unknown. It reports false when the request is not guarded, so the caller
+// runs it plainly.
+func (s *Server) guard(ctx *fasthttp.RequestCtx, r *route, body []byte, deadline time.Time) bool {
+	fp := store.Fingerprint(ctx.Method(), ctx.RequestURI(), body, s.fingerprintHeaders(ctx, r)...)
+	key, ok, handled := s.idemKey(ctx, r, fp)
+	if handled {
+		return true
+	}
+	if !ok {
+		return false
+	}
+	ttl := r.idem.ttl
+	if r.idem.auto {
+		ttl = r.idem.window
+	}
+	wctx, cancel := context.WithDeadline(context.Background(), s.wall(deadline, s.clock.Now()))
+	defer cancel()
+	for {
+		now := s.clock.Now()
+		rec, owned, err := s.state.Claim(wctx, key, store.ClaimArgs{
+			Fingerprint: fp, Now: now, Lease: r.idem.lease, TTL: ttl, TakeOverUnknown: r.idem.idempotent,
+		})
+		switch {
+		case errors.Is(err, store.ErrMismatch):
+			r.m.idem[idemMismatch].Inc()
+			writeProblem(ctx, problem{Status: fasthttp.StatusUnprocessableEntity, Reason: ReasonIdempotencyMismatch, Route: r.name,
+				Detail: "this Idempotency-Key was used with a different request (method, path, body or headers differ)"})
+			return true
+		case err != nil:
+			s.stateUnavailable(ctx, r, err)
+			return true
+		case owned:
+			r.m.idem[idemClaimed].Inc()
+			s.runGuarded(ctx, r, body, deadline, rec, ttl)
+			return true
+		}
+		switch rec.State {
+		case store.Completed:
+			r.m.idem[idemReplayed].Inc()
+			replay(ctx, rec.Response)
+			return true
+		case store.UnknownOutcome:
+			r.m.idem[idemUnknown].Inc()
+			writeProblem(ctx, problem{Status: fasthttp.StatusConflict, Reason: ReasonOutcomeUnknown, Route: r.name,
+				Detail: "a request with this key started at " + rec.StartedAt.UTC().Format(time.RFC3339) +
+					" but its outcome was lost (ballast stopped mid-call); it may or may not have taken effect. " +
+					"Check before retrying with a new key."})
+			return true
+		}
+		// In flight elsewhere: attach, or refuse.
+		if r.idem.reject {
+			r.m.idem[idemConflict].Inc()
+			writeProblem(ctx, problem{Status: fasthttp.StatusConflict, Reason: ReasonInProgress, Route: r.name,
+				RetryAfter: time.Second, Detail: "a request with this key is still running"})
+			return true
+		}
+		r.m.idem[idemAttached].Inc()
+		got, err := s.state.Wait(wctx, key)
+		switch {
+		case err != nil && wctx.Err() != nil:
+			writeProblem(ctx, problem{Status: fasthttp.StatusConflict, Reason: ReasonInProgress, Route: r.name,
+				RetryAfter: time.Second, Detail: "a request with this key is still running; it did not finish within this request's deadline"})
+			return true
+		case err != nil:
+			s.stateUnavailable(ctx, r, err)
+			return true
+		case got == nil:
+			continue // released without an outcome: claim again
+		case got.State == store.Completed:
+			r.m.idem[idemReplayed].Inc()
+			replay(ctx, got.Response)
+			return true
+		}
+		// Unknown outcome: loop once more to report it.
+	}
+}
+
+func (s *Server) fingerprintHeaders(ctx *fasthttp.RequestCtx, r *route) [][]byte {
+	if !r.idem.auto || len(r.idem.headers) == 0 {
+		return nil
+	}
+	out := make([][]byte, 0, len(r.idem.headers))
+	for _, h := range r.idem.headers {
+		out = append(out, ctx.Request.Header.PeekBytes(h))
+	}
+	return out
+}
+
+// runGuarded runs the claimed request and records its outcome. The call is
+// detached from the agent: it runs to the route's deadline even when the
+// agent's client gives up, so the agent's retry attaches or replays.
+func (s *Server) runGuarded(ctx *fasthttp.RequestCtx, r *route, body []byte, deadline time.Time, rec *store.Record, ttl time.Duration) {
+	s.run(ctx, r, body, deadline, true)
+	c, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	resp := &ctx.Response
+	status := resp.StatusCode()
+	fromUpstream := len(resp.Header.Peek(headerUpstream)) > 0
+	if resp.IsBodyStream() || !fromUpstream || (status >= 500 && !r.idem.storeServerErrors) {
+		// Streams cannot be replayed; answers ballast wrote itself and
+		// (by default) server errors leave the key free for a retry.
+		_ = s.state.Release(c, rec)
+		return
+	}
+	sr := &store.Response{Status: status, Header: cache.AppendHeader(nil, &resp.Header), Body: resp.Body()}
+	if err := s.state.Complete(c, rec, sr, s.clock.Now(), ttl); err != nil {
+		if errors.Is(err, store.ErrTooLarge) {
+			r.m.idem[idemTooLarge].Inc()
+		} else {
+			s.log.Warn("idempotency record not stored", "route", r.name, "error", err.Error())
+		}
+		_ = s.state.Release(c, rec)
+	}
+}
+
+// replay answers with a stored response.
+func replay(ctx *fasthttp.RequestCtx, sr *store.Response) {
+	var idBuf [maxRequestIDLen]byte
+	id := idBuf[:copy(idBuf[:], ctx.Response.Header.Peek(headerRequestID))]
+	resp := &ctx.Response
+	resp.Reset()
+	resp.Header.SetNoDefaultContentType(true)
+	resp.SetStatusCode(sr.Status)
+	for lines := sr.Header; len(lines) > 0; {
+		line := lines
+		if i := bytes.Index(lines, []byte("\r\n")); i >= 0 {
+			line, lines = lines[:i], lines[i+2:]
+		} else {
+			lines = nil
+		}
+		if k, v, ok := bytes.Cut(line, []byte(": ")); ok {
+			resp.Header.AddBytesKV(k, v)
+		}
+	}
+	resp.Header.SetBytesV(headerRequestID, id)
+	resp.Header.Set(headerReplayed, "true")
+	resp.Header.Set(headerAttempts, "0")
+	resp.SetBodyRaw(sr.Body)
+}
+
+func (s *Server) stateUnavailable(ctx *fasthttp.RequestCtx, r *route, err error) {
+	s.log.Error("state store failed", "route", r.name, "error", err.Error())
+	writeProblem(ctx, problem{Status: fasthttp.StatusServiceUnavailable, Reason: ReasonStateUnavailable, Route: r.name,
+		RetryAfter: time.Second, Detail: "the idempotency state store is unavailable: " + err.Error()})
+}
+
+// idemResults are the result label values of ballast_idempotency_total.
+var idemResults = [...]string{"claimed", "attached", "replayed", "conflict", "mismatch", "unknown_outcome", "too_large"}
+
+const (
+	idemClaimed = iota
+	idemAttached
+	idemReplayed
+	idemConflict
+	idemMismatch
+	idemUnknown
+	idemTooLarge
+)

@@ -1,0 +1,333 @@
+package proxy
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"io"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/ballast-proxy/ballast/cache"
+	"github.com/ballast-proxy/ballast/config"
+	"github.com/ballast-proxy/ballast/policy"
+	"github.com/ballast-proxy/ballast/store"
+	"github.com/valyala/fasthttp"
+)
+
+const jobsPath = "/_ballast/jobs/"
+
+// asyncPolicy is a route's resolved async block.
+type asyncPolicy struct{ ttl time.Duration }
+
+func buildAsync(rc *config.Route) *asyncPolicy {
+	if !rc.Async.Enabled {
+		return nil
+	}
+	return &asyncPolicy{ttl: rc.Async.TTL.D()}
+}
+
+// jobRunner runs async jobs in the background and lets requests wait for
+// them.
+type jobRunner struct {
+	mu      sync.Mutex
+	done    map[string]chan struct{} // closed when the job finishes
+	wg      sync.WaitGroup
+	stop    chan struct{}
+	stopped bool
+}
+
+func newJobRunner() *jobRunner {
+	return &jobRunner{done: map[string]chan struct{}{}, stop: make(chan struct{})}
+}
+
+func (j *jobRunner) doneCh(id string) chan struct{} {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	ch, ok := j.done[id]
+	if !ok {
+		ch = make(chan struct{})
+		j.done[id] = ch
+	}
+	return ch
+}
+
+func (j *jobRunner) finish(id string) {
+	ch := j.doneCh(id)
+	j.mu.Lock()
+	delete(j.done, id)
+	j.mu.Unlock()
+	close(ch)
+}
+
+// prefer reads the RFC 7240 Prefer header: respond-async, and wait=N.
+func prefer(h *fasthttp.RequestHeader) (async bool, wait time.Duration) {
+	for _, v := range h.PeekAll("Prefer") {
+		for _, tok := range bytes.Split(v, []byte(",")) {
+			tok = bytes.TrimSpace(tok)
+			switch {
+			case asciiEqualFold(tok, []byte("respond-async")):
+				async = true
+			case len(tok) > 5 && asciiEqualFold(tok[:5], []byte("wait=")):
+				if n, err := strconv.Atoi(string(tok[5:])); err == nil && n > 0 {
+					wait = min(time.Duration(n)*time.Second, 10*time.Minute)
+				}
+			}
+		}
+	}
+	return async, wait
+}
+
+// startJob answers Prefer: respond-async: the call runs in the background
+// with the route's policies and the agent polls /_ballast/jobs/{id}.
+func (s *Server) startJob(ctx *fasthttp.RequestCtx, r *route, body []byte, wait time.Duration) {
+	var raw [16]byte
+	_, _ = rand.Read(raw[:])
+	now := s.clock.Now()
+	job := &store.Job{
+		ID: hex.EncodeToString(raw[:]), Tenant: tenantOf(&ctx.Request.Header), Route: r.name, State: store.JobQueued,
+		CreatedAt: now, UpdatedAt: now, ExpiresAt: now.Add(r.total + r.async.ttl),
+		Request: store.Request{Method: string(ctx.Method()), URI: string(ctx.RequestURI()),
+			Header: requestHeaderLines(&ctx.Request.Header), Body: append([]byte(nil), body...)},
+	}
+	c, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := s.state.PutJob(c, job); err != nil {
+		s.stateUnavailable(ctx, r, err)
+		return
+	}
+	done := s.jobs.doneCh(job.ID)
+	s.launch(job)
+	applied := "respond-async"
+	if wait > 0 {
+		applied += ", wait=" + strconv.Itoa(int(wait/time.Second))
+		if s.waitJob(ctx, done, wait) {
+			s.serveJob(ctx, job.ID, job.Tenant, 0, applied)
+			return
+		}
+	}
+	s.writeJobStatus(ctx, job, fasthttp.StatusAccepted, applied)
+}
+
+// launch runs job in the background.
+func (s *Server) launch(job *store.Job) {
+	s.jobs.mu.Lock()
+	if s.jobs.stopped {
+		s.jobs.mu.Unlock()
+		return
+	}
+	s.jobs.wg.Add(1)
+	s.jobs.mu.Unlock()
+	go func() {
+		defer s.jobs.wg.Done()
+		s.runJob(job)
+	}()
+}
+
+// runJob runs the job's request through its route, as a request would,
+// and stores the outcome.
+func (s *Server) runJob(job *store.Job) {
+	defer s.jobs.finish(job.ID)
+	c, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	var r *route
+	for _, cand := range s.table.Load().routes {
+		if cand.name == job.Route {
+			r = cand
+		}
+	}
+	if r == nil {
+		s.failJob(c, job, "the route "+job.Route+" no longer exists")
+		return
+	}
+	job.State, job.UpdatedAt = store.JobRunning, s.clock.Now()
+	_ = s.state.PutJob(c, job)
+
+	req := fasthttp.AcquireRequest()
+	defer fasthttp.ReleaseRequest(req)
+	req.Header.SetMethod(job.Request.Method)
+	req.SetRequestURI(job.Request.URI)
+	addHeaderLines(&req.Header, job.Request.Header)
+	req.SetBodyRaw(job.Request.Body)
+	var rc fasthttp.RequestCtx
+	rc.Init(req, nil, nil)
+	s.ids.assign(&rc)
+	start := s.clock.Now()
+	s.run(&rc, r, job.Request.Body, start.Add(r.total), false)
+
+	resp := &rc.Response
+	body := resp.Body()
+	if stream := resp.BodyStream(); stream != nil {
+		body, _ = io.ReadAll(io.LimitReader(stream, 64<<20))
+		_ = resp.CloseBodyStream()
+	}
+	status := resp.StatusCode()
+	job.Attempts, _ = strconv.Atoi(string(resp.Header.Peek(headerAttempts)))
+	job.Response = &store.Response{Status: status, Header: cache.AppendHeader(nil, &resp.Header), Body: append([]byte(nil), body...)}
+	job.State, job.UpdatedAt = store.JobSucceeded, s.clock.Now()
+	if status >= 500 {
+		job.State, job.LastError = store.JobFailed, "the last attempt answered "+strconv.Itoa(status)
+	}
+	job.ExpiresAt = job.UpdatedAt.Add(s.jobTTL(r))
+	if err := s.state.PutJob(c, job); errors.Is(err, store.ErrTooLarge) {
+		job.Response = &store.Response{Status: fasthttp.StatusBadGateway}
+		job.State, job.LastError = store.JobFailed, "the response was larger than state.max_response_bytes"
+		_ = s.state.PutJob(c, job)
+	}
+	if job.State == store.JobFailed {
+		s.log.Warn("async job failed", "job", job.ID, "route", job.Route, "error", job.LastError)
+	}
+}
+
+func (s *Server) jobTTL(r *route) time.Duration {
+	if r.async != nil {
+		return r.async.ttl
+	}
+	return time.Hour
+}
+
+func (s *Server) failJob(c context.Context, job *store.Job, why string) {
+	job.State, job.LastError, job.UpdatedAt = store.JobFailed, why, s.clock.Now()
+	_ = s.state.PutJob(c, job)
+	s.log.Warn("async job failed", "job", job.ID, "route", job.Route, "error", why)
+}
+
+// resumeJobs picks up the jobs a previous process left pending: on routes
+// where running the call again is safe they run again; otherwise their
+// outcome is unknown and they fail, saying so.
+func (s *Server) resumeJobs() {
+	c, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	jobs, err := s.state.ListJobs(c, store.JobQueued, store.JobRunning)
+	if err != nil {
+		s.log.Error("listing pending jobs failed", "error", err.Error())
+		return
+	}
+	routes := map[string]*route{}
+	for _, r := range s.table.Load().routes {
+		routes[r.name] = r
+	}
+	for _, job := range jobs {
+		r := routes[job.Route]
+		safe := r != nil && (job.State == store.JobQueued || (r.idem != nil && r.idem.idempotent) ||
+			policy.IdempotentMethod([]byte(job.Request.Method)) || r.retry.UnsafeMethods)
+		if !safe {
+			s.failJob(c, job, "ballast stopped while the call was running; its outcome is unknown")
+			continue
+		}
+		s.log.Info("resuming async job", "job", job.ID, "route", job.Route)
+		s.jobs.doneCh(job.ID)
+		s.launch(job)
+	}
+}
+
+// handleJob serves GET /_ballast/jobs/{id} on the main listener. Jobs are
+// visible only to the caller identity that started them.
+func (s *Server) handleJob(ctx *fasthttp.RequestCtx) {
+	id := string(ctx.Path()[len(jobsPath):])
+	_, wait := prefer(&ctx.Request.Header)
+	applied := ""
+	if wait > 0 {
+		applied = "wait=" + strconv.Itoa(int(wait/time.Second))
+	}
+	s.serveJob(ctx, id, tenantOf(&ctx.Request.Header), wait, applied)
+}
+
+func (s *Server) serveJob(ctx *fasthttp.RequestCtx, id, tenant string, wait time.Duration, applied string) {
+	c, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	job, err := s.state.GetJob(c, id)
+	if err != nil || job.Tenant != tenant {
+		writeProblem(ctx, problem{Status: fasthttp.StatusNotFound, Reason: ReasonNoRoute,
+			Detail: "no job " + strconv.Quote(id) + " for this caller (unknown, expired, or started by another identity)"})
+		return
+	}
+	if job.State.Pending() && wait > 0 && s.waitJob(ctx, s.jobs.doneCh(id), wait) {
+		if j, err := s.state.GetJob(c, id); err == nil {
+			job = j
+		}
+	}
+	if job.State.Pending() || job.Response == nil {
+		s.writeJobStatus(ctx, job, fasthttp.StatusAccepted, applied)
+		return
+	}
+	replay(ctx, job.Response)
+	ctx.Response.Header.Del(headerReplayed)
+	ctx.Response.Header.Set("X-Ballast-Job-State", job.State.String())
+	ctx.Response.Header.Set(headerAttempts, strconv.Itoa(job.Attempts))
+	if applied != "" {
+		ctx.Response.Header.Set("Preference-Applied", applied)
+	}
+}
+
+// waitJob waits up to d (on the server's clock) for done.
+func (s *Server) waitJob(ctx *fasthttp.RequestCtx, done chan struct{}, d time.Duration) bool {
+	t := s.clock.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-done:
+		return true
+	case <-t.C():
+	case <-ctx.Done():
+	}
+	return false
+}
+
+// writeJobStatus answers with the job's state while it runs.
+func (s *Server) writeJobStatus(ctx *fasthttp.RequestCtx, job *store.Job, status int, applied string) {
+	type jobStatus struct {
+		ID          string     `json:"id"`
+		State       string     `json:"state"`
+		Route       string     `json:"route"`
+		Attempts    int        `json:"attempts"`
+		LastError   string     `json:"last_error,omitempty"`
+		NextRetryAt *time.Time `json:"next_retry_at,omitempty"`
+		CreatedAt   time.Time  `json:"created_at"`
+		UpdatedAt   time.Time  `json:"updated_at"`
+		Location    string     `json:"location"`
+	}
+	js := jobStatus{ID: job.ID, State: job.State.String(), Route: job.Route, Attempts: job.Attempts, LastError: job.LastError,
+		CreatedAt: job.CreatedAt, UpdatedAt: job.UpdatedAt, Location: jobsPath + job.ID}
+	if !job.NextRetryAt.IsZero() {
+		js.NextRetryAt = &job.NextRetryAt
+	}
+	b, _ := json.Marshal(js)
+	ctx.SetStatusCode(status)
+	ctx.Response.Header.SetContentType("application/json")
+	ctx.Response.Header.Set("Location", jobsPath+job.ID)
+	ctx.Response.Header.Set("Retry-After", "1")
+	if applied != "" {
+		ctx.Response.Header.Set("Preference-Applied", applied)
+	}
+	ctx.SetBody(b)
+}
+
+// requestHeaderLines renders request headers as "Name: value\r\n" lines.
+func requestHeaderLines(h *fasthttp.RequestHeader) []byte {
+	var b []byte
+	for k, v := range h.All() {
+		b = append(b, k...)
+		b = append(b, ": "...)
+		b = append(b, v...)
+		b = append(b, "\r\n"...)
+	}
+	return b
+}
+
+func addHeaderLines(h *fasthttp.RequestHeader, lines []byte) {
+	for len(lines) > 0 {
+		line := lines
+		if i := bytes.Index(lines, []byte("\r\n")); i >= 0 {
+			line, lines = lines[:i], lines[i+2:]
+		} else {
+			lines = nil
+		}
+		if k, v, ok := bytes.Cut(line, []byte(": ")); ok {
+			h.AddBytesKV(k, v)
+		}
+	}
+}

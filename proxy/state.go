@@ -1,0 +1,85 @@
+package proxy
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/ballast-proxy/ballast/config"
+	"github.com/ballast-proxy/ballast/store"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// openState opens the configured state store: memory by default, the bbolt
+// file when state.path is set. A corrupt or locked file is a start-up
+// error that names the file and what to do.
+func openState(c config.State) (store.Store, string, error) {
+	lim := store.Limits{MaxRecords: c.MaxRecords, MaxJobs: c.MaxRecords, MaxResponseBytes: int(c.MaxResponseBytes)}
+	backend := c.Backend
+	if backend == "" {
+		backend = "memory"
+		if c.Path != "" {
+			backend = "file"
+		}
+	}
+	switch backend {
+	case "file":
+		f, err := store.OpenFile(c.Path, store.FileOptions{Limits: lim})
+		if err != nil {
+			return nil, "", fmt.Errorf("proxy: state: %w", err)
+		}
+		return f, backend, nil
+	case "memory":
+		return store.OpenMemory(store.MemoryOptions{Limits: lim}), backend, nil
+	}
+	return nil, "", fmt.Errorf("proxy: state.backend %q is not available in this build", backend)
+}
+
+// timedStore observes every state operation in
+// ballast_state_store_seconds{op,backend}.
+type timedStore struct {
+	store.Store
+	obs map[string]prometheus.Observer
+}
+
+func newTimedStore(s store.Store, backend string, m *metrics) *timedStore {
+	t := &timedStore{Store: s, obs: map[string]prometheus.Observer{}}
+	for _, op := range []string{"claim", "complete", "release", "wait", "get", "put_job", "get_job"} {
+		t.obs[op] = m.stateSeconds.WithLabelValues(op, backend)
+	}
+	return t
+}
+
+func (t *timedStore) since(op string, start time.Time) {
+	t.obs[op].Observe(time.Since(start).Seconds())
+}
+
+func (t *timedStore) Claim(ctx context.Context, key string, a store.ClaimArgs) (*store.Record, bool, error) {
+	defer t.since("claim", time.Now())
+	return t.Store.Claim(ctx, key, a)
+}
+
+func (t *timedStore) Complete(ctx context.Context, held *store.Record, resp *store.Response, now time.Time, ttl time.Duration) error {
+	defer t.since("complete", time.Now())
+	return t.Store.Complete(ctx, held, resp, now, ttl)
+}
+
+func (t *timedStore) Release(ctx context.Context, held *store.Record) error {
+	defer t.since("release", time.Now())
+	return t.Store.Release(ctx, held)
+}
+
+func (t *timedStore) Wait(ctx context.Context, key string) (*store.Record, error) {
+	defer t.since("wait", time.Now())
+	return t.Store.Wait(ctx, key)
+}
+
+func (t *timedStore) PutJob(ctx context.Context, j *store.Job) error {
+	defer t.since("put_job", time.Now())
+	return t.Store.PutJob(ctx, j)
+}
+
+func (t *timedStore) GetJob(ctx context.Context, id string) (*store.Job, error) {
+	defer t.since("get_job", time.Now())
+	return t.Store.GetJob(ctx, id)
+}
