@@ -35,6 +35,9 @@ func benchBackends() []benchBackend {
 		{"file", file(FileOptions{})},
 		{"file-unbatched", file(FileOptions{BatchSize: 1})},
 		{"file-boltbatch1ms", file(FileOptions{BatchDelay: time.Millisecond})},
+		{"redis", func(b *testing.B) Store {
+			return openTestRedis(b, RedisOptions{Limits: big})
+		}},
 	}
 }
 

@@ -1,12 +1,13 @@
 // Package store keeps ballast's durable idempotency state: claims on
 // idempotency keys, the responses stored for them, and async jobs.
 //
-// One interface, Store, has two backends here: Memory (bounded, in-process,
-// lost on restart) and File (bbolt on local disk, survives SIGKILL). A Redis
-// backend can implement the same interface: a claim is SET NX with an expiry
-// of the lease, a completion overwrites the value with the response guarded
-// by the claim's Token, and Wait subscribes to a channel for the key and
-// polls as a safety net.
+// One interface, Store, has three backends: Memory (bounded, in-process,
+// lost on restart), File (bbolt on local disk, survives SIGKILL) and Redis
+// (shared by the replicas of a deployment). In Redis a claim is a Lua
+// compare-and-set with an expiry of the record's life, a completion
+// overwrites it with the response guarded by the claim's Token and
+// publishes on a channel for the key, and Wait subscribes to that channel
+// (one connection per store) and polls as a safety net.
 //
 // # Semantics
 //

@@ -2,6 +2,8 @@ package store
 
 import (
 	"context"
+	"fmt"
+	"os"
 	"path/filepath"
 	"runtime"
 	"testing"
@@ -10,7 +12,19 @@ import (
 	"go.uber.org/goleak"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+func TestMain(m *testing.M) {
+	code := m.Run()
+	// The shared redis-server (see redis_test.go) is stopped before the leak
+	// check: its reaper goroutine lives as long as the process.
+	testRedis.close()
+	if code == 0 {
+		if err := goleak.Find(); err != nil {
+			fmt.Fprintf(os.Stderr, "goleak: errors on successful test run: %v\n", err)
+			code = 1
+		}
+	}
+	os.Exit(code)
+}
 
 // t0 is the fixed start of every test's timeline.
 var t0 = time.Date(2025, 3, 1, 12, 0, 0, 0, time.UTC)
@@ -32,6 +46,9 @@ func backends() []backend {
 		}},
 		{"file-boltbatch", func(t testing.TB, lim Limits) Store {
 			return openTestFile(t, filepath.Join(t.TempDir(), "state.db"), FileOptions{Limits: lim, BatchDelay: time.Millisecond})
+		}},
+		{"redis", func(t testing.TB, lim Limits) Store {
+			return openTestRedis(t, RedisOptions{Limits: lim})
 		}},
 	}
 }
@@ -72,6 +89,8 @@ func waiters(s Store, key string) int {
 		return x.wakeup.waiting(key)
 	case *File:
 		return x.wakeup.waiting(key)
+	case *Redis:
+		return x.hub.blocked(x.keys.record(key))
 	}
 	return 0
 }
