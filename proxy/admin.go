@@ -33,6 +33,12 @@ func (s *Server) handleAdmin(ctx *fasthttp.RequestCtx) {
 		}
 		ctx.SetBodyString("ready\n")
 		return
+	case "/status": // authorizes itself: bearer token or session cookie
+		s.handleStatus(ctx)
+		return
+	case "/": // the status page, or its sign-in form
+		s.handleStatusPage(ctx)
+		return
 	}
 	if !s.adminAuthorized(ctx) {
 		ctx.Response.Header.Set("WWW-Authenticate", `Bearer realm="ballast admin"`)
@@ -60,7 +66,7 @@ func (s *Server) handleAdmin(ctx *fasthttp.RequestCtx) {
 		s.adminReload(ctx)
 	default:
 		writeProblem(ctx, problem{Status: fasthttp.StatusNotFound, Reason: ReasonNoRoute,
-			Detail: "the admin listener serves /healthz, /readyz, /metrics, /config and /reload"})
+			Detail: "the admin listener serves /, /status, /healthz, /readyz, /metrics, /config and /reload"})
 	}
 }
 

@@ -1,0 +1,136 @@
+package proxy
+
+import (
+	"time"
+
+	"github.com/ballast-proxy/ballast/policy"
+	"github.com/ballast-proxy/ballast/supervise"
+	"github.com/valyala/fasthttp"
+)
+
+// tryObserved is try, recorded on the route's upstream for /status: the
+// attempt is in flight while it runs, then counted with its latency and
+// outcome; prior is the number of attempts this request made before (any
+// > 0 makes this one a retry). When the attempt left the upstream cooling
+// down for longer than notify.cooldown_threshold, an alert is raised.
+// Allocation-free unless it alerts.
+func (s *Server) tryObserved(out *fasthttp.Request, t *target, r *route, now, deadline time.Time, prior int) attempt {
+	u := s.status.board.Route(r.name).Upstream(t.name)
+	u.Begin()
+	start := time.Now()
+	a := s.try(out, t, r, now, deadline)
+	took := time.Since(start) // wall time: latency is measured, not decided
+	u.End()
+	at := s.clock.Now()
+	retries := 0
+	if prior > 0 {
+		retries = 1
+	}
+	u.Record(at, supervise.Sample{Latency: took, Failed: supervise.CountsAsFailure(a.class), Retries: retries})
+	if rem := t.up.cool.Remaining(at); rem > 0 && rem > s.Config().Notify.CooldownThreshold.D() && u.NoteCooldown(at.Add(rem)) {
+		s.alert(supervise.KindCooldown, r.name, t.name, "the upstream asked to pause for "+rem.Round(time.Second).String())
+	}
+	return a
+}
+
+// observeExchange records the outcome of an exchange once the agent's
+// answer is written: the route's window, the failure ring when it failed,
+// and alerts for a breaker that opened or a spent retry budget. t is the
+// last target tried (nil when none was); stop is why the retry loop gave
+// up early, if it did. Allocation-free unless it alerts.
+func (s *Server) observeExchange(ctx *fasthttp.RequestCtx, r *route, t *target, last *attempt, attempts int, stop Reason) {
+	upstream, cause := "", policy.CauseNone
+	if t != nil {
+		upstream = t.name
+	}
+	if attempts > 0 {
+		cause = last.cause
+	}
+	now := s.record(ctx, r, upstream, outcomeClass(last.class, attempts, stop), cause, failureReason(last, stop), attempts)
+	rb := s.status.board.Route(r.name)
+	for _, tg := range r.targets {
+		if b := tg.health.breaker; b != nil && rb.Upstream(tg.name).NoteBreaker(b.State(now)) {
+			s.alert(supervise.KindBreakerOpen, r.name, tg.name, "too many consecutive failures; requests fail fast until it probes again")
+		}
+	}
+	if stop == ReasonBudgetExhausted {
+		s.alert(supervise.KindBudgetExhausted, r.name, upstream, "retries refused: too many recent requests needed them")
+	}
+}
+
+// observe records a request the route answered without an exchange — a
+// fresh cache hit (class policy.OK), or a refusal before any attempt such
+// as the rate limit's (its class, and the problem reason it answered). Call
+// it once, after the answer is written. Allocation-free.
+func (s *Server) observe(ctx *fasthttp.RequestCtx, r *route, class policy.Class, reason Reason) {
+	s.record(ctx, r, "", class, policy.CauseNone, reason, 0)
+}
+
+// record adds one answered request to the route's window and, when it
+// failed, to the failure ring. It returns the clock's now.
+func (s *Server) record(ctx *fasthttp.RequestCtx, r *route, upstream string, class policy.Class, cause policy.Cause, reason Reason, attempts int) time.Time {
+	now := s.clock.Now()
+	s.status.board.Route(r.name).Record(now, supervise.Sample{
+		Latency: time.Since(ctx.Time()), Failed: supervise.CountsAsFailure(class), Retries: max(attempts-1, 0),
+	})
+	if class == policy.OK || class == policy.Canceled {
+		return now
+	}
+	id := ctx.Response.Header.Peek(headerRequestIDBallast) // ours, when the upstream sent its own id
+	if len(id) == 0 {
+		id = ctx.Response.Header.Peek(headerRequestID)
+	}
+	rec := supervise.FailureRecord{
+		Time: now, Route: r.name, Upstream: upstream, Status: ctx.Response.StatusCode(),
+		Class: class, Cause: cause, Reason: string(reason), Attempts: attempts, RequestID: id,
+	}
+	s.status.board.Failures().Record(&rec)
+	return now
+}
+
+// outcomeClass is the class of what the agent got: the last attempt's, or
+// when nothing was tried, the reason the loop stopped.
+func outcomeClass(last policy.Class, attempts int, stop Reason) policy.Class {
+	if attempts > 0 {
+		return last
+	}
+	switch stop {
+	case ReasonBreakerOpen:
+		return policy.BreakerOpen
+	case ReasonBudgetExhausted:
+		return policy.BudgetExhausted
+	case ReasonRateLimited:
+		return policy.RateLimited
+	}
+	return policy.Transient
+}
+
+// failureReason is the word the failure list shows: why the retry loop
+// stopped, or the problem reason ballast answered a failed attempt with.
+// Empty when the agent got the upstream's own answer (the class says it).
+func failureReason(last *attempt, stop Reason) Reason {
+	switch {
+	case stop != "":
+		return stop
+	case last.err != nil && last.class == policy.Timeout:
+		return ReasonTimeout
+	case last.err != nil:
+		return ReasonUpstreamUnavailable
+	case last.class == policy.Invalid:
+		return ReasonInvalidResponse
+	}
+	return ""
+}
+
+// alert sends an event to notify.webhook (deduplicated, rate limited,
+// asynchronous; a no-op when no webhook is set). It never blocks.
+func (s *Server) alert(kind supervise.Kind, route, upstream, detail string) {
+	s.status.configure(s.Config())
+	s.status.notifier.Notify(supervise.Event{Kind: kind, Route: route, Upstream: upstream, Detail: detail})
+}
+
+// alertJobFailed raises the alert for an async job that failed for good.
+// The job id is shown; nothing of the request is.
+func (s *Server) alertJobFailed(route, jobID, reason string) {
+	s.alert(supervise.KindJobFailed, route, "", "job "+jobID+" failed for good: "+reason)
+}
