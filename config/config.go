@@ -280,6 +280,14 @@ type Retry struct {
 	// after they were sent (for model APIs, where a repeat is harmless).
 	// Default false.
 	UnsafeMethods bool `koanf:"unsafe_methods" json:"unsafe_methods"`
+	// JSONRPC reads the JSON-RPC method of a POST (MCP and other JSON-RPC
+	// tools) and treats the read-only ones as safe to repeat: initialize,
+	// ping, server/discover, every */list, resources/read, prompts/get and
+	// completion/complete. tools/call stays unsafe unless its tool is
+	// listed in IdempotentTools. Default false.
+	JSONRPC bool `koanf:"jsonrpc" json:"jsonrpc,omitempty"`
+	// IdempotentTools are tools whose tools/call may be repeated.
+	IdempotentTools []string `koanf:"idempotent_tools" json:"idempotent_tools,omitempty"`
 }
 
 // Backoff is the delay before retry n: uniform in [0, min(max, base·2^n)).

@@ -72,6 +72,13 @@ func TestEnvAndFlagOverrides(t *testing.T) {
 	}
 }
 
+func TestUnknownEnvOverrideNamesTheVariable(t *testing.T) {
+	_, err := Parse([]byte(minimal), Source{Environ: []string{"BALLAST_ADMIN_TOKEN=x"}})
+	if err == nil || !strings.Contains(err.Error(), "BALLAST_ADMIN_TOKEN") || !strings.Contains(err.Error(), "__") {
+		t.Errorf("error %v: it must name the variable and explain __", err)
+	}
+}
+
 func TestValidation(t *testing.T) {
 	tests := []struct {
 		name string

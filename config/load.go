@@ -81,7 +81,8 @@ func parse(data []byte, src Source) (*Config, error) {
 	if err := k.Load(rawbytes.Provider(data), yaml.Parser()); err != nil {
 		return nil, fmt.Errorf("config: %s: %w", src.Origin(), &FieldError{Msg: "not valid YAML: " + err.Error()})
 	}
-	if err := k.Load(confmap.Provider(envOverrides(env), "."), nil); err != nil {
+	overrides := envOverrides(env)
+	if err := k.Load(confmap.Provider(overrides, "."), nil); err != nil {
 		return nil, fmt.Errorf("config: environment: %w", err)
 	}
 	if len(src.Flags) > 0 {
@@ -90,6 +91,7 @@ func parse(data []byte, src Source) (*Config, error) {
 		}
 	}
 	cleaned, shapeErrs := pruneShape("", k.Raw(), reflect.TypeFor[Config]())
+	explainEnv(shapeErrs, overrides)
 	raw, _ := cleaned.(map[string]any)
 	if raw == nil {
 		raw = map[string]any{}
@@ -129,7 +131,7 @@ func builtinDefaults() map[string]any {
 			"max_body": "10MiB",
 			"retry": map[string]any{
 				"attempts":        3,
-				"on":              []any{"connect-failure", "reset", "timeout", "invalid", "429", "502", "503", "504"},
+				"on":              []any{"connect-failure", "reset", "timeout", "invalid", "429", "502", "503", "504", "529"},
 				"backoff":         map[string]any{"base": "100ms", "max": "10s"},
 				"max_retry_after": "60s",
 				"budget":          map[string]any{"ratio": 0.2, "min_per_second": 10},
@@ -329,4 +331,21 @@ func withoutPaths(errs, seen []error) []error {
 		out = append(out, e)
 	}
 	return out
+}
+
+// explainEnv says which environment variable set a key that failed, since
+// the user never wrote that key in a file.
+func explainEnv(errs []error, overrides map[string]any) {
+	for _, e := range errs {
+		var fe *FieldError
+		if !errors.As(e, &fe) {
+			continue
+		}
+		if _, ok := overrides[fe.Path]; !ok {
+			continue
+		}
+		name := EnvPrefix + strings.ToUpper(strings.ReplaceAll(fe.Path, ".", "__"))
+		fe.Msg += " (set by the environment variable " + name + "; separate levels with __, as in " +
+			EnvPrefix + "ADMIN__LISTEN, and name secrets used as ${...} without the " + EnvPrefix + " prefix)"
+	}
 }

@@ -189,6 +189,14 @@ func TestMCPRetrySafety(t *testing.T) {
 			failing: "tools/list", fault: unavailable, wantOK: true, wantCount: 2},
 		{name: "unsafe_methods: tools/call 503 is repeated too", extraRetry: ", unsafe_methods: true",
 			failing: "tools/call", fault: unavailable, wantOK: true, wantCount: 2},
+		{name: "jsonrpc: initialize 503 is retried (read-only method)", extraRetry: ", jsonrpc: true",
+			failing: "initialize", fault: unavailable, wantOK: true, wantCount: 2},
+		{name: "jsonrpc: tools/list 503 is retried (read-only method)", extraRetry: ", jsonrpc: true",
+			failing: "tools/list", fault: unavailable, wantOK: true, wantCount: 2},
+		{name: "jsonrpc: tools/call 503 is never repeated", extraRetry: ", jsonrpc: true",
+			failing: "tools/call", fault: unavailable, wantCount: 1},
+		{name: "jsonrpc: tools/call of a tool declared idempotent is retried", extraRetry: ", jsonrpc: true, idempotent_tools: [add]",
+			failing: "tools/call", fault: unavailable, wantOK: true, wantCount: 2},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

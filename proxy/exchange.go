@@ -34,6 +34,9 @@ func (s *Server) exchangeUpstream(ctx *fasthttp.RequestCtx, r *route, body []byt
 	out := fasthttp.AcquireRequest()
 	defer fasthttp.ReleaseRequest(out)
 	method := ctx.Method()
+	if !guarded && r.jsonrpc != nil && len(body) > 0 {
+		guarded = r.jsonrpc.safe(body) // a read-only JSON-RPC call is safe to repeat
+	}
 
 	var (
 		last      attempt

@@ -94,6 +94,15 @@ func writeProblem(ctx *fasthttp.RequestCtx, p problem) {
 		buf = append(buf, `,"request_id":`...)
 		buf = appendJSONString(buf, string(idBuf[:n]))
 	}
+	// The error member mirrors the model providers' envelope, so an SDK
+	// that reads error.message shows the agent the detail.
+	buf = append(buf, `,"error":{"type":`...)
+	buf = appendJSONString(buf, string(p.Reason))
+	buf = append(buf, `,"code":`...)
+	buf = appendJSONString(buf, string(p.Reason))
+	buf = append(buf, `,"message":`...)
+	buf = appendJSONString(buf, p.Detail)
+	buf = append(buf, '}')
 	buf = append(buf, "}\n"...)
 	resp.SetBodyRaw(buf)
 }

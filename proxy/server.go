@@ -250,6 +250,14 @@ func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 		s.unmatched.observe(fasthttp.StatusBadRequest, time.Since(start).Seconds())
 		return
 	}
+	if ctx.IsConnect() {
+		// Tunnels would carry bytes ballast cannot see or protect.
+		ctx.Response.Header.Set("Allow", "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS")
+		writeProblem(ctx, problem{Status: fasthttp.StatusMethodNotAllowed, Reason: ReasonBadRequest,
+			Detail: "ballast does not tunnel CONNECT; send plain-HTTP tool calls through HTTP_PROXY, or point the client at a route's base URL"})
+		s.unmatched.observe(fasthttp.StatusMethodNotAllowed, time.Since(start).Seconds())
+		return
+	}
 	if bytes.HasPrefix(ctx.Path(), []byte(jobsPath)) && ctx.IsGet() {
 		s.handleJob(ctx)
 		s.unmatched.observe(ctx.Response.StatusCode(), time.Since(start).Seconds())

@@ -50,7 +50,8 @@ type route struct {
 	async     *asyncPolicy        // nil: no Prefer: respond-async
 
 	retry         policy.Retry
-	attempts      int // per target, the first included
+	jsonrpc       *jsonrpcSafety // nil: JSON-RPC methods are not read
+	attempts      int            // per target, the first included
 	backoff       policy.Backoff
 	maxRetryAfter time.Duration
 
@@ -114,6 +115,12 @@ func (s *Server) buildRoute(rc *config.Route, path string, limiters map[string]c
 		return nil, &config.FieldError{Path: path + ".upstream", Msg: err.Error()}
 	}
 	r.targets = append(r.targets, primary)
+	if rc.Retry.JSONRPC {
+		r.jsonrpc = &jsonrpcSafety{tools: map[string]bool{}}
+		for _, t := range rc.Retry.IdempotentTools {
+			r.jsonrpc.tools[t] = true
+		}
+	}
 	for i, f := range rc.Fallbacks {
 		t, err := s.buildTarget(rc.Name, f.Upstream, f.CAFile, &rc.Policy, rc.Headers, f.Headers)
 		if err != nil {
