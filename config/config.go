@@ -67,6 +67,35 @@ type State struct {
 	// SweepEvery is how often expired records and jobs are removed.
 	// Default 1m.
 	SweepEvery Duration `koanf:"sweep_every" json:"sweep_every"`
+	// Redis is the shared backend of a fleet of sidecars: idempotency
+	// records, jobs, rate limits and upstream cool-downs.
+	Redis Redis `koanf:"redis" json:"redis"`
+}
+
+// Redis configures the redis backend.
+type Redis struct {
+	// Address is host:port of Redis or Valkey.
+	Address string `koanf:"address" json:"address,omitempty"`
+	// Username and Password authenticate; use ${ENV} for the password.
+	Username string `koanf:"username" json:"username,omitempty"`
+	Password string `koanf:"password" json:"password,omitempty"`
+	// TLS turns TLS on; CAFile adds CAs to trust.
+	TLS    bool   `koanf:"tls" json:"tls,omitempty"`
+	CAFile string `koanf:"ca_file" json:"ca_file,omitempty"`
+	// KeyPrefix starts every key; replicas that share it share state.
+	// Default "ballast:".
+	KeyPrefix string `koanf:"key_prefix" json:"key_prefix"`
+	// DialTimeout, ReadTimeout and WriteTimeout bound the connection.
+	// Defaults 1s, 500ms, 500ms.
+	DialTimeout  Duration `koanf:"dial_timeout" json:"dial_timeout"`
+	ReadTimeout  Duration `koanf:"read_timeout" json:"read_timeout"`
+	WriteTimeout Duration `koanf:"write_timeout" json:"write_timeout"`
+	// OpTimeout bounds each state or rate-limit operation. Default 500ms.
+	OpTimeout Duration `koanf:"op_timeout" json:"op_timeout"`
+	// OnError is what happens while Redis is unreachable: fail_open (the
+	// default: local limiters and a local store take over, loudly, until
+	// Redis is back) or fail_closed (503 state_unavailable).
+	OnError string `koanf:"on_error" json:"on_error"`
 }
 
 // Server configures the agent-facing listener.

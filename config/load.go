@@ -124,8 +124,10 @@ func builtinDefaults() map[string]any {
 		"admin":            map[string]any{"listen": "127.0.0.1:9901"},
 		"shutdown_timeout": "30s",
 		"server":           map[string]any{"max_header_bytes": "16KiB", "idle_timeout": "90s"},
-		"state":            map[string]any{"backend": "", "max_records": 10000, "max_response_bytes": "1MiB", "sweep_every": "1m"},
-		"notify":           notifyDefaults(),
+		"state": map[string]any{"backend": "", "max_records": 10000, "max_response_bytes": "1MiB", "sweep_every": "1m",
+			"redis": map[string]any{"key_prefix": "ballast:", "dial_timeout": "1s", "read_timeout": "500ms",
+				"write_timeout": "500ms", "op_timeout": "500ms", "on_error": "fail_open"}},
+		"notify": notifyDefaults(),
 		"defaults": map[string]any{
 			"timeouts": map[string]any{"connect": "2s", "per_try": "30s", "idle": "30s", "total": "120s"},
 			"max_body": "10MiB",

@@ -24,6 +24,9 @@ func (c *Config) Redacted() ([]byte, error) {
 	if cp.Admin.Token != "" && !isReference(cp.Admin.Token) {
 		cp.Admin.Token = Redacted
 	}
+	if cp.State.Redis.Password != "" && !isReference(cp.State.Redis.Password) {
+		cp.State.Redis.Password = Redacted
+	}
 	if cp.Notify.Webhook != "" && !isReference(cp.Notify.Webhook) {
 		cp.Notify.Webhook = Redacted // the URL carries the webhook's token
 	}

@@ -43,6 +43,20 @@ func (c *Config) Validate() error {
 	if c.State.Backend == "file" && c.State.Path == "" {
 		add(pathErr("state.path", "is required with the file backend"))
 	}
+	if c.State.Backend == "redis" {
+		rd := c.State.Redis
+		if rd.Address == "" {
+			add(pathErr("state.redis.address", "is required with the redis backend"))
+		} else {
+			add(checkAddr("state.redis.address", rd.Address))
+		}
+		if rd.OnError != "fail_open" && rd.OnError != "fail_closed" {
+			add(pathErrf("state.redis.on_error", "%q is not fail_open or fail_closed", rd.OnError))
+		}
+		if strings.ContainsAny(rd.KeyPrefix, "{}*?[]\\") {
+			add(pathErr("state.redis.key_prefix", "must not contain braces or glob characters"))
+		}
+	}
 	if c.State.MaxRecords < 1 {
 		add(pathErr("state.max_records", "must be at least 1"))
 	}

@@ -9,7 +9,9 @@ import (
 	"github.com/ballast-proxy/ballast/cache"
 	"github.com/ballast-proxy/ballast/config"
 	"github.com/ballast-proxy/ballast/policy"
+	"github.com/ballast-proxy/ballast/supervise"
 	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 	"github.com/valyala/fasthttp"
 )
 
@@ -107,6 +109,7 @@ func (s *Server) exchange(ctx *fasthttp.RequestCtx, r *route, body []byte, deadl
 	if l, ok := rc.c.Get(cs.key, now); ok && l.Fresh {
 		rc.results[cacheHit].Inc()
 		s.serveEntry(ctx, l, cache.Hit(l), 0)
+		s.observe(ctx, r, policy.OK, "")
 		return
 	}
 	ran := false
@@ -230,6 +233,23 @@ func buildStatic(sf *config.StaticFallback) *staticAnswer {
 		a.headers = append(a.headers, [2][]byte{[]byte(k), []byte(v)})
 	}
 	return a
+}
+
+// cacheStatus is the cache section of a route on /status.
+func cacheStatus(r *route) *supervise.CacheStatus {
+	if r.cache == nil {
+		return nil
+	}
+	return supervise.NewCacheStatus(counterValue(r.cache.results[cacheHit])+counterValue(r.cache.results[cacheStale]),
+		counterValue(r.cache.results[cacheMiss]))
+}
+
+func counterValue(c prometheus.Counter) uint64 {
+	var m dto.Metric
+	if c.Write(&m) != nil || m.Counter == nil {
+		return 0
+	}
+	return uint64(m.Counter.GetValue())
 }
 
 // registerCache exports a route cache's size and evictions.

@@ -105,6 +105,7 @@ targets:
 				}
 				if attempts == 0 {
 					writeRateLimited(ctx, r, refused, 0, "the route's rate limit ("+r.limit.name+") has no room within this request's deadline or rate_limit.max_wait")
+					s.observe(ctx, r, policy.RateLimited, ReasonRateLimited)
 					return
 				}
 				stop, stopAfter = ReasonRateLimited, refused.RetryAfter
@@ -189,11 +190,13 @@ func (s *Server) try(out *fasthttp.Request, t *target, r *route, now, deadline t
 			a.hint = hint
 			if a.status == fasthttp.StatusTooManyRequests {
 				t.up.cool.Extend(now.Add(hint)) // everyone waits, not just this request
+				s.shareCooldown(t.name, now.Add(hint))
 			}
 		}
 	}
 	if until, ok := policy.ResetWhenExhausted(&resp.Header, now); ok {
 		t.up.cool.Extend(until) // throttle ahead of the 429
+		s.shareCooldown(t.name, until)
 	}
 	return a
 }
@@ -314,13 +317,15 @@ func (s *Server) reserveTokens(ctx *fasthttp.RequestCtx, r *route, key uint64, b
 	n := ratelimit.EstimateTokens(body)
 	res, err := r.limit.tokens.Reserve(key, n, now, max(min(r.limit.maxWait, deadline.Sub(now)), 0))
 	if err != nil {
-		r.m.rateRejected[rejectTokens].Inc()
 		le, ok := err.(*ratelimit.LimitedError)
 		if !ok {
-			le = &ratelimit.LimitedError{RetryAfter: time.Second}
+			s.stateUnavailable(ctx, r, err) // the shared limit is unreachable (fail_closed)
+			return res, false
 		}
+		r.m.rateRejected[rejectTokens].Inc()
 		writeRateLimited(ctx, r, le, 0, "the route's tokens_per_minute limit has no room for about "+
 			strconv.Itoa(n)+" tokens within this request's deadline")
+		s.observe(ctx, r, policy.RateLimited, ReasonRateLimited)
 		return res, false
 	}
 	if d := res.DelayFrom(now); d > 0 {

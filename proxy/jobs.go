@@ -101,7 +101,8 @@ func (s *Server) startJob(ctx *fasthttp.RequestCtx, r *route, body []byte, wait 
 		return
 	}
 	done := s.jobs.doneCh(job.ID)
-	s.launch(job)
+	running := *job // the runner owns its copy; job answers the agent below
+	s.launch(&running)
 	applied := "respond-async"
 	if wait > 0 {
 		applied += ", wait=" + strconv.Itoa(int(wait/time.Second))
@@ -180,6 +181,7 @@ func (s *Server) runJob(job *store.Job) {
 	}
 	if job.State == store.JobFailed {
 		s.log.Warn("async job failed", "job", job.ID, "route", job.Route, "error", job.LastError)
+		s.alertJobFailed(job.Route, job.ID, job.LastError)
 	}
 }
 
@@ -194,6 +196,7 @@ func (s *Server) failJob(c context.Context, job *store.Job, why string) {
 	job.State, job.LastError, job.UpdatedAt = store.JobFailed, why, s.clock.Now()
 	_ = s.state.PutJob(c, job)
 	s.log.Warn("async job failed", "job", job.ID, "route", job.Route, "error", why)
+	s.alertJobFailed(job.Route, job.ID, why)
 }
 
 // resumeJobs picks up the jobs a previous process left pending: on routes

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/ballast-proxy/ballast/config"
+	"github.com/ballast-proxy/ballast/policy"
 	"github.com/ballast-proxy/ballast/ratelimit"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/valyala/fasthttp"
@@ -47,7 +48,7 @@ func newLimiterPool() *limiterPool {
 	return &limiterPool{all: map[string]*sharedLimiter{}, bulkheads: map[string]*ratelimit.Bulkhead{}, caches: map[string]*routeCache{}}
 }
 
-func (p *limiterPool) get(id string, l config.Limiter, m *metrics, metricName string) (*sharedLimiter, error) {
+func (p *limiterPool) get(id string, l config.Limiter, m *metrics, metricName string, sh *shared) (*sharedLimiter, error) {
 	key := fmt.Sprintf("%s|%+v", id, l)
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -74,6 +75,15 @@ func (p *limiterPool) get(id string, l config.Limiter, m *metrics, metricName st
 		if err != nil {
 			return nil, err
 		}
+		if sh != nil && sl.adaptive == nil {
+			// One quota for the fleet: the bucket lives in Redis.
+			remote, err := ratelimit.NewRedis(sh.client, ratelimit.RedisConfig{Config: cfg, Name: id,
+				Prefix: sh.cfg.KeyPrefix, OpTimeout: sh.cfg.OpTimeout.D()})
+			if err != nil {
+				return nil, err
+			}
+			sl.requests = &failoverLimiter{remote: remote, local: sl.requests, sh: sh}
+		}
 		lim := sl.requests
 		m.registerLimiterRate(metricName, func() float64 { return lim.Stats().Rate })
 	}
@@ -83,6 +93,14 @@ func (p *limiterPool) get(id string, l config.Limiter, m *metrics, metricName st
 			return nil, err
 		}
 		sl.tokens = t
+		if sh != nil {
+			remote, err := ratelimit.NewRedis(sh.client, ratelimit.RedisConfig{Config: ratelimit.PerMinute(l.TokensPerMinute),
+				Name: id + ":tokens", Prefix: sh.cfg.KeyPrefix, OpTimeout: sh.cfg.OpTimeout.D()})
+			if err != nil {
+				return nil, err
+			}
+			sl.tokens = &failoverLimiter{remote: remote, local: t, sh: sh}
+		}
 	}
 	p.all[key] = sl
 	return sl, nil
@@ -98,7 +116,7 @@ func (s *Server) buildLimiting(rc *config.Route, limiters map[string]config.Limi
 	if l.RPS == 0 && l.TokensPerMinute == 0 {
 		return nil, nil
 	}
-	sl, err := s.limiters.get(id, l, s.m, name)
+	sl, err := s.limiters.get(id, l, s.m, name, s.shared)
 	if err != nil {
 		return nil, err
 	}
@@ -147,18 +165,18 @@ func (k keySource) of(ctx *fasthttp.RequestCtx, body []byte) uint64 {
 			var b [16]byte
 			ip := ta.AddrPort().Addr().As16()
 			copy(b[:], ip[:])
-			return ratelimit.KeyHash(b[:])
+			return ratelimit.StableKeyHash(b[:])
 		}
 	case keyHeader:
 		if v := ctx.Request.Header.PeekBytes(k.name); len(v) > 0 {
-			return ratelimit.KeyHash(v)
+			return ratelimit.StableKeyHash(v)
 		}
 	case keyJSON:
 		if len(body) > 0 && bytes.IndexByte(body, '{') >= 0 {
 			var fields map[string]json.RawMessage
 			if json.Unmarshal(body, &fields) == nil {
 				if v, ok := fields[string(k.name)]; ok {
-					return ratelimit.KeyHash(v)
+					return ratelimit.StableKeyHash(v)
 				}
 			}
 		}
@@ -183,7 +201,8 @@ func (s *Server) admit(ctx *fasthttp.RequestCtx, r *route, key uint64, deadline 
 			r.m.rateRejected[rejectRate].Inc()
 			return false, le
 		}
-		return false, &ratelimit.LimitedError{RetryAfter: time.Second}
+		s.stateUnavailable(ctx, r, err) // the shared limit is unreachable (fail_closed)
+		return false, nil
 	}
 	if d := res.DelayFrom(now); d > 0 {
 		r.m.rateWait.Observe(d.Seconds())
@@ -225,6 +244,7 @@ func (s *Server) acquireSlot(ctx *fasthttp.RequestCtx, r *route, deadline time.T
 	}
 	writeProblem(ctx, problem{Status: fasthttp.StatusServiceUnavailable, Reason: ReasonOverloaded, Route: r.name,
 		RetryAfter: retry, Detail: "the route's concurrency limit and queue are full; try again shortly"})
+	s.observe(ctx, r, policy.RateLimited, ReasonOverloaded)
 	return ratelimit.Permit{}, false
 }
 

@@ -35,6 +35,8 @@ type metrics struct {
 	validation      *prometheus.CounterVec
 	idem            *prometheus.CounterVec
 	stateSeconds    *prometheus.HistogramVec
+	backendUp       prometheus.Gauge
+	stateErrors     *prometheus.CounterVec
 	reg             prometheus.Registerer
 	funcs           map[string]prometheus.Collector // function-backed collectors by id, replaced on reload
 
@@ -138,12 +140,21 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help:    "State store operation latency by operation and backend.",
 			Buckets: []float64{.0001, .0005, .001, .005, .01, .05, .1, .5, 1},
 		}, []string{"op", "backend"}),
+		backendUp: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "ballast_state_backend_up",
+			Help: "1 while the shared state backend (Redis) answers, 0 while ballast runs on local state or refuses.",
+		}),
+		stateErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "ballast_state_errors_total",
+			Help: "Failed operations on the shared state backend, by operation.",
+		}, []string{"op"}),
 		reg:    reg,
 		funcs:  map[string]prometheus.Collector{},
 		routes: map[string]*routeMetrics{},
 	}
 	reg.MustRegister(m.requests, m.duration, m.truncated, m.reloads, m.inflight,
-		m.attempts, m.retries, m.budgetExhausted, m.retryWait, m.breakerState, m.rateRejected, m.rateWait, m.cacheRequests, m.validation, m.idem, m.stateSeconds)
+		m.attempts, m.retries, m.budgetExhausted, m.retryWait, m.breakerState, m.rateRejected, m.rateWait, m.cacheRequests, m.validation, m.idem, m.stateSeconds, m.backendUp, m.stateErrors)
+	m.backendUp.Set(1)
 	m.reloads.WithLabelValues("success")
 	m.reloads.WithLabelValues("failure")
 	return m

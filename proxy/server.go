@@ -52,6 +52,7 @@ type Server struct {
 	limiters *limiterPool
 
 	state      store.Store // idempotency records and async jobs
+	shared     *shared     // Redis, when state.backend is redis
 	jobs       *jobRunner
 	bgOnce     sync.Once
 	bgCancel   context.CancelFunc // stops the state sweeper
@@ -100,15 +101,17 @@ func New(cfg *config.Config, opts Options) (*Server, error) {
 	}
 	s.m = newMetrics(s.reg)
 	s.unmatched = s.m.forRoute("_unmatched")
+	// State first: with Redis, the limiters the table builds are the fleet's.
+	st, backend, err := s.openState(cfg.State)
+	if err != nil {
+		return nil, err
+	}
 	t, err := s.buildTable(cfg)
 	if err != nil {
+		_ = st.Close()
 		return nil, err
 	}
 	s.table.Store(t)
-	st, backend, err := openState(cfg.State)
-	if err != nil {
-		return nil, err
-	}
 	if f, ok := st.(*store.File); ok {
 		rec := f.Recovery()
 		s.log.Info("state file opened", "path", cfg.State.Path, "records", rec.Records,
@@ -118,6 +121,7 @@ func New(cfg *config.Config, opts Options) (*Server, error) {
 	s.jobs = newJobRunner()
 	s.sweepEvery = cfg.State.SweepEvery.D()
 	s.status = newStatusBoard(cfg, s.clock, s.log)
+	s.status.setHooks(statusHooks{cache: cacheStatus})
 	s.srv = &fasthttp.Server{
 		Handler:                       s.handle,
 		ErrorHandler:                  s.handleParseError,
@@ -171,8 +175,15 @@ func (s *Server) startBackground() {
 		bg, cancel := context.WithCancel(context.Background())
 		s.bgCancel, s.bgDone = cancel, make(chan struct{})
 		st := s.state.(*timedStore).Store
+		var wg sync.WaitGroup
+		if s.shared != nil {
+			wg.Add(2)
+			go func() { defer wg.Done(); s.shared.watch(bg, policy.SystemClock{}) }()
+			go func() { defer wg.Done(); s.syncCooldowns(bg, 200*time.Millisecond) }()
+		}
 		go func() {
 			defer close(s.bgDone)
+			defer wg.Wait()
 			// The sweeper paces itself on the wall clock: its timer is
 			// housekeeping, not a decision a test needs to step through.
 			store.RunSweeper(bg, st, policy.SystemClock{}, s.sweepEvery, func(n int, err error) {

@@ -13,7 +13,7 @@ import (
 // openState opens the configured state store: memory by default, the bbolt
 // file when state.path is set. A corrupt or locked file is a start-up
 // error that names the file and what to do.
-func openState(c config.State) (store.Store, string, error) {
+func (s *Server) openState(c config.State) (store.Store, string, error) {
 	lim := store.Limits{MaxRecords: c.MaxRecords, MaxJobs: c.MaxRecords, MaxResponseBytes: int(c.MaxResponseBytes)}
 	backend := c.Backend
 	if backend == "" {
@@ -31,6 +31,18 @@ func openState(c config.State) (store.Store, string, error) {
 		return f, backend, nil
 	case "memory":
 		return store.OpenMemory(store.MemoryOptions{Limits: lim}), backend, nil
+	case "redis":
+		sh, err := newShared(c.Redis, s.log, s.m)
+		if err != nil {
+			return nil, "", fmt.Errorf("proxy: state.redis: %w", err)
+		}
+		rs, err := store.OpenRedis(sh.client, store.RedisOptions{Limits: lim, Prefix: c.Redis.KeyPrefix, OpTimeout: c.Redis.OpTimeout.D()})
+		if err != nil {
+			sh.client.Close()
+			return nil, "", fmt.Errorf("proxy: state.redis: %w", err)
+		}
+		s.shared = sh
+		return &failoverStore{Store: rs, local: store.OpenMemory(store.MemoryOptions{Limits: lim}), sh: sh}, backend, nil
 	}
 	return nil, "", fmt.Errorf("proxy: state.backend %q is not available in this build", backend)
 }

@@ -58,6 +58,17 @@ func (p *upstreamPool) get(u *url.URL, caFile string, connect time.Duration, m *
 	return up, key, nil
 }
 
+// byHost returns the pooled upstreams by host[:port].
+func (p *upstreamPool) byHost() map[string]*upstream {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	out := make(map[string]*upstream, len(p.all))
+	for _, up := range p.all {
+		out[string(up.host)] = up
+	}
+	return out
+}
+
 // closeIdle closes every pooled upstream connection not in use.
 func (p *upstreamPool) closeIdle() {
 	p.mu.Lock()

@@ -1,0 +1,227 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/ballast-proxy/ballast/config"
+	"github.com/ballast-proxy/ballast/internal/redisconn"
+	"github.com/ballast-proxy/ballast/policy"
+	"github.com/ballast-proxy/ballast/ratelimit"
+	"github.com/ballast-proxy/ballast/store"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
+)
+
+// shared is ballast's link to Redis, when state.backend is redis: the
+// client, whether Redis answers now, and what to do when it does not.
+type shared struct {
+	client   *redis.Client
+	cfg      config.Redis
+	failOpen bool
+	up       atomic.Bool
+	cool     *ratelimit.Cooldown
+	log      *slog.Logger
+	upGauge  prometheus.Gauge
+	errs     *prometheus.CounterVec
+}
+
+// quietRedisLog stops go-redis from printing every failed dial to stderr;
+// ballast's health watcher reports outages once, in its own log.
+var quietRedisLog sync.Once
+
+type discardRedisLog struct{}
+
+func (discardRedisLog) Printf(context.Context, string, ...any) {}
+
+func newShared(c config.Redis, log *slog.Logger, m *metrics) (*shared, error) {
+	quietRedisLog.Do(func() { redis.SetLogger(discardRedisLog{}) })
+	client, err := redisconn.New(redisconn.Options{
+		Addr: c.Address, Username: c.Username, Password: c.Password, TLS: c.TLS, CAFile: c.CAFile,
+		DialTimeout: c.DialTimeout.D(), ReadTimeout: c.ReadTimeout.D(), WriteTimeout: c.WriteTimeout.D(),
+	})
+	if err != nil {
+		return nil, err
+	}
+	cool, err := ratelimit.NewCooldown(client, c.KeyPrefix, c.OpTimeout.D())
+	if err != nil {
+		client.Close()
+		return nil, err
+	}
+	sh := &shared{client: client, cfg: c, failOpen: c.OnError != "fail_closed", cool: cool, log: log,
+		upGauge: m.backendUp, errs: m.stateErrors}
+	sh.up.Store(true) // optimistic until the health watcher says otherwise
+	sh.upGauge.Set(1)
+	return sh, nil
+}
+
+// watch follows Redis's health until ctx ends.
+func (sh *shared) watch(ctx context.Context, clock policy.Clock) {
+	redisconn.WatchHealth(ctx, sh.client, clock, time.Second, func(up bool) {
+		sh.up.Store(up)
+		if up {
+			sh.upGauge.Set(1)
+			sh.log.Info("redis is reachable; shared state is back")
+			return
+		}
+		sh.upGauge.Set(0)
+		if sh.failOpen {
+			sh.log.Error("redis is unreachable: rate limits, idempotency and cool-downs are per replica until it is back (state.redis.on_error: fail_open)")
+		} else {
+			sh.log.Error("redis is unreachable: guarded and rate-limited requests get 503 until it is back (state.redis.on_error: fail_closed)")
+		}
+	})
+}
+
+// failed counts a Redis failure and reports whether to fall back locally.
+func (sh *shared) failed(op string, err error) bool {
+	sh.errs.WithLabelValues(op).Inc()
+	sh.upGauge.Set(0)
+	return sh.failOpen
+}
+
+// failoverStore is the redis store with a local memory store behind it
+// for fail_open: while Redis is unreachable, claims and jobs go to the
+// local store (per replica), and return to Redis when it answers.
+type failoverStore struct {
+	store.Store // redis
+	local       store.Store
+	sh          *shared
+}
+
+func unavailable(err error) bool { return errors.Is(err, store.ErrUnavailable) }
+
+func (f *failoverStore) Claim(ctx context.Context, key string, a store.ClaimArgs) (*store.Record, bool, error) {
+	rec, owned, err := f.Store.Claim(ctx, key, a)
+	if err != nil && unavailable(err) && f.sh.failed("claim", err) {
+		return f.local.Claim(ctx, key, a)
+	}
+	return rec, owned, err
+}
+
+func (f *failoverStore) Complete(ctx context.Context, held *store.Record, resp *store.Response, now time.Time, ttl time.Duration) error {
+	err := f.Store.Complete(ctx, held, resp, now, ttl)
+	if err != nil && (unavailable(err) || errors.Is(err, store.ErrNotHeld)) && f.sh.failOpen {
+		if lerr := f.local.Complete(ctx, held, resp, now, ttl); lerr == nil {
+			return nil
+		}
+	}
+	return err
+}
+
+func (f *failoverStore) Release(ctx context.Context, held *store.Record) error {
+	err := f.Store.Release(ctx, held)
+	if err != nil && f.sh.failOpen {
+		if lerr := f.local.Release(ctx, held); lerr == nil {
+			return nil
+		}
+	}
+	return err
+}
+
+func (f *failoverStore) Wait(ctx context.Context, key string) (*store.Record, error) {
+	rec, err := f.Store.Wait(ctx, key)
+	if err != nil && unavailable(err) && f.sh.failed("wait", err) {
+		return f.local.Wait(ctx, key)
+	}
+	return rec, err
+}
+
+func (f *failoverStore) PutJob(ctx context.Context, j *store.Job) error {
+	err := f.Store.PutJob(ctx, j)
+	if err != nil && unavailable(err) && f.sh.failed("put_job", err) {
+		return f.local.PutJob(ctx, j)
+	}
+	return err
+}
+
+func (f *failoverStore) GetJob(ctx context.Context, id string) (*store.Job, error) {
+	j, err := f.Store.GetJob(ctx, id)
+	if err != nil && f.sh.failOpen {
+		if lj, lerr := f.local.GetJob(ctx, id); lerr == nil {
+			return lj, nil
+		}
+	}
+	return j, err
+}
+
+func (f *failoverStore) Close() error {
+	err := f.Store.Close()
+	if lerr := f.local.Close(); err == nil {
+		err = lerr
+	}
+	if cerr := f.sh.client.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+// failoverLimiter is a Redis limiter (one quota for the fleet) with the
+// same limit kept locally for fail_open.
+type failoverLimiter struct {
+	remote ratelimit.Limiter
+	local  ratelimit.Limiter
+	sh     *shared
+}
+
+var _ ratelimit.Limiter = (*failoverLimiter)(nil)
+
+func (f *failoverLimiter) Reserve(key uint64, n int, now time.Time, maxWait time.Duration) (ratelimit.Reservation, error) {
+	res, err := f.remote.Reserve(key, n, now, maxWait)
+	if err != nil && errors.Is(err, ratelimit.ErrUnavailable) {
+		if f.sh.failed("ratelimit", err) {
+			return f.local.Reserve(key, n, now, maxWait)
+		}
+	}
+	return res, err
+}
+
+func (f *failoverLimiter) Quota(key uint64, now time.Time) ratelimit.Quota {
+	if f.sh.up.Load() {
+		return f.remote.Quota(key, now)
+	}
+	return f.local.Quota(key, now)
+}
+
+func (f *failoverLimiter) Stats() ratelimit.Stats { return f.remote.Stats() }
+
+// syncCooldowns brings the fleet's cool-downs into the local ones every
+// interval, so a 429 seen by one replica pauses them all.
+func (s *Server) syncCooldowns(ctx context.Context, every time.Duration) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		for name, up := range s.ups.byHost() {
+			c, cancel := context.WithTimeout(ctx, s.shared.cfg.OpTimeout.D())
+			until, err := s.shared.cool.Get(c, name)
+			cancel()
+			if err == nil && !until.IsZero() {
+				up.cool.Extend(until)
+			}
+		}
+	}
+}
+
+// shareCooldown publishes a cool-down to the fleet without holding up the
+// request that saw it.
+func (s *Server) shareCooldown(upstream string, until time.Time) {
+	if s.shared == nil {
+		return
+	}
+	go func() {
+		c, cancel := context.WithTimeout(context.Background(), s.shared.cfg.OpTimeout.D())
+		defer cancel()
+		if _, err := s.shared.cool.Extend(c, upstream, until); err != nil {
+			s.shared.errs.WithLabelValues("cooldown").Inc()
+		}
+	}()
+}
