@@ -18,6 +18,8 @@ type Config struct {
 	ShutdownTimeout Duration `koanf:"shutdown_timeout" json:"shutdown_timeout"`
 	// Server holds listener-level limits.
 	Server Server `koanf:"server" json:"server"`
+	// Log configures the decision trail.
+	Log Log `koanf:"log" json:"log"`
 	// State is where idempotency records and async jobs live.
 	State State `koanf:"state" json:"state"`
 	// Defaults is the policy every route inherits; a route may override any
@@ -49,6 +51,20 @@ type Admin struct {
 	// Token, when set, is required as "Authorization: Bearer <token>" on
 	// every admin endpoint except /healthz and /readyz. Use ${ENV}.
 	Token string `koanf:"token" json:"token,omitempty"`
+	// AllowDebug lets agents ask for a summary of a request's decision
+	// trail in the X-Ballast-Trail response header with X-Ballast-Debug: 1.
+	// Default false.
+	AllowDebug bool `koanf:"allow_debug" json:"allow_debug"`
+}
+
+// Log configures the per-request decision trail (one JSON line per
+// request on stderr).
+type Log struct {
+	// Requests turns the trail on. Default true.
+	Requests bool `koanf:"requests" json:"requests"`
+	// SuccessSample is the share of successful requests logged, 0 to 1.
+	// Failures are always logged. Default 1.
+	SuccessSample float64 `koanf:"success_sample" json:"success_sample"`
 }
 
 // State configures the state store. It is opened at start-up; changing it

@@ -60,6 +60,9 @@ func (c *Config) Validate() error {
 	if c.State.MaxRecords < 1 {
 		add(pathErr("state.max_records", "must be at least 1"))
 	}
+	if c.Log.SuccessSample < 0 || c.Log.SuccessSample > 1 {
+		add(pathErr("log.success_sample", "must be between 0 and 1"))
+	}
 	defaultErrs := c.Defaults.validate("defaults")
 	errs = append(errs, defaultErrs...)
 	if len(c.Routes) == 0 {

@@ -34,6 +34,7 @@ func (s *Server) exchangeUpstream(ctx *fasthttp.RequestCtx, r *route, body []byt
 	out := fasthttp.AcquireRequest()
 	defer fasthttp.ReleaseRequest(out)
 	method := ctx.Method()
+	tr := trailOf(ctx)
 	if !guarded && r.jsonrpc != nil && len(body) > 0 {
 		guarded = r.jsonrpc.safe(body) // a read-only JSON-RPC call is safe to repeat
 	}
@@ -93,6 +94,7 @@ targets:
 					continue targets
 				}
 				r.m.retryWait.Observe(wait.Seconds())
+				tr.waiting(wait, "cooldown")
 				if !s.sleep(ctx, wait) {
 					return
 				}
@@ -113,7 +115,9 @@ targets:
 			}
 			now = s.clock.Now()
 
+			began := time.Now()
 			a := s.tryObserved(out, t, r, now, deadline, attempts)
+			tr.attempt(t.name, a.class, a.status, time.Since(began))
 			if r.limit != nil && r.limit.adaptive != nil {
 				if a.status == fasthttp.StatusTooManyRequests {
 					r.limit.adaptive.OnThrottle(now)
@@ -151,12 +155,20 @@ targets:
 			}
 			r.m.retries[a.class].Inc()
 			r.m.retryWait.Observe(wait.Seconds())
+			if a.hint > 0 && wait >= a.hint {
+				tr.waiting(wait, "server hint")
+			} else {
+				tr.waiting(wait, "backoff")
+			}
 			if !s.sleep(ctx, wait) {
 				return
 			}
 		}
 	}
 
+	if tr != nil {
+		tr.stop = stop
+	}
 	s.answer(ctx, r, lastT, &last, attempts, stop, stopAfter, deadline, cs)
 	s.observeExchange(ctx, r, lastT, &last, attempts, stop)
 }

@@ -76,6 +76,13 @@ func startBallast(t testing.TB, yaml string, env ...string) *ballast {
 // socket deadlines are computed from it.
 func startBallastClock(t testing.TB, clock policy.Clock, yaml string, env ...string) *ballast {
 	t.Helper()
+	return startBallastWith(t, clock, nil, yaml, env...)
+}
+
+// startBallastWith also chooses where the decision trail goes; nil means
+// the test's log buffer.
+func startBallastWith(t testing.TB, clock policy.Clock, accessLog io.Writer, yaml string, env ...string) *ballast {
+	t.Helper()
 	file := t.TempDir() + "/ballast.yaml"
 	if err := os.WriteFile(file, []byte(yaml), 0o600); err != nil {
 		t.Fatal(err)
@@ -86,12 +93,16 @@ func startBallastClock(t testing.TB, clock policy.Clock, yaml string, env ...str
 		t.Fatalf("config: %v", err)
 	}
 	logs := &syncBuffer{}
+	if accessLog == nil {
+		accessLog = logs
+	}
 	reg := prometheus.NewRegistry()
 	srv, err := proxy.New(cfg, proxy.Options{
-		Logger:   slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
-		Registry: reg,
-		Source:   &src,
-		Clock:    clock,
+		Logger:    slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		Registry:  reg,
+		Source:    &src,
+		Clock:     clock,
+		AccessLog: accessLog,
 	})
 	if err != nil {
 		t.Fatal(err)

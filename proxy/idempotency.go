@@ -121,7 +121,7 @@ func (s *Server) guard(ctx *fasthttp.RequestCtx, r *route, body []byte, deadline
 		})
 		switch {
 		case errors.Is(err, store.ErrMismatch):
-			r.m.idem[idemMismatch].Inc()
+			s.noteIdem(ctx, r, idemMismatch)
 			writeProblem(ctx, problem{Status: fasthttp.StatusUnprocessableEntity, Reason: ReasonIdempotencyMismatch, Route: r.name,
 				Detail: "this Idempotency-Key was used with a different request (method, path, body or headers differ)"})
 			return true
@@ -129,17 +129,17 @@ func (s *Server) guard(ctx *fasthttp.RequestCtx, r *route, body []byte, deadline
 			s.stateUnavailable(ctx, r, err)
 			return true
 		case owned:
-			r.m.idem[idemClaimed].Inc()
+			s.noteIdem(ctx, r, idemClaimed)
 			s.runGuarded(ctx, r, body, deadline, rec, ttl)
 			return true
 		}
 		switch rec.State {
 		case store.Completed:
-			r.m.idem[idemReplayed].Inc()
+			s.noteIdem(ctx, r, idemReplayed)
 			replay(ctx, rec.Response)
 			return true
 		case store.UnknownOutcome:
-			r.m.idem[idemUnknown].Inc()
+			s.noteIdem(ctx, r, idemUnknown)
 			writeProblem(ctx, problem{Status: fasthttp.StatusConflict, Reason: ReasonOutcomeUnknown, Route: r.name,
 				Detail: "a request with this key started at " + rec.StartedAt.UTC().Format(time.RFC3339) +
 					" but its outcome was lost (ballast stopped mid-call); it may or may not have taken effect. " +
@@ -148,12 +148,12 @@ func (s *Server) guard(ctx *fasthttp.RequestCtx, r *route, body []byte, deadline
 		}
 		// In flight elsewhere: attach, or refuse.
 		if r.idem.reject {
-			r.m.idem[idemConflict].Inc()
+			s.noteIdem(ctx, r, idemConflict)
 			writeProblem(ctx, problem{Status: fasthttp.StatusConflict, Reason: ReasonInProgress, Route: r.name,
 				RetryAfter: time.Second, Detail: "a request with this key is still running"})
 			return true
 		}
-		r.m.idem[idemAttached].Inc()
+		s.noteIdem(ctx, r, idemAttached)
 		got, err := s.state.Wait(wctx, key)
 		switch {
 		case err != nil && wctx.Err() != nil:
@@ -166,7 +166,7 @@ func (s *Server) guard(ctx *fasthttp.RequestCtx, r *route, body []byte, deadline
 		case got == nil:
 			continue // released without an outcome: claim again
 		case got.State == store.Completed:
-			r.m.idem[idemReplayed].Inc()
+			s.noteIdem(ctx, r, idemReplayed)
 			replay(ctx, got.Response)
 			return true
 		}
@@ -204,7 +204,7 @@ func (s *Server) runGuarded(ctx *fasthttp.RequestCtx, r *route, body []byte, dea
 	sr := &store.Response{Status: status, Header: cache.AppendHeader(nil, &resp.Header), Body: resp.Body()}
 	if err := s.state.Complete(c, rec, sr, s.clock.Now(), ttl); err != nil {
 		if errors.Is(err, store.ErrTooLarge) {
-			r.m.idem[idemTooLarge].Inc()
+			s.noteIdem(ctx, r, idemTooLarge)
 		} else {
 			s.log.Warn("idempotency record not stored", "route", r.name, "error", err.Error())
 		}
@@ -255,3 +255,11 @@ const (
 	idemUnknown
 	idemTooLarge
 )
+
+// noteIdem counts an idempotency outcome and puts it on the trail.
+func (s *Server) noteIdem(ctx *fasthttp.RequestCtx, r *route, result int) {
+	r.m.idem[result].Inc()
+	if tr := trailOf(ctx); tr != nil {
+		tr.idem = idemResults[result]
+	}
+}

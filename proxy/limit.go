@@ -206,6 +206,9 @@ func (s *Server) admit(ctx *fasthttp.RequestCtx, r *route, key uint64, deadline 
 	}
 	if d := res.DelayFrom(now); d > 0 {
 		r.m.rateWait.Observe(d.Seconds())
+		if tr := trailOf(ctx); tr != nil {
+			tr.rateWait += d
+		}
 		if !s.sleep(ctx, d) {
 			return false, nil
 		}

@@ -2,6 +2,7 @@ package proxy_test
 
 import (
 	"fmt"
+	"io"
 	"net"
 	"testing"
 	"time"
@@ -65,7 +66,7 @@ func benchBallast(tb testing.TB) *ballast { return benchBallastWith(tb, "") }
 // benchBallastWith starts ballast on a fast upstream with extra route keys.
 func benchBallastWith(tb testing.TB, extra string) *ballast {
 	up := fastUpstream(tb)
-	return startBallast(tb, fmt.Sprintf(`
+	return startBallastWith(tb, nil, io.Discard, fmt.Sprintf(`
 routes:
   - name: model
     match: {path_prefix: /v1/}
@@ -120,4 +121,23 @@ func BenchmarkPassThroughParallel(b *testing.B) {
 			p.do(b)
 		}
 	})
+}
+
+// BenchmarkTrail measures the decision trail on the happy path: one JSON
+// line per request (to io.Discard) against none.
+func BenchmarkTrail(b *testing.B) {
+	for _, tc := range []struct{ name, cfg string }{
+		{"off", "log: {requests: false}\n"},
+		{"on", ""},
+	} {
+		b.Run(tc.name, func(b *testing.B) {
+			up := fastUpstream(b)
+			bl := startBallastWith(b, nil, io.Discard, fmt.Sprintf("%sroutes: [{name: model, match: {path_prefix: /v1/}, upstream: 'http://%s'}]\n", tc.cfg, up))
+			p := newPassThrough(b, bl.addr, "/v1/chat/completions")
+			b.ReportAllocs()
+			for b.Loop() {
+				p.do(b)
+			}
+		})
+	}
 }

@@ -6,6 +6,8 @@ package proxy
 import (
 	"bytes"
 	"context"
+	"io"
+	"os"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -37,6 +39,9 @@ type Options struct {
 	// Source, when set, is where Reload (SIGHUP, file changes, POST
 	// /reload) reads the config again. Without it, Reload is refused.
 	Source *config.Source
+	// AccessLog receives the decision trail, one JSON line per request.
+	// Default: os.Stderr.
+	AccessLog io.Writer
 }
 
 // Server is a running ballast: the agent-facing listener and the admin
@@ -51,6 +56,7 @@ type Server struct {
 	health   *healthPool
 	limiters *limiterPool
 
+	trails     *trailWriter
 	state      store.Store // idempotency records and async jobs
 	shared     *shared     // Redis, when state.backend is redis
 	jobs       *jobRunner
@@ -91,6 +97,10 @@ func New(cfg *config.Config, opts Options) (*Server, error) {
 	}
 	if s.clock == nil {
 		s.clock = policy.SystemClock{}
+	}
+	s.trails = &trailWriter{w: opts.AccessLog}
+	if s.trails.w == nil {
+		s.trails.w = os.Stderr
 	}
 	s.ups = newUpstreamPool(s.clock)
 	if s.reg == nil {
@@ -283,8 +293,18 @@ func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 		return
 	}
 	r.m.inflight.Inc()
+	tr := trailPool.Get().(*trail)
+	tr.start = start
+	tr.debug = t.cfg.Admin.AllowDebug && string(ctx.Request.Header.Peek(headerDebug)) == "1"
+	ctx.SetUserValue(trailKey, tr)
 	s.forward(ctx, r, s.clock.Now())
 	r.m.inflight.Dec()
+	if tr.debug {
+		var buf [512]byte
+		ctx.Response.Header.SetBytesV(headerTrail, tr.summary(buf[:0]))
+	}
+	ctx.RemoveUserValue(trailKey)
+	s.finishTrail(ctx, tr, r.name, t.cfg.Log)
 	r.m.observe(ctx.Response.StatusCode(), time.Since(start).Seconds())
 }
 

@@ -1,0 +1,224 @@
+package proxy
+
+import (
+	"io"
+	"math/rand/v2"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/ballast-proxy/ballast/config"
+	"github.com/ballast-proxy/ballast/policy"
+	"github.com/valyala/fasthttp"
+)
+
+// trail is the decision trail of one request: what ballast did and why,
+// written as one JSON line when the request ends. It is pooled and filled
+// without allocating; nothing in it can hold a secret (no header values,
+// no query strings, no bodies).
+type trail struct {
+	start     time.Time
+	attempts  [maxTrailAttempts]trailAttempt
+	n         int // attempts recorded (more than maxTrailAttempts are counted, not kept)
+	rateWait  time.Duration
+	idem      string // idempotency result
+	stop      Reason // why the retry loop stopped early
+	nextWait  time.Duration
+	nextWhy   string
+	debug     bool
+	buf       []byte
+}
+
+type trailAttempt struct {
+	upstream string
+	class    policy.Class
+	status   int
+	took     time.Duration
+	wait     time.Duration // waited before this attempt
+	why      string        // why it waited: backoff, hint, cooldown
+}
+
+const (
+	maxTrailAttempts = 8
+	trailKey         = "ballast.trail"
+)
+
+var trailPool = sync.Pool{New: func() any { return &trail{buf: make([]byte, 0, 1024)} }}
+
+// trailOf returns the request's trail, or nil when none is kept.
+func trailOf(ctx *fasthttp.RequestCtx) *trail {
+	t, _ := ctx.UserValue(trailKey).(*trail)
+	return t
+}
+
+func (t *trail) attempt(upstream string, cls policy.Class, status int, took time.Duration) {
+	if t == nil {
+		return
+	}
+	if t.n < maxTrailAttempts {
+		t.attempts[t.n] = trailAttempt{upstream: upstream, class: cls, status: status, took: took, wait: t.nextWait, why: t.nextWhy}
+	}
+	t.n++
+	t.nextWait, t.nextWhy = 0, ""
+}
+
+func (t *trail) waiting(d time.Duration, why string) {
+	if t != nil {
+		t.nextWait += d
+		t.nextWhy = why
+	}
+}
+
+// trailWriter writes trail lines. One mutex keeps lines whole.
+type trailWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+const (
+	headerDebug = "X-Ballast-Debug"
+	headerTrail = "X-Ballast-Trail"
+)
+
+// finish writes the trail of a finished request (always for failures,
+// sampled for successes) and returns it to the pool.
+func (s *Server) finishTrail(ctx *fasthttp.RequestCtx, t *trail, route string, lc config.Log) {
+	status := ctx.Response.StatusCode()
+	failed := status >= 500 || t.stop != "" || (t.n > 0 && t.attempts[min(t.n, maxTrailAttempts)-1].class != policy.OK && status >= 400)
+	tw := s.trails
+	if lc.Requests && (failed || lc.SuccessSample >= 1 || (lc.SuccessSample > 0 && rand.Float64() < lc.SuccessSample)) {
+		b := t.appendJSON(t.buf[:0], ctx, route, status, failed)
+		tw.mu.Lock()
+		_, _ = tw.w.Write(b)
+		tw.mu.Unlock()
+		t.buf = b
+	}
+	buf := t.buf
+	*t = trail{buf: buf[:0]}
+	trailPool.Put(t)
+}
+
+func (t *trail) appendJSON(b []byte, ctx *fasthttp.RequestCtx, route string, status int, failed bool) []byte {
+	b = append(b, `{"time":"`...)
+	b = time.Now().UTC().AppendFormat(b, time.RFC3339Nano)
+	if failed {
+		b = append(b, `","level":"WARN"`...)
+	} else {
+		b = append(b, `","level":"INFO"`...)
+	}
+	b = append(b, `,"msg":"request","request_id":`...)
+	b = appendJSONBytes(b, ctx.Response.Header.Peek(headerRequestID))
+	if id := traceID(ctx.Request.Header.Peek("traceparent")); id != nil {
+		b = append(b, `,"trace_id":`...)
+		b = appendJSONBytes(b, id)
+	}
+	b = append(b, `,"route":`...)
+	b = appendJSONString(b, route)
+	b = append(b, `,"method":`...)
+	b = appendJSONBytes(b, ctx.Method())
+	b = append(b, `,"path":`...)
+	b = appendJSONBytes(b, ctx.Path()) // never the query: it may carry keys
+	b = append(b, `,"status":`...)
+	b = strconv.AppendInt(b, int64(status), 10)
+	b = append(b, `,"duration_ms":`...)
+	b = strconv.AppendFloat(b, float64(time.Since(t.start).Microseconds())/1000, 'f', 3, 64)
+	if t.rateWait > 0 {
+		b = append(b, `,"ratelimit_wait_ms":`...)
+		b = strconv.AppendInt(b, t.rateWait.Milliseconds(), 10)
+	}
+	if cs := ctx.Response.Header.Peek("Cache-Status"); len(cs) > 0 {
+		b = append(b, `,"cache":`...)
+		b = appendJSONBytes(b, cs)
+	}
+	if t.idem != "" {
+		b = append(b, `,"idempotency":`...)
+		b = appendJSONString(b, t.idem)
+	}
+	if t.stop != "" {
+		b = append(b, `,"stopped":`...)
+		b = appendJSONString(b, string(t.stop))
+	}
+	if ct := ctx.Response.Header.ContentType(); string(ct) == "application/problem+json" {
+		b = append(b, `,"answered_by":"ballast"`...)
+	}
+	b = append(b, `,"attempt_count":`...)
+	b = strconv.AppendInt(b, int64(t.n), 10)
+	b = append(b, `,"attempts":[`...)
+	for i := range min(t.n, maxTrailAttempts) {
+		a := &t.attempts[i]
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = append(b, `{"upstream":`...)
+		b = appendJSONString(b, a.upstream)
+		b = append(b, `,"outcome":`...)
+		b = appendJSONString(b, a.class.String())
+		if a.status > 0 {
+			b = append(b, `,"status":`...)
+			b = strconv.AppendInt(b, int64(a.status), 10)
+		}
+		b = append(b, `,"ms":`...)
+		b = strconv.AppendFloat(b, float64(a.took.Microseconds())/1000, 'f', 3, 64)
+		if a.wait > 0 {
+			b = append(b, `,"waited_ms":`...)
+			b = strconv.AppendInt(b, a.wait.Milliseconds(), 10)
+			b = append(b, `,"waited_for":`...)
+			b = appendJSONString(b, a.why)
+		}
+		b = append(b, '}')
+	}
+	return append(b, "]}\n"...)
+}
+
+// summary is the X-Ballast-Trail debug header: attempts as
+// upstream:outcome:status:ms, separated by commas.
+func (t *trail) summary(b []byte) []byte {
+	for i := range min(t.n, maxTrailAttempts) {
+		a := &t.attempts[i]
+		if i > 0 {
+			b = append(b, ", "...)
+		}
+		if a.wait > 0 {
+			b = append(b, "wait "...)
+			b = strconv.AppendInt(b, a.wait.Milliseconds(), 10)
+			b = append(b, "ms "...)
+			b = append(b, a.why...)
+			b = append(b, "; "...)
+		}
+		b = append(b, a.upstream...)
+		b = append(b, ' ')
+		b = append(b, a.class.String()...)
+		if a.status > 0 {
+			b = append(b, ' ')
+			b = strconv.AppendInt(b, int64(a.status), 10)
+		}
+		b = append(b, ' ')
+		b = strconv.AppendInt(b, a.took.Milliseconds(), 10)
+		b = append(b, "ms"...)
+	}
+	if t.stop != "" {
+		b = append(b, "; stopped: "...)
+		b = append(b, t.stop...)
+	}
+	return b
+}
+
+// traceID returns the trace id of a W3C traceparent value
+// ("00-<32 hex>-<16 hex>-<2 hex>"), or nil.
+func traceID(tp []byte) []byte {
+	if len(tp) < 55 || tp[2] != '-' || tp[35] != '-' {
+		return nil
+	}
+	id := tp[3:35]
+	for _, c := range id {
+		if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'f') {
+			return nil
+		}
+	}
+	return id
+}
+
+func appendJSONBytes(dst, b []byte) []byte {
+	// appendJSONString reads b without copying when converted this way.
+	return appendJSONString(dst, unsafeString(b))
+}
