@@ -58,7 +58,7 @@ func namedProfiles() map[string]Profile {
 	return map[string]Profile{
 		"none": {Name: "none"},
 		// standard is the documented chaos profile (bench/README.md).
-		"standard": {Name: "standard", Error503: 10, RateLimited: 10, Malformed: 5, Reset: 5, Hang: 2},
+		"standard": {Name: "standard", Error503: 10, RateLimited: 10, Malformed: 5, Reset: 5, Hang: 2, RetryAfter: 100 * time.Millisecond},
 	}
 }
 
