@@ -312,7 +312,7 @@ type Retry struct {
 	Attempts int `koanf:"attempts" json:"attempts"`
 	// On lists what is retried: connect-failure, reset, timeout, invalid,
 	// 5xx, gateway-error, or status codes. Default [connect-failure, reset,
-	// timeout, 429, 502, 503, 504].
+	// timeout, invalid, 429, 502, 503, 504, 529].
 	On []string `koanf:"on" json:"on"`
 	// Backoff is the full-jitter delay between attempts.
 	Backoff Backoff `koanf:"backoff" json:"backoff"`

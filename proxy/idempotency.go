@@ -189,7 +189,10 @@ func (s *Server) fingerprintHeaders(ctx *fasthttp.RequestCtx, r *route) [][]byte
 // detached from the agent: it runs to the route's deadline even when the
 // agent's client gives up, so the agent's retry attaches or replays.
 func (s *Server) runGuarded(ctx *fasthttp.RequestCtx, r *route, body []byte, deadline time.Time, rec *store.Record, ttl time.Duration) {
-	s.run(ctx, r, body, deadline, true)
+	// In header mode the key travels upstream, which can dedupe a repeat,
+	// so the guard makes ballast's own retries safe. In auto mode nothing
+	// tells the upstream, so the usual retry safety rules apply.
+	s.run(ctx, r, body, deadline, !r.idem.auto)
 	c, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	resp := &ctx.Response

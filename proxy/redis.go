@@ -20,14 +20,15 @@ import (
 // shared is ballast's link to Redis, when state.backend is redis: the
 // client, whether Redis answers now, and what to do when it does not.
 type shared struct {
-	client   *redis.Client
-	cfg      config.Redis
-	failOpen bool
-	up       atomic.Bool
-	cool     *ratelimit.Cooldown
-	log      *slog.Logger
-	upGauge  prometheus.Gauge
-	errs     *prometheus.CounterVec
+	client     *redis.Client
+	cfg        config.Redis
+	failOpen   bool
+	up         atomic.Bool
+	cool       *ratelimit.Cooldown
+	publishing chan struct{} // bounds concurrent cool-down publications
+	log        *slog.Logger
+	upGauge    prometheus.Gauge
+	errs       *prometheus.CounterVec
 }
 
 // quietRedisLog stops go-redis from printing every failed dial to stderr;
@@ -53,7 +54,8 @@ func newShared(c config.Redis, log *slog.Logger, m *metrics) (*shared, error) {
 		return nil, err
 	}
 	sh := &shared{client: client, cfg: c, failOpen: c.OnError != "fail_closed", cool: cool, log: log,
-		upGauge: m.backendUp, errs: m.stateErrors}
+		publishing: make(chan struct{}, 4),
+		upGauge:    m.backendUp, errs: m.stateErrors}
 	sh.up.Store(true) // optimistic until the health watcher says otherwise
 	sh.upGauge.Set(1)
 	return sh, nil
@@ -217,7 +219,13 @@ func (s *Server) shareCooldown(upstream string, until time.Time) {
 	if s.shared == nil {
 		return
 	}
+	select { // at most a few publications in flight; the poller catches up
+	case s.shared.publishing <- struct{}{}:
+	default:
+		return
+	}
 	go func() {
+		defer func() { <-s.shared.publishing }()
 		c, cancel := context.WithTimeout(context.Background(), s.shared.cfg.OpTimeout.D())
 		defer cancel()
 		if _, err := s.shared.cool.Extend(c, upstream, until); err != nil {

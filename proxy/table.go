@@ -12,6 +12,7 @@ import (
 	"github.com/ballast-proxy/ballast/policy"
 	"github.com/ballast-proxy/ballast/ratelimit"
 	"github.com/ballast-proxy/ballast/validate"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // table is one immutable generation of the routing configuration. It is
@@ -58,6 +59,22 @@ type route struct {
 	m *routeMetrics
 }
 
+// Check compiles cfg the way a running ballast would — retry.on words,
+// validators and JSON Schemas, limiters, caches — without opening state or
+// listening, and returns every problem with its config path. `ballast
+// validate` runs it after config.Load.
+func Check(cfg *config.Config) error {
+	s := &Server{
+		clock:    policy.SystemClock{},
+		health:   newHealthPool(),
+		limiters: newLimiterPool(),
+		m:        newMetrics(prometheus.NewRegistry()),
+	}
+	s.ups = newUpstreamPool(s.clock)
+	_, err := s.buildTable(cfg)
+	return err
+}
+
 // buildTable compiles a config into a route table. Errors carry the config
 // path they come from.
 func (s *Server) buildTable(cfg *config.Config) (*table, error) {
@@ -90,9 +107,10 @@ func (s *Server) buildTable(cfg *config.Config) (*table, error) {
 }
 
 func (s *Server) buildRoute(rc *config.Route, path string, limiters map[string]config.Limiter) (*route, error) {
+	var errs []error // every problem of the route, not just the first
 	on, err := policy.ParseRetryOn(rc.Retry.On)
 	if err != nil {
-		return nil, &config.FieldError{Path: path + ".retry.on", Msg: err.Error()}
+		errs = append(errs, &config.FieldError{Path: path + ".retry.on", Msg: err.Error()})
 	}
 	r := &route{
 		name:     rc.Name,
@@ -135,10 +153,13 @@ func (s *Server) buildRoute(rc *config.Route, path string, limiters map[string]c
 		return nil, &config.FieldError{Path: path + ".concurrency", Msg: err.Error()}
 	}
 	if r.validator, err = buildValidator(rc.Validate, path); err != nil {
-		return nil, err
+		errs = append(errs, err)
 	}
 	if r.cache, err = s.buildCache(rc); err != nil {
 		return nil, &config.FieldError{Path: path + ".cache", Msg: err.Error()}
+	}
+	if len(errs) > 0 {
+		return nil, errors.Join(errs...)
 	}
 	r.static = buildStatic(rc.StaticFallback)
 	r.idem = buildIdem(rc)

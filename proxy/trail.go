@@ -17,16 +17,16 @@ import (
 // without allocating; nothing in it can hold a secret (no header values,
 // no query strings, no bodies).
 type trail struct {
-	start     time.Time
-	attempts  [maxTrailAttempts]trailAttempt
-	n         int // attempts recorded (more than maxTrailAttempts are counted, not kept)
-	rateWait  time.Duration
-	idem      string // idempotency result
-	stop      Reason // why the retry loop stopped early
-	nextWait  time.Duration
-	nextWhy   string
-	debug     bool
-	buf       []byte
+	start    time.Time
+	attempts [maxTrailAttempts]trailAttempt
+	n        int // attempts recorded (more than maxTrailAttempts are counted, not kept)
+	rateWait time.Duration
+	idem     string // idempotency result
+	stop     Reason // why the retry loop stopped early
+	nextWait time.Duration
+	nextWhy  string
+	debug    bool
+	buf      []byte
 }
 
 type trailAttempt struct {

@@ -3,7 +3,8 @@
 //
 //	ballast run [-c FILE] [--listen ADDR] [--admin ADDR]
 //	ballast validate -c FILE
-//	ballast healthcheck [--admin ADDR]
+//	ballast healthcheck [--admin ADDR] [--ready]
+//	ballast bench overhead|chaos|all|upstream
 //	ballast version
 package main
 
@@ -23,10 +24,10 @@ func main() {
 const usage = `ballast — the reliability layer between AI agents and their tools and model APIs
 
 Usage:
-  ballast run [-c FILE] [--listen ADDR] [--admin ADDR]   run the proxy
+  ballast run [-c FILE] [--listen ADDR] [--admin ADDR] [--log-level L]   run the proxy
   ballast validate -c FILE                                check a config; exit 1 on errors
-  ballast healthcheck [--admin ADDR]                      GET the admin /healthz (for containers)
-  ballast bench upstream [--listen ADDR] [--size N]       serve the benchmark upstream
+  ballast healthcheck [--admin ADDR] [--ready]            GET the admin /healthz (or /readyz)
+  ballast bench overhead|chaos|all|upstream [flags]      the benchmark harness (see bench/README.md)
   ballast version                                         print the version
 
 Without -c, run uses ./ballast.yaml when present, otherwise the embedded default

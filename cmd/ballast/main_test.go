@@ -195,3 +195,24 @@ func fetch(t *testing.T, url string) string {
 	b, _ := io.ReadAll(resp.Body)
 	return string(b)
 }
+
+func TestValidateCompilesWhatOnlyARunningBallastWould(t *testing.T) {
+	f := filepath.Join(t.TempDir(), "b.yaml")
+	os.WriteFile(f, []byte(`
+routes:
+  - name: a
+    match: {path_prefix: /}
+    upstream: http://127.0.0.1:1
+    retry: {on: [sometimes]}
+    validate: {schema: '{"type": 12}'}
+`), 0o600)
+	var out, errb bytes.Buffer
+	if code := run([]string{"validate", "-c", f}, &out, &errb); code != 1 {
+		t.Fatalf("exit %d", code)
+	}
+	for _, want := range []string{"routes[0].retry.on", `"sometimes"`, "routes[0].validate.schema"} {
+		if !strings.Contains(errb.String(), want) {
+			t.Errorf("validate output lacks %q:\n%s", want, errb.String())
+		}
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"io"
 
 	"github.com/ballast-proxy/ballast/config"
+	"github.com/ballast-proxy/ballast/proxy"
 )
 
 func cmdValidate(args []string, stdout, stderr io.Writer) int {
@@ -17,6 +18,9 @@ func cmdValidate(args []string, stdout, stderr io.Writer) int {
 	}
 	src := configSource(*file, nil)
 	cfg, err := config.Load(src)
+	if err == nil {
+		err = proxy.Check(cfg) // retry.on words, validators, schemas: what only a running ballast compiles
+	}
 	if err != nil {
 		printProblems(stderr, src.Origin(), err)
 		return 1
