@@ -135,6 +135,11 @@ type Policy struct {
 	MaxBody Size `koanf:"max_body" json:"max_body"`
 	// Retry says when and how failed attempts are repeated.
 	Retry Retry `koanf:"retry" json:"retry"`
+	// HedgeAfter, when > 0, sends a second attempt of an idempotent request
+	// (or one guarded by an Idempotency-Key) that has had no response
+	// headers for this long; the first good answer wins and the other is
+	// abandoned. Hedges are paid from the retry budget. Default 0 (off).
+	HedgeAfter Duration `koanf:"hedge_after" json:"hedge_after,omitempty"`
 	// Breaker is the circuit breaker of each upstream the route uses.
 	Breaker Breaker `koanf:"breaker" json:"breaker"`
 	// RateLimit shapes the route's traffic before it reaches the upstream.
@@ -242,6 +247,12 @@ type Cache struct {
 	MaxEntries int `koanf:"max_entries" json:"max_entries"`
 	// MaxBytes bounds the route's cached bytes. Default 64MiB.
 	MaxBytes Size `koanf:"max_bytes" json:"max_bytes"`
+	// Shared adds Redis (state.redis) as a second tier behind the local
+	// cache, so an answer stored by one replica serves the whole fleet.
+	// The key is the same as the local one (caller identity included);
+	// Redis errors count as misses and never fail a request. Requires
+	// state.backend: redis. Default false: the cache is per replica.
+	Shared bool `koanf:"shared" json:"shared"`
 }
 
 // StaticFallback is a configured answer.

@@ -137,6 +137,12 @@ routes:
   - {name: a, match: {path_prefix: /a}, upstream: "https://x", ca_file: /nonexistent/ca.pem}
   - {name: b, match: {path_prefix: /b}, upstream: "http://x", ca_file: /etc/hostname}`,
 			nil, []string{"routes[0].ca_file: open /nonexistent/ca.pem", "routes[1].ca_file: applies only to https upstreams"}},
+		{"shared cache without redis", `
+defaults: {cache: {mode: fresh, ttl: 1m}}
+routes:
+  - {name: a, match: {path_prefix: /a}, upstream: "http://x", cache: {shared: true}}
+  - {name: b, match: {path_prefix: /b}, upstream: "http://x"}`,
+			nil, []string{"routes[0].cache.shared: requires state.backend: redis"}},
 		{"bad listen", "listen: nowhere\n" + minimal, nil, []string{`listen: "nowhere" is not host:port`}},
 		{"not yaml", "routes: [\n", nil, []string{"not valid YAML"}},
 	}
@@ -287,4 +293,19 @@ func FuzzDurationAndSize(f *testing.F) {
 			t.Fatalf("ParseSize(%q) = %d", s, n)
 		}
 	})
+}
+
+func TestSharedCacheWithRedis(t *testing.T) {
+	cfg, err := Parse([]byte(`
+state: {backend: redis, redis: {address: "127.0.0.1:6379"}}
+routes:
+  - {name: a, match: {path_prefix: /a}, upstream: "http://x", cache: {mode: fresh, ttl: 1m, shared: true}}
+  - {name: b, match: {path_prefix: /b}, upstream: "http://x", cache: {mode: fallback}}`), Source{Environ: []string{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !cfg.Routes[0].Cache.Shared || cfg.Routes[1].Cache.Shared {
+		t.Errorf("cache.shared: routes[0] %v routes[1] %v, want true and the default false",
+			cfg.Routes[0].Cache.Shared, cfg.Routes[1].Cache.Shared)
+	}
 }

@@ -130,8 +130,9 @@ func builtinDefaults() map[string]any {
 				"write_timeout": "500ms", "op_timeout": "500ms", "on_error": "fail_open"}},
 		"notify": notifyDefaults(),
 		"defaults": map[string]any{
-			"timeouts": map[string]any{"connect": "2s", "per_try": "30s", "idle": "30s", "total": "120s"},
-			"max_body": "10MiB",
+			"timeouts":    map[string]any{"connect": "2s", "per_try": "30s", "idle": "30s", "total": "120s"},
+			"max_body":    "10MiB",
+			"hedge_after": "0",
 			"retry": map[string]any{
 				"attempts":        3,
 				"on":              []any{"connect-failure", "reset", "timeout", "invalid", "429", "502", "503", "504", "529"},
@@ -146,7 +147,7 @@ func builtinDefaults() map[string]any {
 			},
 			"rate_limit":  map[string]any{"max_wait": "1s", "max_keys": 10000},
 			"concurrency": map[string]any{"queue": 100, "max_wait": "5s"},
-			"cache":       map[string]any{"mode": "off", "ttl": "0", "stale": "24h", "max_entries": 10000, "max_bytes": "64MiB"},
+			"cache":       map[string]any{"mode": "off", "ttl": "0", "stale": "24h", "max_entries": 10000, "max_bytes": "64MiB", "shared": false},
 			"idempotency": map[string]any{"mode": "off", "ttl": "24h", "window": "10m", "on_conflict": "attach"},
 			"async":       map[string]any{"enabled": false, "ttl": "1h"},
 		},

@@ -85,6 +85,9 @@ func (c *Config) Validate() error {
 			// the defaults' own problems once, above.
 			errs = append(errs, r.Policy.validate(p)...)
 		}
+		if r.Cache.Shared && c.State.Backend != "redis" {
+			add(pathErr(p+".cache.shared", "requires state.backend: redis (the shared tier lives in state.redis)"))
+		}
 		if use := r.RateLimit.Use; use != "" {
 			if _, ok := c.Limiters[use]; !ok {
 				add(pathErrf(p+".rate_limit.limiter", "%q is not in the limiters block", use))

@@ -23,6 +23,7 @@ type routeCache struct {
 	allowPrivate bool
 	group        *cache.Group[struct{}] // collapses concurrent fresh-mode misses
 	results      [len(cacheResults)]prometheus.Counter
+	remote       *sharedCache // the Redis second tier; nil unless cache.shared
 }
 
 // cacheResults are the result label values of ballast_cache_requests_total.
@@ -63,6 +64,7 @@ func (s *Server) buildCache(rc *config.Route) (*routeCache, error) {
 	}
 	rcache := &routeCache{c: c, fresh: cc.Mode == "fresh", allowPrivate: cc.AllowPrivate, group: &cache.Group[struct{}]{},
 		opts: cache.KeyOptions{Vary: cc.Vary, Public: cc.Public}}
+	rcache.remote = s.newSharedCache(rc)
 	for i, res := range cacheResults {
 		rcache.results[i] = s.m.cacheRequests.WithLabelValues(rc.Name, res)
 	}
@@ -115,6 +117,9 @@ func (s *Server) exchange(ctx *fasthttp.RequestCtx, r *route, body []byte, deadl
 	ran := false
 	_, _, shared := rc.group.Do(ctx, cs.key, func() (struct{}, error) {
 		ran = true
+		if s.sharedHit(ctx, r, cs.key) { // another replica stored it
+			return struct{}{}, nil
+		}
 		rc.results[cacheMiss].Inc()
 		cs.status = cache.Miss(cache.FwdURIMiss, false, false)
 		s.exchangeUpstream(ctx, r, body, deadline, cs, guarded)
@@ -142,8 +147,9 @@ func (s *Server) store(r *route, cs *cacheState, resp *fasthttp.Response) {
 	if cs == nil || !cs.use || resp.IsBodyStream() || !cache.Storable(resp.StatusCode(), &resp.Header, r.cache.allowPrivate) {
 		return
 	}
-	if r.cache.c.Set(cs.key, cache.NewEntry(resp, s.clock.Now())) {
+	if e := cache.NewEntry(resp, s.clock.Now()); r.cache.c.Set(cs.key, e) {
 		cs.status.Stored = true
+		r.cache.remote.put(cs.key, e)
 	}
 }
 
@@ -152,7 +158,7 @@ func (s *Server) store(r *route, cs *cacheState, resp *fasthttp.Response) {
 // reports whether it answered.
 func (s *Server) degrade(ctx *fasthttp.RequestCtx, r *route, cs *cacheState, last *attempt, attempts int) bool {
 	if cs != nil && cs.use {
-		if l, ok := r.cache.c.Get(cs.key, s.clock.Now()); ok {
+		if l, ok := s.cachedOrShared(ctx, r.cache, cs.key); ok {
 			r.cache.results[cacheStale].Inc()
 			s.serveEntry(ctx, l, cache.StaleIfError(l, attempts > 0, last.status), attempts)
 			return true

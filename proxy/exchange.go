@@ -116,7 +116,12 @@ targets:
 			now = s.clock.Now()
 
 			began := time.Now()
-			a := s.tryObserved(out, t, r, now, deadline, attempts)
+			var a attempt
+			if r.hedgeAfter > 0 && (guarded || policy.IdempotentMethod(method)) {
+				a = s.tryHedged(out, t, r, now, deadline, attempts)
+			} else {
+				a = s.tryObserved(out, t, r, now, deadline, attempts)
+			}
 			tr.attempt(t.name, a.class, a.status, time.Since(began))
 			if r.limit != nil && r.limit.adaptive != nil {
 				if a.status == fasthttp.StatusTooManyRequests {
@@ -365,5 +370,60 @@ func (s *Server) settleTokens(ctx *fasthttp.RequestCtx, res *ratelimit.Reservati
 	}
 	if u, ok := ratelimit.UsageFromBody(ctx.Response.Body()); ok {
 		res.Settle(u.Tokens(), s.clock.Now())
+	}
+}
+
+// tryHedged is one attempt that may race a second copy of itself: when no
+// response headers came within the route's hedge_after (and the retry
+// budget allows), a hedge goes out too; the first good answer wins and the
+// other is drained and dropped when it ends. It runs only for requests
+// safe to repeat.
+func (s *Server) tryHedged(out *fasthttp.Request, t *target, r *route, now, deadline time.Time, prior int) attempt {
+	results := make(chan attempt, 2)
+	launch := func() {
+		req := fasthttp.AcquireRequest()
+		out.CopyTo(req)
+		go func() {
+			defer fasthttp.ReleaseRequest(req)
+			results <- s.tryObserved(req, t, r, now, deadline, prior)
+		}()
+	}
+	launch()
+	timer := s.clock.NewTimer(r.hedgeAfter)
+	defer timer.Stop()
+	inFlight := 1
+	var first attempt
+	select {
+	case first = <-results:
+		return first
+	case <-timer.C():
+		if t.health.budget.Withdraw(s.clock.Now()) {
+			r.m.hedges.Inc()
+			launch()
+			inFlight++
+		}
+	}
+	first = <-results
+	inFlight--
+	if first.class == policy.OK || inFlight == 0 {
+		if inFlight > 0 {
+			go drainAttempt(results)
+		}
+		return first
+	}
+	second := <-results
+	if second.class == policy.OK {
+		releaseAttempt(first)
+		return second
+	}
+	releaseAttempt(second)
+	return first
+}
+
+func drainAttempt(results <-chan attempt) { releaseAttempt(<-results) }
+
+func releaseAttempt(a attempt) {
+	if a.resp != nil {
+		fasthttp.ReleaseResponse(a.resp)
 	}
 }

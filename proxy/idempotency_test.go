@@ -218,4 +218,11 @@ routes:
 	if se.calls.Load() != 1 {
 		t.Errorf("calls %d", se.calls.Load())
 	}
+	if got := b.metric("ballast_jobs", map[string]string{"state": "succeeded"}); got != 1 {
+		t.Errorf("ballast_jobs{state=succeeded} = %v", got)
+	}
+	r, status := get(t, client(t), b.admin+"/status")
+	if r.StatusCode != 200 || !strings.Contains(status, `"jobs"`) {
+		t.Errorf("/status has no jobs section: %d %s", r.StatusCode, status)
+	}
 }

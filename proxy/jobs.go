@@ -16,6 +16,8 @@ import (
 	"github.com/ballast-proxy/ballast/config"
 	"github.com/ballast-proxy/ballast/policy"
 	"github.com/ballast-proxy/ballast/store"
+	"github.com/ballast-proxy/ballast/supervise"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/valyala/fasthttp"
 )
 
@@ -332,5 +334,59 @@ func addHeaderLines(h *fasthttp.RequestHeader, lines []byte) {
 		if k, v, ok := bytes.Cut(line, []byte(": ")); ok {
 			h.AddBytesKV(k, v)
 		}
+	}
+}
+
+// jobsStatus is the async-job section of /status: what is running, waiting
+// or failed, with its next action. It reads the state store, so it costs a
+// scan of the jobs; /status is not on the request path.
+func (s *Server) jobsStatus(now time.Time) *supervise.JobsStatus {
+	c, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	jobs, err := s.state.ListJobs(c)
+	if err != nil || len(jobs) == 0 {
+		return nil
+	}
+	out := &supervise.JobsStatus{Running: []supervise.Job{}, Waiting: []supervise.Job{}, Failed: []supervise.Job{}}
+	for _, j := range jobs {
+		sj := supervise.Job{ID: j.ID, Route: j.Route, Attempts: j.Attempts, Reason: j.LastError}
+		switch j.State {
+		case store.JobRunning:
+			sj.NextAction = "deliver"
+			if !j.NextRetryAt.IsZero() {
+				sj.NextAction, sj.NextAt = "retry", &j.NextRetryAt
+			}
+			out.Running = append(out.Running, sj)
+		case store.JobQueued:
+			sj.NextAction = "run"
+			out.Waiting = append(out.Waiting, sj)
+		case store.JobFailed:
+			sj.NextAction = "none"
+			if !j.ExpiresAt.IsZero() {
+				sj.NextAt = &j.ExpiresAt
+			}
+			out.Failed = append(out.Failed, sj)
+		}
+	}
+	return out
+}
+
+// registerJobGauge exports ballast_jobs{state}, counted from the store
+// when scraped.
+func (s *Server) registerJobGauge() {
+	for _, st := range []store.JobState{store.JobQueued, store.JobRunning, store.JobSucceeded, store.JobFailed} {
+		st := st
+		s.m.registerFunc("ballast_jobs{"+st.String()+"}", prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "ballast_jobs", Help: "Async jobs in the state store, by state.",
+			ConstLabels: prometheus.Labels{"state": st.String()},
+		}, func() float64 {
+			c, cancel := context.WithTimeout(context.Background(), time.Second)
+			defer cancel()
+			jobs, err := s.state.ListJobs(c, st)
+			if err != nil {
+				return 0
+			}
+			return float64(len(jobs))
+		}))
 	}
 }

@@ -34,6 +34,7 @@ type metrics struct {
 	cacheRequests   *prometheus.CounterVec
 	validation      *prometheus.CounterVec
 	idem            *prometheus.CounterVec
+	hedges          *prometheus.CounterVec
 	stateSeconds    *prometheus.HistogramVec
 	backendUp       prometheus.Gauge
 	stateErrors     *prometheus.CounterVec
@@ -59,6 +60,7 @@ type routeMetrics struct {
 
 	validationFailures map[string]prometheus.Counter // by check
 	idem               [len(idemResults)]prometheus.Counter
+	hedges             prometheus.Counter
 }
 
 // rejectReasons are the reason label values of ballast_ratelimit_rejected_total.
@@ -140,6 +142,10 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help:    "State store operation latency by operation and backend.",
 			Buckets: []float64{.0001, .0005, .001, .005, .01, .05, .1, .5, 1},
 		}, []string{"op", "backend"}),
+		hedges: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "ballast_hedges_total",
+			Help: "Hedged attempts sent because the first had no response within hedge_after, by route.",
+		}, []string{"route"}),
 		backendUp: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "ballast_state_backend_up",
 			Help: "1 while the shared state backend (Redis) answers, 0 while ballast runs on local state or refuses.",
@@ -153,7 +159,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		routes: map[string]*routeMetrics{},
 	}
 	reg.MustRegister(m.requests, m.duration, m.truncated, m.reloads, m.inflight,
-		m.attempts, m.retries, m.budgetExhausted, m.retryWait, m.breakerState, m.rateRejected, m.rateWait, m.cacheRequests, m.validation, m.idem, m.stateSeconds, m.backendUp, m.stateErrors)
+		m.attempts, m.retries, m.budgetExhausted, m.retryWait, m.breakerState, m.rateRejected, m.rateWait, m.cacheRequests, m.validation, m.idem, m.hedges, m.stateSeconds, m.backendUp, m.stateErrors)
 	m.backendUp.Set(1)
 	m.reloads.WithLabelValues("success")
 	m.reloads.WithLabelValues("failure")
@@ -202,6 +208,7 @@ func (m *metrics) forRoute(name string) *routeMetrics {
 	for i, res := range idemResults {
 		rm.idem[i] = m.idem.WithLabelValues(name, res)
 	}
+	rm.hedges = m.hedges.WithLabelValues(name)
 	m.routes[name] = rm
 	return rm
 }

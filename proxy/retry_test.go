@@ -457,3 +457,40 @@ func deadAddr(t *testing.T) string {
 	ln.Close()
 	return addr
 }
+
+func TestHedgingBeatsASlowAttempt(t *testing.T) {
+	release := make(chan struct{})
+	t.Cleanup(func() { close(release) })
+	var hits atomic.Int64
+	up, _ := upstream(t, func(w http.ResponseWriter, r *http.Request) {
+		if hits.Add(1) == 1 {
+			select { // the first attempt is slow
+			case <-release:
+			case <-r.Context().Done():
+			}
+			return
+		}
+		io.WriteString(w, "fast")
+	})
+	b := startBallast(t, fmt.Sprintf(`
+routes:
+  - {name: r, match: {path_prefix: /}, upstream: %q, hedge_after: 100ms, timeouts: {per_try: 5s}}
+`, up))
+	start := time.Now()
+	resp, body := do(t, "GET", b.base+"/x", "")
+	if resp.StatusCode != 200 || body != "fast" {
+		t.Fatalf("%d %q", resp.StatusCode, body)
+	}
+	if took := time.Since(start); took > 2*time.Second {
+		t.Errorf("took %v: the hedge should answer long before the slow attempt's per_try", took)
+	}
+	if got := b.metric("ballast_hedges_total", map[string]string{"route": "r"}); got != 1 {
+		t.Errorf("hedges counted %v", got)
+	}
+	// A POST is never hedged.
+	hits.Store(10)
+	resp, _ = do(t, "POST", b.base+"/x", "{}")
+	if got := b.metric("ballast_hedges_total", map[string]string{"route": "r"}); got != 1 {
+		t.Errorf("a POST was hedged (%v)", got)
+	}
+}

@@ -131,7 +131,8 @@ func New(cfg *config.Config, opts Options) (*Server, error) {
 	s.jobs = newJobRunner()
 	s.sweepEvery = cfg.State.SweepEvery.D()
 	s.status = newStatusBoard(cfg, s.clock, s.log)
-	s.status.setHooks(statusHooks{cache: cacheStatus})
+	s.status.setHooks(statusHooks{cache: cacheStatus, jobs: s.jobsStatus})
+	s.registerJobGauge()
 	s.srv = &fasthttp.Server{
 		Handler:                       s.handle,
 		ErrorHandler:                  s.handleParseError,

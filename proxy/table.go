@@ -52,6 +52,7 @@ type route struct {
 
 	retry         policy.Retry
 	jsonrpc       *jsonrpcSafety // nil: JSON-RPC methods are not read
+	hedgeAfter    time.Duration  // 0: no hedging
 	attempts      int            // per target, the first included
 	backoff       policy.Backoff
 	maxRetryAfter time.Duration
@@ -126,6 +127,7 @@ func (s *Server) buildRoute(rc *config.Route, path string, limiters map[string]c
 		attempts:      rc.Retry.Attempts,
 		backoff:       policy.Backoff{Base: rc.Retry.Backoff.Base.D(), Max: rc.Retry.Backoff.Max.D()},
 		maxRetryAfter: rc.Retry.MaxRetryAfter.D(),
+		hedgeAfter:    rc.HedgeAfter.D(),
 		m:             s.m.forRoute(rc.Name),
 	}
 	primary, err := s.buildTarget(rc.Name, rc.Upstream, rc.CAFile, &rc.Policy, rc.Headers)
