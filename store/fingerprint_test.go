@@ -57,18 +57,6 @@ func TestFingerprint(t *testing.T) {
 	}
 }
 
-func TestFingerprintRawDoesNotAllocate(t *testing.T) {
-	if raceEnabled {
-		t.Skip("sync.Pool drops items under -race")
-	}
-	method, path, body := []byte("POST"), []byte("/v1/tools/run"), []byte("plain text body, not JSON")
-	ct := []byte("Content-Type: text/plain")
-	Fingerprint(method, path, body, ct) // warm the pool
-	if n := testing.AllocsPerRun(200, func() { Fingerprint(method, path, body, ct) }); n != 0 {
-		t.Fatalf("Fingerprint(raw body) allocates %v times per call, want 0", n)
-	}
-}
-
 // FuzzFingerprint: a body is outside input. Fingerprint never panics, and a
 // JSON body fingerprints like its re-encoding (sorted keys, no spaces).
 func FuzzFingerprint(f *testing.F) {
