@@ -1,7 +1,0 @@
-//go:build race
-
-package cache
-
-// raceEnabled reports a -race build, whose instrumentation allocates and so
-// voids the allocation gates.
-const raceEnabled = true
