@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"context"
 	"fmt"
 	"strconv"
 	"sync"
@@ -158,7 +159,7 @@ func (s *Server) store(r *route, cs *cacheState, resp *fasthttp.Response) {
 // reports whether it answered.
 func (s *Server) degrade(ctx *fasthttp.RequestCtx, r *route, cs *cacheState, last *attempt, attempts int) bool {
 	if cs != nil && cs.use {
-		if l, ok := s.cachedOrShared(ctx, r.cache, cs.key); ok {
+		if l, ok := s.cachedOrShared(context.Background(), r.cache, cs.key); ok {
 			r.cache.results[cacheStale].Inc()
 			s.serveEntry(ctx, l, cache.StaleIfError(l, attempts > 0, last.status), attempts)
 			return true

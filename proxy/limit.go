@@ -233,7 +233,10 @@ func writeRateLimited(ctx *fasthttp.RequestCtx, r *route, le *ratelimit.LimitedE
 // bulkhead's queue within the deadline. It answers 503 itself and returns
 // ok=false when the request is shed.
 func (s *Server) acquireSlot(ctx *fasthttp.RequestCtx, r *route, deadline time.Time) (ratelimit.Permit, bool) {
-	c, cancel := context.WithDeadline(ctx, s.wall(deadline, s.clock.Now()))
+	// Not derived from ctx: a context whose parent is a fasthttp.RequestCtx
+	// starts a goroutine that may read the RequestCtx after the handler
+	// returned and fasthttp reused it (a data race the race detector saw).
+	c, cancel := context.WithDeadline(context.Background(), s.wall(deadline, s.clock.Now()))
 	defer cancel()
 	permit, err := r.bulkhead.Acquire(c, s.clock, ratelimit.ParsePriority(ctx.Request.Header.Peek(headerPriority)))
 	if err == nil {

@@ -132,7 +132,7 @@ func (s *Server) sharedHit(ctx *fasthttp.RequestCtx, r *route, key cache.Key) bo
 	if rc.remote == nil {
 		return false
 	}
-	l, ok := rc.remote.fill(ctx, rc.c, key, s.clock.Now())
+	l, ok := rc.remote.fill(context.Background(), rc.c, key, s.clock.Now()) // never parent a context on a RequestCtx
 	if !ok || !l.Fresh {
 		return false
 	}
