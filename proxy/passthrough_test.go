@@ -141,3 +141,28 @@ func BenchmarkTrail(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkBareProxy is the library floor in the same harness: a fasthttp
+// server whose handler only forwards with HostClient.Do, no policies.
+// BenchmarkPassThrough against it is what ballast adds.
+func BenchmarkBareProxy(b *testing.B) {
+	up := fastUpstream(b)
+	hc := &fasthttp.HostClient{Addr: up, MaxConns: 64, Dial: func(a string) (net.Conn, error) { return net.Dial("tcp", a) }}
+	defer hc.CloseIdleConnections()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	srv := &fasthttp.Server{Handler: func(ctx *fasthttp.RequestCtx) {
+		if err := hc.Do(&ctx.Request, &ctx.Response); err != nil {
+			ctx.Error(err.Error(), fasthttp.StatusBadGateway)
+		}
+	}}
+	go func() { _ = srv.Serve(ln) }()
+	defer srv.Shutdown()
+	p := newPassThrough(b, ln.Addr().String(), "/v1/chat/completions")
+	b.ReportAllocs()
+	for b.Loop() {
+		p.do(b)
+	}
+}
