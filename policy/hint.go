@@ -236,8 +236,10 @@ func parseGoDurationAt(v []byte, _ time.Time) (time.Duration, bool) { return par
 // Precedence, because an explicit answer about this response beats a
 // description of the limits behind it:
 //
-//  1. Retry-After (delta-seconds or HTTP-date) and retry-after-ms: the
-//     larger valid one.
+//  1. retry-after-ms when valid: providers that send it (OpenAI, and the
+//     SDK convention) send Retry-After as the same wait rounded up to whole
+//     seconds, so the milliseconds are the precise answer; otherwise
+//     Retry-After (delta-seconds or HTTP-date).
 //  2. Otherwise the rate-limit resets: OpenAI x-ratelimit-reset-requests
 //     and -tokens (Go durations such as "6m0s", "1m30.5s"), Anthropic
 //     anthropic-ratelimit-{requests,tokens,input-tokens,output-tokens}-reset
@@ -258,18 +260,15 @@ func RetryAfterHint(h *fasthttp.ResponseHeader, now time.Time) (time.Duration, b
 }
 
 func (hh *hintHeaders) retryAfter(now time.Time) (time.Duration, bool) {
-	var best time.Duration
-	found := false
-	if v := hh[hRetryAfter]; v != nil {
-		best, found = ParseRetryAfter(v, now)
-	}
 	if v := hh[hRetryAfterMs]; v != nil {
-		if d, ok := parseMillis(v); ok && (!found || d > best) {
-			best, found = d, true
+		if d, ok := parseMillis(v); ok {
+			return d, true
 		}
 	}
-	if found {
-		return best, true
+	if v := hh[hRetryAfter]; v != nil {
+		if d, ok := ParseRetryAfter(v, now); ok {
+			return d, true
+		}
 	}
 	var all, exhausted time.Duration
 	okAll, okExhausted := false, false
