@@ -33,6 +33,11 @@ type Workload struct {
 	// operation key: "<Name>-<n>" while measuring and "warm-<Name>-<n>"
 	// during warm-up, n the request's ordinal in the run.
 	KeyHeader string
+	// UniqueBody, when true, makes every request's body different: Body
+	// (a JSON object) with `"op":"<key>",` inserted after its opening
+	// brace, key as for KeyHeader. Caches and auto-idempotency then see a
+	// fresh request each time.
+	UniqueBody bool
 	// Valid decides agent-visible success of a 2xx answer. Nil accepts
 	// every 2xx.
 	Valid func(contentType, body []byte) bool
@@ -328,6 +333,7 @@ type worker struct {
 	req  *fasthttp.Request
 	resp *fasthttp.Response
 	key  []byte
+	body []byte
 }
 
 func (d *driver) newWorker() *worker {
@@ -349,13 +355,8 @@ func (w *worker) do(j job, since time.Time) {
 	if wl.Method != "" {
 		req.Header.SetMethod(wl.Method)
 	}
-	if wl.Body != nil {
-		req.SetBodyRaw(wl.Body)
-	}
-	if wl.ContentType != "" {
-		req.Header.SetContentType(wl.ContentType)
-	}
-	if wl.KeyHeader != "" {
+	unique := wl.UniqueBody && len(wl.Body) > 1 && wl.Body[0] == '{'
+	if wl.KeyHeader != "" || unique {
 		w.key = w.key[:0]
 		if j.warm {
 			w.key = append(w.key, "warm-"...)
@@ -363,6 +364,21 @@ func (w *worker) do(j job, since time.Time) {
 		w.key = append(w.key, wl.Name...)
 		w.key = append(w.key, '-')
 		w.key = strconv.AppendUint(w.key, j.n, 10)
+	}
+	switch {
+	case unique:
+		w.body = append(w.body[:0], `{"op":"`...)
+		w.body = append(w.body, w.key...)
+		w.body = append(w.body, `",`...)
+		w.body = append(w.body, wl.Body[1:]...)
+		req.SetBodyRaw(w.body)
+	case wl.Body != nil:
+		req.SetBodyRaw(wl.Body)
+	}
+	if wl.ContentType != "" {
+		req.Header.SetContentType(wl.ContentType)
+	}
+	if wl.KeyHeader != "" {
 		req.Header.SetBytesV(wl.KeyHeader, w.key)
 	}
 	w.resp.Reset()

@@ -13,7 +13,8 @@ type Options struct {
 	// Exe is the ballast binary the children run (`bench upstream`,
 	// `bench bare-proxy`, `run -c`). Default: os.Executable().
 	Exe string
-	// Duration is the measured window of each load run. Default 10s.
+	// Duration is the measured window of each load run. Default 10s; 5s
+	// per variant for policies, 5m for soak.
 	Duration time.Duration
 	// Warmup precedes each load run and is discarded. Default 1s; negative
 	// means none.
@@ -22,7 +23,7 @@ type Options struct {
 	// negative skips it.
 	Saturation time.Duration
 	// Rate is the open-loop rate in requests per second. Default 2,000
-	// for overhead, 200 for chaos.
+	// for overhead and policies, 200 for chaos, 500 for soak.
 	Rate float64
 	// Connections caps concurrent requests; it is also the closed-loop N.
 	// Default 64.
@@ -34,13 +35,23 @@ type Options struct {
 	// Timeout bounds each request of the load driver. Default 5s.
 	Timeout time.Duration
 	// Targets limits the overhead targets to these names (direct, bare,
-	// ballast, nginx). Empty means all; nginx only when on PATH.
+	// ballast, nginx), the policies variants (off is always run: it is the
+	// baseline) or the state stores (unkeyed, memory, file, redis). Empty
+	// means all; nginx and redis only when on PATH.
 	Targets []string
+	// SampleEvery is soak's RSS sampling interval. Default 5s.
+	SampleEvery time.Duration
 	// Progress receives one line per step. Default: discarded.
 	Progress io.Writer
 }
 
 func (o Options) withDefaults(rate float64) (Options, error) {
+	return o.withScenarioDefaults(rate, 10*time.Second)
+}
+
+// withScenarioDefaults fills the zero fields, with rate and duration as
+// this scenario's defaults.
+func (o Options) withScenarioDefaults(rate float64, duration time.Duration) (Options, error) {
 	if o.Exe == "" {
 		exe, err := os.Executable()
 		if err != nil {
@@ -49,7 +60,10 @@ func (o Options) withDefaults(rate float64) (Options, error) {
 		o.Exe = exe
 	}
 	if o.Duration <= 0 {
-		o.Duration = 10 * time.Second
+		o.Duration = duration
+	}
+	if o.SampleEvery <= 0 {
+		o.SampleEvery = 5 * time.Second
 	}
 	switch {
 	case o.Warmup == 0:
@@ -94,6 +108,7 @@ type Settings struct {
 	Size        int     `json:"size"`
 	Seed        int64   `json:"seed"`
 	Timeout     string  `json:"timeout"`
+	SampleEvery string  `json:"sample_every,omitempty"`
 }
 
 func (o Options) settings() Settings {

@@ -41,10 +41,18 @@ func (p *Process) Usage() (ProcUsage, error) { return ReadProcUsage(p.Pid()) }
 // last lines) for error messages. The process is killed if the harness
 // dies (Pdeathsig).
 func startProcess(name, exe string, args ...string) (*Process, error) {
+	return startProcessQuiet(name, exe, false, args...)
+}
+
+// startProcessQuiet is startProcess; with quiet, the child's stderr goes
+// to /dev/null instead (its error messages are then lost).
+func startProcessQuiet(name, exe string, quiet bool, args ...string) (*Process, error) {
 	p := &Process{Name: name, output: &lineTail{addr: make(chan string, 1)}, exited: make(chan struct{})}
 	p.cmd = exec.Command(exe, args...)
 	p.cmd.Stdout = p.output
-	p.cmd.Stderr = p.output
+	if !quiet {
+		p.cmd.Stderr = p.output
+	}
 	p.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := p.cmd.Start(); err != nil {
 		return nil, fmt.Errorf("%w: %s: %w", ErrProcess, name, err)

@@ -96,14 +96,20 @@ func procPPID(root string, pid int) (int, error) {
 	return strconv.Atoi(f[1])
 }
 
+// ReadRSS is the current resident set (VmRSS) of pid in bytes.
+func ReadRSS(pid int) (int64, error) { return procStatusBytes("/proc", pid, "VmRSS:") }
+
 // procHWM is VmHWM in bytes.
-func procHWM(root string, pid int) (int64, error) {
+func procHWM(root string, pid int) (int64, error) { return procStatusBytes(root, pid, "VmHWM:") }
+
+// procStatusBytes reads a "Field:  N kB" line of /proc/<pid>/status.
+func procStatusBytes(root string, pid int, field string) (int64, error) {
 	b, err := os.ReadFile(fmt.Sprintf("%s/%d/status", root, pid))
 	if err != nil {
 		return 0, fmt.Errorf("%w: %w", ErrProc, err)
 	}
 	for line := range strings.SplitSeq(string(b), "\n") {
-		if rest, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+		if rest, ok := strings.CutPrefix(line, field); ok {
 			f := strings.Fields(rest)
 			if len(f) == 0 {
 				break
@@ -115,7 +121,7 @@ func procHWM(root string, pid int) (int64, error) {
 			return kb << 10, nil
 		}
 	}
-	return 0, fmt.Errorf("%w: %d/status has no VmHWM", ErrProc, pid)
+	return 0, fmt.Errorf("%w: %d/status has no %s", ErrProc, pid, strings.TrimSuffix(field, ":"))
 }
 
 // descendants lists the running descendants of pid by scanning /proc.

@@ -17,6 +17,24 @@ type Report struct {
 	Commands []string        `json:"commands"`
 	Overhead *OverheadResult `json:"overhead,omitempty"`
 	Chaos    *ChaosResult    `json:"chaos,omitempty"`
+	Policies *PoliciesResult `json:"policies,omitempty"`
+	State    *StateResult    `json:"state,omitempty"`
+	Soak     *SoakResult     `json:"soak,omitempty"`
+}
+
+// sections are the policies, state and soak parts that ran.
+func (r *Report) sections() []section {
+	var s []section
+	if r.Policies != nil {
+		s = append(s, r.Policies.section())
+	}
+	if r.State != nil {
+		s = append(s, r.State.section())
+	}
+	if r.Soak != nil {
+		s = append(s, r.Soak.section())
+	}
+	return s
 }
 
 // WriteJSON writes the report as indented JSON.
@@ -49,6 +67,11 @@ func (r *Report) WriteText(w io.Writer) error {
 		}
 		for _, t := range c.Targets {
 			fmt.Fprintf(w, "faults injected (%s run): %s\n", t.Name, fmtErrors(t.Faults))
+		}
+	}
+	for _, s := range r.sections() {
+		if err := s.text(w); err != nil {
+			return err
 		}
 	}
 	return nil
@@ -86,6 +109,9 @@ func (r *Report) Markdown(plot string) []byte {
 		for _, t := range c.Targets {
 			fmt.Fprintf(&b, "Faults injected during the %s run: %s.\n", t.Name, fmtErrors(t.Faults))
 		}
+	}
+	for _, s := range r.sections() {
+		s.markdown(&b)
 	}
 	return []byte(b.String())
 }

@@ -18,12 +18,17 @@ import (
 const benchUsage = `usage:
   ballast bench overhead [flags]   direct vs bare fasthttp proxy vs ballast (vs nginx on PATH)
   ballast bench chaos [flags]      success rate, p99 and duplicates under the standard fault profile
-  ballast bench all [flags]        overhead, then chaos
+  ballast bench policies [flags]   CPU and latency of each policy alone vs ballast with everything off
+  ballast bench state [flags]      keyed rps on the memory, file and redis stores vs unkeyed
+  ballast bench soak [flags]       ballast's RSS over time at a fixed rate (default 5m)
+  ballast bench all [flags]        overhead, chaos, policies, state (and soak with --soak)
   ballast bench upstream [--listen ADDR] [--size N] [--profile none|standard] [--seed N] [fault flags]
 
-scenario flags: --duration 10s --warmup 1s --saturation 5s --rate N --connections 64
-                --size 1024 --seed 1 --timeout 5s --targets direct,bare,ballast,nginx
-                --json (machine-readable output) --out DIR (RESULTS.md section, plot, JSON)
+scenario flags: --duration D (10s; 5s per policies variant; 5m for soak) --warmup 1s --saturation 5s
+                --rate N --connections 64 --size 1024 --seed 1 --timeout 5s --sample-every 5s
+                --targets LIST (overhead: direct,bare,ballast,nginx; policies: variants; state: stores)
+                --soak (all: include soak) --json (machine-readable output)
+                --out DIR (RESULTS.md section, plot, JSON)
 `
 
 // cmdBench runs the benchmark harness.
@@ -37,7 +42,7 @@ func cmdBench(args []string, stdout, stderr io.Writer) int {
 		return cmdBenchUpstream(args[1:], stdout, stderr)
 	case "bare-proxy": // hidden: the harness's library-floor child
 		return cmdBenchBareProxy(args[1:], stdout, stderr)
-	case "overhead", "chaos", "all":
+	case "overhead", "chaos", "policies", "state", "soak", "all":
 		return cmdBenchScenario(args[0], args[1:], stdout, stderr)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, benchUsage)
@@ -52,15 +57,18 @@ func cmdBenchScenario(name string, args []string, stdout, stderr io.Writer) int 
 	fs := flag.NewFlagSet("bench "+name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	var o bench.Options
-	fs.DurationVar(&o.Duration, "duration", 10*time.Second, "measured window of each load run")
+	fs.DurationVar(&o.Duration, "duration", 0, "measured window of each load run (default 10s; 5s per policies variant; 5m for soak)")
 	fs.DurationVar(&o.Warmup, "warmup", time.Second, "discarded warm-up before each load run (0: none)")
 	fs.DurationVar(&o.Saturation, "saturation", 5*time.Second, "overhead: closed-loop phase per target (0: skip)")
-	fs.Float64Var(&o.Rate, "rate", 0, fmt.Sprintf("open-loop requests per second (default %d for overhead, %d for chaos)", bench.OverheadDefaultRate, bench.ChaosDefaultRate))
+	fs.Float64Var(&o.Rate, "rate", 0, fmt.Sprintf("open-loop requests per second (default %d for overhead and policies, %d for chaos, %d for soak)",
+		bench.OverheadDefaultRate, bench.ChaosDefaultRate, bench.SoakDefaultRate))
+	fs.DurationVar(&o.SampleEvery, "sample-every", 5*time.Second, "soak: RSS sampling interval")
+	withSoak := fs.Bool("soak", false, "all: include the soak scenario")
 	fs.IntVar(&o.Connections, "connections", 64, "concurrent connections (the closed-loop N)")
 	fs.IntVar(&o.Size, "size", 1024, "upstream JSON answer size in bytes")
 	fs.Int64Var(&o.Seed, "seed", 1, "chaos upstream seed")
 	fs.DurationVar(&o.Timeout, "timeout", 5*time.Second, "per-request timeout of the load driver")
-	targets := fs.String("targets", "", "overhead targets, comma-separated (default: all; nginx when on PATH)")
+	targets := fs.String("targets", "", "overhead targets, policies variants or state stores, comma-separated (default: all; nginx and redis when on PATH)")
 	asJSON := fs.Bool("json", false, "print JSON instead of tables")
 	out := fs.String("out", "", "write RESULTS.md's harness section, the plot and JSON into this directory")
 	if err := fs.Parse(args); err != nil {
@@ -89,9 +97,21 @@ func cmdBenchScenario(name string, args []string, stdout, stderr io.Writer) int 
 	if name == "overhead" || name == "all" {
 		rep.Overhead, err = bench.Overhead(ctx, o)
 	}
+	if name == "all" {
+		o.Targets = nil // with all, --targets names overhead targets only
+	}
+	// Without --rate or --duration, each scenario keeps its own defaults.
 	if err == nil && (name == "chaos" || name == "all") {
-		// Without --rate, each scenario keeps its own default rate.
 		rep.Chaos, err = bench.Chaos(ctx, o)
+	}
+	if err == nil && (name == "policies" || name == "all") {
+		rep.Policies, err = bench.Policies(ctx, o)
+	}
+	if err == nil && (name == "state" || name == "all") {
+		rep.State, err = bench.State(ctx, o)
+	}
+	if err == nil && (name == "soak" || (name == "all" && *withSoak)) {
+		rep.Soak, err = bench.Soak(ctx, o)
 	}
 	if err != nil {
 		fmt.Fprintf(stderr, "ballast bench %s: %v\n", name, err)
@@ -164,6 +184,8 @@ func cmdBenchUpstream(args []string, stdout, stderr io.Writer) int {
 			named.Hang = p.Hang
 		case "cut":
 			named.CutStream = p.CutStream
+		case "retry-after":
+			named.RetryAfter = p.RetryAfter
 		default:
 			return
 		}
@@ -172,7 +194,10 @@ func cmdBenchUpstream(args []string, stdout, stderr io.Writer) int {
 	if custom {
 		named.Name = named.Name + "+custom"
 	}
-	named.RetryAfter, named.HangFor = p.RetryAfter, p.HangFor
+	named.HangFor = p.HangFor
+	if named.RetryAfter <= 0 {
+		named.RetryAfter = p.RetryAfter // the flag's default, for profiles that set none
+	}
 	if err := named.Validate(); err != nil {
 		fmt.Fprintf(stderr, "ballast bench upstream: %v\n", err)
 		return 2

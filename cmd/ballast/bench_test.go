@@ -91,13 +91,86 @@ func TestBenchChaosSmoke(t *testing.T) {
 	}
 }
 
+func TestBenchPoliciesSmoke(t *testing.T) {
+	out := benchCLI(t, "policies", "--duration", "100ms", "--warmup", "50ms", "--rate", "200", "--connections", "8", "--json")
+	var rep bench.Report
+	if err := json.Unmarshal([]byte(out), &rep); err != nil {
+		t.Fatalf("not JSON (NaN would not encode): %v\n%s", err, out)
+	}
+	p := rep.Policies
+	if p == nil || rep.Overhead != nil || rep.State != nil {
+		t.Fatalf("report %+v", rep)
+	}
+	// Every variant ran, or was dropped with the config error that says why.
+	if got, want := len(p.Variants)+len(p.Dropped), len(bench.PolicyVariantNames()); got != want {
+		t.Errorf("%d variants ran + %d dropped, want %d: %v", len(p.Variants), len(p.Dropped), want, p.Dropped)
+	}
+	if len(p.Variants) == 0 || p.Variants[0].Name != bench.VariantOff {
+		t.Fatalf("the off baseline did not run first: %+v", p.Variants)
+	}
+	for _, v := range p.Variants {
+		a := v.Open.All
+		if a.Requests == 0 || a.OK != a.Requests || a.Latency.P50 <= 0 || a.Latency.P99 < a.Latency.P50 ||
+			v.CPUPer1k < 0 || v.CPURatio < 0 || v.PeakRSS <= 0 || v.Config == "" {
+			t.Errorf("%s: %+v", v.Name, v)
+		}
+		if v.Name != bench.VariantOff && v.AddedLatency.P50 != a.Latency.P50-p.Variants[0].Open.All.Latency.P50 {
+			t.Errorf("%s: added p50 %v not against off", v.Name, v.AddedLatency.P50)
+		}
+	}
+}
+
+func TestBenchStateSmoke(t *testing.T) {
+	dir := t.TempDir()
+	stores := "memory,file"
+	if bench.RedisPath() != "" {
+		stores += ",redis"
+	}
+	out := benchCLI(t, "state", "--duration", "200ms", "--warmup", "50ms", "--connections", "8", "--targets", stores, "--out", dir)
+	for _, want := range []string{"rps ×unkeyed", "store CPU ms / 1k", "unkeyed", "memory", "file"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("table lacks %q:\n%s", want, out)
+		}
+	}
+	if strings.Contains(out, "NaN") || strings.Contains(out, "Inf") {
+		t.Errorf("NaN or Inf in output:\n%s", out)
+	}
+	var rep bench.Report
+	js, err := os.ReadFile(filepath.Join(dir, bench.JSONFile))
+	if err != nil || json.Unmarshal(js, &rep) != nil || rep.State == nil {
+		t.Fatalf("harness.json: %v", err)
+	}
+	s := rep.State
+	want := strings.Count(stores, ",") + 2 // the stores asked for, plus unkeyed
+	if len(s.Targets) != want || s.Targets[0].Name != bench.StoreUnkeyed {
+		t.Fatalf("targets %+v, skipped %v", s.Targets, s.Skipped)
+	}
+	for _, st := range s.Targets {
+		a := st.Load.All
+		if a.Requests == 0 || a.OK != a.Requests || st.Load.RPS <= 0 || st.CPUPer1k < 0 || st.PeakRSS <= 0 {
+			t.Errorf("%s: %+v", st.Name, st)
+		}
+		if st.Name != bench.StoreUnkeyed && st.RPSRatio <= 0 {
+			t.Errorf("%s: rps ratio against unkeyed not computed", st.Name)
+		}
+		if st.Name != bench.StoreRedis && st.StoreCPUPer1k != 0 {
+			t.Errorf("%s: store CPU %v without a store process", st.Name, st.StoreCPUPer1k)
+		}
+	}
+	md, _ := os.ReadFile(filepath.Join(dir, "RESULTS.md"))
+	if !strings.Contains(string(md), "### State") || strings.Contains(string(md), "ballast-bench") {
+		t.Errorf("RESULTS.md:\n%s", md)
+	}
+}
+
 func TestBenchUsageErrors(t *testing.T) {
 	cases := []struct {
 		name string
 		args []string
 	}{
 		{name: "no scenario", args: []string{"bench"}},
-		{name: "unknown scenario", args: []string{"bench", "policies"}},
+		{name: "unknown scenario", args: []string{"bench", "frobnicate"}},
+		{name: "bad flag", args: []string{"bench", "soak", "--sample-every", "soon"}},
 		{name: "unknown profile", args: []string{"bench", "upstream", "--profile", "nope"}},
 		{name: "percentages above 100", args: []string{"bench", "upstream", "--p503", "80", "--p429", "30"}},
 		{name: "bare proxy without upstream", args: []string{"bench", "bare-proxy"}},

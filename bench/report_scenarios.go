@@ -1,0 +1,118 @@
+package bench
+
+import (
+	"fmt"
+	"io"
+	"strings"
+)
+
+// section is one scenario's part of a report: a summary line, tables and
+// notes, rendered for a terminal or as Markdown.
+type section struct {
+	title   string
+	summary string
+	tables  []*table
+	notes   []string
+}
+
+func (s section) text(w io.Writer) error {
+	fmt.Fprintf(w, "\n%s\n\n", s.summary)
+	for i, t := range s.tables {
+		if i > 0 {
+			fmt.Fprintln(w)
+		}
+		if err := t.text(w); err != nil {
+			return err
+		}
+	}
+	if len(s.notes) > 0 {
+		fmt.Fprintln(w)
+	}
+	for _, n := range s.notes {
+		fmt.Fprintln(w, n)
+	}
+	return nil
+}
+
+func (s section) markdown(b *strings.Builder) {
+	fmt.Fprintf(b, "\n### %s\n\n%s\n\n", s.title, s.summary)
+	for i, t := range s.tables {
+		if i > 0 {
+			b.WriteString("\n")
+		}
+		t.markdown(b)
+	}
+	if len(s.notes) > 0 {
+		b.WriteString("\n")
+	}
+	// Notes are a list in Markdown, one line each on a terminal.
+	for _, n := range s.notes {
+		b.WriteString("- " + n + "\n")
+	}
+}
+
+func (p *PoliciesResult) section() section {
+	s := p.Settings
+	sec := section{title: "Policies", summary: fmt.Sprintf("policies: each policy switched on alone vs plain ballast with everything off (off), "+
+		"same upstream (profile none, %d-byte answers); open loop at %s rps for %s per variant (warm-up %s), "+
+		"model-style POSTs with a unique body each.", s.Size, fmtCount(s.Rate), s.Duration, s.Warmup)}
+	t := &table{header: []string{"variant", "CPU ms / 1k req", "CPU ×off", "p50 ms", "p99 ms", "added p50", "added p99", "peak RSS", "rps", "errors"}}
+	for _, v := range p.Variants {
+		l := v.Open.All.Latency
+		cpuRatio, a50, a99 := "–", "–", "–"
+		if v.Name != VariantOff {
+			cpuRatio, a50, a99 = fmtRatio(v.CPURatio), fmtAdded(v.AddedLatency.P50), fmtAdded(v.AddedLatency.P99)
+		}
+		t.add(v.Name, fmt.Sprintf("%.1f", v.CPUPer1k), cpuRatio, fmtMs(l.P50), fmtMs(l.P99), a50, a99,
+			fmtMiB(v.PeakRSS), fmtCount(v.Open.RPS), fmtErrors(v.Open.All.Errors))
+		sec.notes = append(sec.notes, v.Name+": `"+v.Config+"`")
+	}
+	sec.tables = []*table{t}
+	for _, name := range sortedKeys(p.Dropped) {
+		sec.notes = append(sec.notes, fmt.Sprintf("dropped %s: config.Parse refused it: %s", name, p.Dropped[name]))
+	}
+	return sec
+}
+
+func (r *StateResult) section() section {
+	s := r.Settings
+	sec := section{title: "State", summary: fmt.Sprintf("state: POSTs with a fresh Idempotency-Key each (idempotency: {mode: header}) through ballast "+
+		"on each state store, vs the same POSTs without a key (unkeyed); closed loop with %d connections for %s per store (warm-up %s).",
+		s.Connections, s.Duration, s.Warmup)}
+	t := &table{header: []string{"store", "rps", "rps ×unkeyed", "CPU ms / 1k req", "store CPU ms / 1k", "p50 ms", "p99 ms", "peak RSS", "errors"}}
+	for _, st := range r.Targets {
+		rr, store := "–", "–"
+		if st.Name != StoreUnkeyed {
+			rr = fmtRatio(st.RPSRatio)
+		}
+		if st.Name == StoreRedis {
+			store = fmt.Sprintf("%.1f", st.StoreCPUPer1k)
+		}
+		l := st.Load.All.Latency
+		t.add(st.Name, fmtCount(st.Load.RPS), rr, fmt.Sprintf("%.1f", st.CPUPer1k), store, fmtMs(l.P50), fmtMs(l.P99),
+			fmtMiB(st.PeakRSS), fmtErrors(st.Load.All.Errors))
+		sec.notes = append(sec.notes, st.Name+": `"+st.Config+"`")
+	}
+	sec.tables = []*table{t}
+	for _, name := range sortedKeys(r.Skipped) {
+		sec.notes = append(sec.notes, fmt.Sprintf("skipped %s: %s", name, r.Skipped[name]))
+	}
+	return sec
+}
+
+func (r *SoakResult) section() section {
+	s := r.Settings
+	sec := section{title: "Soak", summary: fmt.Sprintf("soak: ballast with the %s variant at %s rps open loop for %s (warm-up %s), "+
+		"VmRSS sampled every %s; slope is least squares over the second half.", r.Variant, fmtCount(s.Rate), s.Duration, s.Warmup, s.SampleEvery)}
+	l := r.Load.All.Latency
+	t := &table{header: []string{"idle RSS", "RSS at start", "max RSS", "RSS at end", "slope MiB/min", "CPU ms / 1k req", "p50 ms", "p99 ms", "requests", "errors"}}
+	t.add(fmtMiB(r.IdleRSS), fmtMiB(r.StartRSS), fmtMiB(r.MaxRSS), fmtMiB(r.EndRSS), fmt.Sprintf("%+.2f", r.SlopeMiBPerMin),
+		fmt.Sprintf("%.1f", r.CPUPer1k), fmtMs(l.P50), fmtMs(l.P99), fmtCount(float64(r.Load.All.Requests)), fmtErrors(r.Load.All.Errors))
+	sec.tables = []*table{t}
+	var pts []string
+	for _, p := range r.Samples {
+		pts = append(pts, fmt.Sprintf("%.0fs %.1f", p.At, float64(p.RSS)/(1<<20)))
+	}
+	sec.notes = []string{"config: `" + r.Config + "`", "RSS samples (MiB): " + strings.Join(pts, ", ")}
+	return sec
+}
