@@ -14,7 +14,7 @@ func buildBallast(t *testing.T) string {
 	t.Helper()
 	gobin, err := exec.LookPath("go")
 	if err != nil {
-		t.Skip("no go toolchain to build the ballast binary")
+		t.Fatalf("building the ballast binary needs the go toolchain on PATH: %v", err)
 	}
 	exe := filepath.Join(t.TempDir(), "ballast")
 	cmd := exec.Command(gobin, "build", "-o", exe, "../cmd/ballast")
