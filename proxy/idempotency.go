@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -223,17 +222,7 @@ func replay(ctx *fasthttp.RequestCtx, sr *store.Response) {
 	resp.Reset()
 	resp.Header.SetNoDefaultContentType(true)
 	resp.SetStatusCode(sr.Status)
-	for lines := sr.Header; len(lines) > 0; {
-		line := lines
-		if i := bytes.Index(lines, []byte("\r\n")); i >= 0 {
-			line, lines = lines[:i], lines[i+2:]
-		} else {
-			lines = nil
-		}
-		if k, v, ok := bytes.Cut(line, []byte(": ")); ok {
-			resp.Header.AddBytesKV(k, v)
-		}
-	}
+	eachHeaderLine(sr.Header, resp.Header.AddBytesKV)
 	resp.Header.SetBytesV(headerRequestID, id)
 	resp.Header.Set(headerReplayed, "true")
 	resp.Header.Set(headerAttempts, "0")

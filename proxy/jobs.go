@@ -154,7 +154,7 @@ func (s *Server) runJob(job *store.Job) {
 	defer fasthttp.ReleaseRequest(req)
 	req.Header.SetMethod(job.Request.Method)
 	req.SetRequestURI(job.Request.URI)
-	addHeaderLines(&req.Header, job.Request.Header)
+	eachHeaderLine(job.Request.Header, req.Header.AddBytesKV)
 	req.SetBodyRaw(job.Request.Body)
 	var rc fasthttp.RequestCtx
 	rc.Init(req, nil, nil)
@@ -323,7 +323,9 @@ func requestHeaderLines(h *fasthttp.RequestHeader) []byte {
 	return b
 }
 
-func addHeaderLines(h *fasthttp.RequestHeader, lines []byte) {
+// eachHeaderLine calls add for every "Name: value\r\n" line of lines, the
+// form stored responses and jobs keep their headers in.
+func eachHeaderLine(lines []byte, add func(k, v []byte)) {
 	for len(lines) > 0 {
 		line := lines
 		if i := bytes.Index(lines, []byte("\r\n")); i >= 0 {
@@ -332,7 +334,7 @@ func addHeaderLines(h *fasthttp.RequestHeader, lines []byte) {
 			lines = nil
 		}
 		if k, v, ok := bytes.Cut(line, []byte(": ")); ok {
-			h.AddBytesKV(k, v)
+			add(k, v)
 		}
 	}
 }
