@@ -148,8 +148,13 @@ func (v *Validator) checkBody(body []byte, success bool) *Failure {
 	if v.maxBody > 0 && int64(len(body)) > v.maxBody {
 		return fail(CheckMaxBody, "got "+strconv.Itoa(len(body))+" bytes, want <= "+strconv.FormatInt(v.maxBody, 10))
 	}
-	if v.nonEmpty && len(body) == 0 {
-		return fail(CheckNonEmpty, "empty body")
+	if len(body) == 0 {
+		// No body, nothing to parse: an MCP server's 202 to a notification
+		// is a good answer. Routes that need a body say non_empty.
+		if v.nonEmpty {
+			return fail(CheckNonEmpty, "empty body")
+		}
+		return nil
 	}
 	needJSON := v.json || v.jsonRPC || v.schema != nil
 	isJSON := (needJSON || v.providerError) && json.Valid(body)
