@@ -65,6 +65,11 @@ type Log struct {
 	// SuccessSample is the share of successful requests logged, 0 to 1.
 	// Failures are always logged. Default 1.
 	SuccessSample float64 `koanf:"success_sample" json:"success_sample"`
+	// FlushInterval is how long trail lines may wait in memory before they
+	// are written; they are also written when 64 KiB have accumulated and
+	// at shutdown. 0 writes every line at once (one write per request).
+	// Default 1s.
+	FlushInterval Duration `koanf:"flush_interval" json:"flush_interval"`
 }
 
 // State configures the state store. It is opened at start-up; changing it

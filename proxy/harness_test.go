@@ -50,6 +50,9 @@ type ballast struct {
 type syncBuffer struct {
 	mu sync.Mutex
 	b  strings.Builder
+	// flush, when set, writes ballast's buffered trail lines first, so
+	// that String sees every request that has finished.
+	flush func()
 }
 
 func (s *syncBuffer) Write(p []byte) (int, error) {
@@ -59,6 +62,9 @@ func (s *syncBuffer) Write(p []byte) (int, error) {
 }
 
 func (s *syncBuffer) String() string {
+	if s.flush != nil {
+		s.flush() // before s.mu: the flush writes into s
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
@@ -106,6 +112,9 @@ func startBallastWith(t testing.TB, clock policy.Clock, accessLog io.Writer, yam
 	})
 	if err != nil {
 		t.Fatal(err)
+	}
+	if sb, ok := accessLog.(*syncBuffer); ok {
+		sb.flush = srv.FlushAccessLog
 	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

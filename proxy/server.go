@@ -56,7 +56,7 @@ type Server struct {
 	health   *healthPool
 	limiters *limiterPool
 
-	trails     *trailWriter
+	trails     *accessLog
 	state      store.Store // idempotency records and async jobs
 	shared     *shared     // Redis, when state.backend is redis
 	jobs       *jobRunner
@@ -98,10 +98,13 @@ func New(cfg *config.Config, opts Options) (*Server, error) {
 	if s.clock == nil {
 		s.clock = policy.SystemClock{}
 	}
-	s.trails = &trailWriter{w: opts.AccessLog}
-	if s.trails.w == nil {
-		s.trails.w = os.Stderr
+	accessOut := opts.AccessLog
+	if accessOut == nil {
+		accessOut = os.Stderr
 	}
+	// The wall clock, not s.clock: flushing is not a policy decision, and a
+	// flush timer must not count among an injected clock's waiters.
+	s.trails = newAccessLog(accessOut, policy.SystemClock{}, cfg.Log.FlushInterval.D())
 	s.ups = newUpstreamPool(s.clock)
 	if s.reg == nil {
 		s.reg = prometheus.NewRegistry()
@@ -171,6 +174,7 @@ func (s *Server) Apply(cfg *config.Config) error {
 		return err
 	}
 	old := s.table.Swap(t)
+	s.trails.setInterval(cfg.Log.FlushInterval.D())
 	if old != nil && (old.cfg.Listen != cfg.Listen || old.cfg.Admin.Listen != cfg.Admin.Listen || old.cfg.Server != cfg.Server) {
 		s.log.Warn("listen addresses and server limits change only on restart", "listen", cfg.Listen, "admin", cfg.Admin.Listen)
 	}
@@ -258,8 +262,13 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	if cerr := s.state.Close(); err == nil {
 		err = cerr
 	}
+	s.trails.close()
 	return err
 }
+
+// FlushAccessLog writes the decision-trail lines still buffered (see
+// log.flush_interval) to Options.AccessLog now.
+func (s *Server) FlushAccessLog() { s.trails.Flush() }
 
 // handle is the agent-facing request handler.
 func (s *Server) handle(ctx *fasthttp.RequestCtx) {

@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"io"
 	"math/rand/v2"
 	"strconv"
 	"sync"
@@ -69,12 +68,6 @@ func (t *trail) waiting(d time.Duration, why string) {
 	}
 }
 
-// trailWriter writes trail lines. One mutex keeps lines whole.
-type trailWriter struct {
-	mu sync.Mutex
-	w  io.Writer
-}
-
 const (
 	headerDebug = "X-Ballast-Debug"
 	headerTrail = "X-Ballast-Trail"
@@ -88,9 +81,7 @@ func (s *Server) finishTrail(ctx *fasthttp.RequestCtx, t *trail, route string, l
 	tw := s.trails
 	if lc.Requests && (failed || lc.SuccessSample >= 1 || (lc.SuccessSample > 0 && rand.Float64() < lc.SuccessSample)) {
 		b := t.appendJSON(t.buf[:0], ctx, route, status, failed)
-		tw.mu.Lock()
-		_, _ = tw.w.Write(b)
-		tw.mu.Unlock()
+		tw.write(b)
 		t.buf = b
 	}
 	buf := t.buf
