@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/ballast-proxy/ballast/internal/rawio"
 	"io"
 	"log/slog"
 	"net"
@@ -216,7 +217,7 @@ func (s *Server) Serve(ln net.Listener) error {
 	s.startBackground()
 	s.ready.Store(true)
 	s.status.start()
-	err := s.srv.Serve(ln)
+	err := s.srv.Serve(rawio.Listener{Listener: ln})
 	if err != nil && !errors.Is(err, net.ErrClosed) {
 		return err
 	}

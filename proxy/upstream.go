@@ -4,6 +4,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"fmt"
+	"github.com/ballast-proxy/ballast/internal/rawio"
 	"net"
 	"net/url"
 	"os"
@@ -96,7 +97,11 @@ func newUpstream(u *url.URL, caFile string, connect time.Duration) (*upstream, e
 				timeout = connect
 			}
 			d := net.Dialer{Timeout: timeout, KeepAlive: 30 * time.Second}
-			return d.Dial("tcp", addr)
+			c, err := d.Dial("tcp", addr)
+			if err != nil {
+				return nil, err
+			}
+			return rawio.Wrap(c), nil
 		},
 		MaxConns:                 4096,
 		MaxIdleConnDuration:      90 * time.Second,

@@ -1,0 +1,162 @@
+// Package rawio wraps TCP connections so that their reads and writes skip
+// the Go scheduler's system-call bookkeeping.
+//
+// The net package's sockets are non-blocking: a read or write either
+// completes at once or fails with EAGAIN, and the netpoller parks the
+// goroutine until the socket is ready. Yet each one still goes through
+// syscall.Syscall, which tells the scheduler the thread may block
+// (entersyscall/exitsyscall). When the process has just been idle, that
+// notice wakes the sysmon thread, which then polls every 20 µs for a
+// millisecond; a syscall that sysmon sees twice gets its P handed to
+// another thread. At a few thousand requests per second those wake-ups
+// and hand-offs, not the proxying, are the largest share of a Go proxy's
+// CPU. A Conn issues the same read and write system calls through
+// syscall.RawConn with RawSyscall, which is correct precisely because the
+// socket never blocks, and leaves waiting to the netpoller as before.
+package rawio
+
+import (
+	"io"
+	"net"
+	"os"
+	"syscall"
+	"unsafe"
+)
+
+// Conn is a *net.TCPConn whose Read and Write use raw system calls.
+// Everything else (deadlines, Close, addresses, CloseWrite) is the
+// TCPConn's. Deadlines apply as usual: the waits are the netpoller's.
+//
+// Like a net.Conn, a Conn allows one Read and one Write at a time, each
+// from its own goroutine.
+type Conn struct {
+	*net.TCPConn
+	raw syscall.RawConn
+
+	// The read in progress: the callback given to raw.Read is bound once
+	// (readFn) and finds its buffer and leaves its result here, so that a
+	// Read allocates nothing.
+	rbuf   []byte
+	rn     int
+	rerrno syscall.Errno
+	readFn func(fd uintptr) bool
+
+	wbuf    []byte
+	wn      int
+	werrno  syscall.Errno
+	writeFn func(fd uintptr) bool
+}
+
+var _ net.Conn = (*Conn)(nil)
+
+// Wrap returns c as a Conn when it is a TCP connection whose file
+// descriptor is reachable, and c itself otherwise.
+func Wrap(c net.Conn) net.Conn {
+	tc, ok := c.(*net.TCPConn)
+	if !ok {
+		return c
+	}
+	raw, err := tc.SyscallConn()
+	if err != nil {
+		return c
+	}
+	rc := &Conn{TCPConn: tc, raw: raw}
+	rc.readFn = rc.read
+	rc.writeFn = rc.write
+	return rc
+}
+
+// Read reads up to len(p) bytes. It returns io.EOF when the peer has
+// closed its side and no data is left.
+func (c *Conn) Read(p []byte) (int, error) {
+	if len(p) == 0 {
+		return 0, nil
+	}
+	c.rbuf, c.rn, c.rerrno = p, 0, 0
+	err := c.raw.Read(c.readFn)
+	n, errno := c.rn, c.rerrno
+	c.rbuf = nil
+	switch {
+	case err != nil: // deadline, closed connection
+		return 0, c.opError("read", unwrapOp(err))
+	case errno != 0:
+		return 0, c.opError("read", os.NewSyscallError("read", errno))
+	case n == 0:
+		return 0, io.EOF
+	}
+	return n, nil
+}
+
+// read is the raw.Read callback: true when done (data, EOF or an error),
+// false to wait for the socket to become readable.
+func (c *Conn) read(fd uintptr) bool {
+	for {
+		n, _, errno := syscall.RawSyscall(syscall.SYS_READ, fd, uintptr(unsafe.Pointer(&c.rbuf[0])), uintptr(len(c.rbuf)))
+		switch errno {
+		case 0:
+			c.rn = int(n)
+			return true
+		case syscall.EINTR:
+			continue
+		case syscall.EAGAIN:
+			return false
+		}
+		c.rerrno = errno
+		return true
+	}
+}
+
+// Write writes all of p, waiting for the socket to drain as needed.
+func (c *Conn) Write(p []byte) (int, error) {
+	if len(p) == 0 {
+		return 0, nil
+	}
+	c.wbuf, c.wn, c.werrno = p, 0, 0
+	err := c.raw.Write(c.writeFn)
+	n, errno := c.wn, c.werrno
+	c.wbuf = nil
+	switch {
+	case err != nil:
+		return n, c.opError("write", unwrapOp(err))
+	case errno != 0:
+		return n, c.opError("write", os.NewSyscallError("write", errno))
+	}
+	return n, nil
+}
+
+// write is the raw.Write callback: true when all of wbuf is written or
+// an error stops it, false to wait for room in the socket buffer.
+func (c *Conn) write(fd uintptr) bool {
+	for c.wn < len(c.wbuf) {
+		rest := c.wbuf[c.wn:]
+		n, _, errno := syscall.RawSyscall(syscall.SYS_WRITE, fd, uintptr(unsafe.Pointer(&rest[0])), uintptr(len(rest)))
+		switch errno {
+		case 0:
+			c.wn += int(n)
+			continue
+		case syscall.EINTR:
+			continue
+		case syscall.EAGAIN:
+			return false
+		}
+		c.werrno = errno
+		return true
+	}
+	return true
+}
+
+// opError reports err as the net package would for this connection, so
+// that callers' checks (errors.Is(err, os.ErrDeadlineExceeded),
+// net.ErrClosed, net.Error.Timeout) hold unchanged.
+func (c *Conn) opError(op string, err error) error {
+	return &net.OpError{Op: op, Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: err}
+}
+
+// unwrapOp strips the *net.OpError that RawConn wraps its errors in
+// ("raw-read"), keeping the cause.
+func unwrapOp(err error) error {
+	if oe, ok := err.(*net.OpError); ok {
+		return oe.Err
+	}
+	return err
+}
