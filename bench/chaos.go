@@ -85,7 +85,7 @@ func Chaos(ctx context.Context, opts Options) (*ChaosResult, error) {
 		return nil, err
 	}
 	defer up.Stop()
-	bl, features, err := startBallast(ctx, opts.Exe, dir, up.Addr, true)
+	bl, features, err := startBallast(ctx, opts.Exe, dir, up.Addr, true, opts.Procs)
 	if err != nil {
 		return nil, err
 	}

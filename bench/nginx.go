@@ -20,10 +20,11 @@ func NginxPath() string {
 
 // nginxConfig is a minimal reverse proxy to upstream with keep-alive
 // connections both ways and no logging, so it competes on equal terms.
-func nginxConfig(dir, listen, upstream string) string {
+// It runs procs worker processes.
+func nginxConfig(dir, listen, upstream string, procs int) string {
 	return fmt.Sprintf(`daemon off;
 master_process on;
-worker_processes auto;
+worker_processes %[4]d;
 pid %[1]s/nginx.pid;
 error_log %[1]s/error.log warn;
 events { worker_connections 4096; multi_accept on; }
@@ -46,17 +47,17 @@ http {
         }
     }
 }
-`, dir, listen, upstream)
+`, dir, listen, upstream, procs)
 }
 
 // startNginx writes a config into dir and runs nginx in the foreground.
-func startNginx(ctx context.Context, exe, dir, upstream string) (*Process, error) {
+func startNginx(ctx context.Context, exe, dir, upstream string, procs int) (*Process, error) {
 	listen, err := freeAddr()
 	if err != nil {
 		return nil, err
 	}
 	conf := filepath.Join(dir, "nginx.conf")
-	if err := os.WriteFile(conf, []byte(nginxConfig(dir, listen, upstream)), 0o600); err != nil {
+	if err := os.WriteFile(conf, []byte(nginxConfig(dir, listen, upstream, procs)), 0o600); err != nil {
 		return nil, fmt.Errorf("%w: nginx: %w", ErrProcess, err)
 	}
 	p, err := startProcess("nginx", exe, "-p", dir, "-c", conf, "-e", filepath.Join(dir, "error.log"))

@@ -30,6 +30,12 @@ type Options struct {
 	Connections int
 	// Size is the upstream's JSON answer size in bytes. Default 1024.
 	Size int
+	// Procs is how many cores each proxy under test may use: GOMAXPROCS
+	// for ballast and the bare fasthttp proxy, worker_processes for nginx.
+	// Default 1 — a sidecar beside one agent, and the issue's reference of
+	// nginx with one worker. The load driver and the upstream keep Go's
+	// default.
+	Procs int
 	// Seed seeds the chaos upstream. Default 1.
 	Seed int64
 	// Timeout bounds each request of the load driver. Default 5s.
@@ -89,6 +95,9 @@ func (o Options) withScenarioDefaults(rate float64, duration time.Duration) (Opt
 	if o.Seed == 0 {
 		o.Seed = 1
 	}
+	if o.Procs <= 0 {
+		o.Procs = 1
+	}
 	if o.Timeout <= 0 {
 		o.Timeout = 5 * time.Second
 	}
@@ -108,12 +117,13 @@ type Settings struct {
 	Size        int     `json:"size"`
 	Seed        int64   `json:"seed"`
 	Timeout     string  `json:"timeout"`
+	Procs       int     `json:"procs"`
 	SampleEvery string  `json:"sample_every,omitempty"`
 }
 
 func (o Options) settings() Settings {
 	s := Settings{Duration: o.Duration.String(), Warmup: o.Warmup.String(), Rate: o.Rate,
-		Connections: o.Connections, Size: o.Size, Seed: o.Seed, Timeout: o.Timeout.String()}
+		Connections: o.Connections, Size: o.Size, Seed: o.Seed, Timeout: o.Timeout.String(), Procs: o.Procs}
 	if o.Saturation > 0 {
 		s.Saturation = o.Saturation.String()
 	}

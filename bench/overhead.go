@@ -98,7 +98,7 @@ func Overhead(ctx context.Context, opts Options) (*OverheadResult, error) {
 		targets = append(targets, target{TargetDirect, up})
 	}
 	if want(TargetBare) {
-		p, err := startBareProxy(ctx, opts.Exe, up.Addr)
+		p, err := startBareProxy(ctx, opts.Exe, up.Addr, opts.Procs)
 		if err != nil {
 			return nil, err
 		}
@@ -106,7 +106,7 @@ func Overhead(ctx context.Context, opts Options) (*OverheadResult, error) {
 		targets = append(targets, target{TargetBare, p})
 	}
 	if want(TargetBallast) {
-		p, _, err := startBallast(ctx, opts.Exe, dir, up.Addr, false)
+		p, _, err := startBallast(ctx, opts.Exe, dir, up.Addr, false, opts.Procs)
 		if err != nil {
 			return nil, err
 		}
@@ -117,7 +117,7 @@ func Overhead(ctx context.Context, opts Options) (*OverheadResult, error) {
 		if exe := NginxPath(); exe == "" {
 			res.Skipped[TargetNginx] = "nginx is not on PATH"
 		} else {
-			p, err := startNginx(ctx, exe, dir, up.Addr)
+			p, err := startNginx(ctx, exe, dir, up.Addr, opts.Procs)
 			if err != nil {
 				return nil, err
 			}

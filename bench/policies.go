@@ -221,7 +221,7 @@ func Policies(ctx context.Context, opts Options) (*PoliciesResult, error) {
 func runPolicyVariant(ctx context.Context, opts Options, dir string, v policyVariant, up *Process) (PolicyVariant, error) {
 	top, policy := v.config()
 	bl, err := startSmallBallast(ctx, opts.Exe, dir, "policies-"+v.name,
-		smallConfig{Upstream: up.Addr, Top: top, Policy: policy}, v.logOn)
+		smallConfig{Upstream: up.Addr, Top: top, Policy: policy}, v.logOn, opts.Procs)
 	if err != nil {
 		return PolicyVariant{}, err
 	}

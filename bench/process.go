@@ -6,8 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"os/exec"
 	"regexp"
+	"strconv"
 	"sync"
 	"syscall"
 	"time"
@@ -41,14 +43,21 @@ func (p *Process) Usage() (ProcUsage, error) { return ReadProcUsage(p.Pid()) }
 // last lines) for error messages. The process is killed if the harness
 // dies (Pdeathsig).
 func startProcess(name, exe string, args ...string) (*Process, error) {
-	return startProcessQuiet(name, exe, false, args...)
+	return startProcessQuiet(name, exe, false, nil, args...)
+}
+
+// goProcsEnv is the environment of a Go child limited to procs cores.
+func goProcsEnv(procs int) []string {
+	return append(os.Environ(), "GOMAXPROCS="+strconv.Itoa(procs))
 }
 
 // startProcessQuiet is startProcess; with quiet, the child's stderr goes
-// to /dev/null instead (its error messages are then lost).
-func startProcessQuiet(name, exe string, quiet bool, args ...string) (*Process, error) {
+// to /dev/null instead (its error messages are then lost). A nil env
+// inherits the harness's.
+func startProcessQuiet(name, exe string, quiet bool, env []string, args ...string) (*Process, error) {
 	p := &Process{Name: name, output: &lineTail{addr: make(chan string, 1)}, exited: make(chan struct{})}
 	p.cmd = exec.Command(exe, args...)
+	p.cmd.Env = env
 	p.cmd.Stdout = p.output
 	if !quiet {
 		p.cmd.Stderr = p.output

@@ -118,8 +118,8 @@ func (r *Report) Markdown(plot string) []byte {
 
 func (o *OverheadResult) summary() string {
 	s := o.Settings
-	line := fmt.Sprintf("overhead: open loop at %s rps for %s (warm-up %s), %d-byte JSON answers, %d connections",
-		fmtCount(s.Rate), s.Duration, s.Warmup, s.Size, s.Connections)
+	line := fmt.Sprintf("overhead: open loop at %s rps for %s (warm-up %s), %d-byte JSON answers, %d connections, %s",
+		fmtCount(s.Rate), s.Duration, s.Warmup, s.Size, s.Connections, procsPhrase(s.Procs))
 	if s.Saturation != "" {
 		line += fmt.Sprintf("; saturation: closed loop with %d connections for %s", s.Connections, s.Saturation)
 	}
@@ -179,8 +179,8 @@ func (c *ChaosResult) summary() string {
 		features = strings.Join(c.BallastFeatures, ", ")
 	}
 	return fmt.Sprintf("chaos: profile %s (seed %d), open loop at %s rps for %s (warm-up %s) spread over three workloads, "+
-		"client timeout %s; ballast config features: %s.",
-		c.Profile.Name, s.Seed, fmtCount(s.Rate), s.Duration, s.Warmup, s.Timeout, features)
+		"client timeout %s; ballast config features: %s; %s.",
+		c.Profile.Name, s.Seed, fmtCount(s.Rate), s.Duration, s.Warmup, s.Timeout, features, ballastProcs(s.Procs))
 }
 
 func (c *ChaosResult) table() *table {
@@ -192,4 +192,20 @@ func (c *ChaosResult) table() *table {
 		}
 	}
 	return t
+}
+
+// procsPhrase says how many cores each proxy had.
+func procsPhrase(procs int) string {
+	if procs == 1 {
+		return "each proxy on one core (GOMAXPROCS=1, nginx worker_processes 1)"
+	}
+	return fmt.Sprintf("each proxy on %d cores (GOMAXPROCS=%d, nginx worker_processes %d)", procs, procs, procs)
+}
+
+// ballastProcs says how many cores ballast had.
+func ballastProcs(procs int) string {
+	if procs <= 1 {
+		return "ballast on one core (GOMAXPROCS=1)"
+	}
+	return fmt.Sprintf("ballast on %d cores (GOMAXPROCS=%d)", procs, procs)
 }

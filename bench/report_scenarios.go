@@ -55,7 +55,7 @@ func (p *PoliciesResult) section() section {
 	s := p.Settings
 	sec := section{title: "Policies", summary: fmt.Sprintf("policies: each policy switched on alone vs plain ballast with everything off (off), "+
 		"same upstream (profile none, %d-byte answers); open loop at %s rps for %s per variant (warm-up %s), "+
-		"model-style POSTs with a unique body each.", s.Size, fmtCount(s.Rate), s.Duration, s.Warmup)}
+		"model-style POSTs with a unique body each; %s.", s.Size, fmtCount(s.Rate), s.Duration, s.Warmup, ballastProcs(s.Procs))}
 	t := &table{header: []string{"variant", "CPU ms / 1k req", "CPU ×off", "p50 ms", "p99 ms", "added p50", "added p99", "peak RSS", "rps", "errors"}}
 	for _, v := range p.Variants {
 		l := v.Open.All.Latency
@@ -77,8 +77,8 @@ func (p *PoliciesResult) section() section {
 func (r *StateResult) section() section {
 	s := r.Settings
 	sec := section{title: "State", summary: fmt.Sprintf("state: POSTs with a fresh Idempotency-Key each (idempotency: {mode: header}) through ballast "+
-		"on each state store, vs the same POSTs without a key (unkeyed); closed loop with %d connections for %s per store (warm-up %s).",
-		s.Connections, s.Duration, s.Warmup)}
+		"on each state store, vs the same POSTs without a key (unkeyed); closed loop with %d connections for %s per store (warm-up %s); %s.",
+		s.Connections, s.Duration, s.Warmup, ballastProcs(s.Procs))}
 	t := &table{header: []string{"store", "rps", "rps ×unkeyed", "CPU ms / 1k req", "store CPU ms / 1k", "p50 ms", "p99 ms", "peak RSS", "errors"}}
 	for _, st := range r.Targets {
 		rr, store := "–", "–"
@@ -103,7 +103,7 @@ func (r *StateResult) section() section {
 func (r *SoakResult) section() section {
 	s := r.Settings
 	sec := section{title: "Soak", summary: fmt.Sprintf("soak: ballast with the %s variant at %s rps open loop for %s (warm-up %s), "+
-		"VmRSS sampled every %s; slope is least squares over the second half.", r.Variant, fmtCount(s.Rate), s.Duration, s.Warmup, s.SampleEvery)}
+		"VmRSS sampled every %s; slope is least squares over the second half; %s.", r.Variant, fmtCount(s.Rate), s.Duration, s.Warmup, s.SampleEvery, ballastProcs(s.Procs))}
 	l := r.Load.All.Latency
 	t := &table{header: []string{"idle RSS", "RSS at start", "max RSS", "RSS at end", "slope MiB/min", "CPU ms / 1k req", "p50 ms", "p99 ms", "requests", "errors"}}
 	t.add(fmtMiB(r.IdleRSS), fmtMiB(r.StartRSS), fmtMiB(r.MaxRSS), fmtMiB(r.EndRSS), fmt.Sprintf("%+.2f", r.SlopeMiBPerMin),

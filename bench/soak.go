@@ -73,7 +73,7 @@ func Soak(ctx context.Context, opts Options) (*SoakResult, error) {
 	}
 	defer up.Stop()
 	top, policy := v.config()
-	bl, err := startSmallBallast(ctx, opts.Exe, dir, "soak", smallConfig{Upstream: up.Addr, Top: top, Policy: policy}, v.logOn)
+	bl, err := startSmallBallast(ctx, opts.Exe, dir, "soak", smallConfig{Upstream: up.Addr, Top: top, Policy: policy}, v.logOn, opts.Procs)
 	if err != nil {
 		return nil, err
 	}

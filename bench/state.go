@@ -131,7 +131,7 @@ func runStateTarget(ctx context.Context, opts Options, dir, name, state string, 
 	if name == StoreUnkeyed {
 		st.Config += "; no Idempotency-Key sent"
 	}
-	bl, err := startSmallBallast(ctx, opts.Exe, dir, "state-"+name, smallConfig{Upstream: up.Addr, Top: top, Policy: policy}, false)
+	bl, err := startSmallBallast(ctx, opts.Exe, dir, "state-"+name, smallConfig{Upstream: up.Addr, Top: top, Policy: policy}, false, opts.Procs)
 	if err != nil {
 		return st, err
 	}

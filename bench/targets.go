@@ -37,9 +37,9 @@ func startUpstream(ctx context.Context, exe string, cfg UpstreamConfig) (*Proces
 	return p, nil
 }
 
-// startBareProxy runs `exe bench bare-proxy` as a child.
-func startBareProxy(ctx context.Context, exe, upstream string) (*Process, error) {
-	p, err := startProcess("bare", exe, "bench", "bare-proxy", "--listen", "127.0.0.1:0", "--upstream", upstream)
+// startBareProxy runs `exe bench bare-proxy` as a child on procs cores.
+func startBareProxy(ctx context.Context, exe, upstream string, procs int) (*Process, error) {
+	p, err := startProcessQuiet("bare", exe, false, goProcsEnv(procs), "bench", "bare-proxy", "--listen", "127.0.0.1:0", "--upstream", upstream)
 	if err != nil {
 		return nil, err
 	}
@@ -52,8 +52,8 @@ func startBareProxy(ctx context.Context, exe, upstream string) (*Process, error)
 
 // startBallast renders the config template into dir and runs
 // `exe run -c FILE` as a child, waiting for its /readyz. It returns the
-// features the config enabled.
-func startBallast(ctx context.Context, exe, dir, upstream string, chaos bool) (*Process, []string, error) {
+// features the config enabled. It runs on procs cores (GOMAXPROCS).
+func startBallast(ctx context.Context, exe, dir, upstream string, chaos bool, procs int) (*Process, []string, error) {
 	listen, err := freeAddr()
 	if err != nil {
 		return nil, nil, err
@@ -76,7 +76,7 @@ func startBallast(ctx context.Context, exe, dir, upstream string, chaos bool) (*
 	if err := os.WriteFile(file, yaml, 0o600); err != nil {
 		return nil, nil, fmt.Errorf("%w: ballast: %w", ErrProcess, err)
 	}
-	p, err := startProcess("ballast", exe, "run", "-c", file, "--log-level", "error")
+	p, err := startProcessQuiet("ballast", exe, false, goProcsEnv(procs), "run", "-c", file, "--log-level", "error")
 	if err != nil {
 		return nil, nil, err
 	}

@@ -53,9 +53,9 @@ func logsRequests(top string) bool { return !strings.Contains(top, "log: {reques
 
 // startSmallBallast writes c (with fresh loopback addresses) into
 // dir/name.yaml and runs `exe run -c` on it, waiting for /readyz. With
-// quiet, the child's stderr goes to /dev/null (a per-request log costs
+// quiet, the child's stderr goes to /dev/null; it runs on procs cores (a per-request log costs
 // ballast its write, not the harness a pipe read).
-func startSmallBallast(ctx context.Context, exe, dir, name string, c smallConfig, quiet bool) (*Process, error) {
+func startSmallBallast(ctx context.Context, exe, dir, name string, c smallConfig, quiet bool, procs int) (*Process, error) {
 	var err error
 	if c.Listen, err = freeAddr(); err != nil {
 		return nil, err
@@ -75,7 +75,7 @@ func startSmallBallast(ctx context.Context, exe, dir, name string, c smallConfig
 	if quiet {
 		level = "info" // the request log is written at INFO
 	}
-	p, err := startProcessQuiet("ballast "+name, exe, quiet, "run", "-c", file, "--log-level", level)
+	p, err := startProcessQuiet("ballast "+name, exe, quiet, goProcsEnv(procs), "run", "-c", file, "--log-level", level)
 	if err != nil {
 		return nil, err
 	}
