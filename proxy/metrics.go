@@ -152,7 +152,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		}),
 		stateErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "ballast_state_errors_total",
-			Help: "Failed operations on the shared state backend, by operation.",
+			Help: "Failed operations on the state backend (Redis, or the file store's deferred completions), by operation.",
 		}, []string{"op"}),
 		reg:    reg,
 		funcs:  map[string]prometheus.Collector{},

@@ -24,7 +24,14 @@ func (s *Server) openState(c config.State) (store.Store, string, error) {
 	}
 	switch backend {
 	case "file":
-		f, err := store.OpenFile(c.Path, store.FileOptions{Limits: lim})
+		// Completions and releases are written after the agent has its
+		// answer; one that fails then can only be counted and logged.
+		onAsync := func(op, key string, err error) {
+			s.m.stateErrors.WithLabelValues(op).Inc()
+			s.log.Warn("state file: a completion was not recorded; a retry of this request will read as outcome unknown",
+				"op", op, "error", err)
+		}
+		f, err := store.OpenFile(c.Path, store.FileOptions{Limits: lim, OnAsyncError: onAsync})
 		if err != nil {
 			return nil, "", fmt.Errorf("proxy: state: %w", err)
 		}

@@ -21,7 +21,9 @@
 // with a different fingerprint gets ErrMismatch (422 at the proxy).
 //
 // A claim whose outcome is lost — the File store was killed while the claim
-// was in flight, or the lease of a live owner expired — reads as
+// was in flight or before its completion was committed (Complete returns
+// before the fsync; see FileOptions.SyncComplete), or the lease of a live
+// owner expired — reads as
 // UnknownOutcome with the original StartedAt. The caller answers 409
 // (outcome_unknown) unless the route is idempotent, in which case it claims
 // again with ClaimArgs.TakeOverUnknown.

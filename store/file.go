@@ -19,8 +19,9 @@ type FileOptions struct {
 	// the state file before it gives up with ErrLocked (default 1s).
 	LockTimeout time.Duration
 	// BatchSize bounds how many writes share one commit (default 1000); 1
-	// commits every write alone. Every write is fsynced before it returns;
-	// sharing commits amortises the fsync across concurrent requests.
+	// commits every write alone. Every write but Complete and Release (see
+	// SyncComplete) is fsynced before it returns; sharing commits amortises
+	// the fsync across concurrent requests.
 	BatchSize int
 	// BatchDelay, when positive, makes writes use bbolt's DB.Batch, which
 	// waits up to BatchDelay for other writes before it commits. The default
@@ -28,7 +29,26 @@ type FileOptions struct {
 	// no commit is running, and writes arriving during a commit share the
 	// next one. That is as fast under load and much faster alone (see the
 	// benchmarks), so leave this at 0 unless measurements say otherwise.
+	// A positive BatchDelay implies SyncComplete.
 	BatchDelay time.Duration
+	// SyncComplete makes Complete and Release return only once their write
+	// is fsynced. By default (false) they return once the write is queued
+	// for the next group commit: the completion is then visible at once to
+	// Claim, Get and Wait in this process, wakes waiters once committed, and
+	// is durable within one group commit. A crash in that window loses only
+	// the completion: the claim reads as UnknownOutcome when its lease ends,
+	// never as free, so no request runs twice. The claim itself is always
+	// durable before Claim returns.
+	SyncComplete bool
+	// OnAsyncError, when set, is called with the error of a completion or
+	// release that failed after Complete or Release had returned (op is
+	// "complete" or "release"): ErrNotHeld when the claim was swept or taken
+	// over meanwhile, or a failure of the file. It runs on the committing
+	// goroutine: it must be quick (count, log) and must not call the File.
+	// Nil: such errors are dropped. Errors found before queuing (invalid
+	// arguments, ErrTooLarge, ErrNotHeld, ErrClosed) are returned by
+	// Complete and Release as usual.
+	OnAsyncError func(op, key string, err error)
 }
 
 // Defaults of FileOptions.
@@ -58,10 +78,13 @@ type Recovery struct {
 	Jobs, PendingJobs int
 }
 
-// File is the Store on a local bbolt file. It survives SIGKILL: a claim is
-// fsynced before Claim returns and a completion before Complete returns, so
-// a restart loses no completed record and no job, and reports the claims
-// that were in flight as UnknownOutcome.
+// File is the Store on a local bbolt file. It survives SIGKILL: a claim and
+// a job are fsynced before Claim and PutJob return, and a completion within
+// one group commit after Complete returns (before it returns with
+// FileOptions.SyncComplete). A restart reports the claims that were in
+// flight, including those whose completion the crash lost, as
+// UnknownOutcome; so a crash never makes a request run twice. Close commits
+// every queued completion.
 //
 // File refuses new claims with ErrFull once it holds MaxRecords records
 // (expired ones count until Sweep removes them). Only one process may open
@@ -77,6 +100,13 @@ type File struct {
 	// write runs a read-write transaction function, batched (see
 	// FileOptions.BatchDelay).
 	write func(func(*bolt.Tx) error) error
+	// commit is the group committer; nil with FileOptions.BatchDelay.
+	commit *committer
+	// async: Complete and Release only queue their write (see
+	// FileOptions.SyncComplete); pending holds those writes until commit.
+	async        bool
+	pending      *pendingRecords
+	onAsyncError func(op, key string, err error)
 }
 
 var _ Store = (*File)(nil)
@@ -102,10 +132,13 @@ func OpenFile(path string, opts FileOptions) (*File, error) {
 	if batchSize <= 0 {
 		batchSize = DefaultBatchSize
 	}
-	write := (&committer{db: db, max: batchSize}).do
+	var commit *committer
+	write := db.Batch
 	if opts.BatchDelay > 0 {
 		db.MaxBatchDelay, db.MaxBatchSize = opts.BatchDelay, batchSize
-		write = db.Batch
+	} else {
+		commit = newCommitter(db, batchSize)
+		write = commit.do
 	}
 	rec, err := recoverState(db)
 	if err != nil {
@@ -123,6 +156,11 @@ func OpenFile(path string, opts FileOptions) (*File, error) {
 		wakeup:   newNotifier(),
 		recovery: rec,
 		write:    write,
+		commit:   commit,
+		async:    commit != nil && !opts.SyncComplete,
+		pending:  newPendingRecords(),
+
+		onAsyncError: opts.OnAsyncError,
 	}, nil
 }
 
@@ -251,10 +289,16 @@ func (f *File) Owner() string { return f.lim.Owner }
 // Recovery returns what OpenFile found in the state file.
 func (f *File) Recovery() Recovery { return f.recovery }
 
-// Close implements Store. It is idempotent.
+// Close implements Store. It is idempotent. It waits for the writes already
+// queued, including the completions and releases that Complete and Release
+// returned before their commit, and wakes their waiters, then closes the
+// file.
 func (f *File) Close() error {
 	if !f.closed.CompareAndSwap(false, true) {
 		return nil
+	}
+	if f.commit != nil {
+		f.commit.close()
 	}
 	f.wakeup.closeAll()
 	if err := f.db.Close(); err != nil {

@@ -39,10 +39,32 @@ func (f *File) wrap(op string, err error) error {
 	switch {
 	case err == nil:
 		return nil
-	case errors.Is(err, berrors.ErrDatabaseNotOpen):
+	case errors.Is(err, berrors.ErrDatabaseNotOpen), errors.Is(err, ErrClosed):
 		return ErrClosed
 	}
 	return fmt.Errorf("store: %s in %s: %w", op, f.path, err)
+}
+
+// read returns the record of key (nil when absent) as it is once the writes
+// already queued are committed: a pending completion or release, else the
+// committed record. The pending overlay is read first: an entry removed
+// meanwhile was committed before, so the file then has it.
+func (f *File) read(op, key string) (rec *Record, err error) {
+	if f.closed.Load() {
+		return nil, ErrClosed
+	}
+	if p := f.pending.get(key); p != nil {
+		if p.enc == nil {
+			return nil, nil
+		}
+		rec, err = decodeRecord(key, p.enc)
+		return rec, f.wrap(op, err)
+	}
+	err = f.view(op, func(tx *bolt.Tx) (err error) {
+		rec, err = readRecord(tx, key)
+		return err
+	})
+	return rec, err
 }
 
 // readRecord returns the stored record of key (nil when absent).
@@ -63,11 +85,7 @@ func (f *File) Claim(ctx context.Context, key string, args ClaimArgs) (*Record, 
 	if err := checkKey("key", key); err != nil {
 		return nil, false, err
 	}
-	var cur *Record
-	err := f.view("claim", func(tx *bolt.Tx) (err error) {
-		cur, err = readRecord(tx, key)
-		return err
-	})
+	cur, err := f.read("claim", key)
 	if err != nil {
 		return nil, false, err
 	}
@@ -127,7 +145,8 @@ func (f *File) Claim(ctx context.Context, key string, args ClaimArgs) (*Record, 
 	return out, owned, outErr
 }
 
-// Complete implements Store. It returns once the response is on disk.
+// Complete implements Store. By default it returns once the completion is
+// queued for the next group commit (see FileOptions.SyncComplete).
 func (f *File) Complete(ctx context.Context, held *Record, resp *Response, now time.Time, ttl time.Duration) error {
 	if err := checkHeld(held); err != nil {
 		return err
@@ -138,36 +157,68 @@ func (f *File) Complete(ctx context.Context, held *Record, resp *Response, now t
 	if n := resp.Size(); n > f.lim.MaxResponseBytes {
 		return tooLarge("response", n, f.lim.MaxResponseBytes)
 	}
-	enc := appendRecord(nil, completed(held, resp, now, ttl))
-	if err := f.finish("complete", held, enc); err != nil {
-		return err
-	}
-	f.wakeup.wake(held.Key)
-	return nil
+	return f.finish("complete", held, appendRecord(nil, completed(held, resp, now, ttl)))
 }
 
-// Release implements Store.
+// Release implements Store. By default it returns once the release is
+// queued for the next group commit (see FileOptions.SyncComplete).
 func (f *File) Release(ctx context.Context, held *Record) error {
 	if err := checkHeld(held); err != nil {
 		return err
 	}
-	if err := f.finish("release", held, nil); err != nil {
+	return f.finish("release", held, nil)
+}
+
+// finish replaces the claim held with enc, or deletes it when enc is nil,
+// and wakes the key's waiters once that is committed. Asynchronously it
+// checks first that the claim is held, so that ErrNotHeld is returned at
+// once in the usual cases (released, completed, taken over); a change
+// between that check and the commit goes to OnAsyncError.
+func (f *File) finish(op string, held *Record, enc []byte) error {
+	var notHeld bool
+	fn := finishTx(held, enc, &notHeld)
+	if !f.async {
+		err := f.batch(op, fn)
+		switch {
+		case err != nil:
+			return err
+		case notHeld:
+			return ErrNotHeld
+		}
+		f.wakeup.wake(held.Key)
+		return nil
+	}
+	if err := f.checkHeld(op, held); err != nil {
 		return err
 	}
-	f.wakeup.wake(held.Key)
+	p := f.pending.put(held.Key, enc)
+	err := f.commit.enqueue(fn, func(err error) {
+		f.pending.remove(held.Key, p)
+		f.wakeup.wake(held.Key)
+		switch {
+		case err != nil:
+			f.asyncError(op, held.Key, f.wrap(op, err))
+		case notHeld:
+			f.asyncError(op, held.Key, ErrNotHeld)
+		}
+	})
+	if err != nil {
+		f.pending.remove(held.Key, p)
+		return f.wrap(op, err)
+	}
 	return nil
 }
 
-// finish replaces the claim held with enc, or deletes it when enc is nil.
-func (f *File) finish(op string, held *Record, enc []byte) error {
+// finishTx is finish's transaction function; it sets *notHeld instead of
+// writing when the claim is no longer held.
+func finishTx(held *Record, enc []byte, notHeld *bool) func(*bolt.Tx) error {
 	bkey := []byte(held.Key)
-	var notHeld bool
-	err := f.batch(op, func(tx *bolt.Tx) error {
-		notHeld = false
+	return func(tx *bolt.Tx) error {
+		*notHeld = false
 		b := tx.Bucket(bucketRecords)
 		state, token, ok := peekClaim(b.Get(bkey))
 		if !ok || token != held.Token || state == Completed {
-			notHeld = true
+			*notHeld = true
 			return nil
 		}
 		if enc != nil {
@@ -177,34 +228,50 @@ func (f *File) finish(op string, held *Record, enc []byte) error {
 			return err
 		}
 		return addSequence(b, -1)
+	}
+}
+
+// checkHeld returns ErrNotHeld unless held is the key's current claim,
+// counting queued writes: a pending completion or release of the key means
+// the claim is finished.
+func (f *File) checkHeld(op string, held *Record) error {
+	if f.closed.Load() {
+		return ErrClosed
+	}
+	if f.pending.get(held.Key) != nil {
+		return ErrNotHeld
+	}
+	var holds bool
+	err := f.view(op, func(tx *bolt.Tx) error {
+		state, token, ok := peekClaim(tx.Bucket(bucketRecords).Get([]byte(held.Key)))
+		holds = ok && token == held.Token && state != Completed
+		return nil
 	})
 	switch {
 	case err != nil:
 		return err
-	case notHeld:
+	case !holds:
 		return ErrNotHeld
 	}
 	return nil
 }
 
+func (f *File) asyncError(op, key string, err error) {
+	if f.onAsyncError != nil {
+		f.onAsyncError(op, key, err)
+	}
+}
+
 // Wait implements Store.
 func (f *File) Wait(ctx context.Context, key string) (*Record, error) {
-	return waitFor(ctx, f.wakeup, key, func() (rec *Record, err error) {
-		err = f.view("wait", func(tx *bolt.Tx) (err error) {
-			rec, err = readRecord(tx, key)
-			return err
-		})
-		return rec, err
+	return waitFor(ctx, f.wakeup, key, func() (*Record, error) {
+		return f.read("wait", key)
 	}, f.closed.Load)
 }
 
 // Get implements Store.
 func (f *File) Get(ctx context.Context, key string, now time.Time) (*Record, error) {
-	var rec *Record
-	err := f.view("get", func(tx *bolt.Tx) (err error) {
-		rec, err = readRecord(tx, key)
-		return err
-	})
+	rec, err := f.read("get", key)
 	switch {
 	case err != nil:
 		return nil, err

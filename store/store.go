@@ -55,11 +55,25 @@ type Store interface {
 	// passes the response through and then calls Release (or Completes with a
 	// smaller response). ErrNotHeld reports that the claim was released,
 	// swept or taken over since.
+	//
+	// With the File backend Complete returns once the completion is queued
+	// for the next group commit (unless FileOptions.SyncComplete is set):
+	// it is visible at once to Claim, Get and Wait in this process and wakes
+	// the waiters once committed. The completion is durable within one group
+	// commit after Complete returns; a crash in that window leaves the claim
+	// to read as UnknownOutcome when its lease ends, never a duplicate.
+	// Validation errors, ErrTooLarge and ErrNotHeld are still returned at
+	// once, but a claim lost between that check and the commit (swept, or
+	// taken over by a Claim queued just before) is reported only to
+	// FileOptions.OnAsyncError; callers therefore treat ErrNotHeld from
+	// Complete as a log line, not as a decision (the proxy does).
 	Complete(ctx context.Context, held *Record, resp *Response, now time.Time, ttl time.Duration) error
 
 	// Release drops the claim held without storing an outcome and wakes every
 	// Wait on the key, so that one of the waiters may claim it. ErrNotHeld
-	// reports that the claim is no longer held.
+	// reports that the claim is no longer held. With the File backend it is
+	// queued like Complete: a crash before its commit leaves the claim to
+	// read as UnknownOutcome when its lease ends.
 	Release(ctx context.Context, held *Record) error
 
 	// Wait blocks until the key's record is no longer InFlight and returns it
@@ -94,7 +108,8 @@ type Store interface {
 	Sweep(now time.Time) (removed int, err error)
 
 	// Close releases the store. Blocked Waits return ErrClosed. With the File
-	// backend, records in flight stay on disk and read as UnknownOutcome at
+	// backend, Close first commits the completions and releases already
+	// queued; records in flight stay on disk and read as UnknownOutcome at
 	// the next open.
 	Close() error
 }
