@@ -111,7 +111,7 @@ func (s *Server) guard(ctx *fasthttp.RequestCtx, r *route, body []byte, deadline
 	if r.idem.auto {
 		ttl = r.idem.window
 	}
-	wctx, cancel := context.WithDeadline(context.Background(), s.wall(deadline, s.clock.Now()))
+	wctx, cancel := context.WithDeadline(context.Background(), s.wall(deadline))
 	defer cancel()
 	for {
 		now := s.clock.Now()

@@ -236,7 +236,7 @@ func (s *Server) acquireSlot(ctx *fasthttp.RequestCtx, r *route, deadline time.T
 	// Not derived from ctx: a context whose parent is a fasthttp.RequestCtx
 	// starts a goroutine that may read the RequestCtx after the handler
 	// returned and fasthttp reused it (a data race the race detector saw).
-	c, cancel := context.WithDeadline(context.Background(), s.wall(deadline, s.clock.Now()))
+	c, cancel := context.WithDeadline(context.Background(), s.wall(deadline))
 	defer cancel()
 	permit, err := r.bulkhead.Acquire(c, s.clock, ratelimit.ParsePriority(ctx.Request.Header.Peek(headerPriority)))
 	if err == nil {

@@ -48,14 +48,17 @@ type Options struct {
 // Server is a running ballast: the agent-facing listener and the admin
 // listener over one atomically swapped route table.
 type Server struct {
-	log      *slog.Logger
-	reg      *prometheus.Registry
-	clock    policy.Clock
-	m        *metrics
-	ids      *idSource
-	ups      *upstreamPool
-	health   *healthPool
-	limiters *limiterPool
+	log   *slog.Logger
+	reg   *prometheus.Registry
+	clock policy.Clock
+	// systemClock is true when clock is the wall clock, so that a
+	// time.Now() reading can stand for clock.Now() (see clockAt).
+	systemClock bool
+	m           *metrics
+	ids         *idSource
+	ups         *upstreamPool
+	health      *healthPool
+	limiters    *limiterPool
 
 	trails     *accessLog
 	state      store.Store // idempotency records and async jobs
@@ -99,6 +102,7 @@ func New(cfg *config.Config, opts Options) (*Server, error) {
 	if s.clock == nil {
 		s.clock = policy.SystemClock{}
 	}
+	_, s.systemClock = s.clock.(policy.SystemClock)
 	accessOut := opts.AccessLog
 	if accessOut == nil {
 		accessOut = os.Stderr
@@ -273,7 +277,10 @@ func (s *Server) FlushAccessLog() { s.trails.Flush() }
 
 // handle is the agent-facing request handler.
 func (s *Server) handle(ctx *fasthttp.RequestCtx) {
-	start := time.Now()
+	start := ctx.Time() // fasthttp read the clock when the request arrived
+	if start.IsZero() {
+		start = time.Now()
+	}
 	s.ids.assign(ctx)
 	if ambiguousFraming(&ctx.Request.Header) {
 		writeProblem(ctx, problem{Status: fasthttp.StatusBadRequest, Reason: ReasonBadRequest,
@@ -308,15 +315,16 @@ func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 	tr.start = start
 	tr.debug = t.cfg.Admin.AllowDebug && string(ctx.Request.Header.Peek(headerDebug)) == "1"
 	ctx.SetUserValue(trailKey, tr)
-	s.forward(ctx, r, s.clock.Now())
+	s.forward(ctx, r, s.clockAt(start))
 	r.m.inflight.Dec()
 	if tr.debug {
 		var buf [512]byte
 		ctx.Response.Header.SetBytesV(headerTrail, tr.summary(buf[:0]))
 	}
 	ctx.RemoveUserValue(trailKey)
-	s.finishTrail(ctx, tr, r.name, t.cfg.Log)
-	r.m.observe(ctx.Response.StatusCode(), time.Since(start).Seconds())
+	end := time.Now()
+	s.finishTrail(ctx, tr, r.name, t.cfg.Log, end)
+	r.m.observe(ctx.Response.StatusCode(), end.Sub(start).Seconds())
 }
 
 // handleParseError answers requests fasthttp could not parse.

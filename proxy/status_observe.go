@@ -14,19 +14,24 @@ import (
 // > 0 makes this one a retry). When the attempt left the upstream cooling
 // down for longer than notify.cooldown_threshold, an alert is raised.
 // Allocation-free unless it alerts.
-func (s *Server) tryObserved(out *fasthttp.Request, t *target, r *route, now, deadline time.Time, prior int) attempt {
+//
+// It sets a.took (wall time: latency is measured, not decided) and a.ended
+// (the server's clock), reading the clock twice in all.
+func (s *Server) tryObserved(out *fasthttp.Request, t *target, r *route, deadline time.Time, prior int) attempt {
 	u := s.status.board.Route(r.name).Upstream(t.name)
 	u.Begin()
 	start := time.Now()
-	a := s.try(out, t, r, now, deadline)
-	took := time.Since(start) // wall time: latency is measured, not decided
+	a := s.try(out, t, r, s.clockAt(start), deadline)
+	end := time.Now()
+	a.took = end.Sub(start)
 	u.End()
-	at := s.clock.Now()
+	at := s.clockAt(end)
+	a.ended = at
 	retries := 0
 	if prior > 0 {
 		retries = 1
 	}
-	u.Record(at, supervise.Sample{Latency: took, Failed: supervise.CountsAsFailure(a.class), Retries: retries})
+	u.Record(at, supervise.Sample{Latency: a.took, Failed: supervise.CountsAsFailure(a.class), Retries: retries})
 	if rem := t.up.cool.Remaining(at); rem > 0 && rem > s.Config().Notify.CooldownThreshold.D() && u.NoteCooldown(at.Add(rem)) {
 		s.alert(supervise.KindCooldown, r.name, t.name, "the upstream asked to pause for "+rem.Round(time.Second).String())
 	}
@@ -69,9 +74,10 @@ func (s *Server) observe(ctx *fasthttp.RequestCtx, r *route, class policy.Class,
 // record adds one answered request to the route's window and, when it
 // failed, to the failure ring. It returns the clock's now.
 func (s *Server) record(ctx *fasthttp.RequestCtx, r *route, upstream string, class policy.Class, cause policy.Cause, reason Reason, attempts int) time.Time {
-	now := s.clock.Now()
+	wall := time.Now()
+	now := s.clockAt(wall)
 	s.status.board.Route(r.name).Record(now, supervise.Sample{
-		Latency: time.Since(ctx.Time()), Failed: supervise.CountsAsFailure(class), Retries: max(attempts-1, 0),
+		Latency: wall.Sub(ctx.Time()), Failed: supervise.CountsAsFailure(class), Retries: max(attempts-1, 0),
 	})
 	if class == policy.OK || class == policy.Canceled {
 		return now

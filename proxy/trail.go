@@ -75,12 +75,13 @@ const (
 
 // finish writes the trail of a finished request (always for failures,
 // sampled for successes) and returns it to the pool.
-func (s *Server) finishTrail(ctx *fasthttp.RequestCtx, t *trail, route string, lc config.Log) {
+// end is when the request ended (wall time).
+func (s *Server) finishTrail(ctx *fasthttp.RequestCtx, t *trail, route string, lc config.Log, end time.Time) {
 	status := ctx.Response.StatusCode()
 	failed := status >= 500 || t.stop != "" || (t.n > 0 && t.attempts[min(t.n, maxTrailAttempts)-1].class != policy.OK && status >= 400)
 	tw := s.trails
 	if lc.Requests && (failed || lc.SuccessSample >= 1 || (lc.SuccessSample > 0 && rand.Float64() < lc.SuccessSample)) {
-		b := t.appendJSON(t.buf[:0], ctx, route, status, failed)
+		b := t.appendJSON(t.buf[:0], ctx, route, status, failed, end)
 		tw.write(b)
 		t.buf = b
 	}
@@ -89,9 +90,9 @@ func (s *Server) finishTrail(ctx *fasthttp.RequestCtx, t *trail, route string, l
 	trailPool.Put(t)
 }
 
-func (t *trail) appendJSON(b []byte, ctx *fasthttp.RequestCtx, route string, status int, failed bool) []byte {
+func (t *trail) appendJSON(b []byte, ctx *fasthttp.RequestCtx, route string, status int, failed bool, end time.Time) []byte {
 	b = append(b, `{"time":"`...)
-	b = time.Now().UTC().AppendFormat(b, time.RFC3339Nano)
+	b = end.UTC().AppendFormat(b, time.RFC3339Nano)
 	if failed {
 		b = append(b, `","level":"WARN"`...)
 	} else {
@@ -112,7 +113,7 @@ func (t *trail) appendJSON(b []byte, ctx *fasthttp.RequestCtx, route string, sta
 	b = append(b, `,"status":`...)
 	b = strconv.AppendInt(b, int64(status), 10)
 	b = append(b, `,"duration_ms":`...)
-	b = strconv.AppendFloat(b, float64(time.Since(t.start).Microseconds())/1000, 'f', 3, 64)
+	b = strconv.AppendFloat(b, float64(end.Sub(t.start).Microseconds())/1000, 'f', 3, 64)
 	if t.rateWait > 0 {
 		b = append(b, `,"ratelimit_wait_ms":`...)
 		b = strconv.AppendInt(b, t.rateWait.Milliseconds(), 10)
