@@ -13,6 +13,12 @@ type Config struct {
 	Listen string `koanf:"listen" json:"listen"`
 	// Admin is the admin listener.
 	Admin Admin `koanf:"admin" json:"admin"`
+	// Procs is how many cores (GOMAXPROCS) ballast's Go code runs on. 0
+	// keeps Go's default: every CPU, or the container's CPU limit rounded
+	// up and at least 2. A GOMAXPROCS environment variable wins over it.
+	// Takes effect at start-up. Default 1: a sidecar beside one agent, the
+	// cheapest per request (see bench/RESULTS.md).
+	Procs int `koanf:"procs" json:"procs"`
 	// ShutdownTimeout bounds how long SIGTERM waits for in-flight requests
 	// to drain. Default 30s.
 	ShutdownTimeout Duration `koanf:"shutdown_timeout" json:"shutdown_timeout"`

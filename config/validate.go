@@ -63,6 +63,9 @@ func (c *Config) Validate() error {
 	if c.Log.SuccessSample < 0 || c.Log.SuccessSample > 1 {
 		add(pathErr("log.success_sample", "must be between 0 and 1"))
 	}
+	if c.Procs < 0 {
+		add(pathErr("procs", "must be 0 (Go's default) or a number of cores"))
+	}
 	if c.Log.FlushInterval < 0 {
 		add(pathErr("log.flush_interval", "must not be negative"))
 	}

@@ -149,7 +149,11 @@ func TestRunEmbeddedDefaultAndHealthcheck(t *testing.T) {
 	if err := cmd.Wait(); err != nil {
 		t.Errorf("exit after SIGTERM: %v\n%s", err, logs.String())
 	}
-	for _, want := range []string{`"config":"embedded default"`, "OPENAI_BASE_URL", "/openai/v1", "ANTHROPIC_BASE_URL", `"msg":"draining"`} {
+	wantProcs := `"procs":1,"from":"config"` // the default: one core
+	if os.Getenv("GOMAXPROCS") != "" {
+		wantProcs = `"from":"GOMAXPROCS"`
+	}
+	for _, want := range []string{`"config":"embedded default"`, "OPENAI_BASE_URL", "/openai/v1", "ANTHROPIC_BASE_URL", `"msg":"draining"`, wantProcs} {
 		if !strings.Contains(logs.String(), want) {
 			t.Errorf("logs lack %q:\n%s", want, logs.String())
 		}
