@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"slices"
 	"time"
 )
 
@@ -178,9 +179,22 @@ func (d *decoder) finish() error {
 	return d.err
 }
 
+// recordFixedLen is the length of a record's fields before its owner.
+const recordFixedLen = tokenOffset + 8 + 3*8
+
+// maxRecordLen bounds the length of r's encoding, so that appendRecord
+// allocates once.
+func maxRecordLen(r *Record) int {
+	n := recordFixedLen + binary.MaxVarintLen64 + len(r.Owner) + 1
+	if r.Response != nil {
+		n += 3*binary.MaxVarintLen64 + len(r.Response.Header) + len(r.Response.Body)
+	}
+	return n
+}
+
 // appendRecord appends the encoding of r (without its key) to b.
 func appendRecord(b []byte, r *Record) []byte {
-	e := encoder{b: b}
+	e := encoder{b: slices.Grow(b, maxRecordLen(r))}
 	e.byte1(codecVersion)
 	e.byte1(byte(r.State))
 	e.time(r.ExpiresAt)

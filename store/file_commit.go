@@ -3,6 +3,7 @@ package store
 import (
 	"fmt"
 	"sync"
+	"time"
 
 	bolt "go.etcd.io/bbolt"
 )
@@ -21,17 +22,25 @@ import (
 // One goroutine at a time commits (the leader): the synchronous write that
 // finds no commit running, or the one at the head of the queue when the
 // previous round ends, so no caller commits for others for longer than one
-// round. When the head of the queue is asynchronous, nobody waits there to
-// lead, and the committer starts a flusher goroutine that leads until a
-// synchronous write heads the queue again or the queue is empty. At most
-// one flusher runs at a time, none while the committer is idle.
+// round. When the head of the queue is asynchronous but a synchronous write
+// waits behind it, the committer starts a flusher goroutine that leads
+// until a synchronous write heads the queue again or the queue is empty.
+// When only asynchronous writes are queued, the committer waits up to delay
+// for a synchronous write to lead a round that carries them too (so a
+// completion rides the next claim's commit instead of paying a commit of
+// its own), and starts the flusher when delay has passed. At most one
+// flusher runs at a time, none while the committer is idle.
 //
 // Like DB.Batch, when a function fails the transaction is rolled back, that
 // function gets its error, and the others run again in a new transaction;
 // so functions must be safe to run more than once.
 type committer struct {
-	db  *bolt.DB
-	max int
+	db    *bolt.DB
+	max   int
+	delay time.Duration
+	// gap is the least time between the starts of two rounds; a leader
+	// waits out the rest before it takes its round (0: never waits).
+	gap time.Duration
 	// beforeRound, when set (tests only; set it before the first write),
 	// runs on the leader before each commit round.
 	beforeRound func()
@@ -39,9 +48,16 @@ type committer struct {
 	mu       sync.Mutex
 	idle     sync.Cond // signalled when busy becomes false
 	queue    []*commitOp
+	syncs    int // synchronous writes in queue
 	busy     bool
 	closed   bool
 	flushers sync.WaitGroup
+	// timer starts the flusher delay after asynchronous writes were
+	// queued with no commit running; armed while it is pending.
+	timer *time.Timer
+	armed bool
+	// lastStart is when the latest round started; only the leader uses it.
+	lastStart time.Time
 }
 
 type commitOp struct {
@@ -55,9 +71,14 @@ type commitOp struct {
 	after func(error)
 }
 
-func newCommitter(db *bolt.DB, max int) *committer {
-	c := &committer{db: db, max: max}
+// newCommitter returns a committer of at most max writes per commit whose
+// asynchronous writes wait up to delay for a synchronous one (0: none) and
+// whose rounds start at least gap apart (0: back to back).
+func newCommitter(db *bolt.DB, max int, delay, gap time.Duration) *committer {
+	c := &committer{db: db, max: max, delay: delay, gap: gap}
 	c.idle.L = &c.mu
+	c.timer = time.AfterFunc(time.Hour, c.flushLater)
+	c.timer.Stop()
 	return c
 }
 
@@ -71,6 +92,7 @@ func (c *committer) do(fn func(*bolt.Tx) error) error {
 		return ErrClosed
 	}
 	c.queue = append(c.queue, op)
+	c.syncs++
 	lead := !c.busy
 	c.busy = true
 	c.mu.Unlock()
@@ -94,10 +116,37 @@ func (c *committer) enqueue(fn func(*bolt.Tx) error, after func(error)) error {
 	}
 	c.queue = append(c.queue, &commitOp{fn: fn, after: after})
 	if !c.busy {
+		c.flushAsync()
+	}
+	return nil
+}
+
+// flushAsync arranges the commit of a queue that holds only asynchronous
+// writes while no commit runs: at once without a delay or after close,
+// else by the timer unless a synchronous write leads first. c.mu must be
+// held and c.busy false.
+func (c *committer) flushAsync() {
+	if c.delay <= 0 || c.closed {
+		c.busy = true
+		c.startFlusher()
+		return
+	}
+	if !c.armed {
+		c.armed = true
+		c.timer.Reset(c.delay)
+	}
+}
+
+// flushLater runs when the timer fires: it starts the flusher unless a
+// leader took the queue meanwhile.
+func (c *committer) flushLater() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.armed = false
+	if !c.busy && !c.closed && len(c.queue) > 0 {
 		c.busy = true
 		c.startFlusher()
 	}
-	return nil
 }
 
 // startFlusher starts a goroutine that leads from the head of the queue;
@@ -115,10 +164,23 @@ func (c *committer) lead(op *commitOp) {
 		if c.beforeRound != nil {
 			c.beforeRound()
 		}
+		if c.gap > 0 {
+			// Parked, not in a syscall: the scheduler runs the network
+			// meanwhile, and what arrives joins this round.
+			if rest := c.gap - time.Since(c.lastStart); rest > 0 {
+				time.Sleep(rest)
+			}
+			c.lastStart = time.Now()
+		}
 		c.mu.Lock()
 		n := min(len(c.queue), c.max)
 		batch := c.queue[:n:n]
 		c.queue = c.queue[n:]
+		for _, o := range batch {
+			if o.wake != nil {
+				c.syncs--
+			}
+		}
 		c.mu.Unlock()
 
 		c.run(batch)
@@ -144,6 +206,11 @@ func (c *committer) lead(op *commitOp) {
 			c.idle.Broadcast()
 		case c.queue[0].wake != nil:
 			c.queue[0].wake <- true
+		case c.syncs == 0 && c.delay > 0 && !c.closed:
+			// Only asynchronous writes: let them wait for company.
+			c.busy = false
+			c.idle.Broadcast()
+			c.flushAsync()
 		case op != nil:
 			c.startFlusher()
 		default:
@@ -160,10 +227,14 @@ func (c *committer) lead(op *commitOp) {
 func (c *committer) close() {
 	c.mu.Lock()
 	c.closed = true
+	if !c.busy && len(c.queue) > 0 {
+		c.flushAsync() // closed: starts the flusher at once
+	}
 	for c.busy {
 		c.idle.Wait()
 	}
 	c.mu.Unlock()
+	c.timer.Stop()
 	c.flushers.Wait()
 }
 

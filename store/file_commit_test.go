@@ -19,7 +19,7 @@ func TestCommitterIsolatesFailures(t *testing.T) {
 	if err := db.Update(func(tx *bolt.Tx) error { _, err := tx.CreateBucket([]byte("b")); return err }); err != nil {
 		t.Fatal(err)
 	}
-	c := newCommitter(db, 8)
+	c := newCommitter(db, 8, 0, 0)
 	errBoom := errors.New("boom")
 	const n = 40
 	var wg sync.WaitGroup

@@ -97,52 +97,62 @@ func (f *File) Claim(ctx context.Context, key string, args ClaimArgs) (*Record, 
 	}
 
 	rec := newClaim(key, args, f.lim.Owner, f.tokens.new())
-	enc := appendRecord(nil, rec)
-	bkey := []byte(key)
-	var (
-		out      *Record
-		owned    bool
-		outErr   error
-		replaced bool
-	)
-	err = f.batch("claim", func(tx *bolt.Tx) error {
-		out, owned, outErr, replaced = nil, false, nil, false
-		b := tx.Bucket(bucketRecords)
-		cur, err := readRecord(tx, key)
-		if err != nil {
-			return err
-		}
-		switch decision, view := decideClaim(cur, args); decision {
-		case mismatch:
-			out, outErr = view, mismatchError(key)
-			return nil
-		case answerExisting:
-			out = view
-			return nil
-		}
-		if cur == nil {
-			n := b.Sequence()
-			if n >= uint64(f.lim.MaxRecords) {
-				outErr = ErrFull
-				return nil
-			}
-			if err := b.SetSequence(n + 1); err != nil {
-				return err
-			}
-		}
-		if err := b.Put(bkey, enc); err != nil {
-			return err
-		}
-		out, owned, replaced = rec, true, cur != nil && cur.State == InFlight
-		return nil
-	})
-	if err != nil {
+	t := &claimTx{f: f, key: key, bkey: []byte(key), args: args, rec: rec, enc: appendRecord(nil, rec)}
+	if err := f.batch("claim", t.run); err != nil {
 		return nil, false, err
 	}
-	if replaced {
+	if t.replaced {
 		f.wakeup.wake(key)
 	}
-	return out, owned, outErr
+	return t.out, t.owned, t.outErr
+}
+
+// claimTx is Claim's transaction function (run) with its inputs and
+// results, in one allocation.
+type claimTx struct {
+	f    *File
+	key  string
+	bkey []byte
+	args ClaimArgs
+	rec  *Record // the new claim
+	enc  []byte  // rec encoded
+	// Results, reset by each run.
+	out      *Record
+	owned    bool
+	outErr   error
+	replaced bool // an in-flight claim was taken over
+}
+
+func (t *claimTx) run(tx *bolt.Tx) error {
+	t.out, t.owned, t.outErr, t.replaced = nil, false, nil, false
+	b := tx.Bucket(bucketRecords)
+	cur, err := readRecord(tx, t.key)
+	if err != nil {
+		return err
+	}
+	switch decision, view := decideClaim(cur, t.args); decision {
+	case mismatch:
+		t.out, t.outErr = view, mismatchError(t.key)
+		return nil
+	case answerExisting:
+		t.out = view
+		return nil
+	}
+	if cur == nil {
+		n := b.Sequence()
+		if n >= uint64(t.f.lim.MaxRecords) {
+			t.outErr = ErrFull
+			return nil
+		}
+		if err := b.SetSequence(n + 1); err != nil {
+			return err
+		}
+	}
+	if err := b.Put(t.bkey, t.enc); err != nil {
+		return err
+	}
+	t.out, t.owned, t.replaced = t.rec, true, cur != nil && cur.State == InFlight
+	return nil
 }
 
 // Complete implements Store. By default it returns once the completion is
@@ -175,14 +185,13 @@ func (f *File) Release(ctx context.Context, held *Record) error {
 // once in the usual cases (released, completed, taken over); a change
 // between that check and the commit goes to OnAsyncError.
 func (f *File) finish(op string, held *Record, enc []byte) error {
-	var notHeld bool
-	fn := finishTx(held, enc, &notHeld)
+	t := &finishTx{held: held, bkey: []byte(held.Key), enc: enc}
 	if !f.async {
-		err := f.batch(op, fn)
+		err := f.batch(op, t.run)
 		switch {
 		case err != nil:
 			return err
-		case notHeld:
+		case t.notHeld:
 			return ErrNotHeld
 		}
 		f.wakeup.wake(held.Key)
@@ -191,43 +200,57 @@ func (f *File) finish(op string, held *Record, enc []byte) error {
 	if err := f.checkHeld(op, held); err != nil {
 		return err
 	}
-	p := f.pending.put(held.Key, enc)
-	err := f.commit.enqueue(fn, func(err error) {
-		f.pending.remove(held.Key, p)
-		f.wakeup.wake(held.Key)
-		switch {
-		case err != nil:
-			f.asyncError(op, held.Key, f.wrap(op, err))
-		case notHeld:
-			f.asyncError(op, held.Key, ErrNotHeld)
-		}
-	})
-	if err != nil {
-		f.pending.remove(held.Key, p)
+	t.f, t.op = f, op
+	t.pending = f.pending.put(held.Key, enc)
+	if err := f.commit.enqueue(t.run, t.after); err != nil {
+		f.pending.remove(held.Key, t.pending)
 		return f.wrap(op, err)
 	}
 	return nil
 }
 
-// finishTx is finish's transaction function; it sets *notHeld instead of
-// writing when the claim is no longer held.
-func finishTx(held *Record, enc []byte, notHeld *bool) func(*bolt.Tx) error {
-	bkey := []byte(held.Key)
-	return func(tx *bolt.Tx) error {
-		*notHeld = false
-		b := tx.Bucket(bucketRecords)
-		state, token, ok := peekClaim(b.Get(bkey))
-		if !ok || token != held.Token || state == Completed {
-			*notHeld = true
-			return nil
-		}
-		if enc != nil {
-			return b.Put(bkey, enc)
-		}
-		if err := b.Delete(bkey); err != nil {
-			return err
-		}
-		return addSequence(b, -1)
+// finishTx is finish's transaction function (run), which sets notHeld
+// instead of writing when the claim is no longer held, and, for a queued
+// write, what runs after its commit (after).
+type finishTx struct {
+	held    *Record
+	bkey    []byte
+	enc     []byte // nil: delete
+	notHeld bool
+	// Queued writes only.
+	f       *File
+	op      string
+	pending *pendingRecord
+}
+
+func (t *finishTx) run(tx *bolt.Tx) error {
+	t.notHeld = false
+	b := tx.Bucket(bucketRecords)
+	state, token, ok := peekClaim(b.Get(t.bkey))
+	if !ok || token != t.held.Token || state == Completed {
+		t.notHeld = true
+		return nil
+	}
+	if t.enc != nil {
+		return b.Put(t.bkey, t.enc)
+	}
+	if err := b.Delete(t.bkey); err != nil {
+		return err
+	}
+	return addSequence(b, -1)
+}
+
+// after ends a queued write once its commit ended: the overlay entry goes,
+// waiters wake, and a failure goes to OnAsyncError.
+func (t *finishTx) after(err error) {
+	f, key := t.f, t.held.Key
+	f.pending.remove(key, t.pending)
+	f.wakeup.wake(key)
+	switch {
+	case err != nil:
+		f.asyncError(t.op, key, f.wrap(t.op, err))
+	case t.notHeld:
+		f.asyncError(t.op, key, ErrNotHeld)
 	}
 }
 
