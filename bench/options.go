@@ -32,9 +32,11 @@ type Options struct {
 	Size int
 	// Procs is how many cores each proxy under test may use: GOMAXPROCS
 	// for ballast and the bare fasthttp proxy, worker_processes for nginx.
-	// Default 1 — a sidecar beside one agent, and the reference of
-	// nginx with one worker. The load driver and the upstream keep Go's
-	// default.
+	// Default 1 — ballast's own choice for a sidecar, and the issue's
+	// reference of nginx with one worker — except for state, where it is 2
+	// for every store: what ballast chooses with the file store, given to
+	// each so that the ratios compare like with like. The load driver and
+	// the upstream keep Go's default.
 	Procs int
 	// Seed seeds the chaos upstream. Default 1.
 	Seed int64

@@ -66,6 +66,9 @@ func stateWorkload(keyed bool) []Workload {
 // free port without persistence). opts.Targets limits the stores
 // (unkeyed always runs: it is the baseline).
 func State(ctx context.Context, opts Options) (*StateResult, error) {
+	if opts.Procs == 0 {
+		opts.Procs = 2 // ballast's choice with the file store, for every store
+	}
 	opts, err := opts.withDefaults(PoliciesDefaultRate)
 	if err != nil {
 		return nil, err

@@ -13,11 +13,12 @@ type Config struct {
 	Listen string `koanf:"listen" json:"listen"`
 	// Admin is the admin listener.
 	Admin Admin `koanf:"admin" json:"admin"`
-	// Procs is how many cores (GOMAXPROCS) ballast's Go code runs on. 0
-	// keeps Go's default: every CPU, or the container's CPU limit rounded
-	// up and at least 2. A GOMAXPROCS environment variable wins over it.
-	// Takes effect at start-up. Default 1: a sidecar beside one agent, the
-	// cheapest per request (see bench/RESULTS.md).
+	// Procs is how many cores (GOMAXPROCS) ballast's Go code runs on. 0,
+	// the default, chooses: 1, the cheapest per request for a sidecar
+	// beside one agent (see bench/RESULTS.md), or 2 with the file state
+	// store, whose fsyncs hold a core while they run (on one core every
+	// request would wait for them). A GOMAXPROCS environment variable wins.
+	// Takes effect at start-up.
 	Procs int `koanf:"procs" json:"procs"`
 	// ShutdownTimeout bounds how long SIGTERM waits for in-flight requests
 	// to drain. Default 30s.

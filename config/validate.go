@@ -64,7 +64,7 @@ func (c *Config) Validate() error {
 		add(pathErr("log.success_sample", "must be between 0 and 1"))
 	}
 	if c.Procs < 0 {
-		add(pathErr("procs", "must be 0 (Go's default) or a number of cores"))
+		add(pathErr("procs", "must be 0 (ballast chooses) or a number of cores"))
 	}
 	if c.Log.FlushInterval < 0 {
 		add(pathErr("log.flush_interval", "must not be negative"))

@@ -67,7 +67,7 @@ func cmdBenchScenario(name string, args []string, stdout, stderr io.Writer) int 
 	fs.IntVar(&o.Connections, "connections", 64, "concurrent connections (the closed-loop N)")
 	fs.IntVar(&o.Size, "size", 1024, "upstream JSON answer size in bytes")
 	fs.Int64Var(&o.Seed, "seed", 1, "chaos upstream seed")
-	fs.IntVar(&o.Procs, "procs", 1, "cores each proxy under test may use (GOMAXPROCS for ballast and the bare proxy, worker_processes for nginx)")
+	fs.IntVar(&o.Procs, "procs", 0, "cores each proxy under test may use: GOMAXPROCS for ballast and the bare proxy, worker_processes for nginx (default 1; 2 for state)")
 	fs.DurationVar(&o.Timeout, "timeout", 5*time.Second, "per-request timeout of the load driver")
 	targets := fs.String("targets", "", "overhead targets, policies variants or state stores, comma-separated (default: all; nginx and redis when on PATH)")
 	asJSON := fs.Bool("json", false, "print JSON instead of tables")

@@ -149,7 +149,7 @@ func TestRunEmbeddedDefaultAndHealthcheck(t *testing.T) {
 	if err := cmd.Wait(); err != nil {
 		t.Errorf("exit after SIGTERM: %v\n%s", err, logs.String())
 	}
-	wantProcs := `"procs":1,"from":"config"` // the default: one core
+	wantProcs := `"procs":1,"from":"ballast"` // the default: one core
 	if os.Getenv("GOMAXPROCS") != "" {
 		wantProcs = `"from":"GOMAXPROCS"`
 	}

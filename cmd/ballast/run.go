@@ -58,7 +58,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 		printProblems(stderr, src.Origin(), err)
 		return 1
 	}
-	procs, from := applyProcs(cfg.Procs, os.Getenv("GOMAXPROCS"))
+	procs, from := applyProcs(cfg, os.Getenv("GOMAXPROCS"))
 	log.Info("cores", "procs", procs, "from", from)
 	srv, err := proxy.New(cfg, proxy.Options{Logger: log, Source: &src})
 	if err != nil {
