@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bytes"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -43,7 +44,7 @@ func waitWaiters(t *testing.T, clock *policy.FakeClock, n int) {
 		if time.Now().After(deadline) {
 			t.Fatalf("clock has %d waiters, want %d", clock.Waiters(), n)
 		}
-		time.Sleep(time.Millisecond) // polling a condition, not waiting for behaviour
+		runtime.Gosched() // let the flush goroutine run
 	}
 }
 
