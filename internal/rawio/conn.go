@@ -24,8 +24,9 @@ import (
 )
 
 // Conn is a *net.TCPConn whose Read and Write use raw system calls.
-// Everything else (deadlines, Close, addresses, CloseWrite) is the
-// TCPConn's. Deadlines apply as usual: the waits are the netpoller's.
+// Everything else (Close, addresses, CloseWrite) is the TCPConn's.
+// Deadlines fire as usual, the waits being the netpoller's, but the
+// socket's timer moves only when a deadline comes earlier (deadline.go).
 //
 // Like a net.Conn, a Conn allows one Read and one Write at a time, each
 // from its own goroutine.
@@ -45,6 +46,8 @@ type Conn struct {
 	wn      int
 	werrno  syscall.Errno
 	writeFn func(fd uintptr) bool
+
+	dl deadlines
 }
 
 var _ net.Conn = (*Conn)(nil)
@@ -74,6 +77,9 @@ func (c *Conn) Read(p []byte) (int, error) {
 	}
 	c.rbuf, c.rn, c.rerrno = p, 0, 0
 	err := c.raw.Read(c.readFn)
+	for err != nil && unwrapOp(err) == os.ErrDeadlineExceeded && !c.expired(false) {
+		err = c.raw.Read(c.readFn)
+	}
 	n, errno := c.rn, c.rerrno
 	c.rbuf = nil
 	switch {
@@ -113,6 +119,9 @@ func (c *Conn) Write(p []byte) (int, error) {
 	}
 	c.wbuf, c.wn, c.werrno = p, 0, 0
 	err := c.raw.Write(c.writeFn)
+	for err != nil && unwrapOp(err) == os.ErrDeadlineExceeded && !c.expired(true) {
+		err = c.raw.Write(c.writeFn) // goes on from c.wn
+	}
 	n, errno := c.wn, c.werrno
 	c.wbuf = nil
 	switch {

@@ -1,0 +1,9 @@
+package rawio
+
+// SetTestHookRearm installs f as the re-arm hook until the returned func
+// restores the previous one.
+func SetTestHookRearm(f func()) (restore func()) {
+	old := testHookRearm
+	testHookRearm = f
+	return func() { testHookRearm = old }
+}
