@@ -26,6 +26,7 @@ type trail struct {
 	nextWhy  string
 	debug    bool
 	buf      []byte
+	clock    stampCache
 }
 
 type trailAttempt struct {
@@ -85,14 +86,14 @@ func (s *Server) finishTrail(ctx *fasthttp.RequestCtx, t *trail, route string, l
 		tw.write(b)
 		t.buf = b
 	}
-	buf := t.buf
-	*t = trail{buf: buf[:0]}
+	buf, clock := t.buf, t.clock
+	*t = trail{buf: buf[:0], clock: clock}
 	trailPool.Put(t)
 }
 
 func (t *trail) appendJSON(b []byte, ctx *fasthttp.RequestCtx, route string, status int, failed bool, end time.Time) []byte {
 	b = append(b, `{"time":"`...)
-	b = end.UTC().AppendFormat(b, time.RFC3339Nano)
+	b = t.clock.appendRFC3339Nano(b, end)
 	if failed {
 		b = append(b, `","level":"WARN"`...)
 	} else {
@@ -113,7 +114,7 @@ func (t *trail) appendJSON(b []byte, ctx *fasthttp.RequestCtx, route string, sta
 	b = append(b, `,"status":`...)
 	b = strconv.AppendInt(b, int64(status), 10)
 	b = append(b, `,"duration_ms":`...)
-	b = strconv.AppendFloat(b, float64(end.Sub(t.start).Microseconds())/1000, 'f', 3, 64)
+	b = appendMillis(b, end.Sub(t.start))
 	if t.rateWait > 0 {
 		b = append(b, `,"ratelimit_wait_ms":`...)
 		b = strconv.AppendInt(b, t.rateWait.Milliseconds(), 10)
@@ -150,7 +151,7 @@ func (t *trail) appendJSON(b []byte, ctx *fasthttp.RequestCtx, route string, sta
 			b = strconv.AppendInt(b, int64(a.status), 10)
 		}
 		b = append(b, `,"ms":`...)
-		b = strconv.AppendFloat(b, float64(a.took.Microseconds())/1000, 'f', 3, 64)
+		b = appendMillis(b, a.took)
 		if a.wait > 0 {
 			b = append(b, `,"waited_ms":`...)
 			b = strconv.AppendInt(b, a.wait.Milliseconds(), 10)
