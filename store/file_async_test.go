@@ -113,7 +113,7 @@ func (a *asyncErrors) none(t testing.TB) {
 
 func TestFileCompleteReturnsBeforeCommit(t *testing.T) {
 	ctx := context.Background()
-	f, g := openGated(t, FileOptions{})
+	f, g := openGated(t, FileOptions{NoJournal: true})
 	held := mustClaim(t, f, "k", args("a", t0))
 	g.hold()
 	if err := f.Complete(ctx, held, resp("done"), t0, time.Hour); err != nil {
@@ -154,7 +154,7 @@ func TestFileWaitWakesAfterCommit(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			f, g := openGated(t, FileOptions{})
+			f, g := openGated(t, FileOptions{NoJournal: true})
 			held := mustClaim(t, f, "k", args("a", t0))
 			type result struct {
 				rec *Record
@@ -204,7 +204,7 @@ func TestFileWaitWakesAfterCommit(t *testing.T) {
 func TestFileWriteQueuedAfterCompleteSeesIt(t *testing.T) {
 	ctx := context.Background()
 	errs := newAsyncErrors()
-	f, g := openGated(t, FileOptions{OnAsyncError: errs.hook})
+	f, g := openGated(t, FileOptions{NoJournal: true, OnAsyncError: errs.hook})
 	held := mustClaim(t, f, "k", args("a", t0))
 	g.hold()
 	if err := f.Complete(ctx, held, resp("done"), t0, time.Minute); err != nil {
@@ -252,7 +252,7 @@ func TestFileWriteQueuedAfterCompleteSeesIt(t *testing.T) {
 
 func TestFileCloseFlushesPendingCompletions(t *testing.T) {
 	ctx := context.Background()
-	f, g := openGated(t, FileOptions{})
+	f, g := openGated(t, FileOptions{NoJournal: true})
 	keys := []string{"a", "b", "c"}
 	helds := make([]*Record, len(keys))
 	for i, k := range keys {
@@ -337,7 +337,7 @@ func TestFileAsyncErrorReported(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			errs := newAsyncErrors()
-			f, g := openGated(t, FileOptions{OnAsyncError: errs.hook})
+			f, g := openGated(t, FileOptions{NoJournal: true, OnAsyncError: errs.hook})
 			held := mustClaim(t, f, "k", args("a", t0))
 			g.hold()
 			check := tt.lose(t, f, func() {
@@ -366,7 +366,7 @@ func TestFileAsyncErrorReported(t *testing.T) {
 func TestFileCompleteChecksBeforeQueuing(t *testing.T) {
 	ctx := context.Background()
 	errs := newAsyncErrors()
-	f, g := openGated(t, FileOptions{OnAsyncError: errs.hook, Limits: Limits{MaxResponseBytes: 16}})
+	f, g := openGated(t, FileOptions{NoJournal: true, OnAsyncError: errs.hook, Limits: Limits{MaxResponseBytes: 16}})
 	held := mustClaim(t, f, "k", args("a", t0))
 	small := &Response{Status: 200, Body: []byte("a")}
 	g.hold()
@@ -400,7 +400,7 @@ func TestFileCompleteChecksBeforeQueuing(t *testing.T) {
 func TestFileSyncCompleteWaitsForCommit(t *testing.T) {
 	for _, op := range []string{"complete", "release"} {
 		t.Run(op, func(t *testing.T) {
-			f, g := openGated(t, FileOptions{SyncComplete: true})
+			f, g := openGated(t, FileOptions{NoJournal: true, SyncComplete: true})
 			held := mustClaim(t, f, "k", args("a", t0))
 			g.hold()
 			done := make(chan error, 1)

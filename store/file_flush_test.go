@@ -37,7 +37,7 @@ func awaitSettled(t testing.TB, f *File) {
 // and shares its commit.
 func TestFileCompletionRidesNextClaim(t *testing.T) {
 	ctx := context.Background()
-	f, rounds := openCounted(t, FileOptions{FlushDelay: time.Hour})
+	f, rounds := openCounted(t, FileOptions{NoJournal: true, FlushDelay: time.Hour})
 	held := mustClaim(t, f, "a", args("a", t0))
 	if err := f.Complete(ctx, held, resp("done"), t0, time.Hour); err != nil {
 		t.Fatal(err)
@@ -76,7 +76,7 @@ func TestFileQueuedWriteCommitsAlone(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			ctx := context.Background()
-			f, rounds := openCounted(t, FileOptions{FlushDelay: tt.delay})
+			f, rounds := openCounted(t, FileOptions{NoJournal: true, FlushDelay: tt.delay})
 			held := mustClaim(t, f, "k", args("a", t0))
 			var err error
 			if tt.release {
@@ -105,7 +105,7 @@ func TestFileQueuedWriteCommitsAlone(t *testing.T) {
 // Close commits completions that are waiting for FlushDelay.
 func TestFileCloseFlushesDelayedCompletions(t *testing.T) {
 	ctx := context.Background()
-	f, _ := openCounted(t, FileOptions{FlushDelay: time.Hour})
+	f, _ := openCounted(t, FileOptions{NoJournal: true, FlushDelay: time.Hour})
 	held := mustClaim(t, f, "k", args("a", t0))
 	if err := f.Complete(ctx, held, resp("done"), t0, time.Hour); err != nil {
 		t.Fatal(err)
@@ -126,7 +126,7 @@ func TestFileCloseFlushesDelayedCompletions(t *testing.T) {
 // woken once the completion is committed.
 func TestFileWaitWakesAfterDelayedCommit(t *testing.T) {
 	ctx := context.Background()
-	f, _ := openCounted(t, FileOptions{FlushDelay: time.Millisecond})
+	f, _ := openCounted(t, FileOptions{NoJournal: true, FlushDelay: time.Millisecond})
 	held := mustClaim(t, f, "k", args("a", t0))
 	got := make(chan *Record, 1)
 	go func() {
@@ -148,7 +148,7 @@ func TestFileWaitWakesAfterDelayedCommit(t *testing.T) {
 // Group commits start at least CommitGap apart.
 func TestFileCommitGap(t *testing.T) {
 	const gap = 30 * time.Millisecond
-	f, rounds := openCounted(t, FileOptions{CommitGap: gap})
+	f, rounds := openCounted(t, FileOptions{NoJournal: true, CommitGap: gap})
 	start := time.Now()
 	mustClaim(t, f, "a", args("a", t0))
 	mustClaim(t, f, "b", args("b", t0))

@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"time"
@@ -85,6 +86,9 @@ func (f *File) Claim(ctx context.Context, key string, args ClaimArgs) (*Record, 
 	if err := checkKey("key", key); err != nil {
 		return nil, false, err
 	}
+	if f.journal != nil {
+		return f.claimJournaled(key, args)
+	}
 	cur, err := f.read("claim", key)
 	if err != nil {
 		return nil, false, err
@@ -121,11 +125,28 @@ type claimTx struct {
 	owned    bool
 	outErr   error
 	replaced bool // an in-flight claim was taken over
+
+	// A journaled claim (queued; decided and answered already): its
+	// journal entry, overlay entry, and whether its key was new.
+	journaled bool
+	seq       uint64
+	pending   *pendingRecord
+	newKey    bool
 }
 
 func (t *claimTx) run(tx *bolt.Tx) error {
 	t.out, t.owned, t.outErr, t.replaced = nil, false, nil, false
 	b := tx.Bucket(bucketRecords)
+	if t.journaled {
+		// Decided when queued, against everything queued before it; the
+		// record only counts and lands. MaxRecords was checked then too.
+		if b.Get(t.bkey) == nil {
+			if err := addSequence(b, 1); err != nil {
+				return err
+			}
+		}
+		return b.Put(t.bkey, t.enc)
+	}
 	cur, err := readRecord(tx, t.key)
 	if err != nil {
 		return err
@@ -153,6 +174,101 @@ func (t *claimTx) run(tx *bolt.Tx) error {
 	}
 	t.out, t.owned, t.replaced = t.rec, true, cur != nil && cur.State == InFlight
 	return nil
+}
+
+// claimJournaled is Claim with the journal: the claim is decided against
+// the pending overlay and the file under claimMu, shown in the overlay,
+// queued for bbolt and added to the journal, and Claim returns once the
+// journal entry is synced. Waiting happens outside claimMu, so concurrent
+// claims share the journal's fdatasync.
+func (f *File) claimJournaled(key string, args ClaimArgs) (*Record, bool, error) {
+	f.claimMu.Lock()
+	cur, count, err := f.readForClaim(key)
+	if err != nil {
+		f.claimMu.Unlock()
+		return nil, false, err
+	}
+	switch decision, view := decideClaim(cur, args); decision {
+	case mismatch:
+		f.claimMu.Unlock()
+		return view, false, mismatchError(key)
+	case answerExisting:
+		f.claimMu.Unlock()
+		return view, false, nil
+	}
+	newKey := cur == nil
+	if newKey && count+f.newKeys.Load() >= int64(f.lim.MaxRecords) {
+		f.claimMu.Unlock()
+		return nil, false, ErrFull
+	}
+	rec := newClaim(key, args, f.lim.Owner, f.tokens.new())
+	enc := appendRecord(nil, rec)
+	t := &claimTx{f: f, key: key, bkey: []byte(key), rec: rec, enc: enc, journaled: true, newKey: newKey}
+	t.pending = f.pending.put(key, enc)
+	if newKey {
+		f.newKeys.Add(1)
+	}
+	// Journal order is queue order (both under claimMu), which the
+	// journal's flushed mark relies on.
+	t.seq = f.journal.add(journalClaim, key, enc)
+	if err := f.commit.enqueue(t.run, t.after); err != nil {
+		f.journal.addRelease(key, rec.Token) // replay must not revive it
+		f.pending.remove(key, t.pending)
+		if newKey {
+			f.newKeys.Add(-1)
+		}
+		f.claimMu.Unlock()
+		return nil, false, f.wrap("claim", err)
+	}
+	f.claimMu.Unlock()
+
+	if err := f.journal.wait(t.seq); err != nil {
+		// Not durable: free the key again rather than leave it in flight.
+		_ = f.finish("release", rec, nil)
+		return nil, false, f.wrap("claim", err)
+	}
+	if cur != nil && cur.State == InFlight {
+		f.wakeup.wake(key)
+	}
+	return rec, true, nil
+}
+
+// readForClaim returns key's record as a claim must see it (the pending
+// overlay, else the file; nil when absent) and the file's record count.
+func (f *File) readForClaim(key string) (rec *Record, count int64, err error) {
+	p := f.pending.get(key)
+	err = f.view("claim", func(tx *bolt.Tx) (err error) {
+		b := tx.Bucket(bucketRecords)
+		count = int64(b.Sequence())
+		if p == nil {
+			rec, err = readRecord(tx, key)
+		}
+		return err
+	})
+	if err != nil || p == nil {
+		return rec, count, err
+	}
+	if p.enc == nil {
+		return nil, count, nil
+	}
+	rec, err = decodeRecord(key, p.enc)
+	return rec, count, f.wrap("claim", err)
+}
+
+// after ends a journaled claim's queued write once its commit ended: the
+// overlay entry goes (unless a completion replaced it), and the journal
+// learns that bbolt holds the entries up to this one.
+func (t *claimTx) after(err error) {
+	f := t.f
+	f.pending.remove(t.key, t.pending)
+	if t.newKey {
+		f.newKeys.Add(-1)
+	}
+	if err != nil {
+		f.asyncError("claim", t.key, f.wrap("claim", err))
+		return
+	}
+	f.journal.markFlushed(t.seq + 1)
 }
 
 // Complete implements Store. By default it returns once the completion is
@@ -201,6 +317,9 @@ func (f *File) finish(op string, held *Record, enc []byte) error {
 		return err
 	}
 	t.f, t.op = f, op
+	if enc == nil && f.journal != nil {
+		f.journal.addRelease(held.Key, held.Token)
+	}
 	t.pending = f.pending.put(held.Key, enc)
 	if err := f.commit.enqueue(t.run, t.after); err != nil {
 		f.pending.remove(held.Key, t.pending)
@@ -261,7 +380,12 @@ func (f *File) checkHeld(op string, held *Record) error {
 	if f.closed.Load() {
 		return ErrClosed
 	}
-	if f.pending.get(held.Key) != nil {
+	if p := f.pending.get(held.Key); p != nil {
+		// A queued claim (journaled) is held by its token; a queued
+		// completion or release means the claim is finished.
+		if s, token, ok := peekClaim(p.enc); ok && token == held.Token && s == InFlight {
+			return nil
+		}
 		return ErrNotHeld
 	}
 	var holds bool
@@ -400,7 +524,13 @@ func (f *File) Sweep(now time.Time) (int, error) {
 	}
 	var swept []string
 	removed := 0
-	err := f.wrap("sweep", f.db.Update(func(tx *bolt.Tx) error {
+	// With the journal, claims reach the file in the background: the sweep
+	// queues behind them, so that it sees every claim made before it.
+	update := f.db.Update
+	if f.journal != nil {
+		update = f.write
+	}
+	err := f.wrap("sweep", update(func(tx *bolt.Tx) error {
 		swept, removed = swept[:0], 0
 		for _, spec := range []struct {
 			name    []byte
@@ -450,4 +580,57 @@ func (f *File) Sweep(now time.Time) (int, error) {
 func addSequence(b *bolt.Bucket, delta int) error {
 	n := int64(b.Sequence()) + int64(delta)
 	return b.SetSequence(uint64(max(n, 0)))
+}
+
+// replayJournal applies the claim journal of the previous run to the
+// records bucket, before recovery turns claims in flight into
+// UnknownOutcome. For each key the last entry decides: a claim whose token
+// the file does not hold is written, unless the file's record started
+// later (a claim whose entry was never synced, so never acknowledged, can
+// reach the file first); a release deletes the claim it names if the file
+// still holds it in flight. Counts are redone by recovery.
+func replayJournal(b *bolt.Bucket, entries []journalEntry) error {
+	last := make(map[string]int, len(entries))
+	for i, e := range entries {
+		last[e.key] = i
+	}
+	for i, e := range entries {
+		if last[e.key] != i {
+			continue
+		}
+		state, token, ok := peekClaim(b.Get([]byte(e.key)))
+		switch e.kind {
+		case journalClaim:
+			claim, err := decodeRecord(e.key, e.body)
+			if err != nil {
+				return fmt.Errorf("claim journal: %w", err)
+			}
+			if ok && token == claim.Token {
+				continue // the file has it, or its outcome
+			}
+			if ok {
+				// A later claim whose own entry the crash cut off may have
+				// reached the file first: keep the newer record.
+				cur, err := decodeRecord(e.key, b.Get([]byte(e.key)))
+				if err != nil {
+					return err
+				}
+				if cur.StartedAt.After(claim.StartedAt) {
+					continue
+				}
+			}
+			if err := b.Put([]byte(e.key), e.body); err != nil {
+				return err
+			}
+		case journalRelease:
+			if len(e.body) == 8 && ok && state == InFlight && token == binary.BigEndian.Uint64(e.body) {
+				if err := b.Delete([]byte(e.key)); err != nil {
+					return err
+				}
+			}
+		default:
+			return fmt.Errorf("%w: claim journal entry of unknown kind %d", ErrCorrupt, e.kind)
+		}
+	}
+	return nil
 }

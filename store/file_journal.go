@@ -1,0 +1,316 @@
+package store
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"io"
+	"os"
+	"runtime"
+	"sync"
+)
+
+// journal is the File's claim journal: an append-only file beside the
+// bbolt file that makes a claim durable with one small write and one
+// fdatasync, shared by every claim that arrives meanwhile (group commit).
+//
+// A claim must be on disk before the request it guards goes upstream.
+// Committing it to bbolt instead costs a transaction of page writes and
+// two fdatasyncs (pages, then meta), and the claim waits for the commit
+// already running too. With the journal, Claim returns once its entry is
+// synced, and the record goes to bbolt in the background, in the same
+// group commits as completions (read from the pending overlay meanwhile).
+//
+// The file is a header (magic, epoch) and entries written in order from
+// journalHeaderSize. Each entry is
+//
+//	length uint32 | crc32c(epoch, payload) uint32 | payload
+//	payload: kind byte | key length uint16 | key | body
+//
+// with body the encoded record of a claim, or the token (uint64) of a
+// released claim. Opening the file replays what bbolt lacks (see
+// replayJournal); a torn entry or one of an older epoch ends the replay,
+// and nothing there was acknowledged. The file starts over (a new epoch in
+// the header, synced before any entry of it) once bbolt holds everything
+// in it, when it has grown past journalResetSize, on open and on Close.
+//
+// The space ahead of the entries is zero-filled a MiB at a time, so that
+// an entry's fdatasync overwrites blocks that exist and flushes data only:
+// appending would change the file's size, and each fdatasync would then
+// commit the file system's journal as well (measured here: about twice the
+// time).
+type journal struct {
+	path string
+	f    *os.File
+
+	mu   sync.Mutex
+	cond sync.Cond // signals synced, flushed or err moving
+	buf  []byte    // entries added and not yet being written
+	// next is the number of the next entry; entries < synced are on disk;
+	// entries < flushed are committed to bbolt too (reported by File).
+	next, synced, flushed uint64
+	off                   int64 // where the next batch goes
+	filled                int64 // the file is zero-filled or written up to here
+	epoch                 uint64
+	writing               bool  // a leader is writing and syncing
+	err                   error // sticky write failure
+	// reset is the size past which the leader starts the file over.
+	reset int64
+}
+
+const (
+	journalClaim   byte = 1
+	journalRelease byte = 2
+
+	journalResetSize  = 16 << 20
+	journalEntryMax   = 1 << 26 // a sanity bound for replay, far above any record
+	journalHeaderSize = 64
+	journalFillChunk  = 1 << 20
+)
+
+var journalMagic = [8]byte{'b', 'a', 'l', 'l', 'a', 's', 't', 'J'}
+
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+// journalPath is where the journal of the state file at path lives.
+func journalPath(path string) string { return path + ".claims" }
+
+// openJournal opens (creating) the journal and reads its valid entries.
+func openJournal(path string) (*journal, []journalEntry, error) {
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, nil, fmt.Errorf("store: open claim journal %s: %w", path, err)
+	}
+	epoch, entries, err := readJournal(f)
+	if err != nil {
+		f.Close()
+		return nil, nil, fmt.Errorf("store: read claim journal %s: %w", path, err)
+	}
+	info, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, nil, fmt.Errorf("store: claim journal %s: %w", path, err)
+	}
+	j := &journal{path: path, f: f, reset: journalResetSize, epoch: epoch, filled: info.Size()}
+	j.cond.L = &j.mu
+	return j, entries, nil
+}
+
+// journalEntry is one replayed entry.
+type journalEntry struct {
+	kind byte
+	key  string
+	body []byte
+}
+
+// readJournal returns the header's epoch and the entries of that epoch up
+// to the first torn or invalid one. A missing or foreign header means no
+// entries.
+func readJournal(r io.Reader) (uint64, []journalEntry, error) {
+	data, err := io.ReadAll(r)
+	if err != nil {
+		return 0, nil, err
+	}
+	if len(data) < journalHeaderSize || [8]byte(data[:8]) != journalMagic ||
+		crc32.Checksum(data[:16], castagnoli) != binary.BigEndian.Uint32(data[16:]) {
+		return 0, nil, nil
+	}
+	epoch := binary.BigEndian.Uint64(data[8:])
+	var out []journalEntry
+	for data = data[journalHeaderSize:]; len(data) >= 8; {
+		n := binary.BigEndian.Uint32(data)
+		if n < 3 || n > journalEntryMax || int(n) > len(data)-8 {
+			break
+		}
+		p := data[8 : 8+n]
+		if entrySum(epoch, p) != binary.BigEndian.Uint32(data[4:]) {
+			break
+		}
+		kl := int(binary.BigEndian.Uint16(p[1:]))
+		if 3+kl > len(p) {
+			break
+		}
+		out = append(out, journalEntry{kind: p[0], key: string(p[3 : 3+kl]), body: p[3+kl:]})
+		data = data[8+n:]
+	}
+	return epoch, out, nil
+}
+
+// entrySum is an entry's checksum: its epoch's and its payload's, so that
+// an entry left from an earlier epoch never passes for a current one.
+func entrySum(epoch uint64, payload []byte) uint32 {
+	var e [8]byte
+	binary.BigEndian.PutUint64(e[:], epoch)
+	return crc32.Update(crc32.Checksum(e[:], castagnoli), castagnoli, payload)
+}
+
+// start begins a new epoch, which hides every entry written so far (bbolt
+// holds them all), and syncs it before any entry of it is written.
+func (j *journal) start() error {
+	var h [journalHeaderSize]byte
+	copy(h[:], journalMagic[:])
+	binary.BigEndian.PutUint64(h[8:], j.epoch+1)
+	binary.BigEndian.PutUint32(h[16:], crc32.Checksum(h[:16], castagnoli))
+	if _, err := j.f.WriteAt(h[:], 0); err != nil {
+		return err
+	}
+	if err := fdatasync(j.f); err != nil {
+		return err
+	}
+	j.epoch++
+	j.off = journalHeaderSize
+	j.filled = max(j.filled, journalHeaderSize)
+	return nil
+}
+
+// fill zero-fills the file up to a chunk past end, when it is not yet.
+func (j *journal) fill(end int64) error {
+	if end <= j.filled {
+		return nil
+	}
+	zeros := make([]byte, journalFillChunk)
+	for j.filled < end+journalFillChunk {
+		if _, err := j.f.WriteAt(zeros, j.filled); err != nil {
+			return err
+		}
+		j.filled += journalFillChunk
+	}
+	return nil
+}
+
+// add queues an entry and returns its number; wait(n) then returns once
+// it is on disk. Entries are numbered, written and synced in add order.
+func (j *journal) add(kind byte, key string, body []byte) uint64 {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	if j.err != nil { // nothing will be written: wait reports the error
+		j.next++
+		return j.next - 1
+	}
+	start := len(j.buf)
+	j.buf = append(j.buf, 0, 0, 0, 0, 0, 0, 0, 0, kind, byte(len(key)>>8), byte(len(key)))
+	j.buf = append(j.buf, key...)
+	j.buf = append(j.buf, body...)
+	binary.BigEndian.PutUint32(j.buf[start:], uint32(len(j.buf)-start-8))
+	// The checksum is the leader's to write: it depends on the epoch the
+	// entry is written in.
+	n := j.next
+	j.next++
+	return n
+}
+
+// addRelease queues the release of token's claim of key. Nobody waits for
+// it: a release that a crash loses leaves the claim as UnknownOutcome,
+// as it would without the journal.
+func (j *journal) addRelease(key string, token uint64) {
+	var b [8]byte
+	binary.BigEndian.PutUint64(b[:], token)
+	j.add(journalRelease, key, b[:])
+}
+
+// wait returns once entry n is on disk, writing and syncing the queued
+// entries itself when no other goroutine is (it then leads until the
+// queue is empty, so that one fdatasync serves every entry queued while
+// the previous one ran).
+func (j *journal) wait(n uint64) error {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	for {
+		switch {
+		case j.err != nil:
+			return j.err
+		case n < j.synced:
+			return nil
+		case !j.writing:
+			j.lead()
+		default:
+			j.cond.Wait()
+		}
+	}
+}
+
+// lead writes and syncs batches until none is queued; j.mu is held on
+// entry and exit, and released while writing.
+func (j *journal) lead() {
+	j.writing = true
+	defer func() { j.writing = false; j.cond.Broadcast() }()
+	for len(j.buf) > 0 && j.err == nil {
+		// Let the goroutines that are ready run up to their claims first:
+		// their entries then share this fdatasync (measured: +5% keyed
+		// requests per second under load).
+		j.mu.Unlock()
+		runtime.Gosched()
+		j.mu.Lock()
+		batch, upto := j.buf, j.next
+		j.buf = nil
+		if j.off >= j.reset {
+			// Start over once bbolt has every entry written so far.
+			for j.flushed < j.synced && j.err == nil {
+				j.cond.Wait()
+			}
+			if j.err == nil {
+				if err := j.start(); err != nil {
+					j.err = fmt.Errorf("store: reset claim journal %s: %w", j.path, err)
+				}
+			}
+		}
+		off, epoch := j.off, j.epoch
+		j.mu.Unlock()
+		seal(batch, epoch)
+		err := j.fill(off + int64(len(batch)))
+		if err == nil {
+			_, err = j.f.WriteAt(batch, off)
+		}
+		if err == nil {
+			err = fdatasync(j.f)
+		}
+		j.mu.Lock()
+		if err != nil {
+			j.err = fmt.Errorf("store: write claim journal %s: %w", j.path, err)
+			return
+		}
+		j.off = off + int64(len(batch))
+		j.synced = upto
+		j.cond.Broadcast()
+		if j.buf == nil {
+			j.buf = batch[:0] // reuse the buffer
+		}
+	}
+}
+
+// seal writes the checksums of the entries in batch for epoch.
+func seal(batch []byte, epoch uint64) {
+	for len(batch) >= 8 {
+		n := int(binary.BigEndian.Uint32(batch))
+		binary.BigEndian.PutUint32(batch[4:], entrySum(epoch, batch[8:8+n]))
+		batch = batch[8+n:]
+	}
+}
+
+// markFlushed records that bbolt has committed every entry before n.
+func (j *journal) markFlushed(n uint64) {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	if n > j.flushed {
+		j.flushed = n
+		j.cond.Broadcast()
+	}
+}
+
+// close starts the file over (bbolt holds everything: the caller closes
+// the journal after the last commit) and closes it.
+func (j *journal) close() error {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	for j.writing {
+		j.cond.Wait()
+	}
+	if j.err == nil {
+		j.err = errJournalClosed
+	}
+	err := j.start()
+	return errors.Join(err, j.f.Close())
+}
+
+var errJournalClosed = errors.New("store: claim journal closed")
