@@ -130,11 +130,13 @@ func TestDeadlinesAreTheNetpollers(t *testing.T) {
 		t.Fatalf("%v: want a *net.OpError with Op read", err)
 	}
 
-	// A write that cannot drain (the peer never reads) times out too.
+	// A write that cannot drain (the peer never reads) times out too. The
+	// buffer is made first: zeroing 64 MiB can outlast the deadline.
+	big := make([]byte, 64<<20)
 	if err := c.SetWriteDeadline(time.Now().Add(50 * time.Millisecond)); err != nil {
 		t.Fatal(err)
 	}
-	n, err := c.Write(make([]byte, 64<<20))
+	n, err := c.Write(big)
 	if !errors.Is(err, os.ErrDeadlineExceeded) || n == 0 || n == 64<<20 {
 		t.Fatalf("Write into a full socket = %d, %v; want a partial write and a timeout", n, err)
 	}

@@ -145,6 +145,7 @@ func TestAWriteOutlivesAnEarlierArmedDeadline(t *testing.T) {
 	c, _ := pair(t)
 	var rearms atomic.Int32
 	defer rawio.SetTestHookRearm(func() { rearms.Add(1) })()
+	big := make([]byte, 64<<20) // before the deadlines: zeroing it takes time
 	start := time.Now()
 	want := start.Add(80 * time.Millisecond)
 	if err := c.SetWriteDeadline(start.Add(10 * time.Millisecond)); err != nil {
@@ -153,7 +154,7 @@ func TestAWriteOutlivesAnEarlierArmedDeadline(t *testing.T) {
 	if err := c.SetWriteDeadline(want); err != nil {
 		t.Fatal(err)
 	}
-	n, err := c.Write(make([]byte, 64<<20)) // the peer never reads
+	n, err := c.Write(big) // the peer never reads
 	if !errors.Is(err, os.ErrDeadlineExceeded) || n == 0 || n == 64<<20 {
 		t.Fatalf("Write = %d, %v; want a partial write and a timeout", n, err)
 	}
