@@ -229,8 +229,10 @@ func (s *Server) relay(ctx *fasthttp.RequestCtx, r *route, t *target, resp *fast
 
 	stream := resp.BodyStream()
 	if stream == nil {
-		if b := resp.Body(); len(b) > 0 {
-			ctx.Response.SetBody(b)
+		if len(resp.Body()) > 0 {
+			// Hand the buffer over rather than copy it; resp takes the
+			// agent response's old buffer back to the pool.
+			resp.SwapBody(ctx.Response.SwapBody(resp.SwapBody(nil)))
 		}
 		fasthttp.ReleaseResponse(resp)
 		return
