@@ -69,28 +69,39 @@ func (s *Server) idemKey(ctx *fasthttp.RequestCtx, r *route, fp [32]byte) (key s
 			return "", false, true
 		}
 	}
-	var b []byte
-	b = append(b, r.name...)
+	var buf [512]byte
+	b := append(buf[:0], r.name...)
 	b = append(b, '|')
-	b = append(b, tenantOf(&ctx.Request.Header)...)
+	b = appendTenant(b, &ctx.Request.Header)
 	b = append(b, '|')
 	b = append(b, raw...)
 	return string(b), true, false
 }
 
+// identityHeaders are cache.DefaultIdentityHeaders, resolved once.
+var identityHeaders = cache.DefaultIdentityHeaders()
+
 // tenantOf hashes the caller's identity headers (never stored raw).
 func tenantOf(h *fasthttp.RequestHeader) string {
-	sum := sha256.New()
-	for _, name := range cache.DefaultIdentityHeaders() {
+	var buf [24]byte
+	return string(appendTenant(buf[:0], h))
+}
+
+// appendTenant appends tenantOf's 24 hex digits to b: the first 12 bytes
+// of SHA-256 over each identity header present, as name, 0, value, 0.
+func appendTenant(b []byte, h *fasthttp.RequestHeader) []byte {
+	var scratch [1024]byte
+	in := scratch[:0]
+	for _, name := range identityHeaders {
 		if v := h.Peek(name); len(v) > 0 {
-			sum.Write([]byte(name))
-			sum.Write([]byte{0})
-			sum.Write(v)
-			sum.Write([]byte{0})
+			in = append(in, name...)
+			in = append(in, 0)
+			in = append(in, v...)
+			in = append(in, 0)
 		}
 	}
-	var out [32]byte
-	return hex.EncodeToString(sum.Sum(out[:0])[:12])
+	sum := sha256.Sum256(in)
+	return hex.AppendEncode(b, sum[:12])
 }
 
 // guard runs a request under its idempotency key: the first claims it and
@@ -111,8 +122,26 @@ func (s *Server) guard(ctx *fasthttp.RequestCtx, r *route, body []byte, deadline
 	if r.idem.auto {
 		ttl = r.idem.window
 	}
-	wctx, cancel := context.WithDeadline(context.Background(), s.wall(deadline))
-	defer cancel()
+	// The deadline's context (a timer) is armed only when something waits
+	// on it: a networked store's every call, a local store's Wait.
+	var (
+		wctx   = context.Background()
+		cancel context.CancelFunc
+	)
+	bounded := func() context.Context {
+		if cancel == nil {
+			wctx, cancel = context.WithDeadline(context.Background(), s.wall(deadline))
+		}
+		return wctx
+	}
+	defer func() {
+		if cancel != nil {
+			cancel()
+		}
+	}()
+	if !s.stateLocal {
+		bounded()
+	}
 	for {
 		now := s.clock.Now()
 		rec, owned, err := s.state.Claim(wctx, key, store.ClaimArgs{
@@ -153,7 +182,7 @@ func (s *Server) guard(ctx *fasthttp.RequestCtx, r *route, body []byte, deadline
 			return true
 		}
 		s.noteIdem(ctx, r, idemAttached)
-		got, err := s.state.Wait(wctx, key)
+		got, err := s.state.Wait(bounded(), key)
 		switch {
 		case err != nil && wctx.Err() != nil:
 			writeProblem(ctx, problem{Status: fasthttp.StatusConflict, Reason: ReasonInProgress, Route: r.name,
@@ -192,8 +221,12 @@ func (s *Server) runGuarded(ctx *fasthttp.RequestCtx, r *route, body []byte, dea
 	// so the guard makes ballast's own retries safe. In auto mode nothing
 	// tells the upstream, so the usual retry safety rules apply.
 	s.run(ctx, r, body, deadline, !r.idem.auto)
-	c, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
+	c := context.Background() // a local store does not wait on it
+	if !s.stateLocal {
+		var cancel context.CancelFunc
+		c, cancel = context.WithTimeout(c, 5*time.Second)
+		defer cancel()
+	}
 	resp := &ctx.Response
 	status := resp.StatusCode()
 	fromUpstream := len(resp.Header.Peek(headerUpstream)) > 0

@@ -60,9 +60,13 @@ type Server struct {
 	health      *healthPool
 	limiters    *limiterPool
 
-	trails     *accessLog
-	state      store.Store // idempotency records and async jobs
-	shared     *shared     // Redis, when state.backend is redis
+	trails *accessLog
+	state  store.Store // idempotency records and async jobs
+	// stateLocal: the memory and file backends, whose Claim, Complete and
+	// Release never wait on their context (only Wait does), so callers need
+	// not arm a deadline (a timer) for them.
+	stateLocal bool
+	shared     *shared // Redis, when state.backend is redis
 	jobs       *jobRunner
 	bgOnce     sync.Once
 	bgCancel   context.CancelFunc // stops the state sweeper
@@ -136,6 +140,7 @@ func New(cfg *config.Config, opts Options) (*Server, error) {
 			"unknown_outcome", rec.UnknownOutcome, "jobs", rec.Jobs, "pending_jobs", rec.PendingJobs)
 	}
 	s.state = newTimedStore(st, backend, s.m)
+	s.stateLocal = backend != "redis"
 	s.jobs = newJobRunner()
 	s.sweepEvery = cfg.State.SweepEvery.D()
 	s.status = newStatusBoard(cfg, s.clock, s.log)
