@@ -148,11 +148,13 @@ type File struct {
 	onAsyncError func(op, key string, err error)
 	// journal, in async mode, makes claims durable; they reach bbolt in
 	// the background (file_journal.go). claimMu serialises claims' read,
-	// decision and queueing, which bbolt's writer lock did before; newKeys
-	// counts queued claims of keys bbolt does not hold, for MaxRecords.
+	// decision and queueing, which bbolt's writer lock did before. records
+	// is then the count MaxRecords applies to, kept here because bbolt's
+	// lags: +1 when a claim takes a new key, -1 once a release's delete is
+	// committed, -n after a sweep.
 	journal *journal
 	claimMu sync.Mutex
-	newKeys atomic.Int64
+	records atomic.Int64
 }
 
 var _ Store = (*File)(nil)
@@ -227,7 +229,7 @@ func OpenFile(path string, opts FileOptions) (*File, error) {
 		}
 		jr = nil
 	}
-	return &File{
+	f := &File{
 		path:     path,
 		lim:      lim,
 		db:       db,
@@ -241,7 +243,9 @@ func OpenFile(path string, opts FileOptions) (*File, error) {
 		journal:  jr,
 
 		onAsyncError: opts.OnAsyncError,
-	}, nil
+	}
+	f.records.Store(int64(rec.Records))
+	return f, nil
 }
 
 // openBolt opens the bbolt file, turning a panic on a garbage file into an

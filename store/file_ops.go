@@ -127,11 +127,10 @@ type claimTx struct {
 	replaced bool // an in-flight claim was taken over
 
 	// A journaled claim (queued; decided and answered already): its
-	// journal entry, overlay entry, and whether its key was new.
+	// journal entry and overlay entry.
 	journaled bool
 	seq       uint64
 	pending   *pendingRecord
-	newKey    bool
 }
 
 func (t *claimTx) run(tx *bolt.Tx) error {
@@ -183,7 +182,7 @@ func (t *claimTx) run(tx *bolt.Tx) error {
 // claims share the journal's fdatasync.
 func (f *File) claimJournaled(key string, args ClaimArgs) (*Record, bool, error) {
 	f.claimMu.Lock()
-	cur, count, err := f.readForClaim(key)
+	cur, err := f.read("claim", key)
 	if err != nil {
 		f.claimMu.Unlock()
 		return nil, false, err
@@ -197,17 +196,17 @@ func (f *File) claimJournaled(key string, args ClaimArgs) (*Record, bool, error)
 		return view, false, nil
 	}
 	newKey := cur == nil
-	if newKey && count+f.newKeys.Load() >= int64(f.lim.MaxRecords) {
-		f.claimMu.Unlock()
-		return nil, false, ErrFull
+	if newKey {
+		if f.records.Load() >= int64(f.lim.MaxRecords) {
+			f.claimMu.Unlock()
+			return nil, false, ErrFull
+		}
+		f.records.Add(1)
 	}
 	rec := newClaim(key, args, f.lim.Owner, f.tokens.new())
 	enc := appendRecord(nil, rec)
-	t := &claimTx{f: f, key: key, bkey: []byte(key), rec: rec, enc: enc, journaled: true, newKey: newKey}
+	t := &claimTx{f: f, key: key, bkey: []byte(key), rec: rec, enc: enc, journaled: true}
 	t.pending = f.pending.put(key, enc)
-	if newKey {
-		f.newKeys.Add(1)
-	}
 	// Journal order is queue order (both under claimMu), which the
 	// journal's flushed mark relies on.
 	t.seq = f.journal.add(journalClaim, key, enc)
@@ -215,7 +214,7 @@ func (f *File) claimJournaled(key string, args ClaimArgs) (*Record, bool, error)
 		f.journal.addRelease(key, rec.Token) // replay must not revive it
 		f.pending.remove(key, t.pending)
 		if newKey {
-			f.newKeys.Add(-1)
+			f.records.Add(-1)
 		}
 		f.claimMu.Unlock()
 		return nil, false, f.wrap("claim", err)
@@ -233,37 +232,12 @@ func (f *File) claimJournaled(key string, args ClaimArgs) (*Record, bool, error)
 	return rec, true, nil
 }
 
-// readForClaim returns key's record as a claim must see it (the pending
-// overlay, else the file; nil when absent) and the file's record count.
-func (f *File) readForClaim(key string) (rec *Record, count int64, err error) {
-	p := f.pending.get(key)
-	err = f.view("claim", func(tx *bolt.Tx) (err error) {
-		b := tx.Bucket(bucketRecords)
-		count = int64(b.Sequence())
-		if p == nil {
-			rec, err = readRecord(tx, key)
-		}
-		return err
-	})
-	if err != nil || p == nil {
-		return rec, count, err
-	}
-	if p.enc == nil {
-		return nil, count, nil
-	}
-	rec, err = decodeRecord(key, p.enc)
-	return rec, count, f.wrap("claim", err)
-}
-
 // after ends a journaled claim's queued write once its commit ended: the
 // overlay entry goes (unless a completion replaced it), and the journal
 // learns that bbolt holds the entries up to this one.
 func (t *claimTx) after(err error) {
 	f := t.f
 	f.pending.remove(t.key, t.pending)
-	if t.newKey {
-		f.newKeys.Add(-1)
-	}
 	if err != nil {
 		f.asyncError("claim", t.key, f.wrap("claim", err))
 		return
@@ -336,6 +310,7 @@ type finishTx struct {
 	bkey    []byte
 	enc     []byte // nil: delete
 	notHeld bool
+	deleted bool
 	// Queued writes only.
 	f       *File
 	op      string
@@ -343,7 +318,7 @@ type finishTx struct {
 }
 
 func (t *finishTx) run(tx *bolt.Tx) error {
-	t.notHeld = false
+	t.notHeld, t.deleted = false, false
 	b := tx.Bucket(bucketRecords)
 	state, token, ok := peekClaim(b.Get(t.bkey))
 	if !ok || token != t.held.Token || state == Completed {
@@ -356,6 +331,7 @@ func (t *finishTx) run(tx *bolt.Tx) error {
 	if err := b.Delete(t.bkey); err != nil {
 		return err
 	}
+	t.deleted = true
 	return addSequence(b, -1)
 }
 
@@ -364,6 +340,9 @@ func (t *finishTx) run(tx *bolt.Tx) error {
 func (t *finishTx) after(err error) {
 	f, key := t.f, t.held.Key
 	f.pending.remove(key, t.pending)
+	if err == nil && t.deleted {
+		f.records.Add(-1)
+	}
 	f.wakeup.wake(key)
 	switch {
 	case err != nil:
@@ -569,6 +548,7 @@ func (f *File) Sweep(now time.Time) (int, error) {
 	if err != nil {
 		return 0, err
 	}
+	f.records.Add(-int64(len(swept)))
 	for _, k := range swept {
 		f.wakeup.wake(k)
 	}
