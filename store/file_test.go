@@ -98,11 +98,19 @@ func TestFileCrashChild(t *testing.T) {
 	if path == "" {
 		t.Skip("helper process for TestFileSurvivesSIGKILL")
 	}
-	s, err := OpenFile(path, FileOptions{})
+	journalOnly := os.Getenv("BALLAST_STORE_CRASH_MODE") == "journal"
+	opts := FileOptions{}
+	if journalOnly {
+		opts.FlushDelay = time.Hour // queued writes never reach bbolt on their own
+	}
+	s, err := OpenFile(path, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
-	seedCrashState(t, s)
+	seedCrashState(t, s) // its PutJob commits everything queued before it
+	if journalOnly {
+		mustClaim(t, s, "journaled", args("j", t0)) // on disk in the journal only
+	}
 	os.Stdout.WriteString("ready\n")
 	select {} // wait for SIGKILL
 }
@@ -112,8 +120,35 @@ func TestFileSurvivesSIGKILL(t *testing.T) {
 		t.Skip("starts a child process")
 	}
 	path := filepath.Join(t.TempDir(), "state.db")
+	killCrashChild(t, path, "")
+	checkRecovered(t, openTestFile(t, path, FileOptions{}))
+}
+
+// A claim that only the journal holds when the process is killed comes
+// back as UnknownOutcome, next to everything bbolt had.
+func TestFileJournalSurvivesSIGKILL(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a child process")
+	}
+	path := filepath.Join(t.TempDir(), "state.db")
+	killCrashChild(t, path, "journal")
+	s := openTestFile(t, path, FileOptions{})
+	want := Recovery{Records: 3, UnknownOutcome: 2, Jobs: 1, PendingJobs: 1}
+	if got := s.Recovery(); got != want {
+		t.Fatalf("Recovery = %+v, want %+v", got, want)
+	}
+	rec, err := s.Get(context.Background(), "journaled", t0.Add(time.Second))
+	if err != nil || rec.State != UnknownOutcome || !rec.StartedAt.Equal(t0) {
+		t.Fatalf("journaled claim = %+v, %v; want unknown_outcome started at %v", rec, err, t0)
+	}
+}
+
+// killCrashChild runs TestFileCrashChild on path in mode, waits until it
+// has seeded its state, and kills it with SIGKILL.
+func killCrashChild(t *testing.T, path, mode string) {
+	t.Helper()
 	cmd := exec.Command(os.Args[0], "-test.run=^TestFileCrashChild$", "-test.count=1")
-	cmd.Env = append(os.Environ(), "BALLAST_STORE_CRASH_PATH="+path)
+	cmd.Env = append(os.Environ(), "BALLAST_STORE_CRASH_PATH="+path, "BALLAST_STORE_CRASH_MODE="+mode)
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -131,7 +166,6 @@ func TestFileSurvivesSIGKILL(t *testing.T) {
 		t.Fatal(err)
 	}
 	_ = cmd.Wait()
-	checkRecovered(t, openTestFile(t, path, FileOptions{}))
 }
 
 func TestFileUnusable(t *testing.T) {
