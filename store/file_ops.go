@@ -137,13 +137,9 @@ func (t *claimTx) run(tx *bolt.Tx) error {
 	t.out, t.owned, t.outErr, t.replaced = nil, false, nil, false
 	b := tx.Bucket(bucketRecords)
 	if t.journaled {
-		// Decided when queued, against everything queued before it; the
-		// record only counts and lands. MaxRecords was checked then too.
-		if b.Get(t.bkey) == nil {
-			if err := addSequence(b, 1); err != nil {
-				return err
-			}
-		}
+		// Decided when queued, against everything queued before it, and
+		// counted then (File.records): the record only lands. The bucket's
+		// count goes unmaintained with the journal; opening recounts it.
 		return b.Put(t.bkey, t.enc)
 	}
 	cur, err := readRecord(tx, t.key)
