@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"github.com/santhosh-tekuri/jsonschema/v6"
+	fastjson "github.com/segmentio/encoding/json"
 )
 
 // Validator runs one route's checks. It is immutable after New and safe for
@@ -157,7 +158,7 @@ func (v *Validator) checkBody(body []byte, success bool) *Failure {
 		return nil
 	}
 	needJSON := v.json || v.jsonRPC || v.schema != nil
-	isJSON := (needJSON || v.providerError) && json.Valid(body)
+	isJSON := (needJSON || v.providerError) && fastjson.Valid(body)
 	if needJSON && !isJSON {
 		return jsonFailure(body)
 	}
