@@ -210,9 +210,10 @@ func (j *journal) addRelease(key string, token uint64) {
 }
 
 // wait returns once entry n is on disk, writing and syncing the queued
-// entries itself when no other goroutine is (it then leads until the
-// queue is empty, so that one fdatasync serves every entry queued while
-// the previous one ran).
+// entries itself when no other goroutine is: one fdatasync serves every
+// entry queued while the previous one ran. A leader leads only until its
+// own entry is synced, then hands the lead to a waiter, so no request
+// writes for others for longer than about two syncs.
 func (j *journal) wait(n uint64) error {
 	j.mu.Lock()
 	defer j.mu.Unlock()
@@ -223,19 +224,19 @@ func (j *journal) wait(n uint64) error {
 		case n < j.synced:
 			return nil
 		case !j.writing:
-			j.lead()
+			j.lead(n)
 		default:
 			j.cond.Wait()
 		}
 	}
 }
 
-// lead writes and syncs batches until none is queued; j.mu is held on
+// lead writes and syncs batches until entry n is synced; j.mu is held on
 // entry and exit, and released while writing.
-func (j *journal) lead() {
+func (j *journal) lead(n uint64) {
 	j.writing = true
 	defer func() { j.writing = false; j.cond.Broadcast() }()
-	for len(j.buf) > 0 && j.err == nil {
+	for n >= j.synced && len(j.buf) > 0 && j.err == nil {
 		// Let the goroutines that are ready run up to their claims first:
 		// their entries then share this fdatasync (measured: +5% keyed
 		// requests per second under load).
@@ -257,6 +258,9 @@ func (j *journal) lead() {
 		}
 		off, epoch := j.off, j.epoch
 		j.mu.Unlock()
+		if testHookJournalWrite != nil {
+			testHookJournalWrite()
+		}
 		seal(batch, epoch)
 		err := j.fill(off + int64(len(batch)))
 		if err == nil {
@@ -314,3 +318,7 @@ func (j *journal) close() error {
 }
 
 var errJournalClosed = errors.New("store: claim journal closed")
+
+// testHookJournalWrite, when set by a test, runs on the leader before each
+// batch is written, with j.mu released.
+var testHookJournalWrite func()

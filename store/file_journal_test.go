@@ -251,3 +251,39 @@ func TestJournalReplayKeepsANewerFileRecord(t *testing.T) {
 		t.Fatalf("file holds %+v after replay, want the newer record (token 42)", rec)
 	}
 }
+
+// A leader writes for others only until its own entry is synced: entries
+// queued during its write wait for the next leader, so no request is kept
+// writing the journal under sustained load.
+func TestJournalLeaderHandsOff(t *testing.T) {
+	j, _, err := openJournal(filepath.Join(t.TempDir(), "j.claims"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer j.close()
+	if err := j.start(); err != nil {
+		t.Fatal(err)
+	}
+	first := j.add(journalClaim, "a", []byte("x"))
+	var later uint64
+	testHookJournalWrite = func() {
+		testHookJournalWrite = nil
+		later = j.add(journalClaim, "b", []byte("y")) // arrives during the first write
+	}
+	defer func() { testHookJournalWrite = nil }()
+	if err := j.wait(first); err != nil {
+		t.Fatal(err)
+	}
+	j.mu.Lock()
+	synced, queued := j.synced, len(j.buf)
+	j.mu.Unlock()
+	if synced != first+1 || queued == 0 {
+		t.Fatalf("after the first wait: synced %d, %d bytes queued; want only the first entry written", synced, queued)
+	}
+	if err := j.wait(later); err != nil {
+		t.Fatal(err)
+	}
+	if _, entries, err := openJournalEntries(j.path); err != nil || len(entries) != 2 {
+		t.Fatalf("journal holds %d entries (%v), want 2", len(entries), err)
+	}
+}
