@@ -127,9 +127,6 @@ func TestFileSurvivesSIGKILL(t *testing.T) {
 // A claim that only the journal holds when the process is killed comes
 // back as UnknownOutcome, next to everything bbolt had.
 func TestFileJournalSurvivesSIGKILL(t *testing.T) {
-	if testing.Short() {
-		t.Skip("starts a child process")
-	}
 	path := filepath.Join(t.TempDir(), "state.db")
 	killCrashChild(t, path, "journal")
 	s := openTestFile(t, path, FileOptions{})

@@ -1,6 +1,7 @@
 package rawio
 
 import (
+	"errors"
 	"sync"
 	"time"
 )
@@ -24,10 +25,13 @@ import (
 // deadlines are a Conn's two directions' deadlines, guarded by mu. Another
 // goroutine may set them while a Read or Write waits.
 type deadlines struct {
-	mu                  sync.Mutex
-	readWant, readSet   time.Time
-	writeWant, writeSet time.Time
+	mu          sync.Mutex
+	read, write deadline
 }
+
+// deadline is one direction's: the one wanted, and the one the socket's
+// timer is armed at (zero: none).
+type deadline struct{ want, set time.Time }
 
 // testHookRearm, when set by a test, runs each time a Read or Write
 // re-arms a deadline that fired before the one wanted.
@@ -38,46 +42,53 @@ func (c *Conn) SetDeadline(t time.Time) error {
 	d := &c.dl
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	d.readWant, d.writeWant = t, t
-	r, w := mustArm(t, d.readSet), mustArm(t, d.writeSet)
-	switch {
-	case r && w:
-		d.readSet, d.writeSet = t, t
-		return c.TCPConn.SetDeadline(t)
-	case r:
-		d.readSet = t
-		return c.TCPConn.SetReadDeadline(t)
-	case w:
-		d.writeSet = t
-		return c.TCPConn.SetWriteDeadline(t)
+	d.read.want, d.write.want = t, t
+	if mustArm(t, d.read.set) && mustArm(t, d.write.set) {
+		d.read.set, d.write.set = t, t
+		return c.TCPConn.SetDeadline(t) // one call for both timers
 	}
-	return nil
+	return errors.Join(c.setLocked(false, t), c.setLocked(true, t))
 }
 
 // SetReadDeadline sets the read deadline, as net.Conn's does.
 func (c *Conn) SetReadDeadline(t time.Time) error {
-	d := &c.dl
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	d.readWant = t
-	if !mustArm(t, d.readSet) {
-		return nil
-	}
-	d.readSet = t
-	return c.TCPConn.SetReadDeadline(t)
+	c.dl.mu.Lock()
+	defer c.dl.mu.Unlock()
+	return c.setLocked(false, t)
 }
 
 // SetWriteDeadline sets the write deadline, as net.Conn's does.
 func (c *Conn) SetWriteDeadline(t time.Time) error {
-	d := &c.dl
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	d.writeWant = t
-	if !mustArm(t, d.writeSet) {
+	c.dl.mu.Lock()
+	defer c.dl.mu.Unlock()
+	return c.setLocked(true, t)
+}
+
+// setLocked records t as the read (write) deadline and arms the socket
+// only when it must; c.dl.mu is held.
+func (c *Conn) setLocked(write bool, t time.Time) error {
+	d := c.dl.dir(write)
+	d.want = t
+	if !mustArm(t, d.set) {
 		return nil
 	}
-	d.writeSet = t
-	return c.TCPConn.SetWriteDeadline(t)
+	return c.arm(write, t)
+}
+
+// arm moves the socket's read (write) timer to t; c.dl.mu is held.
+func (c *Conn) arm(write bool, t time.Time) error {
+	c.dl.dir(write).set = t
+	if write {
+		return c.TCPConn.SetWriteDeadline(t)
+	}
+	return c.TCPConn.SetReadDeadline(t)
+}
+
+func (d *deadlines) dir(write bool) *deadline {
+	if write {
+		return &d.write
+	}
+	return &d.read
 }
 
 // mustArm reports whether the socket's timer, now at set (zero: none), has
@@ -95,25 +106,15 @@ func mustArm(t, set time.Time) bool {
 // when it has not, it re-arms the socket's timer to it, and the operation
 // goes on.
 func (c *Conn) expired(write bool) bool {
-	d := &c.dl
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	want := d.readWant
-	if write {
-		want = d.writeWant
-	}
+	c.dl.mu.Lock()
+	defer c.dl.mu.Unlock()
+	want := c.dl.dir(write).want
 	if !want.IsZero() && !time.Now().Before(want) {
 		return true
 	}
 	// Setting a deadline fails only on a closed connection, and the
 	// retried operation reports that.
-	if write {
-		d.writeSet = want
-		_ = c.TCPConn.SetWriteDeadline(want)
-	} else {
-		d.readSet = want
-		_ = c.TCPConn.SetReadDeadline(want)
-	}
+	_ = c.arm(write, want)
 	if testHookRearm != nil {
 		testHookRearm()
 	}
