@@ -38,6 +38,9 @@ type Options struct {
 	// each so that the ratios compare like with like. The load driver and
 	// the upstream keep Go's default.
 	Procs int
+	// Rounds is how many times the overhead scenario measures every
+	// target, taking turns. Default 1.
+	Rounds int
 	// Seed seeds the chaos upstream. Default 1.
 	Seed int64
 	// Timeout bounds each request of the load driver. Default 5s.
@@ -97,6 +100,9 @@ func (o Options) withScenarioDefaults(rate float64, duration time.Duration) (Opt
 	if o.Seed == 0 {
 		o.Seed = 1
 	}
+	if o.Rounds <= 0 {
+		o.Rounds = 1
+	}
 	if o.Procs <= 0 {
 		o.Procs = 1
 	}
@@ -121,6 +127,8 @@ type Settings struct {
 	Timeout     string  `json:"timeout"`
 	Procs       int     `json:"procs"`
 	SampleEvery string  `json:"sample_every,omitempty"`
+	// Rounds is set by the overhead scenario only.
+	Rounds int `json:"rounds,omitempty"`
 }
 
 func (o Options) settings() Settings {

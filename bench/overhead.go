@@ -51,8 +51,13 @@ type OverheadTarget struct {
 
 // OverheadResult is the overhead scenario's report.
 type OverheadResult struct {
-	Settings Settings         `json:"settings"`
-	Targets  []OverheadTarget `json:"targets"`
+	Settings Settings `json:"settings"`
+	// Targets are the measurements, one per target. With more than one
+	// round, each is the median over the rounds (see medianTarget).
+	Targets []OverheadTarget `json:"targets"`
+	// Rounds holds every round's measurements, in the order they ran,
+	// when there was more than one round.
+	Rounds [][]OverheadTarget `json:"rounds,omitempty"`
 	// Skipped lists targets that were asked for or known but did not run,
 	// with why (nginx not on PATH).
 	Skipped map[string]string `json:"skipped,omitempty"`
@@ -63,6 +68,12 @@ type OverheadResult struct {
 // own child process so its CPU can be read from /proc. Each target gets an
 // open-loop run at opts.Rate (latency, CPU per 1,000 requests) and a
 // closed-loop saturation run with opts.Connections (throughput).
+//
+// With opts.Rounds above 1, every target is measured once per round, the
+// targets taking turns (each round starts one target later than the one
+// before), so that a noisy stretch of a shared machine lands on one
+// round's figures rather than on one target's; the report gives each
+// target's medians and every round's ratios.
 func Overhead(ctx context.Context, opts Options) (*OverheadResult, error) {
 	opts, err := opts.withDefaults(OverheadDefaultRate)
 	if err != nil {
@@ -80,6 +91,7 @@ func Overhead(ctx context.Context, opts Options) (*OverheadResult, error) {
 		}
 	}
 	res := &OverheadResult{Settings: opts.settings(), Skipped: map[string]string{}}
+	res.Settings.Rounds = opts.Rounds
 	want := func(name string) bool { return len(opts.Targets) == 0 || slices.Contains(opts.Targets, name) }
 
 	fmt.Fprintf(opts.Progress, "overhead: starting upstream (%d-byte answers)\n", opts.Size)
@@ -130,15 +142,40 @@ func Overhead(ctx context.Context, opts Options) (*OverheadResult, error) {
 	}
 
 	wl := []Workload{{Name: "chat", Method: "POST", Path: "/v1/chat/completions", Body: modelBody, ContentType: "application/json"}}
-	for _, t := range targets {
-		fmt.Fprintf(opts.Progress, "overhead: %s open loop at %.0f rps for %v\n", t.name, opts.Rate, opts.Duration)
-		ot, err := measureTarget(ctx, opts, wl, t.name, t.proc, up)
-		if err != nil {
-			return nil, err
+	for round := range opts.Rounds {
+		measured := make([]OverheadTarget, len(targets))
+		for i := range targets {
+			k := (round + i) % len(targets)
+			t := targets[k]
+			if opts.Rounds > 1 {
+				fmt.Fprintf(opts.Progress, "overhead: round %d of %d: ", round+1, opts.Rounds)
+			} else {
+				fmt.Fprint(opts.Progress, "overhead: ")
+			}
+			fmt.Fprintf(opts.Progress, "%s open loop at %.0f rps for %v\n", t.name, opts.Rate, opts.Duration)
+			ot, err := measureTarget(ctx, opts, wl, t.name, t.proc, up)
+			if err != nil {
+				return nil, err
+			}
+			measured[k] = ot
 		}
-		res.Targets = append(res.Targets, ot)
+		res.Rounds = append(res.Rounds, measured)
 	}
-	res.compare()
+	for _, r := range res.Rounds {
+		compare(r)
+	}
+	if len(res.Rounds) == 1 {
+		res.Targets, res.Rounds = res.Rounds[0], nil
+		return res, nil
+	}
+	for i := range targets {
+		runs := make([]OverheadTarget, len(res.Rounds))
+		for r, round := range res.Rounds {
+			runs[r] = round[i]
+		}
+		res.Targets = append(res.Targets, medianTarget(runs))
+	}
+	compare(res.Targets)
 	return res, nil
 }
 
@@ -192,20 +229,20 @@ func per1k(cpu time.Duration, requests int64) float64 {
 	return float64(cpu) / float64(time.Millisecond) / float64(requests) * 1000
 }
 
-// compare fills the against-direct fields.
-func (r *OverheadResult) compare() {
+// compare fills the against-direct fields of targets, measured together.
+func compare(targets []OverheadTarget) {
 	var direct *OverheadTarget
-	for i := range r.Targets {
-		if r.Targets[i].Name == TargetDirect {
-			direct = &r.Targets[i]
+	for i := range targets {
+		if targets[i].Name == TargetDirect {
+			direct = &targets[i]
 		}
 	}
 	if direct == nil {
 		return
 	}
 	d := direct.Open.All.Latency
-	for i := range r.Targets {
-		t := &r.Targets[i]
+	for i := range targets {
+		t := &targets[i]
 		if t == direct {
 			continue
 		}

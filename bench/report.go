@@ -56,6 +56,12 @@ func (r *Report) WriteText(w io.Writer) error {
 		if err := o.latencyTable().text(w); err != nil {
 			return err
 		}
+		if len(o.Rounds) > 1 {
+			fmt.Fprintf(w, "\n%s\n\n", roundsIntro)
+			if err := o.roundsTable().text(w); err != nil {
+				return err
+			}
+		}
 		for _, name := range sortedKeys(o.Skipped) {
 			fmt.Fprintf(w, "skipped %s: %s\n", name, o.Skipped[name])
 		}
@@ -95,6 +101,10 @@ func (r *Report) Markdown(plot string) []byte {
 		o.costTable().markdown(&b)
 		b.WriteString("\n")
 		o.latencyTable().markdown(&b)
+		if len(o.Rounds) > 1 {
+			fmt.Fprintf(&b, "\n%s\n\n", roundsIntro)
+			o.roundsTable().markdown(&b)
+		}
 		for _, name := range sortedKeys(o.Skipped) {
 			fmt.Fprintf(&b, "\nSkipped %s: %s.\n", name, o.Skipped[name])
 		}
@@ -123,8 +133,14 @@ func (o *OverheadResult) summary() string {
 	if s.Saturation != "" {
 		line += fmt.Sprintf("; saturation: closed loop with %d connections for %s", s.Connections, s.Saturation)
 	}
+	if s.Rounds > 1 {
+		line += fmt.Sprintf("; %d rounds, the targets taking turns, and each figure below is the median over the rounds", s.Rounds)
+	}
 	return line + "."
 }
+
+// roundsIntro heads the per-round table.
+const roundsIntro = "Each round, ballast against the other proxies measured in the same round:"
 
 // costTable is the headline: CPU per 1,000 requests at the fixed rate.
 func (o *OverheadResult) costTable() *table {

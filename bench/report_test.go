@@ -170,7 +170,7 @@ func sampleReport() *Report {
 			{Name: TargetBallast, Open: run(1999, 0.2, map[string]int64{"timeout": 1}), Saturation: sat(45000), CPUPer1k: 50, UpstreamCPUPer1k: 20, PeakRSS: 25 << 20},
 		},
 		Skipped: map[string]string{TargetNginx: "nginx is not on PATH"}}
-	o.compare()
+	compare(o.Targets)
 	cw := func(name string, ok int64, dups int64) ChaosWorkload {
 		w := WorkloadResult{Name: name, Requests: 100, OK: ok, Errors: map[string]int64{"5xx": 100 - ok}, Latency: lat(1)}
 		return ChaosWorkload{WorkloadResult: w, SuccessRate: w.SuccessRate(), UpstreamAttempts: 100 + dups, Duplicates: dups}

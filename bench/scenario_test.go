@@ -1,10 +1,12 @@
 package bench
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 )
@@ -31,19 +33,39 @@ func TestScenarios(t *testing.T) {
 		t.Skip("starts child processes")
 	}
 	exe := buildBallast(t)
+	var progress bytes.Buffer
 	opts := Options{Exe: exe, Duration: 200 * time.Millisecond, Warmup: -1, Saturation: 100 * time.Millisecond,
-		Rate: 150, Connections: 4, Timeout: time.Second, Targets: []string{TargetDirect, TargetBare, TargetBallast}}
+		Rate: 150, Connections: 4, Timeout: time.Second, Targets: []string{TargetDirect, TargetBare, TargetBallast},
+		Rounds: 2, Progress: &progress}
 	o, err := Overhead(context.Background(), opts)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(o.Targets) != 3 {
-		t.Fatalf("%d targets", len(o.Targets))
+	if len(o.Targets) != 3 || len(o.Rounds) != 2 || o.Settings.Rounds != 2 {
+		t.Fatalf("%d targets, %d rounds (settings: %d)", len(o.Targets), len(o.Rounds), o.Settings.Rounds)
 	}
 	for _, tg := range o.Targets[1:] {
 		if tg.Open.All.OK == 0 || tg.RPSRatio <= 0 || tg.LatencyRatio.P99 <= 0 {
 			t.Errorf("%s: %+v", tg.Name, tg)
 		}
+	}
+	for r, round := range o.Rounds {
+		for i, tg := range round {
+			if tg.Name != o.Targets[i].Name || tg.Open.All.OK == 0 {
+				t.Errorf("round %d, target %d: %+v", r+1, i, tg)
+			}
+		}
+		if round[2].RPSRatio <= 0 {
+			t.Errorf("round %d: ballast not compared with that round's direct", r+1)
+		}
+	}
+	if sum := o.Rounds[0][2].Open.All.Requests + o.Rounds[1][2].Open.All.Requests; o.Targets[2].Open.All.Requests != sum {
+		t.Errorf("ballast's median run counts %d requests, the rounds %d", o.Targets[2].Open.All.Requests, sum)
+	}
+	// The second round starts one target later.
+	if !strings.Contains(progress.String(), "round 2 of 2: bare open loop") ||
+		strings.Index(progress.String(), "round 2 of 2: bare") > strings.Index(progress.String(), "round 2 of 2: direct") {
+		t.Errorf("round 2 did not start with bare:\n%s", progress.String())
 	}
 	c, err := Chaos(context.Background(), opts)
 	if err != nil {

@@ -26,6 +26,7 @@ const benchUsage = `usage:
 
 scenario flags: --duration D (10s; 5s per policies variant; 5m for soak) --warmup 1s --saturation 5s
                 --rate N --connections 64 --size 1024 --seed 1 --timeout 5s --sample-every 5s
+                --rounds N (overhead: every target N times, taking turns; medians)
                 --targets LIST (overhead: direct,bare,ballast,nginx; policies: variants; state: stores)
                 --soak (all: include soak) --json (machine-readable output)
                 --out DIR (RESULTS.md section, plot, JSON)
@@ -67,6 +68,7 @@ func cmdBenchScenario(name string, args []string, stdout, stderr io.Writer) int 
 	fs.IntVar(&o.Connections, "connections", 64, "concurrent connections (the closed-loop N)")
 	fs.IntVar(&o.Size, "size", 1024, "upstream JSON answer size in bytes")
 	fs.Int64Var(&o.Seed, "seed", 1, "chaos upstream seed")
+	fs.IntVar(&o.Rounds, "rounds", 1, "overhead: measure every target this many times, taking turns, and report medians")
 	fs.IntVar(&o.Procs, "procs", 0, "cores each proxy under test may use: GOMAXPROCS for ballast and the bare proxy, worker_processes for nginx (default 1; 2 for state)")
 	fs.DurationVar(&o.Timeout, "timeout", 5*time.Second, "per-request timeout of the load driver")
 	targets := fs.String("targets", "", "overhead targets, policies variants or state stores, comma-separated (default: all; nginx and redis when on PATH)")
