@@ -176,6 +176,7 @@ func (s *Server) runJob(job *store.Job) {
 		job.State, job.LastError = store.JobFailed, "the last attempt answered "+strconv.Itoa(status)
 	}
 	job.ExpiresAt = job.UpdatedAt.Add(s.jobTTL(r))
+	forgetRequest(job)
 	if err := s.state.PutJob(c, job); errors.Is(err, store.ErrTooLarge) {
 		job.Response = &store.Response{Status: fasthttp.StatusBadGateway}
 		job.State, job.LastError = store.JobFailed, "the response was larger than state.max_response_bytes"
@@ -196,9 +197,19 @@ func (s *Server) jobTTL(r *route) time.Duration {
 
 func (s *Server) failJob(c context.Context, job *store.Job, why string) {
 	job.State, job.LastError, job.UpdatedAt = store.JobFailed, why, s.clock.Now()
+	forgetRequest(job)
 	_ = s.state.PutJob(c, job)
 	s.log.Warn("async job failed", "job", job.ID, "route", job.Route, "error", why)
 	s.alertJobFailed(job.Route, job.ID, why)
+}
+
+// forgetRequest drops a finished job's request headers and body, keeping
+// its method and URI. They were stored only so that a pending job could
+// run again after a restart; a final job never runs again, and they may
+// carry the agent's credentials (Authorization, API keys), which should
+// not sit in the state backend for the job's TTL.
+func forgetRequest(job *store.Job) {
+	job.Request.Header, job.Request.Body = nil, nil
 }
 
 // resumeJobs picks up the jobs a previous process left pending: on routes
