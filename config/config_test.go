@@ -143,6 +143,13 @@ routes:
   - {name: a, match: {path_prefix: /a}, upstream: "http://x", cache: {shared: true}}
   - {name: b, match: {path_prefix: /b}, upstream: "http://x"}`,
 			nil, []string{"routes[0].cache.shared: requires state.backend: redis"}},
+		{"a shared limiter with inline settings", `
+limiters: {provider: {rps: 5}}
+routes:
+  - {name: a, match: {path_prefix: /a}, upstream: "http://x", rate_limit: {limiter: provider, key: "header:X-Agent", burst: 3}}
+  - {name: b, match: {path_prefix: /b}, upstream: "http://x", rate_limit: {limiter: nope, rps: 2}}`,
+			nil, []string{"routes[0].rate_limit: names a shared limiter and sets its own burst, key, which the shared one would silently override; set them in limiters.provider instead",
+				`routes[1].rate_limit.limiter: "nope" is not in the limiters block`, "routes[1].rate_limit: names a shared limiter and sets its own rps"}},
 		{"bad listen", "listen: nowhere\n" + minimal, nil, []string{`listen: "nowhere" is not host:port`}},
 		{"not yaml", "routes: [\n", nil, []string{"not valid YAML"}},
 	}

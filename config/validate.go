@@ -98,8 +98,8 @@ func (c *Config) Validate() error {
 			if _, ok := c.Limiters[use]; !ok {
 				add(pathErrf(p+".rate_limit.limiter", "%q is not in the limiters block", use))
 			}
-			if r.RateLimit.RPS != 0 || r.RateLimit.TokensPerMinute != 0 {
-				add(pathErr(p+".rate_limit", "names a shared limiter and sets its own rps/tokens_per_minute; choose one"))
+			if set := r.RateLimit.Limiter.keysBeyond(&c.Defaults.RateLimit.Limiter); len(set) > 0 {
+				add(pathErrf(p+".rate_limit", "names a shared limiter and sets its own %s, which the shared one would silently override; set them in limiters.%s instead", strings.Join(set, ", "), use))
 			}
 		}
 		if j, dup := names[r.Name]; dup && r.Name != "" {
@@ -260,6 +260,24 @@ func (r *Route) validate(p string) []error {
 		errs = append(errs, checkUpstream(fmt.Sprintf("%s.fallbacks[%d]", p, i), f.Upstream, f.CAFile, f.Headers)...)
 	}
 	return errs
+}
+
+// keysBeyond names the limiter keys l sets to other values than d (the
+// defaults it inherits), in the order of the docs.
+func (l *Limiter) keysBeyond(d *Limiter) []string {
+	var set []string
+	for _, k := range []struct {
+		name string
+		on   bool
+	}{
+		{"rps", l.RPS != d.RPS}, {"burst", l.Burst != d.Burst}, {"key", l.Key != d.Key}, {"max_keys", l.MaxKeys != d.MaxKeys},
+		{"adaptive", l.Adaptive != d.Adaptive}, {"tokens_per_minute", l.TokensPerMinute != d.TokensPerMinute},
+	} {
+		if k.on {
+			set = append(set, k.name)
+		}
+	}
+	return set
 }
 
 func (l *Limiter) validate(path string) []error {
