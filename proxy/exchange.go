@@ -121,7 +121,7 @@ targets:
 			if r.hedgeAfter > 0 && (guarded || policy.IdempotentMethod(method)) {
 				a = s.tryHedged(out, t, r, deadline, attempts)
 			} else {
-				a = s.tryObserved(out, t, r, deadline, attempts)
+				a = s.tryObserved(out, t, r, deadline, attempts, nil)
 			}
 			tr.attempt(t.name, a.class, a.status, a.took)
 			if r.limit != nil && r.limit.adaptive != nil {
@@ -179,15 +179,16 @@ targets:
 	s.observeExchange(ctx, r, lastT, &last, attempts, stop)
 }
 
-// try sends one attempt to t and classifies it.
-func (s *Server) try(out *fasthttp.Request, t *target, r *route, now, deadline time.Time) attempt {
+// try sends one attempt to t and classifies it. cancel, when not nil, can
+// call it off (see tryHedged).
+func (s *Server) try(out *fasthttp.Request, t *target, r *route, now, deadline time.Time, cancel *tryCancel) attempt {
 	tryDeadline := now.Add(r.perTry)
 	if deadline.Before(tryDeadline) {
 		tryDeadline = deadline
 	}
 	tryDeadline = s.wall(tryDeadline)
 	resp := fasthttp.AcquireResponse()
-	if err := t.up.ex.do(out, resp, tryDeadline); err != nil {
+	if err := t.up.ex.do(out, resp, tryDeadline, cancel); err != nil {
 		fasthttp.ReleaseResponse(resp)
 		cls, cause := policy.ClassifyError(err)
 		return attempt{err: err, class: cls, cause: cause}
@@ -388,52 +389,56 @@ func (s *Server) settleTokens(ctx *fasthttp.RequestCtx, res *ratelimit.Reservati
 
 // tryHedged is one attempt that may race a second copy of itself: when no
 // response headers came within the route's hedge_after (and the retry
-// budget allows), a hedge goes out too; the first good answer wins and the
-// other is drained and dropped when it ends. It runs only for requests
-// safe to repeat.
+// budget allows), a hedge goes out too. The first good answer wins, and
+// the other copy is called off (its connection closed, see tryCancel)
+// and dropped. It runs only for requests safe to repeat.
 func (s *Server) tryHedged(out *fasthttp.Request, t *target, r *route, deadline time.Time, prior int) attempt {
-	results := make(chan attempt, 2)
-	launch := func() {
+	type result struct {
+		a    attempt
+		which int
+	}
+	results := make(chan result, 2)
+	var cancels [2]tryCancel
+	launch := func(which int) {
 		req := fasthttp.AcquireRequest()
 		out.CopyTo(req)
 		go func() {
 			defer fasthttp.ReleaseRequest(req)
-			results <- s.tryObserved(req, t, r, deadline, prior)
+			results <- result{s.tryObserved(req, t, r, deadline, prior, &cancels[which]), which}
 		}()
 	}
-	launch()
+	launch(0)
 	timer := s.clock.NewTimer(r.hedgeAfter)
 	defer timer.Stop()
 	inFlight := 1
-	var first attempt
+	var first result
 	select {
 	case first = <-results:
-		return first
+		return first.a
 	case <-timer.C():
 		if t.health.budget.Withdraw(s.clock.Now()) {
 			r.m.hedges.Inc()
-			launch()
+			launch(1)
 			inFlight++
 		}
 	}
 	first = <-results
 	inFlight--
-	if first.class == policy.OK || inFlight == 0 {
+	if first.a.class == policy.OK || inFlight == 0 {
 		if inFlight > 0 {
-			go drainAttempt(results)
+			cancels[1-first.which].cancel()
+			go func() { releaseAttempt((<-results).a) }()
 		}
-		return first
+		return first.a
 	}
 	second := <-results
-	if second.class == policy.OK {
-		releaseAttempt(first)
-		return second
+	if second.a.class == policy.OK {
+		releaseAttempt(first.a)
+		return second.a
 	}
-	releaseAttempt(second)
-	return first
+	releaseAttempt(second.a)
+	return first.a
 }
-
-func drainAttempt(results <-chan attempt) { releaseAttempt(<-results) }
 
 func releaseAttempt(a attempt) {
 	if a.resp != nil {

@@ -1,6 +1,7 @@
 package proxy_test
 
 import (
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -493,4 +494,52 @@ routes:
 	if got := b.metric("ballast_hedges_total", map[string]string{"route": "r"}); got != 1 {
 		t.Errorf("a POST was hedged (%v)", got)
 	}
+}
+
+// The slow copy of a hedged request is called off once the hedge
+// answers: the upstream sees its connection close at once, not at the
+// attempt's per_try, and /status does not count it as a failure.
+func TestHedgeLoserIsCalledOff(t *testing.T) {
+	gone := make(chan struct{}, 1)
+	var hits atomic.Int64
+	up, _ := upstream(t, func(w http.ResponseWriter, r *http.Request) {
+		if hits.Add(1) == 1 {
+			<-r.Context().Done() // the client went away
+			gone <- struct{}{}
+			return
+		}
+		io.WriteString(w, "fast")
+	})
+	b := startBallast(t, fmt.Sprintf(`
+routes:
+  - {name: r, match: {path_prefix: /}, upstream: %q, hedge_after: 50ms, timeouts: {per_try: 60s, total: 120s}}
+`, up))
+	resp, body := do(t, "GET", b.base+"/x", "")
+	if resp.StatusCode != 200 || body != "fast" {
+		t.Fatalf("%d %q", resp.StatusCode, body)
+	}
+	select {
+	case <-gone:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the slow copy still holds its upstream connection 10s after the hedge answered (per_try is 60s)")
+	}
+	waitFor(t, func() bool {
+		var st struct {
+			Routes []struct {
+				Upstreams []struct {
+					Requests, Failures uint64
+					InFlight           int64 `json:"inflight"`
+				} `json:"upstreams"`
+			} `json:"routes"`
+		}
+		_, raw := get(t, client(t), b.admin+"/status")
+		if err := json.Unmarshal([]byte(raw), &st); err != nil || len(st.Routes) != 1 || len(st.Routes[0].Upstreams) != 1 {
+			t.Fatalf("/status: %v %s", err, raw)
+		}
+		u := st.Routes[0].Upstreams[0]
+		if u.Failures != 0 {
+			t.Fatalf("/status counts the called-off copy as a failure: %+v", u)
+		}
+		return u.InFlight == 0 && u.Requests == 1
+	})
 }

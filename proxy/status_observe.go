@@ -11,22 +11,26 @@ import (
 // tryObserved is try, recorded on the route's upstream for /status: the
 // attempt is in flight while it runs, then counted with its latency and
 // outcome; prior is the number of attempts this request made before (any
-// > 0 makes this one a retry). When the attempt left the upstream cooling
+// > 0 makes this one a retry). An attempt called off through cancel (a
+// hedge's loser) is not counted: the upstream did not fail it. When the attempt left the upstream cooling
 // down for longer than notify.cooldown_threshold, an alert is raised.
 // Allocation-free unless it alerts.
 //
 // It sets a.took (wall time: latency is measured, not decided) and a.ended
 // (the server's clock), reading the clock twice in all.
-func (s *Server) tryObserved(out *fasthttp.Request, t *target, r *route, deadline time.Time, prior int) attempt {
+func (s *Server) tryObserved(out *fasthttp.Request, t *target, r *route, deadline time.Time, prior int, cancel *tryCancel) attempt {
 	u := s.status.board.Route(r.name).Upstream(t.name)
 	u.Begin()
 	start := time.Now()
-	a := s.try(out, t, r, s.clockAt(start), deadline)
+	a := s.try(out, t, r, s.clockAt(start), deadline, cancel)
 	end := time.Now()
 	a.took = end.Sub(start)
 	u.End()
 	at := s.clockAt(end)
 	a.ended = at
+	if a.err == errTryCanceled {
+		return a
+	}
 	retries := 0
 	if prior > 0 {
 		retries = 1

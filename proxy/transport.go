@@ -46,8 +46,10 @@ type transport[C pooledConn] struct {
 type exchanger interface {
 	// do writes req and reads resp's headers (and small bodies) before
 	// deadline. On success, a streamed body is resp.BodyStream(), an
-	// *upstreamBody that must be closed.
-	do(req *fasthttp.Request, resp *fasthttp.Response, deadline time.Time) error
+	// *upstreamBody that must be closed. cancel, when not nil, can call
+	// the exchange off while it waits (a hedge's loser); it then fails
+	// with errTryCanceled.
+	do(req *fasthttp.Request, resp *fasthttp.Response, deadline time.Time, cancel *tryCancel) error
 }
 
 func newTransport[C pooledConn](hc *fasthttp.HostClient, acquire func(time.Duration, bool) (C, error), release, closeConn func(C)) *transport[C] {
@@ -59,15 +61,21 @@ func newTransport[C pooledConn](hc *fasthttp.HostClient, acquire func(time.Durat
 // likely closed it while idle.
 var errStaleConn = errors.New("proxy: reused upstream connection closed before answering")
 
-func (t *transport[C]) do(req *fasthttp.Request, resp *fasthttp.Response, deadline time.Time) error {
-	err := t.once(req, resp, deadline)
+func (t *transport[C]) do(req *fasthttp.Request, resp *fasthttp.Response, deadline time.Time, cancel *tryCancel) error {
+	err := t.once(req, resp, deadline, cancel)
+	if err != nil && cancel != nil && cancel.isCanceled() {
+		return errTryCanceled
+	}
 	// Like net/http: a reused connection that the upstream had closed is
 	// retried once on a fresh one when nothing can have been processed
 	// twice — the request was never fully written, or the method is
 	// idempotent.
 	se, stale := err.(*staleError) // a type switch, not errors.As: no allocation
 	if stale && (!se.written || idempotentMethod(req.Header.Method())) {
-		err = t.once(req, resp, deadline)
+		err = t.once(req, resp, deadline, cancel)
+		if err != nil && cancel != nil && cancel.isCanceled() {
+			return errTryCanceled
+		}
 		se, stale = err.(*staleError)
 	}
 	if stale {
@@ -84,7 +92,7 @@ type staleError struct {
 func (e *staleError) Error() string { return errStaleConn.Error() + ": " + e.err.Error() }
 func (e *staleError) Unwrap() error { return e.err }
 
-func (t *transport[C]) once(req *fasthttp.Request, resp *fasthttp.Response, deadline time.Time) error {
+func (t *transport[C]) once(req *fasthttp.Request, resp *fasthttp.Response, deadline time.Time, cancel *tryCancel) error {
 	timeout := time.Until(deadline)
 	if timeout <= 0 {
 		return fasthttp.ErrTimeout
@@ -99,6 +107,12 @@ func (t *transport[C]) once(req *fasthttp.Request, resp *fasthttp.Response, dead
 		t.closeConn(cc)
 		return err
 	}
+	// Attached after the deadline is set, so that the deadline cannot
+	// undo a cancel.
+	if cancel != nil && !cancel.attach(conn) {
+		t.closeConn(cc)
+		return errTryCanceled
+	}
 	bw := t.hc.AcquireWriter(conn)
 	err = req.Write(bw)
 	if err == nil {
@@ -106,7 +120,7 @@ func (t *transport[C]) once(req *fasthttp.Request, resp *fasthttp.Response, dead
 	}
 	t.hc.ReleaseWriter(bw)
 	if err != nil {
-		t.closeConn(cc)
+		t.drop(cc, cancel)
 		if reused && !isTimeout(err) {
 			return &staleError{err: err}
 		}
@@ -116,7 +130,7 @@ func (t *transport[C]) once(req *fasthttp.Request, resp *fasthttp.Response, dead
 	br := t.hc.AcquireReader(conn)
 	if err := readHeader(&resp.Header, br); err != nil {
 		t.hc.ReleaseReader(br)
-		t.closeConn(cc)
+		t.drop(cc, cancel)
 		if reused && isConnClosed(err) {
 			return &staleError{err: err, written: true}
 		}
@@ -132,12 +146,17 @@ func (t *transport[C]) once(req *fasthttp.Request, resp *fasthttp.Response, dead
 	case cl >= 0 && cl <= bufferLimit && !isEventStream(resp.Header.ContentType()):
 		if err := resp.ReadBody(br, 0); err != nil {
 			t.hc.ReleaseReader(br)
-			t.closeConn(cc)
+			t.drop(cc, cancel)
 			return timeoutOr(err)
 		}
 		cl = 0
 		resp.SkipBody = false
 	default:
+		if cancel != nil && cancel.detach() {
+			t.hc.ReleaseReader(br)
+			t.closeConn(cc)
+			return errTryCanceled
+		}
 		b := t.acquireBody()
 		b.cc, b.br, b.closeAfter = cc, br, closeAfter
 		b.start(cl)
@@ -148,6 +167,12 @@ func (t *transport[C]) once(req *fasthttp.Request, resp *fasthttp.Response, dead
 		return nil
 	}
 	t.hc.ReleaseReader(br)
+	if cancel != nil && cancel.detach() {
+		// Called off once the answer was in: it is whole, but the
+		// connection's deadline may be in the past.
+		t.closeConn(cc)
+		return nil
+	}
 	if closeAfter {
 		t.closeConn(cc)
 	} else {
@@ -155,6 +180,14 @@ func (t *transport[C]) once(req *fasthttp.Request, resp *fasthttp.Response, dead
 		t.release(cc)
 	}
 	return nil
+}
+
+// drop closes cc after a failed exchange, detaching cancel first.
+func (t *transport[C]) drop(cc C, cancel *tryCancel) {
+	if cancel != nil {
+		cancel.detach()
+	}
+	t.closeConn(cc)
 }
 
 // readHeader reads the response header, skipping interim 1xx responses
