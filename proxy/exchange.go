@@ -394,7 +394,7 @@ func (s *Server) settleTokens(ctx *fasthttp.RequestCtx, res *ratelimit.Reservati
 // and dropped. It runs only for requests safe to repeat.
 func (s *Server) tryHedged(out *fasthttp.Request, t *target, r *route, deadline time.Time, prior int) attempt {
 	type result struct {
-		a    attempt
+		a     attempt
 		which int
 	}
 	results := make(chan result, 2)
