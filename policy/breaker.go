@@ -209,35 +209,3 @@ func (b *Breaker) setLocked(s BreakerState) {
 		b.onChange(s)
 	}
 }
-
-// Cooldown is an upstream-wide pause: after a provider says it is rate
-// limited until some instant, every request to it waits for that instant
-// (or is refused at once when its deadline cannot afford the wait). A new
-// hint may extend the pause but never shorten it. The zero value is ready
-// and not cooling down. It is safe for concurrent use and lock-free.
-type Cooldown struct {
-	until atomic.Int64 // unix nanoseconds; 0 when never set
-}
-
-// Extend moves the end of the pause to t if t is later.
-func (c *Cooldown) Extend(t time.Time) {
-	n := t.UnixNano()
-	for {
-		cur := c.until.Load()
-		if cur >= n || c.until.CompareAndSwap(cur, n) {
-			return
-		}
-	}
-}
-
-// Remaining is how long the pause still lasts at now (0 when none).
-func (c *Cooldown) Remaining(now time.Time) time.Duration {
-	u := c.until.Load()
-	if u == 0 {
-		return 0
-	}
-	if d := time.Duration(u - now.UnixNano()); d > 0 {
-		return d
-	}
-	return 0
-}

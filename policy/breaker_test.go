@@ -115,26 +115,6 @@ func TestNilBreakerAllowsEverything(t *testing.T) {
 	b.Record(time.Now(), false, false)
 }
 
-func TestCooldownOnlyExtends(t *testing.T) {
-	var c Cooldown
-	now := time.Unix(100, 0)
-	if c.Remaining(now) != 0 {
-		t.Fatal("zero value cools down")
-	}
-	c.Extend(now.Add(60 * time.Second))
-	c.Extend(now.Add(time.Second)) // a shorter hint never shortens the pause
-	if got := c.Remaining(now); got != 60*time.Second {
-		t.Fatalf("remaining %v, want 60s", got)
-	}
-	c.Extend(now.Add(90 * time.Second))
-	if got := c.Remaining(now.Add(30 * time.Second)); got != 60*time.Second {
-		t.Fatalf("remaining %v, want 60s", got)
-	}
-	if got := c.Remaining(now.Add(91 * time.Second)); got != 0 {
-		t.Fatalf("remaining after the end %v", got)
-	}
-}
-
 func BenchmarkBreakerClosed(b *testing.B) {
 	br := NewBreaker(BreakerConfig{}, nil)
 	now := time.Unix(0, 0)

@@ -91,8 +91,9 @@ targets:
 				stop = ReasonBudgetExhausted
 				break targets
 			}
-			// The shared cool-down: the provider asked everyone to wait.
-			if wait := t.up.cool.Remaining(now); wait > 0 {
+			// The shared cool-down: the provider asked every request with
+			// this key to wait.
+			if wait := t.up.cool.Remaining(&out.Header, now); wait > 0 {
 				if now.Add(wait).After(deadline) {
 					stop, stopAfter = ReasonRateLimited, wait
 					continue targets
@@ -208,14 +209,13 @@ func (s *Server) try(out *fasthttp.Request, t *target, r *route, now, deadline t
 		if hint, ok := policy.RetryAfterHint(&resp.Header, now); ok {
 			a.hint = hint
 			if a.status == fasthttp.StatusTooManyRequests {
-				t.up.cool.Extend(now.Add(hint)) // everyone waits, not just this request
-				s.shareCooldown(t.name, now.Add(hint))
+				// Everyone with this key waits, not just this request.
+				s.extendCooldown(t, credentialOf(&out.Header), now.Add(hint), now)
 			}
 		}
 	}
 	if until, ok := policy.ResetWhenExhausted(&resp.Header, now); ok {
-		t.up.cool.Extend(until) // throttle ahead of the 429
-		s.shareCooldown(t.name, until)
+		s.extendCooldown(t, credentialOf(&out.Header), until, now) // throttle ahead of the 429
 	}
 	return a
 }

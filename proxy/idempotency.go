@@ -87,12 +87,19 @@ func tenantOf(h *fasthttp.RequestHeader) string {
 	return string(appendTenant(buf[:0], h))
 }
 
-// appendTenant appends tenantOf's 24 hex digits to b: the first 12 bytes
-// of SHA-256 over each identity header present, as name, 0, value, 0.
+// appendTenant appends tenantOf's 24 hex digits to b (see headerSum).
 func appendTenant(b []byte, h *fasthttp.RequestHeader) []byte {
+	sum := headerSum(h, identityHeaders)
+	return hex.AppendEncode(b, sum[:])
+}
+
+// headerSum is the first 12 bytes of SHA-256 over each of the headers
+// names that h has, as name, 0, value, 0: who the request is, without
+// keeping its secrets.
+func headerSum(h *fasthttp.RequestHeader, names []string) [12]byte {
 	var scratch [1024]byte
 	in := scratch[:0]
-	for _, name := range identityHeaders {
+	for _, name := range names {
 		if v := h.Peek(name); len(v) > 0 {
 			in = append(in, name...)
 			in = append(in, 0)
@@ -101,7 +108,7 @@ func appendTenant(b []byte, h *fasthttp.RequestHeader) []byte {
 		}
 	}
 	sum := sha256.Sum256(in)
-	return hex.AppendEncode(b, sum[:12])
+	return [12]byte(sum[:12])
 }
 
 // guard runs a request under its idempotency key: the first claims it and

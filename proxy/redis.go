@@ -204,18 +204,32 @@ func (s *Server) syncCooldowns(ctx context.Context, every time.Duration) {
 		}
 		for name, up := range s.ups.byHost() {
 			c, cancel := context.WithTimeout(ctx, s.shared.cfg.OpTimeout.D())
-			until, err := s.shared.cool.Get(c, name)
+			now := s.clock.Now()
+			pauses, err := s.shared.cool.Get(c, name, now)
 			cancel()
-			if err == nil && !until.IsZero() {
-				up.cool.Extend(until)
+			if err != nil {
+				continue
+			}
+			for hexCred, until := range pauses {
+				if cred, ok := parseCredential(hexCred); ok {
+					up.cool.Extend(cred, until, now)
+				}
 			}
 		}
 	}
 }
 
+// extendCooldown pauses t's requests carrying cred until until, and
+// publishes the pause to the fleet when it grew.
+func (s *Server) extendCooldown(t *target, cred credential, until, now time.Time) {
+	if t.up.cool.Extend(cred, until, now) {
+		s.shareCooldown(t.name, cred, until)
+	}
+}
+
 // shareCooldown publishes a cool-down to the fleet without holding up the
 // request that saw it.
-func (s *Server) shareCooldown(upstream string, until time.Time) {
+func (s *Server) shareCooldown(upstream string, cred credential, until time.Time) {
 	if s.shared == nil {
 		return
 	}
@@ -228,7 +242,7 @@ func (s *Server) shareCooldown(upstream string, until time.Time) {
 		defer func() { <-s.shared.publishing }()
 		c, cancel := context.WithTimeout(context.Background(), s.shared.cfg.OpTimeout.D())
 		defer cancel()
-		if _, err := s.shared.cool.Extend(c, upstream, until); err != nil {
+		if _, err := s.shared.cool.Extend(c, upstream, cred.String(), until); err != nil {
 			s.shared.errs.WithLabelValues("cooldown").Inc()
 		}
 	}()

@@ -543,3 +543,48 @@ routes:
 		return u.InFlight == 0 && u.Requests == 1
 	})
 }
+
+// Providers limit per API key: a 429 for one agent's key pauses the
+// requests that carry that key, not another agent's. A key the route sets
+// itself is everyone's, so there one 429 pauses every agent.
+func TestCooldownIsPerCredential(t *testing.T) {
+	for _, tt := range []struct {
+		name        string
+		routeKeys   string
+		otherPaused bool
+	}{
+		{name: "the agents' own keys", routeKeys: "", otherPaused: false},
+		{name: "the route's key", routeKeys: `, headers: {set: {Authorization: "Bearer route-key"}}`, otherPaused: true},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			var hits, limited atomic.Int64
+			up, _ := upstream(t, func(w http.ResponseWriter, r *http.Request) {
+				hits.Add(1)
+				if r.Header.Get("Authorization") != "Bearer bob" && limited.Add(1) == 1 {
+					w.Header().Set("Retry-After", "30")
+					w.WriteHeader(429)
+					return
+				}
+				io.WriteString(w, "ok")
+			})
+			b := startBallast(t, fmt.Sprintf(`
+routes:
+  - {name: r, match: {path_prefix: /}, upstream: %q%s}
+`, up, tt.routeKeys))
+			if resp, _ := do(t, "GET", b.base+"/x", "", "Authorization", "Bearer alice", "X-Ballast-Timeout", "2s"); resp.StatusCode != 429 {
+				t.Fatalf("alice's first request: %d, want the upstream's 429", resp.StatusCode)
+			}
+			// Alice's key is paused: her next request never reaches the upstream.
+			if resp, _ := do(t, "GET", b.base+"/x", "", "Authorization", "Bearer alice", "X-Ballast-Timeout", "2s"); resp.StatusCode != 429 || hits.Load() != 1 {
+				t.Fatalf("alice during her pause: %d, upstream hits %d (want 1)", resp.StatusCode, hits.Load())
+			}
+			resp, _ := do(t, "GET", b.base+"/x", "", "Authorization", "Bearer bob", "X-Ballast-Timeout", "2s")
+			if paused := resp.StatusCode == 429 && hits.Load() == 1; paused != tt.otherPaused {
+				t.Errorf("bob: %d, upstream hits %d; paused = %v, want %v", resp.StatusCode, hits.Load(), paused, tt.otherPaused)
+			}
+			if got := b.metric("ballast_cooldown_seconds", nil); got < 25 {
+				t.Errorf("ballast_cooldown_seconds = %v, want alice's pause (about 30)", got)
+			}
+		})
+	}
+}

@@ -142,7 +142,7 @@ func (s *Server) snapshot() *supervise.Snapshot {
 			if b := tg.health.breaker; b != nil {
 				us.Breaker = b.State(now).String()
 			}
-			us.CooldownRemainingS = float64(tg.up.cool.Remaining(now).Milliseconds()) / 1000
+			us.CooldownRemainingS = float64(tg.up.cool.Longest(now).Milliseconds()) / 1000
 			rs.Upstreams = append(rs.Upstreams, us)
 		}
 		if hooks.cache != nil {

@@ -36,7 +36,7 @@ func (s *Server) tryObserved(out *fasthttp.Request, t *target, r *route, deadlin
 		retries = 1
 	}
 	u.Record(at, supervise.Sample{Latency: a.took, Failed: supervise.CountsAsFailure(a.class), Retries: retries})
-	if rem := t.up.cool.Remaining(at); rem > 0 && rem > s.Config().Notify.CooldownThreshold.D() && u.NoteCooldown(at.Add(rem)) {
+	if rem := t.up.cool.Remaining(&out.Header, at); rem > 0 && rem > s.Config().Notify.CooldownThreshold.D() && u.NoteCooldown(at.Add(rem)) {
 		s.alert(supervise.KindCooldown, r.name, t.name, "the upstream asked to pause for "+rem.Round(time.Second).String())
 	}
 	return a

@@ -19,9 +19,10 @@ import (
 type upstream struct {
 	client *fasthttp.HostClient // owns the connection pool
 	ex     exchanger            // performs exchanges on it
-	// cool is the upstream-wide pause after the provider said it is rate
-	// limited until some instant: every route using the upstream waits.
-	cool   policy.Cooldown
+	// cool holds the pauses after the provider said a key is rate limited
+	// until some instant: every route using the upstream with that key
+	// waits.
+	cool   cooldowns
 	scheme []byte
 	host   []byte // host[:port] as sent in the Host header
 }
@@ -54,7 +55,7 @@ func (p *upstreamPool) get(u *url.URL, caFile string, connect time.Duration, m *
 	p.all[key] = up
 	if m != nil && !p.cools[u.Host] {
 		p.cools[u.Host] = true
-		m.registerCooldown(u.Host, func() float64 { return up.cool.Remaining(p.clock.Now()).Seconds() })
+		m.registerCooldown(u.Host, func() float64 { return up.cool.Longest(p.clock.Now()).Seconds() })
 	}
 	return up, key, nil
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -13,11 +12,16 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
-// Cooldown shares an upstream's pause across replicas: after a provider's
+// Cooldown shares upstreams' pauses across replicas: after a provider's
 // 429 (with Retry-After) one replica extends the pause, and every replica
-// sees it before sending. A pause is one Redis key per upstream,
-// <prefix>cooldown:{<sha256(upstream)[:8] in hex>}, holding the end of the
-// pause in Unix milliseconds and expiring then (so nothing needs cleaning).
+// sees it before sending. Providers limit per API key, so a pause belongs
+// to an upstream and a credential: an opaque name for the key the requests
+// carry (the proxy's hash of it; "" for requests without one). An
+// upstream's pauses are one Redis hash per upstream,
+// <prefix>cooldowns:{<sha256(upstream)[:8] in hex>}, mapping each
+// credential to the end of its pause in Unix milliseconds; extending drops
+// the pauses that have ended, and the hash expires with its last pause (so
+// nothing needs cleaning).
 //
 // The end is a wall-clock time of the caller: replicas should keep their
 // clocks in sync (NTP); skews of milliseconds do not matter for pauses of
@@ -52,39 +56,43 @@ func NewCooldown(client redis.UniversalClient, prefix string, opTimeout time.Dur
 
 func (c *Cooldown) key(upstream string) string {
 	sum := sha256.Sum256([]byte(upstream))
-	return c.prefix + "cooldown:{" + hex.EncodeToString(sum[:8]) + "}"
+	return c.prefix + "cooldowns:{" + hex.EncodeToString(sum[:8]) + "}"
 }
 
-// Extend pauses upstream until until, unless it is already paused at least
-// as long (a pause only grows) or until has passed. It reports whether it
-// extended the pause.
-func (c *Cooldown) Extend(ctx context.Context, upstream string, until time.Time) (bool, error) {
+// Extend pauses credential's requests to upstream until until, unless
+// they are already paused at least as long (a pause only grows) or until
+// has passed. It reports whether it extended the pause.
+func (c *Cooldown) Extend(ctx context.Context, upstream, credential string, until time.Time) (bool, error) {
 	octx, cancel := context.WithTimeout(ctx, c.opTimeout)
 	defer cancel()
-	n, err := c.extend.Run(octx, c.client, []string{c.key(upstream)}, until.UnixMilli()).Int64()
+	n, err := c.extend.Run(octx, c.client, []string{c.key(upstream)}, credential, until.UnixMilli()).Int64()
 	if err != nil {
 		return false, cooldownError(ctx, "extend", err)
 	}
 	return n == 1, nil
 }
 
-// Get returns the end of upstream's pause, or the zero time when it is not
-// paused.
-func (c *Cooldown) Get(ctx context.Context, upstream string) (time.Time, error) {
+// Get returns the ends of upstream's pauses by credential; pauses that
+// have ended by now are left out, and an upstream with none gets an empty
+// map.
+func (c *Cooldown) Get(ctx context.Context, upstream string, now time.Time) (map[string]time.Time, error) {
 	octx, cancel := context.WithTimeout(ctx, c.opTimeout)
 	defer cancel()
-	s, err := c.client.Get(octx, c.key(upstream)).Result()
-	switch {
-	case errors.Is(err, redis.Nil):
-		return time.Time{}, nil
-	case err != nil:
-		return time.Time{}, cooldownError(ctx, "get", err)
-	}
-	ms, err := strconv.ParseInt(s, 10, 64)
+	all, err := c.client.HGetAll(octx, c.key(upstream)).Result()
 	if err != nil {
-		return time.Time{}, fmt.Errorf("%w: cooldown get: value %q: %w", ErrUnavailable, s, err)
+		return nil, cooldownError(ctx, "get", err)
 	}
-	return time.UnixMilli(ms), nil
+	out := make(map[string]time.Time, len(all))
+	for cred, v := range all {
+		ms, err := strconv.ParseInt(v, 10, 64)
+		if err != nil {
+			return nil, fmt.Errorf("%w: cooldown get: value %q: %w", ErrUnavailable, v, err)
+		}
+		if until := time.UnixMilli(ms); until.After(now) {
+			out[cred] = until
+		}
+	}
+	return out, nil
 }
 
 // cooldownError reports ctx's own error when the caller's ctx ended, else

@@ -91,17 +91,30 @@ if tat < now then tat = now end
 return tostring((now + tau - tat) / T)
 `
 
-// extendScript sets KEYS[1] to the Unix-millisecond time ARGV[1], expiring
-// then, unless it already holds a later time or ARGV[1] has passed (on the
-// server's clock). It returns 1 when it extended.
+// extendScript extends one credential's pause in an upstream's hash of
+// pauses, KEYS[1]: field ARGV[1] becomes the Unix-millisecond time ARGV[2]
+// unless it already holds a later time or ARGV[2] has passed (on the
+// server's clock). Extending also drops the pauses that have ended, and
+// the hash expires with the last one. It returns 1 when it extended.
 const extendScript = `
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local untilMs = tonumber(ARGV[1])
+local untilMs = tonumber(ARGV[2])
 if untilMs <= now then return 0 end
-local cur = tonumber(redis.call('GET', KEYS[1]) or '')
+local cur = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '')
 if cur and cur >= untilMs then return 0 end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', untilMs - now)
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+local last = untilMs
+local all = redis.call('HGETALL', KEYS[1])
+for i = 1, #all, 2 do
+  local v = tonumber(all[i + 1]) or 0
+  if v <= now then
+    redis.call('HDEL', KEYS[1], all[i])
+  elseif v > last then
+    last = v
+  end
+end
+redis.call('PEXPIRE', KEYS[1], last - now)
 return 1
 `
 

@@ -304,8 +304,8 @@ func TestRedisOutageFailsFastAndRecovers(t *testing.T) {
 		call func() error
 	}{
 		{"Reserve", func() error { _, err := lim.Reserve(1, 1, now, time.Minute); return err }},
-		{"Cooldown.Extend", func() error { _, err := cd.Extend(ctx, "u", now.Add(time.Minute)); return err }},
-		{"Cooldown.Get", func() error { _, err := cd.Get(ctx, "u"); return err }},
+		{"Cooldown.Extend", func() error { _, err := cd.Extend(ctx, "u", "k", now.Add(time.Minute)); return err }},
+		{"Cooldown.Get", func() error { _, err := cd.Get(ctx, "u", now); return err }},
 	}
 	for _, op := range ops {
 		began := time.Now()
@@ -368,26 +368,48 @@ func TestCooldownOnlyExtends(t *testing.T) {
 		{name: "past time ignored", extend: base.Add(-time.Minute), wantExt: false, wantUntil: base.Add(2 * time.Minute)},
 	}
 	for _, st := range steps {
-		ext, err := a.Extend(ctx, "https://api.example/", st.extend)
+		ext, err := a.Extend(ctx, "https://api.example/", "key-1", st.extend)
 		if err != nil || ext != st.wantExt {
 			t.Fatalf("%s: Extend = %v, %v; want %v", st.name, ext, err, st.wantExt)
 		}
 		// The other replica sees the pause.
-		until, err := b.Get(ctx, "https://api.example/")
-		if err != nil || !until.Equal(st.wantUntil) {
-			t.Fatalf("%s: other replica's Get = %v, %v; want %v", st.name, until, err, st.wantUntil)
+		pauses, err := b.Get(ctx, "https://api.example/", base)
+		if err != nil || len(pauses) != 1 || !pauses["key-1"].Equal(st.wantUntil) {
+			t.Fatalf("%s: other replica's Get = %v, %v; want key-1 until %v", st.name, pauses, err, st.wantUntil)
 		}
 	}
-	if until, err := b.Get(ctx, "https://other.example/"); err != nil || !until.IsZero() {
-		t.Fatalf("Get(unpaused upstream) = %v, %v; want the zero time", until, err)
+	// Another credential's pause is its own, and the first one's stands.
+	if ext, err := a.Extend(ctx, "https://api.example/", "key-2", base.Add(time.Minute)); err != nil || !ext {
+		t.Fatalf("Extend(key-2) = %v, %v", ext, err)
+	}
+	pauses, err := b.Get(ctx, "https://api.example/", base)
+	if err != nil || len(pauses) != 2 || !pauses["key-1"].Equal(base.Add(2*time.Minute)) || !pauses["key-2"].Equal(base.Add(time.Minute)) {
+		t.Fatalf("Get with two credentials = %v, %v", pauses, err)
+	}
+	// Seen from a minute and a half on, only key-1's pause is left.
+	if pauses, err := b.Get(ctx, "https://api.example/", base.Add(90*time.Second)); err != nil || len(pauses) != 1 {
+		t.Fatalf("Get after key-2's pause ended = %v, %v", pauses, err)
+	}
+	if pauses, err := b.Get(ctx, "https://other.example/", base); err != nil || len(pauses) != 0 {
+		t.Fatalf("Get(unpaused upstream) = %v, %v; want no pauses", pauses, err)
 	}
 	ttl, err := c1.PTTL(ctx, a.key("https://api.example/")).Result()
 	if err != nil || ttl <= time.Minute || ttl > 2*time.Minute {
-		t.Fatalf("pause key PTTL = %v, %v; want it to expire with the pause", ttl, err)
+		t.Fatalf("pause key PTTL = %v, %v; want it to expire with the last pause", ttl, err)
+	}
+	// An extension drops the pauses that have ended.
+	if err := c1.HSet(ctx, a.key("https://api.example/"), "ended", base.Add(-time.Hour).UnixMilli()).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.Extend(ctx, "https://api.example/", "key-3", base.Add(time.Minute)); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := c1.HExists(ctx, a.key("https://api.example/"), "ended").Result(); err != nil || n {
+		t.Fatalf("an ended pause survived an extension: %v, %v", n, err)
 	}
 	cctx, cancel := context.WithCancel(ctx)
 	cancel()
-	if _, err := a.Get(cctx, "u"); !errors.Is(err, context.Canceled) || errors.Is(err, ErrUnavailable) {
+	if _, err := a.Get(cctx, "u", base); !errors.Is(err, context.Canceled) || errors.Is(err, ErrUnavailable) {
 		t.Fatalf("Get with a cancelled ctx = %v, want context.Canceled", err)
 	}
 }

@@ -1,0 +1,122 @@
+package proxy
+
+import (
+	"encoding/hex"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/valyala/fasthttp"
+)
+
+// maxCooldowns bounds the credentials an upstream keeps pauses for. When
+// it is full of pauses that have not ended, a new credential's 429 pauses
+// only the request that got it (its retry still waits for the hint).
+const maxCooldowns = 10_000
+
+// credential names the API key a request carries upstream: headerSum of
+// its credentialHeaders after the route's header rules, so a key the route
+// sets is everyone's and keys the agents bring are each their own. The
+// requests that carry none share the sum of nothing.
+type credential [12]byte
+
+// credentialHeaders are the identity headers that carry API keys. Cookies
+// are left out: they change as sessions do, and providers do not count
+// quotas by them.
+var credentialHeaders = []string{"Authorization", "Proxy-Authorization", "X-Api-Key", "Api-Key", "X-Goog-Api-Key"}
+
+func credentialOf(h *fasthttp.RequestHeader) credential {
+	return credential(headerSum(h, credentialHeaders))
+}
+
+// String is the credential's hex form, the field name the fleet shares.
+func (c credential) String() string { return hex.EncodeToString(c[:]) }
+
+// parseCredential reads String's form back.
+func parseCredential(s string) (credential, bool) {
+	var c credential
+	if len(s) != hex.EncodedLen(len(c)) {
+		return credential{}, false
+	}
+	if _, err := hex.Decode(c[:], []byte(s)); err != nil {
+		return credential{}, false
+	}
+	return c, true
+}
+
+// cooldowns are an upstream's pauses after the provider said a key is rate
+// limited until some instant (a 429's Retry-After, reset headers). Every
+// request to the upstream with the same credential waits them out, on
+// every route; requests with other keys do not, because providers limit
+// per key and one tenant's quota must not stall the others. The zero value
+// has no pauses. Safe for concurrent use.
+type cooldowns struct {
+	// last is the end of the longest pause, in Unix nanoseconds (0:
+	// none was ever set). Before it, a request looks its credential up;
+	// after it, nothing is paused and the request path reads only this.
+	last atomic.Int64
+
+	mu    sync.Mutex
+	until map[credential]int64 // Unix nanoseconds
+}
+
+// Remaining is how long requests carrying h's credential must still wait
+// at now (0 when they need not).
+func (c *cooldowns) Remaining(h *fasthttp.RequestHeader, now time.Time) time.Duration {
+	n := now.UnixNano()
+	if c.last.Load() <= n {
+		return 0
+	}
+	cred := credentialOf(h)
+	c.mu.Lock()
+	u := c.until[cred]
+	c.mu.Unlock()
+	if u > n {
+		return time.Duration(u - n)
+	}
+	return 0
+}
+
+// Extend pauses cred's requests until until, unless they are already
+// paused at least as long, until is not after now, or the table is full
+// of pauses that have not ended. It reports whether it extended.
+func (c *cooldowns) Extend(cred credential, until, now time.Time) bool {
+	u, n := until.UnixNano(), now.UnixNano()
+	if u <= n {
+		return false
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if cur, ok := c.until[cred]; ok && cur >= u {
+		return false
+	}
+	if c.until == nil {
+		c.until = map[credential]int64{}
+	}
+	if _, ok := c.until[cred]; !ok && len(c.until) >= maxCooldowns {
+		for k, v := range c.until {
+			if v <= n {
+				delete(c.until, k)
+			}
+		}
+		if len(c.until) >= maxCooldowns {
+			return false
+		}
+	}
+	c.until[cred] = u
+	for {
+		cur := c.last.Load()
+		if cur >= u || c.last.CompareAndSwap(cur, u) {
+			return true
+		}
+	}
+}
+
+// Longest is how long the longest pause still lasts at now (0 when none
+// does): the upstream's cool-down on /status and in ballast_cooldown_seconds.
+func (c *cooldowns) Longest(now time.Time) time.Duration {
+	if d := time.Duration(c.last.Load() - now.UnixNano()); d > 0 {
+		return d
+	}
+	return 0
+}
