@@ -168,7 +168,12 @@ func buildOutbound(out *fasthttp.Request, ctx *fasthttp.RequestCtx, r *route, t 
 	uri := out.URI()
 	uri.SetSchemeBytes(t.up.scheme)
 	uri.SetHostBytes(t.up.host)
-	uri.SetPathBytes(r.appendUpstreamPath(scratch[:0], t, ctx.Path()))
+	if p, ok := r.appendRawUpstreamPath(scratch[:0], t, ctx.URI().PathOriginal(), ctx.Path()); ok {
+		uri.DisablePathNormalizing = true // an escaped slash stays escaped (rawpath.go)
+		uri.SetPathBytes(p)
+	} else {
+		uri.SetPathBytes(r.appendUpstreamPath(scratch[:0], t, ctx.Path()))
+	}
 	uri.SetQueryStringBytes(ctx.URI().QueryString())
 	out.Header.SetHostBytes(t.up.host)
 

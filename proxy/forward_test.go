@@ -68,6 +68,10 @@ routes:
 		{"no strip keeps the path", "/keep/x/y", "/keep/x/y", ""},
 		{"segment boundary exact", "/keep", "/keep", ""},
 		{"encoded characters survive", "/tool/a%20b", "/base/a%20b", ""},
+		{"an escaped slash stays escaped", "/tool/o/a%2Fb/meta?alt=json", "/base/o/a%2Fb/meta", "alt=json"},
+		{"so does a lower-case one, without strip", "/keep/repos/owner%2fname", "/keep/repos/owner%2fname", ""},
+		{"beside other escapes", "/tool/o/a%2Fb%20c", "/base/o/a%2Fb%20c", ""},
+		{"but dot segments normalize it", "/tool/o/..%2Fx", "/base/x", ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
