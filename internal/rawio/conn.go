@@ -19,6 +19,8 @@ import (
 	"io"
 	"net"
 	"os"
+	"runtime"
+	"sync/atomic"
 	"syscall"
 	"unsafe"
 )
@@ -48,6 +50,10 @@ type Conn struct {
 	writeFn func(fd uintptr) bool
 
 	dl deadlines
+
+	// wrote is set by a Write and cleared by the next Read, which then
+	// yields first (see Read). Atomic: a Write may run beside a Read.
+	wrote atomic.Bool
 }
 
 var _ net.Conn = (*Conn)(nil)
@@ -71,9 +77,30 @@ func Wrap(c net.Conn) net.Conn {
 
 // Read reads up to len(p) bytes. It returns io.EOF when the peer has
 // closed its side and no data is left.
+//
+// The first Read after a Write yields the processor before it reads
+// (runtime.Gosched). On an HTTP connection that read waits for the answer
+// to what was just written: the upstream's response, or the agent's next
+// request, which it sends only once it has the response. Reading at once
+// nearly always fails with EAGAIN, which costs a system call and a trip
+// through the netpoller before the real read. Yielding first lets the
+// other goroutines that are ready run, and when this one resumes, under
+// load, the answer is usually there. When nothing else is ready the yield
+// returns at once, so an idle proxy pays about a hundred nanoseconds.
+// Measured at saturation on one core (bench/RESULTS.md): 2.3 reads per
+// proxied request instead of 3.45, and about 20% more throughput; the
+// price is the yielded goroutine's wait behind the others, which lowers
+// p50 and p90 there but raises p99 under a closed loop.
 func (c *Conn) Read(p []byte) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
+	}
+	if c.wrote.Load() {
+		c.wrote.Store(false)
+		if testHookYield != nil {
+			testHookYield()
+		}
+		runtime.Gosched()
 	}
 	c.rbuf, c.rn, c.rerrno = p, 0, 0
 	err := c.raw.Read(c.readFn)
@@ -92,6 +119,9 @@ func (c *Conn) Read(p []byte) (int, error) {
 	}
 	return n, nil
 }
+
+// testHookYield, when set by a test, runs each time a Read yields.
+var testHookYield func()
 
 // read is the raw.Read callback: true when done (data, EOF or an error),
 // false to wait for the socket to become readable.
@@ -129,6 +159,9 @@ func (c *Conn) Write(p []byte) (int, error) {
 		return n, c.opError("write", unwrapOp(err))
 	case errno != 0:
 		return n, c.opError("write", os.NewSyscallError("write", errno))
+	}
+	if !c.wrote.Load() {
+		c.wrote.Store(true)
 	}
 	return n, nil
 }
