@@ -2,10 +2,12 @@ package proxy
 
 import (
 	"encoding/hex"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/ballast-proxy/ballast/cache"
 	"github.com/valyala/fasthttp"
 )
 
@@ -23,7 +25,7 @@ type credential [12]byte
 // credentialHeaders are the identity headers that carry API keys. Cookies
 // are left out: they change as sessions do, and providers do not count
 // quotas by them.
-var credentialHeaders = []string{"Authorization", "Proxy-Authorization", "X-Api-Key", "Api-Key", "X-Goog-Api-Key"}
+var credentialHeaders = slices.DeleteFunc(cache.DefaultIdentityHeaders(), func(h string) bool { return h == "Cookie" })
 
 func credentialOf(h *fasthttp.RequestHeader) credential {
 	return credential(headerSum(h, credentialHeaders))

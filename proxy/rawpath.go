@@ -23,10 +23,7 @@ func (r *route) appendRawUpstreamPath(dst []byte, t *target, raw, matched []byte
 	rest := raw
 	if r.strip {
 		// The prefix is plain ASCII: raw must spell it the same way.
-		n := len(r.prefix)
-		if r.slashEnd {
-			n-- // keep the separating '/'
-		}
+		n := r.stripLen()
 		if len(raw) < n || len(matched) < n || string(raw[:n]) != string(matched[:n]) {
 			return dst, false
 		}
@@ -37,11 +34,7 @@ func (r *route) appendRawUpstreamPath(dst []byte, t *target, raw, matched []byte
 		}
 		rest = raw[n:]
 	}
-	dst = append(dst, t.basePath...)
-	if len(rest) == 0 || rest[0] != '/' {
-		dst = append(dst, '/')
-	}
-	return append(dst, rest...), true
+	return appendBasePath(dst, t, rest), true
 }
 
 // hasEscapedSlash reports whether p holds %2F or %2f.

@@ -227,11 +227,23 @@ func (r *route) matchPath(path []byte) bool {
 func (r *route) appendUpstreamPath(dst []byte, t *target, path []byte) []byte {
 	rest := path
 	if r.strip {
-		rest = path[len(r.prefix):]
-		if r.slashEnd {
-			rest = path[len(r.prefix)-1:] // keep the separating '/'
-		}
+		rest = path[r.stripLen():]
 	}
+	return appendBasePath(dst, t, rest)
+}
+
+// stripLen is how many leading bytes strip_prefix removes from a matched
+// path: the prefix, less a trailing '/' that separates what follows.
+func (r *route) stripLen() int {
+	if r.slashEnd {
+		return len(r.prefix) - 1
+	}
+	return len(r.prefix)
+}
+
+// appendBasePath appends t's base path and then rest, with one '/'
+// between them.
+func appendBasePath(dst []byte, t *target, rest []byte) []byte {
 	dst = append(dst, t.basePath...)
 	if len(rest) == 0 || rest[0] != '/' {
 		dst = append(dst, '/')
