@@ -13,8 +13,9 @@ import (
 )
 
 // TestHotPathAllocs pins the per-request cache work at zero allocations:
-// building a key (piecewise and from a request), a lookup hit, and the
-// Cache-Status and Age values.
+// building a key (piecewise and from a request), a lookup hit, the
+// Cache-Status and Age values, and storing an answer the cache already
+// holds (a refresh).
 func TestHotPathAllocs(t *testing.T) {
 	req := newRequest("POST", "http://tool.local/v1/search?z=1&b=2&a=3", `{"query":"ballast","limit":10}`,
 		"Authorization", "Bearer sk-tenant", "Accept", "application/json")
@@ -28,6 +29,14 @@ func TestHotPathAllocs(t *testing.T) {
 	c.Set(key, &Entry{Status: 200, Body: []byte(`{"ok":true}`), StoredAt: t0})
 	now := t0.Add(time.Second)
 	buf := make([]byte, 0, 128)
+
+	same := new(fasthttp.Response)
+	same.Header.SetContentType("application/json")
+	same.Header.Set("X-Tool", "a")
+	same.SetBodyString(`{"ok":true}`)
+	refreshKey := k(7)
+	c.Set(refreshKey, NewEntry(same, t0))
+	received := t0
 
 	var reqNoCache fasthttp.RequestHeader
 	reqNoCache.Set("Cache-Control", "max-age=10, no-cache")
@@ -62,6 +71,12 @@ func TestHotPathAllocs(t *testing.T) {
 			buf = AppendAge(buf[:0], l.Age)
 		}},
 		{name: "RequestNoCache", fn: func() { _ = RequestNoCache(&reqNoCache) }},
+		{name: "Cache.Refresh with the same answer", fn: func() {
+			received = received.Add(time.Millisecond)
+			if _, ok := c.Refresh(refreshKey, same, received); !ok {
+				t.Fatal("refresh refused")
+			}
+		}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

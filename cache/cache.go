@@ -4,9 +4,11 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/golang-lru/v2/simplelru"
+	"github.com/valyala/fasthttp"
 )
 
 // Defaults for the zero Config fields.
@@ -65,7 +67,7 @@ type Stats struct {
 // Lookup is the result of a Get hit.
 type Lookup struct {
 	Entry *Entry
-	// Age is now − StoredAt, never negative. Send it as the Age header.
+	// Age is now − Entry.Received(), never negative. Send it as the Age header.
 	Age time.Duration
 	// Fresh is Age < TTL. A stale entry (Fresh false) may only be served
 	// when upstream failed.
@@ -132,7 +134,7 @@ func (c *Cache) Get(key Key, now time.Time) (Lookup, bool) {
 	if !ok {
 		return Lookup{}, false
 	}
-	age := max(now.Sub(e.StoredAt), 0)
+	age := max(now.Sub(e.Received()), 0)
 	if age >= c.ttl+c.stale {
 		c.lru.Remove(key)
 		c.expirations++
@@ -166,6 +168,29 @@ func (c *Cache) Set(key Key, e *Entry) bool {
 	return true
 }
 
+// Refresh records that resp, received at now, is the answer already
+// stored under key: the same status, storable headers and body. The entry
+// is then marked recently used and its age starts again from now, and
+// Refresh returns it. When the cache holds another answer, or none, or one
+// past TTL+Stale, or now is not after its last receipt, Refresh changes
+// nothing and returns false; store resp with Set instead. Refresh does not
+// allocate: a route that keeps receiving the same answer keeps one entry.
+func (c *Cache) Refresh(key Key, resp *fasthttp.Response, now time.Time) (*Entry, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	e, ok := c.lru.Peek(key)
+	if !ok {
+		return nil, false
+	}
+	last := e.Received()
+	if !now.After(last) || now.Sub(last) >= c.ttl+c.stale || !e.matches(resp) {
+		return nil, false
+	}
+	atomic.StoreInt64(&e.refreshed, now.UnixNano())
+	c.lru.Get(key) // mark recently used
+	return e, true
+}
+
 // Remove drops the entry under key, reporting whether there was one.
 func (c *Cache) Remove(key Key) bool {
 	c.mu.Lock()
@@ -183,7 +208,7 @@ func (c *Cache) Prune(now time.Time) int {
 	n := 0
 	for _, k := range c.lru.Keys() {
 		e, ok := c.lru.Peek(k)
-		if ok && now.Sub(e.StoredAt) >= c.ttl+c.stale {
+		if ok && now.Sub(e.Received()) >= c.ttl+c.stale {
 			c.lru.Remove(k)
 			n++
 		}

@@ -2,6 +2,7 @@ package cache
 
 import (
 	"bytes"
+	"sync/atomic"
 	"time"
 
 	"github.com/valyala/fasthttp"
@@ -20,8 +21,58 @@ type Entry struct {
 	// Body is the response body as relayed (still Content-Encoded if the
 	// upstream encoded it; Content-Encoding is kept in Header).
 	Body []byte
-	// StoredAt is when the response was received; age is measured from it.
+	// StoredAt is when the response was first received. Age is measured
+	// from Received, which a Refresh may move later.
 	StoredAt time.Time
+
+	// refreshed is the Unix nanoseconds of the latest Cache.Refresh, 0
+	// before any. Read and written atomically: it is the one field of a
+	// stored entry that changes.
+	refreshed int64
+}
+
+// Received is when the stored response was last received: StoredAt, or
+// the time of the latest Cache.Refresh when it found the same answer again.
+func (e *Entry) Received() time.Time {
+	if ns := atomic.LoadInt64(&e.refreshed); ns != 0 {
+		return time.Unix(0, ns)
+	}
+	return e.StoredAt
+}
+
+// matches reports whether resp is the answer e holds: the same status,
+// the same storable headers in the same order, and the same body. It does
+// not allocate.
+func (e *Entry) matches(resp *fasthttp.Response) bool {
+	if e.Status != resp.StatusCode() || !bytes.Equal(e.Body, resp.Body()) {
+		return false
+	}
+	rest := e.Header
+	for k, v := range resp.Header.All() {
+		if skipStoredHeader(k) {
+			continue
+		}
+		var ok bool
+		if rest, ok = cutLine(rest, k, v); !ok {
+			return false
+		}
+	}
+	return len(rest) == 0
+}
+
+// cutLine returns what follows the line "k: v\r\n" at the start of
+// stored, and whether stored starts with it.
+func cutLine(stored, k, v []byte) ([]byte, bool) {
+	n := len(k) + len(": ") + len(v) + len("\r\n")
+	if len(stored) < n {
+		return stored, false
+	}
+	line := stored[:n]
+	if !bytes.Equal(line[:len(k)], k) || string(line[len(k):len(k)+2]) != ": " ||
+		!bytes.Equal(line[len(k)+2:n-2], v) || string(line[n-2:]) != "\r\n" {
+		return stored, false
+	}
+	return stored[n:], true
 }
 
 // entryOverhead approximates the bytes an entry costs beyond Header and

@@ -143,12 +143,20 @@ func (s *Server) exchange(ctx *fasthttp.RequestCtx, r *route, body []byte, deadl
 	s.exchangeUpstream(ctx, r, body, deadline, cs, guarded)
 }
 
-// store keeps a good, buffered answer in the route's cache.
+// store keeps a good, buffered answer in the route's cache. The answer
+// the cache already holds for the key, received again, only refreshes that
+// entry: no copy, no allocation.
 func (s *Server) store(r *route, cs *cacheState, resp *fasthttp.Response) {
 	if cs == nil || !cs.use || resp.IsBodyStream() || !cache.Storable(resp.StatusCode(), &resp.Header, r.cache.allowPrivate) {
 		return
 	}
-	if e := cache.NewEntry(resp, s.clock.Now()); r.cache.c.Set(cs.key, e) {
+	now := s.clock.Now()
+	e, ok := r.cache.c.Refresh(cs.key, resp, now)
+	if !ok {
+		e = cache.NewEntry(resp, now)
+		ok = r.cache.c.Set(cs.key, e)
+	}
+	if ok {
 		cs.status.Stored = true
 		r.cache.remote.put(cs.key, e)
 	}

@@ -114,7 +114,7 @@ func (sc *sharedCache) fill(ctx context.Context, c *cache.Cache, key cache.Key, 
 	if !ok {
 		return cache.Lookup{}, false
 	}
-	if cur, ok := c.Get(key, now); ok && !cur.Entry.StoredAt.Before(e.StoredAt) {
+	if cur, ok := c.Get(key, now); ok && !cur.Entry.Received().Before(e.Received()) {
 		return cur, true
 	}
 	if !c.Set(key, e) {
@@ -155,7 +155,7 @@ func (s *Server) cachedOrShared(ctx context.Context, rc *routeCache, key cache.K
 // The shared encoding of an entry (version 1), compact and binary:
 //
 //	byte     version (1)
-//	8 bytes  StoredAt, Unix nanoseconds, big-endian
+//	8 bytes  received (Entry.Received), Unix nanoseconds, big-endian
 //	2 bytes  Status, big-endian
 //	uvarint  len(Header)
 //	         Header ("Name: value\r\n" lines)
@@ -171,7 +171,7 @@ var errSharedEntry = errors.New("proxy: malformed shared cache entry")
 // encodeEntry appends e's shared encoding to dst.
 func encodeEntry(dst []byte, e *cache.Entry) []byte {
 	dst = append(dst, entryVersion)
-	dst = binary.BigEndian.AppendUint64(dst, uint64(e.StoredAt.UnixNano()))
+	dst = binary.BigEndian.AppendUint64(dst, uint64(e.Received().UnixNano()))
 	dst = binary.BigEndian.AppendUint16(dst, uint16(e.Status))
 	dst = binary.AppendUvarint(dst, uint64(len(e.Header)))
 	dst = append(dst, e.Header...)

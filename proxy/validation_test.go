@@ -146,6 +146,44 @@ routes:
 	}
 }
 
+// An answer the cache already holds, received again, restarts its age: a
+// stale-if-error answer is as old as the last time the upstream gave it.
+func TestStaleAgeCountsFromTheLatestSameAnswer(t *testing.T) {
+	var down atomic.Bool
+	up, _ := upstream(t, func(w http.ResponseWriter, r *http.Request) {
+		if down.Load() {
+			w.WriteHeader(503)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		io.WriteString(w, `{"forecast":"sun"}`)
+	})
+	clock := policy.NewFakeClock(time.Now())
+	b := startBallastClock(t, clock, fmt.Sprintf(`
+routes:
+  - name: tool
+    match: {path_prefix: /}
+    upstream: %q
+    cache: {mode: fallback, stale: 1h}
+    retry: {attempts: 1}
+`, up))
+	for range 2 {
+		resp, _ := do(t, "GET", b.base+"/weather", "")
+		if resp.StatusCode != 200 || !strings.Contains(resp.Header.Get("Cache-Status"), "stored") {
+			t.Fatalf("healthy: %d Cache-Status %q", resp.StatusCode, resp.Header.Get("Cache-Status"))
+		}
+		clock.Advance(40 * time.Second)
+	}
+	down.Store(true)
+	resp, body := doTicking(t, clock, "GET", b.base+"/weather")
+	if resp.StatusCode != 200 || body != `{"forecast":"sun"}` || !strings.Contains(resp.Header.Get("Cache-Status"), "stale-if-error") {
+		t.Fatalf("upstream down: %d %q Cache-Status %q", resp.StatusCode, body, resp.Header.Get("Cache-Status"))
+	}
+	if age := resp.Header.Get("Age"); age != "40" {
+		t.Errorf("Age %q, want 40: the second, identical answer was received 40s ago", age)
+	}
+}
+
 func TestDegradationOrder(t *testing.T) {
 	// retries → fallback upstream → stale cache → static fallback → error
 	var primaryDown, fallbackDown atomic.Bool
