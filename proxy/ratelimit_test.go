@@ -9,55 +9,56 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/ballast-proxy/ballast/policy"
 )
 
+// TestRateLimitHoldsTheUpstreamRate fires 40 requests at once at a limit
+// of 50 rps with a burst of 10 and a max_wait of 490ms, on a fake clock:
+// the burst goes at once, the next 24 wait 20ms apart (the 24th 480ms),
+// and the 6 that would wait past max_wait are refused at once, before the
+// clock moves. The upstream then sees exactly one more request per 20ms.
 func TestRateLimitHoldsTheUpstreamRate(t *testing.T) {
 	var hits atomic.Int64
 	up, _ := upstream(t, func(w http.ResponseWriter, r *http.Request) { hits.Add(1); io.WriteString(w, "ok") })
-	b := startBallast(t, fmt.Sprintf(`
+	clock := policy.NewFakeClock(time.Now())
+	b := startBallastClock(t, clock, fmt.Sprintf(`
 routes:
   - name: r
     match: {path_prefix: /}
     upstream: %q
-    rate_limit: {rps: 50, burst: 10, max_wait: 500ms}
+    rate_limit: {rps: 50, burst: 10, max_wait: 490ms}
 `, up))
-	c := client(t)
-	const window = 10 * time.Second
-	start := time.Now()
-	var refused, slowRefusals atomic.Int64
+	const sent, burst, waiting = 40, 10, 24
+	var ok, refused atomic.Int64
 	var wg sync.WaitGroup
-	for range 200 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for time.Since(start) < window {
-				t0 := time.Now()
-				resp, err := c.Get(b.base + "/x")
-				if err != nil {
-					continue
-				}
-				io.Copy(io.Discard, resp.Body)
-				resp.Body.Close()
-				if resp.StatusCode == 429 {
-					refused.Add(1)
-					if time.Since(t0) > 500*time.Millisecond+250*time.Millisecond {
-						slowRefusals.Add(1) // a refusal must come within max_wait
-					}
-				}
+	for range sent {
+		wg.Go(func() {
+			resp, _ := do(t, "GET", b.base+"/x", "")
+			switch {
+			case resp.StatusCode == 200:
+				ok.Add(1)
+			case resp.StatusCode == 429 && resp.Header.Get("Retry-After") != "":
+				refused.Add(1)
+			default:
+				t.Errorf("status %d, Retry-After %q", resp.StatusCode, resp.Header.Get("Retry-After"))
 			}
-		}()
+		})
+	}
+	waitFor(t, func() bool { return ok.Load() == burst && refused.Load() == sent-burst-waiting && clock.Waiters() == waiting })
+	if hits.Load() != burst {
+		t.Fatalf("before the clock moved the upstream saw %d requests, want the burst of %d", hits.Load(), burst)
+	}
+	for i := 1; i <= waiting; i++ {
+		clock.Advance(20 * time.Millisecond)
+		waitFor(t, func() bool { return ok.Load() == int64(burst+i) })
+		if got := hits.Load(); got != int64(burst+i) {
+			t.Fatalf("after %dms the upstream saw %d requests, want %d", 20*i, got, burst+i)
+		}
 	}
 	wg.Wait()
-	rate := float64(hits.Load()) / time.Since(start).Seconds()
-	// 50 rps plus a burst of 10 over ~10s: between 45 and 56 per second.
-	if rate < 45 || rate > 56 {
-		t.Errorf("the upstream saw %.1f rps, want 50 ± 10%%", rate)
-	}
-	if refused.Load() == 0 {
-		t.Error("200 clients were never refused by a 50 rps limit")
-	}
-	if slowRefusals.Load() > 0 {
-		t.Errorf("%d refusals came back later than max_wait", slowRefusals.Load())
+	if hits.Load() != burst+waiting || refused.Load() != sent-burst-waiting {
+		t.Errorf("upstream saw %d, %d refused; want %d and %d", hits.Load(), refused.Load(), burst+waiting, sent-burst-waiting)
 	}
 }
 
