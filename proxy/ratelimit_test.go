@@ -45,7 +45,9 @@ routes:
 			}
 		})
 	}
-	waitFor(t, func() bool { return ok.Load() == burst && refused.Load() == sent-burst-waiting && clock.Waiters() == waiting })
+	waitFor(t, func() bool {
+		return ok.Load() == burst && refused.Load() == sent-burst-waiting && clock.Waiters() == waiting
+	})
 	if hits.Load() != burst {
 		t.Fatalf("before the clock moved the upstream saw %d requests, want the burst of %d", hits.Load(), burst)
 	}
