@@ -45,6 +45,17 @@ type Options struct {
 	Seed int64
 	// Timeout bounds each request of the load driver. Default 5s.
 	Timeout time.Duration
+	// Driver drives the overhead scenario's saturation phase: DriverWrk
+	// (`wrk -t1 -c<Connections>`, about one core, the issue's reference
+	// client), DriverGo (RunLoad's closed loop, which takes more of a small
+	// machine from the target under test) or DriverAuto: wrk when it is on
+	// PATH, else Go. Default (""): auto. wrk counts whole seconds, so
+	// Saturation, Warmup and Timeout round up to the next second for it.
+	// The open-loop phase and every other scenario always use the Go driver
+	// (wrk's closed loop cannot hold a fixed rate without coordinated
+	// omission). An unknown name is an ErrDriver error in every scenario;
+	// wrk asked for by name and not on PATH, in the overhead scenario.
+	Driver string
 	// Targets limits the overhead targets to these names (direct, bare,
 	// ballast, nginx), the policies variants (off is always run: it is the
 	// baseline) or the state stores (unkeyed, memory, file, redis). Empty
@@ -69,6 +80,12 @@ func (o Options) withScenarioDefaults(rate float64, duration time.Duration) (Opt
 			return o, fmt.Errorf("bench: finding the ballast binary: %w", err)
 		}
 		o.Exe = exe
+	}
+	if err := checkDriver(o.Driver); err != nil {
+		return o, err
+	}
+	if o.Driver == "" {
+		o.Driver = DriverAuto
 	}
 	if o.Duration <= 0 {
 		o.Duration = duration
@@ -129,6 +146,9 @@ type Settings struct {
 	SampleEvery string  `json:"sample_every,omitempty"`
 	// Rounds is set by the overhead scenario only.
 	Rounds int `json:"rounds,omitempty"`
+	// SaturationDriver is the driver of the overhead scenario's saturation
+	// phase, DriverGo or DriverWrk; empty when there was none.
+	SaturationDriver string `json:"saturation_driver,omitempty"`
 }
 
 func (o Options) settings() Settings {

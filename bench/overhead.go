@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"slices"
 	"time"
 )
@@ -67,7 +68,8 @@ type OverheadResult struct {
 // proxy, through ballast, and through nginx when it is on PATH, each in its
 // own child process so its CPU can be read from /proc. Each target gets an
 // open-loop run at opts.Rate (latency, CPU per 1,000 requests) and a
-// closed-loop saturation run with opts.Connections (throughput).
+// closed-loop saturation run with opts.Connections (throughput), driven
+// by wrk or by RunLoad as opts.Driver says.
 //
 // With opts.Rounds above 1, every target is measured once per round, the
 // targets taking turns (each round starts one target later than the one
@@ -90,8 +92,16 @@ func Overhead(ctx context.Context, opts Options) (*OverheadResult, error) {
 			return nil, fmt.Errorf("%w: unknown overhead target %q (known: direct, bare, ballast, nginx)", ErrLoad, t)
 		}
 	}
+	if opts.Saturation > 0 {
+		if opts.Driver, err = resolveDriver(opts.Driver, exec.LookPath); err != nil {
+			return nil, err
+		}
+	}
 	res := &OverheadResult{Settings: opts.settings(), Skipped: map[string]string{}}
 	res.Settings.Rounds = opts.Rounds
+	if opts.Saturation > 0 {
+		res.Settings.SaturationDriver = opts.Driver
+	}
 	want := func(name string) bool { return len(opts.Targets) == 0 || slices.Contains(opts.Targets, name) }
 
 	fmt.Fprintf(opts.Progress, "overhead: starting upstream (%d-byte answers)\n", opts.Size)
@@ -208,8 +218,8 @@ func measureTarget(ctx context.Context, opts Options, wl []Workload, name string
 	ot.UpstreamCPUPer1k = per1k(upAfter.CPU-upBefore.CPU, open.All.Requests)
 	ot.PeakRSS = after.PeakRSS
 	if opts.Saturation > 0 {
-		fmt.Fprintf(opts.Progress, "overhead: %s closed loop, %d connections for %v\n", name, opts.Connections, opts.Saturation)
-		sat, err := RunLoad(ctx, LoadConfig{
+		fmt.Fprintf(opts.Progress, "overhead: %s closed loop, %d connections for %v (%s driver)\n", name, opts.Connections, opts.Saturation, opts.Driver)
+		sat, err := saturate(ctx, opts.Driver, LoadConfig{
 			Addr: proc.Addr, Workloads: wl, Connections: opts.Connections,
 			Warmup: opts.Warmup, Duration: opts.Saturation, Timeout: opts.Timeout,
 		})
@@ -217,6 +227,11 @@ func measureTarget(ctx context.Context, opts Options, wl []Workload, name string
 			return ot, err
 		}
 		ot.Saturation = &sat
+	}
+	for _, p := range []*Process{proc, up} {
+		if err := p.alive(); err != nil {
+			return ot, err
+		}
 	}
 	return ot, ctx.Err()
 }

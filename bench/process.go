@@ -132,6 +132,19 @@ func (p *Process) Stop() {
 	}
 }
 
+// alive is nil while the process runs, else an ErrProcess error with how
+// it ended and its last lines: a target that died under load must not
+// pass for one that answered (wrk, for one, counts every refused connect
+// as a transport error and goes on).
+func (p *Process) alive() error {
+	select {
+	case <-p.exited:
+		return fmt.Errorf("%w: %s exited during the run (%v): %s", ErrProcess, p.Name, p.err, p.output.String())
+	default:
+		return nil
+	}
+}
+
 // Output returns the last lines the process wrote.
 func (p *Process) Output() string { return p.output.String() }
 

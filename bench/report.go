@@ -128,15 +128,34 @@ func (r *Report) Markdown(plot string) []byte {
 
 func (o *OverheadResult) summary() string {
 	s := o.Settings
-	line := fmt.Sprintf("overhead: open loop at %s rps for %s (warm-up %s), %d-byte JSON answers, %d connections, %s",
-		fmtCount(s.Rate), s.Duration, s.Warmup, s.Size, s.Connections, procsPhrase(s.Procs))
+	line := fmt.Sprintf("overhead: open loop at %s rps for %s (warm-up %s), %d-byte JSON answers, %d connections, %s; %s",
+		fmtCount(s.Rate), s.Duration, s.Warmup, s.Size, s.Connections, procsPhrase(s.Procs), overheadChain)
 	if s.Saturation != "" {
-		line += fmt.Sprintf("; saturation: closed loop with %d connections for %s", s.Connections, s.Saturation)
+		line += fmt.Sprintf("; saturation: closed loop with %d connections for %s%s", s.Connections, s.Saturation, driverPhrase(s))
 	}
 	if s.Rounds > 1 {
 		line += fmt.Sprintf("; %d rounds, the targets taking turns, and each figure below is the median over the rounds", s.Rounds)
 	}
 	return line + "."
+}
+
+// overheadChain describes the policies of ballast.yaml.tmpl's overhead
+// route.
+const overheadChain = "ballast with its full happy-path chain (retries, retry budget, breaker and cool-downs at their defaults, " +
+	"the decision trail, `rate_limit: {rps: 100000}`, `validate: {status: [2xx], content_type: [application/json], json: true}`, " +
+	"`cache: {mode: fallback}`)"
+
+// driverPhrase names the saturation driver, " (wrk -t1 -c64)" or
+// " (ballast's Go driver)", or "" when the settings do not say (reports
+// from before the choice existed).
+func driverPhrase(s Settings) string {
+	switch s.SaturationDriver {
+	case DriverWrk:
+		return fmt.Sprintf(" (wrk -t1 -c%d)", s.Connections)
+	case DriverGo:
+		return " (ballast's Go driver)"
+	}
+	return ""
 }
 
 // roundsIntro heads the per-round table.

@@ -315,3 +315,31 @@ func TestLatencyDistribution(t *testing.T) {
 		t.Errorf("mean %v, want ≈ 15ms", mean)
 	}
 }
+
+func TestOverheadSummaryNamesTheSaturationDriver(t *testing.T) {
+	tests := []struct {
+		name   string
+		driver string
+		want   string
+		absent []string
+	}{
+		{name: "wrk", driver: DriverWrk, want: "for 1s (wrk -t1 -c64)."},
+		{name: "go", driver: DriverGo, want: "for 1s (ballast's Go driver)."},
+		{name: "older reports say nothing", driver: "", want: "for 1s.", absent: []string{"wrk", "Go driver"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			o := sampleReport().Overhead
+			o.Settings.SaturationDriver = tt.driver
+			got := o.summary()
+			if !strings.Contains(got, tt.want) {
+				t.Errorf("%q lacks %q", got, tt.want)
+			}
+			for _, a := range tt.absent {
+				if strings.Contains(got, a) {
+					t.Errorf("%q mentions %q", got, a)
+				}
+			}
+		})
+	}
+}

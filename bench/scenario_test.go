@@ -36,13 +36,13 @@ func TestScenarios(t *testing.T) {
 	var progress bytes.Buffer
 	opts := Options{Exe: exe, Duration: 200 * time.Millisecond, Warmup: -1, Saturation: 100 * time.Millisecond,
 		Rate: 150, Connections: 4, Timeout: time.Second, Targets: []string{TargetDirect, TargetBare, TargetBallast},
-		Rounds: 2, Progress: &progress}
+		Rounds: 2, Driver: DriverGo, Progress: &progress}
 	o, err := Overhead(context.Background(), opts)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(o.Targets) != 3 || len(o.Rounds) != 2 || o.Settings.Rounds != 2 {
-		t.Fatalf("%d targets, %d rounds (settings: %d)", len(o.Targets), len(o.Rounds), o.Settings.Rounds)
+	if len(o.Targets) != 3 || len(o.Rounds) != 2 || o.Settings.Rounds != 2 || o.Settings.SaturationDriver != DriverGo {
+		t.Fatalf("%d targets, %d rounds (settings: %+v)", len(o.Targets), len(o.Rounds), o.Settings)
 	}
 	for _, tg := range o.Targets[1:] {
 		if tg.Open.All.OK == 0 || tg.RPSRatio <= 0 || tg.LatencyRatio.P99 <= 0 {
@@ -88,6 +88,48 @@ func TestScenarios(t *testing.T) {
 		if w.Duplicates != 0 {
 			t.Errorf("direct %s: %d duplicate side effects without any retrying proxy", w.Name, w.Duplicates)
 		}
+	}
+}
+
+// TestOverheadSaturationWithWrk runs the overhead scenario with wrk as the
+// saturation driver (wrk must be installed: scripts/test-deps.sh).
+func TestOverheadSaturationWithWrk(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts child processes")
+	}
+	exe := buildBallast(t)
+	var progress bytes.Buffer
+	o, err := Overhead(context.Background(), Options{Exe: exe, Duration: 200 * time.Millisecond, Warmup: -1,
+		Saturation: time.Second, Rate: 150, Connections: 4, Timeout: time.Second,
+		Targets: []string{TargetDirect, TargetBallast}, Driver: DriverWrk, Progress: &progress})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o.Settings.SaturationDriver != DriverWrk || !strings.Contains(o.summary(), "(wrk -t1 -c4)") {
+		t.Errorf("settings %+v, summary %q", o.Settings, o.summary())
+	}
+	if !strings.Contains(progress.String(), "ballast closed loop, 4 connections for 1s (wrk driver)") {
+		t.Errorf("progress:\n%s", progress.String())
+	}
+	if len(o.Targets) != 2 {
+		t.Fatalf("%d targets", len(o.Targets))
+	}
+	for _, tg := range o.Targets {
+		s := tg.Saturation
+		if s == nil {
+			t.Fatalf("%s: no saturation run", tg.Name)
+		}
+		// wrk's report has no p99.9; the Go driver's open loop still does.
+		if s.Mode != "closed" || s.RPS <= 0 || s.All.Requests <= 0 || s.All.OK != s.All.Requests || fmtErrors(s.All.Errors) != "0" ||
+			s.All.Latency.P50 <= 0 || s.All.Latency.P999 != 0 || tg.Open.All.Latency.P999 <= 0 {
+			t.Errorf("%s: saturation %+v, open %+v", tg.Name, *s, tg.Open)
+		}
+		if len(s.Workloads) != 1 || s.Workloads[0].Name != "chat" {
+			t.Errorf("%s: workloads %+v", tg.Name, s.Workloads)
+		}
+	}
+	if o.Targets[1].RPSRatio <= 0 {
+		t.Errorf("ballast not compared with direct: %+v", o.Targets[1])
 	}
 }
 

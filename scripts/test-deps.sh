@@ -9,6 +9,7 @@
 #   chromium   proxy's status page test renders the page in headless chromium
 #   redis-server  store, ratelimit and internal/redis* tests start their own
 #                 redis-server (internal/redistest)
+#   wrk        bench's overhead saturation phase runs wrk -t1 (bench/wrk.go)
 set -euo pipefail
 
 if ! command -v go >/dev/null 2>&1; then
@@ -20,6 +21,7 @@ echo "test-deps: $(go version)"
 required=(
 	"chromium:chromium"
 	"redis-server:redis-server"
+	"wrk:wrk"
 )
 
 missing=()

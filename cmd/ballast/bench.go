@@ -27,6 +27,7 @@ const benchUsage = `usage:
 scenario flags: --duration D (10s; 5s per policies variant; 5m for soak) --warmup 1s --saturation 5s
                 --rate N --connections 64 --size 1024 --seed 1 --timeout 5s --sample-every 5s
                 --rounds N (overhead: every target N times, taking turns; medians)
+                --driver auto|go|wrk (overhead's saturation load: wrk -t1 when on PATH, else Go)
                 --targets LIST (overhead: direct,bare,ballast,nginx; policies: variants; state: stores)
                 --soak (all: include soak) --json (machine-readable output)
                 --out DIR (RESULTS.md section, plot, JSON)
@@ -71,6 +72,7 @@ func cmdBenchScenario(name string, args []string, stdout, stderr io.Writer) int 
 	fs.IntVar(&o.Rounds, "rounds", 1, "overhead: measure every target this many times, taking turns, and report medians")
 	fs.IntVar(&o.Procs, "procs", 0, "cores each proxy under test may use: GOMAXPROCS for ballast and the bare proxy, worker_processes for nginx (default 1; 2 for state)")
 	fs.DurationVar(&o.Timeout, "timeout", 5*time.Second, "per-request timeout of the load driver")
+	fs.StringVar(&o.Driver, "driver", bench.DriverAuto, "overhead: saturation load driver: wrk (wrk -t1, about one core; whole seconds), go (ballast's own), auto (wrk when on PATH, else go); the open loop always uses go")
 	targets := fs.String("targets", "", "overhead targets, policies variants or state stores, comma-separated (default: all; nginx and redis when on PATH)")
 	asJSON := fs.Bool("json", false, "print JSON instead of tables")
 	out := fs.String("out", "", "write RESULTS.md's harness section, the plot and JSON into this directory")
