@@ -22,10 +22,10 @@ func TestHotPathAllocs(t *testing.T) {
 	defer fasthttp.ReleaseRequest(req)
 	opts := &KeyOptions{Vary: []string{"Accept"}}
 	kb := NewKeyBuilder()
-	kb.Request(req, opts) // grow buffers once
+	kb.Request(req, req.Body(), opts) // grow buffers once
 
 	c := mustNew(t, Config{TTL: time.Minute, Stale: time.Hour})
-	key := kb.Request(req, opts)
+	key := kb.Request(req, req.Body(), opts)
 	c.Set(key, &Entry{Status: 200, Body: []byte(`{"ok":true}`), StoredAt: t0})
 	now := t0.Add(time.Second)
 	buf := make([]byte, 0, 128)
@@ -49,7 +49,7 @@ func TestHotPathAllocs(t *testing.T) {
 		name string
 		fn   func()
 	}{
-		{name: "KeyBuilder.Request", fn: func() { _ = kb.Request(req, opts) }},
+		{name: "KeyBuilder.Request", fn: func() { _ = kb.Request(req, req.Body(), opts) }},
 		{name: "KeyBuilder pieces", fn: func() {
 			kb.Reset()
 			kb.Method(method)

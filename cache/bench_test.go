@@ -15,7 +15,7 @@ func BenchmarkKeyRequest(b *testing.B) {
 	kb := NewKeyBuilder()
 	b.ReportAllocs()
 	for b.Loop() {
-		_ = kb.Request(req, opts)
+		_ = kb.Request(req, req.Body(), opts)
 	}
 }
 

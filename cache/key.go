@@ -162,11 +162,16 @@ type KeyOptions struct {
 	IdentityHeaders []string
 }
 
-// Request resets b and returns the key of req: method, host, path, sorted
-// query, body (when non-empty), the Vary headers and, unless o.Public, the
-// identity headers that are present. It does not allocate once b has grown.
-// A nil o means the zero KeyOptions.
-func (b *KeyBuilder) Request(req *fasthttp.Request, o *KeyOptions) Key {
+// Request resets b and returns the key of req with body: method, host,
+// path, sorted query, body (when non-empty), the Vary headers and, unless
+// o.Public, the identity headers that are present. It does not allocate
+// once b has grown. A nil o means the zero KeyOptions.
+//
+// body is the request body as the caller read it, not req.Body(): a server
+// that streams request bodies (fasthttp's StreamRequestBody) leaves
+// req.Body() empty once the stream was read, and a key without the body
+// would give every body the same answer.
+func (b *KeyBuilder) Request(req *fasthttp.Request, body []byte, o *KeyOptions) Key {
 	if o == nil {
 		o = &KeyOptions{}
 	}
@@ -176,7 +181,7 @@ func (b *KeyBuilder) Request(req *fasthttp.Request, o *KeyOptions) Key {
 	u := req.URI()
 	b.Path(u.Path())
 	b.Query(u.QueryString())
-	b.Body(req.Body())
+	b.Body(body)
 	for _, name := range o.Vary {
 		b.Vary(s2b(name), req.Header.Peek(name))
 	}

@@ -142,8 +142,8 @@ func TestKeyRequest(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			defer fasthttp.ReleaseRequest(tt.a)
 			defer fasthttp.ReleaseRequest(tt.b)
-			ka := kb.Request(tt.a, &tt.opts)
-			kbb := kb.Request(tt.b, &tt.opts)
+			ka := kb.Request(tt.a, tt.a.Body(), &tt.opts)
+			kbb := kb.Request(tt.b, tt.b.Body(), &tt.opts)
 			if got := ka == kbb; got != tt.same {
 				t.Errorf("same key = %v, want %v", got, tt.same)
 			}

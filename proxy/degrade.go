@@ -95,7 +95,7 @@ func (s *Server) exchange(ctx *fasthttp.RequestCtx, r *route, body []byte, deadl
 		return
 	}
 	kb := keyBuilders.Get().(*cache.KeyBuilder)
-	cs := &cacheState{use: true, key: kb.Request(&ctx.Request, &rc.opts)}
+	cs := &cacheState{use: true, key: kb.Request(&ctx.Request, body, &rc.opts)}
 	keyBuilders.Put(kb)
 	if !rc.fresh {
 		cs.status = cache.Miss(cache.FwdBypass, false, false) // fallback mode always asks upstream first

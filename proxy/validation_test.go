@@ -184,6 +184,52 @@ routes:
 	}
 }
 
+// The cache key holds the request body, also when ballast streamed it in:
+// a stored answer to one prompt never answers another. (fasthttp's
+// Request.Body() is empty once its body stream was read; the key took it
+// from there and gave every body of a route the same entry.)
+func TestCacheKeyHoldsTheRequestBody(t *testing.T) {
+	for _, mode := range []string{"fallback", "fresh"} {
+		t.Run(mode, func(t *testing.T) {
+			var down atomic.Bool
+			var hits atomic.Int64
+			up, _ := upstream(t, func(w http.ResponseWriter, r *http.Request) {
+				hits.Add(1)
+				if down.Load() {
+					w.WriteHeader(503)
+					return
+				}
+				b, _ := io.ReadAll(r.Body)
+				w.Header().Set("Content-Type", "application/json")
+				fmt.Fprintf(w, `{"echo":%q}`, b)
+			})
+			b := startBallast(t, fmt.Sprintf(`
+routes:
+  - name: model
+    match: {path_prefix: /}
+    upstream: %q
+    cache: {mode: %s, ttl: 1h}
+    retry: {attempts: 1}
+`, up, mode))
+			prompts := []string{`{"prompt":"A"}`, `{"prompt":"B"}`}
+			for _, p := range prompts {
+				if _, body := do(t, "POST", b.base+"/v1/chat", p); body != fmt.Sprintf(`{"echo":%q}`, p) {
+					t.Fatalf("%s: answered %s", p, body)
+				}
+			}
+			if hits.Load() != 2 {
+				t.Fatalf("the upstream saw %d requests for two prompts, want 2", hits.Load())
+			}
+			down.Store(true)
+			for _, p := range prompts {
+				if _, body := do(t, "POST", b.base+"/v1/chat", p); body != fmt.Sprintf(`{"echo":%q}`, p) {
+					t.Errorf("%s from the cache: answered %s", p, body)
+				}
+			}
+		})
+	}
+}
+
 func TestDegradationOrder(t *testing.T) {
 	// retries → fallback upstream → stale cache → static fallback → error
 	var primaryDown, fallbackDown atomic.Bool
