@@ -143,17 +143,17 @@ func (s *Server) exchange(ctx *fasthttp.RequestCtx, r *route, body []byte, deadl
 	s.exchangeUpstream(ctx, r, body, deadline, cs, guarded)
 }
 
-// store keeps a good, buffered answer in the route's cache. The answer
-// the cache already holds for the key, received again, only refreshes that
-// entry: no copy, no allocation.
-func (s *Server) store(r *route, cs *cacheState, resp *fasthttp.Response) {
+// store keeps a good, buffered answer, received at the server clock's
+// received, in the route's cache. The answer the cache already holds for
+// the key, received again, only refreshes that entry: no copy, no
+// allocation.
+func (s *Server) store(r *route, cs *cacheState, resp *fasthttp.Response, received time.Time) {
 	if cs == nil || !cs.use || resp.IsBodyStream() || !cache.Storable(resp.StatusCode(), &resp.Header, r.cache.allowPrivate) {
 		return
 	}
-	now := s.clock.Now()
-	e, ok := r.cache.c.Refresh(cs.key, resp, now)
+	e, ok := r.cache.c.Refresh(cs.key, resp, received)
 	if !ok {
-		e = cache.NewEntry(resp, now)
+		e = cache.NewEntry(resp, received)
 		ok = r.cache.c.Set(cs.key, e)
 	}
 	if ok {

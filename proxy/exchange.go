@@ -106,7 +106,7 @@ targets:
 				now = s.clock.Now()
 			}
 
-			if ok, refused := s.admit(ctx, r, key, deadline); !ok {
+			if ok, refused := s.admit(ctx, r, key, now, deadline); !ok {
 				if refused == nil {
 					return // shutting down; sleep answered
 				}
@@ -224,7 +224,7 @@ func (s *Server) try(out *fasthttp.Request, t *target, r *route, now, deadline t
 func (s *Server) answer(ctx *fasthttp.RequestCtx, r *route, t *target, last *attempt, attempts int, stop Reason, stopAfter time.Duration, deadline time.Time, cs *cacheState) {
 	deadline = s.wall(deadline)
 	if last.class == policy.OK && last.resp != nil {
-		s.store(r, cs, last.resp)
+		s.store(r, cs, last.resp, last.ended)
 		s.relay(ctx, r, t, last.resp, deadline, attempts)
 		last.resp = nil // the relay owns it now
 		if cs != nil && cs.use {

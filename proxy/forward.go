@@ -214,8 +214,10 @@ func (s *Server) relay(ctx *fasthttp.RequestCtx, r *route, t *target, resp *fast
 	h := &ctx.Response.Header
 	resp.Header.CopyTo(h)
 	connection := resp.Header.Peek("Connection")
-	for _, k := range outboundSkip {
-		h.DelBytes(k)
+	if hasHeaderIn(h, outboundSkip) { // one pass; most answers carry none of them
+		for _, k := range outboundSkip {
+			h.DelBytes(k)
+		}
 	}
 	if len(connection) > 0 {
 		for _, tok := range splitTokens(connection) {
@@ -267,6 +269,16 @@ func parseTimeoutHeader(v []byte) (time.Duration, error) {
 		return 0, errors.New("must be positive")
 	}
 	return d, nil
+}
+
+// hasHeaderIn reports whether h holds a header named in list (any case).
+func hasHeaderIn(h *fasthttp.ResponseHeader, list [][]byte) bool {
+	for k := range h.All() {
+		if skipHeader(k, list) {
+			return true
+		}
+	}
+	return false
 }
 
 func skipHeader(k []byte, list [][]byte) bool {

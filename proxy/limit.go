@@ -184,15 +184,15 @@ func (k keySource) of(ctx *fasthttp.RequestCtx, body []byte) uint64 {
 	return 0
 }
 
-// admit waits for the route's rate limit before an attempt. It returns
-// false when the request may not go: the limit refused within the deadline
-// (the caller answers), or the server is shutting down.
-func (s *Server) admit(ctx *fasthttp.RequestCtx, r *route, key uint64, deadline time.Time) (ok bool, refused *ratelimit.LimitedError) {
+// admit waits for the route's rate limit before an attempt, now being the
+// server clock's reading an instant ago. It returns false when the request
+// may not go: the limit refused within the deadline (the caller answers),
+// or the server is shutting down.
+func (s *Server) admit(ctx *fasthttp.RequestCtx, r *route, key uint64, now, deadline time.Time) (ok bool, refused *ratelimit.LimitedError) {
 	l := r.limit
 	if l == nil || l.requests == nil {
 		return true, nil
 	}
-	now := s.clock.Now()
 	maxWait := min(l.maxWait, deadline.Sub(now))
 	res, err := l.requests.Reserve(key, 1, now, max(maxWait, 0))
 	if err != nil {
