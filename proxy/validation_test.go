@@ -98,15 +98,29 @@ routes:
 	}
 }
 
-func TestStaleIfErrorWhenTheUpstreamIsDown(t *testing.T) {
-	var down atomic.Bool
-	var hits atomic.Int64
-	up, _ := upstream(t, func(w http.ResponseWriter, r *http.Request) {
-		hits.Add(1)
-		if down.Load() {
+// downable is an upstream that counts its requests and, once down is set,
+// answers 503 to every one; until then it answers with h.
+type downable struct {
+	url  string
+	down atomic.Bool
+	hits atomic.Int64
+}
+
+func downableUpstream(t *testing.T, h http.HandlerFunc) *downable {
+	d := &downable{}
+	d.url, _ = upstream(t, func(w http.ResponseWriter, r *http.Request) {
+		d.hits.Add(1)
+		if d.down.Load() {
 			w.WriteHeader(503)
 			return
 		}
+		h(w, r)
+	})
+	return d
+}
+
+func TestStaleIfErrorWhenTheUpstreamIsDown(t *testing.T) {
+	up := downableUpstream(t, func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		fmt.Fprintf(w, `{"user":%q}`, r.Header.Get("Authorization"))
 	})
@@ -118,12 +132,12 @@ routes:
     upstream: %q
     cache: {mode: fallback, stale: 1h}
     retry: {attempts: 2, backoff: {base: 1ms, max: 1ms}}
-`, up))
+`, up.url))
 	resp, body := do(t, "GET", b.base+"/weather?city=x", "", "Authorization", "Bearer alice")
 	if resp.StatusCode != 200 || !strings.Contains(resp.Header.Get("Cache-Status"), "stored") {
 		t.Fatalf("first: %d Cache-Status %q", resp.StatusCode, resp.Header.Get("Cache-Status"))
 	}
-	down.Store(true)
+	up.down.Store(true)
 	clock.Advance(90 * time.Second)
 	resp, body = doTicking(t, clock, "GET", b.base+"/weather?city=x", "Authorization", "Bearer alice")
 	if resp.StatusCode != 200 || body != `{"user":"Bearer alice"}` {
@@ -149,12 +163,7 @@ routes:
 // An answer the cache already holds, received again, restarts its age: a
 // stale-if-error answer is as old as the last time the upstream gave it.
 func TestStaleAgeCountsFromTheLatestSameAnswer(t *testing.T) {
-	var down atomic.Bool
-	up, _ := upstream(t, func(w http.ResponseWriter, r *http.Request) {
-		if down.Load() {
-			w.WriteHeader(503)
-			return
-		}
+	up := downableUpstream(t, func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		io.WriteString(w, `{"forecast":"sun"}`)
 	})
@@ -166,7 +175,7 @@ routes:
     upstream: %q
     cache: {mode: fallback, stale: 1h}
     retry: {attempts: 1}
-`, up))
+`, up.url))
 	for range 2 {
 		resp, _ := do(t, "GET", b.base+"/weather", "")
 		if resp.StatusCode != 200 || !strings.Contains(resp.Header.Get("Cache-Status"), "stored") {
@@ -174,7 +183,7 @@ routes:
 		}
 		clock.Advance(40 * time.Second)
 	}
-	down.Store(true)
+	up.down.Store(true)
 	resp, body := doTicking(t, clock, "GET", b.base+"/weather")
 	if resp.StatusCode != 200 || body != `{"forecast":"sun"}` || !strings.Contains(resp.Header.Get("Cache-Status"), "stale-if-error") {
 		t.Fatalf("upstream down: %d %q Cache-Status %q", resp.StatusCode, body, resp.Header.Get("Cache-Status"))
@@ -191,14 +200,7 @@ routes:
 func TestCacheKeyHoldsTheRequestBody(t *testing.T) {
 	for _, mode := range []string{"fallback", "fresh"} {
 		t.Run(mode, func(t *testing.T) {
-			var down atomic.Bool
-			var hits atomic.Int64
-			up, _ := upstream(t, func(w http.ResponseWriter, r *http.Request) {
-				hits.Add(1)
-				if down.Load() {
-					w.WriteHeader(503)
-					return
-				}
+			up := downableUpstream(t, func(w http.ResponseWriter, r *http.Request) {
 				b, _ := io.ReadAll(r.Body)
 				w.Header().Set("Content-Type", "application/json")
 				fmt.Fprintf(w, `{"echo":%q}`, b)
@@ -210,17 +212,17 @@ routes:
     upstream: %q
     cache: {mode: %s, ttl: 1h}
     retry: {attempts: 1}
-`, up, mode))
+`, up.url, mode))
 			prompts := []string{`{"prompt":"A"}`, `{"prompt":"B"}`}
 			for _, p := range prompts {
 				if _, body := do(t, "POST", b.base+"/v1/chat", p); body != fmt.Sprintf(`{"echo":%q}`, p) {
 					t.Fatalf("%s: answered %s", p, body)
 				}
 			}
-			if hits.Load() != 2 {
-				t.Fatalf("the upstream saw %d requests for two prompts, want 2", hits.Load())
+			if up.hits.Load() != 2 {
+				t.Fatalf("the upstream saw %d requests for two prompts, want 2", up.hits.Load())
 			}
-			down.Store(true)
+			up.down.Store(true)
 			for _, p := range prompts {
 				if _, body := do(t, "POST", b.base+"/v1/chat", p); body != fmt.Sprintf(`{"echo":%q}`, p) {
 					t.Errorf("%s from the cache: answered %s", p, body)
