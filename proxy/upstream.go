@@ -107,6 +107,7 @@ func newUpstream(u *url.URL, caFile string, connect time.Duration) (*upstream, e
 		MaxConns:                 4096,
 		MaxIdleConnDuration:      90 * time.Second,
 		MaxConnWaitTimeout:       time.Second,
+		ConnPoolStrategy:         fasthttp.LIFO,
 		NoDefaultUserAgentHeader: true,
 		ReadBufferSize:           16 << 10,
 		WriteBufferSize:          16 << 10,
