@@ -150,29 +150,43 @@ func (p *Process) Output() string { return p.output.String() }
 
 var addrLine = regexp.MustCompile(`https?://([0-9.]+:[0-9]+)`)
 
-// lineTail keeps the last 4 KiB a process wrote and reports the first
-// http://host:port it sees.
+// lineTail keeps the last tailBytes a process wrote and reports the first
+// http://host:port it prints within its first addrScanBytes. After that it
+// only keeps the tail: ballast's decision trail comes through here at up
+// to tens of MB/s under saturation, and the harness, which shares the
+// cores with the process it measures, must not spend them scanning it.
 type lineTail struct {
-	mu   sync.Mutex
-	buf  []byte
-	seen bool
-	addr chan string
+	mu      sync.Mutex
+	buf     []byte
+	scanned int // bytes written so far, while looking for the address
+	seen    bool
+	addr    chan string
 }
+
+const (
+	tailBytes     = 4096
+	addrScanBytes = 64 << 10
+)
 
 func (l *lineTail) Write(b []byte) (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	l.buf = append(l.buf, b...)
-	if !l.seen {
+	if !l.seen && l.scanned < addrScanBytes {
+		l.scanned += len(b)
+		l.buf = append(l.buf, b...)
 		if i := bytes.IndexByte(l.buf, '\n'); i >= 0 {
 			if m := addrLine.FindSubmatch(l.buf); m != nil {
 				l.seen = true
 				l.addr <- string(m[1])
 			}
 		}
+	} else if len(b) >= tailBytes {
+		l.buf = append(l.buf[:0], b[len(b)-tailBytes:]...)
+	} else {
+		l.buf = append(l.buf, b...)
 	}
-	if len(l.buf) > 4096 {
-		l.buf = append(l.buf[:0], l.buf[len(l.buf)-4096:]...)
+	if len(l.buf) > tailBytes {
+		l.buf = append(l.buf[:0], l.buf[len(l.buf)-tailBytes:]...)
 	}
 	return len(b), nil
 }
