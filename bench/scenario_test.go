@@ -94,9 +94,6 @@ func TestScenarios(t *testing.T) {
 // TestOverheadSaturationWithWrk runs the overhead scenario with wrk as the
 // saturation driver (wrk must be installed: scripts/test-deps.sh).
 func TestOverheadSaturationWithWrk(t *testing.T) {
-	if testing.Short() {
-		t.Skip("starts child processes")
-	}
 	exe := buildBallast(t)
 	var progress bytes.Buffer
 	o, err := Overhead(context.Background(), Options{Exe: exe, Duration: 200 * time.Millisecond, Warmup: -1,
