@@ -76,7 +76,9 @@ func startBallast(ctx context.Context, exe, dir, upstream string, chaos bool, pr
 	if err := os.WriteFile(file, yaml, 0o600); err != nil {
 		return nil, nil, fmt.Errorf("%w: ballast: %w", ErrProcess, err)
 	}
-	p, err := startProcessQuiet("ballast", exe, false, goProcsEnv(procs), "run", "-c", file, "--log-level", "error")
+	// At info the decision trail is written, one line per request, as with
+	// ballast's defaults; it is part of the chain being measured.
+	p, err := startProcessQuiet("ballast", exe, false, goProcsEnv(procs), "run", "-c", file, "--log-level", "info")
 	if err != nil {
 		return nil, nil, err
 	}

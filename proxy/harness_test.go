@@ -89,6 +89,13 @@ func startBallastClock(t testing.TB, clock policy.Clock, yaml string, env ...str
 // the test's log buffer.
 func startBallastWith(t testing.TB, clock policy.Clock, accessLog io.Writer, yaml string, env ...string) *ballast {
 	t.Helper()
+	return startBallastLogging(t, clock, accessLog, slog.LevelDebug, yaml, env...)
+}
+
+// startBallastLogging is startBallastWith with the logger's level, which
+// `ballast run --log-level` sets.
+func startBallastLogging(t testing.TB, clock policy.Clock, accessLog io.Writer, level slog.Level, yaml string, env ...string) *ballast {
+	t.Helper()
 	file := t.TempDir() + "/ballast.yaml"
 	if err := os.WriteFile(file, []byte(yaml), 0o600); err != nil {
 		t.Fatal(err)
@@ -104,7 +111,7 @@ func startBallastWith(t testing.TB, clock policy.Clock, accessLog io.Writer, yam
 	}
 	reg := prometheus.NewRegistry()
 	srv, err := proxy.New(cfg, proxy.Options{
-		Logger:    slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		Logger:    slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: level})),
 		Registry:  reg,
 		Source:    &src,
 		Clock:     clock,

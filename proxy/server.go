@@ -61,7 +61,11 @@ type Server struct {
 	limiters    *limiterPool
 
 	trails *accessLog
-	state  store.Store // idempotency records and async jobs
+	// trailInfo and trailWarn: whether the logger's level lets through the
+	// trail's success lines (INFO) and failure lines (WARN); resolved once,
+	// since the logger does not change after New.
+	trailInfo, trailWarn bool
+	state                store.Store // idempotency records and async jobs
 	// stateLocal: the memory and file backends, whose Claim, Complete and
 	// Release never wait on their context (only Wait does), so callers need
 	// not arm a deadline (a timer) for them.
@@ -114,6 +118,8 @@ func New(cfg *config.Config, opts Options) (*Server, error) {
 	// The wall clock, not s.clock: flushing is not a policy decision, and a
 	// flush timer must not count among an injected clock's waiters.
 	s.trails = newAccessLog(accessOut, policy.SystemClock{}, cfg.Log.FlushInterval.D())
+	s.trailInfo = s.log.Enabled(context.Background(), slog.LevelInfo)
+	s.trailWarn = s.log.Enabled(context.Background(), slog.LevelWarn)
 	s.ups = newUpstreamPool(s.clock)
 	if s.reg == nil {
 		s.reg = prometheus.NewRegistry()

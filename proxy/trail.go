@@ -74,14 +74,18 @@ const (
 	headerTrail = "X-Ballast-Trail"
 )
 
-// finish writes the trail of a finished request (always for failures,
-// sampled for successes) and returns it to the pool.
-// end is when the request ended (wall time).
+// finishTrail writes the trail of a finished request (always for
+// failures, sampled for successes) and returns it to the pool. Like the
+// rest of ballast's logs, the line obeys the logger's level: a success is
+// an INFO line and a failure a WARN line, so `--log-level warn` keeps only
+// failures and `error` keeps none. end is when the request ended (wall
+// time).
 func (s *Server) finishTrail(ctx *fasthttp.RequestCtx, t *trail, route string, lc config.Log, end time.Time) {
 	status := ctx.Response.StatusCode()
 	failed := status >= 500 || t.stop != "" || (t.n > 0 && t.attempts[min(t.n, maxTrailAttempts)-1].class != policy.OK && status >= 400)
 	tw := s.trails
-	if lc.Requests && (failed || lc.SuccessSample >= 1 || (lc.SuccessSample > 0 && rand.Float64() < lc.SuccessSample)) {
+	if failed && s.trailWarn && lc.Requests ||
+		!failed && s.trailInfo && lc.Requests && (lc.SuccessSample >= 1 || (lc.SuccessSample > 0 && rand.Float64() < lc.SuccessSample)) {
 		b := t.appendJSON(t.buf[:0], ctx, route, status, failed, end)
 		tw.write(b)
 		t.buf = b

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"strings"
 	"testing"
@@ -117,6 +118,47 @@ routes: [{name: r, match: {path_prefix: /}, upstream: %q, retry: {attempts: 1}}]
 	lines := trails(t, b)
 	if len(lines) != 1 || lines[0].Status != 503 || lines[0].Level != "WARN" {
 		t.Errorf("with success_sample 0, want only the failure logged: %+v", lines)
+	}
+}
+
+// The trail obeys the log level like ballast's other logs: successes are
+// INFO lines, failures WARN lines.
+func TestTrailObeysTheLogLevel(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		level    slog.Level
+		ok, fail int
+	}{
+		{name: "info", level: slog.LevelInfo, ok: 3, fail: 1},
+		{name: "warn", level: slog.LevelWarn, ok: 0, fail: 1},
+		{name: "error", level: slog.LevelError, ok: 0, fail: 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := &scripted{}
+			up, _ := upstream(t, s.handler)
+			b := startBallastLogging(t, nil, nil, tc.level, fmt.Sprintf(`
+routes: [{name: r, match: {path_prefix: /}, upstream: %q, retry: {attempts: 1}}]
+`, up))
+			for range 3 {
+				do(t, "GET", b.base+"/ok", "")
+			}
+			s.steps = append(s.steps, status(503))
+			do(t, "GET", b.base+"/fails", "")
+			ok, fail := 0, 0
+			for _, l := range trails(t, b) {
+				switch {
+				case l.Status == 200 && l.Level == "INFO":
+					ok++
+				case l.Status == 503 && l.Level == "WARN":
+					fail++
+				default:
+					t.Errorf("unexpected trail line %+v", l)
+				}
+			}
+			if ok != tc.ok || fail != tc.fail {
+				t.Errorf("at level %s: %d success and %d failure lines, want %d and %d", tc.level, ok, fail, tc.ok, tc.fail)
+			}
+		})
 	}
 }
 
