@@ -19,8 +19,8 @@ import (
 // match. Numbers are compared by their text (1 and 1.0 differ). Any other
 // body is hashed raw.
 //
-// Fingerprint does not allocate for a non-JSON body; canonicalising a JSON
-// body allocates in proportion to its size.
+// Fingerprint does not allocate once its pooled scratch space has grown to
+// the size of the bodies it sees (a node per JSON value).
 func Fingerprint(method, path []byte, body []byte, headers ...[]byte) [32]byte {
 	s := fpPool.Get().(*fpState)
 	s.h.Reset()
@@ -36,16 +36,32 @@ func Fingerprint(method, path []byte, body []byte, headers ...[]byte) [32]byte {
 	}
 	s.h.Sum(s.sum[:0])
 	out := s.sum
-	fpPool.Put(s)
+	s.release()
 	return out
 }
 
-// fpState is pooled so that hashing a raw body does not allocate. The pool
-// is a cache of scratch space, not state: Fingerprint is a pure function.
+// fpState is pooled so that hashing does not allocate. The pool is a cache
+// of scratch space, not state: Fingerprint is a pure function.
 type fpState struct {
 	h       hash.Hash
 	scratch [binary.MaxVarintLen64]byte
 	sum     [sha256.Size]byte
+	json    jsonParser
+	members []int // object members being sorted, a window per open object
+}
+
+// maxPooledJSONNodes bounds the scratch space a pooled fpState keeps (and
+// 64 times as many bytes of unescaped strings): the scratch of one
+// unusually large body is dropped rather than held.
+const maxPooledJSONNodes = 1 << 14
+
+// release returns s to the pool without the body it last parsed.
+func (s *fpState) release() {
+	s.json.body = nil
+	if cap(s.json.nodes) > maxPooledJSONNodes || cap(s.json.dec) > maxPooledJSONNodes*64 {
+		s.json.nodes, s.json.dec, s.members = nil, nil, nil
+	}
+	fpPool.Put(s)
 }
 
 var fpPool = sync.Pool{New: func() any { return &fpState{h: sha256.New()} }}
