@@ -211,6 +211,9 @@ routes:
     match: {path_prefix: /}
     upstream: http://x
     headers: {set: {Authorization: "Bearer ${KEY}", X-Api-Key: raw-key-value, Cookie: "s=1", X-Trace: keep}}
+    fallbacks:
+      - upstream: http://y
+        headers: {set: {Authorization: "Bearer fallback-literal-key", X-Api-Key: "${KEY}"}}
 `), Source{Environ: []string{"KEY=sk-abc"}})
 	if err != nil {
 		t.Fatal(err)
@@ -222,8 +225,11 @@ routes:
 	if err != nil {
 		t.Fatal(err)
 	}
+	if cfg.Routes[0].Fallbacks[0].Headers.Set["Authorization"] != "Bearer fallback-literal-key" {
+		t.Fatal("redacting must not change the live config")
+	}
 	out := string(b)
-	for _, secret := range []string{"sk-abc", "literal-admin-token", "raw-key-value", "s=1"} {
+	for _, secret := range []string{"sk-abc", "literal-admin-token", "raw-key-value", "s=1", "fallback-literal-key"} {
 		if strings.Contains(out, secret) {
 			t.Errorf("redacted config shows %q", secret)
 		}

@@ -32,19 +32,35 @@ func (c *Config) Redacted() ([]byte, error) {
 	}
 	cp.Routes = make([]Route, len(view.Routes))
 	for i, r := range view.Routes {
-		if len(r.Headers.Set) > 0 {
-			set := make(map[string]string, len(r.Headers.Set))
-			for k, v := range r.Headers.Set {
-				if sensitiveHeader(k) && !isReference(v) {
-					v = Redacted
-				}
-				set[k] = v
+		r.Headers.Set = redactHeaders(r.Headers.Set)
+		if len(r.Fallbacks) > 0 {
+			fbs := make([]Fallback, len(r.Fallbacks))
+			for j, f := range r.Fallbacks {
+				f.Headers.Set = redactHeaders(f.Headers.Set)
+				fbs[j] = f
 			}
-			r.Headers.Set = set
+			r.Fallbacks = fbs
 		}
 		cp.Routes[i] = r
 	}
 	return json.MarshalIndent(&cp, "", "  ")
+}
+
+// redactHeaders returns a copy of set with each literal credential-like
+// value replaced by Redacted; set itself, shared with the running config,
+// is left alone.
+func redactHeaders(set map[string]string) map[string]string {
+	if len(set) == 0 {
+		return set
+	}
+	out := make(map[string]string, len(set))
+	for k, v := range set {
+		if sensitiveHeader(k) && !isReference(v) {
+			v = Redacted
+		}
+		out[k] = v
+	}
+	return out
 }
 
 // isReference reports whether v is made only of ${NAME} references and
