@@ -155,9 +155,11 @@ func readBody(ctx *fasthttp.RequestCtx, r *route) (body []byte, buf *bytebufferp
 // forwarding headers and the route's header rules.
 func buildOutbound(out *fasthttp.Request, ctx *fasthttp.RequestCtx, r *route, t *target, body []byte) {
 	in := &ctx.Request.Header
-	connection := in.Peek("Connection")
+	// Every Connection line counts: a second one may name what the
+	// first does not (RFC 9110 §7.6.1).
+	connection := in.PeekAll("Connection")
 	for k, v := range in.All() {
-		if skipHeader(k, inboundSkip) || hasPrefixFold(k, ballastPrefix) || listedIn(connection, k) {
+		if skipHeader(k, inboundSkip) || hasPrefixFold(k, ballastPrefix) || listedInAny(connection, k) {
 			continue
 		}
 		out.Header.AddBytesKV(k, v)
@@ -213,15 +215,21 @@ func (s *Server) relay(ctx *fasthttp.RequestCtx, r *route, t *target, resp *fast
 
 	h := &ctx.Response.Header
 	resp.Header.CopyTo(h)
-	connection := resp.Header.Peek("Connection")
+	// CopyTo also copies the client response's wish for a default
+	// Content-Type; an answer without one must reach the agent without one.
+	h.SetNoDefaultContentType(true)
 	if hasHeaderIn(h, outboundSkip) { // one pass; most answers carry none of them
+		for _, conn := range resp.Header.PeekAll("Connection") {
+			for len(conn) > 0 {
+				var tok []byte
+				tok, conn = nextToken(conn)
+				if len(tok) > 0 {
+					h.DelBytes(tok)
+				}
+			}
+		}
 		for _, k := range outboundSkip {
 			h.DelBytes(k)
-		}
-	}
-	if len(connection) > 0 {
-		for _, tok := range splitTokens(connection) {
-			h.DelBytes(tok)
 		}
 	}
 	h.ResetConnectionClose()
@@ -299,26 +307,32 @@ func hasPrefixFold(k []byte, prefix string) bool {
 func listedIn(connection, name []byte) bool {
 	for len(connection) > 0 {
 		var tok []byte
-		if i := bytes.IndexByte(connection, ','); i >= 0 {
-			tok, connection = connection[:i], connection[i+1:]
-		} else {
-			tok, connection = connection, nil
-		}
-		if asciiEqualFold(bytes.TrimSpace(tok), name) {
+		tok, connection = nextToken(connection)
+		if asciiEqualFold(tok, name) {
 			return true
 		}
 	}
 	return false
 }
 
-func splitTokens(v []byte) [][]byte {
-	var out [][]byte
-	for _, t := range bytes.Split(v, []byte(",")) {
-		if t = bytes.TrimSpace(t); len(t) > 0 {
-			out = append(out, t)
+// nextToken splits the first element off a comma-separated list, trimmed
+// of spaces, and returns it with the rest.
+func nextToken(list []byte) (tok, rest []byte) {
+	if i := bytes.IndexByte(list, ','); i >= 0 {
+		return bytes.TrimSpace(list[:i]), list[i+1:]
+	}
+	return bytes.TrimSpace(list), nil
+}
+
+// listedInAny reports whether name is listed in any of the Connection
+// header values.
+func listedInAny(connections [][]byte, name []byte) bool {
+	for _, c := range connections {
+		if listedIn(c, name) {
+			return true
 		}
 	}
-	return out
+	return false
 }
 
 func formatBytes(n int64) string {

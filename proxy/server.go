@@ -293,9 +293,8 @@ func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 		start = time.Now()
 	}
 	s.ids.assign(ctx)
-	if ambiguousFraming(&ctx.Request.Header) {
-		writeProblem(ctx, problem{Status: fasthttp.StatusBadRequest, Reason: ReasonBadRequest,
-			Detail: "the request has both Content-Length and Transfer-Encoding; its framing is ambiguous"})
+	if why := unsafeHeaderBlock(&ctx.Request.Header); why != "" {
+		writeProblem(ctx, problem{Status: fasthttp.StatusBadRequest, Reason: ReasonBadRequest, Detail: why})
 		ctx.SetConnectionClose()
 		s.unmatched.observe(fasthttp.StatusBadRequest, time.Since(start).Seconds())
 		return
@@ -360,13 +359,19 @@ func (s *Server) handleParseError(ctx *fasthttp.RequestCtx, err error) {
 	s.unmatched.observe(p.Status, 0)
 }
 
-// ambiguousFraming reports a request that carries both Content-Length and
-// Transfer-Encoding (RFC 9112 §6.3, request smuggling). fasthttp lets
-// Transfer-Encoding win; ballast refuses it.
-func ambiguousFraming(h *fasthttp.RequestHeader) bool {
-	if h.ContentLength() != -1 { // -1: chunked
-		return false
-	}
+// unsafeHeaderBlock inspects the raw request header block in one pass and
+// says what makes the request unsafe to forward, or "" when nothing does:
+//   - a Transfer-Encoding together with a Content-Length, or any
+//     Transfer-Encoding but chunked (RFC 9112 §6.3): the two ends of a
+//     connection could disagree on where the body ends (request
+//     smuggling). fasthttp lets chunked win over Content-Length and reads
+//     no body at all for "identity";
+//   - a field name that is not a token (RFC 9110 §5.1): fasthttp accepts
+//     inner spaces, which an upstream may read differently.
+//
+// The answer names the header, never its value.
+func unsafeHeaderBlock(h *fasthttp.RequestHeader) string {
+	var sawCL, sawTE bool
 	raw := h.RawHeaders()
 	for len(raw) > 0 {
 		line := raw
@@ -375,11 +380,28 @@ func ambiguousFraming(h *fasthttp.RequestHeader) bool {
 		} else {
 			raw = nil
 		}
-		if len(line) > len("content-length:") && asciiEqualFold(line[:len("content-length:")], []byte("content-length:")) {
-			return true
+		colon := bytes.IndexByte(line, ':')
+		if colon <= 0 || line[0] == ' ' || line[0] == '\t' {
+			continue // a folded continuation line
+		}
+		name := line[:colon]
+		if bytes.IndexByte(name, ' ') >= 0 {
+			return fmt.Sprintf("the header name %q is not a token (RFC 9110 §5.1)", name)
+		}
+		switch name[0] | 0x20 {
+		case 'c':
+			sawCL = sawCL || asciiEqualFold(name, []byte("content-length"))
+		case 't':
+			sawTE = sawTE || asciiEqualFold(name, []byte("transfer-encoding"))
 		}
 	}
-	return false
+	switch {
+	case sawTE && sawCL:
+		return "the request has both Content-Length and Transfer-Encoding; its framing is ambiguous"
+	case sawTE && h.ContentLength() != -1: // -1: chunked
+		return "the request's Transfer-Encoding is not chunked; its framing is ambiguous"
+	}
+	return ""
 }
 
 // fasthttpLogger routes fasthttp's own messages into slog at debug level.
