@@ -41,9 +41,9 @@ func (s *Server) handleAdmin(ctx *fasthttp.RequestCtx) {
 		return
 	}
 	if !s.adminAuthorized(ctx) {
-		ctx.Response.Header.Set("WWW-Authenticate", `Bearer realm="ballast admin"`)
 		writeProblem(ctx, problem{Status: fasthttp.StatusUnauthorized, Reason: ReasonBadRequest,
-			Detail: "the admin endpoints require Authorization: Bearer <admin.token>"})
+			WWWAuthenticate: `Bearer realm="ballast admin"`,
+			Detail:          "the admin endpoints require Authorization: Bearer <admin.token>"})
 		return
 	}
 	switch path {
@@ -59,8 +59,7 @@ func (s *Server) handleAdmin(ctx *fasthttp.RequestCtx) {
 		ctx.SetBody(b)
 	case "/reload":
 		if !ctx.IsPost() {
-			ctx.Response.Header.Set("Allow", "POST")
-			writeProblem(ctx, problem{Status: fasthttp.StatusMethodNotAllowed, Reason: ReasonBadRequest, Detail: "use POST /reload"})
+			writeProblem(ctx, problem{Status: fasthttp.StatusMethodNotAllowed, Reason: ReasonBadRequest, Allow: "POST", Detail: "use POST /reload"})
 			return
 		}
 		s.adminReload(ctx)

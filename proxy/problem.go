@@ -41,6 +41,12 @@ type problem struct {
 	Route      string
 	Attempts   int
 	RetryAfter time.Duration // > 0 adds retry_after_s and a Retry-After header
+	// Allow, when set, is the Allow header a 405 must carry (RFC 9110
+	// §15.5.6).
+	Allow string
+	// WWWAuthenticate, when set, is the challenge a 401 must carry (RFC
+	// 9110 §15.5.2).
+	WWWAuthenticate string
 }
 
 const problemTypePrefix = "urn:ballast:problem:"
@@ -60,6 +66,12 @@ func writeProblem(ctx *fasthttp.RequestCtx, p problem) {
 	resp.SetStatusCode(p.Status)
 	resp.Header.SetContentType("application/problem+json")
 	resp.Header.Set("Cache-Control", "no-store")
+	if p.Allow != "" {
+		resp.Header.Set("Allow", p.Allow)
+	}
+	if p.WWWAuthenticate != "" {
+		resp.Header.Set("WWW-Authenticate", p.WWWAuthenticate)
+	}
 	secs := 0
 	if p.RetryAfter > 0 {
 		secs = int((p.RetryAfter + time.Second - 1) / time.Second)

@@ -301,8 +301,8 @@ func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 	}
 	if ctx.IsConnect() {
 		// Tunnels would carry bytes ballast cannot see or protect.
-		ctx.Response.Header.Set("Allow", "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS")
 		writeProblem(ctx, problem{Status: fasthttp.StatusMethodNotAllowed, Reason: ReasonBadRequest,
+			Allow:  "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS",
 			Detail: "ballast does not tunnel CONNECT; send plain-HTTP tool calls through HTTP_PROXY, or point the client at a route's base URL"})
 		s.unmatched.observe(fasthttp.StatusMethodNotAllowed, time.Since(start).Seconds())
 		return

@@ -91,8 +91,7 @@ func (b *statusBoard) close(ctx context.Context) error { return b.notifier.Close
 // It answers only authorized requests (see statusAuthorized).
 func (s *Server) handleStatus(ctx *fasthttp.RequestCtx) {
 	if !ctx.IsGet() && !ctx.IsHead() {
-		ctx.Response.Header.Set("Allow", "GET, HEAD")
-		writeProblem(ctx, problem{Status: fasthttp.StatusMethodNotAllowed, Reason: ReasonBadRequest, Detail: "use GET /status"})
+		writeProblem(ctx, problem{Status: fasthttp.StatusMethodNotAllowed, Reason: ReasonBadRequest, Allow: "GET, HEAD", Detail: "use GET /status"})
 		return
 	}
 	if !s.statusAuthorized(ctx) {

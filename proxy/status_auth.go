@@ -72,9 +72,9 @@ func (s *Server) setSession(ctx *fasthttp.RequestCtx) {
 
 // refuseAdmin answers 401 the way every admin endpoint does.
 func (s *Server) refuseAdmin(ctx *fasthttp.RequestCtx) {
-	ctx.Response.Header.Set("WWW-Authenticate", `Bearer realm="ballast admin"`)
 	writeProblem(ctx, problem{Status: fasthttp.StatusUnauthorized, Reason: ReasonBadRequest,
-		Detail: "the admin endpoints require Authorization: Bearer <admin.token>"})
+		WWWAuthenticate: `Bearer realm="ballast admin"`,
+		Detail:          "the admin endpoints require Authorization: Bearer <admin.token>"})
 }
 
 // handleStatusPage serves / on the admin listener: the HTML status page to
@@ -87,8 +87,7 @@ func (s *Server) handleStatusPage(ctx *fasthttp.RequestCtx) {
 	case ctx.IsGet() || ctx.IsHead():
 		presented = ctx.QueryArgs().Peek("token")
 	default:
-		ctx.Response.Header.Set("Allow", "GET, HEAD, POST")
-		writeProblem(ctx, problem{Status: fasthttp.StatusMethodNotAllowed, Reason: ReasonBadRequest, Detail: "use GET /"})
+		writeProblem(ctx, problem{Status: fasthttp.StatusMethodNotAllowed, Reason: ReasonBadRequest, Allow: "GET, HEAD, POST", Detail: "use GET /"})
 		return
 	}
 	if s.Config().Admin.Token == "" { // open admin listener: nothing to sign in to
