@@ -29,7 +29,7 @@ func (c *Config) Validate() error {
 	add(checkAddr("listen", c.Listen))
 	add(checkAddr("admin.listen", c.Admin.Listen))
 	errs = append(errs, c.Notify.validate("notify")...)
-	if c.Admin.Token == "" && !isLoopback(c.Admin.Listen) {
+	if c.Admin.Token == "" && !IsLoopback(c.Admin.Listen) {
 		add(pathErr("admin.listen", "binding the admin listener beyond localhost requires admin.token"))
 	}
 	if c.Server.MaxHeaderBytes < 1<<10 || c.Server.MaxHeaderBytes > 1<<20 {
@@ -367,8 +367,10 @@ func checkAddr(path, addr string) error {
 	return nil
 }
 
-// isLoopback reports whether addr binds only to the local machine.
-func isLoopback(addr string) bool {
+// IsLoopback reports whether the listen address addr ("host:port") binds
+// only to the local machine: localhost or a loopback IP. An empty host
+// (all interfaces) or a malformed address is not loopback.
+func IsLoopback(addr string) bool {
 	host, _, err := net.SplitHostPort(addr)
 	if err != nil {
 		return false

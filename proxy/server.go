@@ -77,13 +77,17 @@ type Server struct {
 	bgDone     chan struct{}
 	sweepEvery time.Duration
 
-	table     atomic.Pointer[table]
-	ready     atomic.Bool
-	draining  atomic.Bool
-	src       *config.Source
-	reloadMu  sync.Mutex
-	unmatched *routeMetrics
-	status    *statusBoard // /status, the status page and alerts
+	table    atomic.Pointer[table]
+	ready    atomic.Bool
+	draining atomic.Bool
+	// adminExposed: the admin listener is bound beyond loopback. The bound
+	// address changes only on restart, so a reload may not drop the token
+	// that guards it.
+	adminExposed atomic.Bool
+	src          *config.Source
+	reloadMu     sync.Mutex
+	unmatched    *routeMetrics
+	status       *statusBoard // /status, the status page and alerts
 
 	srv      *fasthttp.Server
 	adminSrv *fasthttp.Server
@@ -140,6 +144,9 @@ func New(cfg *config.Config, opts Options) (*Server, error) {
 		return nil, err
 	}
 	s.table.Store(t)
+	// What `ballast run` binds; ServeAdmin also marks a real address beyond
+	// loopback.
+	s.adminExposed.Store(!config.IsLoopback(cfg.Admin.Listen))
 	if f, ok := st.(*store.File); ok {
 		rec := f.Recovery()
 		s.log.Info("state file opened", "path", cfg.State.Path, "records", rec.Records,
@@ -185,6 +192,9 @@ func (s *Server) Config() *config.Config { return s.table.Load().cfg }
 // table they started with. Listener addresses and server limits take
 // effect only on restart; Apply logs when they differ.
 func (s *Server) Apply(cfg *config.Config) error {
+	if cfg.Admin.Token == "" && s.adminExposed.Load() {
+		return &config.FieldError{Path: "admin.token", Msg: "the admin listener stays bound beyond localhost until a restart; a reload cannot remove its token"}
+	}
 	t, err := s.buildTable(cfg)
 	if err != nil {
 		return err
@@ -241,6 +251,9 @@ func (s *Server) Serve(ln net.Listener) error {
 
 // ServeAdmin serves the admin endpoints on ln until Shutdown.
 func (s *Server) ServeAdmin(ln net.Listener) error {
+	if ta, ok := ln.Addr().(*net.TCPAddr); ok && !ta.IP.IsLoopback() {
+		s.adminExposed.Store(true)
+	}
 	err := s.adminSrv.Serve(ln)
 	if err != nil && !errors.Is(err, net.ErrClosed) {
 		return err
