@@ -49,6 +49,10 @@ func FuzzDirectives(f *testing.F) {
 		if v == "no-store" && got {
 			t.Fatal("no-store storable")
 		}
+		var o KeyOptions
+		if learned, ok := o.WithVary(&rh); ok && !learned.VaryCovered(&rh) {
+			t.Fatalf("Vary %q: the learned options do not cover it: %q", v, learned.Vary)
+		}
 		var qh fasthttp.RequestHeader
 		qh.Set("Cache-Control", v)
 		qh.Set("Pragma", v)

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/ballast-proxy/ballast/cache"
@@ -18,9 +19,12 @@ import (
 
 // routeCache is a route's response cache.
 type routeCache struct {
-	c            *cache.Cache
-	fresh        bool // fresh mode: answer from entries younger than ttl
-	opts         cache.KeyOptions
+	c     *cache.Cache
+	fresh bool // fresh mode: answer from entries younger than ttl
+	// opts say what keys hold: the route's vary list and identity, plus
+	// the request headers its upstream's answers were seen to vary on
+	// (learnVary). Swapped whole, never changed in place.
+	opts         atomic.Pointer[cache.KeyOptions]
 	allowPrivate bool
 	group        *cache.Group[struct{}] // collapses concurrent fresh-mode misses
 	results      [len(cacheResults)]prometheus.Counter
@@ -63,8 +67,8 @@ func (s *Server) buildCache(rc *config.Route) (*routeCache, error) {
 	if err != nil {
 		return nil, err
 	}
-	rcache := &routeCache{c: c, fresh: cc.Mode == "fresh", allowPrivate: cc.AllowPrivate, group: &cache.Group[struct{}]{},
-		opts: cache.KeyOptions{Vary: cc.Vary, Public: cc.Public}}
+	rcache := &routeCache{c: c, fresh: cc.Mode == "fresh", allowPrivate: cc.AllowPrivate, group: &cache.Group[struct{}]{}}
+	rcache.opts.Store(&cache.KeyOptions{Vary: cc.Vary, Public: cc.Public})
 	rcache.remote = s.newSharedCache(rc)
 	for i, res := range cacheResults {
 		rcache.results[i] = s.m.cacheRequests.WithLabelValues(rc.Name, res)
@@ -72,6 +76,23 @@ func (s *Server) buildCache(rc *config.Route) (*routeCache, error) {
 	s.m.registerCache(rc.Name, c)
 	s.limiters.caches[key] = rcache
 	return rcache, nil
+}
+
+// learnVary handles an answer whose Vary names request headers that the
+// route's keys leave out, under the options o it was keyed with. Stored,
+// it would be served to callers who differ in those headers, so it is
+// not; instead the route's keys include them from now on, as if they were
+// in cache.vary (at most cache.MaxVary in all; beyond that such answers
+// are never stored).
+func (s *Server) learnVary(r *route, o *cache.KeyOptions, h *fasthttp.ResponseHeader) {
+	n, ok := o.WithVary(h)
+	if !ok {
+		return
+	}
+	if r.cache.opts.CompareAndSwap(o, n) {
+		s.log.Info("cache: the route's keys now include the request headers its upstream varies on",
+			"route", r.name, "vary", n.Vary)
+	}
 }
 
 // cacheableMethod: the methods whose answers the cache keeps. POST is
@@ -95,7 +116,7 @@ func (s *Server) exchange(ctx *fasthttp.RequestCtx, r *route, body []byte, deadl
 		return
 	}
 	kb := keyBuilders.Get().(*cache.KeyBuilder)
-	cs := &cacheState{use: true, key: kb.Request(&ctx.Request, body, &rc.opts)}
+	cs := &cacheState{use: true, key: kb.Request(&ctx.Request, body, rc.opts.Load())}
 	keyBuilders.Put(kb)
 	if !rc.fresh {
 		cs.status = cache.Miss(cache.FwdBypass, false, false) // fallback mode always asks upstream first
@@ -149,6 +170,10 @@ func (s *Server) exchange(ctx *fasthttp.RequestCtx, r *route, body []byte, deadl
 // allocation.
 func (s *Server) store(r *route, cs *cacheState, resp *fasthttp.Response, received time.Time) {
 	if cs == nil || !cs.use || resp.IsBodyStream() || !cache.Storable(resp.StatusCode(), &resp.Header, r.cache.allowPrivate) {
+		return
+	}
+	if o := r.cache.opts.Load(); !o.VaryCovered(&resp.Header) {
+		s.learnVary(r, o, &resp.Header)
 		return
 	}
 	e, ok := r.cache.c.Refresh(cs.key, resp, received)
