@@ -172,7 +172,11 @@ func New(cfg *config.Config, opts Options) (*Server, error) {
 		CloseOnShutdown:               true,
 		DisablePreParseMultipartForm:  true,
 		DisableHeaderNamesNormalizing: false,
-		Logger:                        fasthttpLogger{s.log},
+		// A parse error's message must not quote the request: it goes
+		// into the problem's detail and the debug log, and the request's
+		// headers may hold credentials.
+		SecureErrorLogMessage: true,
+		Logger:                fasthttpLogger{s.log},
 	}
 	s.adminSrv = &fasthttp.Server{
 		Handler:               s.handleAdmin,
@@ -180,6 +184,7 @@ func New(cfg *config.Config, opts Options) (*Server, error) {
 		ReadTimeout:           30 * time.Second,
 		IdleTimeout:           30 * time.Second,
 		CloseOnShutdown:       true,
+		SecureErrorLogMessage: true,
 		Logger:                fasthttpLogger{s.log},
 	}
 	return s, nil
