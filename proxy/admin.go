@@ -3,6 +3,9 @@ package proxy
 import (
 	"crypto/subtle"
 	"encoding/json"
+	"net"
+	"net/url"
+	"strings"
 
 	"github.com/ballast-proxy/ballast/config"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -12,9 +15,15 @@ import (
 
 // handleAdmin serves the admin listener. /healthz and /readyz are open (for
 // probes); every other endpoint requires the bearer token when admin.token
-// is set.
+// is set, and without one answers only local requests (foreignAdminRequest).
 func (s *Server) handleAdmin(ctx *fasthttp.RequestCtx) {
 	path := string(ctx.Path())
+	if path != "/healthz" && path != "/readyz" && s.Config().Admin.Token == "" {
+		if p, foreign := foreignAdminRequest(ctx); foreign {
+			writeProblem(ctx, p)
+			return
+		}
+	}
 	switch path {
 	case "/healthz":
 		ctx.SetContentType("text/plain; charset=utf-8")
@@ -106,4 +115,39 @@ func (s *Server) metricsHandler() fasthttp.RequestHandler {
 		s.promHandler = fasthttpadaptor.NewFastHTTPHandler(promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{}))
 	}
 	return s.promHandler
+}
+
+// foreignAdminRequest guards an admin listener without a token, which is
+// bound to localhost, against web pages in the operator's browser: a page
+// that rebinds its own DNS name to 127.0.0.1 reaches the listener with
+// that name in Host (DNS rebinding), and a page that posts a form to it
+// (POST /reload) sends its own Origin. Only requests addressed to
+// localhost or a loopback IP, from no origin or a loopback one, pass.
+func foreignAdminRequest(ctx *fasthttp.RequestCtx) (problem, bool) {
+	if !loopbackHost(string(ctx.Host())) {
+		return problem{Status: fasthttp.StatusMisdirectedRequest, Reason: ReasonBadRequest,
+			Detail: "the admin listener has no admin.token and answers only requests addressed to localhost or a loopback IP"}, true
+	}
+	if origin := ctx.Request.Header.Peek("Origin"); len(origin) > 0 {
+		u, err := url.Parse(string(origin))
+		if err != nil || !loopbackHost(u.Host) {
+			return problem{Status: fasthttp.StatusForbidden, Reason: ReasonBadRequest,
+				Detail: "the admin listener has no admin.token and refuses requests from web pages of other origins"}, true
+		}
+	}
+	return problem{}, false
+}
+
+// loopbackHost reports whether host ("name" or "name:port", IPv6 in
+// brackets) is localhost or a loopback IP.
+func loopbackHost(host string) bool {
+	if h, _, err := net.SplitHostPort(host); err == nil {
+		host = h
+	}
+	host = strings.TrimSuffix(strings.TrimPrefix(host, "["), "]")
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }
