@@ -79,6 +79,7 @@ func Check(cfg *config.Config) error {
 // buildTable compiles a config into a route table. Errors carry the config
 // path they come from.
 func (s *Server) buildTable(cfg *config.Config) (*table, error) {
+	s.limiters.begin()
 	t := &table{cfg: cfg}
 	var errs []error
 	for i := range cfg.Routes {
@@ -206,13 +207,28 @@ func (r *route) matches(host, path, method []byte) bool {
 			return false
 		}
 	}
-	if r.methods != nil {
-		i := bytes.Index(r.methods, method)
-		if i <= 0 || r.methods[i-1] != ' ' || r.methods[i+len(method)] != ' ' || len(method) == 0 {
-			return false
-		}
+	if r.methods != nil && !r.allowsMethod(method) {
+		return false
 	}
 	return true
+}
+
+// allowsMethod reports whether method is one of the route's methods as a
+// whole word: PATCH is not found inside PROPPATCH.
+func (r *route) allowsMethod(method []byte) bool {
+	if len(method) == 0 {
+		return false
+	}
+	for rest := r.methods; ; {
+		i := bytes.Index(rest, method)
+		if i < 0 {
+			return false
+		}
+		if i > 0 && i+len(method) < len(rest) && rest[i-1] == ' ' && rest[i+len(method)] == ' ' {
+			return true
+		}
+		rest = rest[i+1:]
+	}
 }
 
 // matchPath matches the prefix at a segment boundary.
