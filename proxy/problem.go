@@ -49,7 +49,10 @@ type problem struct {
 	WWWAuthenticate string
 }
 
-const problemTypePrefix = "urn:ballast:problem:"
+const (
+	problemTypePrefix  = "urn:ballast:problem:"
+	problemContentType = "application/problem+json"
+)
 
 // writeProblem replaces whatever response ctx holds with p as
 // application/problem+json.
@@ -64,7 +67,7 @@ func writeProblem(ctx *fasthttp.RequestCtx, p problem) {
 		resp.Header.SetBytesV(headerRequestID, idBuf[:n])
 	}
 	resp.SetStatusCode(p.Status)
-	resp.Header.SetContentType("application/problem+json")
+	resp.Header.SetContentType(problemContentType)
 	resp.Header.Set("Cache-Control", "no-store")
 	if p.Allow != "" {
 		resp.Header.Set("Allow", p.Allow)

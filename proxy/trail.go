@@ -82,7 +82,9 @@ const (
 // time).
 func (s *Server) finishTrail(ctx *fasthttp.RequestCtx, t *trail, route string, lc config.Log, end time.Time) {
 	status := ctx.Response.StatusCode()
-	failed := status >= 500 || t.stop != "" || (t.n > 0 && t.attempts[min(t.n, maxTrailAttempts)-1].class != policy.OK && status >= 400)
+	failed := status >= 500 || t.stop != "" || (status >= 400 &&
+		(t.n > 0 && t.attempts[min(t.n, maxTrailAttempts)-1].class != policy.OK ||
+			string(ctx.Response.Header.ContentType()) == problemContentType)) // ballast's own refusal
 	tw := s.trails
 	if failed && s.trailWarn && lc.Requests ||
 		!failed && s.trailInfo && lc.Requests && (lc.SuccessSample >= 1 || (lc.SuccessSample > 0 && rand.Float64() < lc.SuccessSample)) {
