@@ -60,6 +60,7 @@ func (s *Server) buildCache(rc *config.Route) (*routeCache, error) {
 	key := fmt.Sprintf("cache|%s|%+v", rc.Name, cc)
 	s.limiters.mu.Lock()
 	defer s.limiters.mu.Unlock()
+	s.limiters.use(key)
 	if rcache, ok := s.limiters.caches[key]; ok {
 		return rcache, nil
 	}

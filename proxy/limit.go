@@ -35,13 +35,54 @@ type sharedLimiter struct {
 	tokens   ratelimit.Limiter
 }
 
-// limiterPool keeps limiters (their tokens and keys) across config
-// generations.
+// limiterPool keeps limiters (their tokens and keys), bulkheads and route
+// caches across config generations, keyed by their settings: a reload
+// that keeps a block keeps its state. Only the generation in force is
+// kept: a table build marks what it takes (use), and sweep, once the new
+// table is in force, drops the rest, so that a block changed and then
+// changed back starts afresh instead of finding its old state.
 type limiterPool struct {
 	mu        sync.Mutex
 	all       map[string]*sharedLimiter
 	bulkheads map[string]*ratelimit.Bulkhead
 	caches    map[string]*routeCache
+	used      map[string]bool // the keys the table being built takes
+}
+
+// use marks key as taken by the table being built. The caller holds mu.
+func (p *limiterPool) use(key string) {
+	if p.used == nil {
+		p.used = map[string]bool{}
+	}
+	p.used[key] = true
+}
+
+// begin starts a table build.
+func (p *limiterPool) begin() {
+	p.mu.Lock()
+	p.used = nil
+	p.mu.Unlock()
+}
+
+// sweep drops what the table now in force did not take.
+func (p *limiterPool) sweep() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for k := range p.all {
+		if !p.used[k] {
+			delete(p.all, k)
+		}
+	}
+	for k := range p.bulkheads {
+		if !p.used[k] {
+			delete(p.bulkheads, k)
+		}
+	}
+	for k := range p.caches {
+		if !p.used[k] {
+			delete(p.caches, k)
+		}
+	}
 }
 
 func newLimiterPool() *limiterPool {
@@ -52,6 +93,7 @@ func (p *limiterPool) get(id string, l config.Limiter, m *metrics, metricName st
 	key := fmt.Sprintf("%s|%+v", id, l)
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	p.use(key)
 	if sl, ok := p.all[key]; ok {
 		return sl, nil
 	}
@@ -303,6 +345,7 @@ func (s *Server) buildBulkhead(rc *config.Route) (*ratelimit.Bulkhead, error) {
 	key := fmt.Sprintf("bulkhead|%s|%+v", rc.Name, c)
 	s.limiters.mu.Lock()
 	defer s.limiters.mu.Unlock()
+	s.limiters.use(key)
 	if b, ok := s.limiters.bulkheads[key]; ok {
 		return b, nil
 	}

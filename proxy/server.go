@@ -144,6 +144,7 @@ func New(cfg *config.Config, opts Options) (*Server, error) {
 		return nil, err
 	}
 	s.table.Store(t)
+	s.limiters.sweep()
 	// What `ballast run` binds; ServeAdmin also marks a real address beyond
 	// loopback.
 	s.adminExposed.Store(!config.IsLoopback(cfg.Admin.Listen))
@@ -205,6 +206,7 @@ func (s *Server) Apply(cfg *config.Config) error {
 		return err
 	}
 	old := s.table.Swap(t)
+	s.limiters.sweep()
 	s.trails.setInterval(cfg.Log.FlushInterval.D())
 	if old != nil && (old.cfg.Listen != cfg.Listen || old.cfg.Admin.Listen != cfg.Admin.Listen || old.cfg.Server != cfg.Server) {
 		s.log.Warn("listen addresses and server limits change only on restart", "listen", cfg.Listen, "admin", cfg.Admin.Listen)
