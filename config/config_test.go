@@ -322,3 +322,31 @@ routes:
 			cfg.Routes[0].Cache.Shared, cfg.Routes[1].Cache.Shared)
 	}
 }
+
+// A reference may stand for a duration or size; /config shows its value
+// there (no secret), and a reference in the wrong field is quoted as
+// written in the error, never expanded (it may name a secret).
+func TestReferencesInTypedFields(t *testing.T) {
+	cfg, err := Parse([]byte(`
+defaults: {timeouts: {total: "${TOTAL}"}}
+routes:
+  - {name: a, match: {path_prefix: /a}, upstream: http://x, headers: {set: {Authorization: "Bearer ${KEY}"}}}
+`), Source{Environ: []string{"TOTAL=60s", "KEY=sk-live"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := cfg.Redacted()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out := string(b); !strings.Contains(out, "${KEY}") || strings.Contains(out, "sk-live") || !strings.Contains(out, `"total": "1m0s"`) {
+		t.Errorf("display:\n%s", out)
+	}
+	_, err = Parse([]byte(`
+defaults: {timeouts: {total: "${KEY}"}}
+routes: [{name: a, match: {path_prefix: /a}, upstream: http://x}]
+`), Source{Environ: []string{"KEY=sk-live"}})
+	if err == nil || strings.Contains(err.Error(), "sk-live") || !strings.Contains(err.Error(), "${KEY}") {
+		t.Errorf("a secret reference in a duration: %v", err)
+	}
+}

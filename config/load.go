@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"reflect"
+	"strconv"
 	"strings"
 
 	"github.com/go-viper/mapstructure/v2"
@@ -90,23 +91,25 @@ func parse(data []byte, src Source) (*Config, error) {
 			return nil, fmt.Errorf("config: flags: %w", err)
 		}
 	}
-	cleaned, shapeErrs := pruneShape("", k.Raw(), reflect.TypeFor[Config]())
+	// ${NAME} references are expanded before the shape check, so that one
+	// may stand for a duration, a size or a number as well as a string.
+	raw := k.Raw()
+	expanded, expandErrs := expand("", raw, envLookup(env))
+	cleaned, shapeErrs := pruneShape("", expanded, reflect.TypeFor[Config]())
+	unexpandMessages(shapeErrs, raw, expanded)
 	explainEnv(shapeErrs, overrides)
-	raw, _ := cleaned.(map[string]any)
-	if raw == nil {
-		raw = map[string]any{}
+	shapeErrs = append(shapeErrs, expandErrs...)
+	live, _ := cleaned.(map[string]any)
+	if live == nil {
+		live = map[string]any{}
 	}
-
-	// The display copy keeps ${NAME} references unexpanded: /config shows
-	// where a secret comes from, never the secret.
-	display, err := decode(raw)
+	cfg, err := decode(live)
 	if err != nil {
 		return nil, err
 	}
-	lookup := envLookup(env)
-	expanded, expandErrs := expand("", raw, lookup)
-	shapeErrs = append(shapeErrs, expandErrs...)
-	cfg, err := decode(expanded.(map[string]any))
+	// The display copy keeps ${NAME} references unexpanded: /config shows
+	// where a secret comes from, never the secret.
+	display, err := decode(displayMap(raw, live))
 	if err != nil {
 		return nil, err
 	}
@@ -353,4 +356,129 @@ func explainEnv(errs []error, overrides map[string]any) {
 		fe.Msg += " (set by the environment variable " + name + "; separate levels with __, as in " +
 			EnvPrefix + "ADMIN__LISTEN, and name secrets used as ${...} without the " + EnvPrefix + " prefix)"
 	}
+}
+
+// displayMap is the live config map with each string that was written as
+// a ${NAME} reference put back as written, where the field is a string;
+// a reference standing for a duration, size or number shows its value,
+// which is no secret.
+func displayMap(raw, live map[string]any) map[string]any {
+	withRefs, _ := restoreRefs(raw, live).(map[string]any)
+	shaped, errs := pruneShape("", withRefs, reflect.TypeFor[Config]())
+	out, _ := shaped.(map[string]any)
+	if len(errs) == 0 {
+		return out
+	}
+	filled, _ := fillMissing(out, live).(map[string]any)
+	return filled
+}
+
+// restoreRefs returns live with the string leaves that hold a reference
+// in raw replaced by raw's.
+func restoreRefs(raw, live any) any {
+	switch l := live.(type) {
+	case map[string]any:
+		r, _ := raw.(map[string]any)
+		out := make(map[string]any, len(l))
+		for k, v := range l {
+			out[k] = restoreRefs(r[k], v)
+		}
+		return out
+	case []any:
+		r, _ := raw.([]any)
+		out := make([]any, len(l))
+		for i, v := range l {
+			var rv any
+			if i < len(r) {
+				rv = r[i]
+			}
+			out[i] = restoreRefs(rv, v)
+		}
+		return out
+	case string:
+		if r, ok := raw.(string); ok && strings.Contains(r, "${") {
+			return r
+		}
+	}
+	return live
+}
+
+// fillMissing returns dst with what the shape check dropped from it taken
+// from src, which has the same structure.
+func fillMissing(dst, src any) any {
+	switch s := src.(type) {
+	case map[string]any:
+		d, _ := dst.(map[string]any)
+		out := make(map[string]any, len(s))
+		for k, v := range s {
+			out[k] = fillMissing(d[k], v)
+		}
+		return out
+	case []any:
+		d, _ := dst.([]any)
+		out := make([]any, len(s))
+		for i, v := range s {
+			var dv any
+			if i < len(d) {
+				dv = d[i]
+			}
+			out[i] = fillMissing(dv, v)
+		}
+		return out
+	}
+	if dst == nil {
+		return src
+	}
+	return dst
+}
+
+// unexpandMessages rewrites shape problems at leaves written as ${NAME}
+// references to quote the reference, not its value: a reference put in
+// the wrong field may stand for a secret.
+func unexpandMessages(errs []error, raw, expanded any) {
+	for _, e := range errs {
+		var fe *FieldError
+		if !errors.As(e, &fe) {
+			continue
+		}
+		r, ok := leafAt(raw, fe.Path).(string)
+		if !ok || !strings.Contains(r, "${") {
+			continue
+		}
+		if v, ok := leafAt(expanded, fe.Path).(string); ok && v != "" {
+			fe.Msg = strings.ReplaceAll(fe.Msg, v, r)
+		}
+	}
+}
+
+// leafAt is the value at path ("a.b[2].c") in v, or nil.
+func leafAt(v any, path string) any {
+	for path != "" && v != nil {
+		key := path
+		if i := strings.IndexAny(path, ".["); i >= 0 {
+			key, path = path[:i], path[i:]
+		} else {
+			path = ""
+		}
+		if key != "" {
+			m, _ := v.(map[string]any)
+			v = m[key]
+		}
+		switch {
+		case strings.HasPrefix(path, "."):
+			path = path[1:]
+		case strings.HasPrefix(path, "["):
+			end := strings.IndexByte(path, ']')
+			if end < 0 {
+				return nil
+			}
+			n, err := strconv.Atoi(path[1:end])
+			l, _ := v.([]any)
+			if err != nil || n < 0 || n >= len(l) {
+				return nil
+			}
+			v, path = l[n], strings.TrimPrefix(path[end+1:], ".")
+		}
+	}
+	return v
 }

@@ -8,6 +8,7 @@ import (
 	"net/url"
 	"os"
 	"regexp"
+	"slices"
 	"strings"
 )
 
@@ -86,11 +87,9 @@ func (c *Config) Validate() error {
 		r := &c.Routes[i]
 		p := fmt.Sprintf("routes[%d]", i)
 		errs = append(errs, r.validate(p)...)
-		if len(defaultErrs) == 0 {
-			// A route's policy is the defaults plus its overrides; report
-			// the defaults' own problems once, above.
-			errs = append(errs, r.Policy.validate(p)...)
-		}
+		// A route's policy is the defaults plus its overrides: a problem it
+		// inherits is reported once, at its defaults path, above.
+		errs = append(errs, inheritedDropped(r.Policy.validate(p), p, defaultErrs)...)
 		if r.Cache.Shared && c.State.Backend != "redis" {
 			add(pathErr(p+".cache.shared", "requires state.backend: redis (the shared tier lives in state.redis)"))
 		}
@@ -106,13 +105,43 @@ func (c *Config) Validate() error {
 			add(pathErrf(p+".name", "%q is already used by routes[%d]", r.Name, j))
 		}
 		names[r.Name] = i
-		key := strings.ToLower(r.Match.Host) + " " + r.Match.PathPrefix + " " + strings.Join(r.Match.Methods, ",")
+		methods := make([]string, len(r.Match.Methods))
+		for k, m := range r.Match.Methods {
+			methods[k] = strings.ToUpper(m)
+		}
+		slices.Sort(methods)
+		key := strings.ToLower(r.Match.Host) + " " + r.Match.PathPrefix + " " + strings.Join(slices.Compact(methods), ",")
 		if j, dup := matches[key]; dup {
 			add(pathErrf(p+".match", "matches exactly what routes[%d] (%s) matches", j, c.Routes[j].Name))
 		}
 		matches[key] = i
 	}
 	return errors.Join(errs...)
+}
+
+// inheritedDropped returns a route's policy problems (paths under route)
+// less those at a path whose defaults counterpart has a problem too: the
+// route inherited it.
+func inheritedDropped(errs []error, route string, defaultErrs []error) []error {
+	if len(defaultErrs) == 0 {
+		return errs
+	}
+	failed := map[string]bool{}
+	for _, e := range defaultErrs {
+		var fe *FieldError
+		if errors.As(e, &fe) {
+			failed[strings.TrimPrefix(fe.Path, "defaults")] = true
+		}
+	}
+	out := errs[:0]
+	for _, e := range errs {
+		var fe *FieldError
+		if errors.As(e, &fe) && failed[strings.TrimPrefix(fe.Path, route)] {
+			continue
+		}
+		out = append(out, e)
+	}
+	return out
 }
 
 func (p *Policy) validate(path string) []error {
