@@ -94,3 +94,15 @@ routes:
 		}
 	}
 }
+
+// An adaptive limiter backs off from rps and returns to it: without rps
+// it is refused, as the docs say.
+func TestAdaptiveNeedsRPS(t *testing.T) {
+	_, err := Parse([]byte(`
+routes:
+  - {name: a, match: {path_prefix: /a}, upstream: http://x, rate_limit: {adaptive: true, tokens_per_minute: 1000}}
+`), Source{Environ: []string{}})
+	if err == nil || !strings.Contains(err.Error(), "routes[0].rate_limit.adaptive") {
+		t.Errorf("adaptive without rps: %v", err)
+	}
+}

@@ -324,6 +324,9 @@ func (l *Limiter) validate(path string) []error {
 	if l.MaxKeys < 0 {
 		add("max_keys", "must not be negative")
 	}
+	if l.Adaptive && l.RPS == 0 {
+		add("adaptive", "needs rps: the rate it backs off from and returns to")
+	}
 	switch k := l.Key; {
 	case k == "", k == "ip":
 	case strings.HasPrefix(k, "header:") && isToken(strings.TrimPrefix(k, "header:")):
