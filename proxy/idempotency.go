@@ -63,7 +63,7 @@ func (s *Server) idemKey(ctx *fasthttp.RequestCtx, r *route, fp [32]byte) (key s
 		if len(raw) == 0 {
 			return "", false, false
 		}
-		if len(raw) > maxIdempotencyKeyLen || !validRequestID(raw) {
+		if !visibleASCII(raw, maxIdempotencyKeyLen) {
 			writeProblem(ctx, problem{Status: fasthttp.StatusBadRequest, Reason: ReasonBadRequest, Route: r.name,
 				Detail: "Idempotency-Key must be 1-255 visible ASCII characters"})
 			return "", false, true

@@ -45,11 +45,15 @@ func (s *idSource) assign(ctx *fasthttp.RequestCtx) {
 }
 
 // validRequestID accepts 1-128 visible ASCII characters.
-func validRequestID(id []byte) bool {
-	if len(id) == 0 || len(id) > maxRequestIDLen {
+func validRequestID(id []byte) bool { return visibleASCII(id, maxRequestIDLen) }
+
+// visibleASCII reports whether b is 1 to max bytes of visible ASCII (no
+// spaces or controls).
+func visibleASCII(b []byte, max int) bool {
+	if len(b) == 0 || len(b) > max {
 		return false
 	}
-	for _, c := range id {
+	for _, c := range b {
 		if c <= ' ' || c >= 0x7f {
 			return false
 		}
