@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"maps"
 	"os"
 	"path/filepath"
 	"sync"
@@ -285,5 +286,71 @@ func TestJournalLeaderHandsOff(t *testing.T) {
 	}
 	if _, entries, err := openJournalEntries(j.path); err != nil || len(entries) != 2 {
 		t.Fatalf("journal holds %d entries (%v), want 2", len(entries), err)
+	}
+}
+
+// For each key the journal's last claim decides, and only a release of
+// that claim's own token undoes it: a sweep's release of an older claim,
+// journaled after a newer claim of the same key, must not drop the newer
+// claim (acknowledged, so it must survive the crash).
+func TestJournalReplayReleasesOnlyTheNamedClaim(t *testing.T) {
+	release := func(key string, token uint64) journalEntry {
+		var b [8]byte
+		binary.BigEndian.PutUint64(b[:], token)
+		return journalEntry{kind: journalRelease, key: key, body: b[:]}
+	}
+	claim := func(key string, token uint64) journalEntry {
+		return journalEntry{kind: journalClaim, key: key, body: appendRecord(nil, newClaim(key, args("a", t0), "o", token))}
+	}
+	tests := []struct {
+		name    string
+		file    map[string]uint64 // in-flight claims the file holds
+		entries []journalEntry
+		want    map[string]uint64 // token per key after replay; absent: no record
+	}{
+		{name: "a claim is replayed", entries: []journalEntry{claim("k", 1)}, want: map[string]uint64{"k": 1}},
+		{name: "a released claim is not", entries: []journalEntry{claim("k", 1), release("k", 1)}, want: map[string]uint64{}},
+		{name: "a released claim the file holds in flight goes", file: map[string]uint64{"k": 1},
+			entries: []journalEntry{claim("k", 1), release("k", 1)}, want: map[string]uint64{}},
+		{name: "an older claim's release keeps the newer claim",
+			entries: []journalEntry{claim("k", 1), claim("k", 2), release("k", 1)}, want: map[string]uint64{"k": 2}},
+		{name: "a release before a new claim", entries: []journalEntry{claim("k", 1), release("k", 1), claim("k", 2)},
+			want: map[string]uint64{"k": 2}},
+		{name: "keys apart", entries: []journalEntry{claim("a", 1), claim("b", 2), release("a", 1)}, want: map[string]uint64{"b": 2}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			db, err := bolt.Open(filepath.Join(t.TempDir(), "r.db"), 0o600, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer db.Close()
+			got := map[string]uint64{}
+			err = db.Update(func(tx *bolt.Tx) error {
+				b, err := tx.CreateBucket(bucketRecords)
+				if err != nil {
+					return err
+				}
+				for k, tok := range tt.file {
+					if err := b.Put([]byte(k), appendRecord(nil, newClaim(k, args("a", t0), "o", tok))); err != nil {
+						return err
+					}
+				}
+				if err := replayJournal(b, tt.entries); err != nil {
+					return err
+				}
+				return b.ForEach(func(k, v []byte) error {
+					_, tok, _ := peekClaim(v)
+					got[string(k)] = tok
+					return nil
+				})
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !maps.Equal(got, tt.want) {
+				t.Errorf("after replay the file holds %v, want %v", got, tt.want)
+			}
+		})
 	}
 }

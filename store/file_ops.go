@@ -498,6 +498,7 @@ func (f *File) Sweep(now time.Time) (int, error) {
 		return 0, ErrClosed
 	}
 	var swept []string
+	var tokens []uint64 // of the swept records, for the journal
 	removed := 0
 	// With the journal, claims reach the file in the background: the sweep
 	// queues behind them, so that it sees every claim made before it.
@@ -506,7 +507,7 @@ func (f *File) Sweep(now time.Time) (int, error) {
 		update = f.write
 	}
 	err := f.wrap("sweep", update(func(tx *bolt.Tx) error {
-		swept, removed = swept[:0], 0
+		swept, tokens, removed = swept[:0], tokens[:0], 0
 		for _, spec := range []struct {
 			name    []byte
 			records bool
@@ -527,11 +528,12 @@ func (f *File) Sweep(now time.Time) (int, error) {
 				return err
 			}
 			for _, k := range dead {
+				if spec.records {
+					_, token, _ := peekClaim(b.Get(k))
+					swept, tokens = append(swept, string(k)), append(tokens, token)
+				}
 				if err := b.Delete(k); err != nil {
 					return err
-				}
-				if spec.records {
-					swept = append(swept, string(k))
 				}
 			}
 			if err := addSequence(b, -len(dead)); err != nil {
@@ -548,6 +550,20 @@ func (f *File) Sweep(now time.Time) (int, error) {
 	for _, k := range swept {
 		f.wakeup.wake(k)
 	}
+	if f.journal != nil && len(swept) > 0 {
+		// The journal may still hold these keys' claims: without a release
+		// after them, a crash would bring the swept claims back as
+		// outcome unknown.
+		var last uint64
+		for i, k := range swept {
+			var b [8]byte
+			binary.BigEndian.PutUint64(b[:], tokens[i])
+			last = f.journal.add(journalRelease, k, b[:])
+		}
+		if err := f.journal.wait(last); err != nil {
+			return removed, f.wrap("sweep", err)
+		}
+	}
 	return removed, nil
 }
 
@@ -560,52 +576,79 @@ func addSequence(b *bolt.Bucket, delta int) error {
 
 // replayJournal applies the claim journal of the previous run to the
 // records bucket, before recovery turns claims in flight into
-// UnknownOutcome. For each key the last entry decides: a claim whose token
-// the file does not hold is written, unless the file's record started
-// later (a claim whose entry was never synced, so never acknowledged, can
-// reach the file first); a release deletes the claim it names if the file
-// still holds it in flight. Counts are redone by recovery.
+// UnknownOutcome. For each key the last claim decides: unless a later
+// release names it, it is written when the file does not hold its token,
+// unless the file's record started later (a claim whose entry was never
+// synced, so never acknowledged, can reach the file first); released, it
+// is deleted if the file still holds it in flight, and never written. A
+// release is journaled when a claim is given up and when its record is
+// swept, so that a swept key does not come back. Counts are redone by
+// recovery.
 func replayJournal(b *bolt.Bucket, entries []journalEntry) error {
-	last := make(map[string]int, len(entries))
-	for i, e := range entries {
-		last[e.key] = i
+	type outcome struct {
+		claim    int // index of the key's last claim entry, -1 for none
+		token    uint64
+		released bool // a release of that claim follows it
 	}
+	keys := make(map[string]*outcome, len(entries))
+	order := make([]string, 0, len(entries))
 	for i, e := range entries {
-		if last[e.key] != i {
-			continue
+		o := keys[e.key]
+		if o == nil {
+			o = &outcome{claim: -1}
+			keys[e.key] = o
+			order = append(order, e.key)
 		}
-		state, token, ok := peekClaim(b.Get([]byte(e.key)))
 		switch e.kind {
 		case journalClaim:
 			claim, err := decodeRecord(e.key, e.body)
 			if err != nil {
 				return fmt.Errorf("claim journal: %w", err)
 			}
-			if ok && token == claim.Token {
-				continue // the file has it, or its outcome
-			}
-			if ok {
-				// A later claim whose own entry the crash cut off may have
-				// reached the file first: keep the newer record.
-				cur, err := decodeRecord(e.key, b.Get([]byte(e.key)))
-				if err != nil {
-					return err
-				}
-				if cur.StartedAt.After(claim.StartedAt) {
-					continue
-				}
-			}
-			if err := b.Put([]byte(e.key), e.body); err != nil {
-				return err
-			}
+			o.claim, o.token, o.released = i, claim.Token, false
 		case journalRelease:
-			if len(e.body) == 8 && ok && state == InFlight && token == binary.BigEndian.Uint64(e.body) {
-				if err := b.Delete([]byte(e.key)); err != nil {
-					return err
-				}
+			if len(e.body) == 8 && o.claim >= 0 && binary.BigEndian.Uint64(e.body) == o.token {
+				o.released = true
 			}
 		default:
 			return fmt.Errorf("%w: claim journal entry of unknown kind %d", ErrCorrupt, e.kind)
+		}
+	}
+	for _, key := range order {
+		o := keys[key]
+		if o.claim < 0 {
+			continue
+		}
+		state, token, ok := peekClaim(b.Get([]byte(key)))
+		if o.released {
+			if ok && state == InFlight && token == o.token {
+				if err := b.Delete([]byte(key)); err != nil {
+					return err
+				}
+			}
+			continue
+		}
+		if ok && token == o.token {
+			continue // the file has it, or its outcome
+		}
+		claim := entries[o.claim]
+		if ok {
+			// A later claim whose own entry the crash cut off may have
+			// reached the file first: keep the newer record.
+			cur, err := decodeRecord(key, b.Get([]byte(key)))
+			if err != nil {
+				return err
+			}
+			rec, err := decodeRecord(key, claim.body)
+			if err != nil {
+				return err
+			}
+			if cur.StartedAt.After(rec.StartedAt) {
+				continue
+			}
+		}
+		if err := b.Put([]byte(key), claim.body); err != nil {
+			return err
 		}
 	}
 	return nil
