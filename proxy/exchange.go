@@ -77,6 +77,19 @@ targets:
 		buildOutbound(out, ctx, r, t, body)
 		for n := 0; n < r.attempts; n++ {
 			now := s.clock.Now()
+			if !now.Before(deadline) {
+				// Nothing can be sent any more (an agent's X-Ballast-Timeout
+				// may run out before the first attempt), and what is not
+				// sent is not an attempt: it says nothing of the upstream,
+				// so it takes no breaker probe and counts in neither the
+				// breaker, the retry budget nor the upstream's status. The
+				// agent gets the last attempt's outcome, or 504 timeout
+				// when there was none.
+				if attempts == 0 {
+					last, lastT = attempt{err: fasthttp.ErrTimeout, class: policy.Timeout, cause: policy.CauseTimeout, ended: now}, t
+				}
+				break targets
+			}
 			ok, probe, retryIn := t.health.breaker.Allow(now)
 			if !ok {
 				if stop == "" || stop == ReasonBreakerOpen {

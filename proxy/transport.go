@@ -10,6 +10,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/ballast-proxy/ballast/internal/rawio"
 	"github.com/valyala/fasthttp"
 )
 
@@ -97,12 +98,11 @@ func (t *transport[C]) once(req *fasthttp.Request, resp *fasthttp.Response, dead
 	if timeout <= 0 {
 		return fasthttp.ErrTimeout
 	}
-	cc, err := t.acquire(timeout, false)
+	cc, reused, err := t.acquireLive(timeout)
 	if err != nil {
 		return err
 	}
 	conn := cc.Conn()
-	reused := !cc.LastUseTime().IsZero() // zero until the pool first takes it back
 	if err := conn.SetDeadline(deadline); err != nil {
 		t.closeConn(cc)
 		return err
@@ -120,6 +120,17 @@ func (t *transport[C]) once(req *fasthttp.Request, resp *fasthttp.Response, dead
 	}
 	t.hc.ReleaseWriter(bw)
 	if err != nil {
+		if !isTimeout(err) && isConnClosed(err) {
+			// Like net/http's Transport: the upstream may have answered
+			// before reading the whole request (a 413 to an oversized
+			// upload) and closed the connection, which is what broke the
+			// write. Its answer is then waiting to be read.
+			br := t.hc.AcquireReader(conn)
+			if readHeader(&resp.Header, br) == nil {
+				return t.readResponseBody(req, resp, cc, br, cancel, true)
+			}
+			t.hc.ReleaseReader(br)
+		}
 		t.drop(cc, cancel)
 		if reused && !isTimeout(err) {
 			return &staleError{err: err}
@@ -136,7 +147,47 @@ func (t *transport[C]) once(req *fasthttp.Request, resp *fasthttp.Response, dead
 		}
 		return timeoutOr(err)
 	}
-	closeAfter := resp.ConnectionClose() || req.ConnectionClose()
+	return t.readResponseBody(req, resp, cc, br, cancel, resp.ConnectionClose() || req.ConnectionClose())
+}
+
+// acquireLive takes a connection from the pool, or dials one. It skips
+// (and closes) idle connections whose peer has closed them meanwhile (an
+// upstream keep-alive timeout shorter than ballast's, an upstream
+// restart): nothing has been sent on those, so skipping them loses and
+// repeats nothing, whatever the method. Each skipped connection leaves the
+// pool, so the loop ends, at the latest on a fresh dial. reused says the
+// connection has carried an exchange before.
+func (t *transport[C]) acquireLive(timeout time.Duration) (cc C, reused bool, err error) {
+	for {
+		cc, err = t.acquire(timeout, false)
+		if err != nil {
+			return cc, false, err
+		}
+		reused = !cc.LastUseTime().IsZero() // zero until the pool first takes it back
+		if !reused || !peerGone(cc.Conn()) {
+			return cc, reused, nil
+		}
+		t.closeConn(cc)
+	}
+}
+
+// peerGone reports whether an idle connection can no longer carry a
+// request (rawio.Conn.PeerGone), looking through TLS to the TCP
+// connection. A connection it cannot look into is taken as usable; a
+// failed exchange on it takes the stale path of do.
+func peerGone(c net.Conn) bool {
+	if tc, ok := c.(interface{ NetConn() net.Conn }); ok { // *tls.Conn
+		c = tc.NetConn()
+	}
+	rc, ok := c.(*rawio.Conn)
+	return ok && rc.PeerGone()
+}
+
+// readResponseBody reads or exposes the body of the response whose header
+// br has just read from cc, and disposes of cc: back to the pool once the
+// body is read, unless closeAfter; a streamed body (see upstreamBody) takes
+// cc and br over. On error cc is closed.
+func (t *transport[C]) readResponseBody(req *fasthttp.Request, resp *fasthttp.Response, cc C, br *bufio.Reader, cancel *tryCancel, closeAfter bool) error {
 	status := resp.StatusCode()
 	cl := resp.Header.ContentLength()
 	switch {
@@ -176,7 +227,7 @@ func (t *transport[C]) once(req *fasthttp.Request, resp *fasthttp.Response, dead
 	if closeAfter {
 		t.closeConn(cc)
 	} else {
-		_ = conn.SetDeadline(time.Time{})
+		_ = cc.Conn().SetDeadline(time.Time{})
 		t.release(cc)
 	}
 	return nil

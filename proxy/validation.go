@@ -1,13 +1,19 @@
 package proxy
 
 import (
+	"bytes"
 	"errors"
 	"io"
+	"strconv"
 
 	"github.com/ballast-proxy/ballast/config"
 	"github.com/ballast-proxy/ballast/policy"
 	"github.com/ballast-proxy/ballast/validate"
+	"github.com/klauspost/compress/flate"
+	"github.com/klauspost/compress/zlib"
+	"github.com/klauspost/compress/zstd"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/valyala/bytebufferpool"
 	"github.com/valyala/fasthttp"
 )
 
@@ -16,6 +22,7 @@ import (
 var validationChecks = []string{
 	validate.CheckStatus, validate.CheckContentType, validate.CheckMaxBody, validate.CheckNonEmpty,
 	validate.CheckJSON, validate.CheckJSONRPC, validate.CheckProviderError, validate.CheckSchema,
+	validate.CheckContentEncoding,
 }
 
 // buildValidator compiles a route's validate block; nil when it checks
@@ -62,10 +69,7 @@ func (s *Server) check(r *route, a *attempt) {
 	f := v.CheckHead(a.status, ct)
 	if f == nil && v.NeedsBody() && !isEventStream(ct) {
 		if stream := resp.BodyStream(); stream != nil {
-			limit := v.MaxBody()
-			if limit <= 0 {
-				limit = maxValidatedBody
-			}
+			limit := validationLimit(v)
 			body, err := readAllLimit(stream, limit+1)
 			if err != nil {
 				cls, cause := policy.ClassifyError(err)
@@ -74,7 +78,7 @@ func (s *Server) check(r *route, a *attempt) {
 			}
 			resp.SetBody(body) // closes the stream: read to its end, its connection is reused
 		}
-		f = v.CheckBody(resp.Body())
+		f = checkBody(v, resp.Header.ContentEncoding(), resp.Body())
 	}
 	if f == nil {
 		return
@@ -84,6 +88,126 @@ func (s *Server) check(r *route, a *attempt) {
 		return // the tool's own JSON-RPC error: the agent's client reads it
 	}
 	a.class, a.cause, a.invalid = policy.Invalid, policy.CauseInvalid, f
+}
+
+// validationLimit is how many bytes of a body, as received or decoded, are
+// read to validate it: validate.max_body, or maxValidatedBody.
+func validationLimit(v *validate.Validator) int64 {
+	if limit := v.MaxBody(); limit > 0 {
+		return limit
+	}
+	return maxValidatedBody
+}
+
+// checkBody runs v's body checks on body, a response body whole as
+// received (at most validationLimit+1 bytes of it), whose Content-Encoding
+// is encoding. The checks judge what the agent will read:
+//
+//   - no encoding, or identity: body itself;
+//   - gzip (or x-gzip), deflate (zlib, or raw deflate as some servers send
+//     it), br or zstd: body decoded into a scratch buffer. Decoding stops
+//     after validationLimit+1 bytes, so a decompression bomb costs no
+//     more memory than a plain body over the limit, and is judged as one:
+//     by max_body when set (which then applies to the decoded size), else
+//     on what was decoded. A body already over the limit as received is
+//     judged as received. A body that does not decode fails the
+//     content_encoding check;
+//   - any other encoding, or several: ballast cannot read the body, so the
+//     body checks are skipped (the head checks have passed).
+//
+// The response itself is never changed: the agent gets the bytes as sent.
+func checkBody(v *validate.Validator, encoding, body []byte) *validate.Failure {
+	coding := codingOf(encoding)
+	switch {
+	case coding == codingIdentity || len(body) == 0 || int64(len(body)) > validationLimit(v):
+		return v.CheckBody(body)
+	case coding == codingUnknown:
+		return nil
+	}
+	buf := bytebufferpool.Get()
+	defer bytebufferpool.Put(buf)
+	if err := decodeBody(&capWriter{b: buf, max: int(validationLimit(v)) + 1}, coding, body); err != nil && !errors.Is(err, errCapReached) {
+		return &validate.Failure{Check: validate.CheckContentEncoding,
+			Detail: "the " + strconv.Quote(string(encoding)) + " body does not decode: " + err.Error()}
+	}
+	return v.CheckBody(buf.B) // which does not retain it
+}
+
+// contentCoding is a response's Content-Encoding, as far as validation
+// is concerned.
+type contentCoding uint8
+
+const (
+	codingIdentity contentCoding = iota // none, or identity
+	codingGzip
+	codingDeflate
+	codingBrotli
+	codingZstd
+	codingUnknown // anything else, or a list of codings
+)
+
+// codingOf reads a Content-Encoding value (case-insensitive).
+func codingOf(encoding []byte) contentCoding {
+	enc := bytes.TrimSpace(encoding)
+	for _, c := range [...]struct {
+		name   string
+		coding contentCoding
+	}{
+		{"", codingIdentity}, {"identity", codingIdentity}, {"gzip", codingGzip}, {"x-gzip", codingGzip},
+		{"deflate", codingDeflate}, {"br", codingBrotli}, {"zstd", codingZstd},
+	} {
+		if asciiEqualFold(enc, []byte(c.name)) {
+			return c.coding
+		}
+	}
+	return codingUnknown
+}
+
+// zstdMaxWindow is the largest zstd window accepted: RFC 8878 asks HTTP
+// decoders to support 8MiB and allows them to refuse more, which keeps a
+// hostile frame from reserving a huge window.
+const zstdMaxWindow = 8 << 20
+
+// decodeBody writes body, encoded with coding, decoded to w; it stops at
+// w's first error.
+func decodeBody(w io.Writer, coding contentCoding, body []byte) error {
+	var err error
+	switch coding {
+	case codingGzip:
+		_, err = fasthttp.WriteGunzip(w, body)
+	case codingDeflate:
+		if _, err = fasthttp.WriteInflate(w, body); errors.Is(err, zlib.ErrHeader) {
+			_, err = io.Copy(w, flate.NewReader(bytes.NewReader(body))) // raw deflate
+		}
+	case codingBrotli:
+		_, err = fasthttp.WriteUnbrotli(w, body)
+	case codingZstd:
+		var zr *zstd.Decoder
+		if zr, err = zstd.NewReader(bytes.NewReader(body), zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxWindow(zstdMaxWindow)); err == nil {
+			_, err = zr.WriteTo(w)
+			zr.Close()
+		}
+	}
+	return err
+}
+
+// errCapReached is capWriter's error once it is full.
+var errCapReached = errors.New("proxy: decoded body reached the validation limit")
+
+// capWriter appends to b up to max bytes, then fails with errCapReached,
+// which stops the decoder writing to it.
+type capWriter struct {
+	b   *bytebufferpool.ByteBuffer
+	max int
+}
+
+func (w *capWriter) Write(p []byte) (int, error) {
+	if room := w.max - len(w.b.B); len(p) > room {
+		w.b.B = append(w.b.B, p[:room]...)
+		return room, errCapReached
+	}
+	w.b.B = append(w.b.B, p...)
+	return len(p), nil
 }
 
 func readAllLimit(r io.Reader, limit int64) ([]byte, error) {

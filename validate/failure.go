@@ -12,6 +12,11 @@ const (
 	CheckProviderError = "provider_error"
 	CheckNonEmpty      = "non_empty"
 	CheckMaxBody       = "max_body"
+
+	// CheckContentEncoding is not a Validator check: the proxy reports it
+	// when a Content-Encoded body it must decode for CheckBody does not
+	// decode.
+	CheckContentEncoding = "content_encoding"
 )
 
 // ErrInvalid is matched by every *Failure: errors.Is(err, ErrInvalid) tells
