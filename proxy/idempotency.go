@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"strconv"
 	"time"
 
 	"github.com/ballast-proxy/ballast/cache"
@@ -237,9 +238,21 @@ func (s *Server) runGuarded(ctx *fasthttp.RequestCtx, r *route, body []byte, dea
 	resp := &ctx.Response
 	status := resp.StatusCode()
 	fromUpstream := len(resp.Header.Peek(headerUpstream)) > 0
-	if resp.IsBodyStream() || !fromUpstream || (status >= 500 && !r.idem.storeServerErrors) {
+	storable := fromUpstream && (status < 500 || r.idem.storeServerErrors)
+	if storable && resp.IsBodyStream() && !isEventStream(resp.Header.ContentType()) {
+		// The transport streams bodies over 64KiB and chunked ones; a
+		// keyed answer is read whole up to the store's limit, so that it
+		// runs once whatever its size.
+		if !s.bufferGuarded(ctx, r, rec, c) {
+			return
+		}
+	}
+	if resp.IsBodyStream() || !storable {
 		// Streams cannot be replayed; answers ballast wrote itself and
 		// (by default) server errors leave the key free for a retry.
+		if storable && !isEventStream(resp.Header.ContentType()) {
+			s.noteIdem(ctx, r, idemTooLarge)
+		}
 		_ = s.state.Release(c, rec)
 		return
 	}
@@ -252,6 +265,31 @@ func (s *Server) runGuarded(ctx *fasthttp.RequestCtx, r *route, body []byte, dea
 		}
 		_ = s.state.Release(c, rec)
 	}
+}
+
+// bufferGuarded reads the streamed body of a keyed answer whole when it
+// fits state.max_response_bytes, so that it can be stored; a larger one
+// stays a stream (its first bytes read ahead). It reports false when the
+// upstream broke off its body meanwhile: the key is then freed and the
+// agent gets 502 rather than a truncated answer presented as whole.
+func (s *Server) bufferGuarded(ctx *fasthttp.RequestCtx, r *route, rec *store.Record, c context.Context) bool {
+	resp := &ctx.Response
+	rb, ok := resp.BodyStream().(*relayBody)
+	limit := int64(s.table.Load().cfg.State.MaxResponseBytes)
+	if !ok || int64(resp.Header.ContentLength()) > limit {
+		return true
+	}
+	body, whole, err := rb.prefetch(limit)
+	switch {
+	case err != nil:
+		_ = s.state.Release(c, rec)
+		writeProblem(ctx, problem{Status: fasthttp.StatusBadGateway, Reason: ReasonUpstreamUnavailable, Route: r.name,
+			Detail: "the upstream's answer broke off after " + strconv.Itoa(len(body)) + " bytes: " + err.Error()})
+		return false
+	case whole:
+		resp.SetBodyRaw(body) // closes the stream, read to its end
+	}
+	return true
 }
 
 // replay answers with a stored response.

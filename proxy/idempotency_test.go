@@ -226,3 +226,51 @@ routes:
 		t.Errorf("/status has no jobs section: %d %s", r.StatusCode, status)
 	}
 }
+
+// A keyed answer that the transport would stream (chunked, or over 64KiB)
+// is read whole up to state.max_response_bytes and stored, so the call
+// runs once; one the upstream breaks off is not passed as whole: 502, and
+// the key is free for the retry.
+func TestKeyedStreamedAnswersRunOnce(t *testing.T) {
+	var calls atomic.Int64
+	u, _ := upstream(t, func(w http.ResponseWriter, r *http.Request) {
+		n := calls.Add(1)
+		w.Header().Set("Content-Type", "application/json")
+		switch r.URL.Path {
+		case "/chunked":
+			for i := range 3 {
+				fmt.Fprintf(w, `{"part":%d}`, i)
+				w.(http.Flusher).Flush()
+			}
+		case "/cut":
+			if n == 2 { // the first call with this key breaks off mid-stream
+				_, _ = io.WriteString(w, `{"partial":`)
+				w.(http.Flusher).Flush()
+				panic(http.ErrAbortHandler)
+			}
+			_, _ = io.WriteString(w, `{"whole":true}`)
+		}
+	})
+	b := startBallast(t, idemRoute(u, "")+"    retry: {attempts: 1}\n")
+	want := `{"part":0}{"part":1}{"part":2}`
+	for i := range 2 {
+		resp, body := do(t, "POST", b.base+"/chunked", `{"a":1}`, "Idempotency-Key", "chunked-1")
+		if resp.StatusCode != 200 || body != want {
+			t.Fatalf("call %d: %d %q", i+1, resp.StatusCode, body)
+		}
+		if i == 1 && resp.Header.Get("Idempotent-Replayed") != "true" {
+			t.Errorf("the chunked answer was not replayed")
+		}
+	}
+	if calls.Load() != 1 {
+		t.Fatalf("a keyed POST with a chunked answer ran %d times", calls.Load())
+	}
+	resp, body := do(t, "POST", b.base+"/cut", `{"a":1}`, "Idempotency-Key", "cut-1")
+	if resp.StatusCode != 502 || !strings.Contains(body, "broke off") {
+		t.Fatalf("a broken-off answer: %d %s", resp.StatusCode, body)
+	}
+	resp, body = do(t, "POST", b.base+"/cut", `{"a":1}`, "Idempotency-Key", "cut-1")
+	if resp.StatusCode != 200 || body != `{"whole":true}` || calls.Load() != 3 {
+		t.Errorf("the retry after a broken-off answer: %d %q after %d calls", resp.StatusCode, body, calls.Load())
+	}
+}

@@ -37,6 +37,10 @@ type relayBody struct {
 	settle bool
 	tail   [tailSize]byte
 	tailN  int
+
+	// Bytes prefetch read ahead, served before the rest of the stream.
+	pre    []byte
+	preOff int
 }
 
 // tailSize is how much of a streamed body's end is kept to read its usage.
@@ -54,6 +58,11 @@ func acquireRelayBody(s *Server, r *route, t *target, resp *fasthttp.Response, s
 }
 
 func (b *relayBody) Read(p []byte) (int, error) {
+	if b.preOff < len(b.pre) {
+		n := copy(p, b.pre[b.preOff:])
+		b.preOff += n
+		return n, nil
+	}
 	n, err := b.stream.Read(p)
 	b.n += int64(n)
 	if b.settle && n > 0 {
@@ -88,6 +97,31 @@ func (b *relayBody) CloseWithError(error) error {
 	*b = relayBody{}
 	relayBodyPool.Put(b)
 	return nil
+}
+
+// prefetch reads the body ahead, up to limit bytes. whole: the body ended
+// within them, and body is all of it (the relay then has nothing left to
+// send). Otherwise the bytes read are kept and served first, so the agent
+// still gets the whole body as a stream. err is a read error of the
+// upstream body (counted and logged as by Read): what was read is then not
+// all of the answer.
+func (b *relayBody) prefetch(limit int64) (body []byte, whole bool, err error) {
+	buf := make([]byte, 0, min(limit+1, 64<<10))
+	for int64(len(buf)) <= limit {
+		if len(buf) == cap(buf) {
+			buf = append(buf, 0)[:len(buf)]
+		}
+		n, err := b.Read(buf[len(buf):cap(buf)][:min(int64(cap(buf)-len(buf)), limit+1-int64(len(buf)))])
+		buf = buf[:len(buf)+n]
+		switch {
+		case err == io.EOF:
+			return buf, true, nil
+		case err != nil:
+			return buf, false, err
+		}
+	}
+	b.pre, b.preOff = buf, 0
+	return nil, false, nil
 }
 
 // keepTail keeps the last tailSize bytes seen.
