@@ -238,7 +238,9 @@ func (s *Server) runGuarded(ctx *fasthttp.RequestCtx, r *route, body []byte, dea
 	resp := &ctx.Response
 	status := resp.StatusCode()
 	fromUpstream := len(resp.Header.Peek(headerUpstream)) > 0
-	storable := fromUpstream && (status < 500 || r.idem.storeServerErrors)
+	// A 429 says "not now", not what the call did: stored, it would be
+	// replayed, Retry-After and all, to every retry for the record's ttl.
+	storable := fromUpstream && status != fasthttp.StatusTooManyRequests && (status < 500 || r.idem.storeServerErrors)
 	if storable && resp.IsBodyStream() && !isEventStream(resp.Header.ContentType()) {
 		// The transport streams bodies over 64KiB and chunked ones; a
 		// keyed answer is read whole up to the store's limit, so that it
@@ -250,7 +252,7 @@ func (s *Server) runGuarded(ctx *fasthttp.RequestCtx, r *route, body []byte, dea
 	if resp.IsBodyStream() || !storable {
 		// Streams cannot be replayed; answers ballast wrote itself and
 		// (by default) server errors leave the key free for a retry.
-		if storable && !isEventStream(resp.Header.ContentType()) {
+		if storable && resp.IsBodyStream() && !isEventStream(resp.Header.ContentType()) {
 			s.noteIdem(ctx, r, idemTooLarge)
 		}
 		_ = s.state.Release(c, rec)

@@ -141,6 +141,21 @@ func TestServerErrorsAreNotStoredByDefault(t *testing.T) {
 	}
 }
 
+// A relayed 429 is "not now", not the call's outcome: it frees the key,
+// so the retry the agent makes after Retry-After runs.
+func TestTooManyRequestsIsNotStored(t *testing.T) {
+	s := &scripted{steps: []func(http.ResponseWriter, *http.Request){status(429)}}
+	up, _ := upstream(t, s.handler)
+	b := startBallast(t, idemRoute(up, ", store_server_errors: true")+"    retry: {attempts: 1}\n")
+	if resp, _ := do(t, "POST", b.base+"/x", "{}", "Idempotency-Key", "k"); resp.StatusCode != 429 {
+		t.Fatalf("first: %d", resp.StatusCode)
+	}
+	resp, body := do(t, "POST", b.base+"/x", "{}", "Idempotency-Key", "k")
+	if resp.StatusCode != 200 || body != "ok" || s.hits.Load() != 2 {
+		t.Errorf("after a 429 the key must be free to try again: %d %q hits %d", resp.StatusCode, body, s.hits.Load())
+	}
+}
+
 func TestIdempotencyRecordExpires(t *testing.T) {
 	clock := policy.NewFakeClock(time.Now())
 	se := &sideEffects{}
