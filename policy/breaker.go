@@ -138,6 +138,21 @@ func (b *Breaker) Allow(now time.Time) (ok, probe bool, retryIn time.Duration) {
 	return true, true, 0
 }
 
+// Release gives back a probe that Allow granted for an attempt that was
+// then not made (the retry budget, a cool-down or the rate limit stopped
+// it first). Without it the half-open breaker would wait forever for the
+// probe's outcome and refuse every request. It does nothing unless probe.
+func (b *Breaker) Release(probe bool) {
+	if b == nil || !probe {
+		return
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if BreakerState(b.state.Load()) == StateHalfOpen && b.probes > 0 {
+		b.probes--
+	}
+}
+
 // Record reports the outcome of an attempt Allow admitted.
 func (b *Breaker) Record(now time.Time, success, probe bool) {
 	if b == nil {

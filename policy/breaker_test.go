@@ -128,3 +128,25 @@ func BenchmarkBreakerClosed(b *testing.B) {
 		}
 	})
 }
+
+func TestBreakerReleaseGivesBackAnUnusedProbe(t *testing.T) {
+	t0 := time.Unix(1000, 0)
+	b := NewBreaker(BreakerConfig{Failures: 1, OpenFor: time.Second}, nil)
+	b.Record(t0, false, false) // opens
+	now := t0.Add(2 * time.Second)
+	ok, probe, _ := b.Allow(now)
+	if !ok || !probe {
+		t.Fatalf("half open: Allow = %v, probe %v", ok, probe)
+	}
+	if ok, _, _ := b.Allow(now); ok {
+		t.Fatal("a second probe while the first is out")
+	}
+	b.Release(probe) // the attempt was not made
+	if ok, probe, _ := b.Allow(now); !ok || !probe {
+		t.Fatalf("after Release: Allow = %v, probe %v; want the probe back", ok, probe)
+	}
+	b.Release(false) // not a probe: nothing to give back
+	if ok, _, _ := b.Allow(now); ok {
+		t.Fatal("Release(false) gave back a probe")
+	}
+}

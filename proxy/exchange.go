@@ -100,6 +100,7 @@ targets:
 			if n == 0 {
 				t.health.budget.Deposit(now)
 			} else if !t.health.budget.Withdraw(now) {
+				t.health.breaker.Release(probe)
 				r.m.budgetExhausted.Inc()
 				stop = ReasonBudgetExhausted
 				break targets
@@ -108,18 +109,21 @@ targets:
 			// this key to wait.
 			if wait := t.up.cool.Remaining(&out.Header, now); wait > 0 {
 				if now.Add(wait).After(deadline) {
+					t.health.breaker.Release(probe)
 					stop, stopAfter = ReasonRateLimited, wait
 					continue targets
 				}
 				r.m.retryWait.Observe(wait.Seconds())
 				tr.waiting(wait, "cooldown")
 				if !s.sleep(ctx, wait) {
+					t.health.breaker.Release(probe)
 					return
 				}
 				now = s.clock.Now()
 			}
 
 			if ok, refused := s.admit(ctx, r, key, now, deadline); !ok {
+				t.health.breaker.Release(probe)
 				if refused == nil {
 					return // shutting down; sleep answered
 				}

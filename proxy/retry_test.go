@@ -588,3 +588,32 @@ routes:
 		})
 	}
 }
+
+// A half-open breaker's probe that the rate limit then stops is given
+// back: the next request probes, instead of every request being refused
+// for want of the lost probe's outcome.
+func TestBreakerProbeStoppedByTheRateLimitIsGivenBack(t *testing.T) {
+	clock := policy.NewFakeClock(time.Now())
+	s := &scripted{steps: []func(http.ResponseWriter, *http.Request){status(503)}}
+	up, _ := upstream(t, s.handler)
+	b := startBallastClock(t, clock, fmt.Sprintf(`
+routes:
+  - name: r
+    match: {path_prefix: /}
+    upstream: %q
+    retry: {attempts: 1}
+    breaker: {failures: 1, failure_ratio: 0, open_for: 10s}
+    rate_limit: {rps: 0.05, burst: 1, max_wait: 0s}
+`, up))
+	if resp, _ := do(t, "GET", b.base+"/x", ""); resp.StatusCode != 503 {
+		t.Fatalf("the failing attempt: %d", resp.StatusCode)
+	}
+	clock.Advance(11 * time.Second) // half open; the rate limit's token is back at 20s
+	if resp, body := do(t, "GET", b.base+"/x", ""); resp.StatusCode != 429 {
+		t.Fatalf("the probe stopped by the rate limit: %d %s", resp.StatusCode, body)
+	}
+	clock.Advance(10 * time.Second)
+	if resp, body := do(t, "GET", b.base+"/x", ""); resp.StatusCode != 200 {
+		t.Fatalf("after the rate limit refilled: %d %s (the breaker kept waiting for a probe that never ran)", resp.StatusCode, body)
+	}
+}
