@@ -25,6 +25,10 @@ type attempt struct {
 	// ended, on the server's clock.
 	took  time.Duration
 	ended time.Time
+	// clipped: the request's deadline left this attempt less than
+	// timeouts.per_try, so a timeout says more of the deadline (an agent's
+	// X-Ballast-Timeout, the end of the total) than of the upstream.
+	clipped bool
 }
 
 // exchangeUpstream runs the route's retry policy: attempts on the primary, then on
@@ -151,7 +155,11 @@ targets:
 			}
 			attempts++
 			t.attempts[a.class].Inc()
-			t.health.breaker.Record(a.ended, !upstreamFault(a.class), probe)
+			if a.class == policy.Timeout && a.clipped {
+				t.health.breaker.Release(probe) // not the upstream's fault, nor proof of health
+			} else {
+				t.health.breaker.Record(a.ended, !upstreamFault(a.class), probe)
+			}
 			if last.resp != nil {
 				fasthttp.ReleaseResponse(last.resp)
 			}
@@ -201,7 +209,8 @@ targets:
 // call it off (see tryHedged).
 func (s *Server) try(out *fasthttp.Request, t *target, r *route, now, deadline time.Time, cancel *tryCancel) attempt {
 	tryDeadline := now.Add(r.perTry)
-	if deadline.Before(tryDeadline) {
+	clipped := deadline.Before(tryDeadline)
+	if clipped {
 		tryDeadline = deadline
 	}
 	tryDeadline = s.wall(tryDeadline)
@@ -209,7 +218,7 @@ func (s *Server) try(out *fasthttp.Request, t *target, r *route, now, deadline t
 	if err := t.up.ex.do(out, resp, tryDeadline, cancel); err != nil {
 		fasthttp.ReleaseResponse(resp)
 		cls, cause := policy.ClassifyError(err)
-		return attempt{err: err, class: cls, cause: cause}
+		return attempt{err: err, class: cls, cause: cause, clipped: clipped}
 	}
 	a := attempt{resp: resp, status: resp.StatusCode()}
 	var body []byte

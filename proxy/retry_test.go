@@ -617,3 +617,30 @@ routes:
 		t.Fatalf("after the rate limit refilled: %d %s (the breaker kept waiting for a probe that never ran)", resp.StatusCode, body)
 	}
 }
+
+// A timeout the agent's own short deadline caused (X-Ballast-Timeout
+// below per_try) says nothing about the upstream: it does not count
+// against the breaker every agent shares.
+func TestClippedTimeoutDoesNotCountAgainstTheBreaker(t *testing.T) {
+	release := make(chan struct{})
+	t.Cleanup(func() { close(release) })
+	s := &scripted{steps: []func(http.ResponseWriter, *http.Request){hang(release), hang(release)}}
+	up, _ := upstream(t, s.handler)
+	b := startBallast(t, fmt.Sprintf(`
+routes:
+  - name: r
+    match: {path_prefix: /}
+    upstream: %q
+    retry: {attempts: 1}
+    timeouts: {per_try: 10s}
+    breaker: {failures: 1, failure_ratio: 0}
+`, up))
+	for range 2 {
+		if resp, body := do(t, "GET", b.base+"/x", "", "X-Ballast-Timeout", "50ms"); resp.StatusCode != 504 {
+			t.Fatalf("a request with a 50ms deadline on a hanging upstream: %d %s", resp.StatusCode, body)
+		}
+	}
+	if resp, body := do(t, "GET", b.base+"/x", ""); resp.StatusCode != 200 {
+		t.Fatalf("after two agent-clipped timeouts: %d %s", resp.StatusCode, body)
+	}
+}
