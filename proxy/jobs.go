@@ -33,11 +33,17 @@ func buildAsync(rc *config.Route) *asyncPolicy {
 	return &asyncPolicy{ttl: rc.Async.TTL.D()}
 }
 
+// jobPollEvery is how often a wait for a job this process does not run
+// (another replica does) reads the job again.
+const jobPollEvery = 250 * time.Millisecond
+
 // jobRunner runs async jobs in the background and lets requests wait for
 // them.
 type jobRunner struct {
-	mu      sync.Mutex
-	done    map[string]chan struct{} // closed when the job finishes
+	mu sync.Mutex
+	// done holds a channel per job running in this process, closed (and
+	// removed) when the job finishes; only launch adds to it.
+	done    map[string]chan struct{}
 	wg      sync.WaitGroup
 	stop    chan struct{}
 	stopped bool
@@ -47,23 +53,23 @@ func newJobRunner() *jobRunner {
 	return &jobRunner{done: map[string]chan struct{}{}, stop: make(chan struct{})}
 }
 
-func (j *jobRunner) doneCh(id string) chan struct{} {
+// running returns the channel closed when the job with id, running in this
+// process, finishes; ok is false when no job with id runs here.
+func (j *jobRunner) running(id string) (done chan struct{}, ok bool) {
 	j.mu.Lock()
 	defer j.mu.Unlock()
-	ch, ok := j.done[id]
-	if !ok {
-		ch = make(chan struct{})
-		j.done[id] = ch
-	}
-	return ch
+	done, ok = j.done[id]
+	return done, ok
 }
 
 func (j *jobRunner) finish(id string) {
-	ch := j.doneCh(id)
 	j.mu.Lock()
+	ch, ok := j.done[id]
 	delete(j.done, id)
 	j.mu.Unlock()
-	close(ch)
+	if ok {
+		close(ch)
+	}
 }
 
 // prefer reads the RFC 7240 Prefer header: respond-async, and wait=N.
@@ -102,27 +108,40 @@ func (s *Server) startJob(ctx *fasthttp.RequestCtx, r *route, body []byte, wait 
 		s.stateUnavailable(ctx, r, err)
 		return
 	}
-	done := s.jobs.doneCh(job.ID)
-	running := *job // the runner owns its copy; job answers the agent below
-	s.launch(&running)
+	// The lease keeps a replica that starts now from resuming the job too.
+	// A failed lease call does not hold the job back (the runner's renewals
+	// try again); a refused one means such a replica took the job over
+	// first, and it runs the job.
+	if leased, err := s.state.LeaseJob(c, job.ID, now, store.DefaultJobLease); leased || err != nil {
+		running := *job // the runner owns its copy; job answers the agent below
+		s.launch(&running)
+	}
 	applied := "respond-async"
 	if wait > 0 {
 		applied += ", wait=" + strconv.Itoa(int(wait/time.Second))
-		if s.waitJob(ctx, done, wait) {
-			s.serveJob(ctx, job.ID, job.Tenant, 0, applied)
+		if done := s.awaitJob(ctx, job, wait); !done.State.Pending() {
+			s.writeJob(ctx, done, applied)
 			return
 		}
 	}
 	s.writeJobStatus(ctx, job, fasthttp.StatusAccepted, applied)
 }
 
-// launch runs job in the background.
+// launch runs job in the background. A wait for the job can then follow
+// it on s.jobs.running until it finishes.
 func (s *Server) launch(job *store.Job) {
 	s.jobs.mu.Lock()
 	if s.jobs.stopped {
 		s.jobs.mu.Unlock()
 		return
 	}
+	if _, ok := s.jobs.done[job.ID]; ok {
+		// Already running here: the request that created it and the
+		// adoption of pending jobs (adoptJobs) may both get here.
+		s.jobs.mu.Unlock()
+		return
+	}
+	s.jobs.done[job.ID] = make(chan struct{})
 	s.jobs.wg.Add(1)
 	s.jobs.mu.Unlock()
 	go func() {
@@ -147,6 +166,7 @@ func (s *Server) runJob(job *store.Job) {
 		s.failJob(c, job, "the route "+job.Route+" no longer exists")
 		return
 	}
+	defer s.keepLease(job.ID)()
 	job.State, job.UpdatedAt = store.JobRunning, s.clock.Now()
 	_ = s.state.PutJob(c, job)
 
@@ -177,16 +197,60 @@ func (s *Server) runJob(job *store.Job) {
 	}
 	job.ExpiresAt = job.UpdatedAt.Add(s.jobTTL(r))
 	forgetRequest(job)
-	if err := s.state.PutJob(c, job); errors.Is(err, store.ErrTooLarge) {
+	// The run may well have outlasted c: the outcome gets a deadline of its own.
+	out, cancelOut := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancelOut()
+	if err := s.state.PutJob(out, job); errors.Is(err, store.ErrTooLarge) {
 		job.Response = &store.Response{Status: fasthttp.StatusBadGateway}
 		job.State, job.LastError = store.JobFailed, "the response was larger than state.max_response_bytes"
-		_ = s.state.PutJob(c, job)
+		_ = s.state.PutJob(out, job)
 	}
 	if job.State == store.JobFailed {
 		s.log.Warn("async job failed", "job", job.ID, "route", job.Route, "error", job.LastError)
 		s.alertJobFailed(job.Route, job.ID, job.LastError)
 	}
 }
+
+// keepLease renews this process's lease on the job with id every third of
+// store.DefaultJobLease until the returned stop is called. The renewals
+// are paced on the wall clock, like the state sweeper: they are
+// housekeeping, and an injected clock's waiters must not count them; the
+// lease itself is reckoned on s.clock.
+func (s *Server) keepLease(id string) (stop func()) {
+	quit, stopped := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(stopped)
+		for {
+			t := policy.SystemClock{}.NewTimer(store.DefaultJobLease / 3)
+			select {
+			case <-quit:
+				t.Stop()
+				return
+			case <-t.C():
+			}
+			c, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			leased, err := s.state.LeaseJob(c, id, s.clock.Now(), store.DefaultJobLease)
+			cancel()
+			if err == nil && !leased {
+				s.log.Warn("async job lease lost: another replica may run the job too", "job", id)
+			}
+		}
+	}()
+	return func() {
+		close(quit)
+		<-stopped
+	}
+}
+
+// wallPaced is a clock whose timers are the wall clock's and whose Now is
+// the injected clock's. The state sweeper runs on it: its pace is
+// housekeeping (an injected clock's timer would count among a fake clock's
+// waiters and stall until a test advances it), but what it removes must
+// be what already reads as expired on the server's clock.
+type wallPaced struct{ policy.Clock }
+
+// NewTimer returns a wall-clock timer.
+func (wallPaced) NewTimer(d time.Duration) policy.Timer { return policy.SystemClock{}.NewTimer(d) }
 
 func (s *Server) jobTTL(r *route) time.Duration {
 	if r.async != nil {
@@ -214,7 +278,9 @@ func forgetRequest(job *store.Job) {
 
 // resumeJobs picks up the jobs a previous process left pending: on routes
 // where running the call again is safe they run again; otherwise their
-// outcome is unknown and they fail, saying so.
+// outcome is unknown and they fail, saying so. A job is a leftover only
+// when this process can lease it: with Redis, the pending jobs of the
+// other live replicas stay theirs (their leases are renewed).
 func (s *Server) resumeJobs() {
 	c, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -228,6 +294,17 @@ func (s *Server) resumeJobs() {
 		routes[r.name] = r
 	}
 	for _, job := range jobs {
+		if _, local := s.jobs.running(job.ID); local {
+			continue // this process runs it, and renews its lease
+		}
+		leased, err := s.state.LeaseJob(c, job.ID, s.clock.Now(), store.DefaultJobLease)
+		if err != nil {
+			s.log.Error("leasing a pending job failed", "job", job.ID, "error", err.Error())
+			continue
+		}
+		if !leased {
+			continue // another replica runs it
+		}
 		r := routes[job.Route]
 		safe := r != nil && (job.State == store.JobQueued || (r.idem != nil && r.idem.idempotent) ||
 			policy.IdempotentMethod([]byte(job.Request.Method)) || r.retry.UnsafeMethods)
@@ -236,8 +313,24 @@ func (s *Server) resumeJobs() {
 			continue
 		}
 		s.log.Info("resuming async job", "job", job.ID, "route", job.Route)
-		s.jobs.doneCh(job.ID)
 		s.launch(job)
+	}
+}
+
+// adoptJobs resumes, every interval until ctx ends, the pending jobs of
+// the shared store that no live replica holds a lease on (resumeJobs):
+// those of a replica that died, or of this one before a restart. Paced
+// on the wall clock, like the sweeper.
+func (s *Server) adoptJobs(ctx context.Context, every time.Duration) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			s.resumeJobs()
+		}
 	}
 }
 
@@ -253,44 +346,92 @@ func (s *Server) handleJob(ctx *fasthttp.RequestCtx) {
 	s.serveJob(ctx, id, tenantOf(&ctx.Request.Header), wait, applied)
 }
 
+// serveJob answers for the job with id, waiting up to wait for it to
+// finish. A job past its ExpiresAt (on s.clock) is gone, as it will be
+// once swept.
 func (s *Server) serveJob(ctx *fasthttp.RequestCtx, id, tenant string, wait time.Duration, applied string) {
-	c, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	job, err := s.state.GetJob(c, id)
-	if err != nil || job.Tenant != tenant {
+	job, err := s.readJob(id)
+	if err != nil || job.Tenant != tenant || job.Expired(s.clock.Now()) {
 		writeProblem(ctx, problem{Status: fasthttp.StatusNotFound, Reason: ReasonNoRoute,
 			Detail: "no job " + strconv.Quote(id) + " for this caller (unknown, expired, or started by another identity)"})
 		return
 	}
-	if job.State.Pending() && wait > 0 && s.waitJob(ctx, s.jobs.doneCh(id), wait) {
-		if j, err := s.state.GetJob(c, id); err == nil {
-			job = j
+	if job.State.Pending() && wait > 0 {
+		job = s.awaitJob(ctx, job, wait)
+	}
+	s.writeJob(ctx, job, applied)
+}
+
+// readJob reads the job with id, each read with its own deadline.
+func (s *Server) readJob(id string) (*store.Job, error) {
+	c, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	return s.state.GetJob(c, id)
+}
+
+// awaitJob waits up to d (on the server's clock) for the pending job to
+// finish and returns it as last read. A job running in this process is
+// followed on its runner's channel; one that is not (it runs on another
+// replica, or has just finished here) is read again at once and then every
+// jobPollEvery.
+func (s *Server) awaitJob(ctx *fasthttp.RequestCtx, job *store.Job, d time.Duration) *store.Job {
+	deadline := s.clock.NewTimer(d)
+	defer deadline.Stop()
+	for {
+		done, local := s.jobs.running(job.ID)
+		var poll policy.Timer
+		var tick <-chan time.Time
+		if !local {
+			if j, err := s.readJob(job.ID); err == nil {
+				job = j
+			}
+			if !job.State.Pending() {
+				return job
+			}
+			poll = s.clock.NewTimer(jobPollEvery)
+			tick = poll.C()
+		}
+		over := false
+		select {
+		case <-done: // finished here: the next round reads it
+		case <-tick:
+		case <-deadline.C():
+			over = true
+		case <-ctx.Done():
+			over = true
+		}
+		if poll != nil {
+			poll.Stop()
+		}
+		if over {
+			return job
 		}
 	}
-	if job.State.Pending() || job.Response == nil {
+}
+
+// writeJob answers with the job: its status (202) while it is pending, its
+// stored response once it has one, and a problem when it ended without one.
+func (s *Server) writeJob(ctx *fasthttp.RequestCtx, job *store.Job, applied string) {
+	switch {
+	case job.State.Pending():
 		s.writeJobStatus(ctx, job, fasthttp.StatusAccepted, applied)
 		return
+	case job.Response == nil:
+		// Failed without an answer: ballast stopped while it ran and
+		// running it again was not safe, or its route is gone. Whether the
+		// call reached the upstream is not known, so it is reported the
+		// way a guarded request's lost outcome is; LastError says why.
+		writeProblem(ctx, problem{Status: fasthttp.StatusConflict, Reason: ReasonOutcomeUnknown, Route: job.Route,
+			Attempts: job.Attempts, Detail: "the job " + job.ID + " ended without a response: " + job.LastError})
+	default:
+		replay(ctx, job.Response)
+		ctx.Response.Header.Del(headerReplayed)
 	}
-	replay(ctx, job.Response)
-	ctx.Response.Header.Del(headerReplayed)
 	ctx.Response.Header.Set("X-Ballast-Job-State", job.State.String())
 	ctx.Response.Header.Set(headerAttempts, strconv.Itoa(job.Attempts))
 	if applied != "" {
 		ctx.Response.Header.Set("Preference-Applied", applied)
 	}
-}
-
-// waitJob waits up to d (on the server's clock) for done.
-func (s *Server) waitJob(ctx *fasthttp.RequestCtx, done chan struct{}, d time.Duration) bool {
-	t := s.clock.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-done:
-		return true
-	case <-t.C():
-	case <-ctx.Done():
-	}
-	return false
 }
 
 // writeJobStatus answers with the job's state while it runs.

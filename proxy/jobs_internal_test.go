@@ -5,9 +5,11 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/ballast-proxy/ballast/internal/redistest"
 	"github.com/ballast-proxy/ballast/store"
 )
 
@@ -60,5 +62,57 @@ routes:
 	}
 	if auth != "Bearer alice-secret" {
 		t.Errorf("the upstream saw Authorization %q: the job must run with the agent's headers", auth)
+	}
+}
+
+// A pending job in the shared store that no replica holds a lease on (its
+// replica died) is adopted by the next look of a live replica, and run
+// once: a job already running here is not launched again, however often
+// the replica looks.
+func TestLiveReplicaAdoptsOrphanedJobs(t *testing.T) {
+	rs := redistest.Start(t)
+	release, started := make(chan struct{}), make(chan struct{}, 1)
+	var calls atomic.Int64
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		calls.Add(1)
+		select {
+		case started <- struct{}{}:
+		default:
+		}
+		<-release
+		w.Write([]byte(`{"ok":true}`))
+	}))
+	t.Cleanup(up.Close)
+	s := newStatusServer(t, fmt.Sprintf(`
+state: {backend: redis, redis: {address: %q, key_prefix: "adopt:"}}
+routes:
+  - {name: long, match: {path_prefix: /}, upstream: %q, async: {enabled: true}}
+`, rs.Addr(), up.URL))
+	ctx := context.Background()
+	now := time.Now()
+	job := &store.Job{ID: "orphan", Tenant: "t", Route: "long", State: store.JobQueued,
+		CreatedAt: now, UpdatedAt: now, ExpiresAt: now.Add(time.Hour),
+		Request: store.Request{Method: "GET", URI: "/report"}}
+	if err := s.state.PutJob(ctx, job); err != nil {
+		t.Fatal(err)
+	}
+	bg, stop := context.WithCancel(ctx)
+	adopted := make(chan struct{})
+	go func() { defer close(adopted); s.adoptJobs(bg, 5*time.Millisecond) }()
+	select {
+	case <-started:
+	case <-time.After(5 * time.Second):
+		close(release)
+		t.Fatal("the orphaned job was not adopted")
+	}
+	// Many more looks while it runs here: none launches it again.
+	for i := 0; i < 20; i++ {
+		s.resumeJobs()
+	}
+	stop()
+	<-adopted
+	close(release)
+	if n := calls.Load(); n != 1 {
+		t.Fatalf("the job ran %d times, want once", n)
 	}
 }

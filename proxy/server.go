@@ -225,16 +225,19 @@ func (s *Server) startBackground() {
 		st := s.state.(*timedStore).Store
 		var wg sync.WaitGroup
 		if s.shared != nil {
-			wg.Add(2)
+			wg.Add(3)
 			go func() { defer wg.Done(); s.shared.watch(bg, policy.SystemClock{}) }()
 			go func() { defer wg.Done(); s.syncCooldowns(bg, 200*time.Millisecond) }()
+			// A replica that died leaves its jobs leased until the lease
+			// runs out; whichever replica looks next takes them over.
+			go func() { defer wg.Done(); s.adoptJobs(bg, store.DefaultJobLease) }()
 		}
 		go func() {
 			defer close(s.bgDone)
 			defer wg.Wait()
 			// The sweeper paces itself on the wall clock: its timer is
 			// housekeeping, not a decision a test needs to step through.
-			store.RunSweeper(bg, st, policy.SystemClock{}, s.sweepEvery, func(n int, err error) {
+			store.RunSweeper(bg, st, wallPaced{s.clock}, s.sweepEvery, func(n int, err error) {
 				if err != nil {
 					s.log.Warn("state sweep failed", "error", err.Error())
 				}
@@ -327,7 +330,7 @@ func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 		s.unmatched.observe(fasthttp.StatusMethodNotAllowed, time.Since(start).Seconds())
 		return
 	}
-	if bytes.HasPrefix(ctx.Path(), []byte(jobsPath)) && ctx.IsGet() {
+	if bytes.HasPrefix(ctx.Path(), []byte(jobsPath)) && (ctx.IsGet() || ctx.IsHead()) {
 		s.handleJob(ctx)
 		s.unmatched.observe(ctx.Response.StatusCode(), time.Since(start).Seconds())
 		return

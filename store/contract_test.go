@@ -395,6 +395,7 @@ func TestInvalidArguments(t *testing.T) {
 				{"nil job", func() error { return s.PutJob(ctx, nil) }},
 				{"job without id", func() error { return s.PutJob(ctx, &Job{State: JobQueued}) }},
 				{"job without state", func() error { return s.PutJob(ctx, &Job{ID: "j"}) }},
+				{"lease without job id", func() error { _, err := s.LeaseJob(ctx, "", t0, 0); return err }},
 			}
 			for _, tt := range tests {
 				if err := tt.call(); !errors.Is(err, ErrInvalid) {
@@ -440,6 +441,7 @@ func TestClosedStore(t *testing.T) {
 				"GetJob":    func() error { _, err := s.GetJob(ctx, "j"); return err },
 				"ListJobs":  func() error { _, err := s.ListJobs(ctx); return err },
 				"DeleteJob": func() error { return s.DeleteJob(ctx, "j") },
+				"LeaseJob":  func() error { _, err := s.LeaseJob(ctx, "j", t0, 0); return err },
 				"Sweep":     func() error { _, err := s.Sweep(t0); return err },
 			}
 			for name, call := range calls {

@@ -492,6 +492,25 @@ func (f *File) DeleteJob(ctx context.Context, id string) error {
 	})
 }
 
+// LeaseJob implements Store. The file is locked to one process, which owns
+// every job in it: LeaseJob reports false only for a final job.
+func (f *File) LeaseJob(ctx context.Context, id string, now time.Time, lease time.Duration) (bool, error) {
+	if err := checkKey("job id", id); err != nil {
+		return false, err
+	}
+	pending := true
+	err := f.view("lease job", func(tx *bolt.Tx) error {
+		if v := tx.Bucket(bucketJobs).Get([]byte(id)); len(v) > stateOffset {
+			pending = JobState(v[stateOffset]).Pending()
+		}
+		return nil
+	})
+	if err != nil {
+		return false, err
+	}
+	return pending, nil
+}
+
 // Sweep implements Store. It runs in one transaction.
 func (f *File) Sweep(now time.Time) (int, error) {
 	if f.closed.Load() {

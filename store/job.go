@@ -84,6 +84,12 @@ type Job struct {
 	Response *Response
 }
 
+// Expired reports whether the job's time is up at now: a non-zero ExpiresAt
+// not after now. An expired job reads as gone before Sweep removes it.
+func (j *Job) Expired(now time.Time) bool {
+	return !j.ExpiresAt.IsZero() && !now.Before(j.ExpiresAt)
+}
+
 // clone copies j and its byte slices, so the store never aliases the
 // caller's buffers.
 func (j *Job) clone() *Job {

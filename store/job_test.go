@@ -165,3 +165,47 @@ func TestJobLimitsAndExpiry(t *testing.T) {
 		})
 	}
 }
+
+// TestLeaseJob: every backend leases a pending or not yet stored job, again
+// and again (renewals), and refuses a final one. One instance owns every
+// job of a Memory or File store.
+func TestLeaseJob(t *testing.T) {
+	for _, be := range backends() {
+		t.Run(be.name, func(t *testing.T) {
+			s := be.open(t, Limits{})
+			ctx := context.Background()
+			for _, j := range []*Job{testJob("queued", JobQueued, t0), testJob("running", JobRunning, t0),
+				testJob("succeeded", JobSucceeded, t0), testJob("failed", JobFailed, t0)} {
+				if err := s.PutJob(ctx, j); err != nil {
+					t.Fatal(err)
+				}
+			}
+			tests := []struct {
+				name, id string
+				want     bool
+			}{
+				{"queued", "queued", true},
+				{"running", "running", true},
+				{"renewed", "running", true},
+				{"not stored yet", "new", true},
+				{"succeeded", "succeeded", false},
+				{"failed", "failed", false},
+			}
+			for _, tt := range tests {
+				got, err := s.LeaseJob(ctx, tt.id, t0, time.Minute)
+				if err != nil || got != tt.want {
+					t.Errorf("%s: LeaseJob = %v, %v; want %v", tt.name, got, err, tt.want)
+				}
+			}
+			// A job that finishes under its lease can no longer be leased.
+			done, _ := s.GetJob(ctx, "running")
+			done.State = JobSucceeded
+			if err := s.PutJob(ctx, done); err != nil {
+				t.Fatal(err)
+			}
+			if got, err := s.LeaseJob(ctx, "running", t0, time.Minute); err != nil || got {
+				t.Errorf("finished job: LeaseJob = %v, %v; want false", got, err)
+			}
+		})
+	}
+}

@@ -256,6 +256,21 @@ func (m *Memory) DeleteJob(ctx context.Context, id string) error {
 	return nil
 }
 
+// LeaseJob implements Store. The process owns every job of a Memory store:
+// it reports false only for a final job.
+func (m *Memory) LeaseJob(ctx context.Context, id string, now time.Time, lease time.Duration) (bool, error) {
+	if err := checkKey("job id", id); err != nil {
+		return false, err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed {
+		return false, ErrClosed
+	}
+	j := m.jobs[id]
+	return j == nil || j.State.Pending(), nil
+}
+
 // Sweep implements Store.
 func (m *Memory) Sweep(now time.Time) (int, error) {
 	m.mu.Lock()

@@ -3,6 +3,8 @@ package store
 import (
 	"context"
 	"errors"
+	"strconv"
+	"time"
 
 	"github.com/redis/go-redis/v9"
 )
@@ -122,4 +124,37 @@ func (s *Redis) DeleteJob(ctx context.Context, id string) error {
 		return s.fail(ctx, "delete job", err)
 	}
 	return nil
+}
+
+// jobLease is the key of a job's lease (see LeaseJob): the job's hash tag,
+// so that one script may read both, and a separator no job id can forge
+// (job keys continue the tag with ':').
+func (k redisKeys) jobLease(id string) string { return k.prefix + "{jobs}-lease:" + id }
+
+// LeaseJob implements Store. The lease is a key of its own, "<until> <owner>"
+// with until in Unix milliseconds of the caller's clock (the decision uses
+// the now the caller passes, as claims do) and PX = lease, so that Redis
+// removes a lease nobody renews. One script checks and sets it.
+func (s *Redis) LeaseJob(ctx context.Context, id string, now time.Time, lease time.Duration) (bool, error) {
+	if s.closed.Load() {
+		return false, ErrClosed
+	}
+	if err := checkKey("job id", id); err != nil {
+		return false, err
+	}
+	if lease <= 0 {
+		lease = DefaultJobLease
+	}
+	octx, cancel := s.op(ctx)
+	defer cancel()
+	v, err := s.scripts.leaseJob.Run(octx, s.client, []string{s.keys.job(id), s.keys.jobLease(id)},
+		s.lim.Owner, strconv.FormatInt(now.UnixMilli(), 10), strconv.FormatInt(now.Add(lease).UnixMilli(), 10), pxOf(lease)).Result()
+	if err != nil {
+		return false, s.fail(ctx, "lease job", err)
+	}
+	n, err := scriptInt(v)
+	if err != nil {
+		return false, s.fail(ctx, "lease job", err)
+	}
+	return n == 1, nil
 }

@@ -11,9 +11,11 @@ import (
 // Completed is state 2. The compile-time checks below fail the build if the
 // codec's layout or the State values change without the scripts.
 var (
-	_ = [1]struct{}{}[stateOffset-1]    // the state byte at offset 1
-	_ = [1]struct{}{}[tokenOffset-42]   // the token at offsets 42..49
-	_ = [1]struct{}{}[int(Completed)-2] // Completed == 2
+	_ = [1]struct{}{}[stateOffset-1]     // the state byte at offset 1
+	_ = [1]struct{}{}[tokenOffset-42]    // the token at offsets 42..49
+	_ = [1]struct{}{}[int(Completed)-2]  // Completed == 2
+	_ = [1]struct{}{}[int(JobQueued)-1]  // a job's state byte: JobQueued == 1
+	_ = [1]struct{}{}[int(JobRunning)-2] // and JobRunning == 2
 )
 
 // claimScript takes KEYS[1] for a new claim when it is absent (ARGV[3] is
@@ -86,11 +88,29 @@ redis.call('SREM', KEYS[2], ARGV[1])
 return n
 `
 
+// leaseJobScript takes or renews the lease KEYS[2] of job KEYS[1] for owner
+// ARGV[1] at now ARGV[2] (Unix milliseconds): unless the job is stored and
+// final (its state byte, at 2, is neither JobQueued nor JobRunning), or the
+// lease ("<until ms> <owner>") belongs to another owner and runs past now,
+// it stores "ARGV[3] ARGV[1]" with PX ARGV[4] and returns 1; else 0.
+const leaseJobScript = `
+local st = redis.call('GETRANGE', KEYS[1], 1, 1)
+if st ~= '' and string.byte(st) ~= 1 and string.byte(st) ~= 2 then return 0 end
+local cur = redis.call('GET', KEYS[2])
+if cur then
+  local sp = string.find(cur, ' ', 1, true)
+  local untilms = sp and tonumber(string.sub(cur, 1, sp - 1))
+  if untilms and string.sub(cur, sp + 1) ~= ARGV[1] and untilms > tonumber(ARGV[2]) then return 0 end
+end
+redis.call('SET', KEYS[2], ARGV[3] .. ' ' .. ARGV[1], 'PX', ARGV[4])
+return 1
+`
+
 // redisScripts are one store's scripts. redis.Script runs EVALSHA and falls
 // back to EVAL (which loads the script) on NOSCRIPT, so a restarted or new
 // server needs nothing done.
 type redisScripts struct {
-	claim, complete, release, sweepRecord, putJob, deleteJob *redis.Script
+	claim, complete, release, sweepRecord, putJob, deleteJob, leaseJob *redis.Script
 }
 
 func newRedisScripts() *redisScripts {
@@ -101,6 +121,7 @@ func newRedisScripts() *redisScripts {
 		sweepRecord: redis.NewScript(sweepRecordScript),
 		putJob:      redis.NewScript(putJobScript),
 		deleteJob:   redis.NewScript(deleteJobScript),
+		leaseJob:    redis.NewScript(leaseJobScript),
 	}
 }
 

@@ -413,3 +413,41 @@ func TestRedisClaimRetriedAfterLostReplyIsOwned(t *testing.T) {
 		t.Fatalf("Claim finding its own claim = %+v, %v, %v; want owned", rec, owned, err)
 	}
 }
+
+// TestRedisJobLeaseAcrossReplicas: a job leased by replica A is not B's to
+// take while the lease runs (on the now the callers pass), A renews it at
+// will, and B takes it once it has run out; then A's renewal is refused.
+// The lease key expires in Redis (PX) as well.
+func TestRedisJobLeaseAcrossReplicas(t *testing.T) {
+	rs := replicas(t, 2, RedisOptions{})
+	a, b := rs[0], rs[1]
+	ctx := context.Background()
+	if err := a.PutJob(ctx, testJob("j", JobRunning, t0)); err != nil {
+		t.Fatal(err)
+	}
+	steps := []struct {
+		name string
+		s    *Redis
+		now  time.Time
+		want bool
+	}{
+		{"A takes it", a, t0, true},
+		{"B while A's lease runs", b, t0.Add(30 * time.Second), false},
+		{"A renews", a, t0.Add(50 * time.Second), true},
+		{"B within the renewed lease", b, t0.Add(90 * time.Second), false},
+		{"B once it has run out", b, t0.Add(111 * time.Second), true},
+		{"A's renewal after B took it", a, t0.Add(112 * time.Second), false},
+	}
+	for _, st := range steps {
+		if got, err := st.s.LeaseJob(ctx, "j", st.now, time.Minute); err != nil || got != st.want {
+			t.Errorf("%s: LeaseJob = %v, %v; want %v", st.name, got, err, st.want)
+		}
+	}
+	pttl, err := a.client.PTTL(ctx, a.keys.jobLease("j")).Result()
+	if err != nil || pttl <= 0 || pttl > time.Minute {
+		t.Errorf("lease key PTTL = %v, %v; want (0, 1m]", pttl, err)
+	}
+	if k := a.keys.jobLease("j"); k == a.keys.job("j") || k == a.keys.job("-lease:j") || k == a.keys.jobIndex() {
+		t.Errorf("lease key %q collides with a job key", k)
+	}
+}

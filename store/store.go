@@ -16,6 +16,10 @@ const (
 	DefaultMaxRecords = 10_000
 	// DefaultMaxJobs bounds the number of async jobs.
 	DefaultMaxJobs = 10_000
+	// DefaultJobLease is how long a job lease lasts (see Store.LeaseJob)
+	// unless renewed. The proxy renews it every third of that while the
+	// job runs.
+	DefaultJobLease = 30 * time.Second
 	// DefaultMaxResponseBytes bounds len(Header)+len(Body) of a stored
 	// response (and of a job's request or response).
 	DefaultMaxResponseBytes = 1 << 20
@@ -96,11 +100,26 @@ type Store interface {
 	GetJob(ctx context.Context, id string) (*Job, error)
 	// ListJobs returns copies of the jobs in any of states (every job when
 	// none is given), oldest CreatedAt first. At start-up the caller lists
-	// JobQueued and JobRunning to resume pending jobs.
+	// JobQueued and JobRunning, and resumes the pending jobs it can lease
+	// (LeaseJob).
 	ListJobs(ctx context.Context, states ...JobState) ([]*Job, error)
 	// DeleteJob removes the job with id. Deleting a missing job is not an
 	// error.
 	DeleteJob(ctx context.Context, id string) error
+	// LeaseJob takes, or renews, this store instance's lease (see
+	// Limits.Owner) on the job with id until now+lease (DefaultJobLease
+	// when lease ≤ 0): the instance that holds it runs the job, and no
+	// other resumes it. It reports false, taking nothing, when the job is
+	// stored and final, or when another instance's lease on it has not run
+	// out at now. A job not (yet) stored may be leased, so that the caller
+	// may put a new job first and lease it next.
+	//
+	// The Memory and File backends serve a single process, which owns
+	// every job it holds (a pending job found at start-up is its previous
+	// run's leftover): they report false only for a final job. With Redis
+	// the lease is a key of its own, taken by a compare-and-set script and
+	// removed by Redis once its time is up.
+	LeaseJob(ctx context.Context, id string, now time.Time, lease time.Duration) (bool, error)
 
 	// Sweep removes the records whose ExpiresAt is not after now and the jobs
 	// with a non-zero ExpiresAt not after now, wakes the waiters of removed
