@@ -29,6 +29,9 @@ type attempt struct {
 	// timeouts.per_try, so a timeout says more of the deadline (an agent's
 	// X-Ballast-Timeout, the end of the total) than of the upstream.
 	clipped bool
+	// noStore: relay the answer, but keep it in no cache (a tool's
+	// JSON-RPC error in a 200).
+	noStore bool
 }
 
 // exchangeUpstream runs the route's retry policy: attempts on the primary, then on
@@ -73,8 +76,16 @@ func (s *Server) exchangeUpstream(ctx *fasthttp.RequestCtx, r *route, body []byt
 		}
 	}
 
+	// An MCP session lives on the upstream that issued it: another one
+	// would answer 404 session not found, so a request in a session never
+	// fails over.
+	sessionBound := len(r.targets) > 1 && len(ctx.Request.Header.Peek("Mcp-Session-Id")) > 0
+
 targets:
 	for ti, t := range r.targets {
+		if ti > 0 && sessionBound {
+			break
+		}
 		if ti > 0 {
 			out.Reset()
 		}
@@ -165,9 +176,16 @@ targets:
 			}
 			last, lastT = a, t
 			if a.class == policy.OK {
+				stop, stopAfter = "", 0 // an earlier upstream's refusal is moot
 				break targets
 			}
 			if d := r.retry.Decide(a.class, a.cause, a.status, method, guarded); d != policy.DecisionRetry {
+				if !degradable(a.class) {
+					// The final answer is about the request (a 401, a 404):
+					// the agent gets it as sent, whatever stopped an earlier
+					// upstream.
+					stop, stopAfter = "", 0
+				}
 				break targets // final: the agent gets this outcome
 			}
 			if n+1 >= r.attempts {
@@ -250,7 +268,9 @@ func (s *Server) try(out *fasthttp.Request, t *target, r *route, now, deadline t
 func (s *Server) answer(ctx *fasthttp.RequestCtx, r *route, t *target, last *attempt, attempts int, stop Reason, stopAfter time.Duration, deadline time.Time, cs *cacheState) {
 	deadline = s.wall(deadline)
 	if last.class == policy.OK && last.resp != nil {
-		s.store(r, cs, last.resp, last.ended)
+		if !last.noStore {
+			s.store(r, cs, last.resp, last.ended)
+		}
 		s.relay(ctx, r, t, last.resp, deadline, attempts)
 		last.resp = nil // the relay owns it now
 		if cs != nil && cs.use {

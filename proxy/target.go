@@ -83,24 +83,34 @@ func (s *Server) buildTarget(routeName, rawURL, caFile string, pol *config.Polic
 	if p, err := url.PathUnescape(string(t.basePath)); err == nil {
 		t.basePath = []byte(p)
 	}
-	set := map[string]string{}
+	// Header names are case-insensitive: the rules are merged by their
+	// lower-case name, so a later rule (a fallback's) replaces or removes
+	// an earlier one (the route's) whatever either's spelling, and the
+	// route's key never reaches the fallback.
+	type header struct{ name, value string }
+	set := map[string]header{}
 	var remove []string
 	for _, r := range rules {
 		for _, k := range r.Remove {
 			remove = append(remove, k)
-			delete(set, k)
+			delete(set, strings.ToLower(k))
 		}
-		for k, v := range r.Set {
-			set[k] = v
+		names := make([]string, 0, len(r.Set))
+		for k := range r.Set {
+			names = append(names, k)
+		}
+		sort.Strings(names) // one rule spelling a name twice: the same winner every time
+		for _, k := range names {
+			set[strings.ToLower(k)] = header{k, r.Set[k]}
 		}
 	}
-	names := make([]string, 0, len(set))
+	keys := make([]string, 0, len(set))
 	for k := range set {
-		names = append(names, k)
+		keys = append(keys, k)
 	}
-	sort.Strings(names)
-	for _, k := range names {
-		t.setHeaders = append(t.setHeaders, [2][]byte{[]byte(k), []byte(set[k])})
+	sort.Strings(keys)
+	for _, k := range keys {
+		t.setHeaders = append(t.setHeaders, [2][]byte{[]byte(set[k].name), []byte(set[k].value)})
 	}
 	for _, k := range remove {
 		t.removeHeaders = append(t.removeHeaders, []byte(k))

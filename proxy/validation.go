@@ -72,8 +72,12 @@ func (s *Server) check(r *route, a *attempt) {
 			limit := validationLimit(v)
 			body, err := readAllLimit(stream, limit+1)
 			if err != nil {
+				// The body broke off: nothing of it has reached the agent,
+				// so this is a transport failure, with no answer to relay.
 				cls, cause := policy.ClassifyError(err)
 				a.class, a.cause, a.err = cls, cause, err
+				fasthttp.ReleaseResponse(resp) // closes the broken stream
+				a.resp, a.status = nil, 0
 				return
 			}
 			resp.SetBody(body) // closes the stream: read to its end, its connection is reused
@@ -85,7 +89,10 @@ func (s *Server) check(r *route, a *attempt) {
 	}
 	r.m.validationFailures[f.Check].Inc()
 	if f.Check == validate.CheckJSONRPC && !f.Retryable {
-		return // the tool's own JSON-RPC error: the agent's client reads it
+		// The tool's own JSON-RPC error: the agent's client reads it, but
+		// it is no answer to keep and serve again.
+		a.noStore = true
+		return
 	}
 	a.class, a.cause, a.invalid = policy.Invalid, policy.CauseInvalid, f
 }
