@@ -22,6 +22,12 @@ var defaultIdentityHeaders = [...]string{
 	"Authorization", "Proxy-Authorization", "X-Api-Key", "Api-Key", "X-Goog-Api-Key", "Cookie",
 }
 
+// sessionHeader is the MCP session a request belongs to. Unless
+// KeyOptions.Public, it is part of the key like the caller's identity: a
+// tool's answer within one session (its state, its client) is not another
+// session's, and JSON-RPC ids restart at 1, so bodies collide.
+const sessionHeader = "Mcp-Session-Id"
+
 // DefaultIdentityHeaders returns (a copy of) the request headers that
 // identify the caller and are part of every key unless KeyOptions.Public is
 // set: Authorization, Proxy-Authorization, X-Api-Key, Api-Key,
@@ -164,7 +170,7 @@ type KeyOptions struct {
 
 // Request resets b and returns the key of req with body: method, host,
 // path, sorted query, body (when non-empty), the Vary headers and, unless
-// o.Public, the identity headers that are present. It does not allocate
+// o.Public, the identity headers and the MCP session that are present. It does not allocate
 // once b has grown. A nil o means the zero KeyOptions.
 //
 // body is the request body as the caller read it, not req.Body(): a server
@@ -194,6 +200,9 @@ func (b *KeyBuilder) Request(req *fasthttp.Request, body []byte, o *KeyOptions) 
 			if v := req.Header.Peek(name); len(v) > 0 {
 				b.Identity(s2b(name), v)
 			}
+		}
+		if v := req.Header.Peek(sessionHeader); len(v) > 0 {
+			b.Identity(s2b(sessionHeader), v)
 		}
 	}
 	return b.Sum()

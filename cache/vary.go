@@ -65,6 +65,9 @@ func (o *KeyOptions) covers(name []byte) bool {
 	if o.Public {
 		return false
 	}
+	if bytes.EqualFold(name, s2b(sessionHeader)) {
+		return true
+	}
 	ids := o.IdentityHeaders
 	if ids == nil {
 		ids = defaultIdentityHeaders[:]
