@@ -58,8 +58,12 @@ func (s *Server) observeExchange(ctx *fasthttp.RequestCtx, r *route, t *target, 
 	now := s.record(ctx, r, upstream, outcomeClass(last.class, attempts, stop), cause, failureReason(last, stop), attempts)
 	rb := s.status.board.Route(r.name)
 	for _, tg := range r.targets {
-		if b := tg.health.breaker; b != nil && rb.Upstream(tg.name).NoteBreaker(b.State(now)) {
-			s.alert(supervise.KindBreakerOpen, r.name, tg.name, "too many consecutive failures; requests fail fast until it probes again")
+		if b := tg.health.breaker; b != nil {
+			st := b.State(now)
+			rb.Upstream(tg.name).NoteBreaker(st) // the route's own view, for /status
+			if tg.health.opened(st) {
+				s.alert(supervise.KindBreakerOpen, r.name, tg.name, "too many consecutive failures; requests fail fast until it probes again")
+			}
 		}
 	}
 	if stop == ReasonBudgetExhausted {

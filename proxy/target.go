@@ -6,6 +6,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"github.com/ballast-proxy/ballast/config"
 	"github.com/ballast-proxy/ballast/policy"
@@ -33,6 +34,24 @@ type target struct {
 type health struct {
 	breaker *policy.Breaker // nil when breaker.enabled is false
 	budget  *policy.Budget
+	// noted is the breaker state last seen by an exchange (opened).
+	noted atomic.Int32
+}
+
+// opened reports, once per opening of the breaker, that state s is it
+// opening: the routes sharing an upstream (and its breaker) each see the
+// state, but only the first to see it open raises the alert, so one
+// outage behind N routes is one alert, not N.
+func (h *health) opened(s policy.BreakerState) bool {
+	for {
+		old := h.noted.Load()
+		if policy.BreakerState(old) == s {
+			return false
+		}
+		if h.noted.CompareAndSwap(old, int32(s)) {
+			return s == policy.StateOpen
+		}
+	}
 }
 
 // healthPool keeps health across config generations.
