@@ -7,7 +7,10 @@ WORKDIR /src
 COPY go.mod go.sum ./
 RUN go mod download
 COPY . .
-RUN CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o /out/ballast ./cmd/ballast
+# The context has no .git: the version comes from the build
+# (docker build --build-arg VERSION=..., as make docker does).
+ARG VERSION=dev
+RUN CGO_ENABLED=0 go build -trimpath -ldflags "-s -w -X main.version=${VERSION}" -o /out/ballast ./cmd/ballast
 
 # Run: a static binary on distroless (CA certificates included, no shell),
 # as the unprivileged nonroot user.

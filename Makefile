@@ -9,8 +9,12 @@
 
 .PHONY: build test test-deps vet bench run docker clean
 
+# VERSION is what `ballast version` prints: the git description of the
+# checkout, or dev outside one.
+VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
+
 build:
-	CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o ./ballast ./cmd/ballast
+	CGO_ENABLED=0 go build -trimpath -ldflags "-s -w -X main.version=$(VERSION)" -o ./ballast ./cmd/ballast
 
 test: test-deps
 	go test -race -count=1 -timeout 20m ./...
@@ -38,7 +42,7 @@ run:
 	go run ./cmd/ballast run
 
 docker:
-	docker build -t ballast .
+	docker build --build-arg VERSION=$(VERSION) -t ballast .
 
 clean:
 	rm -f ./ballast

@@ -12,7 +12,9 @@ import (
 )
 
 // CountersPath answers GET with the chaos upstream's Counters as JSON.
-// ResetPath (POST) clears them.
+// ResetPath (POST) clears them and restarts the arrival numbering of
+// requests without a key, so a second run draws the same faults as the
+// first.
 const (
 	CountersPath = "/_bench/counters"
 	ResetPath    = "/_bench/reset"
@@ -54,6 +56,8 @@ func (c *Counters) Duplicates(prefix string) int64 {
 type counters struct {
 	requests atomic.Int64
 	faults   [faultCut + 1]atomic.Int64
+	// seq numbers the requests without a key, from 1 after each reset.
+	seq atomic.Uint64
 
 	mu   sync.Mutex
 	keys map[string]*KeyCount
@@ -83,6 +87,9 @@ func (c *counters) effect(key []byte) {
 	c.mu.Unlock()
 }
 
+// next returns the arrival number of a request without a key.
+func (c *counters) next() uint64 { return c.seq.Add(1) }
+
 func (c *counters) fault(f fault) {
 	c.requests.Add(1)
 	c.faults[f].Add(1)
@@ -108,6 +115,7 @@ func (c *counters) reset() {
 	c.keys = map[string]*KeyCount{}
 	c.mu.Unlock()
 	c.requests.Store(0)
+	c.seq.Store(0)
 	for f := range c.faults {
 		c.faults[f].Store(0)
 	}

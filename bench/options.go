@@ -81,7 +81,7 @@ func (o Options) withScenarioDefaults(rate float64, duration time.Duration) (Opt
 		}
 		o.Exe = exe
 	}
-	if err := checkDriver(o.Driver); err != nil {
+	if err := CheckDriver(o.Driver); err != nil {
 		return o, err
 	}
 	if o.Driver == "" {

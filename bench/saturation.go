@@ -20,8 +20,9 @@ const (
 // ErrDriver reports a saturation driver that is unknown or not installed.
 var ErrDriver = errors.New("bench: saturation driver")
 
-// checkDriver accepts the known driver names and "" (auto).
-func checkDriver(driver string) error {
+// CheckDriver accepts the known driver names and "" (auto); anything else
+// is an ErrDriver error. It does not look for wrk on PATH.
+func CheckDriver(driver string) error {
 	switch driver {
 	case "", DriverAuto, DriverGo, DriverWrk:
 		return nil
@@ -33,7 +34,7 @@ func checkDriver(driver string) error {
 // picks wrk when lookPath finds it (exec.LookPath in production), and wrk
 // asked for by name must be found.
 func resolveDriver(driver string, lookPath func(string) (string, error)) (string, error) {
-	if err := checkDriver(driver); err != nil {
+	if err := CheckDriver(driver); err != nil {
 		return "", err
 	}
 	if driver == DriverGo {

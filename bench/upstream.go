@@ -6,7 +6,6 @@ import (
 	"net"
 	"strconv"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/valyala/fasthttp"
@@ -22,7 +21,8 @@ type UpstreamConfig struct {
 	Profile Profile
 	// Seed makes fault and latency draws reproducible: a request's fate is
 	// a function of (Seed, its key, how many requests with that key came
-	// before), or of (Seed, arrival number) when it carries no key.
+	// before), or of (Seed, arrival number since the start or the last
+	// reset at ResetPath) when it carries no key.
 	Seed int64
 	// StreamEvents is the number of SSE data events per stream, before the
 	// final "data: [DONE]". Default 16.
@@ -36,8 +36,9 @@ type UpstreamConfig struct {
 // asks "stream":true, and injecting the faults of its Profile. It counts
 // side effects per key (see Counters) at GET /_bench/counters.
 //
-// Without faults, latency or keys, a request costs one SetBody: the
-// cheapest possible upstream, so measurements show the proxy.
+// Without faults, latency or keys, a request costs two atomic adds (the
+// counters) and one SetBody: the cheapest possible upstream, so
+// measurements show the proxy.
 type Upstream struct {
 	cfg       UpstreamConfig
 	srv       *fasthttp.Server
@@ -45,7 +46,6 @@ type Upstream struct {
 	malformed []byte
 	event     []byte
 	counters  *counters
-	seq       atomic.Uint64
 
 	done     chan struct{}
 	stopOnce sync.Once
@@ -105,6 +105,7 @@ func (u *Upstream) handle(ctx *fasthttp.RequestCtx) {
 	}
 	stream := isStream(ctx)
 	if len(key) == 0 && !stream && !u.cfg.Profile.faulty() {
+		u.counters.fault(faultNone)
 		ctx.SetContentType("application/json")
 		ctx.SetBody(u.body)
 		return
@@ -113,7 +114,7 @@ func (u *Upstream) handle(ctx *fasthttp.RequestCtx) {
 	if len(key) > 0 {
 		n = uint64(u.counters.arrive(key))
 	} else {
-		n = u.seq.Add(1)
+		n = u.counters.next()
 	}
 	r := newDraw(u.cfg.Seed, key, n)
 	f := u.cfg.Profile.pick(r.float()*100, stream)

@@ -76,7 +76,11 @@ func cmdBenchScenario(name string, args []string, stdout, stderr io.Writer) int 
 	targets := fs.String("targets", "", "overhead targets, policies variants or state stores, comma-separated (default: all; nginx and redis when on PATH)")
 	asJSON := fs.Bool("json", false, "print JSON instead of tables")
 	out := fs.String("out", "", "write RESULTS.md's harness section, the plot and JSON into this directory")
-	if err := fs.Parse(args); err != nil {
+	if err := fs.Parse(args); err != nil || strayArgument(fs, "") {
+		return 2
+	}
+	if err := bench.CheckDriver(o.Driver); err != nil {
+		fmt.Fprintf(stderr, "ballast bench %s: --driver: %v\n", name, err)
 		return 2
 	}
 	// Zero means "default" in Options; on the command line 0 means none.
@@ -157,9 +161,9 @@ func cmdBenchUpstream(args []string, stdout, stderr io.Writer) int {
 	fs.Float64Var(&p.Reset, "reset", 0, "percent whose connection is reset")
 	fs.Float64Var(&p.Hang, "hang", 0, "percent that never answer")
 	fs.Float64Var(&p.CutStream, "cut", 0, "percent of streams cut half-way")
-	fs.DurationVar(&p.RetryAfter, "retry-after", time.Second, "reset hint sent with 429s")
+	fs.DurationVar(&p.RetryAfter, "retry-after", time.Second, "reset hint sent with 429s, when set overriding the profile's (standard: 100ms)")
 	fs.DurationVar(&p.HangFor, "hang-for", time.Minute, "how long a hang lasts")
-	if err := fs.Parse(args); err != nil {
+	if err := fs.Parse(args); err != nil || strayArgument(fs, "") {
 		return 2
 	}
 	named, err := bench.NamedProfile(*profile)
@@ -167,7 +171,9 @@ func cmdBenchUpstream(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "ballast bench upstream: %v\n", err)
 		return 2
 	}
-	// Fault flags given on the command line override the named profile.
+	// Fault flags given on the command line override the named profile and
+	// rename it NAME+custom; --retry-after and --hang-for only time the
+	// hints and hangs, and keep the name.
 	custom := false
 	fs.Visit(func(f *flag.Flag) {
 		switch f.Name {
@@ -191,6 +197,7 @@ func cmdBenchUpstream(args []string, stdout, stderr io.Writer) int {
 			named.CutStream = p.CutStream
 		case "retry-after":
 			named.RetryAfter = p.RetryAfter
+			return
 		default:
 			return
 		}
@@ -223,7 +230,7 @@ func cmdBenchBareProxy(args []string, stdout, stderr io.Writer) int {
 	fs.SetOutput(stderr)
 	listen := fs.String("listen", "127.0.0.1:0", "address to serve on")
 	upstream := fs.String("upstream", "", "upstream host:port")
-	if err := fs.Parse(args); err != nil {
+	if err := fs.Parse(args); err != nil || strayArgument(fs, "") {
 		return 2
 	}
 	if *upstream == "" {

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"encoding/json"
 	"os"
@@ -174,12 +175,53 @@ func TestBenchUsageErrors(t *testing.T) {
 		{name: "unknown profile", args: []string{"bench", "upstream", "--profile", "nope"}},
 		{name: "percentages above 100", args: []string{"bench", "upstream", "--p503", "80", "--p429", "30"}},
 		{name: "bare proxy without upstream", args: []string{"bench", "bare-proxy"}},
+		{name: "unknown driver", args: []string{"bench", "overhead", "--driver", "ab"}},
+		{name: "unknown driver in any scenario", args: []string{"bench", "chaos", "--driver", "ab"}},
+		{name: "stray argument", args: []string{"bench", "overhead", "chaos", "--duration", "1s"}},
+		{name: "stray argument to upstream", args: []string{"bench", "upstream", "standard"}},
+		{name: "stray argument to bare proxy", args: []string{"bench", "bare-proxy", "--upstream", "127.0.0.1:1", "x"}},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			var out, errb bytes.Buffer
 			if code := run(c.args, &out, &errb); code != 2 {
 				t.Errorf("exit %d, want 2: %s", code, errb.String())
+			}
+		})
+	}
+}
+
+// `bench upstream` reports the profile it serves: a fault flag makes it
+// NAME+custom, while --retry-after and --hang-for only time the hints and
+// hangs and keep the name.
+func TestBenchUpstreamNamesItsProfile(t *testing.T) {
+	cases := []struct {
+		name string
+		args []string
+		want string
+	}{
+		{name: "named", args: []string{"--profile", "standard"}, want: "profile standard,"},
+		{name: "fault flag", args: []string{"--profile", "standard", "--p503", "20"}, want: "profile standard+custom,"},
+		{name: "retry-after alone", args: []string{"--profile", "standard", "--retry-after", "2s"}, want: "profile standard,"},
+		{name: "hang-for alone", args: []string{"--profile", "standard", "--hang-for", "2s"}, want: "profile standard,"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			cmd := exec.Command(binary, append([]string{"bench", "upstream", "--listen", "127.0.0.1:0"}, c.args...)...)
+			stdout, err := cmd.StdoutPipe()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+			line, err := bufio.NewReader(stdout).ReadString('\n')
+			if err != nil {
+				t.Fatalf("no banner: %v", err)
+			}
+			if !strings.Contains(line, c.want) {
+				t.Errorf("banner %q, want %q", line, c.want)
 			}
 		})
 	}

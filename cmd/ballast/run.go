@@ -35,7 +35,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	listen := fs.String("listen", "", "override listen")
 	admin := fs.String("admin", "", "override admin.listen")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
-	if err := fs.Parse(args); err != nil {
+	if err := fs.Parse(args); err != nil || strayArgument(fs, "c") {
 		return 2
 	}
 	var level slog.Level
@@ -86,7 +86,7 @@ func serve(srv *proxy.Server, cfg *config.Config, src config.Source, ln, adminLn
 
 	base := "http://" + ln.Addr().String()
 	log.Info("ballast is running",
-		"version", version, "config", src.Origin(), "listen", ln.Addr().String(),
+		"version", ballastVersion(), "config", src.Origin(), "listen", ln.Addr().String(),
 		"admin", adminLn.Addr().String(), "routes", len(cfg.Routes))
 	if src.File == "" {
 		log.Info("embedded default config: point your SDKs here",

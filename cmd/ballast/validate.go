@@ -13,7 +13,7 @@ func cmdValidate(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("validate", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	file := fs.String("c", "", "config file to check (default ./ballast.yaml, else the embedded default)")
-	if err := fs.Parse(args); err != nil {
+	if err := fs.Parse(args); err != nil || strayArgument(fs, "c") {
 		return 2
 	}
 	src := configSource(*file, nil)
