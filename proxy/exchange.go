@@ -80,6 +80,10 @@ func (s *Server) exchangeUpstream(ctx *fasthttp.RequestCtx, r *route, body []byt
 	// would answer 404 session not found, so a request in a session never
 	// fails over.
 	sessionBound := len(r.targets) > 1 && len(ctx.Request.Header.Peek("Mcp-Session-Id")) > 0
+	// A retry for an agent that has closed its connection would call the
+	// upstream (and pay for a model call) for nobody; a detached call runs
+	// on, since the agent's retry attaches to it.
+	detached := tr == nil || tr.detached
 
 targets:
 	for ti, t := range r.targets {
@@ -92,6 +96,10 @@ targets:
 		buildOutbound(out, ctx, r, t, body)
 		for n := 0; n < r.attempts; n++ {
 			now := s.clock.Now()
+			if attempts > 0 && !detached && agentGone(ctx) {
+				stop, stopAfter = ReasonAgentGone, 0
+				break targets
+			}
 			if !now.Before(deadline) {
 				// Nothing can be sent any more (an agent's X-Ballast-Timeout
 				// may run out before the first attempt), and what is not
@@ -277,6 +285,14 @@ func (s *Server) answer(ctx *fasthttp.RequestCtx, r *route, t *target, last *att
 			var buf [96]byte
 			ctx.Response.Header.AddBytesV("Cache-Status", cs.status.Append(buf[:0], "ballast"))
 		}
+		return
+	}
+	if stop == ReasonAgentGone {
+		// Nobody reads this answer; it is written for the log and the
+		// metrics, with nginx's 499 for a request its client abandoned.
+		ctx.SetConnectionClose()
+		writeProblem(ctx, problem{Status: statusAgentGone, Title: "Client Closed Request", Reason: ReasonAgentGone,
+			Route: r.name, Attempts: attempts, Detail: "the agent closed its connection; ballast stopped retrying"})
 		return
 	}
 	// Degradation, in order: the retries and fallbacks are spent; now a

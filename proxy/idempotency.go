@@ -228,6 +228,9 @@ func (s *Server) runGuarded(ctx *fasthttp.RequestCtx, r *route, body []byte, dea
 	// In header mode the key travels upstream, which can dedupe a repeat,
 	// so the guard makes ballast's own retries safe. In auto mode nothing
 	// tells the upstream, so the usual retry safety rules apply.
+	if tr := trailOf(ctx); tr != nil {
+		tr.detached = true
+	}
 	s.run(ctx, r, body, deadline, !r.idem.auto)
 	c := context.Background() // a local store does not wait on it
 	if !s.stateLocal {

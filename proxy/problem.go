@@ -30,6 +30,9 @@ const (
 	ReasonIdempotencyMismatch Reason = "idempotency_mismatch"
 	ReasonOutcomeUnknown      Reason = "outcome_unknown"
 	ReasonStateUnavailable    Reason = "state_unavailable"
+	// ReasonAgentGone is never read by an agent: it is why ballast stopped
+	// retrying for one that had closed its connection (logs, /status).
+	ReasonAgentGone Reason = "agent_gone"
 )
 
 // problem is an RFC 9457 problem detail ballast answers itself.

@@ -644,3 +644,58 @@ routes:
 		t.Fatalf("after two agent-clipped timeouts: %d %s", resp.StatusCode, body)
 	}
 }
+
+// An agent that closes its connection while its request is being tried
+// gets no retries: they would call the upstream (and pay for a model call)
+// for nobody. A call guarded by an idempotency key runs on, since the
+// agent's retry attaches to it.
+func TestNoRetryForAnAgentThatLeft(t *testing.T) {
+	for _, tc := range []struct {
+		name, method string
+		headers      string
+		hits         int64
+	}{
+		{name: "unkeyed", method: "GET", hits: 1},
+		{name: "keyed, detached", method: "POST", headers: "Idempotency-Key: k1\r\n", hits: 2},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var hits atomic.Int64
+			first, proceed := make(chan struct{}), make(chan struct{})
+			up, _ := upstream(t, func(w http.ResponseWriter, r *http.Request) {
+				if hits.Add(1) == 1 {
+					close(first)
+					<-proceed
+					w.WriteHeader(503)
+					return
+				}
+				w.WriteHeader(200)
+			})
+			b := startBallast(t, fmt.Sprintf(`
+routes:
+  - name: r
+    match: {path_prefix: /}
+    upstream: %q
+    retry: {attempts: 2, backoff: {base: 1ms, max: 1ms}}
+    idempotency: {mode: header}
+`, up))
+			conn, err := net.Dial("tcp", b.addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			fmt.Fprintf(conn, "%s /x HTTP/1.1\r\nHost: x\r\n%sContent-Length: 2\r\n\r\n{}", tc.method, tc.headers)
+			<-first
+			conn.Close() // the agent gives up while the first attempt runs
+			close(proceed)
+			waitFor(t, func() bool {
+				b.srv.FlushAccessLog()
+				return strings.Contains(b.logs.String(), `"msg":"request"`)
+			})
+			if n := hits.Load(); n != tc.hits {
+				t.Errorf("upstream hits %d, want %d", n, tc.hits)
+			}
+			if tc.hits == 1 && !strings.Contains(b.logs.String(), `"stopped":"agent_gone"`) {
+				t.Errorf("the log does not say why ballast stopped: %s", b.logs.String())
+			}
+		})
+	}
+}

@@ -105,6 +105,9 @@ func (s *Server) record(ctx *fasthttp.RequestCtx, r *route, upstream string, cla
 // outcomeClass is the class of what the agent got: the last attempt's, or
 // when nothing was tried, the reason the loop stopped.
 func outcomeClass(last policy.Class, attempts int, stop Reason) policy.Class {
+	if stop == ReasonAgentGone {
+		return policy.Canceled
+	}
 	if attempts > 0 {
 		return last
 	}

@@ -25,6 +25,9 @@ type trail struct {
 	nextWait time.Duration
 	nextWhy  string
 	debug    bool
+	// detached: the call runs to its end whether the agent waits or not
+	// (an idempotency-guarded call, which a retry attaches to).
+	detached bool
 	buf      []byte
 	clock    stampCache
 }

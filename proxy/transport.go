@@ -183,6 +183,22 @@ func peerGone(c net.Conn) bool {
 	return ok && rc.PeerGone()
 }
 
+// agentGone reports whether the agent has closed the connection its
+// request came on (rawio.Conn.PeerHungUp), looking through TLS. A request
+// with no such connection (an async job's) has no agent to lose.
+func agentGone(ctx *fasthttp.RequestCtx) bool {
+	c := ctx.Conn()
+	if tc, ok := c.(interface{ NetConn() net.Conn }); ok { // *tls.Conn
+		c = tc.NetConn()
+	}
+	rc, ok := c.(*rawio.Conn)
+	return ok && rc.PeerHungUp()
+}
+
+// statusAgentGone is the status logged for a request whose agent left
+// before its answer: nginx's 499 Client Closed Request.
+const statusAgentGone = 499
+
 // readResponseBody reads or exposes the body of the response whose header
 // br has just read from cc, and disposes of cc: back to the pool once the
 // body is read, unless closeAfter; a streamed body (see upstreamBody) takes

@@ -49,10 +49,12 @@ type Conn struct {
 	werrno  syscall.Errno
 	writeFn func(fd uintptr) bool
 
-	// PeerGone's peek, bound once like readFn.
-	peekBuf  [1]byte
-	peerGone bool
-	peekFn   func(fd uintptr)
+	// PeerGone's and PeerHungUp's peek, bound once like readFn: its
+	// recvfrom result (peekN bytes, or the error peekErrno).
+	peekBuf   [1]byte
+	peekN     int
+	peekErrno syscall.Errno
+	peekFn    func(fd uintptr)
 
 	dl deadlines
 
@@ -205,23 +207,36 @@ func (c *Conn) write(fd uintptr) bool {
 // written on it, and must not run beside a Read. It costs one recvfrom(2)
 // with MSG_PEEK|MSG_DONTWAIT and does not allocate.
 func (c *Conn) PeerGone() bool {
-	c.peerGone = true
 	if err := c.raw.Control(c.peekFn); err != nil {
 		return true // closed here
 	}
-	return c.peerGone
+	return c.peekErrno != syscall.EAGAIN
 }
 
-// peek is the raw.Control callback of PeerGone. recvfrom returns 0 on a
-// FIN, 1 when data is pending and EAGAIN when there is nothing to read.
+// PeerHungUp reports, without blocking or consuming anything, whether the
+// peer has closed the connection (its FIN is pending) or reset it, or the
+// connection is closed here. Unlike PeerGone, data waiting to be read (an
+// agent's next, pipelined request) does not count: the peer is still
+// there. It is meant for an agent's connection while its request is being
+// served, and must not run beside a Read. One recvfrom(2), no allocation.
+func (c *Conn) PeerHungUp() bool {
+	if err := c.raw.Control(c.peekFn); err != nil {
+		return true // closed here
+	}
+	return c.peekErrno != syscall.EAGAIN && (c.peekErrno != 0 || c.peekN == 0)
+}
+
+// peek is the raw.Control callback of PeerGone and PeerHungUp. recvfrom
+// returns 0 on a FIN, 1 when data is pending and EAGAIN when there is
+// nothing to read.
 func (c *Conn) peek(fd uintptr) {
 	for {
-		_, _, errno := syscall.RawSyscall6(syscall.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&c.peekBuf[0])), 1,
+		n, _, errno := syscall.RawSyscall6(syscall.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&c.peekBuf[0])), 1,
 			syscall.MSG_PEEK|syscall.MSG_DONTWAIT, 0, 0)
 		if errno == syscall.EINTR {
 			continue
 		}
-		c.peerGone = errno != syscall.EAGAIN
+		c.peekN, c.peekErrno = int(n), errno
 		return
 	}
 }

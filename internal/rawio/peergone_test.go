@@ -119,3 +119,34 @@ func BenchmarkPeerGone(b *testing.B) {
 		}
 	}
 }
+
+// PeerHungUp tells a peer that left from one that is still there, even
+// when the one still there has sent more (an agent's pipelined request).
+func TestPeerHungUp(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		peer   func(s net.Conn)
+		hungUp bool
+	}{
+		{name: "alive and silent"},
+		{name: "peer sent data", peer: func(s net.Conn) { _, _ = s.Write([]byte("GET / HTTP/1.1\r\n")) }},
+		{name: "peer closed", peer: func(s net.Conn) { s.Close() }, hungUp: true},
+		{name: "peer sent data, then closed", peer: func(s net.Conn) { _, _ = s.Write([]byte("x")); s.Close() }},
+		{name: "peer reset", peer: func(s net.Conn) {
+			_ = s.(*net.TCPConn).SetLinger(0)
+			s.Close()
+		}, hungUp: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			w, s := pair(t)
+			c := w.(*rawio.Conn)
+			if tc.peer != nil {
+				tc.peer(s)
+				eventually(t, c) // what the peer did has arrived
+			}
+			if got := c.PeerHungUp(); got != tc.hungUp {
+				t.Fatalf("PeerHungUp = %v, want %v", got, tc.hungUp)
+			}
+		})
+	}
+}
