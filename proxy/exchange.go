@@ -408,7 +408,7 @@ func minPositive(a, b time.Duration) time.Duration {
 func (s *Server) reserveTokens(ctx *fasthttp.RequestCtx, r *route, key uint64, body []byte, deadline time.Time) (ratelimit.Reservation, bool) {
 	now := s.clock.Now()
 	n := ratelimit.EstimateTokens(body)
-	res, err := r.limit.tokens.Reserve(key, n, now, max(min(r.limit.maxWait, deadline.Sub(now)), 0))
+	res, err := reserve(r.limit.tokens, key, n, now, max(min(r.limit.maxWait, deadline.Sub(now)), 0), deadline.Sub(now))
 	if err != nil {
 		le, ok := err.(*ratelimit.LimitedError)
 		if !ok {

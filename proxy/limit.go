@@ -236,7 +236,7 @@ func (s *Server) admit(ctx *fasthttp.RequestCtx, r *route, key uint64, now, dead
 		return true, nil
 	}
 	maxWait := min(l.maxWait, deadline.Sub(now))
-	res, err := l.requests.Reserve(key, 1, now, max(maxWait, 0))
+	res, err := reserve(l.requests, key, 1, now, max(maxWait, 0), deadline.Sub(now))
 	if err != nil {
 		var le *ratelimit.LimitedError
 		if errors.As(err, &le) {

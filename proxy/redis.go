@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"sync"
 	"sync/atomic"
@@ -80,11 +81,24 @@ func (sh *shared) watch(ctx context.Context, clock policy.Clock) {
 }
 
 // failed counts a Redis failure and reports whether to fall back locally.
+// Whether Redis is up, and the ballast_state_backend_up gauge, are the
+// health watcher's to say: one failed operation (a blip, a slow reply)
+// does not mark Redis down, or the gauge would stay at 0 while the
+// watcher, whose view did not change, never set it back.
 func (sh *shared) failed(op string, err error) bool {
 	sh.errs.WithLabelValues(op).Inc()
-	sh.upGauge.Set(0)
 	return sh.failOpen
 }
+
+// down reports whether the health watcher knows Redis to be unreachable:
+// an operation then skips the round trip that would only wait out
+// op_timeout (the watcher brings Redis back within a second of its
+// return).
+func (sh *shared) down() bool { return !sh.up.Load() }
+
+// errKnownDown is the error of an operation skipped because Redis is
+// known to be unreachable, under fail_closed.
+var errKnownDown = errors.New("redis is unreachable (health check)")
 
 // failoverStore is the redis store with a local memory store behind it
 // for fail_open: while Redis is unreachable, claims and jobs go to the
@@ -98,6 +112,12 @@ type failoverStore struct {
 func unavailable(err error) bool { return errors.Is(err, store.ErrUnavailable) }
 
 func (f *failoverStore) Claim(ctx context.Context, key string, a store.ClaimArgs) (*store.Record, bool, error) {
+	if f.sh.down() {
+		if f.sh.failOpen {
+			return f.local.Claim(ctx, key, a)
+		}
+		return nil, false, fmt.Errorf("%w: %w", store.ErrUnavailable, errKnownDown)
+	}
 	rec, owned, err := f.Store.Claim(ctx, key, a)
 	if err != nil && unavailable(err) && f.sh.failed("claim", err) {
 		return f.local.Claim(ctx, key, a)
@@ -126,6 +146,9 @@ func (f *failoverStore) Release(ctx context.Context, held *store.Record) error {
 }
 
 func (f *failoverStore) Wait(ctx context.Context, key string) (*store.Record, error) {
+	if f.sh.down() && f.sh.failOpen {
+		return f.local.Wait(ctx, key)
+	}
 	rec, err := f.Store.Wait(ctx, key)
 	if err != nil && unavailable(err) && f.sh.failed("wait", err) {
 		return f.local.Wait(ctx, key)
@@ -134,6 +157,12 @@ func (f *failoverStore) Wait(ctx context.Context, key string) (*store.Record, er
 }
 
 func (f *failoverStore) PutJob(ctx context.Context, j *store.Job) error {
+	if f.sh.down() {
+		if f.sh.failOpen {
+			return f.local.PutJob(ctx, j)
+		}
+		return fmt.Errorf("%w: %w", store.ErrUnavailable, errKnownDown)
+	}
 	err := f.Store.PutJob(ctx, j)
 	if err != nil && unavailable(err) && f.sh.failed("put_job", err) {
 		return f.local.PutJob(ctx, j)
@@ -165,7 +194,7 @@ func (f *failoverStore) Close() error {
 // failoverLimiter is a Redis limiter (one quota for the fleet) with the
 // same limit kept locally for fail_open.
 type failoverLimiter struct {
-	remote ratelimit.Limiter
+	remote *ratelimit.Redis
 	local  ratelimit.Limiter
 	sh     *shared
 }
@@ -173,13 +202,49 @@ type failoverLimiter struct {
 var _ ratelimit.Limiter = (*failoverLimiter)(nil)
 
 func (f *failoverLimiter) Reserve(key uint64, n int, now time.Time, maxWait time.Duration) (ratelimit.Reservation, error) {
-	res, err := f.remote.Reserve(key, n, now, maxWait)
+	return f.reserveWithin(key, n, now, maxWait, 0)
+}
+
+// reserveWithin is Reserve with the Redis round trip bounded by left too
+// (the request's time left; 0: op_timeout only). While Redis is known to
+// be down it makes no round trip: fail_open takes the local limit, and
+// fail_closed refuses at once. A request whose time is up takes the local
+// limit: it will not be sent anyway.
+func (f *failoverLimiter) reserveWithin(key uint64, n int, now time.Time, maxWait, left time.Duration) (ratelimit.Reservation, error) {
+	if f.sh.down() {
+		if f.sh.failOpen {
+			return f.local.Reserve(key, n, now, maxWait)
+		}
+		return ratelimit.Reservation{}, fmt.Errorf("%w: %w", ratelimit.ErrUnavailable, errKnownDown)
+	}
+	var res ratelimit.Reservation
+	var err error
+	switch {
+	case left < 0:
+		return f.local.Reserve(key, n, now, maxWait)
+	case left > 0:
+		res, err = f.remote.ReserveWithin(key, n, now, maxWait, left)
+	default:
+		res, err = f.remote.Reserve(key, n, now, maxWait)
+	}
 	if err != nil && errors.Is(err, ratelimit.ErrUnavailable) {
 		if f.sh.failed("ratelimit", err) {
 			return f.local.Reserve(key, n, now, maxWait)
 		}
 	}
 	return res, err
+}
+
+// reserve reserves n of l before a request whose time left is left,
+// bounding a shared limit's Redis round trip by it.
+func reserve(l ratelimit.Limiter, key uint64, n int, now time.Time, maxWait, left time.Duration) (ratelimit.Reservation, error) {
+	if f, ok := l.(*failoverLimiter); ok {
+		if left <= 0 {
+			left = -1 // time is up: no round trip
+		}
+		return f.reserveWithin(key, n, now, maxWait, left)
+	}
+	return l.Reserve(key, n, now, maxWait)
 }
 
 func (f *failoverLimiter) Quota(key uint64, now time.Time) ratelimit.Quota {

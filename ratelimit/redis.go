@@ -145,19 +145,32 @@ func (r *Redis) op() (context.Context, context.CancelFunc) {
 	return context.WithTimeout(context.Background(), r.opTimeout)
 }
 
+// opWithin is op bounded also by limit, when that is shorter.
+func (r *Redis) opWithin(limit time.Duration) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.Background(), min(r.opTimeout, limit))
+}
+
 func (r *Redis) fail(what string, err error) error {
 	r.unavailable.Add(1)
 	return fmt.Errorf("%w: %s: %w", ErrUnavailable, what, err)
 }
 
 // Reserve implements Limiter. It makes one round trip to Redis (none when
-// n ≤ 0).
+// n ≤ 0), bounded by OpTimeout.
 func (r *Redis) Reserve(key uint64, n int, now time.Time, maxWait time.Duration) (Reservation, error) {
+	return r.ReserveWithin(key, n, now, maxWait, r.opTimeout)
+}
+
+// ReserveWithin is Reserve with its round trip bounded by limit too, when
+// that is shorter than OpTimeout: a request's time left, so that a Redis
+// that hangs cannot hold a request past its own deadline. A round trip
+// cut short fails with ErrUnavailable, as an unreachable Redis does.
+func (r *Redis) ReserveWithin(key uint64, n int, now time.Time, maxWait, limit time.Duration) (Reservation, error) {
 	if n <= 0 {
 		return NewReservation(nil, key, 0, now, 0), nil
 	}
 	n = min(n, r.burst)
-	ctx, cancel := r.op()
+	ctx, cancel := r.opWithin(limit)
 	defer cancel()
 	v, err := r.scripts.reserve.Run(ctx, r.client, []string{r.bucketKey(key)},
 		r.emission, r.tolerance, n, micros(max(maxWait, 0))).Slice()
