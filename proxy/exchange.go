@@ -8,6 +8,7 @@ import (
 	"github.com/ballast-proxy/ballast/policy"
 	"github.com/ballast-proxy/ballast/ratelimit"
 	"github.com/ballast-proxy/ballast/validate"
+	"github.com/valyala/bytebufferpool"
 	"github.com/valyala/fasthttp"
 )
 
@@ -251,7 +252,19 @@ func (s *Server) try(out *fasthttp.Request, t *target, r *route, now, deadline t
 	if !resp.IsBodyStream() {
 		body = resp.Body()
 	}
-	a.class = policy.ClassifyResponse(a.status, &resp.Header, body)
+	if a.status >= 400 && len(body) > 0 && len(resp.Header.ContentEncoding()) > 0 {
+		// A compressed error body (the agent's SDK asked for gzip) is
+		// classified by what it says: insufficient_quota, a bad key.
+		buf := bytebufferpool.Get()
+		if plain, ok := decodedPrefix(resp.Header.ContentEncoding(), body, policy.BodyScanLimit, buf); ok {
+			a.class = policy.ClassifyResponse(a.status, nil, plain)
+		} else {
+			a.class = policy.ClassifyResponse(a.status, &resp.Header, body)
+		}
+		bytebufferpool.Put(buf)
+	} else {
+		a.class = policy.ClassifyResponse(a.status, &resp.Header, body)
+	}
 	if a.class != policy.OK {
 		a.cause = policy.CauseStatus
 	} else if r.validator != nil {
@@ -431,6 +444,10 @@ func (s *Server) reserveTokens(ctx *fasthttp.RequestCtx, r *route, key uint64, b
 	return res, true
 }
 
+// maxUsageBody bounds how much of a compressed answer is decoded to read
+// its token usage.
+const maxUsageBody = 1 << 20
+
 // settleTokens replaces the token estimate with the response's usage: at
 // once for a buffered answer, at the end of the stream for a streamed one.
 // An answer without usage keeps the estimate; one ballast wrote itself
@@ -444,8 +461,12 @@ func (s *Server) settleTokens(ctx *fasthttp.RequestCtx, res *ratelimit.Reservati
 		res.Settle(0, s.clock.Now())
 		return
 	}
-	if u, ok := ratelimit.UsageFromBody(ctx.Response.Body()); ok {
-		res.Settle(u.Tokens(), s.clock.Now())
+	buf := bytebufferpool.Get()
+	defer bytebufferpool.Put(buf)
+	if body, ok := decodedPrefix(ctx.Response.Header.ContentEncoding(), ctx.Response.Body(), maxUsageBody, buf); ok {
+		if u, ok := ratelimit.UsageFromBody(body); ok {
+			res.Settle(u.Tokens(), s.clock.Now())
+		}
 	}
 }
 

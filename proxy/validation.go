@@ -198,6 +198,25 @@ func decodeBody(w io.Writer, coding contentCoding, body []byte) error {
 	return err
 }
 
+// decodedPrefix returns body decoded per its Content-Encoding encoding,
+// at most limit bytes of it, in buf (body itself when it is not encoded).
+// ok is false for an unknown coding, or a body that does not decode that
+// far. For what reads an answer's body besides validation: the error
+// classifier and token usage.
+func decodedPrefix(encoding, body []byte, limit int, buf *bytebufferpool.ByteBuffer) (out []byte, ok bool) {
+	switch coding := codingOf(encoding); coding {
+	case codingIdentity:
+		return body, true
+	case codingUnknown:
+		return nil, false
+	default:
+		if err := decodeBody(&capWriter{b: buf, max: limit}, coding, body); err != nil && !errors.Is(err, errCapReached) {
+			return nil, false
+		}
+		return buf.B, true
+	}
+}
+
 // errCapReached is capWriter's error once it is full.
 var errCapReached = errors.New("proxy: decoded body reached the validation limit")
 
