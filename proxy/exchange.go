@@ -229,6 +229,13 @@ targets:
 		tr.stop = stop
 	}
 	s.answer(ctx, r, lastT, &last, attempts, stop, stopAfter, deadline, cs)
+	if attempts > 1 && ctx.Response.StatusCode() >= 500 && len(ctx.Response.Header.Peek("Retry-After")) == 0 {
+		// ballast has retried already: an SDK that retried this too would
+		// multiply the attempts (3 of its tries × 3 of ours). The OpenAI
+		// and Anthropic SDKs obey this header over the status; an answer
+		// with Retry-After is left to be waited out and retried.
+		ctx.Response.Header.Set(headerShouldRetry, "false")
+	}
 	s.observeExchange(ctx, r, lastT, &last, attempts, stop)
 }
 
@@ -443,6 +450,10 @@ func (s *Server) reserveTokens(ctx *fasthttp.RequestCtx, r *route, key uint64, b
 	}
 	return res, true
 }
+
+// headerShouldRetry is the OpenAI and Anthropic SDKs' override of their
+// own retry decision.
+const headerShouldRetry = "x-should-retry"
 
 // maxUsageBody bounds how much of a compressed answer is decoded to read
 // its token usage.
