@@ -257,8 +257,20 @@ func (s *Server) relay(ctx *fasthttp.RequestCtx, r *route, t *target, resp *fast
 	}
 	if ub, ok := stream.(interface {
 		bound(time.Duration, time.Time)
+		patient(time.Duration, func() bool)
 	}); ok {
-		ub.bound(r.idle, deadline)
+		if ctx.IsGet() && isEventStream(resp.Header.ContentType()) {
+			// A GET event stream (MCP's standalone stream) is quiet until
+			// the server has news: silence does not end it, and neither
+			// does the total deadline; the agent leaving does.
+			every := r.idle
+			if every <= 0 {
+				every = time.Minute
+			}
+			ub.patient(every, func() bool { return !agentGone(ctx) })
+		} else {
+			ub.bound(r.idle, deadline)
+		}
 	}
 	size := resp.Header.ContentLength()
 	if size < 0 {

@@ -325,6 +325,7 @@ type upstreamBody[C pooledConn] struct {
 
 	idle     time.Duration
 	deadline time.Time
+	wanted   func() bool // a patient stream's reader is still there
 }
 
 var _ fasthttp.ReadCloserWithError = (*upstreamBody[pooledConn])(nil)
@@ -345,10 +346,18 @@ func (b *upstreamBody[C]) start(cl int) {
 // bound sets the limits for reading the rest of the body: no gap between
 // reads longer than idle (0: no limit), and nothing after deadline.
 func (b *upstreamBody[C]) bound(idle time.Duration, deadline time.Time) {
-	b.idle, b.deadline = idle, deadline
+	b.idle, b.deadline, b.wanted = idle, deadline, nil
 	if idle <= 0 {
 		_ = b.cc.Conn().SetReadDeadline(deadline)
 	}
+}
+
+// patient makes the body a standing stream, where silence is normal (an
+// MCP server's GET event stream, which speaks only when it has news): no
+// deadline, and a gap longer than every ends it only when wanted says the
+// reader is gone; otherwise the read goes on waiting.
+func (b *upstreamBody[C]) patient(every time.Duration, wanted func() bool) {
+	b.idle, b.deadline, b.wanted = every, time.Time{}, wanted
 }
 
 func (b *upstreamBody[C]) Read(p []byte) (int, error) {
@@ -358,19 +367,24 @@ func (b *upstreamBody[C]) Read(p []byte) (int, error) {
 	if b.done {
 		return 0, io.EOF
 	}
-	if b.idle > 0 {
-		d := time.Now().Add(b.idle)
-		if !b.deadline.IsZero() && b.deadline.Before(d) {
-			d = b.deadline
+	for {
+		if b.idle > 0 {
+			d := time.Now().Add(b.idle)
+			if !b.deadline.IsZero() && b.deadline.Before(d) {
+				d = b.deadline
+			}
+			_ = b.cc.Conn().SetReadDeadline(d)
 		}
-		_ = b.cc.Conn().SetReadDeadline(d)
+		n, err := b.read(p)
+		if err != nil && err != io.EOF {
+			if n == 0 && b.wanted != nil && isTimeout(err) && b.wanted() {
+				continue // quiet, and still listened to
+			}
+			b.err = timeoutOr(err)
+			return n, b.err
+		}
+		return n, err
 	}
-	n, err := b.read(p)
-	if err != nil && err != io.EOF {
-		b.err = timeoutOr(err)
-		return n, b.err
-	}
-	return n, err
 }
 
 func (b *upstreamBody[C]) read(p []byte) (int, error) {
