@@ -18,6 +18,16 @@ import (
 // a truncated response rather than a clean, complete one. relayBody counts
 // and logs that.
 type relayBody struct {
+	relayState
+	// What the stream's usage is read from, when its tokens are settled.
+	// Kept apart from relayState so that recycling a relayBody does not
+	// clear it.
+	window usageWindow
+}
+
+// relayState is all of a relayBody but its usage window: zeroed when the
+// relayBody goes back to its pool.
+type relayState struct {
 	s      *Server
 	r      *route
 	t      *target
@@ -31,20 +41,15 @@ type relayBody struct {
 	// A concurrency slot held until the stream ends.
 	permit    ratelimit.Permit
 	hasPermit bool
-	// A token reservation settled from the usage at the end of the stream,
-	// read from its last bytes.
+	// A token reservation settled, once the stream ends, from the usage
+	// read in its window (its first and last bytes).
 	tokens ratelimit.Reservation
 	settle bool
-	tail   [tailSize]byte
-	tailN  int
 
 	// Bytes prefetch read ahead, served before the rest of the stream.
 	pre    []byte
 	preOff int
 }
-
-// tailSize is how much of a streamed body's end is kept to read its usage.
-const tailSize = 8 << 10
 
 var relayBodyPool = sync.Pool{New: func() any { return new(relayBody) }}
 
@@ -66,7 +71,7 @@ func (b *relayBody) Read(p []byte) (int, error) {
 	n, err := b.stream.Read(p)
 	b.n += int64(n)
 	if b.settle && n > 0 {
-		b.keepTail(p[:n])
+		b.window.add(p[:n])
 	}
 	if err != nil && err != io.EOF && b.err == nil {
 		b.err = err
@@ -90,11 +95,12 @@ func (b *relayBody) CloseWithError(error) error {
 		b.permit.Release(now)
 	}
 	if b.settle {
-		if u, ok := ratelimit.UsageFromBody(b.tail[:b.tailN]); ok {
+		if u, ok := b.window.usage(); ok {
 			b.tokens.Settle(u.Tokens(), now)
 		}
 	}
-	*b = relayBody{}
+	b.relayState = relayState{}
+	b.window.reset()
 	relayBodyPool.Put(b)
 	return nil
 }
@@ -122,16 +128,4 @@ func (b *relayBody) prefetch(limit int64) (body []byte, whole bool, err error) {
 	}
 	b.pre, b.preOff = buf, 0
 	return nil, false, nil
-}
-
-// keepTail keeps the last tailSize bytes seen.
-func (b *relayBody) keepTail(p []byte) {
-	if len(p) >= tailSize {
-		b.tailN = copy(b.tail[:], p[len(p)-tailSize:])
-		return
-	}
-	if over := b.tailN + len(p) - tailSize; over > 0 {
-		b.tailN = copy(b.tail[:], b.tail[over:b.tailN])
-	}
-	b.tailN += copy(b.tail[b.tailN:], p)
 }

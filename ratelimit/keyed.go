@@ -1,10 +1,11 @@
 package ratelimit
 
 import (
+	"sync"
 	"sync/atomic"
 	"time"
 
-	lru "github.com/hashicorp/golang-lru/v2"
+	"github.com/hashicorp/golang-lru/v2/simplelru"
 	"golang.org/x/time/rate"
 )
 
@@ -12,10 +13,11 @@ import (
 type KeyedConfig struct {
 	// Config sizes each key's bucket.
 	Config
-	// MaxKeys bounds the per-key buckets held; the least recently used is
-	// dropped past it. It must be ≥ 1. A dropped key starts again with a full
-	// bucket when it returns, so MaxKeys should exceed the number of keys
-	// active within one refill time (Burst/Rate).
+	// MaxKeys bounds the per-key buckets held. It must be ≥ 1. No bucket is
+	// dropped while at most MaxKeys keys are held; a new key past it drops
+	// one of the least recently used (see Keyed). A dropped key starts again
+	// with a full bucket when it returns, so MaxKeys should exceed the number
+	// of keys active within one refill time (Burst/Rate).
 	MaxKeys int
 }
 
@@ -29,18 +31,35 @@ const (
 
 // Keyed holds one token bucket per partition key (a hash from KeyHash: raw
 // keys are never stored), so that one key's traffic does not consume
-// another's. Memory is bounded by MaxKeys buckets: with MaxKeys ≥ 1024 the
-// keys are split over 16 LRUs of MaxKeys/16 each (eviction is least recently
-// used within a partition); below it one LRU holds exactly MaxKeys.
+// another's. Memory is bounded by MaxKeys buckets, counted over the whole
+// limiter: no bucket is dropped while at most MaxKeys keys are held, and a
+// new key past MaxKeys drops one. Below 1024 keys one exact LRU drops the
+// least recently used key; from 1024 the keys are spread over 16 locked
+// partitions (each may hold up to MaxKeys), and the key dropped is the least
+// recently used of the new key's partition (of another one when the new key
+// is alone in its own) — an approximation of the global LRU order, the
+// partitions being filled evenly by the hash.
 //
 // Keyed is safe for concurrent use. Create it with NewKeyed; the zero value
 // is not ready for use.
 type Keyed struct {
 	rate    rate.Limit
 	burst   int
-	shards  []*lru.Cache[uint64, *rate.Limiter]
+	maxKeys int64
+	shards  []*keyedShard
 	mask    uint64
+	// keys is the number of buckets held over all shards; it changes only
+	// under the lock of the shard that gains or loses a bucket.
+	keys    atomic.Int64
 	limited atomic.Uint64
+}
+
+// keyedShard is one partition of a Keyed limiter's buckets.
+type keyedShard struct {
+	mu  sync.Mutex
+	lru *simplelru.LRU[uint64, *rate.Limiter]
+	// Padding keeps neighbouring shards' locks off one cache line.
+	_ [64]byte
 }
 
 var _ Limiter = (*Keyed)(nil)
@@ -60,16 +79,20 @@ func NewKeyed(cfg KeyedConfig) (*Keyed, error) {
 		shards = keyedShards
 	}
 	k := &Keyed{
-		rate:   rate.Limit(c.Rate),
-		burst:  c.Burst,
-		shards: make([]*lru.Cache[uint64, *rate.Limiter], shards),
-		mask:   uint64(shards - 1),
+		rate:    rate.Limit(c.Rate),
+		burst:   c.Burst,
+		maxKeys: int64(cfg.MaxKeys),
+		shards:  make([]*keyedShard, shards),
+		mask:    uint64(shards - 1),
 	}
 	for i := range k.shards {
-		k.shards[i], err = lru.New[uint64, *rate.Limiter](cfg.MaxKeys / shards)
+		// Each shard may hold all MaxKeys (the count over all shards bounds
+		// them); simplelru allocates per entry, not up front.
+		l, err := simplelru.NewLRU[uint64, *rate.Limiter](cfg.MaxKeys, nil)
 		if err != nil {
 			return nil, configError("max_keys: %v", err)
 		}
+		k.shards[i] = &keyedShard{lru: l}
 	}
 	return k, nil
 }
@@ -83,7 +106,11 @@ func (k *Keyed) Reserve(key uint64, n int, now time.Time, maxWait time.Duration)
 // Quota implements Limiter for key; an unknown key reports a full bucket.
 func (k *Keyed) Quota(key uint64, now time.Time) Quota {
 	tokens := float64(k.burst)
-	if lim, ok := k.shard(key).Peek(key); ok {
+	s := k.shard(key)
+	s.mu.Lock()
+	lim, ok := s.lru.Peek(key)
+	s.mu.Unlock()
+	if ok {
 		tokens = lim.TokensAt(now)
 	}
 	return quotaOf(float64(k.rate), k.burst, tokens)
@@ -94,28 +121,61 @@ func (k *Keyed) Stats() Stats {
 	return Stats{Rate: float64(k.rate), Burst: k.burst, Limited: k.limited.Load(), Keys: k.Len()}
 }
 
-// Len is the number of per-key buckets held, at most MaxKeys.
+// Len is the number of per-key buckets held: at most MaxKeys once no new
+// key is being added.
 func (k *Keyed) Len() int {
-	n := 0
-	for _, s := range k.shards {
-		n += s.Len()
-	}
-	return n
+	return int(k.keys.Load())
 }
 
-func (k *Keyed) shard(key uint64) *lru.Cache[uint64, *rate.Limiter] {
+func (k *Keyed) shard(key uint64) *keyedShard {
 	return k.shards[key&k.mask]
 }
 
-// bucket returns key's bucket, adding a full one when key is new.
+// bucket returns key's bucket, adding a full one when key is new and then
+// dropping one other bucket when more than MaxKeys are held.
 func (k *Keyed) bucket(key uint64) *rate.Limiter {
-	s := k.shard(key)
-	if lim, ok := s.Get(key); ok {
+	i := int(key & k.mask)
+	s := k.shards[i]
+	s.mu.Lock()
+	if lim, ok := s.lru.Get(key); ok {
+		s.mu.Unlock()
 		return lim
 	}
 	lim := rate.NewLimiter(k.rate, k.burst)
-	if prev, ok, _ := s.PeekOrAdd(key, lim); ok {
-		return prev
+	if s.lru.Add(key, lim) {
+		// The shard alone was full: it dropped its oldest, the count stays.
+		s.mu.Unlock()
+		return lim
+	}
+	over := k.keys.Add(1) > k.maxKeys
+	if over && s.lru.Len() > 1 {
+		// key is the newest of s, so never the oldest dropped here.
+		s.lru.RemoveOldest()
+		k.keys.Add(-1)
+		over = false
+	}
+	s.mu.Unlock()
+	if over {
+		k.evictElsewhere(i)
 	}
 	return lim
+}
+
+// evictElsewhere drops the least recently used bucket of the first shard
+// after shard except that holds any. It finds none only when the count was
+// briefly ahead of the shards (other callers between their add and their
+// drop); the count stays exact either way.
+func (k *Keyed) evictElsewhere(except int) {
+	for i := 1; i < len(k.shards); i++ {
+		s := k.shards[(except+i)%len(k.shards)]
+		s.mu.Lock()
+		_, _, ok := s.lru.RemoveOldest()
+		if ok {
+			k.keys.Add(-1)
+		}
+		s.mu.Unlock()
+		if ok {
+			return
+		}
+	}
 }

@@ -60,16 +60,39 @@ type usageEnvelope struct {
 // usage was found. Malformed JSON, or malformed events, are skipped; it never
 // panics. Negative counts read as zero.
 func UsageFromBody(body []byte) (u Usage, ok bool) {
+	return UsageFromParts(body)
+}
+
+// UsageFromParts reads token usage from pieces of one response, in order:
+// typically a long stream's first bytes and its last ones, the bytes between
+// them dropped. Each part is read as UsageFromBody reads a body, and fields
+// from later parts replace those from earlier ones, so an Anthropic stream's
+// input tokens (message_start, at its head) and output tokens
+// (message_delta, at its tail) combine. The parts should not share bytes;
+// an event seen in two of them is still counted once, as fields are
+// replaced, never added. An event cut by a part's edge is skipped as
+// malformed. ok is false when no part holds usage; with no parts, there is
+// none.
+func UsageFromParts(parts ...[]byte) (u Usage, ok bool) {
 	var acc usageFields
-	if trimmed := bytes.TrimLeft(body, " \t\r\n"); len(trimmed) > 0 && trimmed[0] == '{' {
-		ok = mergeUsage(&acc, trimmed)
-	} else {
-		ok = eachEventData(body, func(data []byte) bool { return mergeUsage(&acc, data) })
+	for _, part := range parts {
+		if mergeBody(&acc, part) {
+			ok = true
+		}
 	}
 	if !ok {
 		return Usage{}, false
 	}
 	return acc.usage(), true
+}
+
+// mergeBody merges the usage of a JSON body or of server-sent events into
+// acc, reporting whether there was any.
+func mergeBody(acc *usageFields, body []byte) bool {
+	if trimmed := bytes.TrimLeft(body, " \t\r\n"); len(trimmed) > 0 && trimmed[0] == '{' {
+		return mergeUsage(acc, trimmed)
+	}
+	return eachEventData(body, func(data []byte) bool { return mergeUsage(acc, data) })
 }
 
 // mergeUsage parses one JSON payload and copies the usage fields it holds
