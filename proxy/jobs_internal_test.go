@@ -17,9 +17,10 @@ import (
 // body: they may hold the agent's credentials, and nothing runs the job
 // again.
 func TestFinishedJobForgetsTheRequest(t *testing.T) {
-	var auth string
+	var auth atomic.Value // written by the upstream's goroutine
+	auth.Store("")
 	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		auth = r.Header.Get("Authorization")
+		auth.Store(r.Header.Get("Authorization"))
 		w.Write([]byte(`{"ok":true}`))
 	}))
 	t.Cleanup(up.Close)
@@ -60,7 +61,7 @@ routes:
 			}
 		})
 	}
-	if auth != "Bearer alice-secret" {
+	if auth := auth.Load().(string); auth != "Bearer alice-secret" {
 		t.Errorf("the upstream saw Authorization %q: the job must run with the agent's headers", auth)
 	}
 }
