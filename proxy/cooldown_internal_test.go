@@ -1,10 +1,12 @@
 package proxy
 
 import (
+	"net/url"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/ballast-proxy/ballast/policy"
 	"github.com/valyala/fasthttp"
 )
 
@@ -108,4 +110,25 @@ func FuzzParseCredential(f *testing.F) {
 			t.Errorf("parseCredential(%q) = %s", s, c)
 		}
 	})
+}
+
+// Upstreams that share a host but differ in scheme or connect timeout are
+// pooled apart; a cool-down the fleet shares by host must reach each.
+func TestByHostKeepsEveryUpstreamOfAHost(t *testing.T) {
+	p := newUpstreamPool(policy.SystemClock{})
+	for _, tc := range []struct {
+		url     string
+		connect time.Duration
+	}{{"http://api.example:443", time.Second}, {"https://api.example:443", time.Second}, {"http://api.example:443", 2 * time.Second}} {
+		u, err := url.Parse(tc.url)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, _, err := p.get(u, "", tc.connect, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := len(p.byHost()["api.example:443"]); got != 3 {
+		t.Fatalf("byHost holds %d upstreams of the host, want 3", got)
+	}
 }

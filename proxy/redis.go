@@ -267,7 +267,7 @@ func (s *Server) syncCooldowns(ctx context.Context, every time.Duration) {
 			return
 		case <-t.C:
 		}
-		for name, up := range s.ups.byHost() {
+		for name, ups := range s.ups.byHost() {
 			c, cancel := context.WithTimeout(ctx, s.shared.cfg.OpTimeout.D())
 			now := s.clock.Now()
 			pauses, err := s.shared.cool.Get(c, name, now)
@@ -277,7 +277,9 @@ func (s *Server) syncCooldowns(ctx context.Context, every time.Duration) {
 			}
 			for hexCred, until := range pauses {
 				if cred, ok := parseCredential(hexCred); ok {
-					up.cool.Extend(cred, until, now)
+					for _, up := range ups {
+						up.cool.Extend(cred, until, now)
+					}
 				}
 			}
 		}
