@@ -461,14 +461,24 @@ const maxUsageBody = 1 << 20
 
 // settleTokens replaces the token estimate with the response's usage: at
 // once for a buffered answer, at the end of the stream for a streamed one.
-// An answer without usage keeps the estimate; one ballast wrote itself
-// (nothing reached the model) gives the tokens back.
+// An answer without usage keeps the estimate, and so do answers whose
+// usage is not this request's: a stored answer served because the
+// upstream failed, and ballast's invalid_response (the model answered,
+// and spent, but not validly). Any other answer ballast wrote itself
+// (nothing reached the model, or nothing came back) gives the tokens
+// back.
 func (s *Server) settleTokens(ctx *fasthttp.RequestCtx, res *ratelimit.Reservation) {
 	if rb, ok := ctx.Response.BodyStream().(*relayBody); ok {
 		rb.tokens, rb.settle = *res, true
 		return
 	}
-	if bytes.Equal(ctx.Response.Header.ContentType(), []byte("application/problem+json")) {
+	if bytes.Contains(ctx.Response.Header.Peek("Cache-Status"), []byte("fwd=stale")) {
+		return // a stored answer: its usage is another request's
+	}
+	if string(ctx.Response.Header.ContentType()) == problemContentType {
+		if tr := trailOf(ctx); tr != nil && tr.n > 0 && tr.attempts[min(tr.n, maxTrailAttempts)-1].class == policy.Invalid {
+			return // the model answered: the estimate stands
+		}
 		res.Settle(0, s.clock.Now())
 		return
 	}

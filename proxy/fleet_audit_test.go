@@ -423,3 +423,29 @@ routes:
 		t.Errorf("in flight after every request ended: %v", got)
 	}
 }
+
+// An invalid answer came from the model, which spent its tokens: the
+// estimate stands, and the next request that needs them waits.
+func TestInvalidAnswerKeepsItsTokens(t *testing.T) {
+	clock := policy.NewFakeClock(time.Now())
+	up, _ := upstream(t, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		io.WriteString(w, `{"truncated":`) // not JSON: validate refuses it
+	})
+	b := startBallastClock(t, clock, fmt.Sprintf(`
+routes:
+  - name: llm
+    match: {path_prefix: /}
+    upstream: %q
+    retry: {attempts: 1}
+    validate: {json: true}
+    rate_limit: {tokens_per_minute: 1500, max_wait: 0s}
+`, up))
+	body := `{"model":"m","max_tokens":1000,"messages":[{"role":"user","content":"hi"}]}`
+	if resp, text := do(t, "POST", b.base+"/v1/chat/completions", body); resp.StatusCode != 502 {
+		t.Fatalf("an invalid answer: %d %s", resp.StatusCode, text)
+	}
+	if resp, text := do(t, "POST", b.base+"/v1/chat/completions", body); resp.StatusCode != 429 {
+		t.Fatalf("the next request got %d (%s): the invalid answer's tokens were given back", resp.StatusCode, text)
+	}
+}
