@@ -205,6 +205,10 @@ targets:
 				stop, stopAfter = ReasonRateLimited, a.hint
 				continue targets
 			}
+			if !detached && agentGone(ctx) {
+				stop, stopAfter = ReasonAgentGone, 0 // before waiting for a retry nobody will read
+				break targets
+			}
 			wait := policy.Wait(r.backoff.Delay(n, nil), a.hint, r.maxRetryAfter)
 			if s.clock.Now().Add(wait).After(deadline) {
 				if a.hint > 0 {

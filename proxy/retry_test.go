@@ -653,10 +653,12 @@ func TestNoRetryForAnAgentThatLeft(t *testing.T) {
 	for _, tc := range []struct {
 		name, method string
 		headers      string
+		backoff      string
 		hits         int64
 	}{
-		{name: "unkeyed", method: "GET", hits: 1},
-		{name: "keyed, detached", method: "POST", headers: "Idempotency-Key: k1\r\n", hits: 2},
+		// A backoff of a minute: the request ends at once, not after it.
+		{name: "unkeyed", method: "GET", backoff: "60s", hits: 1},
+		{name: "keyed, detached", method: "POST", headers: "Idempotency-Key: k1\r\n", backoff: "1ms", hits: 2},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var hits atomic.Int64
@@ -675,9 +677,10 @@ routes:
   - name: r
     match: {path_prefix: /}
     upstream: %q
-    retry: {attempts: 2, backoff: {base: 1ms, max: 1ms}}
+    retry: {attempts: 2, backoff: {base: %s, max: %s}}
+    timeouts: {total: 120s}
     idempotency: {mode: header}
-`, up))
+`, up, tc.backoff, tc.backoff))
 			conn, err := net.Dial("tcp", b.addr)
 			if err != nil {
 				t.Fatal(err)
