@@ -36,15 +36,27 @@ var (
 // used. Its message names the file and what the operator can do;
 // errors.Is(err, ErrCorrupt) or errors.Is(err, ErrLocked) tells which case.
 type FileError struct {
-	// Path is the state file.
+	// Path is the state file, or its claim journal when Journal is set.
 	Path string
 	// Kind is ErrCorrupt or ErrLocked.
 	Kind error
 	// Err is the cause.
 	Err error
+	// Journal: the damaged file is the claim journal beside the state
+	// file (<path>.claims), not the state file itself.
+	Journal bool
 }
 
+// errBadJournal marks a claim journal entry that passed its checksum but
+// cannot be applied (a record from another ballast version, an unknown
+// kind): the journal, not the state file, is what is damaged.
+var errBadJournal = fmt.Errorf("%w: claim journal entry", ErrCorrupt)
+
 func (e *FileError) Error() string {
+	if e.Journal {
+		cause := strings.TrimPrefix(fmt.Sprint(e.Err), errBadJournal.Error()+": ")
+		return fmt.Sprintf("store: claim journal %s is corrupt (%s): move it aside (mv %s %s.bad) to start without it; the claims only it holds then read as never made, so an agent's retry of one of them could run its call again", e.Path, cause, e.Path, e.Path)
+	}
 	if e.Kind == ErrLocked {
 		return fmt.Sprintf("store: state file %s is locked by another process (%v): stop the other ballast using it, or point state.path elsewhere", e.Path, e.Err)
 	}

@@ -216,6 +216,9 @@ func OpenFile(path string, opts FileOptions) (*File, error) {
 	if err != nil {
 		jr.f.Close()
 		closeQuietly(db)
+		if errors.Is(err, errBadJournal) {
+			return nil, &FileError{Path: journalPath(path), Kind: ErrCorrupt, Err: err, Journal: true}
+		}
 		if errors.Is(err, ErrCorrupt) {
 			return nil, &FileError{Path: path, Kind: ErrCorrupt, Err: err}
 		}
@@ -263,6 +266,12 @@ func openBolt(path string, timeout time.Duration) (db *bolt.DB, err error) {
 	case errors.Is(err, berrors.ErrTimeout):
 		return nil, &FileError{Path: path, Kind: ErrLocked, Err: err}
 	case errors.Is(err, fs.ErrPermission), errors.Is(err, fs.ErrNotExist):
+		return nil, fmt.Errorf("store: open state file %s: %w", path, err)
+	}
+	var pe *fs.PathError
+	if errors.As(err, &pe) {
+		// The operating system refused (not a directory, a read-only or
+		// full file system, an I/O error): the file is not what is wrong.
 		return nil, fmt.Errorf("store: open state file %s: %w", path, err)
 	}
 	return nil, &FileError{Path: path, Kind: ErrCorrupt, Err: err}

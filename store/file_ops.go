@@ -622,7 +622,7 @@ func replayJournal(b *bolt.Bucket, entries []journalEntry) error {
 		case journalClaim:
 			claim, err := decodeRecord(e.key, e.body)
 			if err != nil {
-				return fmt.Errorf("claim journal: %w", err)
+				return fmt.Errorf("%w: %w", errBadJournal, err)
 			}
 			o.claim, o.token, o.released = i, claim.Token, false
 		case journalRelease:
@@ -630,7 +630,7 @@ func replayJournal(b *bolt.Bucket, entries []journalEntry) error {
 				o.released = true
 			}
 		default:
-			return fmt.Errorf("%w: claim journal entry of unknown kind %d", ErrCorrupt, e.kind)
+			return fmt.Errorf("%w: unknown kind %d", errBadJournal, e.kind)
 		}
 	}
 	for _, key := range order {
