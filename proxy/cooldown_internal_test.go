@@ -132,3 +132,31 @@ func TestByHostKeepsEveryUpstreamOfAHost(t *testing.T) {
 		t.Fatalf("byHost holds %d upstreams of the host, want 3", got)
 	}
 }
+
+// The pool keeps only the upstreams the table in force uses: one a reload
+// dropped goes (its idle connections closed), and one it kept stays, warm.
+func TestUpstreamPoolKeepsOnlyTheGenerationInForce(t *testing.T) {
+	p := newUpstreamPool(policy.SystemClock{})
+	get := func(raw string) *upstream {
+		u, err := url.Parse(raw)
+		if err != nil {
+			t.Fatal(err)
+		}
+		up, _, err := p.get(u, "", time.Second, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return up
+	}
+	p.begin()
+	a, _ := get("http://a.example:80"), get("http://b.example:80")
+	p.sweep()
+	p.begin()
+	if again := get("http://a.example:80"); again != a {
+		t.Fatal("an upstream the new table keeps was not reused")
+	}
+	p.sweep()
+	if n := len(p.all); n != 1 {
+		t.Fatalf("the pool holds %d upstreams after a reload that dropped one, want 1", n)
+	}
+}

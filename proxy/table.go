@@ -80,6 +80,7 @@ func Check(cfg *config.Config) error {
 // path they come from.
 func (s *Server) buildTable(cfg *config.Config) (*table, error) {
 	s.limiters.begin()
+	s.ups.begin()
 	t := &table{cfg: cfg}
 	var errs []error
 	for i := range cfg.Routes {

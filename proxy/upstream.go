@@ -28,12 +28,52 @@ type upstream struct {
 }
 
 // upstreamPool shares upstreams across config generations, so a reload
-// that keeps an upstream keeps its warm connections.
+// that keeps an upstream keeps its warm connections. Like limiterPool, it
+// keeps only the generation in force: a table build marks what it takes,
+// and sweep drops (and closes the idle connections of) the rest.
 type upstreamPool struct {
 	clock policy.Clock
 	mu    sync.Mutex
 	all   map[string]*upstream
 	cools map[string]bool // hosts whose cool-down gauge is registered
+	used  map[string]bool // the keys the table being built takes
+}
+
+// begin starts a table build.
+func (p *upstreamPool) begin() {
+	p.mu.Lock()
+	p.used = map[string]bool{}
+	p.mu.Unlock()
+}
+
+// sweep drops the upstreams the table now in force did not take. Requests
+// still running on one keep it until they end; its idle connections close
+// now.
+func (p *upstreamPool) sweep() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.used == nil {
+		return
+	}
+	for k, up := range p.all {
+		if !p.used[k] {
+			up.client.CloseIdleConnections()
+			delete(p.all, k)
+		}
+	}
+}
+
+// longestCooldown is the longest pause any upstream of host holds at now.
+func (p *upstreamPool) longestCooldown(host string, now time.Time) time.Duration {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var longest time.Duration
+	for _, up := range p.all {
+		if string(up.host) == host {
+			longest = max(longest, up.cool.Longest(now))
+		}
+	}
+	return longest
 }
 
 func newUpstreamPool(clock policy.Clock) *upstreamPool {
@@ -45,6 +85,9 @@ func (p *upstreamPool) get(u *url.URL, caFile string, connect time.Duration, m *
 	key := fmt.Sprintf("%s|%s|%s|%s", u.Scheme, u.Host, caFile, connect)
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	if p.used != nil {
+		p.used[key] = true
+	}
 	if up, ok := p.all[key]; ok {
 		return up, key, nil
 	}
@@ -55,7 +98,8 @@ func (p *upstreamPool) get(u *url.URL, caFile string, connect time.Duration, m *
 	p.all[key] = up
 	if m != nil && !p.cools[u.Host] {
 		p.cools[u.Host] = true
-		m.registerCooldown(u.Host, func() float64 { return up.cool.Longest(p.clock.Now()).Seconds() })
+		host := string(up.host)
+		m.registerCooldown(u.Host, func() float64 { return p.longestCooldown(host, p.clock.Now()).Seconds() })
 	}
 	return up, key, nil
 }
