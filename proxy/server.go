@@ -153,6 +153,10 @@ func New(cfg *config.Config, opts Options) (*Server, error) {
 		rec := f.Recovery()
 		s.log.Info("state file opened", "path", cfg.State.Path, "records", rec.Records,
 			"unknown_outcome", rec.UnknownOutcome, "jobs", rec.Jobs, "pending_jobs", rec.PendingJobs)
+		if rec.JournalDiscarded {
+			s.log.Warn("the claim journal's header was damaged: claims made in the last milliseconds before the stop may be lost, and a retry of one could run its call again",
+				"journal", cfg.State.Path+".claims")
+		}
 	}
 	s.state = newTimedStore(st, backend, s.m)
 	s.stateLocal = backend != "redis"

@@ -114,6 +114,10 @@ type Recovery struct {
 	UnknownOutcome int
 	// Jobs counts the jobs found, PendingJobs those queued or running.
 	Jobs, PendingJobs int
+	// JournalDiscarded: the claim journal's header was damaged, so its
+	// entries (the claims of the last few milliseconds before the stop,
+	// if any) could not be replayed and are lost; the journal starts over.
+	JournalDiscarded bool
 }
 
 // File is the Store on a local bbolt file. It survives SIGKILL: a claim and
@@ -210,6 +214,7 @@ func OpenFile(path string, opts FileOptions) (*File, error) {
 		return nil, err
 	}
 	rec, err := recoverState(db, entries)
+	rec.JournalDiscarded = jr.discarded
 	if err == nil {
 		err = jr.start() // bbolt now holds what the journal had
 	}

@@ -57,6 +57,10 @@ type journal struct {
 	err                   error // sticky write failure
 	// reset is the size past which the leader starts the file over.
 	reset int64
+
+	// discarded: the journal found at open had a damaged header, so its
+	// entries, if any, could not be read (OpenFile reports it).
+	discarded bool
 }
 
 const (
@@ -94,7 +98,24 @@ func openJournal(path string) (*journal, []journalEntry, error) {
 	}
 	j := &journal{path: path, f: f, reset: journalResetSize, epoch: epoch, filled: info.Size()}
 	j.cond.L = &j.mu
+	if epoch == 0 && entries == nil {
+		j.discarded = headerDamaged(f)
+	}
 	return j, entries, nil
+}
+
+// headerDamaged reports whether f, a journal without a valid header, has
+// something else than zeroes where the header goes: a header a crash or a
+// disk damaged, rather than a journal never written.
+func headerDamaged(f *os.File) bool {
+	var h [journalHeaderSize]byte
+	n, _ := f.ReadAt(h[:], 0)
+	for _, b := range h[:n] {
+		if b != 0 {
+			return true
+		}
+	}
+	return false
 }
 
 // journalEntry is one replayed entry.

@@ -210,3 +210,27 @@ func TestJournalCorruptErrorNamesTheJournal(t *testing.T) {
 		})
 	}
 }
+
+// A journal whose header is damaged cannot be replayed; the open goes on
+// (the claims of the last milliseconds are lost) but says so, for the
+// operator's log. A journal never written, or read fine, says nothing.
+func TestDamagedJournalHeaderIsReported(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "state.db")
+	s := openTestFile(t, path, FileOptions{})
+	mustClaim(t, s, "k", args("a", t0))
+	image := asCrashImage(t, path)
+	if rec := openTestFile(t, asCrashImage(t, image), FileOptions{}).Recovery(); rec.JournalDiscarded {
+		t.Fatal("a readable journal reported as discarded")
+	}
+	j, err := os.OpenFile(journalPath(image), os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := j.WriteAt([]byte("garbage!"), 0); err != nil {
+		t.Fatal(err)
+	}
+	j.Close()
+	if rec := openTestFile(t, image, FileOptions{}).Recovery(); !rec.JournalDiscarded {
+		t.Fatal("a journal with a damaged header was dropped without a word")
+	}
+}
