@@ -46,6 +46,9 @@ type cacheState struct {
 	use    bool
 	key    cache.Key
 	status cache.Status // for the Cache-Status field of a forwarded answer
+	// opts are the key options key was built with: the route may learn a
+	// Vary header while the request runs, and then key lacks it.
+	opts *cache.KeyOptions
 }
 
 var keyBuilders = sync.Pool{New: func() any { return cache.NewKeyBuilder() }}
@@ -117,7 +120,8 @@ func (s *Server) exchange(ctx *fasthttp.RequestCtx, r *route, body []byte, deadl
 		return
 	}
 	kb := keyBuilders.Get().(*cache.KeyBuilder)
-	cs := &cacheState{use: true, key: kb.Request(&ctx.Request, body, rc.opts.Load())}
+	opts := rc.opts.Load()
+	cs := &cacheState{use: true, key: kb.Request(&ctx.Request, body, opts), opts: opts}
 	keyBuilders.Put(kb)
 	if !rc.fresh {
 		cs.status = cache.Miss(cache.FwdBypass, false, false) // fallback mode always asks upstream first
@@ -173,8 +177,14 @@ func (s *Server) store(r *route, cs *cacheState, resp *fasthttp.Response, receiv
 	if cs == nil || !cs.use || resp.IsBodyStream() || !cache.Storable(resp.StatusCode(), &resp.Header, r.cache.allowPrivate) {
 		return
 	}
-	if o := r.cache.opts.Load(); !o.VaryCovered(&resp.Header) {
-		s.learnVary(r, o, &resp.Header)
+	if !cs.opts.VaryCovered(&resp.Header) {
+		s.learnVary(r, cs.opts, &resp.Header)
+		return
+	}
+	if cs.opts != r.cache.opts.Load() {
+		// The route learned a header since this request was keyed: its
+		// key lacks it, and the answer would serve callers who differ in
+		// it.
 		return
 	}
 	e, ok := r.cache.c.Refresh(cs.key, resp, received)

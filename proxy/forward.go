@@ -267,7 +267,7 @@ func (s *Server) relay(ctx *fasthttp.RequestCtx, r *route, t *target, resp *fast
 			if every <= 0 {
 				every = time.Minute
 			}
-			ub.patient(every, func() bool { return !agentGone(ctx) })
+			ub.patient(every, func() bool { return !agentDone(ctx) })
 		} else {
 			ub.bound(r.idle, deadline)
 		}

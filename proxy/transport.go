@@ -185,14 +185,31 @@ func peerGone(c net.Conn) bool {
 
 // agentGone reports whether the agent has closed the connection its
 // request came on (rawio.Conn.PeerHungUp), looking through TLS. A request
-// with no such connection (an async job's) has no agent to lose.
+// with no such connection (an async job's) has no agent to lose. Bytes
+// the agent sent after its request (a pipelined request) keep it present.
 func agentGone(ctx *fasthttp.RequestCtx) bool {
+	rc := agentConn(ctx)
+	return rc != nil && rc.PeerHungUp()
+}
+
+// agentDone is agentGone for a standing stream: there, anything the agent
+// sends also ends it (rawio.Conn.PeerGone). Its pipelined request could
+// not be answered before the stream ends anyway, and bytes queued ahead
+// of a FIN would otherwise hide the FIN, and pin the stream forever.
+func agentDone(ctx *fasthttp.RequestCtx) bool {
+	rc := agentConn(ctx)
+	return rc != nil && rc.PeerGone()
+}
+
+// agentConn is the raw connection a request came on, looking through TLS,
+// or nil (an async job's request has none).
+func agentConn(ctx *fasthttp.RequestCtx) *rawio.Conn {
 	c := ctx.Conn()
 	if tc, ok := c.(interface{ NetConn() net.Conn }); ok { // *tls.Conn
 		c = tc.NetConn()
 	}
-	rc, ok := c.(*rawio.Conn)
-	return ok && rc.PeerHungUp()
+	rc, _ := c.(*rawio.Conn)
+	return rc
 }
 
 // statusAgentGone is the status logged for a request whose agent left
