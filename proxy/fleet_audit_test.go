@@ -7,7 +7,6 @@ import (
 	"net"
 	"net/http"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -16,41 +15,6 @@ import (
 	"github.com/ballast-proxy/ballast/policy"
 	"github.com/redis/go-redis/v9"
 )
-
-// auditHangingRedis is a TCP listener that accepts connections and never
-// answers: a Redis that is up at the TCP level but hung (or black-holed).
-func auditHangingRedis(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var mu sync.Mutex
-	var conns []net.Conn
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			mu.Lock()
-			conns = append(conns, c)
-			mu.Unlock()
-		}
-	}()
-	t.Cleanup(func() {
-		ln.Close()
-		<-done
-		mu.Lock()
-		for _, c := range conns {
-			c.Close()
-		}
-		mu.Unlock()
-	})
-	return ln.Addr().String()
-}
 
 func auditOK(w http.ResponseWriter, _ *http.Request) {
 	w.Header().Set("Content-Type", "application/json")
@@ -62,7 +26,7 @@ func auditOK(w http.ResponseWriter, _ *http.Request) {
 // and an agent deadline of 150ms, the rate-limit decision (which fails
 // open) may not keep the agent waiting a full second.
 func TestHangingRedisHoldsNoRequestPastItsDeadline(t *testing.T) {
-	addr := auditHangingRedis(t)
+	addr := redistest.Hung(t)
 	up, _ := upstream(t, auditOK)
 	b := startBallast(t, fmt.Sprintf(`
 state:
@@ -88,7 +52,7 @@ routes:
 // of a hung Redis may not add op_timeout to every request of the fleet
 // for as long as it lasts.
 func TestKnownDownRedisCostsNoRequestOpTimeout(t *testing.T) {
-	addr := auditHangingRedis(t)
+	addr := redistest.Hung(t)
 	up, _ := upstream(t, auditOK)
 	b := startBallast(t, fmt.Sprintf(`
 state:
@@ -268,16 +232,12 @@ routes:
 		t.Logf("backend_up during the pause: %v", got)
 	}
 	// Redis answers again; a few health checks later the gauge must say so.
-	deadline := time.Now().Add(4 * time.Second)
-	for b.metric("ballast_state_backend_up", nil) != 1 {
-		if time.Now().After(deadline) {
-			t.Fatalf("ballast_state_backend_up still 0 four health checks after Redis answered again (requests succeed on Redis: the gauge is stuck)")
-		}
+	waitFor(t, func() bool {
 		if resp, _ := do(t, "GET", b.base+"/x", ""); resp.StatusCode != 200 {
 			t.Fatalf("after the pause: %d", resp.StatusCode)
 		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return b.metric("ballast_state_backend_up", nil) == 1
+	})
 }
 
 // The shared tier's Redis entry lives ttl+stale.
@@ -392,7 +352,7 @@ func TestFleetBulkheadReleasedOnEveryPath(t *testing.T) {
 		case 1:
 			w.WriteHeader(503)
 		case 2:
-			time.Sleep(300 * time.Millisecond)
+			<-r.Context().Done() // hangs until ballast's per_try gives up on it
 		case 3:
 			w.Header().Set("Content-Type", "application/json")
 			io.WriteString(w, "{not json")

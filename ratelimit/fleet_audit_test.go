@@ -3,7 +3,6 @@ package ratelimit
 import (
 	"context"
 	"errors"
-	"net"
 	"sync"
 	"testing"
 	"time"
@@ -13,45 +12,11 @@ import (
 	"github.com/ballast-proxy/ballast/policy"
 )
 
-// auditHangingListener accepts TCP connections and never answers.
-func auditHangingListener(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var mu sync.Mutex
-	var conns []net.Conn
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			mu.Lock()
-			conns = append(conns, c)
-			mu.Unlock()
-		}
-	}()
-	t.Cleanup(func() {
-		ln.Close()
-		<-done
-		mu.Lock()
-		for _, c := range conns {
-			c.Close()
-		}
-		mu.Unlock()
-	})
-	return ln.Addr().String()
-}
-
 // OpTimeout is "the only bound" of a Redis limiter's Reserve: against a
 // Redis that accepts and never answers, Reserve must fail with
 // ErrUnavailable within about OpTimeout, not a multiple of it.
 func TestRedisReserveBoundedByOpTimeout(t *testing.T) {
-	addr := auditHangingListener(t)
+	addr := redistest.Hung(t)
 	c, err := redisconn.New(redisconn.Options{Addr: addr, ReadTimeout: time.Second, WriteTimeout: time.Second, DialTimeout: time.Second})
 	if err != nil {
 		t.Fatal(err)
