@@ -436,6 +436,8 @@ func TestJSONRPCBatchesAndNotifications(t *testing.T) {
 		{"idempotent tool retried", `{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"search_docs","arguments":{}}}`, 2, 200},
 		{"notification not retried", `{"jsonrpc":"2.0","method":"notifications/initialized"}`, 1, 503},
 		{"client response not retried", `{"jsonrpc":"2.0","id":9,"result":{}}`, 1, 503},
+		{"duplicated method not retried", `{"jsonrpc":"2.0","id":4,"method":"tools/call","params":{"name":"send_email"},"method":"tools/list"}`, 1, 503},
+		{"case-varied method not retried", `{"jsonrpc":"2.0","id":5,"method":"tools/call","params":{"name":"send_email"},"Method":"tools/list"}`, 1, 503},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
