@@ -7,12 +7,12 @@ import (
 	"time"
 )
 
-// errTryCanceled is the error of an attempt called off because another
-// copy of it (a hedge) answered first.
-var errTryCanceled = errors.New("proxy: attempt called off: a hedged copy answered first")
+// errTryCanceled is the error of an attempt called off: another copy of
+// it (a hedge) answered first, or its agent hung up (agentWatch).
+var errTryCanceled = errors.New("proxy: attempt called off")
 
-// tryCancel lets a hedged attempt be called off while it waits on the
-// upstream. The transport attaches the connection the attempt uses, and
+// tryCancel lets an attempt be called off while it waits on the
+// upstream: a hedge's loser, or the call of an agent that hung up. The transport attaches the connection the attempt uses, and
 // detaches it before the connection goes back to the pool or is closed;
 // cancel moves that connection's deadline to the past, so the blocked
 // write or read returns at once and the connection is closed rather than

@@ -50,6 +50,22 @@ func (s *Server) exchangeUpstream(ctx *fasthttp.RequestCtx, r *route, body []byt
 	if !guarded && r.jsonrpc != nil && len(body) > 0 {
 		guarded = r.jsonrpc.safe(body) // a read-only JSON-RPC call is safe to repeat
 	}
+	// A retry for an agent that has closed its connection would call the
+	// upstream (and pay for a model call) for nobody, and so would the
+	// rest of an attempt (agentWatch); a detached call runs on, since the
+	// agent's retry attaches to it.
+	detached := tr == nil || tr.detached
+	var watch *watchedCall
+	if !detached {
+		if rc := agentConn(ctx); rc != nil {
+			watch = s.agents.add(rc, tr.start)
+			tr.watch = watch
+			defer func() {
+				tr.watch = nil
+				s.agents.remove(watch)
+			}()
+		}
+	}
 
 	var (
 		last      attempt
@@ -81,10 +97,6 @@ func (s *Server) exchangeUpstream(ctx *fasthttp.RequestCtx, r *route, body []byt
 	// would answer 404 session not found, so a request in a session never
 	// fails over.
 	sessionBound := len(r.targets) > 1 && len(ctx.Request.Header.Peek("Mcp-Session-Id")) > 0
-	// A retry for an agent that has closed its connection would call the
-	// upstream (and pay for a model call) for nobody; a detached call runs
-	// on, since the agent's retry attaches to it.
-	detached := tr == nil || tr.detached
 
 targets:
 	for ti, t := range r.targets {
@@ -139,8 +151,12 @@ targets:
 				}
 				r.m.retryWait.Observe(wait.Seconds())
 				tr.waiting(wait, "cooldown")
-				if !s.sleep(ctx, wait) {
+				if end := s.pause(ctx, wait); end != waited {
 					t.health.breaker.Release(probe)
+					if end == waitAgentLeft {
+						stop, stopAfter = ReasonAgentGone, 0
+						break targets
+					}
 					return
 				}
 				now = s.clock.Now()
@@ -163,7 +179,22 @@ targets:
 			if r.hedgeAfter > 0 && (guarded || policy.IdempotentMethod(method)) {
 				a = s.tryHedged(out, t, r, deadline, attempts)
 			} else {
-				a = s.tryObserved(out, t, r, deadline, attempts, nil)
+				a = s.tryObserved(out, t, r, deadline, attempts, watch.attemptCancel())
+			}
+			if a.err != nil && watch.hungUp() {
+				// The agent hung up while the upstream worked: the attempt
+				// was called off, which says nothing of the upstream.
+				t.health.breaker.Release(probe)
+				a.class, a.cause = policy.Canceled, policy.CauseNone
+				tr.attempt(t.name, a.class, 0, a.took)
+				attempts++
+				t.attempts[a.class].Inc()
+				if last.resp != nil {
+					fasthttp.ReleaseResponse(last.resp)
+				}
+				last, lastT = a, t
+				stop, stopAfter = ReasonAgentGone, 0
+				break targets
 			}
 			tr.attempt(t.name, a.class, a.status, a.took)
 			if r.limit != nil && r.limit.adaptive != nil {
@@ -223,7 +254,11 @@ targets:
 			} else {
 				tr.waiting(wait, "backoff")
 			}
-			if !s.sleep(ctx, wait) {
+			if end := s.pause(ctx, wait); end != waited {
+				if end == waitAgentLeft {
+					stop, stopAfter = ReasonAgentGone, 0
+					break targets
+				}
 				return
 			}
 		}
@@ -400,15 +435,51 @@ func (s *Server) clockAt(wall time.Time) time.Time {
 // sleep waits d on the server's clock. It returns false when the server is
 // shutting down (the request is then abandoned).
 func (s *Server) sleep(ctx *fasthttp.RequestCtx, d time.Duration) bool {
+	switch s.pause(ctx, d) {
+	case waited:
+		return true
+	case waitAgentLeft:
+		ctx.SetConnectionClose()
+		writeProblem(ctx, problem{Status: statusAgentGone, Title: "Client Closed Request", Reason: ReasonAgentGone,
+			Detail: "the agent closed its connection while ballast waited to send its call"})
+		if tr := trailOf(ctx); tr != nil {
+			tr.stop = ReasonAgentGone
+		}
+	}
+	return false
+}
+
+// waitEnd is how a pause ended.
+type waitEnd uint8
+
+const (
+	waited        waitEnd = iota // the whole wait
+	waitShutdown                 // ballast is shutting down; pause answered 503
+	waitAgentLeft                // the agent hung up (agentWatch); nothing answered
+)
+
+// pause waits d on the server's clock. It ends early when ballast shuts
+// down, answering 503 itself, and when the agent of a watched call hangs
+// up, leaving the answer to the caller.
+func (s *Server) pause(ctx *fasthttp.RequestCtx, d time.Duration) waitEnd {
+	var left <-chan struct{}
+	if tr := trailOf(ctx); tr != nil {
+		if tr.watch.hungUp() {
+			return waitAgentLeft
+		}
+		left = tr.watch.leftC()
+	}
 	t := s.clock.NewTimer(d)
 	defer t.Stop()
 	select {
 	case <-t.C():
-		return true
+		return waited
+	case <-left:
+		return waitAgentLeft
 	case <-ctx.Done():
 		writeProblem(ctx, problem{Status: fasthttp.StatusServiceUnavailable, Reason: ReasonShuttingDown,
 			Detail: "ballast is shutting down"})
-		return false
+		return waitShutdown
 	}
 }
 

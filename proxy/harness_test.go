@@ -116,6 +116,8 @@ func startBallastLogging(t testing.TB, clock policy.Clock, accessLog io.Writer, 
 		Source:    &src,
 		Clock:     clock,
 		AccessLog: accessLog,
+		// Agents that hang up are found within a few scans, not seconds.
+		AgentCheckEvery: 20 * time.Millisecond,
 	})
 	if err != nil {
 		t.Fatal(err)

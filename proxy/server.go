@@ -43,6 +43,10 @@ type Options struct {
 	// AccessLog receives the decision trail, one JSON line per request.
 	// Default: os.Stderr.
 	AccessLog io.Writer
+	// AgentCheckEvery is how often ballast looks whether the agents of
+	// calls running longer than that have hung up, to call their upstream
+	// work off (see agentWatch). Default: 1s.
+	AgentCheckEvery time.Duration
 }
 
 // Server is a running ballast: the agent-facing listener and the admin
@@ -72,8 +76,9 @@ type Server struct {
 	stateLocal bool
 	shared     *shared // Redis, when state.backend is redis
 	jobs       *jobRunner
+	agents     *agentWatch // calls whose agent may hang up
 	bgOnce     sync.Once
-	bgCancel   context.CancelFunc // stops the state sweeper
+	bgCancel   context.CancelFunc // stops the state sweeper and the agent watch
 	bgDone     chan struct{}
 	sweepEvery time.Duration
 
@@ -161,6 +166,7 @@ func New(cfg *config.Config, opts Options) (*Server, error) {
 	s.state = newTimedStore(st, backend, s.m)
 	s.stateLocal = backend != "redis"
 	s.jobs = newJobRunner()
+	s.agents = newAgentWatch(opts.AgentCheckEvery)
 	s.sweepEvery = cfg.State.SweepEvery.D()
 	s.status = newStatusBoard(cfg, s.clock, s.log)
 	s.status.setHooks(statusHooks{cache: cacheStatus, jobs: s.jobsStatus})
@@ -221,15 +227,17 @@ func (s *Server) Apply(cfg *config.Config) error {
 }
 
 // startBackground starts, once, the work a serving ballast does besides
-// requests: the state sweeper, and resuming the async jobs a previous
-// process left pending. A Server that is built but never served starts
-// no goroutine.
+// requests: the state sweeper, the agent watch, and resuming the async
+// jobs a previous process left pending. A Server that is built but never
+// served starts no goroutine.
 func (s *Server) startBackground() {
 	s.bgOnce.Do(func() {
 		bg, cancel := context.WithCancel(context.Background())
 		s.bgCancel, s.bgDone = cancel, make(chan struct{})
 		st := s.state.(*timedStore).Store
 		var wg sync.WaitGroup
+		wg.Add(1)
+		go func() { defer wg.Done(); s.agents.run(bg) }()
 		if s.shared != nil {
 			wg.Add(3)
 			go func() { defer wg.Done(); s.shared.watch(bg, policy.SystemClock{}) }()

@@ -28,8 +28,11 @@ type trail struct {
 	// detached: the call runs to its end whether the agent waits or not
 	// (an idempotency-guarded call, which a retry attaches to).
 	detached bool
-	buf      []byte
-	clock    stampCache
+	// watch is the request's registration with the agent watch while
+	// ballast works on its call; nil when it is not watched.
+	watch *watchedCall
+	buf   []byte
+	clock stampCache
 }
 
 type trailAttempt struct {

@@ -226,6 +226,31 @@ func (c *Conn) PeerHungUp() bool {
 	return c.peekErrno != syscall.EAGAIN && (c.peekErrno != 0 || c.peekN == 0)
 }
 
+// HungUpNow is PeerHungUp for a goroutine other than the one serving the
+// connection: it keeps its result on its own stack, so it may run beside
+// PeerGone, PeerHungUp and the connection's Read. One recvfrom(2); the
+// callback allocates.
+func (c *Conn) HungUpNow() bool {
+	var (
+		buf   [1]byte
+		n     uintptr
+		errno syscall.Errno
+	)
+	err := c.raw.Control(func(fd uintptr) {
+		for {
+			n, _, errno = syscall.RawSyscall6(syscall.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&buf[0])), 1,
+				syscall.MSG_PEEK|syscall.MSG_DONTWAIT, 0, 0)
+			if errno != syscall.EINTR {
+				return
+			}
+		}
+	})
+	if err != nil {
+		return true // closed here
+	}
+	return errno != syscall.EAGAIN && (errno != 0 || n == 0)
+}
+
 // peek is the raw.Control callback of PeerGone and PeerHungUp. recvfrom
 // returns 0 on a FIN, 1 when data is pending and EAGAIN when there is
 // nothing to read.

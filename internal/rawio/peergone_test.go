@@ -147,6 +147,32 @@ func TestPeerHungUp(t *testing.T) {
 			if got := c.PeerHungUp(); got != tc.hungUp {
 				t.Fatalf("PeerHungUp = %v, want %v", got, tc.hungUp)
 			}
+			if got := c.HungUpNow(); got != tc.hungUp {
+				t.Fatalf("HungUpNow = %v, want %v", got, tc.hungUp)
+			}
 		})
+	}
+}
+
+// HungUpNow may run on a watcher's goroutine while the connection's own
+// goroutine checks it too (the race detector checks this test).
+func TestHungUpNowBesideTheServingGoroutine(t *testing.T) {
+	w, _ := pair(t)
+	c := w.(*rawio.Conn)
+	done := make(chan bool)
+	go func() {
+		gone := false
+		for range 200 {
+			gone = gone || c.HungUpNow()
+		}
+		done <- gone
+	}()
+	for range 200 {
+		if c.PeerHungUp() || c.PeerGone() {
+			t.Error("a live connection read as gone")
+		}
+	}
+	if <-done {
+		t.Error("HungUpNow: a live connection read as gone")
 	}
 }

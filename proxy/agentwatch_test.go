@@ -1,0 +1,171 @@
+package proxy_test
+
+import (
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/ballast-proxy/ballast/policy"
+)
+
+// hangUntilClientLeaves answers only when released; it records whether
+// its client (ballast) closed the connection first.
+type hangUntilClientLeaves struct {
+	hits    atomic.Int64
+	started chan struct{} // gets a value per request
+	release chan struct{}
+	hungUp  atomic.Int64
+}
+
+func newHanging(t *testing.T) *hangUntilClientLeaves {
+	h := &hangUntilClientLeaves{started: make(chan struct{}, 8), release: make(chan struct{})}
+	t.Cleanup(func() { close(h.release) })
+	return h
+}
+
+func (h *hangUntilClientLeaves) handler(w http.ResponseWriter, r *http.Request) {
+	h.hits.Add(1)
+	_, _ = io.Copy(io.Discard, r.Body) // net/http watches the connection only once the body is read
+	h.started <- struct{}{}
+	select {
+	case <-r.Context().Done(): // net/http: the client closed the connection
+		h.hungUp.Add(1)
+	case <-h.release:
+		w.Header().Set("Content-Type", "application/json")
+		fmt.Fprint(w, `{"ok":true}`)
+	}
+}
+
+// sendAndLeave sends a request on a raw connection, waits until the
+// upstream has it, and hangs up, as an agent's client does at its own
+// timeout.
+func sendAndLeave(t *testing.T, addr, request string, started <-chan struct{}) {
+	t.Helper()
+	conn, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := fmt.Fprint(conn, request); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-started:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the upstream never got the request")
+	}
+	conn.Close()
+}
+
+// An agent that hangs up while the upstream works on its call: ballast
+// closes the upstream connection too (Envoy and nginx do), instead of
+// waiting for an answer nobody reads until per_try — holding the slot and
+// spending the provider's tokens. The attempt is no fault of the
+// upstream's and is not retried.
+func TestAgentHangUpCallsTheUpstreamOff(t *testing.T) {
+	h := newHanging(t)
+	up, _ := upstream(t, h.handler)
+	b := startBallast(t, fmt.Sprintf(`
+routes:
+  - name: model
+    match: {path_prefix: /}
+    upstream: %q
+    retry: {attempts: 3, unsafe_methods: true, backoff: {base: 1ms, max: 1ms}}
+    timeouts: {per_try: 60s, total: 120s}
+    breaker: {failures: 1, failure_ratio: 0}
+`, up))
+	sendAndLeave(t, b.addr, "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}", h.started)
+	waitFor(t, func() bool { return h.hungUp.Load() == 1 })
+	waitFor(t, func() bool {
+		b.srv.FlushAccessLog()
+		return strings.Contains(b.logs.String(), `"msg":"request"`)
+	})
+	logs := b.logs.String()
+	if !strings.Contains(logs, `"status":499`) || !strings.Contains(logs, `"stopped":"agent_gone"`) {
+		t.Errorf("the trail does not say the agent left: %s", logs)
+	}
+	if n := h.hits.Load(); n != 1 {
+		t.Errorf("upstream hits %d, want 1: a call for an agent that left was retried", n)
+	}
+	if got := b.metric("ballast_upstream_attempts_total", map[string]string{"route": "model", "outcome": policy.Canceled.String()}); got != 1 {
+		t.Errorf("attempts counted as canceled: %v, want 1", got)
+	}
+	// The breaker (one failure opens it) did not count the called-off
+	// attempt: the next call goes through.
+	go func() {
+		<-h.started
+		h.release <- struct{}{}
+	}()
+	if resp, body := do(t, "POST", b.base+"/v1/chat/completions", "{}", "Content-Type", "application/json"); resp.StatusCode != 200 {
+		t.Fatalf("after a called-off attempt: %d %s", resp.StatusCode, body)
+	}
+}
+
+// A call guarded by an idempotency key is detached from its agent: it runs
+// on, so that the agent's retry attaches to it or replays its answer.
+func TestAgentHangUpLeavesKeyedCallsRunning(t *testing.T) {
+	h := newHanging(t)
+	up, _ := upstream(t, h.handler)
+	b := startBallast(t, fmt.Sprintf(`
+routes:
+  - name: model
+    match: {path_prefix: /}
+    upstream: %q
+    timeouts: {per_try: 60s, total: 120s}
+    idempotency: {mode: header}
+`, up))
+	sendAndLeave(t, b.addr, "POST /orders HTTP/1.1\r\nHost: x\r\nIdempotency-Key: k1\r\nContent-Length: 2\r\n\r\n{}", h.started)
+	// An unkeyed call, made later, whose agent also leaves: once it is
+	// called off, the watch has looked at the keyed one too (calls are
+	// scanned oldest first).
+	sendAndLeave(t, b.addr, "POST /orders HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}", h.started)
+	waitFor(t, func() bool { return h.hungUp.Load() == 1 })
+	h.release <- struct{}{} // the keyed call's answer
+	resp, body := do(t, "POST", b.base+"/orders", "{}", "Idempotency-Key", "k1")
+	if resp.StatusCode != 200 || !strings.Contains(body, `"ok":true`) || h.hits.Load() != 2 {
+		t.Fatalf("the agent's retry of the keyed call got %d %q after %d upstream hits; want the first call's answer, replayed",
+			resp.StatusCode, body, h.hits.Load())
+	}
+}
+
+// An agent that hangs up while ballast waits to retry (here a Retry-After
+// of a minute) ends the wait: the request ends at once, not a minute on.
+func TestAgentHangUpEndsTheWaitForARetry(t *testing.T) {
+	clock := policy.NewFakeClock(time.Now())
+	var hits atomic.Int64
+	first := make(chan struct{}, 1)
+	up, _ := upstream(t, func(w http.ResponseWriter, r *http.Request) {
+		hits.Add(1)
+		w.Header().Set("Retry-After", "60")
+		w.WriteHeader(503)
+		first <- struct{}{}
+	})
+	b := startBallastClock(t, clock, fmt.Sprintf(`
+routes:
+  - name: r
+    match: {path_prefix: /}
+    upstream: %q
+    retry: {attempts: 2, max_retry_after: 120s}
+    timeouts: {total: 300s}
+`, up))
+	conn, err := net.Dial("tcp", b.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	fmt.Fprint(conn, "GET /x HTTP/1.1\r\nHost: x\r\n\r\n")
+	<-first
+	waitFor(t, func() bool { return clock.Waiters() > 0 }) // ballast waits for the retry
+	conn.Close()
+	waitFor(t, func() bool {
+		b.srv.FlushAccessLog()
+		return strings.Contains(b.logs.String(), `"msg":"request"`)
+	})
+	if logs := b.logs.String(); !strings.Contains(logs, `"stopped":"agent_gone"`) || hits.Load() != 1 {
+		t.Errorf("after %d upstream hits, the trail: %s", hits.Load(), logs)
+	}
+}
