@@ -231,7 +231,7 @@ targets:
 			if n+1 >= r.attempts {
 				continue targets // spent here; the next fallback may do better
 			}
-			if a.hint > r.maxRetryAfter && r.maxRetryAfter > 0 {
+			if a.hint > r.maxRetryAfter { // 0: no hint is waited for
 				// Coming back within the cap would be refused again.
 				stop, stopAfter = ReasonRateLimited, a.hint
 				continue targets

@@ -105,15 +105,34 @@ func (s *Server) writeTransportProblem(ctx *fasthttp.RequestCtx, r *route, t *ta
 	writeProblem(ctx, p)
 }
 
+// writeBodyTooLarge answers a request whose body is over r's max_body,
+// and closes the connection: the rest of the body is never read.
+func writeBodyTooLarge(ctx *fasthttp.RequestCtx, r *route) {
+	writeProblem(ctx, problem{Status: fasthttp.StatusRequestEntityTooLarge, Reason: ReasonBodyTooLarge, Route: r.name,
+		Detail: "the request body is larger than this route's limit of " + formatBytes(r.maxBody)})
+	ctx.SetConnectionClose()
+}
+
+// expectContinue decides an agent's Expect: 100-continue before its body
+// is sent: a Content-Length over the route's max_body gets its 413 at once,
+// so the agent does not upload what would be refused. Everything else
+// continues, and is decided as usual once the body is there.
+func (s *Server) expectContinue(ctx *fasthttp.RequestCtx) int {
+	r := s.table.Load().match(ctx.Host(), ctx.Path(), ctx.Method())
+	if r == nil || int64(ctx.Request.Header.ContentLength()) <= r.maxBody {
+		return fasthttp.StatusContinue
+	}
+	s.ids.assign(ctx)
+	writeBodyTooLarge(ctx, r)
+	r.m.observe(fasthttp.StatusRequestEntityTooLarge, 0)
+	return fasthttp.StatusRequestEntityTooLarge
+}
+
 // readBody returns the request body, enforcing the route's limit. It
 // answers 413 itself and returns ok=false when the body is too large. buf,
 // when not nil, must be returned to bytebufferpool after the exchange.
 func readBody(ctx *fasthttp.RequestCtx, r *route) (body []byte, buf *bytebufferpool.ByteBuffer, ok bool) {
-	tooLarge := func() {
-		writeProblem(ctx, problem{Status: fasthttp.StatusRequestEntityTooLarge, Reason: ReasonBodyTooLarge, Route: r.name,
-			Detail: "the request body is larger than this route's limit of " + formatBytes(r.maxBody)})
-		ctx.SetConnectionClose()
-	}
+	tooLarge := func() { writeBodyTooLarge(ctx, r) }
 	if int64(ctx.Request.Header.ContentLength()) > r.maxBody {
 		tooLarge()
 		return nil, nil, false
@@ -207,6 +226,8 @@ func buildOutbound(out *fasthttp.Request, ctx *fasthttp.RequestCtx, r *route, t 
 	}
 }
 
+var strHTTP11 = []byte("HTTP/1.1")
+
 // relay copies the upstream response to the agent. The body streams: it is
 // never held in memory, and SSE events reach the agent as they arrive.
 func (s *Server) relay(ctx *fasthttp.RequestCtx, r *route, t *target, resp *fasthttp.Response, deadline time.Time, attempts int) {
@@ -218,6 +239,10 @@ func (s *Server) relay(ctx *fasthttp.RequestCtx, r *route, t *target, resp *fast
 	// CopyTo also copies the client response's wish for a default
 	// Content-Type; an answer without one must reach the agent without one.
 	h.SetNoDefaultContentType(true)
+	// The status line is ballast's, not the upstream's (RFC 9110 §2.5): an
+	// HTTP/1.0 upstream's version would tell the agent to ignore the
+	// chunked framing ballast relays its body in.
+	h.SetProtocol(strHTTP11)
 	if hasHeaderIn(h, outboundSkip) { // one pass; most answers carry none of them
 		for _, conn := range resp.Header.PeekAll("Connection") {
 			for len(conn) > 0 {

@@ -174,6 +174,7 @@ func New(cfg *config.Config, opts Options) (*Server, error) {
 	s.srv = &fasthttp.Server{
 		Handler:                       s.handle,
 		ErrorHandler:                  s.handleParseError,
+		ExpectHandler:                 s.expectContinue,
 		NoDefaultServerHeader:         true,
 		NoDefaultContentType:          true,
 		ReadBufferSize:                int(cfg.Server.MaxHeaderBytes),
@@ -336,12 +337,40 @@ func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 		s.unmatched.observe(fasthttp.StatusBadRequest, time.Since(start).Seconds())
 		return
 	}
-	if ctx.IsConnect() {
+	if v := ctx.Request.Header.Protocol(); len(v) > 5 && v[5] != '1' {
+		// fasthttp reads any HTTP/x.y as 1.x; nginx refuses other majors.
+		status, detail := fasthttp.StatusHTTPVersionNotSupported, "ballast speaks HTTP/1.1 and HTTP/1.0 to agents, not "+string(v)
+		if v[5] == '0' {
+			status, detail = fasthttp.StatusBadRequest, "ballast does not serve "+string(v)+" requests"
+		}
+		writeProblem(ctx, problem{Status: status, Reason: ReasonBadRequest, Detail: detail})
+		ctx.SetConnectionClose()
+		s.unmatched.observe(status, time.Since(start).Seconds())
+		return
+	}
+	switch {
+	case ctx.IsConnect():
 		// Tunnels would carry bytes ballast cannot see or protect.
 		writeProblem(ctx, problem{Status: fasthttp.StatusMethodNotAllowed, Reason: ReasonBadRequest,
-			Allow:  "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS",
+			Allow:  allowedMethods,
 			Detail: "ballast does not tunnel CONNECT; send plain-HTTP tool calls through HTTP_PROXY, or point the client at a route's base URL"})
 		s.unmatched.observe(fasthttp.StatusMethodNotAllowed, time.Since(start).Seconds())
+		return
+	case ctx.IsTrace():
+		// An upstream that implements TRACE echoes the request it got,
+		// with the credentials the route's header rules added.
+		writeProblem(ctx, problem{Status: fasthttp.StatusMethodNotAllowed, Reason: ReasonBadRequest,
+			Allow:  allowedMethods,
+			Detail: "ballast does not forward TRACE: the upstream's echo would show the credentials the route adds"})
+		s.unmatched.observe(fasthttp.StatusMethodNotAllowed, time.Since(start).Seconds())
+		return
+	case ctx.IsOptions() && (string(ctx.Request.Header.RequestURI()) == "*" || string(ctx.Request.Header.Peek("Max-Forwards")) == "0"):
+		// OPTIONS * asks about ballast itself, and Max-Forwards: 0 makes
+		// ballast the final recipient (RFC 9110 §7.6.2, §9.3.7): answered
+		// here, never forwarded.
+		ctx.Response.Header.Set("Allow", allowedMethods)
+		ctx.Response.Header.SetContentLength(0)
+		s.unmatched.observe(fasthttp.StatusOK, time.Since(start).Seconds())
 		return
 	}
 	if bytes.HasPrefix(ctx.Path(), []byte(jobsPath)) && (ctx.IsGet() || ctx.IsHead()) {
@@ -374,10 +403,13 @@ func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 	r.m.observe(ctx.Response.StatusCode(), end.Sub(start).Seconds())
 }
 
+// allowedMethods is the Allow of ballast's own answers about methods.
+const allowedMethods = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
+
 // handleParseError answers requests fasthttp could not parse.
 func (s *Server) handleParseError(ctx *fasthttp.RequestCtx, err error) {
 	s.ids.assign(ctx)
-	p := problem{Status: fasthttp.StatusBadRequest, Reason: ReasonBadRequest, Detail: "malformed request: " + err.Error()}
+	p := problem{Status: fasthttp.StatusBadRequest, Reason: ReasonBadRequest, Detail: "malformed request: " + redactQuotedRequests(err.Error())}
 	var se *fasthttp.ErrSmallBuffer
 	switch {
 	case errors.As(err, &se) || strings.Contains(err.Error(), "small read buffer"):
@@ -394,6 +426,46 @@ func (s *Server) handleParseError(ctx *fasthttp.RequestCtx, err error) {
 	writeProblem(ctx, p)
 	ctx.SetConnectionClose()
 	s.unmatched.observe(p.Status, 0)
+}
+
+// redactQuotedRequests replaces, in a fasthttp message, every quoted
+// string that spans lines (`cannot find whitespace in the first line of
+// request "GET /x\r\nAuthorization: ..."`) with a placeholder: those are
+// request bytes, credentials included. SecureErrorLogMessage hides them in
+// most of fasthttp's messages, not all. Short quoted values (addresses)
+// stay. A problem's detail reaches SDK exceptions and agent transcripts,
+// and the log reaches whoever reads it.
+func redactQuotedRequests(msg string) string {
+	if !strings.Contains(msg, `\n`) {
+		return msg
+	}
+	var b strings.Builder
+	for {
+		open := strings.IndexByte(msg, '"')
+		if open < 0 {
+			break
+		}
+		end := open + 1
+		for end < len(msg) && msg[end] != '"' {
+			if msg[end] == '\\' {
+				end++
+			}
+			end++
+		}
+		if end >= len(msg) {
+			break // unterminated: keep as is
+		}
+		quoted := msg[open : end+1]
+		b.WriteString(msg[:open])
+		if strings.Contains(quoted, `\n`) {
+			b.WriteString(`"<request bytes not shown>"`)
+		} else {
+			b.WriteString(quoted)
+		}
+		msg = msg[end+1:]
+	}
+	b.WriteString(msg)
+	return b.String()
 }
 
 // unsafeHeaderBlock inspects the raw request header block in one pass and
@@ -445,5 +517,5 @@ func unsafeHeaderBlock(h *fasthttp.RequestHeader) string {
 type fasthttpLogger struct{ log *slog.Logger }
 
 func (l fasthttpLogger) Printf(format string, args ...any) {
-	l.log.Debug("fasthttp: " + fmt.Sprintf(format, args...))
+	l.log.Debug("fasthttp: " + redactQuotedRequests(fmt.Sprintf(format, args...)))
 }

@@ -274,14 +274,43 @@ func (t *transport[C]) drop(cc C, cancel *tryCancel) {
 	t.closeConn(cc)
 }
 
-// readHeader reads the response header, skipping interim 1xx responses
-// (but not 101).
+// Answers no HTTP/1.1 upstream may give ballast; each fails the attempt
+// and closes its connection.
+var (
+	// errUnaskedUpgrade: ballast strips Upgrade from every request, so a
+	// 101 switches to a protocol nobody asked for (RFC 9110 §15.2.2), and
+	// the connection must not go back to the pool.
+	errUnaskedUpgrade = errors.New("proxy: the upstream switched protocols (101) although nothing asked it to")
+	// errBadStatus: a status outside 100 to 599 (RFC 9110 §15) has no
+	// meaning and no known framing.
+	errBadStatus = errors.New("proxy: the upstream's status code is outside 100 to 599")
+	// errBadHeaderName: a header name with a space (RFC 9110 §5.1), which
+	// fasthttp lets through; the agent's parser may read it otherwise.
+	errBadHeaderName = errors.New("proxy: the upstream sent a header name that is not a token")
+)
+
+// readHeader reads the final response header, skipping interim 1xx
+// responses (100, 103), and refuses answers no upstream may give.
 func readHeader(h *fasthttp.ResponseHeader, br *bufio.Reader) error {
 	for range 8 {
 		if err := h.Read(br); err != nil {
 			return err
 		}
-		if s := h.StatusCode(); s < 100 || s > 199 || s == fasthttp.StatusSwitchingProtocols {
+		switch s := h.StatusCode(); {
+		case s == fasthttp.StatusSwitchingProtocols:
+			return errUnaskedUpgrade
+		case s < 100 || s > 599:
+			return errBadStatus
+		case s >= 200:
+			// An answer without Content-Type has none: fasthttp would
+			// make up text/plain, which validate.content_type and the
+			// event-stream checks would then read.
+			h.SetNoDefaultContentType(true)
+			for k := range h.All() {
+				if bytes.IndexByte(k, ' ') >= 0 {
+					return errBadHeaderName
+				}
+			}
 			return nil
 		}
 	}
