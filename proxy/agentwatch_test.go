@@ -169,3 +169,35 @@ routes:
 		t.Errorf("after %d upstream hits, the trail: %s", hits.Load(), logs)
 	}
 }
+
+// A hedged call whose agent hangs up has both copies called off.
+func TestAgentHangUpCallsHedgesOff(t *testing.T) {
+	h := newHanging(t)
+	up, _ := upstream(t, h.handler)
+	b := startBallast(t, fmt.Sprintf(`
+routes:
+  - name: tool
+    match: {path_prefix: /}
+    upstream: %q
+    hedge_after: 10ms
+    timeouts: {per_try: 60s, total: 120s}
+`, up))
+	conn, err := net.Dial("tcp", b.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fmt.Fprint(conn, "GET /search HTTP/1.1\r\nHost: x\r\n\r\n")
+	for range 2 { // the first copy, then the hedge
+		select {
+		case <-h.started:
+		case <-time.After(5 * time.Second):
+			t.Fatal("the upstream did not get both copies")
+		}
+	}
+	conn.Close()
+	waitFor(t, func() bool { return h.hungUp.Load() == 2 })
+	waitFor(t, func() bool {
+		b.srv.FlushAccessLog()
+		return strings.Contains(b.logs.String(), `"stopped":"agent_gone"`)
+	})
+}

@@ -177,7 +177,7 @@ targets:
 			}
 			var a attempt
 			if r.hedgeAfter > 0 && (guarded || policy.IdempotentMethod(method)) {
-				a = s.tryHedged(out, t, r, deadline, attempts)
+				a = s.tryHedged(out, t, r, deadline, attempts, watch)
 			} else {
 				a = s.tryObserved(out, t, r, deadline, attempts, watch.attemptCancel())
 			}
@@ -571,7 +571,7 @@ func (s *Server) settleTokens(ctx *fasthttp.RequestCtx, res *ratelimit.Reservati
 // budget allows), a hedge goes out too. The first good answer wins, and
 // the other copy is called off (its connection closed, see tryCancel)
 // and dropped. It runs only for requests safe to repeat.
-func (s *Server) tryHedged(out *fasthttp.Request, t *target, r *route, deadline time.Time, prior int) attempt {
+func (s *Server) tryHedged(out *fasthttp.Request, t *target, r *route, deadline time.Time, prior int, watch *watchedCall) attempt {
 	type result struct {
 		a     attempt
 		which int
@@ -590,10 +590,23 @@ func (s *Server) tryHedged(out *fasthttp.Request, t *target, r *route, deadline 
 	timer := s.clock.NewTimer(r.hedgeAfter)
 	defer timer.Stop()
 	inFlight := 1
+	// The agent hanging up (agentWatch) calls every copy off.
+	callOff := func() attempt {
+		for i := range inFlight {
+			cancels[i].cancel()
+		}
+		for range inFlight {
+			releaseAttempt((<-results).a)
+		}
+		return attempt{err: errTryCanceled, class: policy.Canceled}
+	}
+	left := watch.leftC()
 	var first result
 	select {
 	case first = <-results:
 		return first.a
+	case <-left:
+		return callOff()
 	case <-timer.C():
 		if t.health.budget.Withdraw(s.clock.Now()) {
 			r.m.hedges.Inc()
@@ -601,7 +614,11 @@ func (s *Server) tryHedged(out *fasthttp.Request, t *target, r *route, deadline 
 			inFlight++
 		}
 	}
-	first = <-results
+	select {
+	case first = <-results:
+	case <-left:
+		return callOff()
+	}
 	inFlight--
 	if first.a.class == policy.OK || inFlight == 0 {
 		if inFlight > 0 {
