@@ -481,3 +481,75 @@ routes:
 		t.Errorf("ballast_cooldown_seconds %v after it ended, want 0", got)
 	}
 }
+
+// Breakers and retry budgets belong to the config in force: a reload that
+// drops an upstream drops its breaker (and its ballast_breaker_state
+// series), and one that changes an upstream's breaker policy keeps one
+// breaker for it, not one per generation. A breaker kept across a reload
+// keeps its state.
+func TestReloadKeepsOnlyTheBreakersInForce(t *testing.T) {
+	var failing atomic.Bool
+	failing.Store(true)
+	a, _ := upstream(t, func(w http.ResponseWriter, r *http.Request) {
+		if failing.Load() {
+			w.WriteHeader(503)
+		}
+	})
+	bURL := opsOK(t)
+	aHost, bHost := strings.TrimPrefix(a, "http://"), strings.TrimPrefix(bURL, "http://")
+	cfg := func(up string, failures int) string {
+		return fmt.Sprintf(`
+routes:
+  - {name: r, match: {path_prefix: /}, upstream: %q, retry: {attempts: 1}, breaker: {failures: %d, failure_ratio: 0, open_for: 1h}}
+`, up, failures)
+	}
+	b := startBallast(t, cfg(a, 1))
+	series := func(host string) bool {
+		mfs, err := b.reg.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, mf := range mfs {
+			if mf.GetName() != "ballast_breaker_state" {
+				continue
+			}
+			for _, m := range mf.GetMetric() {
+				for _, lp := range m.GetLabel() {
+					if lp.GetName() == "upstream" && lp.GetValue() == host {
+						return true
+					}
+				}
+			}
+		}
+		return false
+	}
+	if resp, _ := do(t, "GET", b.base+"/x", ""); resp.StatusCode != 503 {
+		t.Fatalf("first call: %d", resp.StatusCode)
+	}
+	failing.Store(false)
+	if code, body := opsReload(t, b, cfg(a, 1)+"\n"); code != 200 {
+		t.Fatalf("reload: %d %s", code, body)
+	}
+	if resp, _ := do(t, "GET", b.base+"/x", ""); resp.StatusCode != 503 {
+		t.Fatalf("an unchanged breaker lost its open state across a reload: %d", resp.StatusCode)
+	}
+	for range 3 { // policy changes, back and forth
+		for _, f := range []int{5, 1} {
+			if code, body := opsReload(t, b, cfg(a, f)); code != 200 {
+				t.Fatalf("reload: %d %s", code, body)
+			}
+		}
+	}
+	if n := b.srv.HealthEntries(); n != 1 {
+		t.Errorf("%d breakers kept for one upstream after six reloads, want 1", n)
+	}
+	if code, body := opsReload(t, b, cfg(bURL, 1)); code != 200 {
+		t.Fatalf("reload: %d %s", code, body)
+	}
+	if !series(bHost) || series(aHost) {
+		t.Errorf("breaker series after the upstream was replaced: new %v, old %v; want only the new one", series(bHost), series(aHost))
+	}
+	if n := b.srv.HealthEntries(); n != 1 {
+		t.Errorf("%d breakers kept after the upstream was replaced, want 1", n)
+	}
+}

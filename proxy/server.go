@@ -151,6 +151,7 @@ func New(cfg *config.Config, opts Options) (*Server, error) {
 	s.table.Store(t)
 	s.limiters.sweep()
 	s.ups.sweep()
+	s.health.sweep()
 	// What `ballast run` binds; ServeAdmin also marks a real address beyond
 	// loopback.
 	s.adminExposed.Store(!config.IsLoopback(cfg.Admin.Listen))
@@ -220,6 +221,7 @@ func (s *Server) Apply(cfg *config.Config) error {
 	old := s.table.Swap(t)
 	s.limiters.sweep()
 	s.ups.sweep()
+	s.health.sweep()
 	s.trails.setInterval(cfg.Log.FlushInterval.D())
 	if old != nil && (old.cfg.Listen != cfg.Listen || old.cfg.Admin.Listen != cfg.Admin.Listen || old.cfg.Server != cfg.Server) {
 		s.log.Warn("listen addresses and server limits change only on restart", "listen", cfg.Listen, "admin", cfg.Admin.Listen)

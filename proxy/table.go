@@ -81,6 +81,7 @@ func Check(cfg *config.Config) error {
 func (s *Server) buildTable(cfg *config.Config) (*table, error) {
 	s.limiters.begin()
 	s.ups.begin()
+	s.health.begin()
 	t := &table{cfg: cfg}
 	var errs []error
 	for i := range cfg.Routes {

@@ -54,22 +54,70 @@ func (h *health) opened(s policy.BreakerState) bool {
 	}
 }
 
-// healthPool keeps health across config generations.
+// healthPool keeps health (breaker, retry budget) across config
+// generations, for as long as the table in force uses it: like the
+// upstream and limiter pools, a table build marks what it takes (begin,
+// get) and sweep drops the rest, so reloads that change an upstream's
+// policies do not pile up breakers nobody consults.
 type healthPool struct {
-	mu  sync.Mutex
-	all map[string]*health
+	mu    sync.Mutex
+	all   map[string]*health
+	names map[string]string // key → upstream name, the breaker gauge's label
+	used  map[string]bool   // taken by the table being built; nil before the first
+	m     *metrics          // whose breaker gauges sweep deletes
 }
 
-func newHealthPool() *healthPool { return &healthPool{all: map[string]*health{}} }
+func newHealthPool() *healthPool {
+	return &healthPool{all: map[string]*health{}, names: map[string]string{}}
+}
+
+// begin starts a table build.
+func (p *healthPool) begin() {
+	p.mu.Lock()
+	p.used = map[string]bool{}
+	p.mu.Unlock()
+}
+
+// sweep drops the health the table now in force did not take, and the
+// breaker gauge of an upstream no health is left for. Requests still
+// running on an older table keep theirs until they end.
+func (p *healthPool) sweep() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.used == nil {
+		return
+	}
+	kept := map[string]bool{}
+	for k, h := range p.all {
+		if p.used[k] && h.breaker != nil {
+			kept[p.names[k]] = true
+		}
+	}
+	for k := range p.all {
+		if p.used[k] {
+			continue
+		}
+		if name := p.names[k]; !kept[name] && p.m != nil {
+			p.m.breakerState.DeleteLabelValues(name)
+		}
+		delete(p.all, k)
+		delete(p.names, k)
+	}
+}
 
 func (p *healthPool) get(upstreamKey string, pol *config.Policy, m *metrics, upstreamName string) *health {
 	key := fmt.Sprintf("%s|%+v|%+v", upstreamKey, pol.Breaker, pol.Retry.Budget)
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	if p.used != nil {
+		p.used[key] = true
+	}
 	if h, ok := p.all[key]; ok {
 		return h
 	}
+	p.m = m
 	h := &health{budget: policy.NewBudget(pol.Retry.Budget.Ratio, pol.Retry.Budget.MinPerSecond, policy.DefaultBudgetTTL)}
+	p.names[key] = upstreamName
 	if b := pol.Breaker; b.Enabled {
 		gauge := m.breakerState.WithLabelValues(upstreamName)
 		gauge.Set(float64(policy.StateClosed))

@@ -1,0 +1,9 @@
+package proxy
+
+// HealthEntries is how many breakers and retry budgets the server keeps,
+// for tests of what a reload leaves behind.
+func (s *Server) HealthEntries() int {
+	s.health.mu.Lock()
+	defer s.health.mu.Unlock()
+	return len(s.health.all)
+}
