@@ -134,6 +134,12 @@ type Server struct {
 	// IdleTimeout closes agent keep-alive connections idle this long.
 	// Default 90s.
 	IdleTimeout Duration `koanf:"idle_timeout" json:"idle_timeout"`
+	// ReadTimeout bounds how long an agent may take to send a request's
+	// line and headers and the first 8KiB of its body (what is read before
+	// the request is routed); the rest of a body is bounded by the
+	// request's own deadline. A slower agent gets 408. Default 60s, like
+	// nginx's client_header_timeout.
+	ReadTimeout Duration `koanf:"read_timeout" json:"read_timeout"`
 }
 
 // Policy is the part of a route that the defaults block provides and a

@@ -128,7 +128,7 @@ func builtinDefaults() map[string]any {
 		"log":              map[string]any{"requests": true, "success_sample": 1.0, "flush_interval": "1s"},
 		"shutdown_timeout": "30s",
 		"procs":            0,
-		"server":           map[string]any{"max_header_bytes": "16KiB", "idle_timeout": "90s"},
+		"server":           map[string]any{"max_header_bytes": "16KiB", "idle_timeout": "90s", "read_timeout": "60s"},
 		"state": map[string]any{"backend": "", "max_records": 10000, "max_response_bytes": "1MiB", "sweep_every": "1m",
 			"redis": map[string]any{"key_prefix": "ballast:", "dial_timeout": "1s", "read_timeout": "500ms",
 				"write_timeout": "500ms", "op_timeout": "500ms", "on_error": "fail_open"}},

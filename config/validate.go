@@ -36,6 +36,9 @@ func (c *Config) Validate() error {
 	if c.Server.MaxHeaderBytes < 1<<10 || c.Server.MaxHeaderBytes > 1<<20 {
 		add(pathErr("server.max_header_bytes", "must be between 1KiB and 1MiB"))
 	}
+	if c.Server.ReadTimeout <= 0 {
+		add(pathErr("server.read_timeout", "must be positive"))
+	}
 	switch c.State.Backend {
 	case "", "memory", "file", "redis":
 	default:

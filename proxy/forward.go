@@ -51,7 +51,7 @@ func (s *Server) forward(ctx *fasthttp.RequestCtx, r *route, start time.Time) {
 			deadline = dl
 		}
 	}
-	body, buf, ok := readBody(ctx, r)
+	body, buf, ok := readBody(ctx, r, s.wall(deadline))
 	if buf != nil {
 		defer bytebufferpool.Put(buf)
 	}
@@ -131,7 +131,12 @@ func (s *Server) expectContinue(ctx *fasthttp.RequestCtx) int {
 // readBody returns the request body, enforcing the route's limit. It
 // answers 413 itself and returns ok=false when the body is too large. buf,
 // when not nil, must be returned to bytebufferpool after the exchange.
-func readBody(ctx *fasthttp.RequestCtx, r *route) (body []byte, buf *bytebufferpool.ByteBuffer, ok bool) {
+//
+// The request's deadline (wall clock) bounds the read: an agent whose body
+// trickles in past it gets 408, not the listener's 5-minute read timeout.
+// The deadline is set only once a read must wait on the socket: a body
+// fasthttp already holds costs no timer.
+func readBody(ctx *fasthttp.RequestCtx, r *route, deadline time.Time) (body []byte, buf *bytebufferpool.ByteBuffer, ok bool) {
 	tooLarge := func() { writeBodyTooLarge(ctx, r) }
 	if int64(ctx.Request.Header.ContentLength()) > r.maxBody {
 		tooLarge()
@@ -147,9 +152,15 @@ func readBody(ctx *fasthttp.RequestCtx, r *route) (body []byte, buf *bytebufferp
 		return b, nil, true
 	}
 	buf = bytebufferpool.Get()
-	for {
+	for reads := 0; ; reads++ {
 		if len(buf.B) == cap(buf.B) {
 			buf.B = append(buf.B, 0)[:len(buf.B)]
+		}
+		if reads == 1 {
+			if c := ctx.Conn(); c != nil {
+				// The next request's read sets fasthttp's own deadline again.
+				_ = c.SetReadDeadline(deadline)
+			}
 		}
 		n, err := stream.Read(buf.B[len(buf.B):cap(buf.B)])
 		buf.B = buf.B[:len(buf.B)+n]
@@ -161,8 +172,13 @@ func readBody(ctx *fasthttp.RequestCtx, r *route) (body []byte, buf *bytebufferp
 			return buf.B, buf, true
 		}
 		if err != nil {
-			writeProblem(ctx, problem{Status: fasthttp.StatusBadRequest, Reason: ReasonBadRequest, Route: r.name,
-				Detail: "reading the request body failed: " + err.Error()})
+			p := problem{Status: fasthttp.StatusBadRequest, Reason: ReasonBadRequest, Route: r.name,
+				Detail: "reading the request body failed: " + err.Error()}
+			if isTimeout(err) {
+				p.Status, p.Reason = fasthttp.StatusRequestTimeout, ReasonTimeout
+				p.Detail = "the request body did not arrive within the request's deadline (timeouts.total or X-Ballast-Timeout)"
+			}
+			writeProblem(ctx, p)
 			ctx.SetConnectionClose()
 			return nil, buf, false
 		}

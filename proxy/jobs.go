@@ -183,16 +183,37 @@ func (s *Server) runJob(job *store.Job) {
 	s.run(&rc, r, job.Request.Body, start.Add(r.total), false)
 
 	resp := &rc.Response
-	body := resp.Body()
-	if stream := resp.BodyStream(); stream != nil {
-		body, _ = io.ReadAll(io.LimitReader(stream, 64<<20))
+	var (
+		body    []byte
+		bodyErr string
+	)
+	// Not resp.Body() first: on a streamed answer it reads all of it.
+	if stream := resp.BodyStream(); stream == nil {
+		body = resp.Body()
+	} else {
+		// Read no more than the store keeps: a larger answer fails the
+		// job now, not after all of it sat in memory.
+		limit := int64(s.table.Load().cfg.State.MaxResponseBytes)
+		var err error
+		body, err = io.ReadAll(io.LimitReader(stream, limit+1))
 		_ = resp.CloseBodyStream()
+		switch {
+		case err != nil:
+			bodyErr = "the upstream's answer broke off after " + strconv.Itoa(len(body)) + " bytes: " + err.Error()
+		case int64(len(body)) > limit:
+			bodyErr = "the response was larger than state.max_response_bytes"
+		}
 	}
 	status := resp.StatusCode()
 	job.Attempts, _ = strconv.Atoi(string(resp.Header.Peek(headerAttempts)))
 	job.Response = &store.Response{Status: status, Header: cache.AppendHeader(nil, &resp.Header), Body: append([]byte(nil), body...)}
 	job.State, job.UpdatedAt = store.JobSucceeded, s.clock.Now()
-	if status >= 500 {
+	switch {
+	case bodyErr != "":
+		// Never a cut-off answer stored as the job's result.
+		job.Response = &store.Response{Status: fasthttp.StatusBadGateway}
+		job.State, job.LastError = store.JobFailed, bodyErr
+	case status >= 500:
 		job.State, job.LastError = store.JobFailed, "the last attempt answered "+strconv.Itoa(status)
 	}
 	job.ExpiresAt = job.UpdatedAt.Add(s.jobTTL(r))

@@ -182,7 +182,7 @@ func New(cfg *config.Config, opts Options) (*Server, error) {
 		StreamRequestBody:             true,
 		MaxRequestBodySize:            1 << 30, // routes enforce their own max_body
 		IdleTimeout:                   cfg.Server.IdleTimeout.D(),
-		ReadTimeout:                   5 * time.Minute,
+		ReadTimeout:                   cfg.Server.ReadTimeout.D(),
 		CloseOnShutdown:               true,
 		DisablePreParseMultipartForm:  true,
 		DisableHeaderNamesNormalizing: false,
