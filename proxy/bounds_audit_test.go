@@ -200,7 +200,6 @@ func (e *baEndless) stopped(d time.Duration) bool {
 // beyond timeouts.total ("total bounds the whole request ... until the
 // last byte of the response body has been relayed").
 func TestBoundsAudit_AgentNeverReadsStreamedAnswer(t *testing.T) {
-	baSkipBug(t, "an agent that never reads a streamed answer pins the upstream connection, the concurrency slot and a goroutine forever (no write deadline on agent connections)")
 	e, up := baEndlessUpstream(t, "application/octet-stream", make([]byte, 64<<10))
 	b := startBallast(t, fmt.Sprintf(`
 routes:

@@ -157,7 +157,7 @@ func readBody(ctx *fasthttp.RequestCtx, r *route, deadline time.Time) (body []by
 			buf.B = append(buf.B, 0)[:len(buf.B)]
 		}
 		if reads == 1 {
-			if c := ctx.Conn(); c != nil {
+			if c := agentSocket(ctx); c != nil {
 				// The next request's read sets fasthttp's own deadline again.
 				_ = c.SetReadDeadline(deadline)
 			}
@@ -318,6 +318,14 @@ func (s *Server) relay(ctx *fasthttp.RequestCtx, r *route, t *target, resp *fast
 		size = -1
 	}
 	rb := acquireRelayBody(s, r, t, resp, stream, id)
+	// The agent must keep reading: each chunk is written within the
+	// route's idle timeout and, but for a standing event stream, by the
+	// request's deadline (timeouts.total).
+	if ctx.IsGet() && isEventStream(resp.Header.ContentType()) {
+		rb.bound(agentSocket(ctx), max(r.idle, time.Minute), time.Time{})
+	} else {
+		rb.bound(agentSocket(ctx), r.idle, deadline)
+	}
 	ctx.Response.SetBodyStream(rb, size)
 }
 

@@ -2,7 +2,9 @@ package proxy
 
 import (
 	"io"
+	"net"
 	"sync"
+	"time"
 
 	"github.com/ballast-proxy/ballast/ratelimit"
 	"github.com/valyala/fasthttp"
@@ -49,6 +51,14 @@ type relayState struct {
 	// Bytes prefetch read ahead, served before the rest of the stream.
 	pre    []byte
 	preOff int
+
+	// The agent's connection and how long each relayed chunk may take to
+	// be written to it (bound): an agent that stops reading must not hold
+	// the upstream connection and the concurrency slot forever. nil agent:
+	// nobody's connection (an async job).
+	agent      net.Conn
+	writeIdle  time.Duration // 0: no bound between chunks
+	writeUntil time.Time     // zero: no overall bound
 }
 
 var relayBodyPool = sync.Pool{New: func() any { return new(relayBody) }}
@@ -62,7 +72,26 @@ func acquireRelayBody(s *Server, r *route, t *target, resp *fasthttp.Response, s
 	return b
 }
 
+// bound makes each chunk's write to agent end within idle (0: no limit)
+// and, for all chunks, by until (zero: no limit). The write deadline is
+// moved before each chunk is handed to fasthttp, which writes it next.
+func (b *relayBody) bound(agent net.Conn, idle time.Duration, until time.Time) {
+	if agent == nil || (idle <= 0 && until.IsZero()) {
+		return
+	}
+	b.agent, b.writeIdle, b.writeUntil = agent, idle, until
+}
+
 func (b *relayBody) Read(p []byte) (int, error) {
+	if b.agent != nil {
+		d := b.writeUntil
+		if b.writeIdle > 0 {
+			if next := time.Now().Add(b.writeIdle); d.IsZero() || next.Before(d) {
+				d = next
+			}
+		}
+		_ = b.agent.SetWriteDeadline(d)
+	}
 	if b.preOff < len(b.pre) {
 		n := copy(p, b.pre[b.preOff:])
 		b.preOff += n
@@ -90,6 +119,9 @@ func (b *relayBody) CloseWithError(error) error {
 	// whether its connection may be reused; closing it once is enough.
 	_ = b.resp.CloseBodyStream()
 	fasthttp.ReleaseResponse(b.resp)
+	if b.agent != nil {
+		_ = b.agent.SetWriteDeadline(time.Time{}) // the connection's next answer has none
+	}
 	now := b.s.clock.Now()
 	if b.hasPermit {
 		b.permit.Release(now)

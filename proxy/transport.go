@@ -3,6 +3,7 @@ package proxy
 import (
 	"bufio"
 	"bytes"
+	"crypto/tls"
 	"errors"
 	"io"
 	"net"
@@ -199,6 +200,17 @@ func agentGone(ctx *fasthttp.RequestCtx) bool {
 func agentDone(ctx *fasthttp.RequestCtx) bool {
 	rc := agentConn(ctx)
 	return rc != nil && rc.PeerGone()
+}
+
+// agentSocket is the connection a request came on, TLS or not, or nil for
+// an async job's request, whose ctx.Conn() is fasthttp's placeholder (its
+// deadline methods would panic).
+func agentSocket(ctx *fasthttp.RequestCtx) net.Conn {
+	switch c := ctx.Conn().(type) {
+	case *rawio.Conn, *tls.Conn:
+		return c
+	}
+	return nil
 }
 
 // agentConn is the raw connection a request came on, looking through TLS,
