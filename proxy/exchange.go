@@ -592,8 +592,8 @@ func (s *Server) tryHedged(out *fasthttp.Request, t *target, r *route, deadline 
 	inFlight := 1
 	// The agent hanging up (agentWatch) calls every copy off.
 	callOff := func() attempt {
-		for i := range inFlight {
-			cancels[i].cancel()
+		for i := range cancels {
+			cancels[i].cancel() // a finished or unlaunched copy's cancel is harmless
 		}
 		for range inFlight {
 			releaseAttempt((<-results).a)
@@ -627,7 +627,13 @@ func (s *Server) tryHedged(out *fasthttp.Request, t *target, r *route, deadline 
 		}
 		return first.a
 	}
-	second := <-results
+	var second result
+	select {
+	case second = <-results:
+	case <-left:
+		releaseAttempt(first.a)
+		return callOff()
+	}
 	if second.a.class == policy.OK {
 		releaseAttempt(first.a)
 		return second.a

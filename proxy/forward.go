@@ -114,17 +114,29 @@ func writeBodyTooLarge(ctx *fasthttp.RequestCtx, r *route) {
 }
 
 // expectContinue decides an agent's Expect: 100-continue before its body
-// is sent: a Content-Length over the route's max_body gets its 413 at once,
-// so the agent does not upload what would be refused. Everything else
-// continues, and is decided as usual once the body is there.
+// is sent, so that the agent does not upload what would be refused: what
+// ballast never forwards (refuseEarly) and a Content-Length over the
+// route's max_body (413) are answered at once. Everything else continues,
+// and is decided as usual once the body is there.
 func (s *Server) expectContinue(ctx *fasthttp.RequestCtx) int {
-	r := s.table.Load().match(ctx.Host(), ctx.Path(), ctx.Method())
+	start := time.Now()
+	s.ids.assign(ctx)
+	if s.refuseEarly(ctx, start) {
+		if code := ctx.Response.StatusCode(); code != fasthttp.StatusContinue {
+			return code
+		}
+	}
+	t := s.table.Load()
+	r := t.match(ctx.Host(), ctx.Path(), ctx.Method())
 	if r == nil || int64(ctx.Request.Header.ContentLength()) <= r.maxBody {
 		return fasthttp.StatusContinue
 	}
-	s.ids.assign(ctx)
 	writeBodyTooLarge(ctx, r)
-	r.m.observe(fasthttp.StatusRequestEntityTooLarge, 0)
+	tr := trailPool.Get().(*trail)
+	tr.start = start
+	end := time.Now()
+	s.finishTrail(ctx, tr, r.name, t.cfg.Log, end)
+	r.m.observe(fasthttp.StatusRequestEntityTooLarge, end.Sub(start).Seconds())
 	return fasthttp.StatusRequestEntityTooLarge
 }
 

@@ -130,8 +130,8 @@ func readRPCCall(dec *json.Decoder) (rpcCall, bool) {
 				return c, false
 			}
 			c.tool = tool
-		case strings.EqualFold(key, "method"), strings.EqualFold(key, "params"):
-			return c, false // read as the real key by some parsers only
+		case strings.EqualFold(key, "method"), strings.EqualFold(key, "params"), strings.IndexByte(key, 0) >= 0:
+			return c, false // read as the real key by some parsers only (case folding, keys cut at NUL)
 		default:
 			var skip json.RawMessage
 			if dec.Decode(&skip) != nil {
@@ -172,7 +172,7 @@ func rpcToolName(params json.RawMessage) (string, bool) {
 				return "", false
 			}
 			name = s
-		case strings.EqualFold(key, "name"):
+		case strings.EqualFold(key, "name"), strings.IndexByte(key, 0) >= 0:
 			return "", false
 		default:
 			var skip json.RawMessage

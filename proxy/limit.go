@@ -252,6 +252,7 @@ func (s *Server) admit(ctx *fasthttp.RequestCtx, r *route, key uint64, now, dead
 			tr.rateWait += d
 		}
 		if !s.sleep(ctx, d) {
+			res.Cancel(s.clock.Now()) // the turn goes to whoever is next
 			return false, nil
 		}
 	}

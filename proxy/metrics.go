@@ -166,6 +166,15 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	return m
 }
 
+// registerLogDrops exposes how many log lines were dropped because their
+// destination was stuck (logsink).
+func (m *metrics) registerLogDrops(dropped func() uint64) {
+	m.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+		Name: "ballast_log_dropped_lines_total",
+		Help: "Log lines (decision trail and, under ballast run, every log line) dropped because stderr's reader did not keep up.",
+	}, func() float64 { return float64(dropped()) }))
+}
+
 // registerRuntime adds the Go and process collectors, unless the registry
 // already has them.
 func registerRuntime(reg prometheus.Registerer) error {

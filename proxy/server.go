@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/ballast-proxy/ballast/internal/logsink"
 	"github.com/ballast-proxy/ballast/internal/rawio"
 	"io"
 	"log/slog"
@@ -41,7 +42,9 @@ type Options struct {
 	// /reload) reads the config again. Without it, Reload is refused.
 	Source *config.Source
 	// AccessLog receives the decision trail, one JSON line per request.
-	// Default: os.Stderr.
+	// Default: os.Stderr. Unless it is a *logsink.Sink already, ballast
+	// writes to it through one of its own, so that a stuck destination
+	// never holds a request up (lines are dropped and counted instead).
 	AccessLog io.Writer
 	// AgentCheckEvery is how often ballast looks whether the agents of
 	// calls running longer than that have hung up, to call their upstream
@@ -65,6 +68,9 @@ type Server struct {
 	limiters    *limiterPool
 
 	trails *accessLog
+	// sink is where trail lines go; ownSink: New made it, Shutdown closes it.
+	sink    *logsink.Sink
+	ownSink bool
 	// trailInfo and trailWarn: whether the logger's level lets through the
 	// trail's success lines (INFO) and failure lines (WARN); resolved once,
 	// since the logger does not change after New.
@@ -120,13 +126,17 @@ func New(cfg *config.Config, opts Options) (*Server, error) {
 		s.clock = policy.SystemClock{}
 	}
 	_, s.systemClock = s.clock.(policy.SystemClock)
-	accessOut := opts.AccessLog
-	if accessOut == nil {
-		accessOut = os.Stderr
+	var accessOut io.Writer = os.Stderr
+	if opts.AccessLog != nil {
+		accessOut = opts.AccessLog
+	}
+	s.sink, _ = accessOut.(*logsink.Sink)
+	if s.sink == nil {
+		s.sink, s.ownSink = logsink.New(accessOut, 0), true
 	}
 	// The wall clock, not s.clock: flushing is not a policy decision, and a
 	// flush timer must not count among an injected clock's waiters.
-	s.trails = newAccessLog(accessOut, policy.SystemClock{}, cfg.Log.FlushInterval.D())
+	s.trails = newAccessLog(s.sink, policy.SystemClock{}, cfg.Log.FlushInterval.D())
 	s.trailInfo = s.log.Enabled(context.Background(), slog.LevelInfo)
 	s.trailWarn = s.log.Enabled(context.Background(), slog.LevelWarn)
 	s.ups = newUpstreamPool(s.clock)
@@ -137,6 +147,7 @@ func New(cfg *config.Config, opts Options) (*Server, error) {
 		return nil, err
 	}
 	s.m = newMetrics(s.reg)
+	s.m.registerLogDrops(s.sink.Dropped)
 	s.unmatched = s.m.forRoute("_unmatched")
 	// State first: with Redis, the limiters the table builds are the fleet's.
 	st, backend, err := s.openState(cfg.State)
@@ -319,12 +330,19 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		err = cerr
 	}
 	s.trails.close()
+	if s.ownSink {
+		s.sink.Close(time.Second)
+	}
 	return err
 }
 
 // FlushAccessLog writes the decision-trail lines still buffered (see
-// log.flush_interval) to Options.AccessLog now.
-func (s *Server) FlushAccessLog() { s.trails.Flush() }
+// log.flush_interval) to Options.AccessLog now, and waits (at most 5s)
+// until they have reached it.
+func (s *Server) FlushAccessLog() {
+	s.trails.Flush()
+	s.sink.Flush(5 * time.Second)
+}
 
 // handle is the agent-facing request handler.
 func (s *Server) handle(ctx *fasthttp.RequestCtx) {
@@ -333,46 +351,7 @@ func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 		start = time.Now()
 	}
 	s.ids.assign(ctx)
-	if why := unsafeHeaderBlock(&ctx.Request.Header); why != "" {
-		writeProblem(ctx, problem{Status: fasthttp.StatusBadRequest, Reason: ReasonBadRequest, Detail: why})
-		ctx.SetConnectionClose()
-		s.unmatched.observe(fasthttp.StatusBadRequest, time.Since(start).Seconds())
-		return
-	}
-	if v := ctx.Request.Header.Protocol(); len(v) > 5 && v[5] != '1' {
-		// fasthttp reads any HTTP/x.y as 1.x; nginx refuses other majors.
-		status, detail := fasthttp.StatusHTTPVersionNotSupported, "ballast speaks HTTP/1.1 and HTTP/1.0 to agents, not "+string(v)
-		if v[5] == '0' {
-			status, detail = fasthttp.StatusBadRequest, "ballast does not serve "+string(v)+" requests"
-		}
-		writeProblem(ctx, problem{Status: status, Reason: ReasonBadRequest, Detail: detail})
-		ctx.SetConnectionClose()
-		s.unmatched.observe(status, time.Since(start).Seconds())
-		return
-	}
-	switch {
-	case ctx.IsConnect():
-		// Tunnels would carry bytes ballast cannot see or protect.
-		writeProblem(ctx, problem{Status: fasthttp.StatusMethodNotAllowed, Reason: ReasonBadRequest,
-			Allow:  allowedMethods,
-			Detail: "ballast does not tunnel CONNECT; send plain-HTTP tool calls through HTTP_PROXY, or point the client at a route's base URL"})
-		s.unmatched.observe(fasthttp.StatusMethodNotAllowed, time.Since(start).Seconds())
-		return
-	case ctx.IsTrace():
-		// An upstream that implements TRACE echoes the request it got,
-		// with the credentials the route's header rules added.
-		writeProblem(ctx, problem{Status: fasthttp.StatusMethodNotAllowed, Reason: ReasonBadRequest,
-			Allow:  allowedMethods,
-			Detail: "ballast does not forward TRACE: the upstream's echo would show the credentials the route adds"})
-		s.unmatched.observe(fasthttp.StatusMethodNotAllowed, time.Since(start).Seconds())
-		return
-	case ctx.IsOptions() && (string(ctx.Request.Header.RequestURI()) == "*" || string(ctx.Request.Header.Peek("Max-Forwards")) == "0"):
-		// OPTIONS * asks about ballast itself, and Max-Forwards: 0 makes
-		// ballast the final recipient (RFC 9110 §7.6.2, §9.3.7): answered
-		// here, never forwarded.
-		ctx.Response.Header.Set("Allow", allowedMethods)
-		ctx.Response.Header.SetContentLength(0)
-		s.unmatched.observe(fasthttp.StatusOK, time.Since(start).Seconds())
+	if s.refuseEarly(ctx, start) {
 		return
 	}
 	if bytes.HasPrefix(ctx.Path(), []byte(jobsPath)) && (ctx.IsGet() || ctx.IsHead()) {
@@ -403,6 +382,56 @@ func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 	end := time.Now()
 	s.finishTrail(ctx, tr, r.name, t.cfg.Log, end)
 	r.m.observe(ctx.Response.StatusCode(), end.Sub(start).Seconds())
+}
+
+// refuseEarly answers, before any routing, the requests ballast never
+// forwards: an unsafe header block, an HTTP version it does not speak,
+// CONNECT and TRACE, and the OPTIONS requests that are its own to answer.
+// It reports whether it answered.
+func (s *Server) refuseEarly(ctx *fasthttp.RequestCtx, start time.Time) bool {
+	if why := unsafeHeaderBlock(&ctx.Request.Header); why != "" {
+		writeProblem(ctx, problem{Status: fasthttp.StatusBadRequest, Reason: ReasonBadRequest, Detail: why})
+		ctx.SetConnectionClose()
+		s.unmatched.observe(fasthttp.StatusBadRequest, time.Since(start).Seconds())
+		return true
+	}
+	if v := ctx.Request.Header.Protocol(); len(v) > 5 && v[5] != '1' {
+		// fasthttp reads any HTTP/x.y as 1.x; nginx refuses other majors.
+		status, detail := fasthttp.StatusHTTPVersionNotSupported, "ballast speaks HTTP/1.1 and HTTP/1.0 to agents, not "+string(v)
+		if v[5] == '0' {
+			status, detail = fasthttp.StatusBadRequest, "ballast does not serve "+string(v)+" requests"
+		}
+		writeProblem(ctx, problem{Status: status, Reason: ReasonBadRequest, Detail: detail})
+		ctx.SetConnectionClose()
+		s.unmatched.observe(status, time.Since(start).Seconds())
+		return true
+	}
+	switch {
+	case ctx.IsConnect():
+		// Tunnels would carry bytes ballast cannot see or protect.
+		writeProblem(ctx, problem{Status: fasthttp.StatusMethodNotAllowed, Reason: ReasonBadRequest,
+			Allow:  allowedMethods,
+			Detail: "ballast does not tunnel CONNECT; send plain-HTTP tool calls through HTTP_PROXY, or point the client at a route's base URL"})
+		s.unmatched.observe(fasthttp.StatusMethodNotAllowed, time.Since(start).Seconds())
+		return true
+	case ctx.IsTrace():
+		// An upstream that implements TRACE echoes the request it got,
+		// with the credentials the route's header rules added.
+		writeProblem(ctx, problem{Status: fasthttp.StatusMethodNotAllowed, Reason: ReasonBadRequest,
+			Allow:  allowedMethods,
+			Detail: "ballast does not forward TRACE: the upstream's echo would show the credentials the route adds"})
+		s.unmatched.observe(fasthttp.StatusMethodNotAllowed, time.Since(start).Seconds())
+		return true
+	case ctx.IsOptions() && (string(ctx.Request.Header.RequestURI()) == "*" || string(ctx.Request.Header.Peek("Max-Forwards")) == "0"):
+		// OPTIONS * asks about ballast itself, and Max-Forwards: 0 makes
+		// ballast the final recipient (RFC 9110 §7.6.2, §9.3.7): answered
+		// here, never forwarded.
+		ctx.Response.Header.Set("Allow", allowedMethods)
+		ctx.Response.Header.SetContentLength(0)
+		s.unmatched.observe(fasthttp.StatusOK, time.Since(start).Seconds())
+		return true
+	}
+	return false
 }
 
 // allowedMethods is the Allow of ballast's own answers about methods.

@@ -36,6 +36,11 @@ type health struct {
 	budget  *policy.Budget
 	// noted is the breaker state last seen by an exchange (opened).
 	noted atomic.Int32
+	// retired: a reload dropped it (healthPool.sweep). Requests still
+	// running on an older table use it to the end, but it no longer drives
+	// the upstream's breaker gauge or raises alerts: the breaker in force
+	// does.
+	retired atomic.Bool
 }
 
 // opened reports, once per opening of the breaker, that state s is it
@@ -43,6 +48,9 @@ type health struct {
 // state, but only the first to see it open raises the alert, so one
 // outage behind N routes is one alert, not N.
 func (h *health) opened(s policy.BreakerState) bool {
+	if h.retired.Load() {
+		return false
+	}
 	for {
 		old := h.noted.Load()
 		if policy.BreakerState(old) == s {
@@ -100,6 +108,7 @@ func (p *healthPool) sweep() {
 		if name := p.names[k]; !kept[name] && p.m != nil {
 			p.m.breakerState.DeleteLabelValues(name)
 		}
+		p.all[k].retired.Store(true)
 		delete(p.all, k)
 		delete(p.names, k)
 	}
@@ -124,7 +133,11 @@ func (p *healthPool) get(upstreamKey string, pol *config.Policy, m *metrics, ups
 		h.breaker = policy.NewBreaker(policy.BreakerConfig{
 			Failures: b.Failures, FailureRatio: b.FailureRatio, MinRequests: b.MinRequests,
 			OpenFor: b.OpenFor.D(), HalfOpenProbes: b.HalfOpenRequests,
-		}, func(s policy.BreakerState) { gauge.Set(float64(s)) })
+		}, func(s policy.BreakerState) {
+			if !h.retired.Load() {
+				gauge.Set(float64(s))
+			}
+		})
 	}
 	p.all[key] = h
 	return h

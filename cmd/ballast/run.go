@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/ballast-proxy/ballast/config"
+	"github.com/ballast-proxy/ballast/internal/logsink"
 	"github.com/ballast-proxy/ballast/proxy"
 )
 
@@ -43,7 +44,11 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "ballast: --log-level: %v\n", err)
 		return 2
 	}
-	log := slog.New(slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: level}))
+	// Every log line, the trail's too, goes through one sink: a stuck
+	// stderr reader never holds a request up, and lines never interleave.
+	sink := logsink.New(stderr, 0)
+	defer sink.Close(2 * time.Second)
+	log := slog.New(slog.NewJSONHandler(sink, &slog.HandlerOptions{Level: level}))
 
 	flags := map[string]any{}
 	if *listen != "" {
@@ -60,7 +65,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	}
 	procs, from := applyProcs(cfg, os.Getenv("GOMAXPROCS"))
 	log.Info("cores", "procs", procs, "from", from)
-	srv, err := proxy.New(cfg, proxy.Options{Logger: log, Source: &src})
+	srv, err := proxy.New(cfg, proxy.Options{Logger: log, Source: &src, AccessLog: sink})
 	if err != nil {
 		fmt.Fprintf(stderr, "ballast: %v\n", err)
 		return 1
