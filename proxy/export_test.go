@@ -7,3 +7,6 @@ func (s *Server) HealthEntries() int {
 	defer s.health.mu.Unlock()
 	return len(s.health.all)
 }
+
+// BoardRoutes is how many routes the status board keeps state for.
+func (s *Server) BoardRoutes() int { return s.status.board.Len() }

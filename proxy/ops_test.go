@@ -553,3 +553,35 @@ routes:
 		t.Errorf("%d breakers kept after the upstream was replaced, want 1", n)
 	}
 }
+
+// The status board keeps windows only for the config in force: a reload
+// that removes a route or replaces an upstream frees their state (a
+// process reloading generated route names would otherwise grow forever),
+// and /status shows neither.
+func TestReloadForgetsRemovedRoutesOnStatus(t *testing.T) {
+	a, bURL := opsOK(t), opsOK(t)
+	b := startBallast(t, fmt.Sprintf(`
+routes:
+  - {name: kept, match: {path_prefix: /k}, upstream: %q}
+  - {name: gone, match: {path_prefix: /g}, upstream: %q}
+`, a, a))
+	for _, p := range []string{"/k", "/g"} {
+		if resp, _ := do(t, "GET", b.base+p, ""); resp.StatusCode != 200 {
+			t.Fatalf("%s: %d", p, resp.StatusCode)
+		}
+	}
+	if code, body := opsReload(t, b, fmt.Sprintf(`
+routes:
+  - {name: kept, match: {path_prefix: /k}, upstream: %q}
+`, bURL)); code != 200 {
+		t.Fatalf("reload: %d %s", code, body)
+	}
+	_, body := do(t, "GET", b.admin+"/status", "")
+	aHost := strings.TrimPrefix(a, "http://")
+	if strings.Contains(body, `"gone"`) || strings.Contains(body, aHost) {
+		t.Errorf("/status still shows what the reload removed: %s", body)
+	}
+	if n := b.srv.BoardRoutes(); n != 1 {
+		t.Errorf("the status board keeps %d routes, want 1", n)
+	}
+}

@@ -233,6 +233,7 @@ func (s *Server) Apply(cfg *config.Config) error {
 	s.limiters.sweep()
 	s.ups.sweep()
 	s.health.sweep()
+	s.status.board.Retain(t.boardNames())
 	s.trails.setInterval(cfg.Log.FlushInterval.D())
 	if old != nil && (old.cfg.Listen != cfg.Listen || old.cfg.Admin.Listen != cfg.Admin.Listen || old.cfg.Server != cfg.Server) {
 		s.log.Warn("listen addresses and server limits change only on restart", "listen", cfg.Listen, "admin", cfg.Admin.Listen)

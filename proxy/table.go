@@ -23,6 +23,21 @@ type table struct {
 	cfg    *config.Config
 }
 
+// boardNames is what the status board keeps for t: each route's name
+// with the names of its upstreams.
+func (t *table) boardNames() map[string][]string {
+	keep := make(map[string][]string, len(t.routes))
+	for _, r := range t.routes {
+		for _, tg := range r.targets {
+			keep[r.name] = append(keep[r.name], tg.name)
+		}
+		if _, ok := keep[r.name]; !ok {
+			keep[r.name] = nil
+		}
+	}
+	return keep
+}
+
 // route is a config.Route resolved for the request path: every per-route
 // setting is computed here, at load, and never per request.
 type route struct {

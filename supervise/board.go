@@ -50,6 +50,46 @@ func (b *Board) Route(name string) *Route {
 	return r
 }
 
+// Retain forgets the routes not in keep (route name → the names of its
+// upstreams), and each kept route's upstreams not listed: what a reload
+// removed. A route or upstream kept keeps its windows. Requests still
+// running on an older config may record into forgotten ones, which are
+// then garbage.
+func (b *Board) Retain(keep map[string][]string) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	old := *b.routes.Load()
+	m := make(map[string]*Route, len(keep))
+	for name, r := range old {
+		ups, ok := keep[name]
+		if !ok {
+			continue
+		}
+		m[name] = r
+		r.retainUpstreams(ups)
+	}
+	b.routes.Store(&m)
+}
+
+func (r *Route) retainUpstreams(names []string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	old := *r.ups.Load()
+	kept := make([]*Upstream, 0, len(old))
+	for _, u := range old {
+		for _, n := range names {
+			if u.name == n {
+				kept = append(kept, u)
+				break
+			}
+		}
+	}
+	r.ups.Store(&kept)
+}
+
+// Len is how many routes the board keeps state for.
+func (b *Board) Len() int { return len(*b.routes.Load()) }
+
 // Failures is the board's ring of recent failures.
 func (b *Board) Failures() *FailureRing { return &b.failures }
 

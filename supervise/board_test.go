@@ -129,3 +129,27 @@ func TestFailureRing(t *testing.T) {
 		t.Errorf("failure %+v: want the given reason, no cause, the id cut to %d bytes", f, maxRequestID)
 	}
 }
+
+// A reload's removals leave the board; what stays keeps its windows.
+func TestBoardRetain(t *testing.T) {
+	b := NewBoard()
+	kept := b.Route("openai")
+	primary := kept.Upstream("api.openai.com")
+	kept.Upstream("old-fallback:443")
+	b.Route("generated-route-17").Upstream("tool:80")
+
+	b.Retain(map[string][]string{"openai": {"api.openai.com"}, "new": {"x:1"}})
+
+	if b.Route("openai") != kept || kept.Upstream("api.openai.com") != primary {
+		t.Fatal("a kept route or upstream was replaced: its windows would be lost")
+	}
+	if n := len(*b.routes.Load()); n != 1 { // "new" has no state until it is used
+		t.Fatalf("%d routes on the board after Retain, want 1", n)
+	}
+	if got := len(*kept.ups.Load()); got != 1 {
+		t.Fatalf("%d upstreams kept for the route, want 1", got)
+	}
+	if _, ok := (*b.routes.Load())["generated-route-17"]; ok {
+		t.Fatal("a removed route stayed on the board")
+	}
+}
