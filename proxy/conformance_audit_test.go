@@ -148,28 +148,14 @@ func startCAUpstream(t *testing.T, answer func(head string) caReply) *caUpstream
 		defer c.Close()
 		br := bufio.NewReader(c)
 		for {
-			var head strings.Builder
-			cl := 0
-			for {
-				line, err := br.ReadString('\n')
-				if err != nil {
-					return
-				}
-				head.WriteString(line)
-				if k, v, ok := strings.Cut(line, ":"); ok && strings.EqualFold(k, "Content-Length") {
-					_, _ = fmt.Sscan(strings.TrimSpace(v), &cl)
-				}
-				if line == "\r\n" {
-					break
-				}
-			}
-			if _, err := io.CopyN(io.Discard, br, int64(cl)); err != nil {
+			head, err := readRequestHead(br)
+			if err != nil {
 				return
 			}
 			u.mu.Lock()
-			u.heads = append(u.heads, head.String())
+			u.heads = append(u.heads, head)
 			u.mu.Unlock()
-			r := answer(head.String())
+			r := answer(head)
 			if _, err := io.WriteString(c, r.resp); err != nil || r.hangUp {
 				return
 			}

@@ -95,27 +95,13 @@ func secRawUpstream(t *testing.T, resp string) *secRecorder {
 				defer c.Close()
 				br := bufio.NewReader(c)
 				for {
-					var head strings.Builder
-					cl := 0
-					for {
-						_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
-						line, err := br.ReadString('\n')
-						if err != nil {
-							return
-						}
-						head.WriteString(line)
-						if k, v, ok := strings.Cut(line, ":"); ok && strings.EqualFold(k, "Content-Length") {
-							_, _ = fmt.Sscan(strings.TrimSpace(v), &cl)
-						}
-						if line == "\r\n" {
-							break
-						}
-					}
-					if _, err := io.CopyN(io.Discard, br, int64(cl)); err != nil {
+					_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+					head, err := readRequestHead(br)
+					if err != nil {
 						return
 					}
 					rec.mu.Lock()
-					rec.heads = append(rec.heads, head.String())
+					rec.heads = append(rec.heads, head)
 					rec.mu.Unlock()
 					if _, err := io.WriteString(c, resp); err != nil {
 						return
@@ -125,6 +111,28 @@ func secRawUpstream(t *testing.T, resp string) *secRecorder {
 		}
 	}()
 	return rec
+}
+
+// readRequestHead reads one request's line and headers from br, as a raw
+// upstream sees them, and discards its Content-Length body.
+func readRequestHead(br *bufio.Reader) (string, error) {
+	var head strings.Builder
+	cl := 0
+	for {
+		line, err := br.ReadString('\n')
+		if err != nil {
+			return "", err
+		}
+		head.WriteString(line)
+		if k, v, ok := strings.Cut(line, ":"); ok && strings.EqualFold(k, "Content-Length") {
+			_, _ = fmt.Sscan(strings.TrimSpace(v), &cl)
+		}
+		if line == "\r\n" {
+			break
+		}
+	}
+	_, err := io.CopyN(io.Discard, br, int64(cl))
+	return head.String(), err
 }
 
 // --- open proxy and routing -------------------------------------------------
