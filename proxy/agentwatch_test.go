@@ -201,3 +201,37 @@ routes:
 		return strings.Contains(b.logs.String(), `"stopped":"agent_gone"`)
 	})
 }
+
+// An agent that hangs up while its call waits for the route's rate limit
+// ends the wait; the request counts in the route's /status window like
+// any other answered one.
+func TestAgentHangUpDuringARateLimitWaitIsRecorded(t *testing.T) {
+	clock := policy.NewFakeClock(time.Now())
+	up := func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") }
+	upURL, _ := upstream(t, up)
+	b := startBallastClock(t, clock, fmt.Sprintf(`
+routes:
+  - name: r
+    match: {path_prefix: /}
+    upstream: %q
+    rate_limit: {rps: 1, burst: 1, max_wait: 30s}
+`, upURL))
+	if resp, _ := do(t, "GET", b.base+"/x", ""); resp.StatusCode != 200 {
+		t.Fatalf("first call: %d", resp.StatusCode)
+	}
+	conn, err := net.Dial("tcp", b.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fmt.Fprint(conn, "GET /x HTTP/1.1\r\nHost: x\r\n\r\n")
+	waitFor(t, func() bool { return clock.Waiters() > 0 }) // waiting for its turn
+	conn.Close()
+	waitFor(t, func() bool {
+		b.srv.FlushAccessLog()
+		return strings.Contains(b.logs.String(), `"stopped":"agent_gone"`)
+	})
+	_, body := do(t, "GET", b.admin+"/status", "")
+	if !strings.Contains(body, `"total_requests":2`) {
+		t.Errorf("the route's window does not count the abandoned request: %s", body)
+	}
+}

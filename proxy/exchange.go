@@ -432,19 +432,21 @@ func (s *Server) clockAt(wall time.Time) time.Time {
 	return s.clock.Now()
 }
 
-// sleep waits d on the server's clock. It returns false when the server is
-// shutting down (the request is then abandoned).
-func (s *Server) sleep(ctx *fasthttp.RequestCtx, d time.Duration) bool {
+// sleep waits d on the server's clock, before r's call is sent. It returns
+// false, with the request answered, when the server is shutting down
+// (503) or the agent hung up meanwhile (499, recorded like any outcome).
+func (s *Server) sleep(ctx *fasthttp.RequestCtx, r *route, d time.Duration) bool {
 	switch s.pause(ctx, d) {
 	case waited:
 		return true
 	case waitAgentLeft:
 		ctx.SetConnectionClose()
 		writeProblem(ctx, problem{Status: statusAgentGone, Title: "Client Closed Request", Reason: ReasonAgentGone,
-			Detail: "the agent closed its connection while ballast waited to send its call"})
+			Route: r.name, Detail: "the agent closed its connection while ballast waited to send its call"})
 		if tr := trailOf(ctx); tr != nil {
 			tr.stop = ReasonAgentGone
 		}
+		s.observe(ctx, r, policy.Canceled, ReasonAgentGone)
 	}
 	return false
 }
@@ -518,7 +520,7 @@ func (s *Server) reserveTokens(ctx *fasthttp.RequestCtx, r *route, key uint64, b
 	}
 	if d := res.DelayFrom(now); d > 0 {
 		r.m.rateWait.Observe(d.Seconds())
-		if !s.sleep(ctx, d) {
+		if !s.sleep(ctx, r, d) {
 			res.Cancel(s.clock.Now())
 			return res, false
 		}

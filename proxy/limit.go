@@ -251,7 +251,7 @@ func (s *Server) admit(ctx *fasthttp.RequestCtx, r *route, key uint64, now, dead
 		if tr := trailOf(ctx); tr != nil {
 			tr.rateWait += d
 		}
-		if !s.sleep(ctx, d) {
+		if !s.sleep(ctx, r, d) {
 			res.Cancel(s.clock.Now()) // the turn goes to whoever is next
 			return false, nil
 		}
