@@ -383,9 +383,6 @@ func TestConformanceAudit_HTTP10Clients(t *testing.T) {
 	})
 	for _, path := range []string{"/raw/chunked", "/raw/untilclose"} {
 		t.Run("no chunked coding to a 1.0 client "+path, func(t *testing.T) {
-			if caSkipBug(t) {
-				t.Skip("AUDIT: a streamed answer (chunked or close-delimited upstream) reaches an HTTP/1.0 client with Transfer-Encoding: chunked")
-			}
 			// RFC 9112 §6.1: a server MUST NOT send Transfer-Encoding
 			// unless the request indicates HTTP/1.1; nginx sends the body
 			// as is and closes the connection.

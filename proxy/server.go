@@ -374,6 +374,7 @@ func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 	tr.debug = t.cfg.Admin.AllowDebug && string(ctx.Request.Header.Peek(headerDebug)) == "1"
 	ctx.SetUserValue(trailKey, tr)
 	s.forward(ctx, r, s.clockAt(start))
+	s.closeDelimited(ctx)
 	r.m.inflight.Dec()
 	if tr.debug {
 		var buf [512]byte

@@ -59,6 +59,10 @@ type relayState struct {
 	agent      net.Conn
 	writeIdle  time.Duration // 0: no bound between chunks
 	writeUntil time.Time     // zero: no overall bound
+
+	// handedOver: the body left the agent's response for a hijacked
+	// connection (closeDelimited); the response's close is not its end.
+	handedOver bool
 }
 
 var relayBodyPool = sync.Pool{New: func() any { return new(relayBody) }}
@@ -115,6 +119,9 @@ func (b *relayBody) Read(p []byte) (int, error) {
 // CloseWithError is called by fasthttp once the body was written, or
 // writing it failed (err is then the agent-side error).
 func (b *relayBody) CloseWithError(error) error {
+	if b.handedOver {
+		return nil
+	}
 	// The upstream body knows whether it was read to its end, and so
 	// whether its connection may be reused; closing it once is enough.
 	_ = b.resp.CloseBodyStream()
@@ -160,4 +167,33 @@ func (b *relayBody) prefetch(limit int64) (body []byte, whole bool, err error) {
 	}
 	b.pre, b.preOff = buf, 0
 	return nil, false, nil
+}
+
+// closeDelimited relays a streamed answer of unknown length to an HTTP/1.0
+// agent the way HTTP/1.0 frames one: no Content-Length and no chunked
+// coding, which 1.0 does not have (RFC 9112 §6.1) — the body ends when
+// the connection closes, as nginx sends it. fasthttp would chunk it, so
+// the connection is hijacked and the answer written here. Every other
+// answer is left as it is.
+func (s *Server) closeDelimited(ctx *fasthttp.RequestCtx) {
+	rb, ok := ctx.Response.BodyStream().(*relayBody)
+	if !ok || ctx.Request.Header.IsHTTP11() || ctx.Request.Header.IsHead() || ctx.Response.Header.ContentLength() >= 0 {
+		return
+	}
+	h := &ctx.Response.Header
+	h.SetContentLength(-2) // no Content-Length
+	h.Del(fasthttp.HeaderTransferEncoding)
+	h.SetConnectionClose()
+	head := h.AppendBytes(nil)
+	rb.handedOver = true
+	ctx.Response.ResetBody() // detaches rb without closing it
+	rb.handedOver = false
+	ctx.HijackSetNoResponse(true)
+	ctx.Hijack(func(c net.Conn) {
+		_, err := c.Write(head)
+		if err == nil {
+			_, err = io.Copy(c, rb)
+		}
+		_ = rb.CloseWithError(err)
+	})
 }

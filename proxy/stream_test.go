@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"runtime"
 	"strings"
@@ -184,5 +185,41 @@ func waitFor(t *testing.T, cond func() bool) {
 			t.Fatal("condition not met within 5s")
 		}
 		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// An HTTP/1.0 agent has no chunked coding: a streamed answer of unknown
+// length reaches it whole, delimited by the connection's close (as nginx
+// sends it), and the stream's concurrency slot is freed at its end.
+func TestStreamToHTTP10AgentIsCloseDelimited(t *testing.T) {
+	payload := strings.Repeat("0123456789abcdef", 200<<10/16) // 200 KiB, chunked upstream
+	up, _ := upstream(t, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/event-stream")
+		for i := 0; i < len(payload); i += 32 << 10 {
+			_, _ = io.WriteString(w, payload[i:min(i+32<<10, len(payload))])
+			w.(http.Flusher).Flush()
+		}
+	})
+	b := startBallast(t, fmt.Sprintf(`
+routes:
+  - {name: s, match: {path_prefix: /}, upstream: %q, concurrency: {max: 1, queue: 0}}
+`, up))
+	for i := range 2 { // the second proves the first freed its slot
+		conn, err := net.Dial("tcp", b.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = conn.SetDeadline(time.Now().Add(5 * time.Second))
+		fmt.Fprint(conn, "GET /events HTTP/1.0\r\n\r\n")
+		out, err := io.ReadAll(conn) // to the close
+		conn.Close()
+		if err != nil {
+			t.Fatalf("call %d: %v", i, err)
+		}
+		head, body, _ := strings.Cut(string(out), "\r\n\r\n")
+		if !strings.HasPrefix(head, "HTTP/1.1 200 ") || strings.Contains(strings.ToLower(head), "transfer-encoding") ||
+			strings.Contains(strings.ToLower(head), "content-length") || body != payload {
+			t.Fatalf("call %d: head %q, body %d bytes (want %d, unframed)", i, head, len(body), len(payload))
+		}
 	}
 }
