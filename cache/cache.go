@@ -140,7 +140,11 @@ func (c *Cache) Get(key Key, now time.Time) (Lookup, bool) {
 		c.expirations++
 		return Lookup{}, false
 	}
-	return Lookup{Entry: e, Age: age, Fresh: age < c.ttl, Remaining: c.ttl - age}, true
+	ttl := c.ttl
+	if e.HasLifetime && e.Lifetime < ttl {
+		ttl = e.Lifetime // the upstream's own freshness, capped by the route's
+	}
+	return Lookup{Entry: e, Age: age, Fresh: age < ttl, Remaining: ttl - age}, true
 }
 
 // Set stores e under key, replacing any previous entry, and evicts least

@@ -24,6 +24,10 @@ type Entry struct {
 	// StoredAt is when the response was first received. Age is measured
 	// from Received, which a Refresh may move later.
 	StoredAt time.Time
+	// Lifetime is the freshness the upstream gave the response, when
+	// HasLifetime (see the function Lifetime); the route's ttl caps it.
+	Lifetime    time.Duration
+	HasLifetime bool
 
 	// refreshed is the Unix nanoseconds of the latest Cache.Refresh, 0
 	// before any. Read and written atomically: it is the one field of a
@@ -48,8 +52,9 @@ func (e *Entry) matches(resp *fasthttp.Response) bool {
 		return false
 	}
 	rest := e.Header
+	conns := resp.Header.PeekAll(fasthttp.HeaderConnection)
 	for k, v := range resp.Header.All() {
-		if skipStoredHeader(k) {
+		if skipStoredHeader(k) || namedIn(conns, k) {
 			continue
 		}
 		var ok bool
@@ -86,23 +91,27 @@ func (e *Entry) Size() int64 { return int64(len(e.Header)+len(e.Body)) + entryOv
 // stored at now. Call it on the upstream response before ballast adds its
 // own headers (X-Request-Id and X-Ballast-* are skipped anyway).
 func NewEntry(resp *fasthttp.Response, now time.Time) *Entry {
-	return &Entry{
+	e := &Entry{
 		Status:   resp.StatusCode(),
 		Header:   AppendHeader(nil, &resp.Header),
 		Body:     bytes.Clone(resp.Body()),
 		StoredAt: now,
 	}
+	e.Lifetime, e.HasLifetime = Lifetime(e.Header, now)
+	return e
 }
 
 // AppendHeader appends h's storable headers to dst as "Name: value\r\n"
 // lines. Skipped: hop-by-hop headers (Connection, Keep-Alive,
 // Proxy-Connection, Transfer-Encoding, TE, Trailer, Upgrade,
-// Proxy-Authenticate), Content-Length (recomputed from the body), Age and
-// Date (they describe a moment, not the response), Set-Cookie (never
-// shared) and X-Ballast-* and X-Request-Id (ballast's own, per request).
+// Proxy-Authenticate, and every header the Connection lines name, RFC 9111
+// §3.1), Content-Length (recomputed from the body), Age and Date (they
+// describe a moment, not the response), Set-Cookie (never shared) and
+// X-Ballast-* and X-Request-Id (ballast's own, per request).
 func AppendHeader(dst []byte, h *fasthttp.ResponseHeader) []byte {
+	conns := h.PeekAll(fasthttp.HeaderConnection)
 	for k, v := range h.All() {
-		if skipStoredHeader(k) {
+		if skipStoredHeader(k) || namedIn(conns, k) {
 			continue
 		}
 		dst = append(dst, k...)
@@ -111,6 +120,18 @@ func AppendHeader(dst []byte, h *fasthttp.ResponseHeader) []byte {
 		dst = append(dst, "\r\n"...)
 	}
 	return dst
+}
+
+// namedIn reports whether a Connection line in conns names header k.
+func namedIn(conns [][]byte, k []byte) bool {
+	for _, c := range conns {
+		for d := range directives(c) {
+			if bytes.EqualFold(d, k) {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 func skipStoredHeader(k []byte) bool {

@@ -79,6 +79,20 @@ func RequestNoCache(h *fasthttp.RequestHeader) bool {
 	return false
 }
 
+// RequestNoStore reports whether the agent's Cache-Control says no-store:
+// its answer must not be stored (RFC 9111 §5.2.1.5), though a stored one
+// may still be read.
+func RequestNoStore(h *fasthttp.RequestHeader) bool {
+	for _, cc := range h.PeekAll(fasthttp.HeaderCacheControl) {
+		for d := range directives(cc) {
+			if equalFold(d, "no-store") {
+				return true
+			}
+		}
+	}
+	return false
+}
+
 // directives yields the comma-separated, whitespace-trimmed, non-empty
 // members of a header value. A comma inside a quoted string (private="a,b")
 // does not split.

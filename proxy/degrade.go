@@ -49,6 +49,9 @@ type cacheState struct {
 	// opts are the key options key was built with: the route may learn a
 	// Vary header while the request runs, and then key lacks it.
 	opts *cache.KeyOptions
+	// noStore: the agent said Cache-Control: no-store; its answer is not
+	// stored (RFC 9111 §5.2.1.5).
+	noStore bool
 }
 
 var keyBuilders = sync.Pool{New: func() any { return cache.NewKeyBuilder() }}
@@ -121,7 +124,7 @@ func (s *Server) exchange(ctx *fasthttp.RequestCtx, r *route, body []byte, deadl
 	}
 	kb := keyBuilders.Get().(*cache.KeyBuilder)
 	opts := rc.opts.Load()
-	cs := &cacheState{use: true, key: kb.Request(&ctx.Request, body, opts), opts: opts}
+	cs := &cacheState{use: true, key: kb.Request(&ctx.Request, body, opts), opts: opts, noStore: cache.RequestNoStore(&ctx.Request.Header)}
 	keyBuilders.Put(kb)
 	if !rc.fresh {
 		cs.status = cache.Miss(cache.FwdBypass, false, false) // fallback mode always asks upstream first
@@ -142,7 +145,11 @@ func (s *Server) exchange(ctx *fasthttp.RequestCtx, r *route, body []byte, deadl
 		return
 	}
 	ran := false
-	_, _, shared := rc.group.Do(ctx, cs.key, func() (struct{}, error) {
+	// A follower waits for the leader within its own deadline, not the
+	// leader's: past it, it answers as any request out of time does.
+	wait, cancel := context.WithDeadline(context.Background(), s.wall(deadline))
+	defer cancel()
+	_, _, shared := rc.group.Do(wait, cs.key, func() (struct{}, error) {
 		ran = true
 		if s.sharedHit(ctx, r, cs.key) { // another replica stored it
 			return struct{}{}, nil
@@ -174,7 +181,7 @@ func (s *Server) exchange(ctx *fasthttp.RequestCtx, r *route, body []byte, deadl
 // the key, received again, only refreshes that entry: no copy, no
 // allocation.
 func (s *Server) store(r *route, cs *cacheState, resp *fasthttp.Response, received time.Time) {
-	if cs == nil || !cs.use || resp.IsBodyStream() || !cache.Storable(resp.StatusCode(), &resp.Header, r.cache.allowPrivate) {
+	if cs == nil || !cs.use || cs.noStore || resp.IsBodyStream() || !cache.Storable(resp.StatusCode(), &resp.Header, r.cache.allowPrivate) {
 		return
 	}
 	if !cs.opts.VaryCovered(&resp.Header) {

@@ -207,7 +207,9 @@ func decodeEntry(b []byte) (*cache.Entry, error) {
 	if !validHeaderLines(header) {
 		return nil, fmt.Errorf("%w: header lines", errSharedEntry)
 	}
-	return &cache.Entry{Status: status, Header: header, Body: body, StoredAt: time.Unix(0, stored)}, nil
+	e := &cache.Entry{Status: status, Header: header, Body: body, StoredAt: time.Unix(0, stored)}
+	e.Lifetime, e.HasLifetime = cache.Lifetime(header, e.StoredAt)
+	return e, nil
 }
 
 // validHeaderLines reports whether h is a sequence of "token: value\r\n"

@@ -1,0 +1,88 @@
+package cache
+
+import (
+	"bytes"
+	"strconv"
+	"time"
+
+	"github.com/valyala/fasthttp"
+)
+
+// Lifetime is the freshness lifetime the upstream gave a response (RFC
+// 9111 §4.2.1), read from its stored header lines (Entry.Header): 0 when
+// it said no-cache (it may not be reused without asking the upstream
+// again), else its s-maxage (a shared cache's own), else its max-age, else
+// Expires minus storedAt, standing for the response's Date, which is not
+// stored (an Expires that is not a valid date has passed already). ok is
+// false when the response says none of these: the route's ttl alone
+// decides then. A lifetime is never more than the route's ttl, which caps
+// it (Cache.Get).
+func Lifetime(header []byte, storedAt time.Time) (lifetime time.Duration, ok bool) {
+	var (
+		maxAge, sMaxAge       time.Duration = -1, -1
+		expires               []byte
+		noCache, sawExpiresLn bool
+	)
+	rest := header
+	for len(rest) > 0 {
+		line := rest
+		if i := bytes.Index(rest, []byte("\r\n")); i >= 0 {
+			line, rest = rest[:i], rest[i+2:]
+		} else {
+			rest = nil
+		}
+		name, value, found := bytes.Cut(line, []byte(": "))
+		if !found {
+			continue
+		}
+		switch {
+		case equalFold(name, "cache-control"):
+			for d := range directives(value) {
+				dn, dv, _ := bytes.Cut(d, []byte("="))
+				dn = bytes.TrimSpace(dn)
+				switch {
+				case equalFold(dn, "no-cache"):
+					noCache = true
+				case equalFold(dn, "s-maxage"):
+					sMaxAge = deltaSeconds(dv)
+				case equalFold(dn, "max-age"):
+					maxAge = deltaSeconds(dv)
+				}
+			}
+		case equalFold(name, "expires") && !sawExpiresLn:
+			expires, sawExpiresLn = value, true
+		}
+	}
+	switch {
+	case noCache:
+		return 0, true
+	case sMaxAge >= 0:
+		return sMaxAge, true
+	case maxAge >= 0:
+		return maxAge, true
+	case sawExpiresLn:
+		t, err := fasthttp.ParseHTTPDate(bytes.TrimSpace(expires))
+		if err != nil {
+			return 0, true
+		}
+		return max(t.Sub(storedAt), 0), true
+	}
+	return 0, false
+}
+
+// deltaSeconds reads a directive's delta-seconds value (possibly quoted),
+// or -1 when it is not one. Values too large for a Duration saturate.
+func deltaSeconds(v []byte) time.Duration {
+	v = bytes.Trim(bytes.TrimSpace(v), `"`)
+	n, err := strconv.ParseUint(string(v), 10, 64)
+	if err != nil {
+		if ne, ok := err.(*strconv.NumError); ok && ne.Err == strconv.ErrRange {
+			return time.Duration(1<<63 - 1)
+		}
+		return -1
+	}
+	if n > uint64((1<<63-1)/int64(time.Second)) {
+		return time.Duration(1<<63 - 1)
+	}
+	return time.Duration(n) * time.Second
+}
