@@ -281,9 +281,18 @@ func (s *Server) acquireSlot(ctx *fasthttp.RequestCtx, r *route, deadline time.T
 	// returned and fasthttp reused it (a data race the race detector saw).
 	c, cancel := context.WithDeadline(context.Background(), s.wall(deadline))
 	defer cancel()
+	// A drain ends the wait: nothing was sent, so the agent may as well
+	// go to another replica now.
+	defer context.AfterFunc(s.drain, cancel)()
 	permit, err := r.bulkhead.Acquire(c, s.clock, ratelimit.ParsePriority(ctx.Request.Header.Peek(headerPriority)))
 	if err == nil {
 		return permit, true
+	}
+	if s.draining.Load() {
+		ctx.SetConnectionClose()
+		writeProblem(ctx, problem{Status: fasthttp.StatusServiceUnavailable, Reason: ReasonShuttingDown, Route: r.name,
+			Detail: "ballast is shutting down"})
+		return ratelimit.Permit{}, false
 	}
 	r.m.rateRejected[rejectOverloaded].Inc()
 	retry := time.Second

@@ -91,6 +91,10 @@ type Server struct {
 	table    atomic.Pointer[table]
 	ready    atomic.Bool
 	draining atomic.Bool
+	// drain is cancelled when Shutdown begins: waits that have sent
+	// nothing yet end on it.
+	drain     context.Context
+	drainStop context.CancelFunc
 	// adminExposed: the admin listener is bound beyond loopback. The bound
 	// address changes only on restart, so a reload may not drop the token
 	// that guards it.
@@ -179,6 +183,7 @@ func New(cfg *config.Config, opts Options) (*Server, error) {
 	s.stateLocal = backend != "redis"
 	s.jobs = newJobRunner()
 	s.agents = newAgentWatch(opts.AgentCheckEvery)
+	s.drain, s.drainStop = context.WithCancel(context.Background())
 	s.sweepEvery = cfg.State.SweepEvery.D()
 	s.status = newStatusBoard(cfg, s.clock, s.log)
 	s.status.setHooks(statusHooks{cache: cacheStatus, jobs: s.jobsStatus})
@@ -305,6 +310,7 @@ func (s *Server) ServeAdmin(ln net.Listener) error {
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.draining.Store(true)
 	s.ready.Store(false)
+	s.drainStop()
 	err := s.srv.ShutdownWithContext(ctx)
 	if aerr := s.adminSrv.ShutdownWithContext(ctx); err == nil {
 		err = aerr

@@ -126,8 +126,34 @@ func serve(srv *proxy.Server, cfg *config.Config, src config.Source, ln, adminLn
 			timeout := srv.Config().ShutdownTimeout.D()
 			log.Info("draining", "signal", sig.String(), "shutdown_timeout", timeout.String())
 			sctx, scancel := context.WithTimeout(context.Background(), timeout)
+			// A second SIGTERM or SIGINT (Ctrl-C again) cuts the drain
+			// short, as in most servers: what runs is abandoned, and the
+			// state store still closes.
+			forced := make(chan os.Signal, 1)
+			go func() {
+				for {
+					select {
+					case s2 := <-sigs:
+						if s2 == syscall.SIGHUP {
+							continue
+						}
+						forced <- s2
+						scancel()
+						return
+					case <-sctx.Done():
+						return
+					}
+				}
+			}()
 			err := srv.Shutdown(sctx)
 			scancel()
+			select {
+			case s2 := <-forced:
+				log.Warn("second signal: exited without waiting for the drain", "signal", s2.String())
+				log.Info("stopped")
+				return 1
+			default:
+			}
 			if err != nil {
 				log.Warn("drain did not finish in time; exiting", "error", err.Error())
 			}
