@@ -67,13 +67,15 @@ type Stats struct {
 // Lookup is the result of a Get hit.
 type Lookup struct {
 	Entry *Entry
-	// Age is now − Entry.Received(), never negative. Send it as the Age header.
+	// Age is now − Entry.Received(), never negative, plus the age the
+	// response had on arrival (Entry.InitialAge). Send it as the Age header.
 	Age time.Duration
-	// Fresh is Age < TTL. A stale entry (Fresh false) may only be served
-	// when upstream failed.
+	// Fresh is Age < the freshness lifetime: the TTL, or the upstream's own
+	// lifetime when shorter (Entry.Lifetime). A stale entry (Fresh false)
+	// may only be served when upstream failed.
 	Fresh bool
-	// Remaining is TTL − Age: the freshness left, negative once stale (the
-	// Cache-Status ttl parameter).
+	// Remaining is that lifetime − Age: the freshness left, negative once
+	// stale (the Cache-Status ttl parameter).
 	Remaining time.Duration
 }
 
@@ -144,7 +146,10 @@ func (c *Cache) Get(key Key, now time.Time) (Lookup, bool) {
 	if e.HasLifetime && e.Lifetime < ttl {
 		ttl = e.Lifetime // the upstream's own freshness, capped by the route's
 	}
-	return Lookup{Entry: e, Age: age, Fresh: age < ttl, Remaining: ttl - age}, true
+	// The response's age counts what it had on arrival (RFC 9111 §4.2.3);
+	// how long it may stay in this cache does not.
+	current := age + e.InitialAge
+	return Lookup{Entry: e, Age: current, Fresh: current < ttl, Remaining: ttl - current}, true
 }
 
 // Set stores e under key, replacing any previous entry, and evicts least

@@ -28,6 +28,10 @@ type Entry struct {
 	// HasLifetime (see the function Lifetime); the route's ttl caps it.
 	Lifetime    time.Duration
 	HasLifetime bool
+	// InitialAge is the upstream's own Age when it was received (a cache
+	// in front of it had held it that long): counted into the entry's age
+	// (RFC 9111 §4.2.3).
+	InitialAge time.Duration
 
 	// refreshed is the Unix nanoseconds of the latest Cache.Refresh, 0
 	// before any. Read and written atomically: it is the one field of a
@@ -98,6 +102,9 @@ func NewEntry(resp *fasthttp.Response, now time.Time) *Entry {
 		StoredAt: now,
 	}
 	e.Lifetime, e.HasLifetime = Lifetime(e.Header, now)
+	if a := deltaSeconds(resp.Header.Peek(fasthttp.HeaderAge)); a > 0 {
+		e.InitialAge = a
+	}
 	return e
 }
 

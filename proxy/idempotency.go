@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -305,7 +306,15 @@ func replay(ctx *fasthttp.RequestCtx, sr *store.Response) {
 	resp.Reset()
 	resp.Header.SetNoDefaultContentType(true)
 	resp.SetStatusCode(sr.Status)
-	eachHeaderLine(sr.Header, resp.Header.AddBytesKV)
+	eachHeaderLine(sr.Header, func(k, v []byte) {
+		if asciiEqualFold(k, []byte("Cache-Status")) {
+			// ballast's member told of the first exchange, not this replay.
+			if v = withoutCacheMember(v, "ballast"); len(v) == 0 {
+				return
+			}
+		}
+		resp.Header.AddBytesKV(k, v)
+	})
 	resp.Header.SetBytesV(headerRequestID, id)
 	resp.Header.Set(headerReplayed, "true")
 	resp.Header.Set(headerAttempts, "0")
@@ -337,4 +346,43 @@ func (s *Server) noteIdem(ctx *fasthttp.RequestCtx, r *route, result int) {
 	if tr := trailOf(ctx); tr != nil {
 		tr.idem = idemResults[result]
 	}
+}
+
+// withoutCacheMember is a Cache-Status field value (RFC 9211: a list of
+// members, one per cache, each an identifier with parameters) without the
+// members of the cache named id. Commas inside quoted strings do not split.
+func withoutCacheMember(v []byte, id string) []byte {
+	var out []byte
+	start, quoted := 0, false
+	for i := 0; i <= len(v); i++ {
+		if i < len(v) {
+			switch v[i] {
+			case '"':
+				quoted = !quoted
+				continue
+			case '\\':
+				if quoted {
+					i++
+				}
+				continue
+			case ',':
+				if quoted {
+					continue
+				}
+			default:
+				continue
+			}
+		}
+		m := bytes.TrimSpace(v[start:min(i, len(v))])
+		start = i + 1
+		name, _, _ := bytes.Cut(m, []byte(";"))
+		if len(m) == 0 || asciiEqualFold(bytes.TrimSpace(name), []byte(id)) {
+			continue
+		}
+		if len(out) > 0 {
+			out = append(out, ", "...)
+		}
+		out = append(out, m...)
+	}
+	return out
 }
