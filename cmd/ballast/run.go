@@ -85,6 +85,11 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 }
 
 func serve(srv *proxy.Server, cfg *config.Config, src config.Source, ln, adminLn net.Listener, log *slog.Logger) int {
+	// Signals are ours before the first request can be served: a SIGTERM
+	// as soon as /readyz answers must drain, not kill.
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGTERM, syscall.SIGINT)
+	defer signal.Stop(sigs)
 	errc := make(chan error, 2)
 	go func() { errc <- srv.ServeAdmin(adminLn) }()
 	go func() { errc <- srv.Serve(ln) }()
@@ -108,9 +113,6 @@ func serve(srv *proxy.Server, cfg *config.Config, src config.Source, ln, adminLn
 		}()
 	}
 
-	sigs := make(chan os.Signal, 4)
-	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGTERM, syscall.SIGINT)
-	defer signal.Stop(sigs)
 	for {
 		select {
 		case err := <-errc:
