@@ -45,6 +45,7 @@ const (
 	tagBody
 	tagVary
 	tagIdentity
+	tagRawPath
 )
 
 // KeyBuilder hashes request parts into a Key without allocating (after its
@@ -186,6 +187,12 @@ func (b *KeyBuilder) Request(req *fasthttp.Request, body []byte, o *KeyOptions) 
 	b.Host(req.Host())
 	u := req.URI()
 	b.Path(u.Path())
+	// The path as the agent spelled it, when that differs from the decoded
+	// one: ballast forwards escapes as sent (a%2Fb, a%3Bb stay so), and
+	// the upstream may tell them from their decoded forms.
+	if raw := u.PathOriginal(); !bytes.Equal(raw, u.Path()) {
+		b.piece(tagRawPath, raw)
+	}
 	b.Query(u.QueryString())
 	b.Body(body)
 	for _, name := range o.Vary {

@@ -30,6 +30,11 @@ type attempt struct {
 	// timeouts.per_try, so a timeout says more of the deadline (an agent's
 	// X-Ballast-Timeout, the end of the total) than of the upstream.
 	clipped bool
+	// hedged: a second copy of this attempt went out (tryHedged).
+	hedged bool
+	// resent: before this attempt's own exchange, a copy of it went out
+	// whole on a pooled connection that closed unanswered (transport.do).
+	resent bool
 	// noStore: relay the answer, but keep it in no cache (a tool's
 	// JSON-RPC error in a 200).
 	noStore bool
@@ -196,7 +201,19 @@ targets:
 				stop, stopAfter = ReasonAgentGone, 0
 				break targets
 			}
+			if a.resent {
+				// That copy reached the upstream too: an attempt, and a
+				// retry, of its own (a closed connection: transient).
+				tr.attempt(t.name, policy.Transient, 0, 0)
+				t.attempts[policy.Transient].Inc()
+				r.m.retries[policy.Transient].Inc()
+				r.m.retryWait.Observe(0)
+				attempts++
+			}
 			tr.attempt(t.name, a.class, a.status, a.took)
+			if a.hedged {
+				tr.hedged()
+			}
 			if r.limit != nil && r.limit.adaptive != nil {
 				if a.status == fasthttp.StatusTooManyRequests {
 					r.limit.adaptive.OnThrottle(a.ended)
@@ -288,12 +305,13 @@ func (s *Server) try(out *fasthttp.Request, t *target, r *route, now, deadline t
 	}
 	tryDeadline = s.wall(tryDeadline)
 	resp := fasthttp.AcquireResponse()
-	if err := t.up.ex.do(out, resp, tryDeadline, cancel); err != nil {
+	resent, err := t.up.ex.do(out, resp, tryDeadline, cancel)
+	if err != nil {
 		fasthttp.ReleaseResponse(resp)
 		cls, cause := policy.ClassifyError(err)
-		return attempt{err: err, class: cls, cause: cause, clipped: clipped}
+		return attempt{err: err, class: cls, cause: cause, clipped: clipped, resent: resent}
 	}
-	a := attempt{resp: resp, status: resp.StatusCode()}
+	a := attempt{resp: resp, status: resp.StatusCode(), resent: resent}
 	var body []byte
 	if !resp.IsBodyStream() {
 		body = resp.Body()
@@ -621,12 +639,14 @@ func (s *Server) tryHedged(out *fasthttp.Request, t *target, r *route, deadline 
 	case <-left:
 		return callOff()
 	}
+	hedged := inFlight == 2
 	inFlight--
 	if first.a.class == policy.OK || inFlight == 0 {
 		if inFlight > 0 {
 			cancels[1-first.which].cancel()
 			go func() { releaseAttempt((<-results).a) }()
 		}
+		first.a.hedged = hedged
 		return first.a
 	}
 	var second result
@@ -638,9 +658,11 @@ func (s *Server) tryHedged(out *fasthttp.Request, t *target, r *route, deadline 
 	}
 	if second.a.class == policy.OK {
 		releaseAttempt(first.a)
+		second.a.hedged = true
 		return second.a
 	}
 	releaseAttempt(second.a)
+	first.a.hedged = true
 	return first.a
 }
 

@@ -217,18 +217,19 @@ func buildOutbound(out *fasthttp.Request, ctx *fasthttp.RequestCtx, r *route, t 
 	uri := out.URI()
 	uri.SetSchemeBytes(t.up.scheme)
 	uri.SetHostBytes(t.up.host)
+	// Both paths are escaped already: fasthttp must not decode them again.
+	uri.DisablePathNormalizing = true
 	if p, ok := r.appendRawUpstreamPath(scratch[:0], t, ctx.URI().PathOriginal(), ctx.Path()); ok {
-		uri.DisablePathNormalizing = true // an escaped slash stays escaped (rawpath.go)
-		uri.SetPathBytes(p)
+		uri.SetPathBytes(p) // the agent's escapes kept (rawpath.go)
 	} else {
 		uri.SetPathBytes(r.appendUpstreamPath(scratch[:0], t, ctx.Path()))
 	}
 	uri.SetQueryStringBytes(ctx.URI().QueryString())
 	out.Header.SetHostBytes(t.up.host)
 
-	xff := append(scratch[:0], in.Peek("X-Forwarded-For")...)
-	if len(xff) > 0 {
-		xff = append(xff, ", "...)
+	xff := scratch[:0]
+	for _, v := range in.PeekAll("X-Forwarded-For") { // every line: one list (RFC 9110 §5.3)
+		xff = append(append(xff, v...), ", "...)
 	}
 	if ta, ok := ctx.RemoteAddr().(*net.TCPAddr); ok {
 		xff = ta.AddrPort().Addr().Unmap().AppendTo(xff)

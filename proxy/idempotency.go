@@ -203,8 +203,7 @@ func (s *Server) guard(ctx *fasthttp.RequestCtx, r *route, body []byte, deadline
 		case got == nil:
 			continue // released without an outcome: claim again
 		case got.State == store.Completed:
-			s.noteIdem(ctx, r, idemReplayed)
-			replay(ctx, got.Response)
+			replay(ctx, got.Response) // counted once, as attached
 			return true
 		}
 		// Unknown outcome: loop once more to report it.

@@ -17,7 +17,7 @@ package proxy
 // keeping its escapes is not safe (see above); the normalized path is
 // then forwarded.
 func (r *route) appendRawUpstreamPath(dst []byte, t *target, raw, matched []byte) ([]byte, bool) {
-	if len(raw) == 0 || raw[0] != '/' || !hasEscapedSlash(raw) || !decodesTo(raw, matched) {
+	if len(raw) == 0 || raw[0] != '/' || !decodesTo(raw, matched) {
 		return dst, false
 	}
 	rest := raw
@@ -34,7 +34,18 @@ func (r *route) appendRawUpstreamPath(dst []byte, t *target, raw, matched []byte
 		}
 		rest = raw[n:]
 	}
-	return appendBasePath(dst, t, rest), true
+	dst = append(dst, t.basePath...)
+	if len(rest) == 0 || rest[0] != '/' {
+		dst = append(dst, '/')
+	}
+	for _, c := range rest { // bytes a path may not hold raw are escaped; escapes are kept
+		if c == '%' || pathByte(c) {
+			dst = append(dst, c)
+		} else {
+			dst = append(dst, '%', "0123456789ABCDEF"[c>>4], "0123456789ABCDEF"[c&15])
+		}
+	}
+	return dst, true
 }
 
 // hasEscapedSlash reports whether p holds %2F or %2f.

@@ -380,6 +380,9 @@ func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 	tr.debug = t.cfg.Admin.AllowDebug && string(ctx.Request.Header.Peek(headerDebug)) == "1"
 	ctx.SetUserValue(trailKey, tr)
 	s.forward(ctx, r, s.clockAt(start))
+	if !tr.recorded {
+		s.recordAnswered(ctx, r)
+	}
 	s.closeDelimited(ctx)
 	r.m.inflight.Dec()
 	if tr.debug {
@@ -400,6 +403,11 @@ func (s *Server) refuseEarly(ctx *fasthttp.RequestCtx, start time.Time) bool {
 	if why := unsafeHeaderBlock(&ctx.Request.Header); why != "" {
 		writeProblem(ctx, problem{Status: fasthttp.StatusBadRequest, Reason: ReasonBadRequest, Detail: why})
 		ctx.SetConnectionClose()
+		s.unmatched.observe(fasthttp.StatusBadRequest, time.Since(start).Seconds())
+		return true
+	}
+	if why := badTarget(ctx); why != "" {
+		writeProblem(ctx, problem{Status: fasthttp.StatusBadRequest, Reason: ReasonBadRequest, Detail: why})
 		s.unmatched.observe(fasthttp.StatusBadRequest, time.Since(start).Seconds())
 		return true
 	}
@@ -557,4 +565,20 @@ type fasthttpLogger struct{ log *slog.Logger }
 
 func (l fasthttpLogger) Printf(format string, args ...any) {
 	l.log.Debug("fasthttp: " + redactQuotedRequests(fmt.Sprintf(format, args...)))
+}
+
+// badTarget names what makes a request's target or Host unusable for
+// routing, or returns "".
+func badTarget(ctx *fasthttp.RequestCtx) string {
+	rt := ctx.Request.Header.RequestURI()
+	switch {
+	case len(rt) > 1 && rt[0] == '/' && rt[1] == '/' && bytes.Contains(rt, []byte("://")):
+		// RFC 9112 §3.2.1: a path; fasthttp would read its first segment as the host.
+		return "a request target starting with // is a path, and this one would be read as an authority"
+	case bytes.IndexByte(ctx.Request.Header.Host(), '@') >= 0:
+		return "the Host header must not carry userinfo"
+	case len(ctx.Host()) == 0 && len(rt) > 0 && rt[0] != '/':
+		return "an absolute request target must name a host" // RFC 9110 §4.2.1
+	}
+	return ""
 }

@@ -35,6 +35,10 @@ func (s *Server) tryObserved(out *fasthttp.Request, t *target, r *route, deadlin
 	if prior > 0 {
 		retries = 1
 	}
+	if a.resent { // a first copy went out on a pooled connection that closed unanswered
+		u.Record(at, supervise.Sample{Failed: true, Retries: retries})
+		retries = 1
+	}
 	u.Record(at, supervise.Sample{Latency: a.took, Failed: supervise.CountsAsFailure(a.class), Retries: retries})
 	if rem := t.up.cool.Remaining(&out.Header, at); rem > 0 && rem > s.Config().Notify.CooldownThreshold.D() && u.NoteCooldown(at.Add(rem)) {
 		s.alert(supervise.KindCooldown, r.name, t.name, "the upstream asked to pause for "+rem.Round(time.Second).String())
@@ -82,6 +86,9 @@ func (s *Server) observe(ctx *fasthttp.RequestCtx, r *route, class policy.Class,
 // record adds one answered request to the route's window and, when it
 // failed, to the failure ring. It returns the clock's now.
 func (s *Server) record(ctx *fasthttp.RequestCtx, r *route, upstream string, class policy.Class, cause policy.Cause, reason Reason, attempts int) time.Time {
+	if tr := trailOf(ctx); tr != nil {
+		tr.recorded = true
+	}
 	wall := time.Now()
 	now := s.clockAt(wall)
 	s.status.board.Route(r.name).Record(now, supervise.Sample{
@@ -150,4 +157,22 @@ func (s *Server) alert(kind supervise.Kind, route, upstream, detail string) {
 // The job id is shown; nothing of the request is.
 func (s *Server) alertJobFailed(route, jobID, reason string) {
 	s.alert(supervise.KindJobFailed, route, "", "job "+jobID+" failed for good: "+reason)
+}
+
+// recordAnswered records a request that ended without an observe of its
+// own (an idempotency replay, a 422 mismatch, a collapsed cache hit, a
+// refused body), judged by its status alone: 2xx and 3xx succeeded, 499 is
+// an agent that left, other 4xx are the caller's, 5xx failed. Every
+// request is in the route's /status window once.
+func (s *Server) recordAnswered(ctx *fasthttp.RequestCtx, r *route) {
+	class := policy.OK
+	switch code := ctx.Response.StatusCode(); {
+	case code == statusAgentGone:
+		class = policy.Canceled
+	case code >= 500:
+		class = policy.Transient
+	case code >= 400:
+		class = policy.CallerFault
+	}
+	s.record(ctx, r, "", class, policy.CauseNone, "", 0)
 }

@@ -63,6 +63,9 @@ type relayState struct {
 	// handedOver: the body left the agent's response for a hijacked
 	// connection (closeDelimited); the response's close is not its end.
 	handedOver bool
+	// prefetching: prefetch is reading ahead; a break now reaches the
+	// agent as a whole 502, not as a truncated stream.
+	prefetching bool
 }
 
 var relayBodyPool = sync.Pool{New: func() any { return new(relayBody) }}
@@ -106,7 +109,7 @@ func (b *relayBody) Read(p []byte) (int, error) {
 	if b.settle && n > 0 {
 		b.window.add(p[:n])
 	}
-	if err != nil && err != io.EOF && b.err == nil {
+	if err != nil && err != io.EOF && b.err == nil && !b.prefetching {
 		b.err = err
 		b.r.m.truncated.Inc()
 		b.s.log.Warn("upstream body broke mid-stream; aborting the agent's connection",
@@ -151,6 +154,8 @@ func (b *relayBody) CloseWithError(error) error {
 // upstream body (counted and logged as by Read): what was read is then not
 // all of the answer.
 func (b *relayBody) prefetch(limit int64) (body []byte, whole bool, err error) {
+	b.prefetching = true
+	defer func() { b.prefetching = false }()
 	buf := make([]byte, 0, min(limit+1, 64<<10))
 	for int64(len(buf)) <= limit {
 		if len(buf) == cap(buf) {

@@ -256,13 +256,43 @@ func (r *route) matchPath(path []byte) bool {
 	return r.slashEnd || len(path) == len(r.prefix) || path[len(r.prefix)] == '/'
 }
 
-// appendUpstreamPath appends the path to send to t for path.
+// appendUpstreamPath appends the path to send to t for path, the decoded
+// matched path, escaping it again: the result goes on the wire as it is.
 func (r *route) appendUpstreamPath(dst []byte, t *target, path []byte) []byte {
 	rest := path
 	if r.strip {
 		rest = path[r.stripLen():]
 	}
-	return appendBasePath(dst, t, rest)
+	dst = append(dst, t.basePath...)
+	if len(rest) == 0 || rest[0] != '/' {
+		dst = append(dst, '/')
+	}
+	return appendEscapedPath(dst, rest)
+}
+
+// appendEscapedPath appends p percent-encoded as a path: everything but
+// unreserved characters, sub-delims, ':', '@' and '/' is escaped, '%'
+// included, so the result decodes exactly once to p.
+func appendEscapedPath(dst, p []byte) []byte {
+	const hex = "0123456789ABCDEF"
+	for _, c := range p {
+		if pathByte(c) {
+			dst = append(dst, c)
+		} else {
+			dst = append(dst, '%', hex[c>>4], hex[c&15])
+		}
+	}
+	return dst
+}
+
+// pathByte reports whether c may appear as itself in a path (RFC 3986
+// pchar or '/').
+func pathByte(c byte) bool {
+	switch {
+	case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9':
+		return true
+	}
+	return strings.IndexByte("-._~!$&'()*+,;=:@/", c) >= 0
 }
 
 // stripLen is how many leading bytes strip_prefix removes from a matched

@@ -18,7 +18,7 @@ import (
 type target struct {
 	up       *upstream
 	name     string // host[:port], for X-Ballast-Upstream and metric labels
-	basePath []byte // decoded, without a trailing '/'
+	basePath []byte // as escaped in the config, without a trailing '/'
 
 	setHeaders    [][2][]byte
 	removeHeaders [][]byte
@@ -159,9 +159,6 @@ func (s *Server) buildTarget(routeName, rawURL, caFile string, pol *config.Polic
 		name:     u.Host,
 		basePath: []byte(strings.TrimSuffix(u.EscapedPath(), "/")),
 		health:   s.health.get(upKey, pol, s.m, u.Host),
-	}
-	if p, err := url.PathUnescape(string(t.basePath)); err == nil {
-		t.basePath = []byte(p)
 	}
 	// Header names are case-insensitive: the rules are merged by their
 	// lower-case name, so a later rule (a fallback's) replaces or removes

@@ -28,6 +28,8 @@ type trail struct {
 	// detached: the call runs to its end whether the agent waits or not
 	// (an idempotency-guarded call, which a retry attaches to).
 	detached bool
+	// recorded: the request is in the route's /status window (record).
+	recorded bool
 	// watch is the request's registration with the agent watch while
 	// ballast works on its call; nil when it is not watched.
 	watch *watchedCall
@@ -42,6 +44,7 @@ type trailAttempt struct {
 	took     time.Duration
 	wait     time.Duration // waited before this attempt
 	why      string        // why it waited: backoff, hint, cooldown
+	hedged   bool          // a second copy went out too (hedge_after)
 }
 
 const (
@@ -55,6 +58,13 @@ var trailPool = sync.Pool{New: func() any { return &trail{buf: make([]byte, 0, 1
 func trailOf(ctx *fasthttp.RequestCtx) *trail {
 	t, _ := ctx.UserValue(trailKey).(*trail)
 	return t
+}
+
+// hedged marks the attempt recorded last as one that sent a second copy.
+func (t *trail) hedged() {
+	if t != nil && t.n > 0 && t.n <= maxTrailAttempts {
+		t.attempts[t.n-1].hedged = true
+	}
 }
 
 func (t *trail) attempt(upstream string, cls policy.Class, status int, took time.Duration) {
@@ -164,6 +174,9 @@ func (t *trail) appendJSON(b []byte, ctx *fasthttp.RequestCtx, route string, sta
 		}
 		b = append(b, `,"ms":`...)
 		b = appendMillis(b, a.took)
+		if a.hedged {
+			b = append(b, `,"hedged":true`...)
+		}
 		if a.wait > 0 {
 			b = append(b, `,"waited_ms":`...)
 			b = strconv.AppendInt(b, a.wait.Milliseconds(), 10)

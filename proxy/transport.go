@@ -50,8 +50,10 @@ type exchanger interface {
 	// deadline. On success, a streamed body is resp.BodyStream(), an
 	// *upstreamBody that must be closed. cancel, when not nil, can call
 	// the exchange off while it waits (a hedge's loser); it then fails
-	// with errTryCanceled.
-	do(req *fasthttp.Request, resp *fasthttp.Response, deadline time.Time, cancel *tryCancel) error
+	// with errTryCanceled. resent says req went out twice: whole on a
+	// pooled connection that closed unanswered, then on a fresh one — the
+	// upstream may have seen both.
+	do(req *fasthttp.Request, resp *fasthttp.Response, deadline time.Time, cancel *tryCancel) (resent bool, err error)
 }
 
 func newTransport[C pooledConn](hc *fasthttp.HostClient, acquire func(time.Duration, bool) (C, error), release, closeConn func(C)) *transport[C] {
@@ -63,10 +65,10 @@ func newTransport[C pooledConn](hc *fasthttp.HostClient, acquire func(time.Durat
 // likely closed it while idle.
 var errStaleConn = errors.New("proxy: reused upstream connection closed before answering")
 
-func (t *transport[C]) do(req *fasthttp.Request, resp *fasthttp.Response, deadline time.Time, cancel *tryCancel) error {
-	err := t.once(req, resp, deadline, cancel)
+func (t *transport[C]) do(req *fasthttp.Request, resp *fasthttp.Response, deadline time.Time, cancel *tryCancel) (resent bool, err error) {
+	err = t.once(req, resp, deadline, cancel)
 	if err != nil && cancel != nil && cancel.isCanceled() {
-		return errTryCanceled
+		return false, errTryCanceled
 	}
 	// Like net/http: a reused connection that the upstream had closed is
 	// retried once on a fresh one when nothing can have been processed
@@ -74,16 +76,17 @@ func (t *transport[C]) do(req *fasthttp.Request, resp *fasthttp.Response, deadli
 	// idempotent.
 	se, stale := err.(*staleError) // a type switch, not errors.As: no allocation
 	if stale && (!se.written || idempotentMethod(req.Header.Method())) {
+		resent = se.written
 		err = t.once(req, resp, deadline, cancel)
 		if err != nil && cancel != nil && cancel.isCanceled() {
-			return errTryCanceled
+			return resent, errTryCanceled
 		}
 		se, stale = err.(*staleError)
 	}
 	if stale {
 		err = se.err
 	}
-	return err
+	return resent, err
 }
 
 type staleError struct {
