@@ -2,20 +2,20 @@ package proxy
 
 // Paths are matched decoded and normalized (fasthttp's ctx.Path: escapes
 // decoded, dot segments and doubled slashes removed), so that a route's
-// prefix cannot be dodged by spelling it differently. Forwarding that form
-// is right for every path but one kind: an escaped slash, %2F, is data
-// inside a segment (an object name "a/b" in a storage API, a repository
-// "owner/name"), and decoding it makes it a separator the upstream reads
-// differently. Such paths are forwarded as the agent sent them, the
-// route's prefix rewritten byte for byte, but only when nothing else
-// changed in normalizing them: the path as sent must decode to exactly the
-// path the route matched, so routing and the upstream see the same path.
+// prefix cannot be dodged by spelling it differently. The upstream gets
+// the path as the agent sent it whenever that is safe: an escape is not
+// its decoded character (%2F is data inside a segment, an object "a/b";
+// %3B is not a path parameter's ';'; a signature covers the bytes). It is
+// safe when nothing but decoding changed in normalizing: the path as sent
+// must decode to exactly the path the route matched, so routing and the
+// upstream see the same path. Otherwise the normalized path is escaped
+// again (appendUpstreamPath) — never handed on decoded, which a second
+// decoding would turn %252e%252e into "..".
 
 // appendRawUpstreamPath appends the upstream path for a request whose
 // path as sent is raw and as matched is matched, keeping raw's escapes.
-// It reports false, appending nothing, when raw holds no escaped slash or
-// keeping its escapes is not safe (see above); the normalized path is
-// then forwarded.
+// It reports false, appending nothing, when keeping them is not safe (see
+// above); the normalized path is then forwarded.
 func (r *route) appendRawUpstreamPath(dst []byte, t *target, raw, matched []byte) ([]byte, bool) {
 	if len(raw) == 0 || raw[0] != '/' || !decodesTo(raw, matched) {
 		return dst, false
@@ -34,28 +34,7 @@ func (r *route) appendRawUpstreamPath(dst []byte, t *target, raw, matched []byte
 		}
 		rest = raw[n:]
 	}
-	dst = append(dst, t.basePath...)
-	if len(rest) == 0 || rest[0] != '/' {
-		dst = append(dst, '/')
-	}
-	for _, c := range rest { // bytes a path may not hold raw are escaped; escapes are kept
-		if c == '%' || pathByte(c) {
-			dst = append(dst, c)
-		} else {
-			dst = append(dst, '%', "0123456789ABCDEF"[c>>4], "0123456789ABCDEF"[c&15])
-		}
-	}
-	return dst, true
-}
-
-// hasEscapedSlash reports whether p holds %2F or %2f.
-func hasEscapedSlash(p []byte) bool {
-	for i := 0; i+2 < len(p); i++ {
-		if p[i] == '%' && p[i+1] == '2' && (p[i+2] == 'F' || p[i+2] == 'f') {
-			return true
-		}
-	}
-	return false
+	return appendPath(appendBase(dst, t, rest), rest, true), true
 }
 
 // decodesTo reports whether percent-decoding raw gives exactly want. A

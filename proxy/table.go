@@ -263,20 +263,27 @@ func (r *route) appendUpstreamPath(dst []byte, t *target, path []byte) []byte {
 	if r.strip {
 		rest = path[r.stripLen():]
 	}
+	return appendPath(appendBase(dst, t, rest), rest, false)
+}
+
+// appendBase appends t's base path (as escaped in the config) and the '/'
+// that must come between it and rest.
+func appendBase(dst []byte, t *target, rest []byte) []byte {
 	dst = append(dst, t.basePath...)
 	if len(rest) == 0 || rest[0] != '/' {
 		dst = append(dst, '/')
 	}
-	return appendEscapedPath(dst, rest)
+	return dst
 }
 
-// appendEscapedPath appends p percent-encoded as a path: everything but
-// unreserved characters, sub-delims, ':', '@' and '/' is escaped, '%'
-// included, so the result decodes exactly once to p.
-func appendEscapedPath(dst, p []byte) []byte {
+// appendPath appends p as a path goes on the wire: everything but
+// unreserved characters, sub-delims, ':', '@' and '/' percent-encoded.
+// keepEscapes: p is already escaped, its '%'s stay; otherwise p is decoded
+// and its '%'s are escaped too, so the result decodes exactly once to p.
+func appendPath(dst, p []byte, keepEscapes bool) []byte {
 	const hex = "0123456789ABCDEF"
 	for _, c := range p {
-		if pathByte(c) {
+		if pathByte(c) || (keepEscapes && c == '%') {
 			dst = append(dst, c)
 		} else {
 			dst = append(dst, '%', hex[c>>4], hex[c&15])
@@ -302,16 +309,6 @@ func (r *route) stripLen() int {
 		return len(r.prefix) - 1
 	}
 	return len(r.prefix)
-}
-
-// appendBasePath appends t's base path and then rest, with one '/'
-// between them.
-func appendBasePath(dst []byte, t *target, rest []byte) []byte {
-	dst = append(dst, t.basePath...)
-	if len(rest) == 0 || rest[0] != '/' {
-		dst = append(dst, '/')
-	}
-	return append(dst, rest...)
 }
 
 func asciiEqualFold(a, b []byte) bool {
