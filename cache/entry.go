@@ -103,7 +103,7 @@ func NewEntry(resp *fasthttp.Response, now time.Time) *Entry {
 	}
 	e.Lifetime, e.HasLifetime = Lifetime(e.Header, now)
 	if a := deltaSeconds(resp.Header.Peek(fasthttp.HeaderAge)); a > 0 {
-		e.InitialAge = a
+		e.InitialAge = min(a, maxDeltaSeconds) // RFC 9111 §1.2.2: no larger than 2^31 s
 	}
 	return e
 }

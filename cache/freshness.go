@@ -70,6 +70,10 @@ func Lifetime(header []byte, storedAt time.Time) (lifetime time.Duration, ok boo
 	return 0, false
 }
 
+// maxDeltaSeconds is the largest delta-seconds a cache need hold (RFC 9111
+// §1.2.2): 2^31 seconds, about 68 years.
+const maxDeltaSeconds = 2147483648 * time.Second
+
 // deltaSeconds reads a directive's delta-seconds value (possibly quoted),
 // or -1 when it is not one. Values too large for a Duration saturate.
 func deltaSeconds(v []byte) time.Duration {

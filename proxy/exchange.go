@@ -186,6 +186,15 @@ targets:
 			} else {
 				a = s.tryObserved(out, t, r, deadline, attempts, watch.attemptCancel())
 			}
+			if a.resent {
+				// That copy reached the upstream too: an attempt, and a
+				// retry, of its own (a closed connection: transient).
+				tr.attempt(t.name, policy.Transient, 0, 0)
+				t.attempts[policy.Transient].Inc()
+				r.m.retries[policy.Transient].Inc()
+				r.m.retryWait.Observe(0)
+				attempts++
+			}
 			if a.err != nil && watch.hungUp() {
 				// The agent hung up while the upstream worked: the attempt
 				// was called off, which says nothing of the upstream.
@@ -200,15 +209,6 @@ targets:
 				last, lastT = a, t
 				stop, stopAfter = ReasonAgentGone, 0
 				break targets
-			}
-			if a.resent {
-				// That copy reached the upstream too: an attempt, and a
-				// retry, of its own (a closed connection: transient).
-				tr.attempt(t.name, policy.Transient, 0, 0)
-				t.attempts[policy.Transient].Inc()
-				r.m.retries[policy.Transient].Inc()
-				r.m.retryWait.Observe(0)
-				attempts++
 			}
 			tr.attempt(t.name, a.class, a.status, a.took)
 			if a.hedged {

@@ -95,6 +95,11 @@ type Server struct {
 	// nothing yet end on it.
 	drain     context.Context
 	drainStop context.CancelFunc
+	// streams are the HTTP/1.0 streams relayed on hijacked connections
+	// (closeDelimited), which fasthttp's shutdown no longer sees; hijacked
+	// holds their connections, closed when the drain runs out of time.
+	streams  sync.WaitGroup
+	hijacked sync.Map // net.Conn → struct{}
 	// adminExposed: the admin listener is bound beyond loopback. The bound
 	// address changes only on restart, so a reload may not drop the token
 	// that guards it.
@@ -312,6 +317,22 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.ready.Store(false)
 	s.drainStop()
 	err := s.srv.ShutdownWithContext(ctx)
+	streamsDone := make(chan struct{})
+	go func() { s.streams.Wait(); close(streamsDone) }()
+	select {
+	case <-streamsDone:
+	case <-ctx.Done():
+		s.hijacked.Range(func(c, _ any) bool { _ = c.(net.Conn).Close(); return true })
+		// A stream stuck reading a silent upstream ends at its next
+		// read deadline; the exit does not wait for that.
+		select {
+		case <-streamsDone:
+		case <-time.After(time.Second):
+		}
+		if err == nil {
+			err = ctx.Err()
+		}
+	}
 	if aerr := s.adminSrv.ShutdownWithContext(ctx); err == nil {
 		err = aerr
 	}

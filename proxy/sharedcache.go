@@ -155,7 +155,9 @@ func (s *Server) cachedOrShared(ctx context.Context, rc *routeCache, key cache.K
 // The shared encoding of an entry (version 1), compact and binary:
 //
 //	byte     version (1)
-//	8 bytes  received (Entry.Received), Unix nanoseconds, big-endian
+//	8 bytes  received (Entry.Received) less the age the answer had on
+//	         arrival (Entry.InitialAge), Unix nanoseconds, big-endian: the
+//	         instant it was new, so every replica computes the same Age
 //	2 bytes  Status, big-endian
 //	uvarint  len(Header)
 //	         Header ("Name: value\r\n" lines)
@@ -171,7 +173,7 @@ var errSharedEntry = errors.New("proxy: malformed shared cache entry")
 // encodeEntry appends e's shared encoding to dst.
 func encodeEntry(dst []byte, e *cache.Entry) []byte {
 	dst = append(dst, entryVersion)
-	dst = binary.BigEndian.AppendUint64(dst, uint64(e.Received().UnixNano()))
+	dst = binary.BigEndian.AppendUint64(dst, uint64(e.Received().Add(-e.InitialAge).UnixNano()))
 	dst = binary.BigEndian.AppendUint16(dst, uint16(e.Status))
 	dst = binary.AppendUvarint(dst, uint64(len(e.Header)))
 	dst = append(dst, e.Header...)

@@ -6,6 +6,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/ballast-proxy/ballast/internal/rawio"
 	"github.com/ballast-proxy/ballast/ratelimit"
 	"github.com/valyala/fasthttp"
 )
@@ -193,12 +194,33 @@ func (s *Server) closeDelimited(ctx *fasthttp.RequestCtx) {
 	rb.handedOver = true
 	ctx.Response.ResetBody() // detaches rb without closing it
 	rb.handedOver = false
+	agent := agentSocket(ctx)
 	ctx.HijackSetNoResponse(true)
+	s.streams.Add(1) // fasthttp no longer counts the connection: Shutdown waits for it here
 	ctx.Hijack(func(c net.Conn) {
+		defer s.streams.Done()
+		s.hijacked.Store(c, struct{}{})
+		defer s.hijacked.Delete(c)
 		_, err := c.Write(head)
 		if err == nil {
 			_, err = io.Copy(c, rb)
 		}
+		broke := rb.err != nil // read before CloseWithError clears it
 		_ = rb.CloseWithError(err)
+		if broke {
+			// A clean close would end the body as if it were whole: a
+			// reset tells the agent it was cut.
+			resetOnClose(agent)
+		}
 	})
+}
+
+// resetOnClose makes closing c send a TCP reset rather than a FIN.
+func resetOnClose(c net.Conn) {
+	if tc, ok := c.(interface{ NetConn() net.Conn }); ok { // *tls.Conn
+		c = tc.NetConn()
+	}
+	if rc, ok := c.(*rawio.Conn); ok {
+		_ = rc.SetLinger(0)
+	}
 }
