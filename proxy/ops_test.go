@@ -585,3 +585,22 @@ routes:
 		t.Errorf("the status board keeps %d routes, want 1", n)
 	}
 }
+
+// Among routes with the same prefix, an exact host wins over a wildcard
+// one whatever their order in the file (nginx's and Envoy's choice); the
+// wildcard still takes the other subdomains.
+func TestExactHostBeforeWildcard(t *testing.T) {
+	wild, _ := upstream(t, func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "wildcard") })
+	exact, _ := upstream(t, func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "exact") })
+	b := startBallast(t, fmt.Sprintf(`
+routes:
+  - {name: wild, match: {host: "*.example.com", path_prefix: /}, upstream: %q}
+  - {name: exact, match: {host: api.example.com, path_prefix: /}, upstream: %q}
+`, wild, exact))
+	for host, want := range map[string]string{"api.example.com": "exact", "other.example.com": "wildcard"} {
+		resp, body := secRawExchange(t, b.addr, "GET /x HTTP/1.1\r\nHost: "+host+"\r\n\r\n")
+		if resp.StatusCode != 200 || body != want {
+			t.Errorf("Host %s: %d %q, want %q", host, resp.StatusCode, body, want)
+		}
+	}
+}

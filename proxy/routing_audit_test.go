@@ -456,9 +456,9 @@ routes:
 		{"methods route before any-method", raGet("/m/x", "x"), "/get/m/x"},
 		{"other method falls through", "POST /m/x HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n", "/any/m/x"},
 		{"lower-case method is another method", "get /m/x HTTP/1.1\r\nHost: x\r\n\r\n", "/any/m/x"},
-		// Documented (file order), though nginx and Envoy prefer the exact
-		// name over a wildcard: see the report.
-		{"wildcard before exact by file order", raGet("/o/x", "api.example.com"), "/wild/o/x"},
+		// The exact name wins over a wildcard listed before it, as in
+		// nginx and Envoy (docs/config.md, Routing).
+		{"exact host before a wildcard listed first", raGet("/o/x", "api.example.com"), "/exact/o/x"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

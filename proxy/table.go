@@ -116,9 +116,14 @@ func (s *Server) buildTable(cfg *config.Config) (*table, error) {
 		if len(a.prefix) != len(b.prefix) {
 			return len(a.prefix) > len(b.prefix)
 		}
-		// Equal prefixes: the more specific match (host, then methods) first.
+		// Equal prefixes: the more specific match (host, then an exact
+		// host before a wildcard one, as nginx and Envoy choose, then
+		// methods) first.
 		if (len(a.host) > 0) != (len(b.host) > 0) {
 			return len(a.host) > 0
+		}
+		if len(a.host) > 0 && a.hostSuffix != b.hostSuffix {
+			return !a.hostSuffix
 		}
 		return a.methods != nil && b.methods == nil
 	})
