@@ -10,57 +10,21 @@ package proxy_test
 // among them) are fixed; their probes run with the rest.
 
 import (
-	"bufio"
 	"fmt"
-	"io"
-	"net"
 	"net/http"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
-	"time"
 )
 
 // raUpstream is a raw loopback upstream that answers every request with
 // its own request head, byte for byte, as the body.
 func raUpstream(t *testing.T) (url string) {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	t.Cleanup(func() { ln.Close(); wg.Wait() })
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer c.Close()
-				br := bufio.NewReader(c)
-				for {
-					_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
-					head, err := readRequestHead(br)
-					if err != nil {
-						return
-					}
-					resp := fmt.Sprintf("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nCache-Control: max-age=60\r\n"+
-						"X-Ra-Echo: 1\r\nContent-Length: %d\r\n\r\n%s", len(head), head)
-					if _, err := io.WriteString(c, resp); err != nil {
-						return
-					}
-				}
-			}()
-		}
-	}()
-	return "http://" + ln.Addr().String()
+	return serveRawHeads(t, func(head string) string {
+		return fmt.Sprintf("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nCache-Control: max-age=60\r\n"+
+			"X-Ra-Echo: 1\r\nContent-Length: %d\r\n\r\n%s", len(head), head)
+	})
 }
 
 // raSeen is ballast's answer and, when the upstream answered, what the

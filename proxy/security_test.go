@@ -74,11 +74,26 @@ func (r *secRecorder) all() []string {
 
 func secRawUpstream(t *testing.T, resp string) *secRecorder {
 	t.Helper()
+	rec := &secRecorder{}
+	rec.url = serveRawHeads(t, func(head string) string {
+		rec.mu.Lock()
+		rec.heads = append(rec.heads, head)
+		rec.mu.Unlock()
+		return resp
+	})
+	return rec
+}
+
+// serveRawHeads runs a raw loopback upstream until the test ends: for each
+// request it reads the head (readRequestHead) and writes answer(head),
+// exact bytes, keeping the connection for the next request. It returns the
+// upstream's base URL.
+func serveRawHeads(t *testing.T, answer func(head string) string) string {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	rec := &secRecorder{url: "http://" + ln.Addr().String()}
 	var wg sync.WaitGroup
 	t.Cleanup(func() { ln.Close(); wg.Wait() })
 	wg.Add(1)
@@ -100,17 +115,14 @@ func secRawUpstream(t *testing.T, resp string) *secRecorder {
 					if err != nil {
 						return
 					}
-					rec.mu.Lock()
-					rec.heads = append(rec.heads, head)
-					rec.mu.Unlock()
-					if _, err := io.WriteString(c, resp); err != nil {
+					if _, err := io.WriteString(c, answer(head)); err != nil {
 						return
 					}
 				}
 			}()
 		}
 	}()
-	return rec
+	return "http://" + ln.Addr().String()
 }
 
 // readRequestHead reads one request's line and headers from br, as a raw

@@ -299,13 +299,17 @@ func appendPath(dst, p []byte, keepEscapes bool) []byte {
 
 // pathByte reports whether c may appear as itself in a path (RFC 3986
 // pchar or '/').
-func pathByte(c byte) bool {
-	switch {
-	case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9':
-		return true
+func pathByte(c byte) bool { return pathBytes[c] }
+
+// pathBytes is pathByte's table, built once: every byte of every forwarded
+// path is looked up in it.
+var pathBytes = func() (t [256]bool) {
+	for c := range 256 {
+		t[c] = 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' ||
+			strings.IndexByte("-._~!$&'()*+,;=:@/", byte(c)) >= 0
 	}
-	return strings.IndexByte("-._~!$&'()*+,;=:@/", c) >= 0
-}
+	return t
+}()
 
 // stripLen is how many leading bytes strip_prefix removes from a matched
 // path: the prefix, less a trailing '/' that separates what follows.
