@@ -114,6 +114,7 @@ func parse(data []byte, src Source) (*Config, error) {
 		return nil, err
 	}
 	if errs := withoutPaths(Problems(cfg.Validate()), shapeErrs); len(shapeErrs)+len(errs) > 0 {
+		unexpandMessages(errs, raw, expanded)
 		return nil, errors.Join(append(shapeErrs, errs...)...)
 	}
 	cfg.display = display
@@ -432,9 +433,10 @@ func fillMissing(dst, src any) any {
 	return dst
 }
 
-// unexpandMessages rewrites shape problems at leaves written as ${NAME}
-// references to quote the reference, not its value: a reference put in
-// the wrong field may stand for a secret.
+// unexpandMessages rewrites problems at leaves written as ${NAME}
+// references to quote the reference, not its value: a reference may stand
+// for a secret (a key, or a URL with a token in its path), and a problem
+// is shown in `ballast validate`, the log and POST /reload's answer.
 func unexpandMessages(errs []error, raw, expanded any) {
 	for _, e := range errs {
 		var fe *FieldError
@@ -446,7 +448,12 @@ func unexpandMessages(errs []error, raw, expanded any) {
 			continue
 		}
 		if v, ok := leafAt(expanded, fe.Path).(string); ok && v != "" {
-			fe.Msg = strings.ReplaceAll(fe.Msg, v, r)
+			quoted := strconv.Quote(v) // how %q shows it
+			inner := quoted[1 : len(quoted)-1]
+			fe.Msg = strings.ReplaceAll(fe.Msg, inner, r)
+			if inner != v {
+				fe.Msg = strings.ReplaceAll(fe.Msg, v, r)
+			}
 		}
 	}
 }

@@ -52,6 +52,9 @@ type cacheState struct {
 	// noStore: the agent said Cache-Control: no-store; its answer is not
 	// stored (RFC 9111 §5.2.1.5).
 	noStore bool
+	// deadline is the request's, on the server clock: it bounds a read
+	// of the Redis tier for a stale answer too.
+	deadline time.Time
 }
 
 var keyBuilders = sync.Pool{New: func() any { return cache.NewKeyBuilder() }}
@@ -124,7 +127,7 @@ func (s *Server) exchange(ctx *fasthttp.RequestCtx, r *route, body []byte, deadl
 	}
 	kb := keyBuilders.Get().(*cache.KeyBuilder)
 	opts := rc.opts.Load()
-	cs := &cacheState{use: true, key: kb.Request(&ctx.Request, body, opts), opts: opts, noStore: cache.RequestNoStore(&ctx.Request.Header)}
+	cs := &cacheState{use: true, key: kb.Request(&ctx.Request, body, opts), opts: opts, noStore: cache.RequestNoStore(&ctx.Request.Header), deadline: deadline}
 	keyBuilders.Put(kb)
 	if !rc.fresh {
 		cs.status = cache.Miss(cache.FwdBypass, false, false) // fallback mode always asks upstream first
@@ -151,7 +154,7 @@ func (s *Server) exchange(ctx *fasthttp.RequestCtx, r *route, body []byte, deadl
 	defer cancel()
 	_, _, shared := rc.group.Do(wait, cs.key, func() (struct{}, error) {
 		ran = true
-		if s.sharedHit(ctx, r, cs.key) { // another replica stored it
+		if s.sharedHit(ctx, wait, r, cs.key) { // another replica stored it
 			return struct{}{}, nil
 		}
 		rc.results[cacheMiss].Inc()
@@ -210,7 +213,7 @@ func (s *Server) store(r *route, cs *cacheState, resp *fasthttp.Response, receiv
 // reports whether it answered.
 func (s *Server) degrade(ctx *fasthttp.RequestCtx, r *route, cs *cacheState, last *attempt, attempts int) bool {
 	if cs != nil && cs.use {
-		if l, ok := s.cachedOrShared(context.Background(), r.cache, cs.key); ok {
+		if l, ok := s.cachedOrShared(r.cache, cs.key, cs.deadline); ok {
 			r.cache.results[cacheStale].Inc()
 			s.serveEntry(ctx, l, cache.StaleIfError(l, attempts > 0, last.status), attempts)
 			return true

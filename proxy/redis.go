@@ -125,7 +125,17 @@ func (f *failoverStore) Claim(ctx context.Context, key string, a store.ClaimArgs
 	return rec, owned, err
 }
 
+// Complete, Release and GetJob, like Claim, make no Redis round trip while
+// the health check knows Redis is down: under fail_open the local store
+// has what the outage wrote, and a record or job Redis holds could not be
+// reached anyway (only after op_timeout).
 func (f *failoverStore) Complete(ctx context.Context, held *store.Record, resp *store.Response, now time.Time, ttl time.Duration) error {
+	if f.sh.down() {
+		if f.sh.failOpen {
+			return f.local.Complete(ctx, held, resp, now, ttl)
+		}
+		return fmt.Errorf("%w: %w", store.ErrUnavailable, errKnownDown)
+	}
 	err := f.Store.Complete(ctx, held, resp, now, ttl)
 	if err != nil && (unavailable(err) || errors.Is(err, store.ErrNotHeld)) && f.sh.failOpen {
 		if lerr := f.local.Complete(ctx, held, resp, now, ttl); lerr == nil {
@@ -136,6 +146,12 @@ func (f *failoverStore) Complete(ctx context.Context, held *store.Record, resp *
 }
 
 func (f *failoverStore) Release(ctx context.Context, held *store.Record) error {
+	if f.sh.down() {
+		if f.sh.failOpen {
+			return f.local.Release(ctx, held)
+		}
+		return fmt.Errorf("%w: %w", store.ErrUnavailable, errKnownDown)
+	}
 	err := f.Store.Release(ctx, held)
 	if err != nil && f.sh.failOpen {
 		if lerr := f.local.Release(ctx, held); lerr == nil {
@@ -171,6 +187,12 @@ func (f *failoverStore) PutJob(ctx context.Context, j *store.Job) error {
 }
 
 func (f *failoverStore) GetJob(ctx context.Context, id string) (*store.Job, error) {
+	if f.sh.down() {
+		if f.sh.failOpen {
+			return f.local.GetJob(ctx, id)
+		}
+		return nil, fmt.Errorf("%w: %w", store.ErrUnavailable, errKnownDown)
+	}
 	j, err := f.Store.GetJob(ctx, id)
 	if err != nil && f.sh.failOpen {
 		if lj, lerr := f.local.GetJob(ctx, id); lerr == nil {

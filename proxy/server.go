@@ -245,10 +245,35 @@ func (s *Server) Apply(cfg *config.Config) error {
 	s.health.sweep()
 	s.status.board.Retain(t.boardNames())
 	s.trails.setInterval(cfg.Log.FlushInterval.D())
-	if old != nil && (old.cfg.Listen != cfg.Listen || old.cfg.Admin.Listen != cfg.Admin.Listen || old.cfg.Server != cfg.Server) {
-		s.log.Warn("listen addresses and server limits change only on restart", "listen", cfg.Listen, "admin", cfg.Admin.Listen)
+	if old != nil {
+		if keys := restartOnlyChanges(old.cfg, cfg); len(keys) > 0 {
+			s.log.Warn("listen addresses, server limits, procs and state change only on restart; the running ones stay in force",
+				"changed", keys)
+		}
 	}
 	return nil
+}
+
+// restartOnlyChanges names the keys that differ between a and b among
+// those a reload cannot apply: the listeners, server limits, procs and the
+// state store (opened at start-up).
+func restartOnlyChanges(a, b *config.Config) []string {
+	var keys []string
+	for _, k := range []struct {
+		name    string
+		changed bool
+	}{
+		{"listen", a.Listen != b.Listen},
+		{"admin.listen", a.Admin.Listen != b.Admin.Listen},
+		{"server", a.Server != b.Server},
+		{"procs", a.Procs != b.Procs},
+		{"state", a.State != b.State},
+	} {
+		if k.changed {
+			keys = append(keys, k.name)
+		}
+	}
+	return keys
 }
 
 // startBackground starts, once, the work a serving ballast does besides

@@ -126,13 +126,15 @@ func (sc *sharedCache) fill(ctx context.Context, c *cache.Cache, key cache.Key, 
 // sharedHit answers a fresh-mode local miss from the route's Redis tier
 // when it holds a fresh entry, exactly as a local hit is answered. It
 // reports whether it answered; a stale entry found there is kept locally
-// for stale-if-error but not served.
-func (s *Server) sharedHit(ctx *fasthttp.RequestCtx, r *route, key cache.Key) bool {
+// for stale-if-error but not served. bound ends at the request's deadline
+// (never a context parented on a RequestCtx): a slow Redis read costs the
+// request at most its own time, and the miss then goes upstream.
+func (s *Server) sharedHit(ctx *fasthttp.RequestCtx, bound context.Context, r *route, key cache.Key) bool {
 	rc := r.cache
 	if rc.remote == nil {
 		return false
 	}
-	l, ok := rc.remote.fill(context.Background(), rc.c, key, s.clock.Now()) // never parent a context on a RequestCtx
+	l, ok := rc.remote.fill(bound, rc.c, key, s.clock.Now())
 	if !ok || !l.Fresh {
 		return false
 	}
@@ -143,13 +145,17 @@ func (s *Server) sharedHit(ctx *fasthttp.RequestCtx, r *route, key cache.Key) bo
 }
 
 // cachedOrShared is the stored entry for key, any age within ttl+stale:
-// from the local cache, else from the Redis tier (then kept locally).
-func (s *Server) cachedOrShared(ctx context.Context, rc *routeCache, key cache.Key) (cache.Lookup, bool) {
+// from the local cache, else from the Redis tier (then kept locally) when
+// the request has time left before deadline for the read: the deadline is
+// law for a wait on Redis too.
+func (s *Server) cachedOrShared(rc *routeCache, key cache.Key, deadline time.Time) (cache.Lookup, bool) {
 	now := s.clock.Now()
-	if l, ok := rc.c.Get(key, now); ok || rc.remote == nil {
+	if l, ok := rc.c.Get(key, now); ok || rc.remote == nil || !now.Before(deadline) {
 		return l, ok
 	}
-	return rc.remote.fill(ctx, rc.c, key, now)
+	bound, cancel := context.WithDeadline(context.Background(), s.wall(deadline))
+	defer cancel()
+	return rc.remote.fill(bound, rc.c, key, now)
 }
 
 // The shared encoding of an entry (version 1), compact and binary:

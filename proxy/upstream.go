@@ -9,6 +9,7 @@ import (
 	"net/url"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/ballast-proxy/ballast/policy"
@@ -25,6 +26,27 @@ type upstream struct {
 	cool   cooldowns
 	scheme []byte
 	host   []byte // host[:port] as sent in the Host header
+	// retired is set when a reload dropped the upstream (see
+	// upstreamPool.sweep): a connection a request still running on an
+	// older table gives back is closed rather than pooled, so that the
+	// pool nothing uses any more drains as its last requests end.
+	retired atomic.Bool
+}
+
+// retiringRelease returns the release of an upstream's connections: back
+// to the pool, or closed once retired is set. A release that races the
+// retirement closes the idle connections, the one it pooled among them.
+func retiringRelease[C any](retired *atomic.Bool, release, closeConn func(C), closeIdle func()) func(C) {
+	return func(cc C) {
+		if retired.Load() {
+			closeConn(cc)
+			return
+		}
+		release(cc)
+		if retired.Load() {
+			closeIdle()
+		}
+	}
 }
 
 // upstreamPool shares upstreams across config generations, so a reload
@@ -48,7 +70,7 @@ func (p *upstreamPool) begin() {
 
 // sweep drops the upstreams the table now in force did not take. Requests
 // still running on one keep it until they end; its idle connections close
-// now.
+// now, and the others as those requests end.
 func (p *upstreamPool) sweep() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -57,6 +79,7 @@ func (p *upstreamPool) sweep() {
 	}
 	for k, up := range p.all {
 		if !p.used[k] {
+			up.retired.Store(true)
 			up.client.CloseIdleConnections()
 			delete(p.all, k)
 		}
@@ -176,10 +199,7 @@ func newUpstream(u *url.URL, caFile string, connect time.Duration) (*upstream, e
 		}
 		hc.TLSConfig = tc
 	}
-	return &upstream{
-		client: hc,
-		ex:     newTransport(hc, hc.AcquireConn, hc.ReleaseConn, hc.CloseConn),
-		scheme: []byte(u.Scheme),
-		host:   []byte(u.Host),
-	}, nil
+	up := &upstream{client: hc, scheme: []byte(u.Scheme), host: []byte(u.Host)}
+	up.ex = newTransport(hc, hc.AcquireConn, retiringRelease(&up.retired, hc.ReleaseConn, hc.CloseConn, hc.CloseIdleConnections), hc.CloseConn)
+	return up, nil
 }
