@@ -61,7 +61,9 @@ func (s *Server) forward(ctx *fasthttp.RequestCtx, r *route, start time.Time) {
 
 	if r.async != nil {
 		if async, wait := prefer(&ctx.Request.Header); async {
-			s.startJob(ctx, r, body, wait)
+			if r.idem == nil || !s.guardJob(ctx, r, body, deadline, wait) {
+				s.startJob(ctx, r, body, wait, nil)
+			}
 			return
 		}
 	}
@@ -339,7 +341,23 @@ func (s *Server) relay(ctx *fasthttp.RequestCtx, r *route, t *target, resp *fast
 	} else {
 		rb.bound(agentSocket(ctx), r.idle, deadline)
 	}
+	if w, ok := stream.(interface{ watch(*tryCancel) }); ok {
+		// An agent that hangs up mid-stream calls the rest off, as one
+		// that hangs up before the answer does (agentWatch); a detached
+		// (keyed) call runs on.
+		if tr := trailOf(ctx); tr != nil && !tr.detached {
+			if rc := agentConn(ctx); rc != nil {
+				rb.watch = s.agents.add(rc, time.Now())
+				w.watch(&rb.watch.cancel)
+			}
+		}
+	}
 	ctx.Response.SetBodyStream(rb, size)
+	// An event stream's headers go out as they came, not with its first
+	// event: a model thinking before its first token, or a standing MCP
+	// stream with no news yet, must not look to the agent's HTTP client
+	// like an upstream that never answered.
+	ctx.Response.ImmediateHeaderFlush = isEventStream(resp.Header.ContentType())
 }
 
 func parseTimeoutHeader(v []byte) (time.Duration, error) {

@@ -159,8 +159,7 @@ func (s *Server) guard(ctx *fasthttp.RequestCtx, r *route, body []byte, deadline
 		switch {
 		case errors.Is(err, store.ErrMismatch):
 			s.noteIdem(ctx, r, idemMismatch)
-			writeProblem(ctx, problem{Status: fasthttp.StatusUnprocessableEntity, Reason: ReasonIdempotencyMismatch, Route: r.name,
-				Detail: "this Idempotency-Key was used with a different request (method, path, body or headers differ)"})
+			writeMismatch(ctx, r)
 			return true
 		case err != nil:
 			s.stateUnavailable(ctx, r, err)
@@ -208,6 +207,13 @@ func (s *Server) guard(ctx *fasthttp.RequestCtx, r *route, body []byte, deadline
 		}
 		// Unknown outcome: loop once more to report it.
 	}
+}
+
+// writeMismatch answers a request whose idempotency key was used with
+// another request: 422 idempotency_mismatch.
+func writeMismatch(ctx *fasthttp.RequestCtx, r *route) {
+	writeProblem(ctx, problem{Status: fasthttp.StatusUnprocessableEntity, Reason: ReasonIdempotencyMismatch, Route: r.name,
+		Detail: "this Idempotency-Key was used with a different request (method, path, body or headers differ)"})
 }
 
 func (s *Server) fingerprintHeaders(ctx *fasthttp.RequestCtx, r *route) [][]byte {

@@ -92,7 +92,10 @@ func prefer(h *fasthttp.RequestHeader) (async bool, wait time.Duration) {
 
 // startJob answers Prefer: respond-async: the call runs in the background
 // with the route's policies and the agent polls /_ballast/jobs/{id}.
-func (s *Server) startJob(ctx *fasthttp.RequestCtx, r *route, body []byte, wait time.Duration) {
+// stored, when not nil, is called with the job's id once the job is
+// stored and launched, before any wait for it. It reports false when the
+// job could not be stored (the agent then got 503 state_unavailable).
+func (s *Server) startJob(ctx *fasthttp.RequestCtx, r *route, body []byte, wait time.Duration, stored func(id string)) bool {
 	var raw [16]byte
 	_, _ = rand.Read(raw[:])
 	now := s.clock.Now()
@@ -106,7 +109,7 @@ func (s *Server) startJob(ctx *fasthttp.RequestCtx, r *route, body []byte, wait 
 	defer cancel()
 	if err := s.state.PutJob(c, job); err != nil {
 		s.stateUnavailable(ctx, r, err)
-		return
+		return false
 	}
 	// The lease keeps a replica that starts now from resuming the job too.
 	// A failed lease call does not hold the job back (the runner's renewals
@@ -116,15 +119,112 @@ func (s *Server) startJob(ctx *fasthttp.RequestCtx, r *route, body []byte, wait 
 		running := *job // the runner owns its copy; job answers the agent below
 		s.launch(&running)
 	}
+	if stored != nil {
+		stored(job.ID)
+	}
 	applied := "respond-async"
 	if wait > 0 {
 		applied += ", wait=" + strconv.Itoa(int(wait/time.Second))
 		if done := s.awaitJob(ctx, job, wait); !done.State.Pending() {
 			s.writeJob(ctx, done, applied)
-			return
+			return true
 		}
 	}
 	s.writeJobStatus(ctx, job, fasthttp.StatusAccepted, applied)
+	return true
+}
+
+// jobKeyPrefix starts the idempotency key under which a keyed async
+// request records its job: a route name never starts with '@', so the
+// records of jobs and of plain keyed requests never meet.
+const jobKeyPrefix = "@job|"
+
+// guardJob starts the job of a Prefer: respond-async request that carries
+// an idempotency key (or, in auto mode, any such request) once: the first
+// request with the key records its job under the key, and a repeat is
+// answered with that job — its state, or its result once it has one, as
+// GET /_ballast/jobs/{id} would answer, with Idempotent-Replayed: true —
+// so the upstream call runs once however often the agent re-sends it.
+// The same key with another request is a mismatch, as for any keyed
+// request. It reports false when the request is not guarded.
+func (s *Server) guardJob(ctx *fasthttp.RequestCtx, r *route, body []byte, deadline time.Time, wait time.Duration) bool {
+	fp := store.Fingerprint(ctx.Method(), ctx.RequestURI(), body, s.fingerprintHeaders(ctx, r)...)
+	key, ok, handled := s.idemKey(ctx, r, fp)
+	if handled {
+		return true
+	}
+	if !ok {
+		return false
+	}
+	key = jobKeyPrefix + key
+	ttl := r.idem.ttl
+	if r.idem.auto {
+		ttl = r.idem.window
+	}
+	ttl = min(ttl, r.total+r.async.ttl) // no longer than the job is kept
+	c, cancel := context.WithDeadline(context.Background(), s.wall(deadline))
+	defer cancel()
+	for {
+		rec, owned, err := s.state.Claim(c, key, store.ClaimArgs{Fingerprint: fp, Now: s.clock.Now(), Lease: r.idem.lease, TTL: ttl})
+		switch {
+		case errors.Is(err, store.ErrMismatch):
+			s.noteIdem(ctx, r, idemMismatch)
+			writeMismatch(ctx, r)
+			return true
+		case err != nil:
+			s.stateUnavailable(ctx, r, err)
+			return true
+		case owned:
+			s.noteIdem(ctx, r, idemClaimed)
+			out, cancelOut := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancelOut()
+			if !s.startJob(ctx, r, body, wait, func(id string) {
+				resp := &store.Response{Status: fasthttp.StatusAccepted, Header: []byte("Location: " + jobsPath + id + "\r\n")}
+				if err := s.state.Complete(out, rec, resp, s.clock.Now(), ttl); err != nil {
+					s.log.Warn("idempotency record of an async job not stored", "route", r.name, "error", err.Error())
+				}
+			}) {
+				_ = s.state.Release(out, rec)
+			}
+			return true
+		case rec.State == store.InFlight: // the first request is storing its job
+			if rec, err = s.state.Wait(c, key); err != nil {
+				if c.Err() != nil {
+					writeProblem(ctx, problem{Status: fasthttp.StatusConflict, Reason: ReasonInProgress, Route: r.name,
+						RetryAfter: time.Second, Detail: "a request with this key is still starting its job"})
+					return true
+				}
+				s.stateUnavailable(ctx, r, err)
+				return true
+			}
+			if rec == nil {
+				continue // released: the job could not be stored; try again
+			}
+		}
+		id := ""
+		if rec.State == store.Completed && rec.Response != nil {
+			eachHeaderLine(rec.Response.Header, func(k, v []byte) {
+				if asciiEqualFold(k, []byte("Location")) && bytes.HasPrefix(v, []byte(jobsPath)) {
+					id = string(v[len(jobsPath):])
+				}
+			})
+		}
+		if id == "" {
+			s.noteIdem(ctx, r, idemUnknown)
+			writeProblem(ctx, problem{Status: fasthttp.StatusConflict, Reason: ReasonOutcomeUnknown, Route: r.name,
+				Detail: "a request with this key started a job, but ballast stopped before it was recorded; " +
+					"it may or may not have run. Check before retrying with a new key."})
+			return true
+		}
+		s.noteIdem(ctx, r, idemReplayed)
+		applied := "respond-async"
+		if wait > 0 {
+			applied += ", wait=" + strconv.Itoa(int(wait/time.Second))
+		}
+		s.serveJob(ctx, id, tenantOf(&ctx.Request.Header), wait, applied)
+		ctx.Response.Header.Set(headerReplayed, "true")
+		return true
+	}
 }
 
 // launch runs job in the background. A wait for the job can then follow
@@ -191,6 +291,9 @@ func (s *Server) runJob(job *store.Job) {
 	if stream := resp.BodyStream(); stream == nil {
 		body = resp.Body()
 	} else {
+		if rb, ok := stream.(*relayBody); ok {
+			rb.prefetching = true // a break fails the job; no agent sees a truncated stream
+		}
 		// Read no more than the store keeps: a larger answer fails the
 		// job now, not after all of it sat in memory.
 		limit := int64(s.table.Load().cfg.State.MaxResponseBytes)

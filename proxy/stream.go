@@ -61,11 +61,19 @@ type relayState struct {
 	writeIdle  time.Duration // 0: no bound between chunks
 	writeUntil time.Time     // zero: no overall bound
 
+	// watch, when set, is the agent watch's entry for this stream: an
+	// agent that hangs up mid-stream calls the rest of the upstream body
+	// off, rather than leave it held until the upstream's next bytes (or
+	// timeouts.idle) make the write to the gone agent fail.
+	watch *watchedCall
+
 	// handedOver: the body left the agent's response for a hijacked
 	// connection (closeDelimited); the response's close is not its end.
 	handedOver bool
-	// prefetching: prefetch is reading ahead; a break now reaches the
-	// agent as a whole 502, not as a truncated stream.
+	// prefetching: ballast reads the body itself (prefetch reading ahead,
+	// an async job reading its answer); a break now reaches the agent as
+	// an answer of its own (a whole 502, a failed job), not as a
+	// truncated stream.
 	prefetching bool
 }
 
@@ -112,6 +120,10 @@ func (b *relayBody) Read(p []byte) (int, error) {
 	}
 	if err != nil && err != io.EOF && b.err == nil && !b.prefetching {
 		b.err = err
+		if b.watch.hungUp() {
+			// The agent left: nobody sees a truncated answer.
+			return n, err
+		}
 		b.r.m.truncated.Inc()
 		b.s.log.Warn("upstream body broke mid-stream; aborting the agent's connection",
 			"request_id", string(b.id[:b.idLen]), "route", b.r.name, "upstream", b.t.name,
@@ -130,6 +142,9 @@ func (b *relayBody) CloseWithError(error) error {
 	// whether its connection may be reused; closing it once is enough.
 	_ = b.resp.CloseBodyStream()
 	fasthttp.ReleaseResponse(b.resp)
+	if b.watch != nil {
+		b.s.agents.remove(b.watch) // after the body let go of its connection
+	}
 	if b.agent != nil {
 		_ = b.agent.SetWriteDeadline(time.Time{}) // the connection's next answer has none
 	}

@@ -387,6 +387,9 @@ type upstreamBody[C pooledConn] struct {
 	idle     time.Duration
 	deadline time.Time
 	wanted   func() bool // a patient stream's reader is still there
+	// cancel, when set (watch), calls the rest of the body off: the
+	// agent it is relayed to has hung up.
+	cancel *tryCancel
 }
 
 var _ fasthttp.ReadCloserWithError = (*upstreamBody[pooledConn])(nil)
@@ -421,12 +424,28 @@ func (b *upstreamBody[C]) patient(every time.Duration, wanted func() bool) {
 	b.idle, b.deadline, b.wanted = every, time.Time{}, wanted
 }
 
+// watch lets c call the rest of the body off: c.cancel then cuts a read
+// waiting on the upstream short, and the reads after it fail too.
+func (b *upstreamBody[C]) watch(c *tryCancel) {
+	if c.attach(b.cc.Conn()) {
+		b.cancel = c
+	} else {
+		b.err = errTryCanceled
+	}
+}
+
 func (b *upstreamBody[C]) Read(p []byte) (int, error) {
 	if b.err != nil {
 		return 0, b.err
 	}
 	if b.done {
 		return 0, io.EOF
+	}
+	if b.cancel != nil && b.cancel.isCanceled() {
+		// Called off between two reads: the deadline set below would
+		// undo the one cancel set.
+		b.err = errTryCanceled
+		return 0, b.err
 	}
 	for {
 		if b.idle > 0 {
@@ -438,7 +457,7 @@ func (b *upstreamBody[C]) Read(p []byte) (int, error) {
 		}
 		n, err := b.read(p)
 		if err != nil && err != io.EOF {
-			if n == 0 && b.wanted != nil && isTimeout(err) && b.wanted() {
+			if n == 0 && b.wanted != nil && isTimeout(err) && (b.cancel == nil || !b.cancel.isCanceled()) && b.wanted() {
 				continue // quiet, and still listened to
 			}
 			b.err = timeoutOr(err)
@@ -505,6 +524,10 @@ func (b *upstreamBody[C]) read(p []byte) (int, error) {
 // was read to its end on a keep-alive connection, closed otherwise.
 func (b *upstreamBody[C]) CloseWithError(error) error {
 	t := b.t
+	if b.cancel != nil {
+		b.cancel.detach() // the connection is no longer the body's to call off
+		b.cancel = nil
+	}
 	t.hc.ReleaseReader(b.br)
 	if b.done && b.err == nil && !b.closeAfter && b.mode != bodyUntilClose {
 		_ = b.cc.Conn().SetDeadline(time.Time{})
