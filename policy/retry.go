@@ -54,11 +54,12 @@ type Retry struct {
 //	|   | guarded Idempotency-Key covers it                               |             |
 //	| 4 | otherwise                                                       | retry       |
 //
-// A retry decision is still subject to, in this order: attempts left, the
-// route's Budget (Withdraw), and a wait — Wait(backoff, server hint,
-// max_retry_after) — that ends before the total deadline. Each of those
-// refusals ends the loop with the last attempt's outcome (or, for the
-// budget, class budget_exhausted).
+// A retry decision is still subject to, in this order: attempts left, a
+// wait — Wait(backoff, server hint, max_retry_after) — that ends before
+// the total deadline, and the route's Budget (Withdraw), paid before the
+// wait so that a refused retry is answered at once. Each of those refusals
+// ends the loop with the last attempt's outcome (or, for the budget, class
+// budget_exhausted).
 func (r Retry) Decide(cls Class, cause Cause, status int, method []byte, guardedByKey bool) Decision {
 	switch {
 	case neverRetried(cls):

@@ -20,8 +20,9 @@ const defaultAgentCheck = time.Second
 // Envoy and nginx (proxy_ignore_client_abort off), ballast then closes the
 // upstream connection, so the upstream sees its client go, too.
 //
-// Calls register for the time ballast works on them: the attempts and the
-// waits between them (exchangeUpstream). Every interval, the watch looks
+// Calls register for the time ballast works on them: the wait for a
+// concurrency slot (acquireSlot), the attempts and the waits between them
+// (exchangeUpstream). Every interval, the watch looks
 // at the calls that have run for at least an interval — short calls cost
 // no system call at all — with one non-consuming peek at each agent's
 // socket (rawio.Conn.HungUpNow). A call whose agent has hung up has its
@@ -48,7 +49,11 @@ type watchedCall struct {
 	// gone is signalled (once, never closed, so the call can be pooled)
 	// when the agent is found gone, waking a wait in pause.
 	gone chan struct{}
-	left bool // under agentWatch.mu
+	// onLeave, when set, is called (under agentWatch.mu) when the agent
+	// is found gone: it ends a wait that selects on a context, such as
+	// the wait for a concurrency slot.
+	onLeave func()
+	left    bool // under agentWatch.mu
 
 	prev, next *watchedCall
 }
@@ -66,12 +71,18 @@ func newAgentWatch(every time.Duration) *agentWatch {
 // The caller must remove it before the request's handler returns (the
 // connection then serves the agent's next request).
 func (w *agentWatch) add(conn *rawio.Conn, since time.Time) *watchedCall {
+	return w.addLeaving(conn, since, nil)
+}
+
+// addLeaving is add with onLeave, called when the agent is found gone.
+func (w *agentWatch) addLeaving(conn *rawio.Conn, since time.Time, onLeave func()) *watchedCall {
 	c, _ := w.pool.Get().(*watchedCall)
 	if c == nil {
 		c = &watchedCall{gone: make(chan struct{}, 1)}
 	}
 	c.conn, c.since, c.left = conn, since, false
 	c.cancel = tryCancel{}
+	c.onLeave = onLeave
 	select {
 	case <-c.gone: // a signal its previous call never read
 	default:
@@ -90,7 +101,7 @@ func (w *agentWatch) remove(c *watchedCall) {
 	c.prev.next, c.next.prev = c.next, c.prev
 	c.prev, c.next = nil, nil
 	w.mu.Unlock()
-	c.conn = nil
+	c.conn, c.onLeave = nil, nil
 	w.pool.Put(c)
 }
 
@@ -116,6 +127,9 @@ func (w *agentWatch) scan(now time.Time) int {
 		c.left = true
 		c.cancel.cancel()
 		c.gone <- struct{}{}
+		if c.onLeave != nil {
+			c.onLeave()
+		}
 		n++
 	}
 	return n

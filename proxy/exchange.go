@@ -78,6 +78,7 @@ func (s *Server) exchangeUpstream(ctx *fasthttp.RequestCtx, r *route, body []byt
 		attempts  int
 		stop      Reason // why the loop gave up early, when it did
 		stopAfter time.Duration
+		limitStop bool // stop is the route's rate limit refusing a retry
 	)
 	defer func() {
 		if last.resp != nil {
@@ -139,17 +140,13 @@ targets:
 				continue targets
 			}
 			if n == 0 {
-				t.health.budget.Deposit(now)
-			} else if !t.health.budget.Withdraw(now) {
-				t.health.breaker.Release(probe)
-				r.m.budgetExhausted.Inc()
-				stop = ReasonBudgetExhausted
-				break targets
+				t.health.budget.Deposit(now) // a retry paid when it was decided, below
 			}
 			// The shared cool-down: the provider asked every request with
-			// this key to wait.
+			// this key to wait. A pause that ends at the deadline leaves
+			// nothing to send in.
 			if wait := t.up.cool.Remaining(&out.Header, now); wait > 0 {
-				if now.Add(wait).After(deadline) {
+				if !now.Add(wait).Before(deadline) {
 					t.health.breaker.Release(probe)
 					stop, stopAfter = ReasonRateLimited, wait
 					continue targets
@@ -177,12 +174,12 @@ targets:
 					s.observe(ctx, r, policy.RateLimited, ReasonRateLimited)
 					return
 				}
-				stop, stopAfter = ReasonRateLimited, refused.RetryAfter
+				stop, stopAfter, limitStop = ReasonRateLimited, refused.RetryAfter, true
 				break targets
 			}
 			var a attempt
 			if r.hedgeAfter > 0 && (guarded || policy.IdempotentMethod(method)) {
-				a = s.tryHedged(out, t, r, deadline, attempts, watch)
+				a = s.tryHedged(out, t, r, key, deadline, attempts, watch)
 			} else {
 				a = s.tryObserved(out, t, r, deadline, attempts, watch.attemptCancel())
 			}
@@ -257,12 +254,21 @@ targets:
 				stop, stopAfter = ReasonAgentGone, 0 // before waiting for a retry nobody will read
 				break targets
 			}
+			// The wait must end before the deadline, with time left to
+			// send the retry in.
 			wait := policy.Wait(r.backoff.Delay(n, nil), a.hint, r.maxRetryAfter)
-			if s.clock.Now().Add(wait).After(deadline) {
+			if now := s.clock.Now(); !now.Add(wait).Before(deadline) {
 				if a.hint > 0 {
 					stop, stopAfter = ReasonRateLimited, a.hint
 				}
 				continue targets
+			} else if !t.health.budget.Withdraw(now) {
+				// Paid now, before the wait: an agent whose retry the
+				// budget refuses is answered at once, not after sitting
+				// out a wait that could only end in this refusal.
+				r.m.budgetExhausted.Inc()
+				stop = ReasonBudgetExhausted
+				break targets
 			}
 			r.m.retries[a.class].Inc()
 			r.m.retryWait.Observe(wait.Seconds())
@@ -284,7 +290,7 @@ targets:
 	if tr != nil {
 		tr.stop = stop
 	}
-	s.answer(ctx, r, lastT, &last, attempts, stop, stopAfter, deadline, cs)
+	s.answer(ctx, r, lastT, &last, attempts, stop, stopAfter, limitStop, deadline, cs)
 	if attempts > 1 && ctx.Response.StatusCode() >= 500 && len(ctx.Response.Header.Peek("Retry-After")) == 0 {
 		// ballast has retried already: an SDK that retried this too would
 		// multiply the attempts (3 of its tries × 3 of ours). The OpenAI
@@ -334,23 +340,37 @@ func (s *Server) try(out *fasthttp.Request, t *target, r *route, now, deadline t
 	} else if r.validator != nil {
 		s.check(r, &a)
 	}
-	if a.status == fasthttp.StatusTooManyRequests || a.status == fasthttp.StatusServiceUnavailable {
-		if hint, ok := policy.RetryAfterHint(&resp.Header, now); ok {
-			a.hint = hint
-			if a.status == fasthttp.StatusTooManyRequests {
-				// Everyone with this key waits, not just this request.
-				s.extendCooldown(t, credentialOf(&out.Header), now.Add(hint), now)
-			}
-		}
-	}
-	if until, ok := policy.ResetWhenExhausted(&resp.Header, now); ok {
-		s.extendCooldown(t, credentialOf(&out.Header), until, now) // throttle ahead of the 429
-	}
 	return a
 }
 
-// answer gives the agent the outcome of the exchange.
-func (s *Server) answer(ctx *fasthttp.RequestCtx, r *route, t *target, last *attempt, attempts int, stop Reason, stopAfter time.Duration, deadline time.Time, cs *cacheState) {
+// noteHints reads the server's timing hints from a's response, which
+// arrived at at: the wait a 429 or 503 asks for (a.hint), and the pauses
+// of out's key — after a 429, or when a limit says nothing is left. A hint
+// counts from the response's arrival (RFC 9110 §10.2.3), not from the
+// attempt's start: a 429 that took 10s to come asking for 30s pauses the
+// key for 30s from then.
+func (s *Server) noteHints(a *attempt, out *fasthttp.Request, t *target, at time.Time) {
+	if a.resp == nil {
+		return
+	}
+	h := &a.resp.Header
+	if a.status == fasthttp.StatusTooManyRequests || a.status == fasthttp.StatusServiceUnavailable {
+		if hint, ok := policy.RetryAfterHint(h, at); ok {
+			a.hint = hint
+			if a.status == fasthttp.StatusTooManyRequests {
+				// Everyone with this key waits, not just this request.
+				s.extendCooldown(t, credentialOf(&out.Header), at.Add(hint), at)
+			}
+		}
+	}
+	if until, ok := policy.ResetWhenExhausted(h, at); ok {
+		s.extendCooldown(t, credentialOf(&out.Header), until, at) // throttle ahead of the 429
+	}
+}
+
+// answer gives the agent the outcome of the exchange. limitStop says the
+// stop was the route's own rate limit refusing a retry, not the upstream.
+func (s *Server) answer(ctx *fasthttp.RequestCtx, r *route, t *target, last *attempt, attempts int, stop Reason, stopAfter time.Duration, limitStop bool, deadline time.Time, cs *cacheState) {
 	deadline = s.wall(deadline)
 	if last.class == policy.OK && last.resp != nil {
 		if !last.noStore {
@@ -394,16 +414,22 @@ func (s *Server) answer(ctx *fasthttp.RequestCtx, r *route, t *target, last *att
 			Detail: "the upstream's retry budget is spent: too many recent requests needed retries" + lastWords})
 		return
 	case ReasonRateLimited:
+		pause := stopAfter.Round(time.Millisecond).String()
 		if last.resp == nil || last.status == fasthttp.StatusTooManyRequests || attempts == 0 {
+			detail := "the upstream asked to pause for " + pause + ", longer than this request's deadline or retry.max_retry_after allows"
+			if limitStop {
+				detail = "the route's rate limit (" + r.limit.name + ") has no room for a retry within this request's deadline or rate_limit.max_wait; it has in " + pause
+			}
 			writeProblem(ctx, problem{Status: fasthttp.StatusTooManyRequests, Reason: ReasonRateLimited, Route: r.name,
-				Attempts: attempts, RetryAfter: stopAfter,
-				Detail: "the upstream asked to pause for " + stopAfter.Round(time.Millisecond).String() +
-					", longer than this request's deadline or retry.max_retry_after allows" + lastWords})
+				Attempts: attempts, RetryAfter: stopAfter, Detail: detail + lastWords})
 			return
 		}
+		detail := "the upstream is unavailable and asked to come back in " + pause
+		if limitStop {
+			detail = "the upstream is unavailable, and the route's rate limit (" + r.limit.name + ") has no room for a retry for " + pause
+		}
 		writeProblem(ctx, problem{Status: fasthttp.StatusServiceUnavailable, Reason: ReasonUpstreamUnavailable, Route: r.name,
-			Attempts: attempts, RetryAfter: stopAfter,
-			Detail: "the upstream is unavailable and asked to come back in " + stopAfter.Round(time.Millisecond).String() + lastWords})
+			Attempts: attempts, RetryAfter: stopAfter, Detail: detail + lastWords})
 		return
 	case ReasonBreakerOpen:
 		if attempts == 0 {
@@ -523,7 +549,8 @@ func minPositive(a, b time.Duration) time.Duration {
 func (s *Server) reserveTokens(ctx *fasthttp.RequestCtx, r *route, key uint64, body []byte, deadline time.Time) (ratelimit.Reservation, bool) {
 	now := s.clock.Now()
 	n := ratelimit.EstimateTokens(body)
-	res, err := reserve(r.limit.tokens, key, n, now, max(min(r.limit.maxWait, deadline.Sub(now)), 0), deadline.Sub(now))
+	// Like admit's turn, the tokens must come before the deadline.
+	res, err := reserve(r.limit.tokens, key, n, now, max(min(r.limit.maxWait, deadline.Sub(now)-time.Nanosecond), 0), deadline.Sub(now))
 	if err != nil {
 		le, ok := err.(*ratelimit.LimitedError)
 		if !ok {
@@ -590,8 +617,10 @@ func (s *Server) settleTokens(ctx *fasthttp.RequestCtx, res *ratelimit.Reservati
 // response headers came within the route's hedge_after (and the retry
 // budget allows), a hedge goes out too. The first good answer wins, and
 // the other copy is called off (its connection closed, see tryCancel)
-// and dropped. It runs only for requests safe to repeat.
-func (s *Server) tryHedged(out *fasthttp.Request, t *target, r *route, deadline time.Time, prior int, watch *watchedCall) attempt {
+// and dropped. It runs only for requests safe to repeat. A hedge pays the
+// route's request limit like any attempt (key is the request's partition),
+// but never waits for it: with no token at hand, no hedge goes out.
+func (s *Server) tryHedged(out *fasthttp.Request, t *target, r *route, key uint64, deadline time.Time, prior int, watch *watchedCall) attempt {
 	type result struct {
 		a     attempt
 		which int
@@ -628,7 +657,7 @@ func (s *Server) tryHedged(out *fasthttp.Request, t *target, r *route, deadline 
 	case <-left:
 		return callOff()
 	case <-timer.C():
-		if t.health.budget.Withdraw(s.clock.Now()) {
+		if now := s.clock.Now(); t.health.budget.Withdraw(now) && s.admitHedge(r, key, now, deadline) {
 			r.m.hedges.Inc()
 			launch(1)
 			inFlight++

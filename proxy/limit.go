@@ -235,7 +235,9 @@ func (s *Server) admit(ctx *fasthttp.RequestCtx, r *route, key uint64, now, dead
 	if l == nil || l.requests == nil {
 		return true, nil
 	}
-	maxWait := min(l.maxWait, deadline.Sub(now))
+	// A turn that comes at the deadline leaves no time to send in: the
+	// wait must end before it (Reserve allows waits up to maxWait).
+	maxWait := min(l.maxWait, deadline.Sub(now)-time.Nanosecond)
 	res, err := reserve(l.requests, key, 1, now, max(maxWait, 0), deadline.Sub(now))
 	if err != nil {
 		var le *ratelimit.LimitedError
@@ -257,6 +259,18 @@ func (s *Server) admit(ctx *fasthttp.RequestCtx, r *route, key uint64, now, dead
 		}
 	}
 	return true, nil
+}
+
+// admitHedge takes a token of the route's request limit for a hedge, at
+// once or not at all: a hedge is an attempt the upstream sees, so it pays,
+// but it is worth no wait.
+func (s *Server) admitHedge(r *route, key uint64, now, deadline time.Time) bool {
+	l := r.limit
+	if l == nil || l.requests == nil {
+		return true
+	}
+	_, err := reserve(l.requests, key, 1, now, 0, deadline.Sub(now))
+	return err == nil
 }
 
 // writeRateLimited answers a request the rate limit refused: 429 with
@@ -284,9 +298,29 @@ func (s *Server) acquireSlot(ctx *fasthttp.RequestCtx, r *route, deadline time.T
 	// A drain ends the wait: nothing was sent, so the agent may as well
 	// go to another replica now.
 	defer context.AfterFunc(s.drain, cancel)()
+	// So does the agent hanging up (agentWatch): its place in the queue
+	// goes to the next request, and its call is never sent. A detached
+	// (keyed) call waits on, as it runs on.
+	var watch *watchedCall
+	if tr := trailOf(ctx); tr != nil && !tr.detached {
+		if rc := agentConn(ctx); rc != nil {
+			watch = s.agents.addLeaving(rc, tr.start, cancel)
+			defer s.agents.remove(watch)
+		}
+	}
 	permit, err := r.bulkhead.Acquire(c, s.clock, ratelimit.ParsePriority(ctx.Request.Header.Peek(headerPriority)))
 	if err == nil {
 		return permit, true
+	}
+	if watch.hungUp() {
+		ctx.SetConnectionClose()
+		writeProblem(ctx, problem{Status: statusAgentGone, Title: "Client Closed Request", Reason: ReasonAgentGone,
+			Route: r.name, Detail: "the agent closed its connection while its call waited for a concurrency slot"})
+		if tr := trailOf(ctx); tr != nil {
+			tr.stop = ReasonAgentGone
+		}
+		s.observe(ctx, r, policy.Canceled, ReasonAgentGone)
+		return ratelimit.Permit{}, false
 	}
 	if s.draining.Load() {
 		ctx.SetConnectionClose()

@@ -58,7 +58,8 @@ type usageEnvelope struct {
 // events replace those from earlier ones, so Anthropic's message_start (input
 // tokens) and message_delta (output tokens) combine. ok is false when no
 // usage was found. Malformed JSON, or malformed events, are skipped; it never
-// panics. Negative counts read as zero.
+// panics. A negative count is skipped as if absent (a usage of only negative
+// counts is no usage), and a fraction is rounded down.
 func UsageFromBody(body []byte) (u Usage, ok bool) {
 	return UsageFromParts(body)
 }
@@ -138,7 +139,10 @@ func (acc *usageFields) merge(f *usageFields) bool {
 		{&acc.OutputTokens, &f.OutputTokens},
 		{&acc.CacheCreationTokens, &f.CacheCreationTokens},
 	} {
-		if *p.src != nil {
+		// A negative count is no count: it neither replaces an earlier
+		// one nor counts as usage found, so that an upstream's nonsense
+		// cannot refund a reservation.
+		if *p.src != nil && **p.src >= 0 {
 			*p.dst = *p.src
 			found = true
 		}
