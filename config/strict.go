@@ -2,7 +2,9 @@ package config
 
 import (
 	"fmt"
+	"math"
 	"reflect"
+	"regexp"
 	"sort"
 	"strconv"
 	"strings"
@@ -163,17 +165,88 @@ func shapeErrs(path string, v any, t reflect.Type) []error {
 			return []error{pathErr(path, fmt.Sprintf("must be true or false, not %s", describe(v)))}
 		}
 	case reflect.Int, reflect.Int64, reflect.Int32, reflect.Uint, reflect.Uint32, reflect.Uint64:
-		s, ok := scalarString(v)
-		if _, err := strconv.ParseInt(s, 10, 64); !ok || err != nil {
-			return []error{pathErr(path, fmt.Sprintf("must be a whole number, not %s", describe(v)))}
+		if msg := checkNumber(v, true); msg != "" {
+			return []error{pathErr(path, msg)}
 		}
 	case reflect.Float64, reflect.Float32:
-		s, ok := scalarString(v)
-		if _, err := strconv.ParseFloat(s, 64); !ok || err != nil {
-			return []error{pathErr(path, fmt.Sprintf("must be a number, not %s", describe(v)))}
+		if msg := checkNumber(v, false); msg != "" {
+			return []error{pathErr(path, msg)}
 		}
 	}
 	return nil
+}
+
+// decimalInt and decimalFloat are the number forms a string may hold
+// (environment overrides and ${NAME} references are strings).
+var (
+	decimalInt   = regexp.MustCompile(`^[+-]?(0|[1-9][0-9]*)$`)
+	decimalFloat = regexp.MustCompile(`^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?$`)
+)
+
+// checkNumber says why v, the raw value of a number key (an integer one
+// when whole), is not a number that key can hold; "" when it is. It is the
+// one place every number key of the config is checked:
+//
+//   - a YAML number must be finite: NaN compares false with every bound a
+//     key's rule sets (rps: .nan would pass "between 0 and 1000000" and
+//     mean no limit), and an infinity is no setting either;
+//   - a whole number must be integral and fit in 64 bits;
+//   - a string must hold a plain decimal number. Hexadecimal ("0x10"),
+//     underscores ("1_000") and, for integers, leading zeros ("010", which
+//     the decoder would read as octal 8) are refused rather than read
+//     otherwise than they look. YAML's own number forms (0x10 unquoted)
+//     are YAML's business: they arrive here as numbers.
+func checkNumber(v any, whole bool) string {
+	want := "a number"
+	if whole {
+		want = "a whole number"
+	}
+	var f float64
+	switch x := v.(type) {
+	case int, int64, int32:
+		return ""
+	case uint64:
+		if x > math.MaxInt64 {
+			return fmt.Sprintf("%d is out of range (at most %d)", x, int64(math.MaxInt64))
+		}
+		return ""
+	case float64:
+		f = x
+	case float32:
+		f = float64(x)
+	case string:
+		if g, err := strconv.ParseFloat(x, 64); err == nil && (math.IsNaN(g) || math.IsInf(g, 0)) {
+			return fmt.Sprintf("must be a finite number, not %q", x)
+		}
+		if whole {
+			if !decimalInt.MatchString(x) {
+				return fmt.Sprintf("must be %s in decimal, not %q", want, x)
+			}
+			if _, err := strconv.ParseInt(x, 10, 64); err != nil {
+				return fmt.Sprintf("%q is out of range (at most %d)", x, int64(math.MaxInt64))
+			}
+			return ""
+		}
+		if !decimalFloat.MatchString(x) {
+			return fmt.Sprintf("must be %s in decimal, not %q", want, x)
+		}
+		g, err := strconv.ParseFloat(x, 64)
+		if err != nil || math.IsInf(g, 0) {
+			return fmt.Sprintf("%q is out of range", x)
+		}
+		return ""
+	default:
+		return fmt.Sprintf("must be %s, not %s", want, describe(v))
+	}
+	switch {
+	case math.IsNaN(f) || math.IsInf(f, 0):
+		return fmt.Sprintf("must be a finite number, not %v", f)
+	case whole && f != math.Trunc(f):
+		return fmt.Sprintf("must be a whole number, not %v", f)
+	case whole && (f >= 1<<63 || f <= -(1<<63)): // -(1<<63) may be a rounded -(1<<63)-1
+		return fmt.Sprintf("%v is out of range (at most %d)", f, int64(math.MaxInt64))
+	}
+	return ""
 }
 
 // fieldsByKey maps each koanf key of struct t to its field type, looking

@@ -2,7 +2,9 @@ package config
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
+	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -28,21 +30,35 @@ func (d *Duration) UnmarshalText(b []byte) error {
 // MarshalText writes the Go duration form.
 func (d Duration) MarshalText() ([]byte, error) { return []byte(time.Duration(d).String()), nil }
 
-// ParseDuration parses a Go duration and refuses negative values.
+// durationSyntax matches what time.ParseDuration reads, so that a
+// duration it refuses in this form is one too long for a time.Duration.
+var durationSyntax = regexp.MustCompile(`^[+-]?(([0-9]+(\.[0-9]*)?|\.[0-9]+)(ns|us|µs|μs|ms|s|m|h))+$`)
+
+// ParseDuration parses a Go duration and refuses negative values and values
+// above MaxDuration.
 func ParseDuration(s string) (time.Duration, error) {
 	s = strings.TrimSpace(s)
 	if s == "0" {
 		return 0, nil
 	}
 	v, err := time.ParseDuration(s)
-	if err != nil {
+	if err != nil && !durationSyntax.MatchString(s) {
 		return 0, fmt.Errorf("%q is not a duration (use Go syntax such as 250ms, 30s or 2m)", s)
 	}
-	if v < 0 {
+	if v < 0 || (err != nil && strings.HasPrefix(s, "-")) {
 		return 0, fmt.Errorf("%q is negative", s)
+	}
+	if err != nil || v > MaxDuration {
+		return 0, fmt.Errorf("%q is longer than %s, the longest duration ballast accepts", s, "87600h (10 years)")
 	}
 	return v, nil
 }
+
+// MaxDuration is the longest duration a config accepts: ten years, far
+// beyond any timeout, TTL or window that means something, and far enough
+// below time.Duration's 292 years that sums of a few durations
+// (cache.ttl + cache.stale, a deadline plus a lease) cannot overflow.
+const MaxDuration = 87600 * time.Hour
 
 // Size is a byte count written in config as a plain integer or with a unit:
 // 512, 64KiB, 10MiB, 1GiB (binary) or 10KB, 10MB (decimal).
@@ -82,6 +98,9 @@ func ParseSize(s string) (int64, error) {
 		}
 	}
 	n, err := strconv.ParseInt(num, 10, 64)
+	if errors.Is(err, strconv.ErrRange) && !strings.HasPrefix(num, "-") {
+		return 0, fmt.Errorf("%q is larger than 1TiB", s)
+	}
 	if err != nil {
 		return 0, fmt.Errorf("%q is not a size (use bytes or a unit such as 64KiB or 10MiB)", s)
 	}

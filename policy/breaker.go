@@ -1,6 +1,7 @@
 package policy
 
 import (
+	"math"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -33,7 +34,8 @@ func (s BreakerState) String() string {
 // default.
 type BreakerConfig struct {
 	// Failures opens the breaker after this many consecutive failures.
-	// Default 5.
+	// Default 5. Values above math.MaxInt32 (the counter's range) count
+	// as math.MaxInt32.
 	Failures int
 	// FailureRatio, when > 0, also opens it when the share of failures in
 	// the last Window reaches it, once MinRequests were seen there.
@@ -83,6 +85,9 @@ func NewBreaker(cfg BreakerConfig, onChange func(BreakerState)) *Breaker {
 	if cfg.Failures <= 0 {
 		cfg.Failures = 5
 	}
+	// The consecutive count is an int32: a larger bound would wrap when
+	// converted, to one a success already meets.
+	cfg.Failures = min(cfg.Failures, math.MaxInt32)
 	if cfg.MinRequests <= 0 {
 		cfg.MinRequests = 20
 	}
