@@ -18,7 +18,8 @@ type Config struct {
 	// "application/problem+json" explicitly. Empty allows every type,
 	// including none.
 	ContentType []string
-	// JSON requires the body to be one well-formed JSON value.
+	// JSON requires the body to be one well-formed JSON value (RFC 8259):
+	// in UTF-8, and nested at most 10000 deep, as encoding/json allows.
 	JSON bool
 	// Schema is a JSON Schema document given inline as JSON text. Relative
 	// $refs in an inline schema cannot be resolved; use SchemaFile for

@@ -85,8 +85,20 @@ func equalFoldASCII(b []byte, s string) bool {
 	return true
 }
 
-// IsStream reports whether a Content-Type value is text/event-stream, whose
-// body is relayed as it arrives and therefore gets only the head checks.
+// IsStream reports whether a Content-Type value is a streaming media type,
+// whose body is a sequence of events or records relayed as it arrives, and
+// therefore gets only the head checks: server-sent events
+// (text/event-stream), newline-delimited JSON (application/x-ndjson, as
+// Ollama streams, and application/ndjson), JSON Lines (application/jsonl,
+// application/x-jsonlines) and JSON text sequences (application/json-seq,
+// RFC 7464). It does not allocate.
 func IsStream(contentType []byte) bool {
-	return equalFoldASCII(mediaType(contentType), "text/event-stream")
+	mt := mediaType(contentType)
+	for _, s := range [...]string{"text/event-stream", "application/x-ndjson", "application/ndjson",
+		"application/jsonl", "application/x-jsonlines", "application/json-seq"} {
+		if equalFoldASCII(mt, s) {
+			return true
+		}
+	}
+	return false
 }

@@ -42,12 +42,17 @@ var ErrInvalid = errors.New("validate: invalid response")
 // "unavailable"). Every other failure has Retryable false; whether an invalid
 // response is retried at all is the retry policy's decision.
 //
+// RPCError is set when the body is a well-formed JSON-RPC response whose
+// "error" member carries an integer code: the tool's own answer to the
+// call, as opposed to a response that is not valid JSON-RPC at all.
+//
 // A nil *Failure means "passed". Do not store a nil *Failure in an error
 // variable (the interface would be non-nil); test it first.
 type Failure struct {
 	Check     string
 	Detail    string
 	Retryable bool
+	RPCError  bool
 }
 
 // Error returns "validate: <check>: <detail>".

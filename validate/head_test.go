@@ -61,6 +61,13 @@ func TestIsStream(t *testing.T) {
 		{name: "params and case", ct: "Text/Event-Stream; charset=utf-8", want: true},
 		{name: "json", ct: "application/json", want: false},
 		{name: "empty", ct: "", want: false},
+		{name: "NDJSON (Ollama)", ct: "application/x-ndjson", want: true},
+		{name: "NDJSON params and case", ct: "Application/NDJSON ; charset=utf-8", want: true},
+		{name: "JSON Lines", ct: "application/jsonl", want: true},
+		{name: "JSON Lines, x-", ct: "application/x-jsonlines", want: true},
+		{name: "JSON text sequences", ct: "application/json-seq", want: true},
+		{name: "a prefix is not a match", ct: "application/x-ndjsonx", want: false},
+		{name: "a JSON suffix is no stream", ct: "application/problem+json", want: false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -86,6 +86,7 @@ func (v *Validator) rpcError(raw []byte) *Failure {
 		Check:     CheckJSONRPC,
 		Detail:    "error " + strconv.Itoa(code) + " " + strconv.Quote(truncate(e.Message, maxQuoted)),
 		Retryable: slices.Contains(v.retryableRPC, code),
+		RPCError:  true,
 	}
 }
 

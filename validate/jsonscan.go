@@ -1,8 +1,10 @@
 package validate
 
 import (
+	"bytes"
 	"encoding/json"
 	"strings"
+	"unicode/utf8"
 )
 
 // The scanner below walks JSON that encoding/json.Valid has already accepted,
@@ -168,4 +170,40 @@ func keyIs(raw []byte, want string) bool {
 func isNullish(v []byte) bool {
 	s := string(v)
 	return s == "null" || s == "false" || s == `""`
+}
+
+// depthExceeded returns the offset of the first '[' or '{' of b, outside
+// strings, nested more than max deep, or -1. Bodies with at most max
+// brackets in all, most of them, are judged by a fast count alone.
+func depthExceeded(b []byte, max int) int {
+	if bytes.Count(b, []byte{'['})+bytes.Count(b, []byte{'{'}) <= max {
+		return -1
+	}
+	depth := 0
+	for i := 0; i < len(b); i++ {
+		switch b[i] {
+		case '"':
+			i = skipString(b, i) - 1
+		case '[', '{':
+			if depth++; depth > max {
+				return i
+			}
+		case ']', '}':
+			depth--
+		}
+	}
+	return -1
+}
+
+// invalidUTF8 returns the offset of the first byte of b that is not part
+// of valid UTF-8, or -1.
+func invalidUTF8(b []byte) int {
+	for i := 0; i < len(b); {
+		r, n := utf8.DecodeRune(b[i:])
+		if r == utf8.RuneError && n == 1 {
+			return i
+		}
+		i += n
+	}
+	return -1
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"strconv"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/santhosh-tekuri/jsonschema/v6"
 	fastjson "github.com/segmentio/encoding/json"
@@ -158,8 +159,10 @@ func (v *Validator) checkBody(body []byte, success bool) *Failure {
 		return nil
 	}
 	needJSON := v.json || v.jsonRPC || v.schema != nil
-	isJSON := (needJSON || v.providerError) && fastjson.Valid(body)
-	if needJSON && !isJSON {
+	// provider_error reads what a lenient client would: any parsable body,
+	// in UTF-8 or not. The json check wants RFC 8259 JSON, which is UTF-8.
+	isJSON := (needJSON || v.providerError) && parsable(body)
+	if needJSON && !(isJSON && utf8.Valid(body)) {
 		return jsonFailure(body)
 	}
 	if v.jsonRPC {
@@ -178,13 +181,34 @@ func (v *Validator) checkBody(body []byte, success bool) *Failure {
 	return nil
 }
 
-// jsonFailure explains why body is not one JSON value, with the byte offset.
+// maxJSONDepth is the deepest nesting of arrays and objects a JSON body may
+// have, as in encoding/json (which the schema check decodes with). Deeper
+// bodies are refused before a parser sees them: the parsers recurse once
+// per level, and ten million '[' from a hostile upstream would overflow
+// the goroutine stack, a fatal error that no recover catches.
+const maxJSONDepth = 10000
+
+// parsable reports whether body is one JSON value nested at most
+// maxJSONDepth deep, whatever the encoding of its strings. It does not
+// allocate.
+func parsable(body []byte) bool {
+	return depthExceeded(body, maxJSONDepth) < 0 && fastjson.Valid(body)
+}
+
+// jsonFailure explains why body is not one JSON value in UTF-8, with the
+// byte offset.
 func jsonFailure(body []byte) *Failure {
+	if at := depthExceeded(body, maxJSONDepth); at >= 0 {
+		return fail(CheckJSON, "nested deeper than "+strconv.Itoa(maxJSONDepth)+" at offset "+strconv.Itoa(at))
+	}
 	var raw json.RawMessage
 	err := json.Unmarshal(body, &raw)
 	var se *json.SyntaxError
 	if errors.As(err, &se) {
 		return fail(CheckJSON, se.Error()+" at offset "+strconv.FormatInt(se.Offset, 10))
+	}
+	if at := invalidUTF8(body); at >= 0 {
+		return fail(CheckJSON, "invalid UTF-8 at offset "+strconv.Itoa(at))
 	}
 	if err == nil {
 		return fail(CheckJSON, "not a single JSON value")
