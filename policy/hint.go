@@ -81,26 +81,92 @@ func hintHeaderName(i int) string {
 	return ""
 }
 
-// hintHeaders holds the first value of each hint header of one response.
-// The slices alias the header's memory and are valid only while it is.
-type hintHeaders [numHintHeaders][]byte
+// hintHeaders holds the first value of each hint header of one response,
+// and which of them came on several lines: those are read again, line by
+// line, from h (see longest). The slices alias the header's memory and are
+// valid only while it is.
+type hintHeaders struct {
+	first    [numHintHeaders][]byte
+	repeated uint32 // bit i: header i came on more than one line
+	h        *fasthttp.ResponseHeader
+}
 
 // scanHints reads every hint header in one pass over h without allocating.
-// Empty values count as absent; of repeated headers the first is kept.
+// Empty values count as absent.
 func scanHints(h *fasthttp.ResponseHeader) (hh hintHeaders, found bool) {
 	if h == nil {
 		return hh, false
 	}
+	hh.h = h
 	for k, v := range h.All() {
 		if len(v) == 0 {
 			continue
 		}
-		if i := hintIndex(k); i >= 0 && hh[i] == nil {
-			hh[i] = v
+		if i := hintIndex(k); i >= 0 {
+			if hh.first[i] == nil {
+				hh.first[i] = v
+			} else {
+				hh.repeated |= 1 << i
+			}
 			found = true
 		}
 	}
 	return hh, found
+}
+
+// lines calls yield with each non-empty line of hint header i, in order.
+func (hh *hintHeaders) lines(i int, yield func([]byte)) {
+	if hh.repeated&(1<<i) == 0 {
+		if v := hh.first[i]; v != nil {
+			yield(v)
+		}
+		return
+	}
+	for k, v := range hh.h.All() {
+		if len(v) > 0 && hintIndex(k) == i {
+			yield(v)
+		}
+	}
+}
+
+// longest parses each line of hint header i and returns the longest valid
+// wait. Retry-After and the reset headers are not lists, so a response
+// with several lines of one is malformed (RFC 9110 §5.3), and the
+// recipient chooses: a malformed line never hides a valid one, and the
+// longest valid wait comes back no sooner than any line allows — as the
+// latest of several limits' resets is taken.
+func (hh *hintHeaders) longest(i int, now time.Time, parse func([]byte, time.Time) (time.Duration, bool)) (d time.Duration, ok bool) {
+	hh.lines(i, func(v []byte) {
+		if w, valid := parse(v, now); valid && (!ok || w > d) {
+			d, ok = w, true
+		}
+	})
+	return d, ok
+}
+
+// exhausted reports whether a line of the remaining header i says 0.
+func (hh *hintHeaders) exhausted(i int) (zero bool) {
+	hh.lines(i, func(v []byte) {
+		if z, _ := parseRemaining(v); z {
+			zero = true
+		}
+	})
+	return zero
+}
+
+// rateLimit parses the IETF RateLimit field: a list, so its lines are
+// members of one list, and every member counts.
+func (hh *hintHeaders) rateLimit() (f rateLimitField) {
+	hh.lines(hRateLimit, func(v []byte) {
+		g := parseRateLimitField(v)
+		if g.okAll && (!f.okAll || g.all > f.all) {
+			f.all, f.okAll = g.all, true
+		}
+		if g.okExhausted && (!f.okExhausted || g.exhausted > f.exhausted) {
+			f.exhausted, f.okExhausted = g.exhausted, true
+		}
+	})
+	return f
 }
 
 // hintIndex returns the hint header index of key, or -1. The names differ
@@ -201,22 +267,19 @@ func (hh *hintHeaders) limits(now time.Time, onlyExhausted bool, yield func(limi
 		{hXRateLimitReset, hXRateLimitRemain, parseResetSeconds},
 	}
 	for _, p := range pairs {
-		if hh[p.reset] == nil {
+		if hh.first[p.reset] == nil {
 			continue
 		}
-		exhausted := false
-		if hh[p.remain] != nil {
-			exhausted, _ = parseRemaining(hh[p.remain])
-		}
+		exhausted := hh.exhausted(p.remain)
 		if onlyExhausted && !exhausted {
 			continue
 		}
-		if reset, ok := p.parse(hh[p.reset], now); ok {
+		if reset, ok := hh.longest(p.reset, now, p.parse); ok {
 			yield(limit{reset: reset, exhausted: exhausted})
 		}
 	}
-	if hh[hRateLimit] != nil {
-		f := parseRateLimitField(hh[hRateLimit])
+	if hh.first[hRateLimit] != nil {
+		f := hh.rateLimit()
 		if f.okExhausted {
 			yield(limit{reset: f.exhausted, exhausted: true})
 		}
@@ -227,6 +290,8 @@ func (hh *hintHeaders) limits(now time.Time, onlyExhausted bool, yield func(limi
 }
 
 func parseGoDurationAt(v []byte, _ time.Time) (time.Duration, bool) { return parseGoDuration(v) }
+
+func parseMillisAt(v []byte, _ time.Time) (time.Duration, bool) { return parseMillis(v) }
 
 // RetryAfterHint returns how long the server asks the client to wait before
 // trying again, read from the response headers of h relative to now. ok is
@@ -260,15 +325,11 @@ func RetryAfterHint(h *fasthttp.ResponseHeader, now time.Time) (time.Duration, b
 }
 
 func (hh *hintHeaders) retryAfter(now time.Time) (time.Duration, bool) {
-	if v := hh[hRetryAfterMs]; v != nil {
-		if d, ok := parseMillis(v); ok {
-			return d, true
-		}
+	if d, ok := hh.longest(hRetryAfterMs, now, parseMillisAt); ok {
+		return d, true
 	}
-	if v := hh[hRetryAfter]; v != nil {
-		if d, ok := ParseRetryAfter(v, now); ok {
-			return d, true
-		}
+	if d, ok := hh.longest(hRetryAfter, now, ParseRetryAfter); ok {
+		return d, true
 	}
 	var all, exhausted time.Duration
 	okAll, okExhausted := false, false

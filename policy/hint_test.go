@@ -110,7 +110,13 @@ func TestRetryAfterHint(t *testing.T) {
 		{name: "IETF RateLimit none exhausted", lines: `RateLimit: "burst";r=3;t=5, "daily";r=10;t=3600`, want: time.Hour, wantOK: true},
 		{name: "only malformed values", lines: "retry-after: NaN\nx-ratelimit-reset-tokens: -3s\nanthropic-ratelimit-tokens-reset: never\nRateLimit-Reset: 1e9\nRateLimit: \"x\";t=abc", wantOK: false},
 		{name: "empty values", lines: "retry-after: \nretry-after-ms:", wantOK: false},
-		{name: "first of repeated headers", lines: "retry-after: 4\nretry-after: 40", want: 4 * time.Second, wantOK: true},
+		// Several lines of a field that is not a list (RFC 9110 §5.3): no
+		// line hides another, and the longest valid wait wins.
+		{name: "longest of repeated headers", lines: "retry-after: 40\nretry-after: 4", want: 40 * time.Second, wantOK: true},
+		{name: "garbage line before a valid one", lines: "retry-after: soon\nretry-after: 4", want: 4 * time.Second, wantOK: true},
+		{name: "garbage retry-after-ms line before a valid one", lines: "retry-after-ms: x\nretry-after-ms: 2500\nretry-after: 9", want: 2500 * time.Millisecond, wantOK: true},
+		{name: "repeated reset, a remaining line says 0", lines: "x-ratelimit-remaining-requests: 5\nx-ratelimit-remaining-requests: 0\nx-ratelimit-reset-requests: bad\nx-ratelimit-reset-requests: 7s\nx-ratelimit-reset-tokens: 30s", want: 7 * time.Second, wantOK: true},
+		{name: "RateLimit list over two lines", lines: "RateLimit: \"a\";r=5;t=60\nRateLimit: \"b\";r=0;t=3", want: 3 * time.Second, wantOK: true},
 	}
 	for _, tt := range tests {
 		for _, keepCase := range []bool{false, true} {
