@@ -104,6 +104,11 @@ func (c *Config) Validate() error {
 				add(pathErrf(p+".rate_limit", "names a shared limiter and sets its own %s, which the shared one would silently override; set them in limiters.%s instead", strings.Join(set, ", "), use))
 			}
 		}
+		if _, clash := c.Limiters[r.Name]; clash && r.RateLimit.Use == "" && (r.RateLimit.RPS > 0 || r.RateLimit.TokensPerMinute > 0) {
+			// Both would be ballast_ratelimit_rate{limiter="<name>"} and
+			// RateLimit-Policy "<name>": one series, two limits.
+			add(pathErrf(p+".name", "%q is also the name of limiters.%s, and the route has a rate_limit of its own: the two limits would share their metric and RateLimit-Policy name; rename one", r.Name, r.Name))
+		}
 		if j, dup := names[r.Name]; dup && r.Name != "" {
 			add(pathErrf(p+".name", "%q is already used by routes[%d]", r.Name, j))
 		}

@@ -313,14 +313,20 @@ func counterValue(c prometheus.Counter) uint64 {
 	return uint64(m.Counter.GetValue())
 }
 
-// registerCache exports a route cache's size and evictions.
+// registerCache exports a route cache's size and evictions. A cache that
+// replaces the route's earlier one (a reload changed its settings) counts
+// its evictions on from the earlier one's: a counter never goes down.
 func (m *metrics) registerCache(route string, c *cache.Cache) {
-	m.registerFunc("ballast_cache_bytes{"+route+"}", prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+	m.registerFunc(funcID("ballast_cache_bytes", route), prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "ballast_cache_bytes", Help: "Bytes held by the route's response cache.",
 		ConstLabels: prometheus.Labels{"route": route},
 	}, func() float64 { return float64(c.Stats().Bytes) }))
-	m.registerFunc("ballast_cache_evictions_total{"+route+"}", prometheus.NewCounterFunc(prometheus.CounterOpts{
+	id := funcID("ballast_cache_evictions_total", route)
+	m.mu.Lock()
+	before := m.funcValue(id)
+	m.mu.Unlock()
+	m.registerFunc(id, prometheus.NewCounterFunc(prometheus.CounterOpts{
 		Name: "ballast_cache_evictions_total", Help: "Entries evicted from the route's cache to make room.",
 		ConstLabels: prometheus.Labels{"route": route},
-	}, func() float64 { return float64(c.Stats().Evictions) }))
+	}, func() float64 { return before + float64(c.Stats().Evictions) }))
 }

@@ -79,6 +79,9 @@ func (s *Server) exchangeUpstream(ctx *fasthttp.RequestCtx, r *route, body []byt
 		stop      Reason // why the loop gave up early, when it did
 		stopAfter time.Duration
 		limitStop bool // stop is the route's rate limit refusing a retry
+		// hinted: the status (429, 503) of the answer whose pause stopped
+		// the loop (stop rate_limited), whichever upstream answered last.
+		hinted int
 	)
 	defer func() {
 		if last.resp != nil {
@@ -148,7 +151,7 @@ targets:
 			if wait := t.up.cool.Remaining(&out.Header, now); wait > 0 {
 				if !now.Add(wait).Before(deadline) {
 					t.health.breaker.Release(probe)
-					stop, stopAfter = ReasonRateLimited, wait
+					stop, stopAfter, hinted = ReasonRateLimited, wait, fasthttp.StatusTooManyRequests
 					continue targets
 				}
 				r.m.retryWait.Observe(wait.Seconds())
@@ -174,11 +177,11 @@ targets:
 					s.observe(ctx, r, policy.RateLimited, ReasonRateLimited)
 					return
 				}
-				stop, stopAfter, limitStop = ReasonRateLimited, refused.RetryAfter, true
+				stop, stopAfter, limitStop, hinted = ReasonRateLimited, refused.RetryAfter, true, 0
 				break targets
 			}
 			var a attempt
-			if r.hedgeAfter > 0 && (guarded || policy.IdempotentMethod(method)) {
+			if r.hedgeAfter > 0 && (guarded || policy.IdempotentMethod(method)) && s.clock.Now().Add(r.hedgeAfter).Before(deadline) {
 				a = s.tryHedged(out, t, r, key, deadline, attempts, watch)
 			} else {
 				a = s.tryObserved(out, t, r, deadline, attempts, watch.attemptCancel())
@@ -247,7 +250,7 @@ targets:
 			}
 			if a.hint > r.maxRetryAfter { // 0: no hint is waited for
 				// Coming back within the cap would be refused again.
-				stop, stopAfter = ReasonRateLimited, a.hint
+				stop, stopAfter, hinted = ReasonRateLimited, a.hint, a.status
 				continue targets
 			}
 			if !detached && agentGone(ctx) {
@@ -259,7 +262,7 @@ targets:
 			wait := policy.Wait(r.backoff.Delay(n, nil), a.hint, r.maxRetryAfter)
 			if now := s.clock.Now(); !now.Add(wait).Before(deadline) {
 				if a.hint > 0 {
-					stop, stopAfter = ReasonRateLimited, a.hint
+					stop, stopAfter, hinted = ReasonRateLimited, a.hint, a.status
 				}
 				continue targets
 			} else if !t.health.budget.Withdraw(now) {
@@ -290,7 +293,7 @@ targets:
 	if tr != nil {
 		tr.stop = stop
 	}
-	s.answer(ctx, r, lastT, &last, attempts, stop, stopAfter, limitStop, deadline, cs)
+	s.answer(ctx, r, lastT, &last, attempts, stop, stopAfter, limitStop, hinted, deadline, cs)
 	if attempts > 1 && ctx.Response.StatusCode() >= 500 && len(ctx.Response.Header.Peek("Retry-After")) == 0 {
 		// ballast has retried already: an SDK that retried this too would
 		// multiply the attempts (3 of its tries × 3 of ours). The OpenAI
@@ -369,8 +372,11 @@ func (s *Server) noteHints(a *attempt, out *fasthttp.Request, t *target, at time
 }
 
 // answer gives the agent the outcome of the exchange. limitStop says the
-// stop was the route's own rate limit refusing a retry, not the upstream.
-func (s *Server) answer(ctx *fasthttp.RequestCtx, r *route, t *target, last *attempt, attempts int, stop Reason, stopAfter time.Duration, limitStop bool, deadline time.Time, cs *cacheState) {
+// stop was the route's own rate limit refusing a retry, not the upstream;
+// hinted, when not 0, is the status of the answer whose pause stopped it:
+// the agent hears of a 503's pause as a 503 even when a fallback failed
+// after it.
+func (s *Server) answer(ctx *fasthttp.RequestCtx, r *route, t *target, last *attempt, attempts int, stop Reason, stopAfter time.Duration, limitStop bool, hinted int, deadline time.Time, cs *cacheState) {
 	deadline = s.wall(deadline)
 	if last.class == policy.OK && last.resp != nil {
 		if !last.noStore {
@@ -415,7 +421,11 @@ func (s *Server) answer(ctx *fasthttp.RequestCtx, r *route, t *target, last *att
 		return
 	case ReasonRateLimited:
 		pause := stopAfter.Round(time.Millisecond).String()
-		if last.resp == nil || last.status == fasthttp.StatusTooManyRequests || attempts == 0 {
+		tooMany := last.resp == nil || last.status == fasthttp.StatusTooManyRequests || attempts == 0
+		if hinted != 0 {
+			tooMany = hinted == fasthttp.StatusTooManyRequests
+		}
+		if tooMany {
 			detail := "the upstream asked to pause for " + pause + ", longer than this request's deadline or retry.max_retry_after allows"
 			if limitStop {
 				detail = "the route's rate limit (" + r.limit.name + ") has no room for a retry within this request's deadline or rate_limit.max_wait; it has in " + pause
@@ -619,7 +629,10 @@ func (s *Server) settleTokens(ctx *fasthttp.RequestCtx, res *ratelimit.Reservati
 // the other copy is called off (its connection closed, see tryCancel)
 // and dropped. It runs only for requests safe to repeat. A hedge pays the
 // route's request limit like any attempt (key is the request's partition),
-// but never waits for it: with no token at hand, no hedge goes out.
+// but never waits for it: with no token at hand, no hedge goes out. Nor
+// does one at or after the deadline: the caller hedges only when
+// hedge_after ends before it, and the first copy otherwise runs alone,
+// cut to the deadline like any attempt.
 func (s *Server) tryHedged(out *fasthttp.Request, t *target, r *route, key uint64, deadline time.Time, prior int, watch *watchedCall) attempt {
 	type result struct {
 		a     attempt
@@ -657,7 +670,8 @@ func (s *Server) tryHedged(out *fasthttp.Request, t *target, r *route, key uint6
 	case <-left:
 		return callOff()
 	case <-timer.C():
-		if now := s.clock.Now(); t.health.budget.Withdraw(now) && s.admitHedge(r, key, now, deadline) {
+		// A hedge needs time left to be sent in (the timer may fire late).
+		if now := s.clock.Now(); now.Before(deadline) && t.health.budget.Withdraw(now) && s.admitHedge(r, key, now, deadline) {
 			r.m.hedges.Inc()
 			launch(1)
 			inFlight++

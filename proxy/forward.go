@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/ballast-proxy/ballast/validate"
 	"github.com/valyala/bytebufferpool"
 	"github.com/valyala/fasthttp"
 )
@@ -62,7 +63,7 @@ func (s *Server) forward(ctx *fasthttp.RequestCtx, r *route, start time.Time) {
 	if r.async != nil {
 		if async, wait := prefer(&ctx.Request.Header); async {
 			if r.idem == nil || !s.guardJob(ctx, r, body, deadline, wait) {
-				s.startJob(ctx, r, body, wait, nil)
+				s.startJob(ctx, r, body, deadline, wait, nil)
 			}
 			return
 		}
@@ -293,6 +294,9 @@ func (s *Server) relay(ctx *fasthttp.RequestCtx, r *route, t *target, resp *fast
 		h.SetBytesV(headerRequestIDBallast, id)
 	} else {
 		h.SetBytesV(headerRequestID, id)
+		// An upstream's own X-Ballast-Request-Id would pass for ours, in
+		// the agent's headers, the trail and /status.
+		h.Del(headerRequestIDBallast)
 	}
 	var nb [20]byte
 	h.SetBytesV(headerAttempts, strconv.AppendInt(nb[:0], int64(attempts), 10))
@@ -315,10 +319,11 @@ func (s *Server) relay(ctx *fasthttp.RequestCtx, r *route, t *target, resp *fast
 		bound(time.Duration, time.Time)
 		patient(time.Duration, func() bool)
 	}); ok {
-		if ctx.IsGet() && isEventStream(resp.Header.ContentType()) {
-			// A GET event stream (MCP's standalone stream) is quiet until
-			// the server has news: silence does not end it, and neither
-			// does the total deadline; the agent leaving does.
+		if ctx.IsGet() && validate.IsStream(resp.Header.ContentType()) {
+			// A GET stream (MCP's standalone event stream, an NDJSON
+			// feed) is quiet until the server has news: silence does not
+			// end it, and neither does the total deadline; the agent
+			// leaving does.
 			every := r.idle
 			if every <= 0 {
 				every = time.Minute
@@ -336,7 +341,7 @@ func (s *Server) relay(ctx *fasthttp.RequestCtx, r *route, t *target, resp *fast
 	// The agent must keep reading: each chunk is written within the
 	// route's idle timeout and, but for a standing event stream, by the
 	// request's deadline (timeouts.total).
-	if ctx.IsGet() && isEventStream(resp.Header.ContentType()) {
+	if ctx.IsGet() && validate.IsStream(resp.Header.ContentType()) {
 		rb.bound(agentSocket(ctx), max(r.idle, time.Minute), time.Time{})
 	} else {
 		rb.bound(agentSocket(ctx), r.idle, deadline)
@@ -353,11 +358,13 @@ func (s *Server) relay(ctx *fasthttp.RequestCtx, r *route, t *target, resp *fast
 		}
 	}
 	ctx.Response.SetBodyStream(rb, size)
-	// An event stream's headers go out as they came, not with its first
-	// event: a model thinking before its first token, or a standing MCP
-	// stream with no news yet, must not look to the agent's HTTP client
-	// like an upstream that never answered.
-	ctx.Response.ImmediateHeaderFlush = isEventStream(resp.Header.ContentType())
+	// A stream's headers (an event stream's, NDJSON's: validate.IsStream)
+	// go out as they came, not with its first event: a model thinking
+	// before its first token, or a standing MCP stream with no news yet,
+	// must not look to the agent's HTTP client like an upstream that never
+	// answered. Other chunked answers (JSON of unknown length) keep their
+	// headers for the first body write: one write, not two.
+	ctx.Response.ImmediateHeaderFlush = validate.IsStream(resp.Header.ContentType())
 }
 
 func parseTimeoutHeader(v []byte) (time.Duration, error) {

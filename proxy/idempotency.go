@@ -12,6 +12,7 @@ import (
 	"github.com/ballast-proxy/ballast/cache"
 	"github.com/ballast-proxy/ballast/config"
 	"github.com/ballast-proxy/ballast/store"
+	"github.com/ballast-proxy/ballast/validate"
 	"github.com/valyala/fasthttp"
 )
 
@@ -178,7 +179,7 @@ func (s *Server) guard(ctx *fasthttp.RequestCtx, r *route, body []byte, deadline
 			s.noteIdem(ctx, r, idemUnknown)
 			writeProblem(ctx, problem{Status: fasthttp.StatusConflict, Reason: ReasonOutcomeUnknown, Route: r.name,
 				Detail: "a request with this key started at " + rec.StartedAt.UTC().Format(time.RFC3339) +
-					" but its outcome was lost (ballast stopped mid-call); it may or may not have taken effect. " +
+					" but its outcome was lost (ballast stopped mid-call, or could not record the answer); it may or may not have taken effect. " +
 					"Check before retrying with a new key."})
 			return true
 		}
@@ -238,62 +239,95 @@ func (s *Server) runGuarded(ctx *fasthttp.RequestCtx, r *route, body []byte, dea
 		tr.detached = true
 	}
 	s.run(ctx, r, body, deadline, !r.idem.auto)
-	c := context.Background() // a local store does not wait on it
-	if !s.stateLocal {
-		var cancel context.CancelFunc
-		c, cancel = context.WithTimeout(c, 5*time.Second)
-		defer cancel()
-	}
 	resp := &ctx.Response
 	status := resp.StatusCode()
 	fromUpstream := len(resp.Header.Peek(headerUpstream)) > 0
 	// A 429 says "not now", not what the call did: stored, it would be
 	// replayed, Retry-After and all, to every retry for the record's ttl.
 	storable := fromUpstream && status != fasthttp.StatusTooManyRequests && (status < 500 || r.idem.storeServerErrors)
-	if storable && resp.IsBodyStream() && !isEventStream(resp.Header.ContentType()) {
+	if storable && resp.IsBodyStream() && !validate.IsStream(resp.Header.ContentType()) {
 		// The transport streams bodies over 64KiB and chunked ones; a
 		// keyed answer is read whole up to the store's limit, so that it
 		// runs once whatever its size.
-		if !s.bufferGuarded(ctx, r, rec, c) {
+		if !s.bufferGuarded(ctx, r) {
+			s.settle(r, rec, nil, ttl)
 			return
 		}
 	}
 	if resp.IsBodyStream() || !storable {
 		// Streams cannot be replayed; answers ballast wrote itself and
 		// (by default) server errors leave the key free for a retry.
-		if storable && resp.IsBodyStream() && !isEventStream(resp.Header.ContentType()) {
+		if storable && resp.IsBodyStream() && !validate.IsStream(resp.Header.ContentType()) {
 			s.noteIdem(ctx, r, idemTooLarge)
 		}
-		_ = s.state.Release(c, rec)
+		s.settle(r, rec, nil, ttl)
 		return
 	}
 	sr := &store.Response{Status: status, Header: cache.AppendHeader(nil, &resp.Header), Body: resp.Body()}
-	if err := s.state.Complete(c, rec, sr, s.clock.Now(), ttl); err != nil {
-		if errors.Is(err, store.ErrTooLarge) {
-			s.noteIdem(ctx, r, idemTooLarge)
-		} else {
-			s.log.Warn("idempotency record not stored", "route", r.name, "error", err.Error())
-		}
+	if int64(sr.Size()) > s.maxStored {
+		s.noteIdem(ctx, r, idemTooLarge)
+		s.settle(r, rec, nil, ttl)
+		return
+	}
+	s.settle(r, rec, sr, ttl)
+}
+
+// settle records the outcome of the claim rec: the response sr, or, when
+// sr is nil, none (the key is freed). A local store does it at once: it
+// never waits on a network (the file store commits after the answer
+// anyway). A networked store's round trip, bounded by op_timeout, may not
+// hold the answer back past the request's deadline: it is made in the
+// background once the agent has its answer, with a deadline of its own
+// (Shutdown waits for it). Until it lands, a duplicate attaches to the
+// claim and gets the answer once recorded; a record that cannot be made
+// leaves the claim to end with its lease, never an answer it did not get.
+func (s *Server) settle(r *route, rec *store.Record, sr *store.Response, ttl time.Duration) {
+	now := s.clock.Now()
+	if s.stateLocal {
+		s.finishClaim(context.Background(), r, rec, sr, now, ttl) // a local store does not wait on it
+		return
+	}
+	if sr != nil {
+		// The response's body is reused once the handler returns.
+		sr.Body = bytes.Clone(sr.Body)
+	}
+	s.settling.Add(1)
+	go func() {
+		defer s.settling.Done()
+		c, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		s.finishClaim(c, r, rec, sr, now, ttl)
+	}()
+}
+
+// finishClaim completes the claim rec with sr, or releases it when sr is nil.
+func (s *Server) finishClaim(c context.Context, r *route, rec *store.Record, sr *store.Response, now time.Time, ttl time.Duration) {
+	if sr == nil {
+		_ = s.state.Release(c, rec)
+		return
+	}
+	if err := s.state.Complete(c, rec, sr, now, ttl); err != nil {
+		s.log.Warn("idempotency record not stored", "route", r.name, "error", err.Error())
 		_ = s.state.Release(c, rec)
 	}
 }
 
 // bufferGuarded reads the streamed body of a keyed answer whole when it
-// fits state.max_response_bytes, so that it can be stored; a larger one
-// stays a stream (its first bytes read ahead). It reports false when the
-// upstream broke off its body meanwhile: the key is then freed and the
-// agent gets 502 rather than a truncated answer presented as whole.
-func (s *Server) bufferGuarded(ctx *fasthttp.RequestCtx, r *route, rec *store.Record, c context.Context) bool {
+// fits the store's max_response_bytes, so that it can be stored; a larger
+// one stays a stream (its first bytes read ahead). It reports false when
+// the upstream broke off its body meanwhile: the agent then gets 502
+// rather than a truncated answer presented as whole, and the caller frees
+// the key.
+func (s *Server) bufferGuarded(ctx *fasthttp.RequestCtx, r *route) bool {
 	resp := &ctx.Response
 	rb, ok := resp.BodyStream().(*relayBody)
-	limit := int64(s.table.Load().cfg.State.MaxResponseBytes)
+	limit := s.maxStored
 	if !ok || int64(resp.Header.ContentLength()) > limit {
 		return true
 	}
 	body, whole, err := rb.prefetch(limit)
 	switch {
 	case err != nil:
-		_ = s.state.Release(c, rec)
 		writeProblem(ctx, problem{Status: fasthttp.StatusBadGateway, Reason: ReasonUpstreamUnavailable, Route: r.name,
 			Detail: "the upstream's answer broke off after " + strconv.Itoa(len(body)) + " bytes: " + err.Error()})
 		return false

@@ -95,7 +95,11 @@ func prefer(h *fasthttp.RequestHeader) (async bool, wait time.Duration) {
 // stored, when not nil, is called with the job's id once the job is
 // stored and launched, before any wait for it. It reports false when the
 // job could not be stored (the agent then got 503 state_unavailable).
-func (s *Server) startJob(ctx *fasthttp.RequestCtx, r *route, body []byte, wait time.Duration, stored func(id string)) bool {
+//
+// Storing the job is bounded by the request's deadline (a networked
+// store's op_timeout may be longer than the time left): under fail_open a
+// job Redis did not take in time is stored, and run, locally.
+func (s *Server) startJob(ctx *fasthttp.RequestCtx, r *route, body []byte, deadline time.Time, wait time.Duration, stored func(id string)) bool {
 	var raw [16]byte
 	_, _ = rand.Read(raw[:])
 	now := s.clock.Now()
@@ -105,7 +109,7 @@ func (s *Server) startJob(ctx *fasthttp.RequestCtx, r *route, body []byte, wait 
 		Request: store.Request{Method: string(ctx.Method()), URI: string(ctx.RequestURI()),
 			Header: requestHeaderLines(&ctx.Request.Header), Body: append([]byte(nil), body...)},
 	}
-	c, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	c, cancel := context.WithDeadline(context.Background(), s.wall(deadline))
 	defer cancel()
 	if err := s.state.PutJob(c, job); err != nil {
 		s.stateUnavailable(ctx, r, err)
@@ -176,15 +180,10 @@ func (s *Server) guardJob(ctx *fasthttp.RequestCtx, r *route, body []byte, deadl
 			return true
 		case owned:
 			s.noteIdem(ctx, r, idemClaimed)
-			out, cancelOut := context.WithTimeout(context.Background(), 5*time.Second)
-			defer cancelOut()
-			if !s.startJob(ctx, r, body, wait, func(id string) {
-				resp := &store.Response{Status: fasthttp.StatusAccepted, Header: []byte("Location: " + jobsPath + id + "\r\n")}
-				if err := s.state.Complete(out, rec, resp, s.clock.Now(), ttl); err != nil {
-					s.log.Warn("idempotency record of an async job not stored", "route", r.name, "error", err.Error())
-				}
+			if !s.startJob(ctx, r, body, deadline, wait, func(id string) {
+				s.settle(r, rec, &store.Response{Status: fasthttp.StatusAccepted, Header: []byte("Location: " + jobsPath + id + "\r\n")}, ttl)
 			}) {
-				_ = s.state.Release(out, rec)
+				s.settle(r, rec, nil, ttl)
 			}
 			return true
 		case rec.State == store.InFlight: // the first request is storing its job
@@ -296,7 +295,7 @@ func (s *Server) runJob(job *store.Job) {
 		}
 		// Read no more than the store keeps: a larger answer fails the
 		// job now, not after all of it sat in memory.
-		limit := int64(s.table.Load().cfg.State.MaxResponseBytes)
+		limit := s.maxStored
 		var err error
 		body, err = io.ReadAll(io.LimitReader(stream, limit+1))
 		_ = resp.CloseBodyStream()
@@ -654,7 +653,7 @@ func (s *Server) jobsStatus(now time.Time) *supervise.JobsStatus {
 func (s *Server) registerJobGauge() {
 	for _, st := range []store.JobState{store.JobQueued, store.JobRunning, store.JobSucceeded, store.JobFailed} {
 		st := st
-		s.m.registerFunc("ballast_jobs{"+st.String()+"}", prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		s.m.registerFunc(funcID("ballast_jobs", st.String()), prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "ballast_jobs", Help: "Async jobs in the state store, by state.",
 			ConstLabels: prometheus.Labels{"state": st.String()},
 		}, func() float64 {

@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"log/slog"
+	"net"
 	"net/http"
 	"os"
 	"strings"
@@ -11,6 +13,11 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/ballast-proxy/ballast/config"
+	"github.com/ballast-proxy/ballast/proxy"
 )
 
 func routeYAML(name, up string) string {
@@ -202,5 +209,46 @@ func TestDrainFinishesInFlightRequests(t *testing.T) {
 	}
 	if _, err := http.Get(b.base + "/x"); err == nil {
 		t.Error("a new request was accepted after shutdown")
+	}
+}
+
+// A Shutdown that comes before Serve has begun (a test that ends at once,
+// a signal during start-up) still ends it: Serve returns at once instead
+// of accepting connections forever, and so does ServeAdmin.
+func TestShutdownBeforeServeEndsServe(t *testing.T) {
+	cfg, err := config.Load(config.Source{Environ: []string{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := proxy.New(cfg, proxy.Options{Logger: slog.New(slog.DiscardHandler), Registry: prometheus.NewRegistry()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(ctx); err != nil {
+		t.Fatalf("Shutdown: %v", err)
+	}
+	for name, serve := range map[string]func(net.Listener) error{"Serve": srv.Serve, "ServeAdmin": srv.ServeAdmin} {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		done := make(chan error, 1)
+		go func() { done <- serve(ln) }()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("%s after Shutdown: %v", name, err)
+			}
+		case <-time.After(5 * time.Second):
+			_ = ln.Close()
+			<-done
+			t.Fatalf("%s after Shutdown kept serving", name)
+		}
+		if c, err := net.Dial("tcp", ln.Addr().String()); err == nil {
+			c.Close()
+			t.Errorf("%s after Shutdown: its listener still accepts", name)
+		}
 	}
 }

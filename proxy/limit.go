@@ -287,13 +287,18 @@ func writeRateLimited(ctx *fasthttp.RequestCtx, r *route, le *ratelimit.LimitedE
 }
 
 // acquireSlot takes a concurrency slot for the request, waiting in the
-// bulkhead's queue within the deadline. It answers 503 itself and returns
+// bulkhead's queue until before the deadline. It answers 503 itself and returns
 // ok=false when the request is shed.
 func (s *Server) acquireSlot(ctx *fasthttp.RequestCtx, r *route, deadline time.Time) (ratelimit.Permit, bool) {
 	// Not derived from ctx: a context whose parent is a fasthttp.RequestCtx
 	// starts a goroutine that may read the RequestCtx after the handler
 	// returned and fasthttp reused it (a data race the race detector saw).
-	c, cancel := context.WithDeadline(context.Background(), s.wall(deadline))
+	// Like admit's turn, the wait ends before the deadline: a slot that
+	// frees up at the deadline leaves no time to send in. The bulkhead
+	// reads this deadline on s.clock, so it is the deadline itself, not
+	// its wall-clock image (s.wall), which the context's own expiry
+	// then only approximates under a test clock.
+	c, cancel := context.WithDeadline(context.Background(), deadline.Add(-time.Nanosecond))
 	defer cancel()
 	// A drain ends the wait: nothing was sent, so the agent may as well
 	// go to another replica now.
@@ -345,7 +350,7 @@ const headerPriority = "X-Ballast-Priority"
 // registerLimiterRate exports a limiter's effective rate, replacing the
 // gauge of an earlier limiter of the same name (after a reload).
 func (m *metrics) registerLimiterRate(name string, rate func() float64) {
-	m.registerFunc("ballast_ratelimit_rate{"+name+"}", prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+	m.registerFunc(funcID("ballast_ratelimit_rate", name), prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name:        "ballast_ratelimit_rate",
 		Help:        "A rate limiter's effective rate in requests per second (lower than configured while adaptive limiting backs off).",
 		ConstLabels: prometheus.Labels{"limiter": name},
@@ -354,12 +359,12 @@ func (m *metrics) registerLimiterRate(name string, rate func() float64) {
 
 // registerBulkhead exports a route's concurrency numbers.
 func (m *metrics) registerBulkhead(route string, b *ratelimit.Bulkhead) {
-	m.registerFunc("ballast_concurrency_queue_depth{"+route+"}", prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+	m.registerFunc(funcID("ballast_concurrency_queue_depth", route), prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name:        "ballast_concurrency_queue_depth",
 		Help:        "Requests waiting for a concurrency slot, by route.",
 		ConstLabels: prometheus.Labels{"route": route},
 	}, func() float64 { return float64(b.Stats().Queued) }))
-	m.registerFunc("ballast_concurrency_inflight{"+route+"}", prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+	m.registerFunc(funcID("ballast_concurrency_inflight", route), prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name:        "ballast_concurrency_inflight",
 		Help:        "Requests holding a concurrency slot, by route.",
 		ConstLabels: prometheus.Labels{"route": route},

@@ -3,11 +3,13 @@ package proxy
 import (
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 
 	"github.com/ballast-proxy/ballast/policy"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	dto "github.com/prometheus/client_model/go"
 )
 
 // statusClasses are the values of the code label: the status class of the
@@ -225,11 +227,62 @@ func (m *metrics) forRoute(name string) *routeMetrics {
 // registerCooldown exports an upstream's remaining cool-down as
 // ballast_cooldown_seconds{upstream}, computed when scraped.
 func (m *metrics) registerCooldown(upstream string, remaining func() float64) {
-	_ = m.reg.Register(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+	m.registerFunc(funcID("ballast_cooldown_seconds", upstream), prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name:        "ballast_cooldown_seconds",
 		Help:        "Seconds the upstream still asks ballast to wait before sending (shared cool-down).",
 		ConstLabels: prometheus.Labels{"upstream": upstream},
 	}, remaining))
+}
+
+// funcID names a function-backed series in metrics.funcs: the metric and
+// its label's value.
+func funcID(metric, label string) string { return metric + "{" + label + "}" }
+
+// retain drops the function-backed series of what the route table t no
+// longer has: a limiter's rate, a route's concurrency and cache numbers,
+// an upstream's cool-down. A gauge left behind would report a limit no
+// longer in force, and keep the limiter or cache it reads alive.
+// Counters of removed routes stay (see docs/metrics.md).
+func (m *metrics) retain(t *table) {
+	keep := map[string]bool{}
+	for _, r := range t.routes {
+		if r.limit != nil && r.limit.requests != nil {
+			keep[funcID("ballast_ratelimit_rate", r.limit.name)] = true
+		}
+		if r.bulkhead != nil {
+			keep[funcID("ballast_concurrency_queue_depth", r.name)] = true
+			keep[funcID("ballast_concurrency_inflight", r.name)] = true
+		}
+		if r.cache != nil {
+			keep[funcID("ballast_cache_bytes", r.name)] = true
+			keep[funcID("ballast_cache_evictions_total", r.name)] = true
+		}
+		for _, tg := range r.targets {
+			keep[funcID("ballast_cooldown_seconds", tg.name)] = true
+		}
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for id, c := range m.funcs {
+		if !keep[id] && !strings.HasPrefix(id, "ballast_jobs{") {
+			m.reg.Unregister(c)
+			delete(m.funcs, id)
+		}
+	}
+}
+
+// funcValue is the current value of the function-backed counter or gauge
+// registered under id, 0 when there is none. The caller holds mu.
+func (m *metrics) funcValue(id string) float64 {
+	c, ok := m.funcs[id].(prometheus.Metric)
+	if !ok {
+		return 0
+	}
+	var d dto.Metric
+	if c.Write(&d) != nil {
+		return 0
+	}
+	return d.GetCounter().GetValue() + d.GetGauge().GetValue()
 }
 
 // observe counts one answered request.

@@ -33,6 +33,9 @@ const (
 	// ReasonAgentGone is never read by an agent: it is why ballast stopped
 	// retrying for one that had closed its connection (logs, /status).
 	ReasonAgentGone Reason = "agent_gone"
+	// reasonStreamTruncated is never read by an agent either: its answer's
+	// headers were out when the upstream broke the body off (/status).
+	reasonStreamTruncated Reason = "stream_truncated"
 )
 
 // problem is an RFC 9457 problem detail ballast answers itself.

@@ -103,13 +103,39 @@ var errKnownDown = errors.New("redis is unreachable (health check)")
 // failoverStore is the redis store with a local memory store behind it
 // for fail_open: while Redis is unreachable, claims and jobs go to the
 // local store (per replica), and return to Redis when it answers.
+//
+// A key the local store holds stays there until its record expires, even
+// once Redis answers again: Redis never saw the outage's claims and
+// answers, so a retry of one of them on this replica must find it here
+// (to replay it, attach to it, or refuse it as a mismatch) rather than
+// claim it afresh in Redis and run the call a second time. Other replicas
+// do not see it: during an outage, and for the keys completed during one,
+// "runs once" holds per replica.
 type failoverStore struct {
 	store.Store // redis
-	local       store.Store
+	local       *store.Memory
 	sh          *shared
+	clock       policy.Clock
+	bg          sync.WaitGroup // forgetJob's deletes, waited for by Close
 }
 
 func unavailable(err error) bool { return errors.Is(err, store.ErrUnavailable) }
+
+// heldLocally reports whether the local store holds a live record of key
+// (completed, in flight, or with its outcome lost): one made while Redis
+// was unreachable.
+func (f *failoverStore) heldLocally(key string) (*store.Record, bool) {
+	if !f.sh.failOpen {
+		return nil, false // fail_closed never writes the local store
+	}
+	rec, err := f.local.Get(context.Background(), key, f.clock.Now())
+	return rec, err == nil
+}
+
+// localClaim reports whether held is a claim of the local store.
+func (f *failoverStore) localClaim(held *store.Record) bool {
+	return held != nil && held.Owner == f.local.Owner()
+}
 
 func (f *failoverStore) Claim(ctx context.Context, key string, a store.ClaimArgs) (*store.Record, bool, error) {
 	if f.sh.down() {
@@ -117,6 +143,9 @@ func (f *failoverStore) Claim(ctx context.Context, key string, a store.ClaimArgs
 			return f.local.Claim(ctx, key, a)
 		}
 		return nil, false, fmt.Errorf("%w: %w", store.ErrUnavailable, errKnownDown)
+	}
+	if _, ok := f.heldLocally(key); ok {
+		return f.local.Claim(ctx, key, a)
 	}
 	rec, owned, err := f.Store.Claim(ctx, key, a)
 	if err != nil && unavailable(err) && f.sh.failed("claim", err) {
@@ -128,41 +157,70 @@ func (f *failoverStore) Claim(ctx context.Context, key string, a store.ClaimArgs
 // Complete, Release and GetJob, like Claim, make no Redis round trip while
 // the health check knows Redis is down: under fail_open the local store
 // has what the outage wrote, and a record or job Redis holds could not be
-// reached anyway (only after op_timeout).
+// reached anyway (only after op_timeout). A claim made in the local store
+// is finished there whether Redis is back or not.
+//
+// A response Redis cannot take under fail_open (it did not answer, or it
+// lost the claim, restarted empty) is recorded in the local store instead,
+// so that the agent's retry on this replica replays it; other replicas
+// see the Redis claim in flight until its lease ends, and then its
+// outcome as unknown.
 func (f *failoverStore) Complete(ctx context.Context, held *store.Record, resp *store.Response, now time.Time, ttl time.Duration) error {
+	if f.localClaim(held) {
+		return f.local.Complete(ctx, held, resp, now, ttl)
+	}
+	var err error
 	if f.sh.down() {
-		if f.sh.failOpen {
-			return f.local.Complete(ctx, held, resp, now, ttl)
-		}
-		return fmt.Errorf("%w: %w", store.ErrUnavailable, errKnownDown)
+		err = fmt.Errorf("%w: %w", store.ErrUnavailable, errKnownDown)
+	} else if err = f.Store.Complete(ctx, held, resp, now, ttl); err == nil {
+		return nil
+	} else if unavailable(err) {
+		f.sh.failed("complete", err)
 	}
-	err := f.Store.Complete(ctx, held, resp, now, ttl)
-	if err != nil && (unavailable(err) || errors.Is(err, store.ErrNotHeld)) && f.sh.failOpen {
-		if lerr := f.local.Complete(ctx, held, resp, now, ttl); lerr == nil {
-			return nil
-		}
+	if !f.sh.failOpen || !(unavailable(err) || errors.Is(err, store.ErrNotHeld)) {
+		return err
 	}
-	return err
+	if f.completeLocally(ctx, held, resp, now, ttl) != nil {
+		return err
+	}
+	return nil
+}
+
+// completeLocally records resp, the outcome of the Redis claim held, in
+// the local store.
+func (f *failoverStore) completeLocally(ctx context.Context, held *store.Record, resp *store.Response, now time.Time, ttl time.Duration) error {
+	rec, owned, err := f.local.Claim(ctx, held.Key, store.ClaimArgs{Fingerprint: held.Fingerprint, Now: now, TTL: ttl})
+	switch {
+	case err != nil:
+		return err
+	case !owned:
+		return fmt.Errorf("%w: the local store holds the key already (%s)", store.ErrNotHeld, rec.State)
+	}
+	if err := f.local.Complete(ctx, rec, resp, now, ttl); err != nil {
+		_ = f.local.Release(ctx, rec)
+		return err
+	}
+	return nil
 }
 
 func (f *failoverStore) Release(ctx context.Context, held *store.Record) error {
+	if f.localClaim(held) {
+		return f.local.Release(ctx, held)
+	}
 	if f.sh.down() {
-		if f.sh.failOpen {
-			return f.local.Release(ctx, held)
-		}
+		// A Redis claim: its lease frees it once Redis is back.
 		return fmt.Errorf("%w: %w", store.ErrUnavailable, errKnownDown)
 	}
-	err := f.Store.Release(ctx, held)
-	if err != nil && f.sh.failOpen {
-		if lerr := f.local.Release(ctx, held); lerr == nil {
-			return nil
-		}
-	}
-	return err
+	return f.Store.Release(ctx, held)
 }
 
+// Wait waits where the key lives: in the local store when it holds the
+// key (or Redis is known to be down, under fail_open), else in Redis.
 func (f *failoverStore) Wait(ctx context.Context, key string) (*store.Record, error) {
 	if f.sh.down() && f.sh.failOpen {
+		return f.local.Wait(ctx, key)
+	}
+	if rec, ok := f.heldLocally(key); ok && rec.State == store.InFlight {
 		return f.local.Wait(ctx, key)
 	}
 	rec, err := f.Store.Wait(ctx, key)
@@ -172,6 +230,12 @@ func (f *failoverStore) Wait(ctx context.Context, key string) (*store.Record, er
 	return rec, err
 }
 
+// PutJob stores a job in Redis, or under fail_open in the local store when
+// Redis is down or does not answer in time: within op_timeout, or within
+// ctx, the request's deadline, when the job is being started (a job whose
+// start ran out of time is started locally rather than refused). A job
+// the local store holds stays there, as a key does (see Claim): its runner
+// and its readers find it in one place whether Redis is back or not.
 func (f *failoverStore) PutJob(ctx context.Context, j *store.Job) error {
 	if f.sh.down() {
 		if f.sh.failOpen {
@@ -179,30 +243,90 @@ func (f *failoverStore) PutJob(ctx context.Context, j *store.Job) error {
 		}
 		return fmt.Errorf("%w: %w", store.ErrUnavailable, errKnownDown)
 	}
+	if f.sh.failOpen {
+		if _, err := f.local.GetJob(ctx, j.ID); err == nil {
+			return f.local.PutJob(ctx, j)
+		}
+	}
 	err := f.Store.PutJob(ctx, j)
-	if err != nil && unavailable(err) && f.sh.failed("put_job", err) {
+	if err == nil {
+		return nil
+	}
+	timedOut := errors.Is(err, context.DeadlineExceeded) && ctx.Err() != nil
+	if !unavailable(err) && !timedOut {
+		return err
+	}
+	if j.State == store.JobQueued {
+		f.forgetJob(j.ID)
+	}
+	if f.sh.failed("put_job", err) {
 		return f.local.PutJob(ctx, j)
+	}
+	if timedOut {
+		return fmt.Errorf("%w: redis did not store the job within the request's deadline: %w", store.ErrUnavailable, err)
 	}
 	return err
 }
 
-func (f *failoverStore) GetJob(ctx context.Context, id string) (*store.Job, error) {
-	if f.sh.down() {
-		if f.sh.failOpen {
-			return f.local.GetJob(ctx, id)
+// forgetJob deletes from Redis, in the background, a new job whose write
+// failed or timed out: a slow write may yet land, and a pending job that
+// nobody holds a lease on would be taken over and run by some replica,
+// while the agent was told that it did not start (fail_closed) or it runs
+// from the local store (fail_open). Redis runs commands in the order they
+// come, so the delete follows the late write. It is bounded by op_timeout.
+func (f *failoverStore) forgetJob(id string) {
+	f.bg.Add(1)
+	go func() {
+		defer f.bg.Done()
+		c, cancel := context.WithTimeout(context.Background(), f.sh.cfg.OpTimeout.D())
+		defer cancel()
+		_ = f.Store.DeleteJob(c, id)
+	}()
+}
+
+// LeaseJob leases a job of the local store there (the replica owns the
+// jobs it holds locally), and any other in Redis, with no round trip while
+// Redis is known to be down.
+func (f *failoverStore) LeaseJob(ctx context.Context, id string, now time.Time, lease time.Duration) (bool, error) {
+	if f.sh.failOpen {
+		if _, err := f.local.GetJob(ctx, id); err == nil {
+			return f.local.LeaseJob(ctx, id, now, lease)
 		}
+	}
+	if f.sh.down() {
+		return false, fmt.Errorf("%w: %w", store.ErrUnavailable, errKnownDown)
+	}
+	return f.Store.LeaseJob(ctx, id, now, lease)
+}
+
+// GetJob reads the job from the local store when it holds it (under
+// fail_open), else from Redis.
+func (f *failoverStore) GetJob(ctx context.Context, id string) (*store.Job, error) {
+	if f.sh.failOpen {
+		if j, err := f.local.GetJob(ctx, id); err == nil || f.sh.down() {
+			return j, err
+		}
+	} else if f.sh.down() {
 		return nil, fmt.Errorf("%w: %w", store.ErrUnavailable, errKnownDown)
 	}
-	j, err := f.Store.GetJob(ctx, id)
-	if err != nil && f.sh.failOpen {
-		if lj, lerr := f.local.GetJob(ctx, id); lerr == nil {
-			return lj, nil
-		}
+	return f.Store.GetJob(ctx, id)
+}
+
+// Sweep sweeps the local store too: what an outage left there (its jobs
+// above all, which hold their places among max_records until removed) is
+// removed once expired, whether Redis answers or not. Redis is swept only
+// while it is thought to be up.
+func (f *failoverStore) Sweep(now time.Time) (int, error) {
+	n, err := f.local.Sweep(now)
+	if err != nil || f.sh.down() {
+		return n, err
 	}
-	return j, err
+	m, err := f.Store.Sweep(now)
+	return n + m, err
 }
 
 func (f *failoverStore) Close() error {
+	f.bg.Wait()
 	err := f.Store.Close()
 	if lerr := f.local.Close(); err == nil {
 		err = lerr

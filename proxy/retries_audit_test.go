@@ -400,7 +400,7 @@ func TestRetriesAuditServerHintValues(t *testing.T) {
 		{name: "non-ASCII digits", headers: "Retry-After: \xef\xbc\x95\r\n"},
 		{name: "trailing garbage", headers: "Retry-After: 5s\r\n"},
 		{name: "two values in one line", headers: "Retry-After: 3, 60\r\n"},
-		{name: "several lines: the first", headers: "Retry-After: 3\r\nRetry-After: 60\r\n", wait: 3 * time.Second},
+		{name: "several lines: the longest", headers: "Retry-After: 3\r\nRetry-After: 60\r\n", wait: time.Minute}, // see TestEdgesAuditRepeatedHintLines
 		{name: "an empty line, then a value", headers: "Retry-After: \r\nRetry-After: 4\r\n", wait: 4 * time.Second},
 		{name: "lower-case name", headers: "retry-after: 2\r\n", wait: 2 * time.Second},
 		{name: "retry-after-ms wins over Retry-After", headers: "Retry-After: 3\r\nretry-after-ms: 2500\r\n", wait: 2500 * time.Millisecond},

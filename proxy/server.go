@@ -80,6 +80,13 @@ type Server struct {
 	// Release never wait on their context (only Wait does), so callers need
 	// not arm a deadline (a timer) for them.
 	stateLocal bool
+	// maxStored is the largest response the state store keeps: the
+	// state.max_response_bytes it was opened with (state.* changes only
+	// on restart, whatever a reload's file says).
+	maxStored int64
+	// settling counts the keyed answers being recorded in a networked
+	// store after the agent has them; Shutdown waits for them.
+	settling   sync.WaitGroup
 	shared     *shared // Redis, when state.backend is redis
 	jobs       *jobRunner
 	agents     *agentWatch // calls whose agent may hang up
@@ -111,6 +118,9 @@ type Server struct {
 
 	srv      *fasthttp.Server
 	adminSrv *fasthttp.Server
+	// serving and adminServing are the listeners given to Serve and
+	// ServeAdmin, closed by Shutdown even before fasthttp reached them.
+	serving, adminServing listenerSet
 
 	mu          sync.Mutex
 	promHandler fasthttp.RequestHandler
@@ -157,7 +167,7 @@ func New(cfg *config.Config, opts Options) (*Server, error) {
 	}
 	s.m = newMetrics(s.reg)
 	s.m.registerLogDrops(s.sink.Dropped)
-	s.unmatched = s.m.forRoute("_unmatched")
+	s.unmatched = s.m.forRoute(unmatchedRoute)
 	// State first: with Redis, the limiters the table builds are the fleet's.
 	st, backend, err := s.openState(cfg.State)
 	if err != nil {
@@ -186,6 +196,10 @@ func New(cfg *config.Config, opts Options) (*Server, error) {
 	}
 	s.state = newTimedStore(st, backend, s.m)
 	s.stateLocal = backend != "redis"
+	s.maxStored = int64(cfg.State.MaxResponseBytes)
+	if s.maxStored <= 0 {
+		s.maxStored = store.DefaultMaxResponseBytes
+	}
 	s.jobs = newJobRunner()
 	s.agents = newAgentWatch(opts.AgentCheckEvery)
 	s.drain, s.drainStop = context.WithCancel(context.Background())
@@ -243,6 +257,7 @@ func (s *Server) Apply(cfg *config.Config) error {
 	s.limiters.sweep()
 	s.ups.sweep()
 	s.health.sweep()
+	s.m.retain(t)
 	s.status.board.Retain(t.boardNames())
 	s.trails.setInterval(cfg.Log.FlushInterval.D())
 	if old != nil {
@@ -313,9 +328,14 @@ func (s *Server) startBackground() {
 
 // Serve accepts agent connections on ln until Shutdown.
 func (s *Server) Serve(ln net.Listener) error {
-	s.startBackground()
-	s.ready.Store(true)
-	s.status.start()
+	started := s.serving.add(ln, func() {
+		s.startBackground()
+		s.ready.Store(true)
+		s.status.start()
+	})
+	if !started {
+		return nil // shut down before it began
+	}
 	err := s.srv.Serve(rawio.Listener{Listener: ln})
 	if err != nil && !errors.Is(err, net.ErrClosed) {
 		return err
@@ -327,6 +347,9 @@ func (s *Server) Serve(ln net.Listener) error {
 func (s *Server) ServeAdmin(ln net.Listener) error {
 	if ta, ok := ln.Addr().(*net.TCPAddr); ok && !ta.IP.IsLoopback() {
 		s.adminExposed.Store(true)
+	}
+	if !s.adminServing.add(ln, nil) {
+		return nil
 	}
 	err := s.adminSrv.Serve(ln)
 	if err != nil && !errors.Is(err, net.ErrClosed) {
@@ -342,6 +365,8 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.ready.Store(false)
 	s.drainStop()
 	err := s.srv.ShutdownWithContext(ctx)
+	s.serving.close()    // a Serve fasthttp had not reached yet
+	s.ready.Store(false) // again: such a Serve may have just set it
 	streamsDone := make(chan struct{})
 	go func() { s.streams.Wait(); close(streamsDone) }()
 	select {
@@ -361,6 +386,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	if aerr := s.adminSrv.ShutdownWithContext(ctx); err == nil {
 		err = aerr
 	}
+	s.adminServing.close()
 	s.ups.closeIdle()
 	if nerr := s.status.close(ctx); err == nil {
 		err = nerr
@@ -372,6 +398,12 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	go func() { s.jobs.wg.Wait(); close(jobsDone) }()
 	select { // running jobs get until ctx ends; pending ones resume on restart
 	case <-jobsDone:
+	case <-ctx.Done():
+	}
+	settled := make(chan struct{})
+	go func() { s.settling.Wait(); close(settled) }()
+	select { // keyed answers being recorded: each has a deadline of its own
+	case <-settled:
 	case <-ctx.Done():
 	}
 	s.bgOnce.Do(func() {}) // never start it after this
@@ -417,7 +449,7 @@ func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 	if r == nil {
 		writeProblem(ctx, problem{Status: fasthttp.StatusNotFound, Reason: ReasonNoRoute,
 			Detail: fmt.Sprintf("no route matches %s %s (host %q)", ctx.Method(), ctx.Path(), ctx.Host())})
-		s.unmatched.observe(fasthttp.StatusNotFound, time.Since(start).Seconds())
+		s.unrouted(ctx, start)
 		return
 	}
 	r.m.inflight.Inc()
@@ -429,6 +461,7 @@ func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 	if !tr.recorded {
 		s.recordAnswered(ctx, r)
 	}
+	stream, _ := ctx.Response.BodyStream().(*relayBody)
 	s.closeDelimited(ctx)
 	r.m.inflight.Dec()
 	if tr.debug {
@@ -437,7 +470,11 @@ func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 	}
 	ctx.RemoveUserValue(trailKey)
 	end := time.Now()
-	s.finishTrail(ctx, tr, r.name, t.cfg.Log, end)
+	if stream != nil {
+		s.holdTrail(ctx, tr, stream, r.name, t.cfg.Log) // written when the stream ends
+	} else {
+		s.finishTrail(ctx, tr, r.name, t.cfg.Log, end)
+	}
 	r.m.observe(ctx.Response.StatusCode(), end.Sub(start).Seconds())
 }
 
@@ -449,12 +486,12 @@ func (s *Server) refuseEarly(ctx *fasthttp.RequestCtx, start time.Time) bool {
 	if why := unsafeHeaderBlock(&ctx.Request.Header); why != "" {
 		writeProblem(ctx, problem{Status: fasthttp.StatusBadRequest, Reason: ReasonBadRequest, Detail: why})
 		ctx.SetConnectionClose()
-		s.unmatched.observe(fasthttp.StatusBadRequest, time.Since(start).Seconds())
+		s.unrouted(ctx, start)
 		return true
 	}
 	if why := badTarget(ctx); why != "" {
 		writeProblem(ctx, problem{Status: fasthttp.StatusBadRequest, Reason: ReasonBadRequest, Detail: why})
-		s.unmatched.observe(fasthttp.StatusBadRequest, time.Since(start).Seconds())
+		s.unrouted(ctx, start)
 		return true
 	}
 	if v := ctx.Request.Header.Protocol(); len(v) > 5 && v[5] != '1' {
@@ -465,7 +502,7 @@ func (s *Server) refuseEarly(ctx *fasthttp.RequestCtx, start time.Time) bool {
 		}
 		writeProblem(ctx, problem{Status: status, Reason: ReasonBadRequest, Detail: detail})
 		ctx.SetConnectionClose()
-		s.unmatched.observe(status, time.Since(start).Seconds())
+		s.unrouted(ctx, start)
 		return true
 	}
 	switch {
@@ -474,7 +511,7 @@ func (s *Server) refuseEarly(ctx *fasthttp.RequestCtx, start time.Time) bool {
 		writeProblem(ctx, problem{Status: fasthttp.StatusMethodNotAllowed, Reason: ReasonBadRequest,
 			Allow:  allowedMethods,
 			Detail: "ballast does not tunnel CONNECT; send plain-HTTP tool calls through HTTP_PROXY, or point the client at a route's base URL"})
-		s.unmatched.observe(fasthttp.StatusMethodNotAllowed, time.Since(start).Seconds())
+		s.unrouted(ctx, start)
 		return true
 	case ctx.IsTrace():
 		// An upstream that implements TRACE echoes the request it got,
@@ -482,7 +519,7 @@ func (s *Server) refuseEarly(ctx *fasthttp.RequestCtx, start time.Time) bool {
 		writeProblem(ctx, problem{Status: fasthttp.StatusMethodNotAllowed, Reason: ReasonBadRequest,
 			Allow:  allowedMethods,
 			Detail: "ballast does not forward TRACE: the upstream's echo would show the credentials the route adds"})
-		s.unmatched.observe(fasthttp.StatusMethodNotAllowed, time.Since(start).Seconds())
+		s.unrouted(ctx, start)
 		return true
 	case ctx.IsOptions() && (string(ctx.Request.Header.RequestURI()) == "*" || string(ctx.Request.Header.Peek("Max-Forwards")) == "0"):
 		// OPTIONS * asks about ballast itself, and Max-Forwards: 0 makes
@@ -490,11 +527,26 @@ func (s *Server) refuseEarly(ctx *fasthttp.RequestCtx, start time.Time) bool {
 		// here, never forwarded.
 		ctx.Response.Header.Set("Allow", allowedMethods)
 		ctx.Response.Header.SetContentLength(0)
-		s.unmatched.observe(fasthttp.StatusOK, time.Since(start).Seconds())
+		s.unrouted(ctx, start)
 		return true
 	}
 	return false
 }
+
+// unrouted counts, and logs with route "_unmatched", a request ballast
+// answered before any route took it (no route, or refused before routing),
+// the way a route's requests are counted and logged.
+func (s *Server) unrouted(ctx *fasthttp.RequestCtx, start time.Time) {
+	end := time.Now()
+	tr := trailPool.Get().(*trail)
+	tr.start = start
+	s.finishTrail(ctx, tr, unmatchedRoute, s.table.Load().cfg.Log, end)
+	s.unmatched.observe(ctx.Response.StatusCode(), end.Sub(start).Seconds())
+}
+
+// unmatchedRoute is the route label and trail route of requests no route
+// took.
+const unmatchedRoute = "_unmatched"
 
 // allowedMethods is the Allow of ballast's own answers about methods.
 const allowedMethods = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
@@ -502,7 +554,7 @@ const allowedMethods = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
 // handleParseError answers requests fasthttp could not parse.
 func (s *Server) handleParseError(ctx *fasthttp.RequestCtx, err error) {
 	s.ids.assign(ctx)
-	p := problem{Status: fasthttp.StatusBadRequest, Reason: ReasonBadRequest, Detail: "malformed request: " + redactQuotedRequests(err.Error())}
+	p := problem{Status: fasthttp.StatusBadRequest, Reason: ReasonBadRequest, Detail: "malformed request: " + redactRequestBytes(err.Error())}
 	var se *fasthttp.ErrSmallBuffer
 	switch {
 	case errors.As(err, &se) || strings.Contains(err.Error(), "small read buffer"):
@@ -561,6 +613,61 @@ func redactQuotedRequests(msg string) string {
 	return b.String()
 }
 
+// redactRequestBytes hides, in a fasthttp message, every quoted string but
+// an address ("127.0.0.1:8080"): besides whole requests
+// (redactQuotedRequests), fasthttp quotes single header values it cannot
+// parse (`invalid header value "Bearer sk-..."`), and those are request
+// bytes too, credentials included.
+func redactRequestBytes(msg string) string {
+	msg = redactQuotedRequests(msg)
+	if !strings.Contains(msg, `"`) {
+		return msg
+	}
+	var b strings.Builder
+	for {
+		open := strings.IndexByte(msg, '"')
+		if open < 0 {
+			break
+		}
+		end := open + 1
+		for end < len(msg) && msg[end] != '"' {
+			if msg[end] == '\\' {
+				end++
+			}
+			end++
+		}
+		if end >= len(msg) {
+			b.WriteString(msg[:open])
+			b.WriteString(`"<request bytes not shown>"`) // unterminated: request bytes to the end
+			return b.String()
+		}
+		b.WriteString(msg[:open])
+		if quoted := msg[open+1 : end]; isAddress(quoted) || quoted == "<request bytes not shown>" {
+			b.WriteString(msg[open : end+1])
+		} else {
+			b.WriteString(`"<request bytes not shown>"`)
+		}
+		msg = msg[end+1:]
+	}
+	b.WriteString(msg)
+	return b.String()
+}
+
+// isAddress reports whether s is a host:port with a numeric host (an IP,
+// as fasthttp names connections) and port.
+func isAddress(s string) bool {
+	host, port, err := net.SplitHostPort(s)
+	if err != nil || port == "" || host == "" {
+		return false
+	}
+	for _, c := range port {
+		if c < '0' || c > '9' {
+			return false
+		}
+	}
+	return net.ParseIP(host) != nil
+}
+
 // unsafeHeaderBlock inspects the raw request header block in one pass and
 // says what makes the request unsafe to forward, or "" when nothing does:
 //   - a Transfer-Encoding together with a Content-Length, or any
@@ -610,7 +717,7 @@ func unsafeHeaderBlock(h *fasthttp.RequestHeader) string {
 type fasthttpLogger struct{ log *slog.Logger }
 
 func (l fasthttpLogger) Printf(format string, args ...any) {
-	l.log.Debug("fasthttp: " + redactQuotedRequests(fmt.Sprintf(format, args...)))
+	l.log.Debug("fasthttp: " + redactRequestBytes(fmt.Sprintf(format, args...)))
 }
 
 // badTarget names what makes a request's target or Host unusable for

@@ -87,11 +87,11 @@ func (s *Server) observe(ctx *fasthttp.RequestCtx, r *route, class policy.Class,
 // record adds one answered request to the route's window and, when it
 // failed, to the failure ring. It returns the clock's now.
 func (s *Server) record(ctx *fasthttp.RequestCtx, r *route, upstream string, class policy.Class, cause policy.Cause, reason Reason, attempts int) time.Time {
-	if tr := trailOf(ctx); tr != nil {
-		tr.recorded = true
-	}
 	wall := time.Now()
 	now := s.clockAt(wall)
+	if tr := trailOf(ctx); tr != nil {
+		tr.recorded, tr.recordedAt = true, now
+	}
 	s.status.board.Route(r.name).Record(now, supervise.Sample{
 		Latency: wall.Sub(ctx.Time()), Failed: supervise.CountsAsFailure(class), Retries: max(attempts-1, 0),
 	})
@@ -108,6 +108,22 @@ func (s *Server) record(ctx *fasthttp.RequestCtx, r *route, upstream string, cla
 	}
 	s.status.board.Failures().Record(&rec)
 	return now
+}
+
+// noteCut records a stream the upstream broke off after its headers went
+// out (the agent saw it truncated) as the failure it was: the request,
+// counted as answered in the route's window when its headers were ready,
+// becomes a failure there, and joins the failure list. Allocation-free.
+func (s *Server) noteCut(r *route, t *target, tr *trail, err error, id []byte) {
+	s.status.board.Route(r.name).Fail(tr.recordedAt)
+	class, cause := policy.ClassifyError(err)
+	if class == policy.OK || class == policy.Canceled {
+		class, cause = policy.Transient, policy.CauseReset
+	}
+	s.status.board.Failures().Record(&supervise.FailureRecord{
+		Time: s.clock.Now(), Route: r.name, Upstream: t.name, Status: tr.status,
+		Class: class, Cause: cause, Reason: string(reasonStreamTruncated), Attempts: tr.n, RequestID: id,
+	})
 }
 
 // outcomeClass is the class of what the agent got: the last attempt's, or

@@ -19,7 +19,8 @@ import (
 // When the upstream breaks mid-body, Read returns the error; fasthttp then
 // aborts the agent's connection without the final chunk, so the agent sees
 // a truncated response rather than a clean, complete one. relayBody counts
-// and logs that.
+// and logs that, marks the request failed on /status, and writes the
+// request's decision trail when the stream ends.
 type relayBody struct {
 	relayState
 	// What the stream's usage is read from, when its tokens are settled.
@@ -75,6 +76,11 @@ type relayState struct {
 	// an answer of its own (a whole 502, a failed job), not as a
 	// truncated stream.
 	prefetching bool
+	// cut: the upstream broke the body off and the agent saw it truncated.
+	cut bool
+	// trail is the request's decision trail, written when the stream ends
+	// (holdTrail); nil when none is held (an async job, a prefetch).
+	trail *trail
 }
 
 var relayBodyPool = sync.Pool{New: func() any { return new(relayBody) }}
@@ -125,6 +131,7 @@ func (b *relayBody) Read(p []byte) (int, error) {
 			return n, err
 		}
 		b.r.m.truncated.Inc()
+		b.cut = true
 		b.s.log.Warn("upstream body broke mid-stream; aborting the agent's connection",
 			"request_id", string(b.id[:b.idLen]), "route", b.r.name, "upstream", b.t.name,
 			"bytes_relayed", b.n, "error", err.Error())
@@ -137,6 +144,9 @@ func (b *relayBody) Read(p []byte) (int, error) {
 func (b *relayBody) CloseWithError(error) error {
 	if b.handedOver {
 		return nil
+	}
+	if b.trail != nil && b.cut {
+		b.s.noteCut(b.r, b.t, b.trail, b.err, b.id[:b.idLen])
 	}
 	// The upstream body knows whether it was read to its end, and so
 	// whether its connection may be reused; closing it once is enough.
@@ -156,6 +166,9 @@ func (b *relayBody) CloseWithError(error) error {
 		if u, ok := b.window.usage(); ok {
 			b.tokens.Settle(u.Tokens(), now)
 		}
+	}
+	if b.trail != nil {
+		b.s.endTrail(b.trail, b.n, b.cut, time.Now())
 	}
 	b.relayState = relayState{}
 	b.window.reset()

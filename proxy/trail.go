@@ -33,8 +33,19 @@ type trail struct {
 	// watch is the request's registration with the agent watch while
 	// ballast works on its call; nil when it is not watched.
 	watch *watchedCall
-	buf   []byte
-	clock stampCache
+	// recordedAt is when the request entered the route's /status window
+	// (record), so that a stream cut later can be counted as failed there.
+	recordedAt time.Time
+	// A streamed answer's line is written when the stream ends (holdTrail,
+	// endTrail): fields holds its middle, rendered while the request was
+	// still at hand; failed, whether it failed before the stream began; lc,
+	// the log settings it started under.
+	fields []byte
+	failed bool
+	status int
+	lc     config.Log
+	buf    []byte
+	clock  stampCache
 }
 
 type trailAttempt struct {
@@ -52,7 +63,7 @@ const (
 	trailKey         = "ballast.trail"
 )
 
-var trailPool = sync.Pool{New: func() any { return &trail{buf: make([]byte, 0, 1024)} }}
+var trailPool = sync.Pool{New: func() any { return &trail{buf: make([]byte, 0, 1024), fields: make([]byte, 0, 512)} }}
 
 // trailOf returns the request's trail, or nil when none is kept.
 func trailOf(ctx *fasthttp.RequestCtx) *trail {
@@ -98,31 +109,108 @@ const (
 // time).
 func (s *Server) finishTrail(ctx *fasthttp.RequestCtx, t *trail, route string, lc config.Log, end time.Time) {
 	status := ctx.Response.StatusCode()
-	failed := status >= 500 || t.stop != "" || (status >= 400 &&
-		(t.n > 0 && t.attempts[min(t.n, maxTrailAttempts)-1].class != policy.OK ||
-			string(ctx.Response.Header.ContentType()) == problemContentType)) // ballast's own refusal
-	tw := s.trails
-	if failed && s.trailWarn && lc.Requests ||
-		!failed && s.trailInfo && lc.Requests && (lc.SuccessSample >= 1 || (lc.SuccessSample > 0 && rand.Float64() < lc.SuccessSample)) {
+	failed := t.failedAt(ctx, status)
+	if s.logsTrail(failed, lc) {
 		b := t.appendJSON(t.buf[:0], ctx, route, status, failed, end)
-		tw.write(b)
+		s.trails.write(b)
 		t.buf = b
 	}
-	buf, clock := t.buf, t.clock
-	*t = trail{buf: buf[:0], clock: clock}
+	t.release()
+}
+
+// holdTrail hands the trail of a request whose answer is being streamed to
+// the stream: its line is written when the stream ends (endTrail), as
+// nginx and Envoy log, with the bytes relayed, the whole duration, and
+// whether the upstream cut the stream. What the line says of the request
+// is rendered now, while ctx is still the request's.
+func (s *Server) holdTrail(ctx *fasthttp.RequestCtx, t *trail, rb *relayBody, route string, lc config.Log) {
+	status := ctx.Response.StatusCode()
+	t.failed, t.status = t.failedAt(ctx, status), status
+	t.fields = t.appendFields(t.fields[:0], ctx, route, status)
+	t.lc = lc
+	rb.trail = t
+}
+
+// endTrail writes a held trail (holdTrail) once its stream ended, at end,
+// after bodyBytes bytes; truncated: the upstream broke it off and the
+// agent saw it cut, which makes the request a failure. It returns the
+// trail to the pool.
+func (s *Server) endTrail(t *trail, bodyBytes int64, truncated bool, end time.Time) {
+	failed := t.failed || truncated
+	if s.logsTrail(failed, t.lc) {
+		b := t.appendHead(t.buf[:0], failed, end)
+		b = append(b, t.fields...)
+		b = t.appendDuration(b, end)
+		b = append(b, `,"body_bytes":`...)
+		b = strconv.AppendInt(b, bodyBytes, 10)
+		if truncated {
+			b = append(b, `,"truncated":true`...)
+		}
+		b = append(b, "}\n"...)
+		s.trails.write(b)
+		t.buf = b
+	}
+	t.release()
+}
+
+// failedAt reports whether the request failed, judged when its answer's
+// headers are ready: a 5xx, a retry loop that stopped early, or a 4xx
+// that an upstream failure or ballast's own refusal caused.
+func (t *trail) failedAt(ctx *fasthttp.RequestCtx, status int) bool {
+	return status >= 500 || t.stop != "" || (status >= 400 &&
+		(t.n > 0 && t.attempts[min(t.n, maxTrailAttempts)-1].class != policy.OK ||
+			string(ctx.Response.Header.ContentType()) == problemContentType)) // ballast's own refusal
+}
+
+// logsTrail decides whether a request's line is written: always for a
+// failure, sampled for a success, as the logger's level allows.
+func (s *Server) logsTrail(failed bool, lc config.Log) bool {
+	return failed && s.trailWarn && lc.Requests ||
+		!failed && s.trailInfo && lc.Requests && (lc.SuccessSample >= 1 || (lc.SuccessSample > 0 && rand.Float64() < lc.SuccessSample))
+}
+
+// release returns the trail to the pool, keeping its buffers.
+func (t *trail) release() {
+	buf, fields, clock := t.buf, t.fields, t.clock
+	*t = trail{buf: buf[:0], fields: fields[:0], clock: clock}
 	trailPool.Put(t)
 }
 
+// appendJSON appends the trail line of a request that ended at end.
 func (t *trail) appendJSON(b []byte, ctx *fasthttp.RequestCtx, route string, status int, failed bool, end time.Time) []byte {
+	b = t.appendHead(b, failed, end)
+	b = t.appendFields(b, ctx, route, status)
+	b = t.appendDuration(b, end)
+	return append(b, "}\n"...)
+}
+
+// appendHead appends the line's start: its time and level.
+func (t *trail) appendHead(b []byte, failed bool, end time.Time) []byte {
 	b = append(b, `{"time":"`...)
 	b = t.clock.appendRFC3339Nano(b, end)
 	if failed {
-		b = append(b, `","level":"WARN"`...)
-	} else {
-		b = append(b, `","level":"INFO"`...)
+		return append(b, `","level":"WARN"`...)
 	}
+	return append(b, `","level":"INFO"`...)
+}
+
+// appendDuration appends the time from the request's arrival until end.
+func (t *trail) appendDuration(b []byte, end time.Time) []byte {
+	b = append(b, `,"duration_ms":`...)
+	return appendMillis(b, end.Sub(t.start))
+}
+
+// appendFields appends what the line says of the request and what ballast
+// did: everything but its time, level and duration.
+func (t *trail) appendFields(b []byte, ctx *fasthttp.RequestCtx, route string, status int) []byte {
 	b = append(b, `,"msg":"request","request_id":`...)
-	b = appendJSONBytes(b, ctx.Response.Header.Peek(headerRequestID))
+	// ballast's id: when the upstream answered with an X-Request-Id of
+	// its own, ours moved to X-Ballast-Request-Id (as /status shows it).
+	id := ctx.Response.Header.Peek(headerRequestIDBallast)
+	if len(id) == 0 {
+		id = ctx.Response.Header.Peek(headerRequestID)
+	}
+	b = appendJSONBytes(b, id)
 	if id := traceID(ctx.Request.Header.Peek("traceparent")); id != nil {
 		b = append(b, `,"trace_id":`...)
 		b = appendJSONBytes(b, id)
@@ -135,8 +223,6 @@ func (t *trail) appendJSON(b []byte, ctx *fasthttp.RequestCtx, route string, sta
 	b = appendJSONBytes(b, ctx.Path()) // never the query: it may carry keys
 	b = append(b, `,"status":`...)
 	b = strconv.AppendInt(b, int64(status), 10)
-	b = append(b, `,"duration_ms":`...)
-	b = appendMillis(b, end.Sub(t.start))
 	if t.rateWait > 0 {
 		b = append(b, `,"ratelimit_wait_ms":`...)
 		b = strconv.AppendInt(b, t.rateWait.Milliseconds(), 10)
@@ -185,7 +271,7 @@ func (t *trail) appendJSON(b []byte, ctx *fasthttp.RequestCtx, route string, sta
 		}
 		b = append(b, '}')
 	}
-	return append(b, "]}\n"...)
+	return append(b, ']')
 }
 
 // summary is the X-Ballast-Trail debug header: attempts as

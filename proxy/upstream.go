@@ -59,12 +59,14 @@ type upstreamPool struct {
 	all   map[string]*upstream
 	cools map[string]bool // hosts whose cool-down gauge is registered
 	used  map[string]bool // the keys the table being built takes
+	hosts map[string]bool // the hosts the table being built takes
 }
 
 // begin starts a table build.
 func (p *upstreamPool) begin() {
 	p.mu.Lock()
 	p.used = map[string]bool{}
+	p.hosts = map[string]bool{}
 	p.mu.Unlock()
 }
 
@@ -82,6 +84,11 @@ func (p *upstreamPool) sweep() {
 			up.retired.Store(true)
 			up.client.CloseIdleConnections()
 			delete(p.all, k)
+		}
+	}
+	for h := range p.cools {
+		if !p.hosts[h] {
+			delete(p.cools, h) // metrics.retain drops its gauge
 		}
 	}
 }
@@ -110,6 +117,7 @@ func (p *upstreamPool) get(u *url.URL, caFile string, connect time.Duration, m *
 	defer p.mu.Unlock()
 	if p.used != nil {
 		p.used[key] = true
+		p.hosts[u.Host] = true
 	}
 	if up, ok := p.all[key]; ok {
 		return up, key, nil

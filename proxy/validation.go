@@ -59,15 +59,17 @@ const maxValidatedBody = 32 << 20
 
 // check runs the route's validator on an attempt the classifier judged
 // successful, reading the body whole when a check needs it (never for
-// event streams). It turns a failure into the class invalid, or — for a
-// JSON-RPC error the route does not retry — leaves the tool's answer as it
-// is, counted.
+// streams: event streams, NDJSON, see validate.IsStream). It turns a
+// failure into the class invalid, or — for a well-formed JSON-RPC error
+// the route does not retry — leaves the tool's answer as it is, counted.
+// A body longer than the validation limit is invalid (max_body) even when
+// validate.max_body is not set: only its beginning was read.
 func (s *Server) check(r *route, a *attempt) {
 	v := r.validator
 	resp := a.resp
 	ct := resp.Header.ContentType()
 	f := v.CheckHead(a.status, ct)
-	if f == nil && v.NeedsBody() && !isEventStream(ct) {
+	if f == nil && v.NeedsBody() && !validate.IsStream(ct) {
 		if stream := resp.BodyStream(); stream != nil {
 			limit := validationLimit(v)
 			body, err := readAllLimit(stream, limit+1)
@@ -81,16 +83,25 @@ func (s *Server) check(r *route, a *attempt) {
 				return
 			}
 			resp.SetBody(body) // closes the stream: read to its end, its connection is reused
+			if int64(len(body)) > limit && v.MaxBody() == 0 {
+				// Cut at the limit: what is held can be neither judged nor
+				// relayed as the whole answer.
+				f = &validate.Failure{Check: validate.CheckMaxBody, Detail: "longer than " + strconv.Itoa(maxValidatedBody>>20) +
+					"MiB, the most ballast reads to check a body when validate.max_body is not set"}
+			}
 		}
-		f = checkBody(v, resp.Header.ContentEncoding(), resp.Body())
+		if f == nil {
+			f = checkBody(v, resp.Header.ContentEncoding(), resp.Body())
+		}
 	}
 	if f == nil {
 		return
 	}
 	r.m.validationFailures[f.Check].Inc()
-	if f.Check == validate.CheckJSONRPC && !f.Retryable {
+	if f.RPCError && !f.Retryable {
 		// The tool's own JSON-RPC error: the agent's client reads it, but
-		// it is no answer to keep and serve again.
+		// it is no answer to keep and serve again. A response that is not
+		// JSON-RPC at all is invalid like any other.
 		a.noStore = true
 		return
 	}

@@ -68,6 +68,19 @@ func (w *Window) Record(now time.Time, s Sample) {
 	w.mu.Unlock()
 }
 
+// Fail turns one request recorded as a success in the second that
+// contains at into a failure: an answer found to have failed after it was
+// recorded (a stream the upstream cut after its headers). Once that second
+// has left the window there is nothing to change.
+func (w *Window) Fail(at time.Time) {
+	sec := at.Unix()
+	w.mu.Lock()
+	if b := &w.buckets[slot(sec)]; b.sec == sec && b.failures < b.requests {
+		b.failures++
+	}
+	w.mu.Unlock()
+}
+
 func slot(sec int64) int {
 	i := int(sec % WindowSeconds)
 	if i < 0 {
