@@ -132,6 +132,24 @@ func (b *Budget) Withdraw(now time.Time) bool {
 	return true
 }
 
+// Refund gives back a withdrawal made at now whose retry was not sent
+// after all (a hedge the rate limit then refused), so that the budget pays
+// only for what reached the upstream. A withdrawal whose slot has already
+// turned over (more than ttl/10 ago) has expired and is not given back.
+// Refund without a successful Withdraw at the same now would overstate
+// the budget.
+func (b *Budget) Refund(now time.Time) {
+	if b == nil || b.slotNanos == 0 {
+		return
+	}
+	e := b.epoch(now)
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if s := &b.slots[slotIndex(e)]; s.epoch.Load() == e {
+		s.value.Add(b.withdraw)
+	}
+}
+
 // Available returns how many retries the budget would allow at now if no
 // request arrived meanwhile (fractional; ≤ 0 when exhausted). For status
 // pages and metrics. A nil Budget reports +Inf.

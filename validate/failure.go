@@ -42,6 +42,10 @@ var ErrInvalid = errors.New("validate: invalid response")
 // "unavailable"). Every other failure has Retryable false; whether an invalid
 // response is retried at all is the retry policy's decision.
 //
+// Denial is set for a provider error envelope that refuses the call for a
+// reason no retry can change (see DenialAuth, DenialQuota); Retryable is
+// then false. It is "" for every other failure.
+//
 // RPCError is set when the body is a well-formed JSON-RPC response whose
 // "error" member carries an integer code: the tool's own answer to the
 // call, as opposed to a response that is not valid JSON-RPC at all.
@@ -52,8 +56,23 @@ type Failure struct {
 	Check     string
 	Detail    string
 	Retryable bool
+	Denial    string
 	RPCError  bool
 }
+
+// Denials, as reported in Failure.Denial: the same envelopes that make an
+// error status final when they arrive with one (a 401, a 429 quota).
+const (
+	// DenialAuth: the credentials or their permissions were refused
+	// (code or type invalid_api_key, authentication_error,
+	// permission_error, permission_denied; status UNAUTHENTICATED or
+	// PERMISSION_DENIED; reason API_KEY_INVALID; HTTP-like code 401, 403).
+	DenialAuth = "auth"
+	// DenialQuota: the plan, balance or quota is spent (code or type
+	// insufficient_quota, billing_error, billing_hard_limit_reached,
+	// quotaExceeded, dailyLimitExceeded; HTTP-like code 402).
+	DenialQuota = "quota"
+)
 
 // Error returns "validate: <check>: <detail>".
 func (f *Failure) Error() string { return "validate: " + f.Check + ": " + f.Detail }

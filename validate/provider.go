@@ -63,11 +63,32 @@ func providerFailure(raw []byte) *Failure {
 	if detail == "" {
 		detail = truncate(string(raw), maxQuoted)
 	}
-	return &Failure{
-		Check:     CheckProviderError,
-		Detail:    detail,
-		Retryable: transientProviderError(code, status, typ),
+	f := &Failure{Check: CheckProviderError, Detail: detail, Denial: providerDenial(code, status, typ)}
+	// A spent quota is often reported with a rate-limit code (OpenAI's
+	// insufficient_quota under 429): the denial, more specific, wins.
+	f.Retryable = f.Denial == "" && transientProviderError(code, status, typ)
+	return f
+}
+
+// providerDenial reports whether an error envelope says the credentials or
+// the quota are the problem, which no wait or retry changes: DenialAuth,
+// DenialQuota, or "".
+func providerDenial(code, status, typ string) string {
+	switch code {
+	case "401", "403":
+		return DenialAuth
+	case "402":
+		return DenialQuota
 	}
+	for _, v := range [...]string{code, status, typ} {
+		switch strings.ToLower(v) {
+		case "insufficient_quota", "billing_error", "billing_hard_limit_reached", "quotaexceeded", "dailylimitexceeded":
+			return DenialQuota
+		case "invalid_api_key", "authentication_error", "permission_error", "permission_denied", "unauthenticated", "api_key_invalid":
+			return DenialAuth
+		}
+	}
+	return ""
 }
 
 // scalar renders a decoded string or number; other values render as "".
