@@ -171,7 +171,7 @@ type KeyOptions struct {
 
 // Request resets b and returns the key of req with body: method, host,
 // path, sorted query, body (when non-empty), the Vary headers and, unless
-// o.Public, the identity headers and the MCP session that are present. It does not allocate
+// o.Public, the identity headers (every line of each) and the MCP session that are present. It does not allocate
 // once b has grown. A nil o means the zero KeyOptions.
 //
 // body is the request body as the caller read it, not req.Body(): a server
@@ -203,9 +203,14 @@ func (b *KeyBuilder) Request(req *fasthttp.Request, body []byte, o *KeyOptions) 
 		if names == nil {
 			names = defaultIdentityHeaders[:]
 		}
+		// Every line of each header: an agent may send a credential
+		// header twice, and an upstream that reads the second line must
+		// not serve the same key to whoever shares only the first.
 		for _, name := range names {
-			if v := req.Header.Peek(name); len(v) > 0 {
-				b.Identity(s2b(name), v)
+			for _, v := range req.Header.PeekAll(name) {
+				if len(v) > 0 {
+					b.Identity(s2b(name), v)
+				}
 			}
 		}
 		if v := req.Header.Peek(sessionHeader); len(v) > 0 {

@@ -83,7 +83,6 @@ func (s *Server) buildCache(rc *config.Route) (*routeCache, error) {
 	for i, res := range cacheResults {
 		rcache.results[i] = s.m.cacheRequests.WithLabelValues(rc.Name, res)
 	}
-	s.m.registerCache(rc.Name, c)
 	s.limiters.caches[key] = rcache
 	return rcache, nil
 }
@@ -236,8 +235,7 @@ func (s *Server) degrade(ctx *fasthttp.RequestCtx, r *route, cs *cacheState, las
 	if attempts == 0 {
 		st.Fwd = cache.FwdBypass
 	}
-	var buf [96]byte
-	ctx.Response.Header.AddBytesV("Cache-Status", st.Append(buf[:0], "ballast"))
+	addCacheStatus(ctx, st)
 	ctx.Response.Header.Set(headerAttempts, strconv.Itoa(attempts))
 	ctx.Response.Header.Set("X-Ballast-Fallback", "static")
 	ctx.Response.SetBodyRaw(sf.body)
@@ -253,10 +251,22 @@ func (s *Server) serveEntry(ctx *fasthttp.RequestCtx, l cache.Lookup, st cache.S
 	ctx.Response.Header.SetNoDefaultContentType(true)
 	l.Entry.WriteResponse(&ctx.Response)
 	ctx.Response.Header.SetBytesV(headerRequestID, id)
+	addCacheStatus(ctx, st)
 	var buf [96]byte
-	ctx.Response.Header.AddBytesV("Cache-Status", st.Append(buf[:0], "ballast"))
 	ctx.Response.Header.SetBytesV("Age", cache.AppendAge(buf[:0], l.Age))
 	ctx.Response.Header.SetBytesV(headerAttempts, strconv.AppendInt(buf[:0], int64(attempts), 10))
+}
+
+// addCacheStatus adds ballast's member to the answer's Cache-Status
+// (RFC 9211), after any the upstream sent, and keeps it for the request's
+// log line, which shows ballast's outcome, never the upstream's text.
+func addCacheStatus(ctx *fasthttp.RequestCtx, st cache.Status) {
+	var buf [96]byte
+	v := st.Append(buf[:0], "ballast")
+	ctx.Response.Header.AddBytesV("Cache-Status", v)
+	if tr := trailOf(ctx); tr != nil {
+		tr.cache = append(tr.cache[:0], v...)
+	}
 }
 
 // degradable reports the outcomes after which a stored or static answer

@@ -385,8 +385,7 @@ func (s *Server) answer(ctx *fasthttp.RequestCtx, r *route, t *target, last *att
 		s.relay(ctx, r, t, last.resp, deadline, attempts)
 		last.resp = nil // the relay owns it now
 		if cs != nil && cs.use {
-			var buf [96]byte
-			ctx.Response.Header.AddBytesV("Cache-Status", cs.status.Append(buf[:0], "ballast"))
+			addCacheStatus(ctx, cs.status)
 		}
 		return
 	}
@@ -403,8 +402,13 @@ func (s *Server) answer(ctx *fasthttp.RequestCtx, r *route, t *target, last *att
 	if (stop != "" || last.err != nil || degradable(last.class)) && s.degrade(ctx, r, cs, last, attempts) {
 		return
 	}
-	if last.class == policy.Invalid && last.invalid != nil && stop == "" {
+	if last.invalid != nil && stop == "" {
 		writeInvalid(ctx, r, t, last.invalid, attempts)
+		if last.class != policy.Invalid {
+			// A refused key or a spent quota (validate.Failure.Denial):
+			// an SDK that retried this 502 would be refused again.
+			ctx.Response.Header.Set(headerShouldRetry, "false")
+		}
 		return
 	}
 	lastWords := ""
@@ -670,11 +674,16 @@ func (s *Server) tryHedged(out *fasthttp.Request, t *target, r *route, key uint6
 	case <-left:
 		return callOff()
 	case <-timer.C():
-		// A hedge needs time left to be sent in (the timer may fire late).
-		if now := s.clock.Now(); now.Before(deadline) && t.health.budget.Withdraw(now) && s.admitHedge(r, key, now, deadline) {
-			r.m.hedges.Inc()
-			launch(1)
-			inFlight++
+		// A hedge needs time left to be sent in (the timer may fire late),
+		// and pays both the retry budget and the rate limit, or neither.
+		if now := s.clock.Now(); now.Before(deadline) && t.health.budget.Withdraw(now) {
+			if s.admitHedge(r, key, now, deadline) {
+				r.m.hedges.Inc()
+				launch(1)
+				inFlight++
+			} else {
+				t.health.budget.Refund(now)
+			}
 		}
 	}
 	select {

@@ -41,7 +41,9 @@ var outboundSkip = [][]byte{
 // The inbound request is only read; the outbound one is built.
 func (s *Server) forward(ctx *fasthttp.RequestCtx, r *route, start time.Time) {
 	deadline := start.Add(r.total)
-	if v := ctx.Request.Header.Peek(headerTimeout); len(v) > 0 {
+	// Each line is a bound the agent (or a library on its way) asked for:
+	// all of them hold, so the lowest applies, and any invalid one is 400.
+	for _, v := range ctx.Request.Header.PeekAll(headerTimeout) {
 		d, err := parseTimeoutHeader(v)
 		if err != nil {
 			writeProblem(ctx, problem{Status: fasthttp.StatusBadRequest, Reason: ReasonBadRequest,
@@ -251,6 +253,9 @@ func buildOutbound(out *fasthttp.Request, ctx *fasthttp.RequestCtx, r *route, t 
 		out.Header.DelBytes(k)
 	}
 	for _, kv := range t.setHeaders {
+		// Set replaces only the first line: an agent's second line of
+		// the header (its own Authorization beside the route's) must go.
+		out.Header.DelBytes(kv[0])
 		out.Header.SetBytesKV(kv[0], kv[1])
 	}
 	if len(body) > 0 {

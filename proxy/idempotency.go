@@ -62,7 +62,21 @@ func (s *Server) idemKey(ctx *fasthttp.RequestCtx, r *route, fp [32]byte) (key s
 		hex.Encode(hexFP[:], fp[:])
 		raw = hexFP[:]
 	} else {
-		raw = ctx.Request.Header.Peek(headerIdempotencyKey)
+		lines := ctx.Request.Header.PeekAll(headerIdempotencyKey)
+		if len(lines) == 0 {
+			return "", false, false
+		}
+		raw = lines[0]
+		for _, v := range lines[1:] {
+			if !bytes.Equal(v, raw) {
+				// Two keys name two calls: guarding it under either one
+				// would let the other run it again (RFC 8941 §4.2: a
+				// repeated Item fails to parse).
+				writeProblem(ctx, problem{Status: fasthttp.StatusBadRequest, Reason: ReasonBadRequest, Route: r.name,
+					Detail: "Idempotency-Key was sent more than once with different values"})
+				return "", false, true
+			}
+		}
 		if len(raw) == 0 {
 			return "", false, false
 		}
@@ -96,18 +110,21 @@ func appendTenant(b []byte, h *fasthttp.RequestHeader) []byte {
 	return hex.AppendEncode(b, sum[:])
 }
 
-// headerSum is the first 12 bytes of SHA-256 over each of the headers
+// headerSum is the first 12 bytes of SHA-256 over each line of the headers
 // names that h has, as name, 0, value, 0: who the request is, without
-// keeping its secrets.
+// keeping its secrets. Every line counts, not only the first: a second
+// Authorization line is as much the caller's as the first.
 func headerSum(h *fasthttp.RequestHeader, names []string) [12]byte {
 	var scratch [1024]byte
 	in := scratch[:0]
 	for _, name := range names {
-		if v := h.Peek(name); len(v) > 0 {
-			in = append(in, name...)
-			in = append(in, 0)
-			in = append(in, v...)
-			in = append(in, 0)
+		for _, v := range h.PeekAll(name) {
+			if len(v) > 0 {
+				in = append(in, name...)
+				in = append(in, 0)
+				in = append(in, v...)
+				in = append(in, 0)
+			}
 		}
 	}
 	sum := sha256.Sum256(in)
@@ -301,6 +318,10 @@ func (s *Server) settle(r *route, rec *store.Record, sr *store.Response, ttl tim
 }
 
 // finishClaim completes the claim rec with sr, or releases it when sr is nil.
+// A response the store refuses as too large is passed through unstored and
+// frees the key. Any other failure to record it (Redis did not answer, or
+// lost the claim) keeps the claim until its lease ends: the call ran, and
+// a released key would let the agent's retry run it again.
 func (s *Server) finishClaim(c context.Context, r *route, rec *store.Record, sr *store.Response, now time.Time, ttl time.Duration) {
 	if sr == nil {
 		_ = s.state.Release(c, rec)
@@ -308,7 +329,9 @@ func (s *Server) finishClaim(c context.Context, r *route, rec *store.Record, sr 
 	}
 	if err := s.state.Complete(c, rec, sr, now, ttl); err != nil {
 		s.log.Warn("idempotency record not stored", "route", r.name, "error", err.Error())
-		_ = s.state.Release(c, rec)
+		if errors.Is(err, store.ErrTooLarge) {
+			_ = s.state.Release(c, rec)
+		}
 	}
 }
 

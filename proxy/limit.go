@@ -89,7 +89,7 @@ func newLimiterPool() *limiterPool {
 	return &limiterPool{all: map[string]*sharedLimiter{}, bulkheads: map[string]*ratelimit.Bulkhead{}, caches: map[string]*routeCache{}}
 }
 
-func (p *limiterPool) get(id string, l config.Limiter, m *metrics, metricName string, sh *shared) (*sharedLimiter, error) {
+func (p *limiterPool) get(id string, l config.Limiter, sh *shared) (*sharedLimiter, error) {
 	key := fmt.Sprintf("%s|%+v", id, l)
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -126,8 +126,6 @@ func (p *limiterPool) get(id string, l config.Limiter, m *metrics, metricName st
 			}
 			sl.requests = &failoverLimiter{remote: remote, local: sl.requests, sh: sh}
 		}
-		lim := sl.requests
-		m.registerLimiterRate(metricName, func() float64 { return lim.Stats().Rate })
 	}
 	if l.TokensPerMinute > 0 {
 		t, err := ratelimit.NewBucket(ratelimit.PerMinute(l.TokensPerMinute))
@@ -158,7 +156,7 @@ func (s *Server) buildLimiting(rc *config.Route, limiters map[string]config.Limi
 	if l.RPS == 0 && l.TokensPerMinute == 0 {
 		return nil, nil
 	}
-	sl, err := s.limiters.get(id, l, s.m, name, s.shared)
+	sl, err := s.limiters.get(id, l, s.shared)
 	if err != nil {
 		return nil, err
 	}
@@ -313,7 +311,7 @@ func (s *Server) acquireSlot(ctx *fasthttp.RequestCtx, r *route, deadline time.T
 			defer s.agents.remove(watch)
 		}
 	}
-	permit, err := r.bulkhead.Acquire(c, s.clock, ratelimit.ParsePriority(ctx.Request.Header.Peek(headerPriority)))
+	permit, err := r.bulkhead.Acquire(c, s.clock, priorityOf(&ctx.Request.Header))
 	if err == nil {
 		return permit, true
 	}
@@ -347,9 +345,22 @@ func (s *Server) acquireSlot(ctx *fasthttp.RequestCtx, r *route, deadline time.T
 
 const headerPriority = "X-Ballast-Priority"
 
+// priorityOf reads X-Ballast-Priority over all its lines: low when any
+// says low, as repeated control headers resolve to the more cautious
+// value (the lowest X-Ballast-Timeout, likewise).
+func priorityOf(h *fasthttp.RequestHeader) ratelimit.Priority {
+	for _, v := range h.PeekAll(headerPriority) {
+		if ratelimit.ParsePriority(v) == ratelimit.PriorityLow {
+			return ratelimit.PriorityLow
+		}
+	}
+	return ratelimit.PriorityNormal
+}
+
 // registerLimiterRate exports a limiter's effective rate, replacing the
 // gauge of an earlier limiter of the same name (after a reload).
-func (m *metrics) registerLimiterRate(name string, rate func() float64) {
+func (m *metrics) registerLimiterRate(name string, lim ratelimit.Limiter) {
+	rate := func() float64 { return lim.Stats().Rate }
 	m.registerFunc(funcID("ballast_ratelimit_rate", name), prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name:        "ballast_ratelimit_rate",
 		Help:        "A rate limiter's effective rate in requests per second (lower than configured while adaptive limiting backs off).",
@@ -403,6 +414,5 @@ func (s *Server) buildBulkhead(rc *config.Route) (*ratelimit.Bulkhead, error) {
 		return nil, err
 	}
 	s.limiters.bulkheads[key] = b
-	s.m.registerBulkhead(rc.Name, b)
 	return b, nil
 }

@@ -42,6 +42,7 @@ type metrics struct {
 	stateErrors     *prometheus.CounterVec
 	reg             prometheus.Registerer
 	funcs           map[string]prometheus.Collector // function-backed collectors by id, replaced on reload
+	srcs            map[string]any                  // what the series of an id reads (follow)
 
 	mu     sync.Mutex
 	routes map[string]*routeMetrics
@@ -158,6 +159,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		}, []string{"op"}),
 		reg:    reg,
 		funcs:  map[string]prometheus.Collector{},
+		srcs:   map[string]any{},
 		routes: map[string]*routeMetrics{},
 	}
 	reg.MustRegister(m.requests, m.duration, m.truncated, m.reloads, m.inflight,
@@ -238,12 +240,25 @@ func (m *metrics) registerCooldown(upstream string, remaining func() float64) {
 // its label's value.
 func funcID(metric, label string) string { return metric + "{" + label + "}" }
 
-// retain drops the function-backed series of what the route table t no
-// longer has: a limiter's rate, a route's concurrency and cache numbers,
-// an upstream's cool-down. A gauge left behind would report a limit no
-// longer in force, and keep the limiter or cache it reads alive.
-// Counters of removed routes stay (see docs/metrics.md).
+// retain makes the function-backed series follow the route table t, once
+// it is in force: a limiter's rate and a route's concurrency and cache
+// numbers read the state t's routes hold (follow), and the series of what
+// t no longer has (those, an upstream's cool-down) are dropped. A gauge
+// left behind would report a limit no longer in force, and keep the
+// limiter or cache it reads alive. Counters of removed routes stay (see
+// docs/metrics.md).
 func (m *metrics) retain(t *table) {
+	for _, r := range t.routes {
+		if l := r.limit; l != nil && l.requests != nil {
+			m.follow(funcID("ballast_ratelimit_rate", l.name), l.requests, func() { m.registerLimiterRate(l.name, l.requests) })
+		}
+		if b := r.bulkhead; b != nil {
+			m.follow(funcID("ballast_concurrency_queue_depth", r.name), b, func() { m.registerBulkhead(r.name, b) })
+		}
+		if c := r.cache; c != nil {
+			m.follow(funcID("ballast_cache_bytes", r.name), c.c, func() { m.registerCache(r.name, c.c) })
+		}
+	}
 	keep := map[string]bool{}
 	for _, r := range t.routes {
 		if r.limit != nil && r.limit.requests != nil {
@@ -267,8 +282,27 @@ func (m *metrics) retain(t *table) {
 		if !keep[id] && !strings.HasPrefix(id, "ballast_jobs{") {
 			m.reg.Unregister(c)
 			delete(m.funcs, id)
+			delete(m.srcs, id)
 		}
 	}
+}
+
+// follow makes the series under id read src, the state of the table in
+// force, calling register when it reads something else (or nothing).
+// retain calls it once a table is in force, never while one is built: a
+// build a reload then refuses (a schema or CA file it cannot read) must
+// leave every series reading the state still in use.
+func (m *metrics) follow(id string, src any, register func()) {
+	m.mu.Lock()
+	same := m.srcs[id] == src
+	m.mu.Unlock()
+	if same {
+		return
+	}
+	register()
+	m.mu.Lock()
+	m.srcs[id] = src
+	m.mu.Unlock()
 }
 
 // funcValue is the current value of the function-backed counter or gauge

@@ -215,13 +215,20 @@ func (f *failoverStore) Release(ctx context.Context, held *store.Record) error {
 }
 
 // Wait waits where the key lives: in the local store when it holds the
-// key (or Redis is known to be down, under fail_open), else in Redis.
+// key (or Redis is known to be down, under fail_open), else in Redis. A
+// key the local store holds answered or lost is returned at once: the
+// caller may have found it in flight in Redis before its answer was kept
+// locally (completeLocally), and the Redis claim would keep a wait there
+// until its lease ends.
 func (f *failoverStore) Wait(ctx context.Context, key string) (*store.Record, error) {
 	if f.sh.down() && f.sh.failOpen {
 		return f.local.Wait(ctx, key)
 	}
-	if rec, ok := f.heldLocally(key); ok && rec.State == store.InFlight {
-		return f.local.Wait(ctx, key)
+	if rec, ok := f.heldLocally(key); ok {
+		if rec.State == store.InFlight {
+			return f.local.Wait(ctx, key)
+		}
+		return rec, nil
 	}
 	rec, err := f.Store.Wait(ctx, key)
 	if err != nil && unavailable(err) && f.sh.failed("wait", err) {

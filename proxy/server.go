@@ -182,6 +182,7 @@ func New(cfg *config.Config, opts Options) (*Server, error) {
 	s.limiters.sweep()
 	s.ups.sweep()
 	s.health.sweep()
+	s.m.retain(t)
 	// What `ballast run` binds; ServeAdmin also marks a real address beyond
 	// loopback.
 	s.adminExposed.Store(!config.IsLoopback(cfg.Admin.Listen))

@@ -90,7 +90,7 @@ func (s *Server) record(ctx *fasthttp.RequestCtx, r *route, upstream string, cla
 	wall := time.Now()
 	now := s.clockAt(wall)
 	if tr := trailOf(ctx); tr != nil {
-		tr.recorded, tr.recordedAt = true, now
+		tr.recorded, tr.recordedAt, tr.recordedClass = true, now, class
 	}
 	s.status.board.Route(r.name).Record(now, supervise.Sample{
 		Latency: wall.Sub(ctx.Time()), Failed: supervise.CountsAsFailure(class), Retries: max(attempts-1, 0),
@@ -113,9 +113,17 @@ func (s *Server) record(ctx *fasthttp.RequestCtx, r *route, upstream string, cla
 // noteCut records a stream the upstream broke off after its headers went
 // out (the agent saw it truncated) as the failure it was: the request,
 // counted as answered in the route's window when its headers were ready,
-// becomes a failure there, and joins the failure list. Allocation-free.
+// becomes a failure there, and joins the failure list. A request recorded
+// as failed already (a 5xx relayed as a stream) is neither counted nor
+// listed twice. Allocation-free.
 func (s *Server) noteCut(r *route, t *target, tr *trail, err error, id []byte) {
+	if supervise.CountsAsFailure(tr.recordedClass) {
+		return // failed in the window, and listed, when recorded
+	}
 	s.status.board.Route(r.name).Fail(tr.recordedAt)
+	if tr.recordedClass != policy.OK && tr.recordedClass != policy.Canceled {
+		return // listed when recorded (a 4xx): the window counts it failed now
+	}
 	class, cause := policy.ClassifyError(err)
 	if class == policy.OK || class == policy.Canceled {
 		class, cause = policy.Transient, policy.CauseReset

@@ -141,10 +141,14 @@ func (b *relayBody) Read(p []byte) (int, error) {
 
 // CloseWithError is called by fasthttp once the body was written, or
 // writing it failed (err is then the agent-side error).
-func (b *relayBody) CloseWithError(error) error {
+func (b *relayBody) CloseWithError(werr error) error {
 	if b.handedOver {
 		return nil
 	}
+	// The agent left (the watch saw it hang up and called the upstream
+	// body off), or writing to it failed while the upstream body was
+	// fine: it did not get the whole answer.
+	agentGone := b.err != nil && b.watch.hungUp() || werr != nil && b.err == nil
 	if b.trail != nil && b.cut {
 		b.s.noteCut(b.r, b.t, b.trail, b.err, b.id[:b.idLen])
 	}
@@ -168,7 +172,7 @@ func (b *relayBody) CloseWithError(error) error {
 		}
 	}
 	if b.trail != nil {
-		b.s.endTrail(b.trail, b.n, b.cut, time.Now())
+		b.s.endTrail(b.trail, b.n, b.cut, agentGone && !b.cut, time.Now())
 	}
 	b.relayState = relayState{}
 	b.window.reset()

@@ -36,11 +36,18 @@ type trail struct {
 	// recordedAt is when the request entered the route's /status window
 	// (record), so that a stream cut later can be counted as failed there.
 	recordedAt time.Time
+	// recordedClass is the class it was recorded with: a stream cut later
+	// that had failed already is one failure, counted and listed once.
+	recordedClass policy.Class
 	// A streamed answer's line is written when the stream ends (holdTrail,
 	// endTrail): fields holds its middle, rendered while the request was
 	// still at hand; failed, whether it failed before the stream began; lc,
 	// the log settings it started under.
 	fields []byte
+	// cache is the Cache-Status member ballast set on the answer
+	// (addCacheStatus); empty when it set none, whatever the upstream's
+	// own Cache-Status said.
+	cache  []byte
 	failed bool
 	status int
 	lc     config.Log
@@ -132,11 +139,15 @@ func (s *Server) holdTrail(ctx *fasthttp.RequestCtx, t *trail, rb *relayBody, ro
 }
 
 // endTrail writes a held trail (holdTrail) once its stream ended, at end,
-// after bodyBytes bytes; truncated: the upstream broke it off and the
-// agent saw it cut, which makes the request a failure. It returns the
-// trail to the pool.
-func (s *Server) endTrail(t *trail, bodyBytes int64, truncated bool, end time.Time) {
-	failed := t.failed || truncated
+// after bodyBytes bytes of body were read from the upstream and handed to
+// the agent's connection; truncated: the upstream broke it off and the
+// agent saw it cut; agentGone: the agent hung up or stopped reading before
+// the end (it then got at most bodyBytes). Either makes the request a
+// failure, and agentGone says "stopped":"agent_gone", as the line of a
+// call the agent left before its answer does. It returns the trail to the
+// pool.
+func (s *Server) endTrail(t *trail, bodyBytes int64, truncated, agentGone bool, end time.Time) {
+	failed := t.failed || truncated || agentGone
 	if s.logsTrail(failed, t.lc) {
 		b := t.appendHead(t.buf[:0], failed, end)
 		b = append(b, t.fields...)
@@ -145,6 +156,11 @@ func (s *Server) endTrail(t *trail, bodyBytes int64, truncated bool, end time.Ti
 		b = strconv.AppendInt(b, bodyBytes, 10)
 		if truncated {
 			b = append(b, `,"truncated":true`...)
+		}
+		if agentGone && t.stop == "" { // a stop, rendered in fields, came first
+			b = append(b, `,"stopped":"`...)
+			b = append(b, ReasonAgentGone...)
+			b = append(b, '"')
 		}
 		b = append(b, "}\n"...)
 		s.trails.write(b)
@@ -171,8 +187,8 @@ func (s *Server) logsTrail(failed bool, lc config.Log) bool {
 
 // release returns the trail to the pool, keeping its buffers.
 func (t *trail) release() {
-	buf, fields, clock := t.buf, t.fields, t.clock
-	*t = trail{buf: buf[:0], fields: fields[:0], clock: clock}
+	buf, fields, cache, clock := t.buf, t.fields, t.cache, t.clock
+	*t = trail{buf: buf[:0], fields: fields[:0], cache: cache[:0], clock: clock}
 	trailPool.Put(t)
 }
 
@@ -227,9 +243,9 @@ func (t *trail) appendFields(b []byte, ctx *fasthttp.RequestCtx, route string, s
 		b = append(b, `,"ratelimit_wait_ms":`...)
 		b = strconv.AppendInt(b, t.rateWait.Milliseconds(), 10)
 	}
-	if cs := ctx.Response.Header.Peek("Cache-Status"); len(cs) > 0 {
+	if len(t.cache) > 0 { // ballast's outcome only: the upstream's text is a header value
 		b = append(b, `,"cache":`...)
-		b = appendJSONBytes(b, cs)
+		b = appendJSONBytes(b, t.cache)
 	}
 	if t.idem != "" {
 		b = append(b, `,"idempotency":`...)

@@ -106,6 +106,15 @@ func (s *Server) check(r *route, a *attempt) {
 		return
 	}
 	a.class, a.cause, a.invalid = policy.Invalid, policy.CauseInvalid, f
+	// A provider error in a 200 that refuses the key or the quota is
+	// final, as the same error with its 401 or 429 status would be:
+	// retrying it only spends retries and the budget.
+	switch f.Denial {
+	case validate.DenialAuth:
+		a.class = policy.Auth
+	case validate.DenialQuota:
+		a.class = policy.Quota
+	}
 }
 
 // validationLimit is how many bytes of a body, as received or decoded, are
