@@ -111,12 +111,27 @@ var errKnownDown = errors.New("redis is unreachable (health check)")
 // claim it afresh in Redis and run the call a second time. Other replicas
 // do not see it: during an outage, and for the keys completed during one,
 // "runs once" holds per replica.
+//
+// A key this replica holds claimed in Redis (its call still running) is
+// remembered in running, so that a duplicate sent to this replica attaches
+// to the call even when Redis cannot say that it runs (it is down, or
+// restarted empty): the claim is mirrored in the local store, where the
+// duplicate waits for it, and its answer is kept there too.
 type failoverStore struct {
 	store.Store // redis
 	local       *store.Memory
 	sh          *shared
 	clock       policy.Clock
 	bg          sync.WaitGroup // forgetJob's deletes, waited for by Close
+
+	mu      sync.Mutex
+	running map[string]*redisClaim // this replica's Redis claims in flight (fail_open); nil until the first
+}
+
+// redisClaim is a claim this replica holds in Redis, and its mirror in the
+// local store once a duplicate needed one.
+type redisClaim struct {
+	held, mirror *store.Record
 }
 
 func unavailable(err error) bool { return errors.Is(err, store.ErrUnavailable) }
@@ -138,6 +153,10 @@ func (f *failoverStore) localClaim(held *store.Record) bool {
 }
 
 func (f *failoverStore) Claim(ctx context.Context, key string, a store.ClaimArgs) (*store.Record, bool, error) {
+	if f.mirror(key, 0) != nil {
+		// This replica runs the call: the duplicate attaches to it here.
+		return f.local.Claim(ctx, key, a)
+	}
 	if f.sh.down() {
 		if f.sh.failOpen {
 			return f.local.Claim(ctx, key, a)
@@ -151,7 +170,55 @@ func (f *failoverStore) Claim(ctx context.Context, key string, a store.ClaimArgs
 	if err != nil && unavailable(err) && f.sh.failed("claim", err) {
 		return f.local.Claim(ctx, key, a)
 	}
+	if owned && f.sh.failOpen {
+		f.mu.Lock()
+		if f.running == nil {
+			f.running = make(map[string]*redisClaim)
+		}
+		f.running[key] = &redisClaim{held: rec}
+		f.mu.Unlock()
+	}
 	return rec, owned, err
+}
+
+// mirror returns the local store's mirror of the claim on key that this
+// replica holds in Redis, its call still running (the claim with token,
+// when token is not 0), making it if need be: same fingerprint, start,
+// lease and expiry. A duplicate finds it in flight there and waits for
+// its answer. It returns nil when there is no such claim, or the local
+// store cannot take it (full, or holding the key already).
+func (f *failoverStore) mirror(key string, token uint64) *store.Record {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	c := f.running[key]
+	if c == nil || token != 0 && c.held.Token != token {
+		return nil
+	}
+	if c.mirror == nil {
+		h := c.held
+		rec, owned, err := f.local.Claim(context.Background(), key, store.ClaimArgs{
+			Fingerprint: h.Fingerprint, Now: h.StartedAt,
+			Lease: h.LeaseUntil.Sub(h.StartedAt), TTL: h.ExpiresAt.Sub(h.StartedAt),
+		})
+		if err != nil || !owned {
+			return nil
+		}
+		c.mirror = rec
+	}
+	return c.mirror
+}
+
+// endRunning forgets held, this replica's Redis claim, once its call has
+// ended, and returns its local mirror (nil when none was made).
+func (f *failoverStore) endRunning(held *store.Record) *store.Record {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	c := f.running[held.Key]
+	if c == nil || c.held.Token != held.Token {
+		return nil
+	}
+	delete(f.running, held.Key)
+	return c.mirror
 }
 
 // Complete, Release and GetJob, like Claim, make no Redis round trip while
@@ -164,7 +231,8 @@ func (f *failoverStore) Claim(ctx context.Context, key string, a store.ClaimArgs
 // lost the claim, restarted empty) is recorded in the local store instead,
 // so that the agent's retry on this replica replays it; other replicas
 // see the Redis claim in flight until its lease ends, and then its
-// outcome as unknown.
+// outcome as unknown. A claim mirrored locally (see mirror) gets its
+// answer there too, for the duplicates attached to it.
 func (f *failoverStore) Complete(ctx context.Context, held *store.Record, resp *store.Response, now time.Time, ttl time.Duration) error {
 	if f.localClaim(held) {
 		return f.local.Complete(ctx, held, resp, now, ttl)
@@ -173,11 +241,17 @@ func (f *failoverStore) Complete(ctx context.Context, held *store.Record, resp *
 	if f.sh.down() {
 		err = fmt.Errorf("%w: %w", store.ErrUnavailable, errKnownDown)
 	} else if err = f.Store.Complete(ctx, held, resp, now, ttl); err == nil {
+		if m := f.endRunning(held); m != nil {
+			f.completeMirror(ctx, m, resp, now, ttl)
+		}
 		return nil
 	} else if unavailable(err) {
 		f.sh.failed("complete", err)
 	}
 	if !f.sh.failOpen || !(unavailable(err) || errors.Is(err, store.ErrNotHeld)) {
+		if !errors.Is(err, store.ErrTooLarge) { // else the caller releases it
+			f.endRunning(held) // its mirror, if any, ends with its lease, as the Redis claim does
+		}
 		return err
 	}
 	if f.completeLocally(ctx, held, resp, now, ttl) != nil {
@@ -187,15 +261,28 @@ func (f *failoverStore) Complete(ctx context.Context, held *store.Record, resp *
 }
 
 // completeLocally records resp, the outcome of the Redis claim held, in
-// the local store.
+// the local store: in the claim's mirror, made now if there is none.
 func (f *failoverStore) completeLocally(ctx context.Context, held *store.Record, resp *store.Response, now time.Time, ttl time.Duration) error {
-	rec, owned, err := f.local.Claim(ctx, held.Key, store.ClaimArgs{Fingerprint: held.Fingerprint, Now: now, TTL: ttl})
-	switch {
-	case err != nil:
-		return err
-	case !owned:
-		return fmt.Errorf("%w: the local store holds the key already (%s)", store.ErrNotHeld, rec.State)
+	defer f.endRunning(held) // once the answer is kept: a duplicate meanwhile finds the mirror
+	rec := f.mirror(held.Key, held.Token)
+	if rec == nil {
+		var owned bool
+		var err error
+		rec, owned, err = f.local.Claim(ctx, held.Key, store.ClaimArgs{Fingerprint: held.Fingerprint, Now: now, TTL: ttl})
+		switch {
+		case err != nil:
+			return err
+		case !owned:
+			return fmt.Errorf("%w: the local store holds the key already (%s)", store.ErrNotHeld, rec.State)
+		}
 	}
+	return f.completeMirror(ctx, rec, resp, now, ttl)
+}
+
+// completeMirror completes rec, a claim the local store holds for a Redis
+// claim, with resp, or releases it when the local store will not take
+// resp (its waiters then claim the key again).
+func (f *failoverStore) completeMirror(ctx context.Context, rec *store.Record, resp *store.Response, now time.Time, ttl time.Duration) error {
 	if err := f.local.Complete(ctx, rec, resp, now, ttl); err != nil {
 		_ = f.local.Release(ctx, rec)
 		return err
@@ -206,6 +293,9 @@ func (f *failoverStore) completeLocally(ctx context.Context, held *store.Record,
 func (f *failoverStore) Release(ctx context.Context, held *store.Record) error {
 	if f.localClaim(held) {
 		return f.local.Release(ctx, held)
+	}
+	if m := f.endRunning(held); m != nil {
+		_ = f.local.Release(ctx, m) // its duplicates claim the key again
 	}
 	if f.sh.down() {
 		// A Redis claim: its lease frees it once Redis is back.
