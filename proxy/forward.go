@@ -354,13 +354,16 @@ func (s *Server) relay(ctx *fasthttp.RequestCtx, r *route, t *target, resp *fast
 	if w, ok := stream.(interface{ watch(*tryCancel) }); ok {
 		// An agent that hangs up mid-stream calls the rest off, as one
 		// that hangs up before the answer does (agentWatch); a detached
-		// (keyed) call runs on.
+		// (keyed) call runs on. Either can be called off by Shutdown
+		// (liveStreams.stop).
+		rb.halt = &rb.own
 		if tr := trailOf(ctx); tr != nil && !tr.detached {
 			if rc := agentConn(ctx); rc != nil {
 				rb.watch = s.agents.add(rc, time.Now())
-				w.watch(&rb.watch.cancel)
+				rb.halt = &rb.watch.cancel
 			}
 		}
+		w.watch(rb.halt)
 	}
 	ctx.Response.SetBodyStream(rb, size)
 	// A stream's headers (an event stream's, NDJSON's: validate.IsStream)

@@ -275,7 +275,8 @@ func TestLastHourAudit_HTTP10AgentGoneMidStream(t *testing.T) {
 
 // TestLastHourAudit_DrainWaitsForHTTP10Stream: Shutdown waits for a stream
 // to a 1.0 agent as it waits for one to a 1.1 agent — it is in flight,
-// and the process exits when Shutdown returns.
+// and the process exits when Shutdown returns. (A stream that outlasts the
+// drain is called off: TestShutdownStreamsAudit_CalledOffAtDeadline.)
 func TestLastHourAudit_DrainWaitsForHTTP10Stream(t *testing.T) {
 	for _, proto := range []string{"HTTP/1.1", "HTTP/1.0"} {
 		t.Run(proto, func(t *testing.T) {
@@ -297,15 +298,19 @@ func TestLastHourAudit_DrainWaitsForHTTP10Stream(t *testing.T) {
 					t.Fatalf("%v: %q", err, got.String())
 				}
 			}
-			shut := saShutdown(b, 300*time.Millisecond)
-			err = <-shut
-			if err == nil {
-				t.Errorf("Shutdown returned nil while a %s stream was still in flight", proto)
+			shut := saShutdown(b, 5*time.Second)
+			select {
+			case err := <-shut:
+				t.Fatalf("Shutdown returned (%v) while a %s stream was still in flight", err, proto)
+			case <-time.After(300 * time.Millisecond):
 			}
 			u.open()
 			rest, _ := io.ReadAll(br)
 			if !strings.Contains(string(rest), "data: 2") {
 				t.Errorf("the in-flight stream was cut at drain: %q", rest)
+			}
+			if err := <-shut; err != nil {
+				t.Errorf("Shutdown, once the stream ended within the drain: %v", err)
 			}
 		})
 	}

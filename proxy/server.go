@@ -107,6 +107,9 @@ type Server struct {
 	// holds their connections, closed when the drain runs out of time.
 	streams  sync.WaitGroup
 	hijacked sync.Map // net.Conn → struct{}
+	// live are the streamed answers being relayed (HTTP/1.1 and 1.0),
+	// called off when the drain runs out of time.
+	live liveStreams
 	// adminExposed: the admin listener is bound beyond loopback. The bound
 	// address changes only on restart, so a reload may not drop the token
 	// that guards it.
@@ -360,7 +363,10 @@ func (s *Server) ServeAdmin(ln net.Listener) error {
 }
 
 // Shutdown makes /readyz fail, stops accepting, and waits for in-flight
-// requests until ctx ends. The admin listener stops last.
+// requests until ctx ends. Streamed answers still relayed then are called
+// off (their upstream connections closed) and their lines written with
+// "stopped":"shutting_down"; Shutdown waits up to a second more for that.
+// The admin listener stops last.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.draining.Store(true)
 	s.ready.Store(false)
@@ -373,16 +379,28 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	select {
 	case <-streamsDone:
 	case <-ctx.Done():
-		s.hijacked.Range(func(c, _ any) bool { _ = c.(net.Conn).Close(); return true })
-		// A stream stuck reading a silent upstream ends at its next
-		// read deadline; the exit does not wait for that.
-		select {
-		case <-streamsDone:
-		case <-time.After(time.Second):
-		}
 		if err == nil {
 			err = ctx.Err()
 		}
+	}
+	if ctx.Err() != nil {
+		// fasthttp leaves the connections still active as they are: the
+		// streams still relayed are called off (their upstream reads
+		// return at once, even from a silent upstream) and their lines
+		// written, "stopped":"shutting_down"; the exit waits a second at
+		// most for that.
+		ended := s.live.stop()
+		s.hijacked.Range(func(c, _ any) bool { _ = c.(net.Conn).Close(); return true })
+		grace, stop := context.WithTimeout(context.Background(), time.Second)
+		select {
+		case <-ended:
+		case <-grace.Done():
+		}
+		select {
+		case <-streamsDone:
+		case <-grace.Done():
+		}
+		stop()
 	}
 	if aerr := s.adminSrv.ShutdownWithContext(ctx); err == nil {
 		err = aerr

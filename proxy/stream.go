@@ -4,6 +4,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/ballast-proxy/ballast/internal/rawio"
@@ -81,6 +82,17 @@ type relayState struct {
 	// trail is the request's decision trail, written when the stream ends
 	// (holdTrail); nil when none is held (an async job, a prefetch).
 	trail *trail
+
+	// halt is what calls the upstream body off (the watch's cancel when
+	// the stream is watched, own otherwise); nil when nothing can.
+	halt *tryCancel
+	own  tryCancel
+	// stopping: Shutdown's context ended with the stream still relayed,
+	// and Shutdown called it off (liveStreams.stop).
+	stopping atomic.Bool
+	// prev and next link the stream into Server.live while its trail is
+	// held.
+	prev, next *relayBody
 }
 
 var relayBodyPool = sync.Pool{New: func() any { return new(relayBody) }}
@@ -126,8 +138,9 @@ func (b *relayBody) Read(p []byte) (int, error) {
 	}
 	if err != nil && err != io.EOF && b.err == nil && !b.prefetching {
 		b.err = err
-		if b.watch.hungUp() {
-			// The agent left: nobody sees a truncated answer.
+		if b.stopping.Load() || b.watch.hungUp() {
+			// Shutdown called it off (its line says so), or the agent
+			// left: nobody sees a truncated answer.
 			return n, err
 		}
 		b.r.m.truncated.Inc()
@@ -149,6 +162,13 @@ func (b *relayBody) CloseWithError(werr error) error {
 	// body off), or writing to it failed while the upstream body was
 	// fine: it did not get the whole answer.
 	agentGone := b.err != nil && b.watch.hungUp() || werr != nil && b.err == nil
+	stop := Reason("")
+	switch {
+	case b.stopping.Load():
+		stop = ReasonShuttingDown
+	case agentGone && !b.cut:
+		stop = ReasonAgentGone
+	}
 	if b.trail != nil && b.cut {
 		b.s.noteCut(b.r, b.t, b.trail, b.err, b.id[:b.idLen])
 	}
@@ -172,7 +192,8 @@ func (b *relayBody) CloseWithError(werr error) error {
 		}
 	}
 	if b.trail != nil {
-		b.s.endTrail(b.trail, b.n, b.cut, agentGone && !b.cut, time.Now())
+		b.s.live.remove(b)
+		b.s.endTrail(b.trail, b.n, b.cut, stop, time.Now())
 	}
 	b.relayState = relayState{}
 	b.window.reset()
@@ -205,6 +226,77 @@ func (b *relayBody) prefetch(limit int64) (body []byte, whole bool, err error) {
 	}
 	b.pre, b.preOff = buf, 0
 	return nil, false, nil
+}
+
+// liveStreams are the streamed answers being relayed whose trail is held
+// (holdTrail): what Shutdown calls off when its context ends, since
+// fasthttp then leaves still-active connections as they are, and a relay
+// may be waiting on a silent upstream. An intrusive list, so that a stream
+// joins and leaves it without allocating.
+type liveStreams struct {
+	mu    sync.Mutex
+	head  relayBody // sentinel of a circular list
+	n     int
+	ended bool          // stop was called: streams that join are called off at once
+	empty chan struct{} // made by stop, closed when n reaches 0
+}
+
+func (l *liveStreams) add(b *relayBody) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.head.next == nil {
+		l.head.prev, l.head.next = &l.head, &l.head
+	}
+	b.prev, b.next = l.head.prev, &l.head
+	l.head.prev.next = b
+	l.head.prev = b
+	l.n++
+	if l.ended {
+		b.callOff()
+	}
+}
+
+func (l *liveStreams) remove(b *relayBody) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if b.next == nil {
+		return
+	}
+	b.prev.next, b.next.prev = b.next, b.prev
+	b.prev, b.next = nil, nil
+	l.n--
+	if l.n == 0 && l.empty != nil {
+		close(l.empty)
+		l.empty = nil
+	}
+}
+
+// stop calls off every stream still relayed, and those that join later:
+// each one's upstream read returns at once, and its line says
+// "stopped":"shutting_down". The channel it returns is closed once all of
+// them have ended (their lines written).
+func (l *liveStreams) stop() <-chan struct{} {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.ended = true
+	empty := make(chan struct{})
+	if l.n == 0 {
+		close(empty)
+		return empty
+	}
+	l.empty = empty
+	for b := l.head.next; b != &l.head; b = b.next {
+		b.callOff()
+	}
+	return empty
+}
+
+// callOff marks b stopped by Shutdown and cuts its upstream read short.
+func (b *relayBody) callOff() {
+	b.stopping.Store(true)
+	if b.halt != nil {
+		b.halt.cancel()
+	}
 }
 
 // closeDelimited relays a streamed answer of unknown length to an HTTP/1.0

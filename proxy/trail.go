@@ -136,18 +136,20 @@ func (s *Server) holdTrail(ctx *fasthttp.RequestCtx, t *trail, rb *relayBody, ro
 	t.fields = t.appendFields(t.fields[:0], ctx, route, status)
 	t.lc = lc
 	rb.trail = t
+	s.live.add(rb) // Shutdown calls it off if it outlasts the drain
 }
 
 // endTrail writes a held trail (holdTrail) once its stream ended, at end,
 // after bodyBytes bytes of body were read from the upstream and handed to
 // the agent's connection; truncated: the upstream broke it off and the
-// agent saw it cut; agentGone: the agent hung up or stopped reading before
-// the end (it then got at most bodyBytes). Either makes the request a
-// failure, and agentGone says "stopped":"agent_gone", as the line of a
-// call the agent left before its answer does. It returns the trail to the
-// pool.
-func (s *Server) endTrail(t *trail, bodyBytes int64, truncated, agentGone bool, end time.Time) {
-	failed := t.failed || truncated || agentGone
+// agent saw it cut. stop, when set, is why ballast ended it before its
+// end: ReasonAgentGone, the agent hung up or stopped reading (it then got
+// at most bodyBytes), as the line of a call the agent left before its
+// answer says; ReasonShuttingDown, Shutdown's context ended with the
+// stream still relayed. Either stop or truncated makes the request a
+// failure. It returns the trail to the pool.
+func (s *Server) endTrail(t *trail, bodyBytes int64, truncated bool, stop Reason, end time.Time) {
+	failed := t.failed || truncated || stop != ""
 	if s.logsTrail(failed, t.lc) {
 		b := t.appendHead(t.buf[:0], failed, end)
 		b = append(b, t.fields...)
@@ -157,9 +159,9 @@ func (s *Server) endTrail(t *trail, bodyBytes int64, truncated, agentGone bool, 
 		if truncated {
 			b = append(b, `,"truncated":true`...)
 		}
-		if agentGone && t.stop == "" { // a stop, rendered in fields, came first
+		if stop != "" && t.stop == "" { // a stop, rendered in fields, came first
 			b = append(b, `,"stopped":"`...)
-			b = append(b, ReasonAgentGone...)
+			b = append(b, stop...)
 			b = append(b, '"')
 		}
 		b = append(b, "}\n"...)
