@@ -51,8 +51,15 @@ func saExit(t *testing.T, cmd *exec.Cmd, d time.Duration) (code int, took time.D
 		}
 		t.Fatalf("wait: %v", err)
 	case <-time.After(d):
-		_ = cmd.Process.Kill()
-		<-done
+		// A goroutine dump first (to the child's stderr, which the test
+		// holds), so that a hang says where it hung.
+		_ = cmd.Process.Signal(syscall.SIGQUIT)
+		select {
+		case <-done:
+		case <-time.After(2 * time.Second):
+			_ = cmd.Process.Kill()
+			<-done
+		}
 	}
 	return -1, d
 }
@@ -621,7 +628,8 @@ func TestShutdownAudit_AllLogLinesReachStderr(t *testing.T) {
 	wg.Wait()
 	_ = cmd.Process.Signal(syscall.SIGTERM)
 	if code, _ := saExit(t, cmd, 5*time.Second); code != 0 {
-		t.Fatalf("exit %d", code)
+		out := logs.String()
+		t.Fatalf("exit %d; the end of stderr:\n%s", code, out[max(0, len(out)-16<<10):])
 	}
 	stderr := logs.String()
 	missing := 0
