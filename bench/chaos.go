@@ -109,6 +109,12 @@ func Chaos(ctx context.Context, opts Options) (*ChaosResult, error) {
 		if err != nil {
 			return nil, err
 		}
+		// A dead target must not pass for one that failed every request.
+		for _, p := range []*Process{up, bl} {
+			if err := p.alive(); err != nil {
+				return nil, err
+			}
+		}
 		c, err := FetchCounters(admin, up.Addr)
 		if err != nil {
 			return nil, err

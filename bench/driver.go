@@ -56,15 +56,24 @@ type LoadConfig struct {
 	// workers each send their next request when the previous one ends.
 	Rate float64
 	// Connections caps concurrent requests (and connections). Default 64.
+	// In the open loop a request due while every connection is busy waits
+	// for one, its latency and its Timeout still counted from its intended
+	// time: one still waiting when its Timeout passes is not sent and
+	// counts as a timeout.
 	Connections int
 	// Warmup runs the same load first and discards it. Default 0.
 	Warmup time.Duration
 	// Duration is the measured window; it must be positive.
 	Duration time.Duration
-	// Timeout bounds each request. Default 5s.
+	// Timeout bounds each request, counted from its intended send time in
+	// the open loop (an agent whose call has waited that long has failed,
+	// sent or not). Default 5s.
 	Timeout time.Duration
 	// OnMeasure, when set, is called once when the warm-up ends and the
 	// measured window starts (to snapshot the target's CPU, for example).
+	// It runs on its own goroutine, so a slow snapshot does not hold up
+	// the schedule (and get charged to the requests due meanwhile), and
+	// it has returned by the time RunLoad does.
 	OnMeasure func()
 }
 
@@ -109,8 +118,10 @@ type LoadResult struct {
 	// Elapsed is the measured window as it happened: from its start to the
 	// end of its last request.
 	Elapsed time.Duration `json:"elapsed"`
-	// RPS is requests completed in the measured window per second of
-	// Elapsed.
+	// RPS is the requests that ended (answered or failed) within the
+	// measured window, per second of that window: the rate the target
+	// sustained. A slow tail past the window (one request hanging until
+	// its timeout) does not dilute it.
 	RPS float64 `json:"rps"`
 	// All merges the workloads.
 	All       WorkloadResult   `json:"all"`
@@ -199,6 +210,14 @@ func RunLoad(ctx context.Context, cfg LoadConfig) (LoadResult, error) {
 	} else {
 		d.closedLoop(ctx)
 	}
+	d.measuring.Wait()
+	windowEnd := d.end
+	if now := time.Now(); ctx.Err() != nil && now.Before(windowEnd) {
+		windowEnd = now
+	}
+	if window := windowEnd.Sub(d.measureFrom); window > 0 {
+		res.RPS = float64(d.ended.Load()) / window.Seconds()
+	}
 	res.Elapsed = time.Duration(d.lastDone.Load()) - time.Duration(d.measureFrom.UnixNano())
 	if res.Elapsed <= 0 {
 		res.Elapsed = cfg.Duration
@@ -215,7 +234,6 @@ func RunLoad(ctx context.Context, cfg LoadConfig) (LoadResult, error) {
 		}
 	}
 	res.All = all.result("all")
-	res.RPS = float64(res.All.Requests) / res.Elapsed.Seconds()
 	return res, nil
 }
 
@@ -231,7 +249,7 @@ func newClient(addr string, conns int, timeout time.Duration) *fasthttp.HostClie
 		MaxIdleConnDuration:      10 * time.Second,
 		NoDefaultUserAgentHeader: true,
 		DisablePathNormalizing:   true,
-		MaxResponseBodySize:      64 << 20,
+		MaxResponseBodySize:      MaxSize,
 		ReadBufferSize:           16 << 10,
 		// An agent's own client may retry; this one must not, or it would
 		// hide failures and add side effects the proxy did not cause.
@@ -248,13 +266,15 @@ type driver struct {
 	measureFrom time.Time
 	end         time.Time
 	lastDone    atomic.Int64 // unix nanos of the last measured completion
+	ended       atomic.Int64 // requests that ended within [measureFrom, end)
 	measureOnce sync.Once
+	measuring   sync.WaitGroup // OnMeasure's goroutine
 }
 
 func (d *driver) startMeasuring() {
 	d.measureOnce.Do(func() {
 		if d.cfg.OnMeasure != nil {
-			d.cfg.OnMeasure()
+			d.measuring.Go(d.cfg.OnMeasure)
 		}
 	})
 }
@@ -345,7 +365,8 @@ func (w *worker) release() {
 	fasthttp.ReleaseResponse(w.resp)
 }
 
-// do sends job j and records its latency from since.
+// do sends job j with a deadline of Timeout from since (DoDeadline does
+// not send it once that has passed) and records its latency from since.
 func (w *worker) do(j job, since time.Time) {
 	i := j.n % uint64(len(w.d.cfg.Workloads))
 	wl := &w.d.cfg.Workloads[i]
@@ -382,8 +403,11 @@ func (w *worker) do(j job, since time.Time) {
 		req.Header.SetBytesV(wl.KeyHeader, w.key)
 	}
 	w.resp.Reset()
-	err := w.d.client.DoTimeout(req, w.resp, w.d.cfg.Timeout)
+	err := w.d.client.DoDeadline(req, w.resp, since.Add(w.d.cfg.Timeout))
 	done := time.Now()
+	if !done.Before(w.d.measureFrom) && done.Before(w.d.end) {
+		w.d.ended.Add(1)
+	}
 	if j.warm {
 		return
 	}

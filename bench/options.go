@@ -28,7 +28,8 @@ type Options struct {
 	// Connections caps concurrent requests; it is also the closed-loop N.
 	// Default 64.
 	Connections int
-	// Size is the upstream's JSON answer size in bytes. Default 1024.
+	// Size is the upstream's JSON answer size in bytes. Default 1024; at
+	// most MaxSize.
 	Size int
 	// Procs is how many cores each proxy under test may use: GOMAXPROCS
 	// for ballast and the bare fasthttp proxy, worker_processes for nginx.
@@ -66,6 +67,10 @@ type Options struct {
 	// Progress receives one line per step. Default: discarded.
 	Progress io.Writer
 }
+
+// MaxSize is the largest answer the chaos upstream builds and the load
+// driver reads: 64 MiB.
+const MaxSize = 64 << 20
 
 func (o Options) withDefaults(rate float64) (Options, error) {
 	return o.withScenarioDefaults(rate, 10*time.Second)
@@ -113,6 +118,9 @@ func (o Options) withScenarioDefaults(rate float64, duration time.Duration) (Opt
 	}
 	if o.Size <= 0 {
 		o.Size = 1024
+	}
+	if o.Size > MaxSize {
+		return o, fmt.Errorf("%w: size %d is above the %d bytes the load driver reads", ErrLoad, o.Size, MaxSize)
 	}
 	if o.Seed == 0 {
 		o.Seed = 1

@@ -33,8 +33,8 @@ type OverheadTarget struct {
 	// Saturation is the closed-loop run; nil when skipped.
 	Saturation *LoadResult `json:"saturation,omitempty"`
 	// CPUPer1k is the CPU (user+sys) the process under test spent per
-	// 1,000 requests of the open-loop window, in milliseconds: the proxy
-	// for proxies, the upstream for direct.
+	// 1,000 requests of the open-loop window (warm-up excluded), in
+	// milliseconds: the proxy for proxies, the upstream for direct.
 	CPUPer1k float64 `json:"cpu_ms_per_1k"`
 	// UpstreamCPUPer1k is the upstream's share in the same window.
 	UpstreamCPUPer1k float64 `json:"upstream_cpu_ms_per_1k"`
@@ -207,6 +207,12 @@ func measureTarget(ctx context.Context, opts Options, wl []Workload, name string
 	})
 	if err != nil {
 		return ot, err
+	}
+	// A dead child has no /proc entry left: say that it died, and how.
+	for _, p := range []*Process{proc, up} {
+		if err := p.alive(); err != nil {
+			return ot, err
+		}
 	}
 	after, e1 := proc.Usage()
 	upAfter, e2 := up.Usage()

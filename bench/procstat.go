@@ -20,7 +20,9 @@ const clockTick = 10 * time.Millisecond
 // ProcUsage is the resource use of a process tree at one moment.
 type ProcUsage struct {
 	// CPU is user plus system time, summed over the process and its
-	// descendants still running (nginx's workers, for example).
+	// descendants still running (nginx's workers, for example), plus
+	// that of the descendants that have exited and been waited for
+	// (cutime and cstime), so that it never goes backwards.
 	CPU time.Duration
 	// PeakRSS is VmHWM, the peak resident set, summed over the tree.
 	PeakRSS int64
@@ -50,7 +52,8 @@ func readProcUsage(root string, pid int) (ProcUsage, error) {
 	return u, nil
 }
 
-// procCPU is utime+stime of one process (all its threads).
+// procCPU is utime+stime+cutime+cstime of one process: all its threads
+// and its waited-for children.
 func procCPU(root string, pid int) (time.Duration, error) {
 	b, err := os.ReadFile(fmt.Sprintf("%s/%d/stat", root, pid))
 	if err != nil {
@@ -60,17 +63,20 @@ func procCPU(root string, pid int) (time.Duration, error) {
 	if err != nil {
 		return 0, err
 	}
-	// Fields after "(comm)" start at field 3 (state); utime is field 14
-	// and stime field 15, so indexes 11 and 12 here.
-	if len(f) < 13 {
+	// Fields after "(comm)" start at field 3 (state); utime, stime,
+	// cutime and cstime are fields 14 to 17, so indexes 11 to 14 here.
+	if len(f) < 15 {
 		return 0, fmt.Errorf("%w: %d/stat has %d fields", ErrProc, pid, len(f))
 	}
-	ut, err1 := strconv.ParseInt(f[11], 10, 64)
-	st, err2 := strconv.ParseInt(f[12], 10, 64)
-	if err1 != nil || err2 != nil {
-		return 0, fmt.Errorf("%w: %d/stat: bad utime/stime", ErrProc, pid)
+	var ticks int64
+	for _, s := range f[11:15] {
+		n, err := strconv.ParseInt(s, 10, 64)
+		if err != nil {
+			return 0, fmt.Errorf("%w: %d/stat: bad utime/stime/cutime/cstime", ErrProc, pid)
+		}
+		ticks += n
 	}
-	return time.Duration(ut+st) * clockTick, nil
+	return time.Duration(ticks) * clockTick, nil
 }
 
 // statFields returns the fields of a stat line after the command name,

@@ -104,7 +104,8 @@ func Soak(ctx context.Context, opts Options) (*SoakResult, error) {
 	sample := func() error {
 		rss, err := ReadRSS(bl.Pid())
 		if err != nil {
-			return err
+			// A dead child has no /proc entry left: say that it died.
+			return errors.Join(bl.alive(), err)
 		}
 		res.Samples = append(res.Samples, RSSSample{At: time.Since(start).Seconds(), RSS: rss})
 		return nil

@@ -160,6 +160,11 @@ func runStateTarget(ctx context.Context, opts Options, dir, name, state string, 
 	if err != nil {
 		return st, err
 	}
+	for _, p := range procs {
+		if err := p.alive(); err != nil {
+			return st, err
+		}
+	}
 	cpu := make([]float64, len(procs))
 	for i, p := range procs {
 		after, e := p.Usage()

@@ -14,7 +14,8 @@ import (
 // UpstreamConfig configures the chaos upstream. The zero value answers every
 // request at once with a 1 KiB JSON document.
 type UpstreamConfig struct {
-	// Size is the size in bytes of the JSON answer. Default 1024.
+	// Size is the size in bytes of the JSON answer. Default 1024; at most
+	// MaxSize (larger sizes are cut to it).
 	Size int
 	// Profile is the latency and fault profile. The zero value injects
 	// nothing.
@@ -56,6 +57,7 @@ func NewUpstream(cfg UpstreamConfig) *Upstream {
 	if cfg.Size <= 0 {
 		cfg.Size = 1024
 	}
+	cfg.Size = min(cfg.Size, MaxSize)
 	if cfg.StreamEvents <= 0 {
 		cfg.StreamEvents = 16
 	}
@@ -189,7 +191,9 @@ func (u *Upstream) rateLimited(ctx *fasthttp.RequestCtx) {
 	h.Set("x-ratelimit-reset-requests", ra.String())
 	h.Set("x-ratelimit-remaining-tokens", "0")
 	h.Set("x-ratelimit-reset-tokens", ra.String())
-	reset := time.Now().Add(ra).UTC().Format(time.RFC3339)
+	// RFC 3339 in whole seconds, as Anthropic sends it: rounded up, as
+	// Retry-After is, so the instant is never before RetryAfter from now.
+	reset := time.Now().Add(ra + time.Second - 1).UTC().Truncate(time.Second).Format(time.RFC3339)
 	h.Set("anthropic-ratelimit-requests-limit", "60")
 	h.Set("anthropic-ratelimit-requests-remaining", "0")
 	h.Set("anthropic-ratelimit-requests-reset", reset)

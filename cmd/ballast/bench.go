@@ -166,6 +166,10 @@ func cmdBenchUpstream(args []string, stdout, stderr io.Writer) int {
 	if err := fs.Parse(args); err != nil || strayArgument(fs, "") {
 		return 2
 	}
+	if cfg.Size > bench.MaxSize {
+		fmt.Fprintf(stderr, "ballast bench upstream: --size %d: at most %d bytes\n", cfg.Size, bench.MaxSize)
+		return 2
+	}
 	named, err := bench.NamedProfile(*profile)
 	if err != nil {
 		fmt.Fprintf(stderr, "ballast bench upstream: %v\n", err)
