@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -14,6 +16,7 @@ import (
 	"github.com/ballast-proxy/ballast/policy"
 	"github.com/ballast-proxy/ballast/ratelimit"
 	"github.com/ballast-proxy/ballast/store"
+	"github.com/hashicorp/golang-lru/v2/simplelru"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 )
@@ -117,6 +120,16 @@ var errKnownDown = errors.New("redis is unreachable (health check)")
 // to the call even when Redis cannot say that it runs (it is down, or
 // restarted empty): the claim is mirrored in the local store, where the
 // duplicate waits for it, and its answer is kept there too.
+//
+// A key this replica has seen Redis hold a record of (an answer it
+// stored or replayed, a call in flight or with its outcome lost, a
+// mismatch) is remembered in known, until that record expires: while
+// Redis cannot be asked, a request with such a key is not run (it ran
+// already, or runs elsewhere) but refused with an error wrapping
+// store.ErrUnavailable, 503 state_unavailable, unless its route says
+// that running it again is safe (idempotency.idempotent). Keys this
+// replica never saw in Redis run locally: ballast cannot tell a new key
+// from one another replica used.
 type failoverStore struct {
 	store.Store // redis
 	local       *store.Memory
@@ -126,6 +139,68 @@ type failoverStore struct {
 
 	mu      sync.Mutex
 	running map[string]*redisClaim // this replica's Redis claims in flight (fail_open); nil until the first
+	// known maps the keys Redis holds a record of, as far as this replica
+	// has seen, to when that record expires (fail_open; nil until the
+	// first). It keeps at most maxKnown keys (store.DefaultMaxRecords when
+	// 0), least recently seen dropped first.
+	known    *simplelru.LRU[string, time.Time]
+	maxKnown int
+}
+
+// newFailoverStore wraps rs, the Redis store, for sh. The local store and
+// the keys remembered as held in Redis are bounded by lim.MaxRecords.
+func newFailoverStore(rs store.Store, lim store.Limits, sh *shared, clock policy.Clock) *failoverStore {
+	return &failoverStore{Store: rs, local: store.OpenMemory(store.MemoryOptions{Limits: lim}), sh: sh, clock: clock, maxKnown: lim.MaxRecords}
+}
+
+// errHeldInRedis is why a request whose key Redis holds a record of is
+// not run while Redis cannot be asked (see failoverStore).
+var errHeldInRedis = errors.New("redis holds the record of this key (its answer, or its call in flight elsewhere) and cannot be reached: " +
+	"the request is not run again; retry once redis answers")
+
+// remember notes that Redis holds a record of key until expires.
+func (f *failoverStore) remember(key string, expires time.Time) {
+	if !f.sh.failOpen {
+		return
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.known == nil {
+		max := f.maxKnown
+		if max <= 0 {
+			max = store.DefaultMaxRecords
+		}
+		f.known, _ = simplelru.NewLRU[string, time.Time](max, nil) // fails only for max ≤ 0
+	}
+	f.known.Add(key, expires)
+}
+
+// heldInRedis reports whether Redis held a live record of key when this
+// replica last saw it.
+func (f *failoverStore) heldInRedis(key string) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.known == nil {
+		return false
+	}
+	expires, ok := f.known.Peek(key)
+	if ok && !f.clock.Now().Before(expires) {
+		f.known.Remove(key)
+		return false
+	}
+	return ok
+}
+
+// claimLocally claims key in the local store, Redis being unreachable
+// (fail_open), unless Redis is known to hold a record of it that the
+// local store does not answer for (see failoverStore).
+func (f *failoverStore) claimLocally(ctx context.Context, key string, a store.ClaimArgs) (*store.Record, bool, error) {
+	if !a.TakeOverUnknown && f.heldInRedis(key) {
+		if _, ok := f.heldLocally(key); !ok {
+			return nil, false, fmt.Errorf("%w: %w", store.ErrUnavailable, errHeldInRedis)
+		}
+	}
+	return f.local.Claim(ctx, key, a)
 }
 
 // redisClaim is a claim this replica holds in Redis, and its mirror in the
@@ -159,7 +234,7 @@ func (f *failoverStore) Claim(ctx context.Context, key string, a store.ClaimArgs
 	}
 	if f.sh.down() {
 		if f.sh.failOpen {
-			return f.local.Claim(ctx, key, a)
+			return f.claimLocally(ctx, key, a)
 		}
 		return nil, false, fmt.Errorf("%w: %w", store.ErrUnavailable, errKnownDown)
 	}
@@ -168,15 +243,19 @@ func (f *failoverStore) Claim(ctx context.Context, key string, a store.ClaimArgs
 	}
 	rec, owned, err := f.Store.Claim(ctx, key, a)
 	if err != nil && unavailable(err) && f.sh.failed("claim", err) {
-		return f.local.Claim(ctx, key, a)
+		return f.claimLocally(ctx, key, a)
 	}
-	if owned && f.sh.failOpen {
+	switch {
+	case !f.sh.failOpen || rec == nil:
+	case owned:
 		f.mu.Lock()
 		if f.running == nil {
 			f.running = make(map[string]*redisClaim)
 		}
 		f.running[key] = &redisClaim{held: rec}
 		f.mu.Unlock()
+	default: // answered, in flight elsewhere, lost, or a mismatch
+		f.remember(key, rec.ExpiresAt)
 	}
 	return rec, owned, err
 }
@@ -241,6 +320,10 @@ func (f *failoverStore) Complete(ctx context.Context, held *store.Record, resp *
 	if f.sh.down() {
 		err = fmt.Errorf("%w: %w", store.ErrUnavailable, errKnownDown)
 	} else if err = f.Store.Complete(ctx, held, resp, now, ttl); err == nil {
+		if ttl <= 0 {
+			ttl = store.DefaultTTL
+		}
+		f.remember(held.Key, now.Add(ttl))
 		if m := f.endRunning(held); m != nil {
 			f.completeMirror(ctx, m, resp, now, ttl)
 		}
@@ -297,6 +380,11 @@ func (f *failoverStore) Release(ctx context.Context, held *store.Record) error {
 	if m := f.endRunning(held); m != nil {
 		_ = f.local.Release(ctx, m) // its duplicates claim the key again
 	}
+	f.mu.Lock()
+	if f.known != nil {
+		f.known.Remove(held.Key) // free, as far as this replica knows
+	}
+	f.mu.Unlock()
 	if f.sh.down() {
 		// A Redis claim: its lease frees it once Redis is back.
 		return fmt.Errorf("%w: %w", store.ErrUnavailable, errKnownDown)
@@ -309,22 +397,57 @@ func (f *failoverStore) Release(ctx context.Context, held *store.Record) error {
 // key the local store holds answered or lost is returned at once: the
 // caller may have found it in flight in Redis before its answer was kept
 // locally (completeLocally), and the Redis claim would keep a wait there
-// until its lease ends.
+// until its lease ends. For the same reason a wait in Redis under
+// fail_open also watches the local store, and ends as soon as an answer
+// is kept there, without waiting for Redis to answer a read.
 func (f *failoverStore) Wait(ctx context.Context, key string) (*store.Record, error) {
-	if f.sh.down() && f.sh.failOpen {
+	if !f.sh.failOpen {
+		return f.Store.Wait(ctx, key)
+	}
+	if f.sh.down() {
 		return f.local.Wait(ctx, key)
 	}
+	kept, stop := f.local.Watch(key) // before the look: an answer kept after it still wakes
+	defer stop()
 	if rec, ok := f.heldLocally(key); ok {
 		if rec.State == store.InFlight {
 			return f.local.Wait(ctx, key)
 		}
 		return rec, nil
 	}
-	rec, err := f.Store.Wait(ctx, key)
-	if err != nil && unavailable(err) && f.sh.failed("wait", err) {
+	// A Redis read in progress ends at its deadline (op_timeout), not when
+	// its ctx is cancelled: the Redis wait runs in a goroutine of its own,
+	// left to end by itself once the local store has the answer.
+	rctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	type waited struct {
+		rec *store.Record
+		err error
+	}
+	done := make(chan waited, 1)
+	go func() {
+		rec, err := f.Store.Wait(rctx, key)
+		done <- waited{rec, err}
+	}()
+	var w waited
+	select {
+	case w = <-done:
+	case <-kept:
+		if rec, ok := f.heldLocally(key); ok && rec.State != store.InFlight {
+			return rec, nil
+		}
 		return f.local.Wait(ctx, key)
 	}
-	return rec, err
+	switch {
+	case w.err == nil:
+		if w.rec != nil {
+			f.remember(key, w.rec.ExpiresAt)
+		}
+		return w.rec, nil
+	case unavailable(w.err) && f.sh.failed("wait", w.err):
+		return f.local.Wait(ctx, key)
+	}
+	return nil, w.err
 }
 
 // PutJob stores a job in Redis, or under fail_open in the local store when
@@ -407,6 +530,59 @@ func (f *failoverStore) GetJob(ctx context.Context, id string) (*store.Job, erro
 		return nil, fmt.Errorf("%w: %w", store.ErrUnavailable, errKnownDown)
 	}
 	return f.Store.GetJob(ctx, id)
+}
+
+// ListJobs lists, under fail_open, the local store's jobs (those started
+// during an outage, which stay there: see PutJob) together with Redis's,
+// unless Redis is known to be down; a Redis that does not answer leaves
+// the local jobs listed, and counts in ballast_state_errors_total
+// {op="list_jobs"}. A job both hold is the local one.
+func (f *failoverStore) ListJobs(ctx context.Context, states ...store.JobState) ([]*store.Job, error) {
+	if !f.sh.failOpen {
+		return f.Store.ListJobs(ctx, states...)
+	}
+	jobs, err := f.local.ListJobs(ctx, states...)
+	if err != nil || f.sh.down() {
+		return jobs, err
+	}
+	remote, err := f.Store.ListJobs(ctx, states...)
+	if err != nil {
+		if !unavailable(err) {
+			return nil, err
+		}
+		f.sh.failed("list_jobs", err)
+		return jobs, nil
+	}
+	if len(jobs) == 0 {
+		return remote, nil
+	}
+	held := make(map[string]bool, len(jobs))
+	for _, j := range jobs {
+		held[j.ID] = true
+	}
+	for _, j := range remote {
+		if !held[j.ID] {
+			jobs = append(jobs, j)
+		}
+	}
+	slices.SortFunc(jobs, func(a, b *store.Job) int {
+		if c := a.CreatedAt.Compare(b.CreatedAt); c != 0 {
+			return c
+		}
+		return strings.Compare(a.ID, b.ID)
+	})
+	return jobs, nil
+}
+
+// DeleteJob deletes the job where it is held: in the local store when it
+// holds it (fail_open), else in Redis.
+func (f *failoverStore) DeleteJob(ctx context.Context, id string) error {
+	if f.sh.failOpen {
+		if _, err := f.local.GetJob(ctx, id); err == nil {
+			return f.local.DeleteJob(ctx, id)
+		}
+	}
+	return f.Store.DeleteJob(ctx, id)
 }
 
 // Sweep sweeps the local store too: what an outage left there (its jobs

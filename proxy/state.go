@@ -49,7 +49,7 @@ func (s *Server) openState(c config.State) (store.Store, string, error) {
 			return nil, "", fmt.Errorf("proxy: state.redis: %w", err)
 		}
 		s.shared = sh
-		return &failoverStore{Store: rs, local: store.OpenMemory(store.MemoryOptions{Limits: lim}), sh: sh, clock: s.clock}, backend, nil
+		return newFailoverStore(rs, lim, sh, s.clock), backend, nil
 	}
 	return nil, "", fmt.Errorf("proxy: state.backend %q is not available in this build", backend)
 }

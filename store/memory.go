@@ -171,6 +171,15 @@ func (m *Memory) Wait(ctx context.Context, key string) (*Record, error) {
 	}, m.isClosed)
 }
 
+// Watch returns a channel closed the next time a claim on key ends in this
+// store (completed, released, taken over or swept) or the store closes,
+// whether or not the store held the key when Watch was called; stop must
+// be called once the caller no longer watches. It lets a caller waiting
+// elsewhere (in another store) learn that an answer was kept here.
+func (m *Memory) Watch(key string) (changed <-chan struct{}, stop func()) {
+	return m.wakeup.subscribe(key)
+}
+
 func (m *Memory) isClosed() bool {
 	m.mu.Lock()
 	defer m.mu.Unlock()
