@@ -354,11 +354,11 @@ func checkUpstream(p, upstream, caFile string, headers HeaderRules) []error {
 	case upstream == "":
 		add(p+".upstream", "is required")
 	case err != nil:
-		add(p+".upstream", fmt.Sprintf("%q is not a URL", upstream))
+		add(p+".upstream", fmt.Sprintf("%q is not a URL", withoutUserinfo(upstream)))
 	case u.Scheme != "http" && u.Scheme != "https":
-		add(p+".upstream", fmt.Sprintf("%q must use http or https", upstream))
+		add(p+".upstream", fmt.Sprintf("%q must use http or https", withoutUserinfo(upstream)))
 	case u.Host == "" || u.Hostname() == "":
-		add(p+".upstream", fmt.Sprintf("%q has no host", upstream))
+		add(p+".upstream", fmt.Sprintf("%q has no host", withoutUserinfo(upstream)))
 	case u.User != nil:
 		add(p+".upstream", "must not carry credentials; set an Authorization header from ${ENV} instead")
 	case u.RawQuery != "" || u.Fragment != "":
@@ -390,6 +390,26 @@ func checkUpstream(p, upstream, caFile string, headers HeaderRules) []error {
 		}
 	}
 	return errs
+}
+
+// withoutUserinfo is rawURL for an error message: a user:password before
+// the host (refused, but the message must not quote the password to the
+// log or the reload's answer) is shown as [redacted]. It works on URLs
+// url.Parse refuses too.
+func withoutUserinfo(rawURL string) string {
+	rest, prefix := rawURL, ""
+	if i := strings.Index(rawURL, "//"); i >= 0 {
+		prefix, rest = rawURL[:i+2], rawURL[i+2:]
+	}
+	authority := rest
+	if i := strings.IndexAny(rest, "/?#"); i >= 0 {
+		authority = rest[:i]
+	}
+	at := strings.LastIndexByte(authority, '@')
+	if at < 0 {
+		return rawURL
+	}
+	return prefix + Redacted + rest[at:]
 }
 
 func checkAddr(path, addr string) error {

@@ -122,15 +122,22 @@ func (s *Server) metricsHandler() fasthttp.RequestHandler {
 // that rebinds its own DNS name to 127.0.0.1 reaches the listener with
 // that name in Host (DNS rebinding), and a page that posts a form to it
 // (POST /reload) sends its own Origin. Only requests addressed to
-// localhost or a loopback IP, from no origin or a loopback one, pass.
+// localhost or a loopback IP, from no origin or the listener's own, pass.
+// A page of another loopback origin is foreign too: ballast's own agent
+// listener (http://127.0.0.1:8080) relays whatever HTML an upstream
+// answers, and a browser runs it under that origin.
 func foreignAdminRequest(ctx *fasthttp.RequestCtx) (problem, bool) {
 	if !loopbackHost(string(ctx.Host())) {
 		return problem{Status: fasthttp.StatusMisdirectedRequest, Reason: ReasonBadRequest,
 			Detail: "the admin listener has no admin.token and answers only requests addressed to localhost or a loopback IP"}, true
 	}
 	if origin := ctx.Request.Header.Peek("Origin"); len(origin) > 0 {
+		scheme := "http"
+		if ctx.IsTLS() {
+			scheme = "https"
+		}
 		u, err := url.Parse(string(origin))
-		if err != nil || !loopbackHost(u.Host) {
+		if err != nil || u.Scheme != scheme || !strings.EqualFold(u.Host, string(ctx.Host())) {
 			return problem{Status: fasthttp.StatusForbidden, Reason: ReasonBadRequest,
 				Detail: "the admin listener has no admin.token and refuses requests from web pages of other origins"}, true
 		}

@@ -203,8 +203,9 @@ func readBody(ctx *fasthttp.RequestCtx, r *route, deadline time.Time) (body []by
 }
 
 // buildOutbound fills out from the inbound request: headers minus
-// hop-by-hop and X-Ballast-*, the upstream's scheme, host and path, the
-// forwarding headers and the route's header rules.
+// hop-by-hop, X-Ballast-* and the status page's session cookie, the
+// upstream's scheme, host and path, the forwarding headers and the route's
+// header rules.
 func buildOutbound(out *fasthttp.Request, ctx *fasthttp.RequestCtx, r *route, t *target, body []byte) {
 	in := &ctx.Request.Header
 	// Every Connection line counts: a second one may name what the
@@ -216,6 +217,10 @@ func buildOutbound(out *fasthttp.Request, ctx *fasthttp.RequestCtx, r *route, t 
 		}
 		out.Header.AddBytesKV(k, v)
 	}
+	// Cookies are not isolated by port: a browser signed in to the admin
+	// listener sends its session to this listener on the same host too.
+	// (fasthttp has parsed the Cookie lines copied above already.)
+	out.Header.DelCookie(statusCookie)
 	out.Header.SetMethodBytes(ctx.Method())
 
 	var scratch [512]byte

@@ -347,10 +347,23 @@ func (s *Server) Serve(ln net.Listener) error {
 	return nil
 }
 
-// ServeAdmin serves the admin endpoints on ln until Shutdown.
+// ErrAdminExposed is ServeAdmin's refusal of a listener beyond loopback
+// while admin.token is empty.
+var ErrAdminExposed = errors.New("proxy: an admin listener beyond localhost requires admin.token")
+
+// ServeAdmin serves the admin endpoints on ln until Shutdown. A listener
+// bound beyond loopback needs admin.token, whatever admin.listen says (an
+// embedder's listener, a "localhost" that resolves elsewhere): without a
+// token ServeAdmin closes ln and returns ErrAdminExposed, for the Host and
+// Origin checks that guard a tokenless listener stop browsers only, not a
+// client on the network. A reload cannot remove the token afterwards.
 func (s *Server) ServeAdmin(ln net.Listener) error {
 	if ta, ok := ln.Addr().(*net.TCPAddr); ok && !ta.IP.IsLoopback() {
-		s.adminExposed.Store(true)
+		s.adminExposed.Store(true) // before the check: from now on a reload keeps the token
+		if s.Config().Admin.Token == "" {
+			_ = ln.Close()
+			return fmt.Errorf("%w (listening on %s)", ErrAdminExposed, ln.Addr())
+		}
 	}
 	if !s.adminServing.add(ln, nil) {
 		return nil

@@ -25,7 +25,8 @@ import (
 // changing admin.token invalidates it. Only GET /, GET /status and the
 // sign-in accept it: /reload, /config and /metrics still need the bearer
 // token. Without admin.token everything is open, as for every admin
-// endpoint.
+// endpoint. Browsers send the cookie to every port of the host, the agent
+// listener's included: buildOutbound keeps it from upstreams.
 const statusCookie = "ballast_admin"
 
 // sessionValue is the cookie value for token.

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -305,10 +306,14 @@ var (
 )
 
 // readHeader reads the final response header, skipping interim 1xx
-// responses (100, 103), and refuses answers no upstream may give.
+// responses (100, 103), and refuses answers no upstream may give. Its
+// errors never quote the answer's bytes (see unquotedHeaderError).
 func readHeader(h *fasthttp.ResponseHeader, br *bufio.Reader) error {
 	for range 8 {
 		if err := h.Read(br); err != nil {
+			if strings.IndexByte(err.Error(), '"') >= 0 {
+				return &unquotedHeaderError{err: err}
+			}
 			return err
 		}
 		switch s := h.StatusCode(); {
@@ -331,6 +336,27 @@ func readHeader(h *fasthttp.ResponseHeader, br *bufio.Reader) error {
 	}
 	return errors.New("proxy: too many interim responses")
 }
+
+// unquotedHeaderError is an error of fasthttp's response header parser
+// whose message stops before the bytes fasthttp quotes (the status line,
+// or up to 400 bytes of the header block): fasthttp leaves them out only
+// inside HostClient.Do, which the transport does not use. Those bytes are
+// whatever the upstream sent — an upstream that echoes its input, or a
+// port speaking another protocol, sends back the request ballast wrote,
+// the credentials the route set included — and the message reaches the
+// agent's problem detail and the log. Unwrap keeps fasthttp's error for
+// classification.
+type unquotedHeaderError struct{ err error }
+
+func (e *unquotedHeaderError) Error() string {
+	msg := e.err.Error()
+	if i := strings.IndexByte(msg, '"'); i >= 0 {
+		msg = strings.TrimSuffix(strings.TrimRight(msg[:i], " :"), ", contents")
+	}
+	return msg + " (the upstream's bytes are not shown)"
+}
+
+func (e *unquotedHeaderError) Unwrap() error { return e.err }
 
 func isEventStream(ct []byte) bool {
 	return len(ct) >= len("text/event-stream") && asciiEqualFold(ct[:len("text/event-stream")], []byte("text/event-stream"))
