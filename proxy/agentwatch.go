@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/ballast-proxy/ballast/internal/rawio"
@@ -28,15 +29,19 @@ const defaultAgentCheck = time.Second
 // socket (rawio.Conn.HungUpNow). A call whose agent has hung up has its
 // attempt called off (tryCancel) and its waits cut short (gone).
 //
-// Calls detached from their agent are never registered: an
-// idempotency-guarded call runs on so that the agent's retry attaches to
-// it, and an async job has no agent.
+// Calls detached from their agent register without a connection, which
+// the watch never looks at: an idempotency-guarded call runs on so that
+// the agent's retry attaches to it, and an async job has no agent. They
+// are there for halt: when Shutdown's drain runs out of time, every call
+// still registered is called off as if its agent had left, and
+// watchedCall.why then says "shutting_down".
 type agentWatch struct {
 	every time.Duration
 
-	mu    sync.Mutex
-	calls watchedCall // sentinel of a circular list
-	pool  sync.Pool
+	mu     sync.Mutex
+	calls  watchedCall // sentinel of a circular list
+	pool   sync.Pool
+	halted bool // under mu: calls that register are called off at once
 }
 
 // watchedCall is one registered call. Pooled; its fields are reset on add.
@@ -54,6 +59,9 @@ type watchedCall struct {
 	// the wait for a concurrency slot.
 	onLeave func()
 	left    bool // under agentWatch.mu
+	// halted: Shutdown called the call off (agentWatch.halt), not its
+	// agent. Set before the call is cancelled.
+	halted atomic.Bool
 
 	prev, next *watchedCall
 }
@@ -83,6 +91,7 @@ func (w *agentWatch) addLeaving(conn *rawio.Conn, since time.Time, onLeave func(
 	c.conn, c.since, c.left = conn, since, false
 	c.cancel = tryCancel{}
 	c.onLeave = onLeave
+	c.halted.Store(false)
 	select {
 	case <-c.gone: // a signal its previous call never read
 	default:
@@ -91,8 +100,43 @@ func (w *agentWatch) addLeaving(conn *rawio.Conn, since time.Time, onLeave func(
 	c.prev, c.next = w.calls.prev, &w.calls
 	w.calls.prev.next = c
 	w.calls.prev = c
+	if w.halted {
+		w.haltLocked(c)
+	}
 	w.mu.Unlock()
 	return c
+}
+
+// halt calls off every call registered, and every one that registers
+// later (Shutdown, when its drain runs out of time): each one's attempt
+// returns at once and its waits end, as when its agent leaves.
+func (w *agentWatch) halt() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.halted = true
+	for c := w.calls.next; c != &w.calls; c = c.next {
+		w.haltLocked(c)
+	}
+}
+
+func (w *agentWatch) haltLocked(c *watchedCall) {
+	if c.left {
+		return
+	}
+	c.left = true
+	c.halted.Store(true)
+	c.cancel.cancel()
+	c.gone <- struct{}{}
+	if c.onLeave != nil {
+		c.onLeave()
+	}
+}
+
+// isHalted reports whether halt was called.
+func (w *agentWatch) isHalted() bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.halted
 }
 
 // remove unregisters c; the watch no longer touches its connection.
@@ -121,7 +165,7 @@ func (w *agentWatch) scan(now time.Time) int {
 			// young one.
 			break
 		}
-		if c.left || !c.conn.HungUpNow() {
+		if c.left || c.conn == nil || !c.conn.HungUpNow() {
 			continue
 		}
 		c.left = true
@@ -166,7 +210,17 @@ func (c *watchedCall) attemptCancel() *tryCancel {
 	return &c.cancel
 }
 
-// hungUp reports whether the watch found c's agent gone.
+// hungUp reports whether the watch found c's agent gone, or Shutdown
+// called c off (see why).
 func (c *watchedCall) hungUp() bool {
 	return c != nil && c.cancel.isCanceled()
+}
+
+// why is the reason a call that hungUp stopped: ReasonShuttingDown when
+// Shutdown called it off, ReasonAgentGone otherwise.
+func (c *watchedCall) why() Reason {
+	if c != nil && c.halted.Load() {
+		return ReasonShuttingDown
+	}
+	return ReasonAgentGone
 }

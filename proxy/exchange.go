@@ -58,19 +58,26 @@ func (s *Server) exchangeUpstream(ctx *fasthttp.RequestCtx, r *route, body []byt
 	// A retry for an agent that has closed its connection would call the
 	// upstream (and pay for a model call) for nobody, and so would the
 	// rest of an attempt (agentWatch); a detached call runs on, since the
-	// agent's retry attaches to it.
+	// agent's retry attaches to it. A detached call is registered all the
+	// same, without a connection to watch, and so is one whose agent's
+	// connection cannot be peeked at: Shutdown calls every call off when
+	// its drain runs out of time (agentWatch.halt).
 	detached := tr == nil || tr.detached
 	var watch *watchedCall
-	if !detached {
-		if rc := agentConn(ctx); rc != nil {
-			watch = s.agents.add(rc, tr.start)
-			tr.watch = watch
-			defer func() {
-				tr.watch = nil
-				s.agents.remove(watch)
-			}()
-		}
+	if detached {
+		watch = s.agents.add(nil, time.Now())
+	} else {
+		watch = s.agents.add(agentConn(ctx), tr.start)
 	}
+	if tr != nil {
+		tr.watch = watch
+	}
+	defer func() {
+		if tr != nil {
+			tr.watch = nil
+		}
+		s.agents.remove(watch)
+	}()
 
 	var (
 		last      attempt
@@ -156,10 +163,10 @@ targets:
 				}
 				r.m.retryWait.Observe(wait.Seconds())
 				tr.waiting(wait, "cooldown")
-				if end := s.pause(ctx, wait); end != waited {
+				if end := s.pauseWatched(ctx, wait, watch); end != waited {
 					t.health.breaker.Release(probe)
 					if end == waitAgentLeft {
-						stop, stopAfter = ReasonAgentGone, 0
+						stop, stopAfter = watch.why(), 0
 						break targets
 					}
 					return
@@ -207,7 +214,7 @@ targets:
 					fasthttp.ReleaseResponse(last.resp)
 				}
 				last, lastT = a, t
-				stop, stopAfter = ReasonAgentGone, 0
+				stop, stopAfter = watch.why(), 0
 				break targets
 			}
 			tr.attempt(t.name, a.class, a.status, a.took)
@@ -280,9 +287,9 @@ targets:
 			} else {
 				tr.waiting(wait, "backoff")
 			}
-			if end := s.pause(ctx, wait); end != waited {
+			if end := s.pauseWatched(ctx, wait, watch); end != waited {
 				if end == waitAgentLeft {
-					stop, stopAfter = ReasonAgentGone, 0
+					stop, stopAfter = watch.why(), 0
 					break targets
 				}
 				return
@@ -395,6 +402,14 @@ func (s *Server) answer(ctx *fasthttp.RequestCtx, r *route, t *target, last *att
 		ctx.SetConnectionClose()
 		writeProblem(ctx, problem{Status: statusAgentGone, Title: "Client Closed Request", Reason: ReasonAgentGone,
 			Route: r.name, Attempts: attempts, Detail: "the agent closed its connection; ballast stopped retrying"})
+		return
+	}
+	if stop == ReasonShuttingDown {
+		// Shutdown's drain ran out of time with the call still running
+		// (agentWatch.halt): its outcome upstream is unknown.
+		ctx.SetConnectionClose()
+		writeProblem(ctx, problem{Status: fasthttp.StatusServiceUnavailable, Reason: ReasonShuttingDown, Route: r.name,
+			Attempts: attempts, Detail: "ballast is shutting down, and its drain ran out of time before the upstream answered; the call may or may not have run"})
 		return
 	}
 	// Degradation, in order: the retries and fallbacks are spent; now a
@@ -522,13 +537,21 @@ const (
 // down, answering 503 itself, and when the agent of a watched call hangs
 // up, leaving the answer to the caller.
 func (s *Server) pause(ctx *fasthttp.RequestCtx, d time.Duration) waitEnd {
-	var left <-chan struct{}
+	var watch *watchedCall
 	if tr := trailOf(ctx); tr != nil {
-		if tr.watch.hungUp() {
-			return waitAgentLeft
-		}
-		left = tr.watch.leftC()
+		watch = tr.watch
 	}
+	return s.pauseWatched(ctx, d, watch)
+}
+
+// pauseWatched is pause for the call watch (nil: none), which an async
+// job, having no trail, passes itself. It also ends, as waitAgentLeft,
+// when Shutdown calls the call off (see watchedCall.why).
+func (s *Server) pauseWatched(ctx *fasthttp.RequestCtx, d time.Duration, watch *watchedCall) waitEnd {
+	if watch.hungUp() {
+		return waitAgentLeft
+	}
+	left := watch.leftC()
 	t := s.clock.NewTimer(d)
 	defer t.Stop()
 	select {

@@ -256,6 +256,12 @@ func (s *Server) runGuarded(ctx *fasthttp.RequestCtx, r *route, body []byte, dea
 		tr.detached = true
 	}
 	s.run(ctx, r, body, deadline, !r.idem.auto)
+	if tr := trailOf(ctx); tr != nil && tr.stop == ReasonShuttingDown && tr.n > 0 {
+		// Shutdown called the call off with an attempt sent (agentWatch.halt,
+		// or its answer's prefetch below): it may have run. The claim stays,
+		// as a crash leaves it, and a retry reads outcome_unknown.
+		return
+	}
 	resp := &ctx.Response
 	status := resp.StatusCode()
 	fromUpstream := len(resp.Header.Peek(headerUpstream)) > 0
@@ -267,6 +273,9 @@ func (s *Server) runGuarded(ctx *fasthttp.RequestCtx, r *route, body []byte, dea
 		// keyed answer is read whole up to the store's limit, so that it
 		// runs once whatever its size.
 		if !s.bufferGuarded(ctx, r) {
+			if tr := trailOf(ctx); tr != nil && tr.stop == ReasonShuttingDown {
+				return // the call ran: the claim stays (see above)
+			}
 			s.settle(r, rec, nil, ttl)
 			return
 		}
@@ -340,7 +349,9 @@ func (s *Server) finishClaim(c context.Context, r *route, rec *store.Record, sr 
 // one stays a stream (its first bytes read ahead). It reports false when
 // the upstream broke off its body meanwhile: the agent then gets 502
 // rather than a truncated answer presented as whole, and the caller frees
-// the key.
+// the key. The read ahead is in Server.live like a stream: when Shutdown's
+// drain runs out of time it is called off, and the agent gets 503
+// shutting_down (its trail's stop says so).
 func (s *Server) bufferGuarded(ctx *fasthttp.RequestCtx, r *route) bool {
 	resp := &ctx.Response
 	rb, ok := resp.BodyStream().(*relayBody)
@@ -348,8 +359,18 @@ func (s *Server) bufferGuarded(ctx *fasthttp.RequestCtx, r *route) bool {
 	if !ok || int64(resp.Header.ContentLength()) > limit {
 		return true
 	}
+	s.live.add(rb)
 	body, whole, err := rb.prefetch(limit)
+	s.live.remove(rb)
 	switch {
+	case err != nil && rb.stopping.Load():
+		ctx.SetConnectionClose()
+		writeProblem(ctx, problem{Status: fasthttp.StatusServiceUnavailable, Reason: ReasonShuttingDown, Route: r.name,
+			Detail: "ballast is shutting down, and its drain ran out of time while the upstream's answer was being read; the call ran, its answer is lost"})
+		if tr := trailOf(ctx); tr != nil {
+			tr.stop = ReasonShuttingDown
+		}
+		return false
 	case err != nil:
 		writeProblem(ctx, problem{Status: fasthttp.StatusBadGateway, Reason: ReasonUpstreamUnavailable, Route: r.name,
 			Detail: "the upstream's answer broke off after " + strconv.Itoa(len(body)) + " bytes: " + err.Error()})

@@ -290,14 +290,19 @@ func (s *Server) runJob(job *store.Job) {
 	if stream := resp.BodyStream(); stream == nil {
 		body = resp.Body()
 	} else {
-		if rb, ok := stream.(*relayBody); ok {
+		rb, _ := stream.(*relayBody)
+		if rb != nil {
 			rb.prefetching = true // a break fails the job; no agent sees a truncated stream
+			s.live.add(rb)        // Shutdown calls the read off if it outlasts the drain
 		}
 		// Read no more than the store keeps: a larger answer fails the
 		// job now, not after all of it sat in memory.
 		limit := s.maxStored
 		var err error
 		body, err = io.ReadAll(io.LimitReader(stream, limit+1))
+		if rb != nil {
+			s.live.remove(rb)
+		}
 		_ = resp.CloseBodyStream()
 		switch {
 		case err != nil:
@@ -307,6 +312,10 @@ func (s *Server) runJob(job *store.Job) {
 		}
 	}
 	status := resp.StatusCode()
+	if (bodyErr != "" || status >= 500) && s.agents.isHalted() {
+		s.haltedJob(job)
+		return
+	}
 	job.Attempts, _ = strconv.Atoi(string(resp.Header.Peek(headerAttempts)))
 	job.Response = &store.Response{Status: status, Header: cache.AppendHeader(nil, &resp.Header), Body: append([]byte(nil), body...)}
 	job.State, job.UpdatedAt = store.JobSucceeded, s.clock.Now()
@@ -332,6 +341,23 @@ func (s *Server) runJob(job *store.Job) {
 		s.log.Warn("async job failed", "job", job.ID, "route", job.Route, "error", job.LastError)
 		s.alertJobFailed(job.Route, job.ID, job.LastError)
 	}
+}
+
+// haltedJob records a job that Shutdown called off when its drain ran out
+// of time (agentWatch.halt): its outcome upstream is unknown. A state
+// backend that outlives the process keeps the job pending, as a job cut
+// by a crash is, so that the next ballast to start (or another replica,
+// once the lease lapses) resumes it where that is safe and fails it as
+// outcome unknown where it is not (resumeJobs). The memory backend's jobs
+// end with the process: the job fails, saying why.
+func (s *Server) haltedJob(job *store.Job) {
+	if s.stateLasts {
+		s.log.Warn("async job called off by shutdown; it resumes when ballast restarts", "job", job.ID, "route", job.Route)
+		return
+	}
+	c, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	s.failJob(c, job, "ballast shut down before the call finished (shutdown_timeout ran out); it may or may not have run")
 }
 
 // keepLease renews this process's lease on the job with id every third of

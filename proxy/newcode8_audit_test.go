@@ -196,10 +196,11 @@ routes:
 	}
 }
 
-// A keyed call still running when Shutdown's grace ran out finishes
-// after Shutdown stopped waiting for the answers being recorded: its
-// settle may not race Shutdown's wait (a WaitGroup Add from zero during
-// a Wait), and the agent still gets its answer.
+// A keyed call still running when Shutdown's grace ran out is called off
+// then (agentWatch.halt): it does not settle after Shutdown stopped
+// waiting for the answers being recorded (a WaitGroup Add from zero
+// during a Wait), and the agent still gets an answer, 503 shutting_down,
+// rather than a connection cut by the exit.
 func TestNewCode8AuditSettleAfterShutdownGaveUp(t *testing.T) {
 	rs := redistest.Start(t)
 	up := &asUpstream{release: make(chan struct{})}
@@ -218,8 +219,8 @@ routes:
 	defer cancel()
 	_ = b.srv.Shutdown(ctx) // gives up on the call in flight
 	close(up.release)
-	if code := <-done; code != 200 {
-		t.Errorf("the call that outlived Shutdown's grace: %d, want its answer", code)
+	if code := <-done; code != 503 {
+		t.Errorf("the call that outlived Shutdown's grace: %d, want 503 shutting_down", code)
 	}
 }
 

@@ -80,6 +80,9 @@ type Server struct {
 	// Release never wait on their context (only Wait does), so callers need
 	// not arm a deadline (a timer) for them.
 	stateLocal bool
+	// stateLasts: the file and redis backends, whose records outlive the
+	// process (a pending job resumes after a restart).
+	stateLasts bool
 	// maxStored is the largest response the state store keeps: the
 	// state.max_response_bytes it was opened with (state.* changes only
 	// on restart, whatever a reload's file says).
@@ -124,6 +127,9 @@ type Server struct {
 	// serving and adminServing are the listeners given to Serve and
 	// ServeAdmin, closed by Shutdown even before fasthttp reached them.
 	serving, adminServing listenerSet
+	// conns and adminConns are the servers' connections, whose idle
+	// ones Shutdown closes before fasthttp's drain begins (see conns).
+	conns, adminConns conns
 
 	mu          sync.Mutex
 	promHandler fasthttp.RequestHandler
@@ -200,6 +206,7 @@ func New(cfg *config.Config, opts Options) (*Server, error) {
 	}
 	s.state = newTimedStore(st, backend, s.m)
 	s.stateLocal = backend != "redis"
+	s.stateLasts = backend != "memory"
 	s.maxStored = int64(cfg.State.MaxResponseBytes)
 	if s.maxStored <= 0 {
 		s.maxStored = store.DefaultMaxResponseBytes
@@ -223,6 +230,7 @@ func New(cfg *config.Config, opts Options) (*Server, error) {
 		IdleTimeout:                   cfg.Server.IdleTimeout.D(),
 		ReadTimeout:                   cfg.Server.ReadTimeout.D(),
 		CloseOnShutdown:               true,
+		ConnState:                     s.conns.state,
 		DisablePreParseMultipartForm:  true,
 		DisableHeaderNamesNormalizing: false,
 		// A parse error's message must not quote the request: it goes
@@ -237,6 +245,7 @@ func New(cfg *config.Config, opts Options) (*Server, error) {
 		ReadTimeout:           30 * time.Second,
 		IdleTimeout:           30 * time.Second,
 		CloseOnShutdown:       true,
+		ConnState:             s.adminConns.state,
 		SecureErrorLogMessage: true,
 		Logger:                fasthttpLogger{s.log},
 	}
@@ -375,15 +384,22 @@ func (s *Server) ServeAdmin(ln net.Listener) error {
 	return nil
 }
 
-// Shutdown makes /readyz fail, stops accepting, and waits for in-flight
-// requests until ctx ends. Streamed answers still relayed then are called
-// off (their upstream connections closed) and their lines written with
-// "stopped":"shutting_down"; Shutdown waits up to a second more for that.
-// The admin listener stops last.
+// Shutdown makes /readyz fail, stops accepting, closes the connections
+// that wait for a request, and waits for in-flight requests and async
+// jobs until ctx ends. What still runs then is called off (its upstream
+// connections closed): a streamed answer ends and its line says
+// "stopped":"shutting_down"; a call still waiting on its upstream, or
+// whose answer is being read ahead to be stored, is answered 503
+// shutting_down, its line saying so, and keeps its idempotency claim (its
+// outcome is unknown); an async job fails, saying why, or, on a state
+// backend that outlives the process, stays pending to resume after a
+// restart. Shutdown waits up to a second more for that. The admin listener
+// stops last.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.draining.Store(true)
 	s.ready.Store(false)
 	s.drainStop()
+	s.conns.drain(ctx)
 	err := s.srv.ShutdownWithContext(ctx)
 	s.serving.close()    // a Serve fasthttp had not reached yet
 	s.ready.Store(false) // again: such a Serve may have just set it
@@ -396,25 +412,39 @@ func (s *Server) Shutdown(ctx context.Context) error {
 			err = ctx.Err()
 		}
 	}
+	s.jobs.mu.Lock()
+	s.jobs.stopped = true
+	s.jobs.mu.Unlock()
+	jobsDone := make(chan struct{})
+	go func() { s.jobs.wg.Wait(); close(jobsDone) }()
+	select { // running jobs get until ctx ends
+	case <-jobsDone:
+	case <-ctx.Done():
+		if err == nil {
+			err = ctx.Err()
+		}
+	}
 	if ctx.Err() != nil {
 		// fasthttp leaves the connections still active as they are: the
 		// streams still relayed are called off (their upstream reads
 		// return at once, even from a silent upstream) and their lines
-		// written, "stopped":"shutting_down"; the exit waits a second at
-		// most for that.
+		// written, "stopped":"shutting_down", and so are the calls and
+		// async jobs still running (agentWatch.halt); the exit waits a
+		// second at most for that.
 		ended := s.live.stop()
+		s.agents.halt()
 		s.hijacked.Range(func(c, _ any) bool { _ = c.(net.Conn).Close(); return true })
 		grace, stop := context.WithTimeout(context.Background(), time.Second)
-		select {
-		case <-ended:
-		case <-grace.Done():
+		for _, done := range []<-chan struct{}{ended, streamsDone, jobsDone} {
+			select {
+			case <-done:
+			case <-grace.Done():
+			}
 		}
-		select {
-		case <-streamsDone:
-		case <-grace.Done():
-		}
+		s.conns.quiet(grace) // the calls called off have answered, their lines written
 		stop()
 	}
+	s.adminConns.drain(ctx)
 	if aerr := s.adminSrv.ShutdownWithContext(ctx); err == nil {
 		err = aerr
 	}
@@ -422,15 +452,6 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.ups.closeIdle()
 	if nerr := s.status.close(ctx); err == nil {
 		err = nerr
-	}
-	s.jobs.mu.Lock()
-	s.jobs.stopped = true
-	s.jobs.mu.Unlock()
-	jobsDone := make(chan struct{})
-	go func() { s.jobs.wg.Wait(); close(jobsDone) }()
-	select { // running jobs get until ctx ends; pending ones resume on restart
-	case <-jobsDone:
-	case <-ctx.Done():
 	}
 	settled := make(chan struct{})
 	go func() { s.settling.Wait(); close(settled) }()
@@ -463,11 +484,19 @@ func (s *Server) FlushAccessLog() {
 
 // handle is the agent-facing request handler.
 func (s *Server) handle(ctx *fasthttp.RequestCtx) {
+	defer s.closeWhenDraining(ctx)
 	start := ctx.Time() // fasthttp read the clock when the request arrived
 	if start.IsZero() {
 		start = time.Now()
 	}
 	s.ids.assign(ctx)
+	// Every answer goes out as soon as it is written. fasthttp keeps an
+	// answer in its write buffer while the agent's next, pipelined
+	// request is buffered (server.go in fasthttp v1.78.0, the "Only flush
+	// the writer if we don't have another request in the pipeline"
+	// branch), so it waited for that request's upstream too. A deadline
+	// set by the handler makes fasthttp flush; the zero time sets none.
+	_ = ctx.SetWriteDeadline(time.Time{})
 	if s.refuseEarly(ctx, start) {
 		return
 	}
@@ -508,6 +537,17 @@ func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 		s.finishTrail(ctx, tr, r.name, t.cfg.Log, end)
 	}
 	r.m.observe(ctx.Response.StatusCode(), end.Sub(start).Seconds())
+}
+
+// closeWhenDraining ends the connection of an answer given once Shutdown
+// has begun. fasthttp does so only once its own drain has begun, after
+// Shutdown has closed the idle connections (see conns): an answer given
+// in between would invite the agent's next request on a connection about
+// to close.
+func (s *Server) closeWhenDraining(ctx *fasthttp.RequestCtx) {
+	if s.draining.Load() {
+		ctx.SetConnectionClose()
+	}
 }
 
 // refuseEarly answers, before any routing, the requests ballast never

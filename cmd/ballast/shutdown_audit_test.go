@@ -878,3 +878,47 @@ routes:
 	_ = cmd2.Process.Signal(syscall.SIGTERM)
 	saExit(t, cmd2, 5*time.Second)
 }
+
+// An HTTP client's spare connection, dialled while another came free and
+// parked unused in its pool, does not hold the exit up: fasthttp's drain
+// counts a connection that never carried a request as idle only 5s after
+// it opened, which made TestShutdownAudit_AllLogLinesReachStderr miss its
+// 5s bound when its client happened to dial one. A request half sent at
+// SIGTERM on a keep-alive connection is answered, and its trail line
+// logged, before the exit.
+func TestShutdownAudit_SpareConnectionDoesNotHoldTheExit(t *testing.T) {
+	_, up := startGate(t, nil)
+	dir := t.TempDir()
+	listen, admin := freePort(t), freePort(t)
+	saWrite(t, dir, fmt.Sprintf("listen: %s\nadmin: {listen: %s}\nlog: {flush_interval: 30s}\nroutes: [{name: r, match: {path_prefix: /}, upstream: %q}]\n", listen, admin, up))
+	cmd, logs := saStart(t, dir, admin)
+	kept := saDial(t, listen)
+	if a := saWithin(t, kept.send("GET /first HTTP/1.1\r\nHost: x\r\n\r\n"), 5*time.Second, "first"); a.status != 200 {
+		t.Fatalf("first: %+v", a)
+	}
+	spare := saDial(t, listen)
+	// Accepted: a request on a later connection has been served.
+	if got := fetch(t, "http://"+listen+"/later"); !strings.Contains(got, `"call":1`) {
+		t.Fatalf("later: %q", got)
+	}
+	half := kept.send("GET /half HTTP/1.1\r\nHo")
+	_ = cmd.Process.Signal(syscall.SIGTERM)
+	saPoll(t, 2*time.Second, "the drain starting", func() bool { return strings.Contains(logs.String(), `"msg":"draining"`) })
+	if _, err := io.WriteString(kept.conn, "st: x\r\n\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	a := saWithin(t, half, 5*time.Second, "the request half sent at SIGTERM")
+	if a.err != nil || a.status != 200 || !a.close {
+		t.Errorf("the request half sent at SIGTERM: %d close=%v %v, want 200 with Connection: close", a.status, a.close, a.err)
+	}
+	code, took := saExit(t, cmd, 5*time.Second)
+	if code != 0 || took > 2*time.Second {
+		t.Errorf("exit %d after %v with a spare connection open, want 0 at once\n%s", code, took, logs.String())
+	}
+	if err := spare.endsCleanly(time.Second); err != nil {
+		t.Errorf("the spare connection: %v, want a clean close", err)
+	}
+	if id := a.header.Get("X-Request-Id"); id == "" || !strings.Contains(logs.String(), id) {
+		t.Errorf("the half-sent request's trail line (id %q) never reached stderr", id)
+	}
+}
