@@ -3,9 +3,9 @@ package proxy_test
 // HTTP/1.1 protocol conformance, from an adversarial audit against RFC 9110
 // and RFC 9112 and what nginx and Envoy do: raw TCP agents write exact
 // bytes, and raw loopback upstreams answer with exact bytes. Every probe
-// asserts the correct behaviour, except bare-LF line endings, which
-// fasthttp's parser cannot take: there the probes assert the bound ballast
-// puts on the wait (a clear 408 or 504, never a hang).
+// asserts the correct behaviour, except bare-LF line endings in an
+// upstream's answer, which fasthttp's parser cannot take: there the probe
+// asserts the bound ballast puts on the wait (a clear 504, never a hang).
 
 import (
 	"bufio"
@@ -269,9 +269,9 @@ routes:
 // TestConformanceAudit_BareLFRequest: RFC 9112 §2.2 a recipient MAY take
 // a bare LF as a line terminator, or reject the message with 400.
 // fasthttp ends a header block only at a CRLFCRLF, so a block ending in a
-// bare LF waits for more; ballast bounds that wait by server.read_timeout
-// and answers 408, closing the connection. A bare LF before a CRLFCRLF is
-// taken as a line end.
+// bare LF waited for more until server.read_timeout; ballast now answers
+// 400 at once, closing the connection (parsing9_audit_test.go). A bare LF
+// before a CRLFCRLF is taken as a line end.
 func TestConformanceAudit_BareLFRequest(t *testing.T) {
 	ca := startCA(t)
 	up := echoUpstream(t)
@@ -281,7 +281,7 @@ routes: [{name: tool, match: {path_prefix: /}, upstream: %s}]
 `, up))
 	for _, tt := range []struct {
 		name, raw string
-		waits     bool // the block ends in a bare LF: 408 at read_timeout
+		waits     bool // the block ends in a bare LF: 400 before read_timeout
 	}{
 		{"every line ends in LF", "GET /x HTTP/1.1\nHost: x\n\n", true},
 		{"CRLF lines, LF blank line", "GET /x HTTP/1.1\r\nHost: x\r\n\n", true},
@@ -291,8 +291,8 @@ routes: [{name: tool, match: {path_prefix: /}, upstream: %s}]
 			if tt.waits {
 				start := time.Now()
 				out, timedOut := caRaw(t, short.addr, tt.raw, 3*time.Second)
-				if timedOut || !strings.HasPrefix(out, "HTTP/1.1 408 ") {
-					t.Fatalf("after %v: %.120q (timed out %v), want 408 at server.read_timeout (300ms) and a close",
+				if timedOut || !strings.HasPrefix(out, "HTTP/1.1 400 ") || time.Since(start) >= 300*time.Millisecond {
+					t.Fatalf("after %v: %.120q (timed out %v), want 400 before server.read_timeout (300ms) and a close",
 						time.Since(start).Round(time.Millisecond), out, timedOut)
 				}
 				return

@@ -59,7 +59,8 @@ func TestLastHourAudit_PathsAsSent(t *testing.T) {
 		{name: "double-escaped dots stay data", target: "/tool/%252e%252e/x", want: "/base/%252e%252e/x"},
 		{name: "escaped dot-dot resolved", target: "/tool/%2e%2e/x", want: "/catch/x"},
 		{name: "escaped slash dot-dot resolved", target: "/tool/a%2F..%2F..%2Fx", want: "/catch/x"},
-		{name: "escaped backslash kept", target: "/tool/..%5Cx", want: "/base/..%5Cx"},
+		// "/tool/..%5Cx" would climb out on IIS: refused (parsing9_audit_test.go).
+		{name: "escaped backslash kept", target: "/tool/a%5C..%5Cx", want: "/base/a%5C..%5Cx"},
 		{name: "escaped NUL kept", target: "/tool/a%00b", want: "/base/a%00b"},
 		{name: "escaped space kept", target: "/tool/a%20b", want: "/base/a%20b"},
 		{name: "long path", target: "/tool/" + long, want: "/base/" + long},

@@ -1,5 +1,7 @@
 package proxy
 
+import "bytes"
+
 // Paths are matched decoded and normalized (fasthttp's ctx.Path: escapes
 // decoded, dot segments and doubled slashes removed), so that a route's
 // prefix cannot be dodged by spelling it differently. The upstream gets
@@ -73,4 +75,50 @@ func unhex(c byte) (byte, bool) {
 		return c - 'A' + 10, true
 	}
 	return 0, false
+}
+
+// climbingSegment returns the segment of path (the decoded, normalized
+// path the route matched) that an upstream more lenient than RFC 3986
+// would resolve as ".." above the route's prefix, or nil when there is
+// none. Normalizing resolved every "/"-separated dot segment already; what
+// is left climbs only on an upstream that drops ";" path parameters
+// before resolving dot segments (Tomcat, Jetty: "..;" and "..;x=1" are
+// "..") or that reads "\" as "/" (IIS, Windows servers: "..\"). A path
+// that climbs on such an upstream but stays inside the prefix, as
+// "/a/..;/b" does, is forwarded unchanged; one that would leave it is
+// refused rather than rewritten, since ballast cannot know how the
+// upstream reads it. Envoy's normalize_path does not treat these
+// spellings either (nor does nginx); this closes the gap for ballast's
+// prefix routes.
+func (r *route) climbingSegment(path []byte) []byte {
+	if bytes.IndexByte(path, ';') < 0 && bytes.IndexByte(path, '\\') < 0 {
+		return nil // the normal path: nothing but RFC 3986 dot segments
+	}
+	depth := 0
+	rest := path[min(r.stripLen(), len(path)):]
+	for len(rest) > 0 {
+		end := 0
+		for end < len(rest) && rest[end] != '/' && rest[end] != '\\' {
+			end++
+		}
+		seg := rest[:end]
+		name := seg
+		if i := bytes.IndexByte(name, ';'); i >= 0 {
+			name = name[:i]
+		}
+		switch string(name) {
+		case "", ".":
+		case "..":
+			if depth--; depth < 0 {
+				return seg
+			}
+		default:
+			depth++
+		}
+		if end == len(rest) {
+			break
+		}
+		rest = rest[end+1:]
+	}
+	return nil
 }

@@ -273,7 +273,8 @@ func TestRoutingAudit_OddBytesInPath(t *testing.T) {
 		{name: "raw invalid UTF-8 escaped", target: "/tool/\xff\xfe", want: "/base/%FF%FE"},
 		{name: "raw UTF-8 escaped", target: "/tool/\xc3\xa9", want: "/base/%C3%A9"},
 		{name: "path parameter kept", target: "/tool/a;b/c", want: "/base/a;b/c"},
-		{name: "dot-dot-semicolon is a name", target: "/tool/..;/admin", want: "/base/..;/admin"},
+		// Tomcat reads "..;" as ".." (parsing9_audit_test.go).
+		{name: "dot-dot-semicolon climbing out refused", target: "/tool/..;/admin", wantStatus: 400},
 		{name: "fragment dropped, never climbs", target: "/tool/x#/../../admin", want: "/base/x"},
 		{name: "fragment after query", target: "/tool/x?q=1#frag", want: "/base/x?q=1"},
 		{name: "query inside fragment is fragment", target: "/tool/x#f?q=1", want: "/base/x"},

@@ -513,6 +513,12 @@ func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 		s.unrouted(ctx, start)
 		return
 	}
+	if seg := r.climbingSegment(ctx.Path()); seg != nil {
+		writeProblem(ctx, problem{Status: fasthttp.StatusBadRequest, Reason: ReasonBadRequest, Route: r.name,
+			Detail: fmt.Sprintf("the path segment %q would climb above the route's prefix on an upstream that drops ';' path parameters or reads '\\' as '/' (Tomcat, IIS): ballast refuses it", seg)})
+		s.unrouted(ctx, start)
+		return
+	}
 	r.m.inflight.Inc()
 	tr := trailPool.Get().(*trail)
 	tr.start = start
@@ -635,6 +641,8 @@ func (s *Server) handleParseError(ctx *fasthttp.RequestCtx, err error) {
 	case errors.Is(err, fasthttp.ErrBodyTooLarge):
 		p.Status, p.Reason = fasthttp.StatusRequestEntityTooLarge, ReasonBodyTooLarge
 		p.Detail = "the request body is too large"
+	case errors.Is(err, rawio.ErrBareLFHead):
+		p.Detail = "malformed request: its header block ends in a bare LF; ballast needs CRLF line endings (RFC 9112 §2.2)"
 	}
 	var ne net.Error
 	if errors.As(err, &ne) && ne.Timeout() {

@@ -58,9 +58,15 @@ type Conn struct {
 
 	dl deadlines
 
-	// wrote is set by a Write and cleared by the next Read, which then
+	// wrote is set by a Write (on a Listener's connection, not by one of
+	// an interim 1xx response) and cleared by the next Read, which then
 	// yields first (see Read). Atomic: a Write may run beside a Read.
 	wrote atomic.Bool
+
+	// heads: the connection is an agent's (Listener), whose request
+	// heads Read follows (head.go); head is the one being read.
+	heads bool
+	head  headWatch
 }
 
 var _ net.Conn = (*Conn)(nil)
@@ -105,10 +111,16 @@ func (c *Conn) Read(p []byte) (int, error) {
 	}
 	if c.wrote.Load() {
 		c.wrote.Store(false)
+		if c.heads {
+			c.head.start() // a response went out: the next request's head
+		}
 		if testHookYield != nil {
 			testHookYield()
 		}
 		runtime.Gosched()
+	}
+	if c.heads && c.head.stalled() {
+		return 0, ErrBareLFHead
 	}
 	c.rbuf, c.rn, c.rerrno = p, 0, 0
 	err := c.raw.Read(c.readFn)
@@ -124,6 +136,9 @@ func (c *Conn) Read(p []byte) (int, error) {
 		return 0, c.opError("read", os.NewSyscallError("read", errno))
 	case n == 0:
 		return 0, io.EOF
+	}
+	if c.heads && c.head.on {
+		c.head.saw(p[:n])
 	}
 	return n, nil
 }
@@ -168,7 +183,7 @@ func (c *Conn) Write(p []byte) (int, error) {
 	case errno != 0:
 		return n, c.opError("write", os.NewSyscallError("write", errno))
 	}
-	if !c.wrote.Load() {
+	if !c.wrote.Load() && !(c.heads && interim(p)) {
 		c.wrote.Store(true)
 	}
 	return n, nil

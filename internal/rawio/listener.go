@@ -2,7 +2,10 @@ package rawio
 
 import "net"
 
-// Listener wraps the connections a TCP listener accepts (see Wrap).
+// Listener wraps the connections a TCP listener accepts (see Wrap). It
+// is for a listener of HTTP/1 agents: its connections also follow each
+// request head as it is read, and end a read that waits for more of a
+// head that a bare LF already ended with ErrBareLFHead.
 type Listener struct {
 	net.Listener
 }
@@ -13,5 +16,10 @@ func (l Listener) Accept() (net.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	return Wrap(c), nil
+	w := Wrap(c)
+	if rc, ok := w.(*Conn); ok {
+		rc.heads = true
+		rc.head.start()
+	}
+	return w, nil
 }
