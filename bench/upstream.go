@@ -3,6 +3,7 @@ package bench
 import (
 	"bufio"
 	"bytes"
+	"encoding/json"
 	"net"
 	"strconv"
 	"sync"
@@ -30,6 +31,12 @@ type UpstreamConfig struct {
 	StreamEvents int
 	// StreamInterval is the pause between two stream events. Default 0.
 	StreamInterval time.Duration
+	// Echo makes every answer to a request with a key name that key, so a
+	// test can tell an answer delivered to the wrong request: the JSON
+	// body's "id" (cut in half when malformed) and each SSE event's "id"
+	// are the key, and X-Bench-Echo repeats it on every answer, errors
+	// included. It costs an allocation per answer; the default is off.
+	Echo bool
 }
 
 // Upstream is the benchmark upstream: a fasthttp server answering a fixed
@@ -41,12 +48,11 @@ type UpstreamConfig struct {
 // counters) and one SetBody: the cheapest possible upstream, so
 // measurements show the proxy.
 type Upstream struct {
-	cfg       UpstreamConfig
-	srv       *fasthttp.Server
-	body      []byte
-	malformed []byte
-	event     []byte
-	counters  *counters
+	cfg      UpstreamConfig
+	srv      *fasthttp.Server
+	body     []byte
+	event    []byte
+	counters *counters
 
 	done     chan struct{}
 	stopOnce sync.Once
@@ -69,12 +75,11 @@ func NewUpstream(cfg UpstreamConfig) *Upstream {
 	}
 	body := jsonBody(cfg.Size)
 	u := &Upstream{
-		cfg:       cfg,
-		body:      body,
-		malformed: body[:len(body)/2],
-		event:     []byte(`data: {"id":"chatcmpl-bench","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"content":"token "}}]}` + "\n\n"),
-		counters:  newCounters(),
-		done:      make(chan struct{}),
+		cfg:      cfg,
+		body:     body,
+		event:    []byte(`data: {"id":"chatcmpl-bench","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"content":"token "}}]}` + "\n\n"),
+		counters: newCounters(),
+		done:     make(chan struct{}),
 	}
 	u.srv = &fasthttp.Server{
 		Handler:               u.handle,
@@ -122,6 +127,11 @@ func (u *Upstream) handle(ctx *fasthttp.RequestCtx) {
 	f := u.cfg.Profile.pick(r.float()*100, stream)
 	d := u.cfg.Profile.delay(1 - r.float())
 	u.counters.fault(f)
+	body, event := u.body, u.event
+	if u.cfg.Echo && len(key) > 0 {
+		ctx.Response.Header.SetBytesV(echoHeader, key)
+		body, event = echoBody(u.cfg.Size, key), echoEvent(key)
+	}
 	if len(key) > 0 && f.sideEffect() {
 		u.counters.effect(key)
 	}
@@ -145,18 +155,18 @@ func (u *Upstream) handle(ctx *fasthttp.RequestCtx) {
 		_ = ctx.Conn().Close()
 	case faultMalformed:
 		if stream {
-			u.stream(ctx, false, true)
+			u.stream(ctx, event, false, true)
 			return
 		}
 		ctx.SetContentType("application/json")
-		ctx.SetBody(u.malformed)
+		ctx.SetBody(body[:len(body)/2])
 	default:
 		if stream {
-			u.stream(ctx, f == faultCut, false)
+			u.stream(ctx, event, f == faultCut, false)
 			return
 		}
 		ctx.SetContentType("application/json")
-		ctx.SetBody(u.body)
+		ctx.SetBody(body)
 	}
 }
 
@@ -202,9 +212,10 @@ func (u *Upstream) rateLimited(ctx *fasthttp.RequestCtx) {
 	u.errorJSON(ctx, fasthttp.StatusTooManyRequests, `{"error":{"message":"Rate limit reached for requests","type":"requests","code":"rate_limit_exceeded"}}`)
 }
 
-// stream answers an SSE stream. cut stops half-way by closing the
-// connection without the final chunk; broken sends one unparseable event.
-func (u *Upstream) stream(ctx *fasthttp.RequestCtx, cut, broken bool) {
+// stream answers an SSE stream of event. cut stops half-way by closing
+// the connection without the final chunk; broken sends one unparseable
+// event.
+func (u *Upstream) stream(ctx *fasthttp.RequestCtx, event []byte, cut, broken bool) {
 	ctx.SetContentType("text/event-stream")
 	ctx.Response.Header.Set("Cache-Control", "no-cache")
 	conn := ctx.Conn()
@@ -219,7 +230,7 @@ func (u *Upstream) stream(ctx *fasthttp.RequestCtx, cut, broken bool) {
 			if broken && i == events/2 {
 				_, _ = w.WriteString("data: {\"id\":\"chatcmpl-bench\",\"choices\":[{\"delta\n\n")
 			} else {
-				_, _ = w.Write(u.event)
+				_, _ = w.Write(event)
 			}
 			if interval > 0 {
 				if err := w.Flush(); err != nil {
@@ -239,6 +250,9 @@ func (u *Upstream) stream(ctx *fasthttp.RequestCtx, cut, broken bool) {
 }
 
 var benchPrefix = []byte("/_bench/")
+
+// echoHeader carries the request's key back with Echo.
+const echoHeader = "X-Bench-Echo"
 
 // isStream reports a request for an SSE answer.
 func isStream(ctx *fasthttp.RequestCtx) bool {
@@ -268,6 +282,25 @@ func jsonBody(size int) []byte {
 	b.Write(bytes.Repeat([]byte("x"), pad))
 	b.WriteString(tail)
 	return b.Bytes()
+}
+
+// echoBody is jsonBody(size) with key, JSON-quoted, as its "id".
+func echoBody(size int, key []byte) []byte {
+	id, _ := json.Marshal(string(key))
+	const head, tail = `{"id":`, `,"object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"x"},"finish_reason":"stop"}],"pad":"`
+	pad := max(size-len(head)-len(id)-len(tail)-2, 0)
+	b := make([]byte, 0, len(head)+len(id)+len(tail)+pad+2)
+	b = append(b, head...)
+	b = append(b, id...)
+	b = append(b, tail...)
+	b = append(b, bytes.Repeat([]byte("x"), pad)...)
+	return append(b, `"}`...)
+}
+
+// echoEvent is a stream event with key, JSON-quoted, as its "id".
+func echoEvent(key []byte) []byte {
+	id, _ := json.Marshal(string(key))
+	return []byte(`data: {"id":` + string(id) + `,"object":"chat.completion.chunk","choices":[{"index":0,"delta":{"content":"token "}}]}` + "\n\n")
 }
 
 // quietLogger drops fasthttp's own messages: resets and hangs are on

@@ -1,11 +1,15 @@
 package proxy
 
 import (
+	"bytes"
+	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/json"
 	"net"
 	"net/url"
 	"strings"
+	"sync"
+	"time"
 
 	"github.com/ballast-proxy/ballast/config"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -15,7 +19,8 @@ import (
 
 // handleAdmin serves the admin listener. /healthz and /readyz are open (for
 // probes); every other endpoint requires the bearer token when admin.token
-// is set, and without one answers only local requests (foreignAdminRequest).
+// is set (authorize, which limits wrong tokens), and without one answers
+// only local requests (foreignAdminRequest).
 func (s *Server) handleAdmin(ctx *fasthttp.RequestCtx) {
 	path := string(ctx.Path())
 	if path != "/healthz" && path != "/readyz" && s.Config().Admin.Token == "" {
@@ -49,10 +54,7 @@ func (s *Server) handleAdmin(ctx *fasthttp.RequestCtx) {
 		s.handleStatusPage(ctx)
 		return
 	}
-	if !s.adminAuthorized(ctx) {
-		writeProblem(ctx, problem{Status: fasthttp.StatusUnauthorized, Reason: ReasonBadRequest,
-			WWWAuthenticate: `Bearer realm="ballast admin"`,
-			Detail:          "the admin endpoints require Authorization: Bearer <admin.token>"})
+	if !s.authorize(ctx, false) {
 		return
 	}
 	switch path {
@@ -78,14 +80,114 @@ func (s *Server) handleAdmin(ctx *fasthttp.RequestCtx) {
 	}
 }
 
-func (s *Server) adminAuthorized(ctx *fasthttp.RequestCtx) bool {
-	token := s.Config().Admin.Token
-	if token == "" {
-		return true
+// bearerToken returns the token of the request's Authorization header,
+// and whether the request presented one at all: a header of another
+// scheme, or a bearer header without a token, is a wrong token. The
+// scheme is case-insensitive (RFC 9110 §11.1).
+func bearerToken(ctx *fasthttp.RequestCtx) (token []byte, presented bool) {
+	h := ctx.Request.Header.Peek("Authorization")
+	if len(h) == 0 {
+		return nil, false
 	}
-	want := "Bearer " + token
-	got := ctx.Request.Header.Peek("Authorization")
-	return subtle.ConstantTimeCompare(got, []byte(want)) == 1
+	const scheme = "bearer "
+	if len(h) <= len(scheme) || !strings.EqualFold(string(h[:len(scheme)]), scheme) {
+		return nil, true
+	}
+	return bytes.TrimLeft(h[len(scheme):], " "), true
+}
+
+// tokenCheck is what checkToken found.
+type tokenCheck int
+
+const (
+	tokenMissing tokenCheck = iota // nothing presented
+	tokenWrong
+	tokenLimited // not checked: too many wrong tokens (see adminFailures)
+	tokenRight
+)
+
+// checkToken compares a token the request presented with admin.token, in
+// time that depends on neither's content nor length (both are hashed
+// first), under the limit of wrong tokens. With no admin.token every
+// request is right; a request that presents no token is tokenMissing,
+// and costs nothing.
+func (s *Server) checkToken(ctx *fasthttp.RequestCtx, got []byte, presented bool) (tokenCheck, time.Duration) {
+	want := s.Config().Admin.Token
+	if want == "" {
+		return tokenRight, 0
+	}
+	if !presented {
+		return tokenMissing, 0
+	}
+	wait, ok, first := s.adminFails.take(s.clock.Now())
+	if !ok {
+		if first {
+			s.log.Warn("admin: too many wrong admin tokens; refusing every token until the limit has room",
+				"remote_addr", ctx.RemoteAddr().String(), "retry_after", wait.Round(time.Millisecond).String())
+		}
+		return tokenLimited, wait
+	}
+	g, w := sha256.Sum256(got), sha256.Sum256([]byte(want))
+	if subtle.ConstantTimeCompare(g[:], w[:]) == 1 {
+		s.adminFails.give()
+		return tokenRight, 0
+	}
+	return tokenWrong, 0
+}
+
+// Wrong admin tokens are limited, so that whoever reaches the admin
+// listener (a web page by DNS rebinding, a host on the network when
+// admin.listen is beyond loopback) cannot guess the token at speed: the
+// failures fill a bucket of adminFailBurst that drains one per
+// adminFailEvery. While it is full, every request that presents a token,
+// right or wrong (so that a guess learns nothing), is answered 429 with
+// Retry-After, until there is room: at most adminFailEvery after the
+// wrong tokens stop, so a right token is never shut out for longer. A
+// request that presents no token (the sign-in form, /healthz, /readyz)
+// and a valid session cookie, which cannot be guessed, are not limited:
+// a signed-in status page keeps working through a guessing attack.
+// Grafana limits failed logins per user name; ballast has one token,
+// so one bucket for the listener, not one per client address: a
+// rebinding page comes from the operator's own address, and a network
+// attacker may have many.
+const (
+	adminFailBurst = 10
+	adminFailEvery = time.Second
+)
+
+// adminFailures is the bucket of wrong admin tokens. The zero value is an
+// empty bucket.
+type adminFailures struct {
+	mu    sync.Mutex
+	spent float64   // failures in the bucket, ≤ adminFailBurst
+	at    time.Time // when spent was last drained
+	full  bool      // a check was refused since the bucket last had room
+}
+
+// take makes room for one token check at now, taken back by give when
+// the token is right. Otherwise it reports how long until there is room,
+// and first when this is the first refusal since there was.
+func (f *adminFailures) take(now time.Time) (wait time.Duration, ok, first bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if now.After(f.at) {
+		f.spent = max(0, f.spent-float64(now.Sub(f.at))/float64(adminFailEvery))
+		f.at = now
+	}
+	if f.spent+1 > adminFailBurst {
+		first, f.full = !f.full, true
+		return time.Duration((f.spent + 1 - adminFailBurst) * float64(adminFailEvery)), false, first
+	}
+	f.spent++
+	f.full = false
+	return 0, true, false
+}
+
+// give returns the room take made for a check whose token was right.
+func (f *adminFailures) give() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.spent = max(0, f.spent-1)
 }
 
 func (s *Server) adminReload(ctx *fasthttp.RequestCtx) {

@@ -221,6 +221,12 @@ targets:
 			if a.hedged {
 				tr.hedged()
 			}
+			// An answer that failed validation ran, unless it says it failed
+			// (a provider's error envelope, as a 5xx would: it frees the key).
+			ranInvalid := a.cause == policy.CauseInvalid && (a.invalid == nil || a.invalid.Check != validate.CheckProviderError)
+			if tr != nil && (a.resent || a.cause == policy.CauseReset || a.cause == policy.CauseTimeout || ranInvalid) {
+				tr.mayHaveRun = true
+			}
 			if r.limit != nil && r.limit.adaptive != nil {
 				if a.status == fasthttp.StatusTooManyRequests {
 					r.limit.adaptive.OnThrottle(a.ended)

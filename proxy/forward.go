@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/ballast-proxy/ballast/validate"
@@ -100,14 +101,37 @@ func (s *Server) run(ctx *fasthttp.RequestCtx, r *route, body []byte, deadline t
 // writeTransportProblem answers a failed exchange: 504 when it timed out,
 // 502 otherwise.
 func (s *Server) writeTransportProblem(ctx *fasthttp.RequestCtx, r *route, t *target, err error, attempts int) {
+	said := agentErrorText(err)
+	if whole := err.Error(); said != whole {
+		s.log.Debug("upstream failed", "route", r.name, "upstream", t.name, "error", whole)
+	}
 	p := problem{Status: fasthttp.StatusBadGateway, Reason: ReasonUpstreamUnavailable, Route: r.name,
-		Attempts: attempts, Detail: "the upstream " + t.name + " failed: " + err.Error()}
+		Attempts: attempts, Detail: "the upstream " + t.name + " failed: " + said}
 	var ne net.Error
 	if errors.Is(err, fasthttp.ErrTimeout) || errors.Is(err, fasthttp.ErrDialTimeout) || (errors.As(err, &ne) && ne.Timeout()) {
 		p.Status, p.Reason = fasthttp.StatusGatewayTimeout, ReasonTimeout
 		p.Detail = "the upstream " + t.name + " did not answer within the deadline"
 	}
 	writeProblem(ctx, p)
+}
+
+// agentErrorText is err's message as an agent may read it: the upstream's
+// name as the route gives it is fine, the network's internals are not.
+// A *net.OpError's addresses (the IP a named upstream resolved to,
+// ballast's own address) and a *net.DNSError's resolver are left out:
+// "dial tcp: connect: connection refused", "dial tcp: lookup
+// api.example: no such host". The debug log has the whole error.
+func agentErrorText(err error) string {
+	msg := err.Error()
+	var oe *net.OpError
+	if errors.As(err, &oe) && oe.Err != nil && (oe.Source != nil || oe.Addr != nil) {
+		msg = strings.Replace(msg, oe.Error(), oe.Op+" "+oe.Net+": "+oe.Err.Error(), 1)
+	}
+	var de *net.DNSError
+	if errors.As(err, &de) && de.Server != "" {
+		msg = strings.Replace(msg, " on "+de.Server, "", 1)
+	}
+	return msg
 }
 
 // writeBodyTooLarge answers a request whose body is over r's max_body,
@@ -190,7 +214,7 @@ func readBody(ctx *fasthttp.RequestCtx, r *route, deadline time.Time) (body []by
 		}
 		if err != nil {
 			p := problem{Status: fasthttp.StatusBadRequest, Reason: ReasonBadRequest, Route: r.name,
-				Detail: "reading the request body failed: " + err.Error()}
+				Detail: "reading the request body failed: " + agentErrorText(err)}
 			if isTimeout(err) {
 				p.Status, p.Reason = fasthttp.StatusRequestTimeout, ReasonTimeout
 				p.Detail = "the request body did not arrive within the request's deadline (timeouts.total or X-Ballast-Timeout)"
@@ -211,16 +235,27 @@ func buildOutbound(out *fasthttp.Request, ctx *fasthttp.RequestCtx, r *route, t 
 	// Every Connection line counts: a second one may name what the
 	// first does not (RFC 9110 §7.6.1).
 	connection := in.PeekAll("Connection")
+	// The Cookie lines go up as the agent wrote them (copyCookies); a
+	// request rebuilt from an async job's record has no raw lines, and
+	// takes fasthttp's parsed ones.
+	raw, cookies := len(in.RawHeaders()) > 0, false
 	for k, v := range in.All() {
 		if skipHeader(k, inboundSkip) || hasPrefixFold(k, ballastPrefix) || listedInAny(connection, k) {
 			continue
 		}
+		if raw && bytes.Equal(k, strCookie) {
+			cookies = true
+			continue
+		}
 		out.Header.AddBytesKV(k, v)
 	}
-	// Cookies are not isolated by port: a browser signed in to the admin
-	// listener sends its session to this listener on the same host too.
-	// (fasthttp has parsed the Cookie lines copied above already.)
-	out.Header.DelCookie(statusCookie)
+	// fasthttp would add application/octet-stream to a body without one.
+	out.Header.SetNoDefaultContentType(true)
+	if cookies {
+		copyCookies(&out.Header, in)
+	} else {
+		out.Header.DelCookie(statusCookie)
+	}
 	out.Header.SetMethodBytes(ctx.Method())
 
 	var scratch [512]byte
@@ -229,12 +264,20 @@ func buildOutbound(out *fasthttp.Request, ctx *fasthttp.RequestCtx, r *route, t 
 	uri.SetHostBytes(t.up.host)
 	// Both paths are escaped already: fasthttp must not decode them again.
 	uri.DisablePathNormalizing = true
-	if p, ok := r.appendRawUpstreamPath(scratch[:0], t, ctx.URI().PathOriginal(), ctx.Path()); ok {
-		uri.SetPathBytes(p) // the agent's escapes kept (rawpath.go)
-	} else {
-		uri.SetPathBytes(r.appendUpstreamPath(scratch[:0], t, ctx.Path()))
+	// The agent's escapes are kept where they can be (rawpath.go).
+	p, kept := r.appendRawUpstreamPath(scratch[:0], t, ctx.URI().PathOriginal(), ctx.Path())
+	if !kept {
+		p = r.appendUpstreamPath(scratch[:0], t, ctx.Path())
 	}
-	uri.SetQueryStringBytes(ctx.URI().QueryString())
+	query := ctx.URI().QueryString()
+	if len(query) == 0 && hasEmptyQuery(ctx.Request.Header.RequestURI()) {
+		// "/p?" is not "/p" (RFC 3986 §6.2.3), and fasthttp's URI has
+		// no empty query: the '?' goes out on the path, which is sent as
+		// it is.
+		p = append(p, '?')
+	}
+	uri.SetPathBytes(p)
+	uri.SetQueryStringBytes(query)
 	out.Header.SetHostBytes(t.up.host)
 
 	xff := scratch[:0]
@@ -268,7 +311,68 @@ func buildOutbound(out *fasthttp.Request, ctx *fasthttp.RequestCtx, r *route, t 
 	}
 }
 
-var strHTTP11 = []byte("HTTP/1.1")
+var (
+	strHTTP11  = []byte("HTTP/1.1")
+	strCookie  = []byte("Cookie")
+	strSession = []byte(statusCookie)
+)
+
+// copyCookies adds the agent's Cookie lines to out as written, joined in
+// one line (RFC 6265 §5.4), but for the status page's session cookie:
+// cookies are not isolated by port, so a browser signed in to the admin
+// listener sends its session to this listener on the same host too. The
+// line bypasses fasthttp's cookie parser, which unquotes values and drops
+// a cookie whose value holds a backslash or a quote (Python's quoted
+// cookies, "a\054b"); nothing in ballast parses out's cookies afterwards,
+// and a headers.set of Cookie deletes this line first.
+func copyCookies(out *fasthttp.RequestHeader, in *fasthttp.RequestHeader) {
+	buf := bytebufferpool.Get()
+	defer bytebufferpool.Put(buf)
+	for k, v := range in.AllInOrder() {
+		if !asciiEqualFold(k, strCookie) {
+			continue
+		}
+		if !bytes.Contains(v, strSession) {
+			buf.B = appendCookies(buf.B, v)
+			continue
+		}
+		buf.B = withoutCookie(buf.B, v, strSession)
+	}
+	if len(buf.B) > 0 {
+		// Not a special header for this call: stored as the line it is.
+		out.DisableSpecialHeader()
+		out.AddBytesKV(strCookie, buf.B)
+		out.EnableSpecialHeader()
+	}
+}
+
+// appendCookies appends the cookie-pairs v to those in dst.
+func appendCookies(dst, v []byte) []byte {
+	if v = bytes.TrimSpace(v); len(v) == 0 {
+		return dst
+	}
+	if len(dst) > 0 {
+		dst = append(dst, "; "...)
+	}
+	return append(dst, v...)
+}
+
+// withoutCookie appends to dst the cookie-pairs of a Cookie value but
+// those named name, joined by "; ".
+func withoutCookie(dst, v, name []byte) []byte {
+	for len(v) > 0 {
+		pair := v
+		if i := bytes.IndexByte(v, ';'); i >= 0 {
+			pair, v = v[:i], v[i+1:]
+		} else {
+			v = nil
+		}
+		if n, _, _ := bytes.Cut(pair, []byte("=")); !bytes.Equal(bytes.TrimSpace(n), name) {
+			dst = appendCookies(dst, pair)
+		}
+	}
+	return dst
+}
 
 // relay copies the upstream response to the agent. The body streams: it is
 // never held in memory, and SSE events reach the agent as they arrive.
@@ -300,13 +404,16 @@ func (s *Server) relay(ctx *fasthttp.RequestCtx, r *route, t *target, resp *fast
 		}
 	}
 	h.ResetConnectionClose()
+	// An upstream's own lines of ballast's headers (another ballast in
+	// front of it) would pass for ours, in the agent's headers, the trail
+	// and /status; Set replaces only a header's first line.
+	h.Del(headerRequestIDBallast)
+	h.Del(headerAttempts)
+	h.Del(headerUpstream)
 	if up := h.Peek(headerRequestID); len(up) > 0 && !bytes.Equal(up, id) {
 		h.SetBytesV(headerRequestIDBallast, id)
 	} else {
 		h.SetBytesV(headerRequestID, id)
-		// An upstream's own X-Ballast-Request-Id would pass for ours, in
-		// the agent's headers, the trail and /status.
-		h.Del(headerRequestIDBallast)
 	}
 	var nb [20]byte
 	h.SetBytesV(headerAttempts, strconv.AppendInt(nb[:0], int64(attempts), 10))
@@ -389,6 +496,15 @@ func parseTimeoutHeader(v []byte) (time.Duration, error) {
 		return 0, errors.New("must be positive")
 	}
 	return d, nil
+}
+
+// hasEmptyQuery reports whether a request-target has a '?' that starts
+// no query: one at its end, or before a fragment.
+func hasEmptyQuery(target []byte) bool {
+	if i := bytes.IndexByte(target, '#'); i >= 0 {
+		target = target[:i]
+	}
+	return len(target) > 0 && target[len(target)-1] == '?'
 }
 
 // hasHeaderIn reports whether h holds a header named in list (any case).

@@ -11,6 +11,7 @@ import (
 
 	"github.com/ballast-proxy/ballast/cache"
 	"github.com/ballast-proxy/ballast/config"
+	"github.com/ballast-proxy/ballast/ratelimit"
 	"github.com/ballast-proxy/ballast/store"
 	"github.com/ballast-proxy/ballast/validate"
 	"github.com/valyala/fasthttp"
@@ -187,17 +188,14 @@ func (s *Server) guard(ctx *fasthttp.RequestCtx, r *route, body []byte, deadline
 			s.runGuarded(ctx, r, body, deadline, rec, ttl)
 			return true
 		}
-		switch rec.State {
-		case store.Completed:
+		switch {
+		case rec.State == store.Completed && !outcomeLost(rec.Response):
 			s.noteIdem(ctx, r, idemReplayed)
 			replay(ctx, rec.Response)
 			return true
-		case store.UnknownOutcome:
+		case rec.State == store.Completed, rec.State == store.UnknownOutcome:
 			s.noteIdem(ctx, r, idemUnknown)
-			writeProblem(ctx, problem{Status: fasthttp.StatusConflict, Reason: ReasonOutcomeUnknown, Route: r.name,
-				Detail: "a request with this key started at " + rec.StartedAt.UTC().Format(time.RFC3339) +
-					" but its outcome was lost (ballast stopped mid-call, or could not record the answer); it may or may not have taken effect. " +
-					"Check before retrying with a new key."})
+			writeOutcomeUnknown(ctx, r, rec)
 			return true
 		}
 		// In flight elsewhere: attach, or refuse.
@@ -219,12 +217,36 @@ func (s *Server) guard(ctx *fasthttp.RequestCtx, r *route, body []byte, deadline
 			return true
 		case got == nil:
 			continue // released without an outcome: claim again
+		case got.State == store.Completed && outcomeLost(got.Response):
+			writeOutcomeUnknown(ctx, r, got) // counted once, as attached
+			return true
 		case got.State == store.Completed:
 			replay(ctx, got.Response) // counted once, as attached
 			return true
 		}
 		// Unknown outcome: loop once more to report it.
 	}
+}
+
+// writeOutcomeUnknown answers a duplicate of the call rec whose outcome
+// is not known: 409 outcome_unknown.
+func writeOutcomeUnknown(ctx *fasthttp.RequestCtx, r *route, rec *store.Record) {
+	writeProblem(ctx, problem{Status: fasthttp.StatusConflict, Reason: ReasonOutcomeUnknown, Route: r.name,
+		Detail: "a request with this key started at " + rec.StartedAt.UTC().Format(time.RFC3339) +
+			" but its outcome was lost (ballast stopped mid-call, the upstream broke off, timed out or answered invalidly after the request was sent, or the answer could not be recorded);" +
+			" it may or may not have taken effect. Check before retrying with a new key."})
+}
+
+// lostOutcome is the response a keyed call records when an attempt may
+// have run upstream but ballast answered the agent itself (runGuarded):
+// the store has no state for "ended, outcome unknown" that its owner sets,
+// so the record completes with this marker, and duplicates read it as
+// outcome_unknown instead of running the call again.
+var lostOutcome = store.Response{Status: fasthttp.StatusConflict, Header: []byte("X-Ballast-Outcome: unknown\r\n")}
+
+// outcomeLost reports whether sr is the lostOutcome marker.
+func outcomeLost(sr *store.Response) bool {
+	return sr != nil && sr.Status == lostOutcome.Status && len(sr.Body) == 0 && bytes.Equal(sr.Header, lostOutcome.Header)
 }
 
 // writeMismatch answers a request whose idempotency key was used with
@@ -268,6 +290,12 @@ func (s *Server) runGuarded(ctx *fasthttp.RequestCtx, r *route, body []byte, dea
 	// A 429 says "not now", not what the call did: stored, it would be
 	// replayed, Retry-After and all, to every retry for the record's ttl.
 	storable := fromUpstream && status != fasthttp.StatusTooManyRequests && (status < 500 || r.idem.storeServerErrors)
+	if tr := trailOf(ctx); !fromUpstream && tr != nil && tr.mayHaveRun {
+		// ballast answered itself after an attempt that may have run
+		// upstream: a freed key would let the agent's retry run it twice.
+		s.settleLost(r, rec, ttl)
+		return
+	}
 	if storable && resp.IsBodyStream() && !validate.IsStream(resp.Header.ContentType()) {
 		// The transport streams bodies over 64KiB and chunked ones; a
 		// keyed answer is read whole up to the store's limit, so that it
@@ -276,7 +304,9 @@ func (s *Server) runGuarded(ctx *fasthttp.RequestCtx, r *route, body []byte, dea
 			if tr := trailOf(ctx); tr != nil && tr.stop == ReasonShuttingDown {
 				return // the call ran: the claim stays (see above)
 			}
-			s.settle(r, rec, nil, ttl)
+			// The upstream answered, then broke off its body: the call
+			// ran, and its answer is lost.
+			s.settleLost(r, rec, ttl)
 			return
 		}
 	}
@@ -296,6 +326,21 @@ func (s *Server) runGuarded(ctx *fasthttp.RequestCtx, r *route, body []byte, dea
 		return
 	}
 	s.settle(r, rec, sr, ttl)
+}
+
+// settleLost ends the claim rec of a call that may have run upstream but
+// whose answer the agent did not get: duplicates then read
+// outcome_unknown (lostOutcome). On a route whose calls are declared
+// idempotent (idempotency.idempotent) a repeat is harmless, and the key
+// is freed instead.
+func (s *Server) settleLost(r *route, rec *store.Record, ttl time.Duration) {
+	if r.idem.idempotent {
+		s.settle(r, rec, nil, ttl)
+		return
+	}
+	sr := lostOutcome
+	sr.Header = bytes.Clone(sr.Header)
+	s.settle(r, rec, &sr, ttl)
 }
 
 // settle records the outcome of the claim rec: the response sr, or, when
@@ -348,8 +393,8 @@ func (s *Server) finishClaim(c context.Context, r *route, rec *store.Record, sr 
 // fits the store's max_response_bytes, so that it can be stored; a larger
 // one stays a stream (its first bytes read ahead). It reports false when
 // the upstream broke off its body meanwhile: the agent then gets 502
-// rather than a truncated answer presented as whole, and the caller frees
-// the key. The read ahead is in Server.live like a stream: when Shutdown's
+// rather than a truncated answer presented as whole, and the caller
+// records the outcome as lost (settleLost). The read ahead is in Server.live like a stream: when Shutdown's
 // drain runs out of time it is called off, and the agent gets 503
 // shutting_down (its trail's stop says so).
 func (s *Server) bufferGuarded(ctx *fasthttp.RequestCtx, r *route) bool {
@@ -373,7 +418,7 @@ func (s *Server) bufferGuarded(ctx *fasthttp.RequestCtx, r *route) bool {
 		return false
 	case err != nil:
 		writeProblem(ctx, problem{Status: fasthttp.StatusBadGateway, Reason: ReasonUpstreamUnavailable, Route: r.name,
-			Detail: "the upstream's answer broke off after " + strconv.Itoa(len(body)) + " bytes: " + err.Error()})
+			Detail: "the upstream's answer broke off after " + strconv.Itoa(len(body)) + " bytes: " + agentErrorText(err)})
 		return false
 	case whole:
 		resp.SetBodyRaw(body) // closes the stream, read to its end
@@ -404,10 +449,38 @@ func replay(ctx *fasthttp.RequestCtx, sr *store.Response) {
 	resp.SetBodyRaw(sr.Body)
 }
 
+// stateUnavailable answers 503 state_unavailable for err, a failure of
+// the state store or of a shared (Redis) limit. The agent is told which
+// kind of failure it was (stateDetail), never err's text, which may name
+// the Redis address, the state file's path or another agent's key; the
+// log keeps err whole.
 func (s *Server) stateUnavailable(ctx *fasthttp.RequestCtx, r *route, err error) {
 	s.log.Error("state store failed", "route", r.name, "error", err.Error())
 	writeProblem(ctx, problem{Status: fasthttp.StatusServiceUnavailable, Reason: ReasonStateUnavailable, Route: r.name,
-		RetryAfter: time.Second, Detail: "the idempotency state store is unavailable: " + err.Error()})
+		RetryAfter: time.Second, Detail: stateDetail(err)})
+}
+
+// stateDetail is what an agent reads of a state failure: its kind, in
+// ballast's own words.
+func stateDetail(err error) string {
+	const logged = " (ballast's log has the cause)"
+	switch {
+	case errors.Is(err, errHeldInRedis):
+		return "the state store is unavailable: " + errHeldInRedis.Error()
+	case errors.Is(err, errKnownDown):
+		return "the state store is unavailable: " + errKnownDown.Error()
+	case errors.Is(err, store.ErrUnavailable), errors.Is(err, ratelimit.ErrUnavailable):
+		return "the state store is unavailable: redis could not be reached or did not answer in time" + logged
+	case errors.Is(err, store.ErrFull):
+		return "the state store is unavailable: it is full (state.max_records) until records expire"
+	case errors.Is(err, store.ErrTooLarge):
+		return "the state store is unavailable for this request: it is larger than state.max_response_bytes"
+	case errors.Is(err, context.DeadlineExceeded):
+		return "the state store is unavailable: it did not answer within the request's deadline"
+	case errors.Is(err, store.ErrClosed):
+		return "the state store is unavailable: it is closed, ballast is shutting down"
+	}
+	return "the state store is unavailable: it failed" + logged
 }
 
 // idemResults are the result label values of ballast_idempotency_total.

@@ -72,22 +72,52 @@ func (j *jobRunner) finish(id string) {
 	}
 }
 
-// prefer reads the RFC 7240 Prefer header: respond-async, and wait=N.
+// prefer reads the RFC 7240 Prefer header: respond-async, and wait=N
+// (delta-seconds, at most ten minutes). Each preference is a name, an
+// optional "=" value (a token or a quoted string, space allowed around
+// the "="), and ";" parameters, which are ignored; names are
+// case-insensitive, and a preference given twice counts only the first
+// time (RFC 7240 §2).
 func prefer(h *fasthttp.RequestHeader) (async bool, wait time.Duration) {
+	seenWait := false
 	for _, v := range h.PeekAll("Prefer") {
-		for _, tok := range bytes.Split(v, []byte(",")) {
-			tok = bytes.TrimSpace(tok)
+		for len(v) > 0 {
+			var pref []byte
+			pref, v, _ = bytes.Cut(v, []byte(","))
+			pref, _, _ = bytes.Cut(pref, []byte(";"))
+			name, val, hasVal := bytes.Cut(pref, []byte("="))
+			name = bytes.TrimSpace(name)
 			switch {
-			case asciiEqualFold(tok, []byte("respond-async")):
+			case !hasVal && asciiEqualFold(name, []byte("respond-async")):
 				async = true
-			case len(tok) > 5 && asciiEqualFold(tok[:5], []byte("wait=")):
-				if n, err := strconv.Atoi(string(tok[5:])); err == nil && n > 0 {
-					wait = min(time.Duration(n)*time.Second, 10*time.Minute)
-				}
+			case !seenWait && asciiEqualFold(name, []byte("wait")):
+				seenWait = true
+				wait = waitSeconds(bytes.TrimSpace(val))
 			}
 		}
 	}
 	return async, wait
+}
+
+// waitSeconds reads a wait preference's delta-seconds, bare or quoted,
+// capped at ten minutes (a longer one, however many digits, is ten
+// minutes); 0 when it is not one.
+func waitSeconds(v []byte) time.Duration {
+	const most = int64(10 * time.Minute / time.Second)
+	if len(v) >= 2 && v[0] == '"' && v[len(v)-1] == '"' {
+		v = v[1 : len(v)-1]
+	}
+	if len(v) == 0 {
+		return 0
+	}
+	var n int64
+	for _, c := range v {
+		if c < '0' || c > '9' {
+			return 0
+		}
+		n = min(n*10+int64(c-'0'), most)
+	}
+	return time.Duration(n) * time.Second
 }
 
 // startJob answers Prefer: respond-async: the call runs in the background
@@ -317,7 +347,12 @@ func (s *Server) runJob(job *store.Job) {
 		return
 	}
 	job.Attempts, _ = strconv.Atoi(string(resp.Header.Peek(headerAttempts)))
-	job.Response = &store.Response{Status: status, Header: cache.AppendHeader(nil, &resp.Header), Body: append([]byte(nil), body...)}
+	header := cache.AppendHeader(nil, &resp.Header)
+	if id := resp.Header.Peek(headerRequestID); len(id) > 0 {
+		// Kept with the answer, which a poll serves as the run's (writeJob).
+		header = append(append(append(append(header, headerRequestID...), ": "...), id...), "\r\n"...)
+	}
+	job.Response = &store.Response{Status: status, Header: header, Body: append([]byte(nil), body...)}
 	job.State, job.UpdatedAt = store.JobSucceeded, s.clock.Now()
 	switch {
 	case bodyErr != "":
@@ -575,6 +610,14 @@ func (s *Server) writeJob(ctx *fasthttp.RequestCtx, job *store.Job, applied stri
 	default:
 		replay(ctx, job.Response)
 		ctx.Response.Header.Del(headerReplayed)
+		// The answer is the job's run: it keeps that run's X-Request-Id,
+		// which its log line and a problem's request_id name (polls are
+		// not logged).
+		eachHeaderLine(job.Response.Header, func(k, v []byte) {
+			if asciiEqualFold(k, []byte(headerRequestID)) {
+				ctx.Response.Header.SetBytesV(headerRequestID, v)
+			}
+		})
 	}
 	ctx.Response.Header.Set("X-Ballast-Job-State", job.State.String())
 	ctx.Response.Header.Set(headerAttempts, strconv.Itoa(job.Attempts))

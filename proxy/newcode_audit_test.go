@@ -255,43 +255,55 @@ routes:
 	}
 }
 
-// TestKeyedSlowBodyPastIdleFreesKey: a keyed answer whose
-// chunked body stalls past idle while it is read ahead is a 502, and the
-// key is freed, so the agent's retry runs again and gets the whole answer.
-func TestKeyedSlowBodyPastIdleFreesKey(t *testing.T) {
-	var hits atomic.Int64
-	stall := make(chan struct{})
-	t.Cleanup(func() { close(stall) })
-	up, _ := upstream(t, func(w http.ResponseWriter, r *http.Request) {
-		n := hits.Add(1)
-		w.WriteHeader(200)
-		_, _ = io.WriteString(w, strings.Repeat("a", 1000))
-		w.(http.Flusher).Flush()
-		if n == 1 {
-			select {
-			case <-stall:
-			case <-r.Context().Done():
-			}
-			return
-		}
-		_, _ = io.WriteString(w, "end")
-	})
-	b := startBallast(t, fmt.Sprintf(`
+// TestKeyedSlowBodyPastIdleIsOutcomeUnknown: a keyed answer whose
+// chunked body stalls past idle while it is read ahead is a 502. The call
+// ran upstream (it answered), so the agent's retry with the same key reads
+// outcome_unknown instead of running it again; on a route whose calls are
+// declared idempotent the key is freed and the retry runs.
+func TestKeyedSlowBodyPastIdleIsOutcomeUnknown(t *testing.T) {
+	for _, idempotent := range []bool{false, true} {
+		t.Run(fmt.Sprintf("idempotent=%v", idempotent), func(t *testing.T) {
+			var hits atomic.Int64
+			stall := make(chan struct{})
+			t.Cleanup(func() { close(stall) })
+			up, _ := upstream(t, func(w http.ResponseWriter, r *http.Request) {
+				n := hits.Add(1)
+				w.WriteHeader(200)
+				_, _ = io.WriteString(w, strings.Repeat("a", 1000))
+				w.(http.Flusher).Flush()
+				if n == 1 {
+					select {
+					case <-stall:
+					case <-r.Context().Done():
+					}
+					return
+				}
+				_, _ = io.WriteString(w, "end")
+			})
+			b := startBallast(t, fmt.Sprintf(`
 routes:
   - name: r
     match: {path_prefix: /}
     upstream: %s
     timeouts: {idle: 200ms, total: 5s}
     retry: {attempts: 1}
-    idempotency: {mode: header}
-`, up))
-	resp, body := do(t, "POST", b.base+"/x", "{}", "Idempotency-Key", "k1")
-	if resp.StatusCode != 502 {
-		t.Fatalf("a keyed body broken off by idle: want 502, got %d (%d bytes)", resp.StatusCode, len(body))
-	}
-	resp, body = do(t, "POST", b.base+"/x", "{}", "Idempotency-Key", "k1")
-	if resp.StatusCode != 200 || len(body) != 1003 || hits.Load() != 2 {
-		t.Fatalf("retry: want 200 with 1003 bytes after 2 upstream calls, got %d, %d bytes, %d calls", resp.StatusCode, len(body), hits.Load())
+    idempotency: {mode: header, idempotent: %v}
+`, up, idempotent))
+			resp, body := do(t, "POST", b.base+"/x", "{}", "Idempotency-Key", "k1")
+			if resp.StatusCode != 502 {
+				t.Fatalf("a keyed body broken off by idle: want 502, got %d (%d bytes)", resp.StatusCode, len(body))
+			}
+			resp, body = do(t, "POST", b.base+"/x", "{}", "Idempotency-Key", "k1")
+			if idempotent {
+				if resp.StatusCode != 200 || len(body) != 1003 || hits.Load() != 2 {
+					t.Fatalf("retry: want 200 with 1003 bytes after 2 upstream calls, got %d, %d bytes, %d calls", resp.StatusCode, len(body), hits.Load())
+				}
+				return
+			}
+			if resp.StatusCode != 409 || !strings.Contains(body, "outcome_unknown") || hits.Load() != 1 {
+				t.Fatalf("retry: want 409 outcome_unknown after 1 upstream call, got %d %s, %d calls", resp.StatusCode, body, hits.Load())
+			}
+		})
 	}
 }
 

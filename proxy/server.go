@@ -117,10 +117,12 @@ type Server struct {
 	// address changes only on restart, so a reload may not drop the token
 	// that guards it.
 	adminExposed atomic.Bool
-	src          *config.Source
-	reloadMu     sync.Mutex
-	unmatched    *routeMetrics
-	status       *statusBoard // /status, the status page and alerts
+	// adminFails limits wrong admin tokens (see adminFailBurst).
+	adminFails adminFailures
+	src        *config.Source
+	reloadMu   sync.Mutex
+	unmatched  *routeMetrics
+	status     *statusBoard // /status, the status page and alerts
 
 	srv      *fasthttp.Server
 	adminSrv *fasthttp.Server

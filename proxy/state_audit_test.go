@@ -570,8 +570,10 @@ func TestRedisJobWaitLongerThan5s(t *testing.T) {
 }
 
 // TestFailedFirstAttemptFreesKey: when the guarded call ends in
-// one of ballast's own problems (timeout, reset, invalid response) the key
-// is freed, so a retry with the same key runs and its answer is stored.
+// one of ballast's own problems (timeout, reset, invalid response) on a
+// route declared idempotent, the key is freed, so a retry with the same
+// key runs and its answer is stored. (Without idempotent: true the retry
+// reads 409 outcome_unknown: TestTorture9KeyedAttemptThatMayHaveRunIsNotRepeated.)
 func TestFailedFirstAttemptFreesKey(t *testing.T) {
 	release := make(chan struct{})
 	s := &scripted{steps: []func(http.ResponseWriter, *http.Request){
@@ -587,7 +589,7 @@ func TestFailedFirstAttemptFreesKey(t *testing.T) {
 		},
 	}}
 	u, _ := upstream(t, s.handler)
-	b := startBallast(t, idemRoute(u, "")+`    retry: {attempts: 1}
+	b := startBallast(t, idemRoute(u, ", idempotent: true")+`    retry: {attempts: 1}
     timeouts: {per_try: 200ms, total: 5s}
     validate: {json: true}
 `)

@@ -88,14 +88,13 @@ func (b *statusBoard) start() { b.notifier.Start() }
 func (b *statusBoard) close(ctx context.Context) error { return b.notifier.Close(ctx) }
 
 // handleStatus serves GET /status: the supervision snapshot as JSON.
-// It answers only authorized requests (see statusAuthorized).
+// It answers only authorized requests (see authorize).
 func (s *Server) handleStatus(ctx *fasthttp.RequestCtx) {
 	if !ctx.IsGet() && !ctx.IsHead() {
 		writeProblem(ctx, problem{Status: fasthttp.StatusMethodNotAllowed, Reason: ReasonBadRequest, Allow: "GET, HEAD", Detail: "use GET /status"})
 		return
 	}
-	if !s.statusAuthorized(ctx) {
-		s.refuseAdmin(ctx)
+	if !s.authorize(ctx, true) {
 		return
 	}
 	b, err := json.Marshal(s.snapshot())

@@ -1,10 +1,12 @@
 package proxy
 
 import (
+	"bytes"
 	"crypto/hmac"
 	"crypto/sha256"
-	"crypto/subtle"
 	"encoding/hex"
+	"strconv"
+	"time"
 
 	"github.com/valyala/fasthttp"
 )
@@ -19,42 +21,65 @@ import (
 //   - the page's script then fetches /status, and the browser sends the
 //     cookie along (same origin).
 //
-// The cookie is HttpOnly (the page's script cannot read it) and
-// SameSite=Strict (other sites cannot make the browser send it). Its value
-// is an HMAC of a fixed label keyed by the token, never the token itself;
-// changing admin.token invalidates it. Only GET /, GET /status and the
+// The cookie is HttpOnly (the page's script cannot read it), SameSite=
+// Strict (other sites cannot make the browser send it), Secure when the
+// admin listener itself serves TLS, and lasts sessionMaxAge: its value is
+// the time it was issued and an HMAC of that time keyed by the token,
+// never the token itself. A session older than sessionMaxAge, issued in
+// the future, altered in any byte, or made for another token (changing
+// admin.token invalidates every session) is no session: / shows the
+// sign-in form and /status answers 401. Only GET /, GET /status and the
 // sign-in accept it: /reload, /config and /metrics still need the bearer
 // token. Without admin.token everything is open, as for every admin
 // endpoint. Browsers send the cookie to every port of the host, the agent
 // listener's included: buildOutbound keeps it from upstreams.
 const statusCookie = "ballast_admin"
 
-// sessionValue is the cookie value for token.
-func sessionValue(token string) []byte {
+const (
+	// sessionMaxAge is how long a session lasts after the sign-in; the
+	// browser then signs in again.
+	sessionMaxAge = 12 * time.Hour
+	// sessionSkew is how far in the future a session's issue time may be
+	// (the wall clock stepped back since it was issued).
+	sessionSkew = time.Minute
+)
+
+// sessionValue is the cookie value for token, issued at issued (Unix
+// seconds): "<issued>.<hex HMAC-SHA256 of issued, keyed by token>".
+func sessionValue(token string, issued int64) []byte {
+	out := strconv.AppendInt(make([]byte, 0, 20+1+hex.EncodedLen(sha256.Size)), issued, 10)
 	mac := hmac.New(sha256.New, []byte(token))
-	mac.Write([]byte("ballast admin session v1"))
+	mac.Write([]byte("ballast admin session v2\x00"))
+	mac.Write(out)
 	sum := mac.Sum(nil)
-	out := make([]byte, hex.EncodedLen(len(sum)))
-	hex.Encode(out, sum)
-	return out
+	out = append(out, '.')
+	return hex.AppendEncode(out, sum)
 }
 
-// statusAuthorized accepts the bearer token or the session cookie.
-func (s *Server) statusAuthorized(ctx *fasthttp.RequestCtx) bool {
-	if s.adminAuthorized(ctx) {
-		return true
-	}
+// validSession reports whether ctx carries a session cookie for the
+// current admin.token that is still valid at the server clock's now.
+func (s *Server) validSession(ctx *fasthttp.RequestCtx) bool {
+	token := s.Config().Admin.Token
 	c := ctx.Request.Header.Cookie(statusCookie)
-	return len(c) > 0 && subtle.ConstantTimeCompare(c, sessionValue(s.Config().Admin.Token)) == 1
+	if token == "" || len(c) == 0 {
+		return false
+	}
+	ts, _, ok := bytes.Cut(c, []byte{'.'})
+	if !ok || len(ts) > 20 {
+		return false
+	}
+	issued, err := strconv.ParseInt(string(ts), 10, 64)
+	if err != nil {
+		return false
+	}
+	age := s.clock.Now().Sub(time.Unix(issued, 0))
+	if age >= sessionMaxAge || age < -sessionSkew {
+		return false
+	}
+	return hmac.Equal(c, sessionValue(token, issued))
 }
 
-// tokenMatches compares a presented token with admin.token in constant time.
-func (s *Server) tokenMatches(got []byte) bool {
-	want := s.Config().Admin.Token
-	return want != "" && subtle.ConstantTimeCompare(got, []byte(want)) == 1
-}
-
-// setSession gives the browser the session cookie, when a token is set.
+// setSession gives the browser a new session cookie, when a token is set.
 func (s *Server) setSession(ctx *fasthttp.RequestCtx) {
 	token := s.Config().Admin.Token
 	if token == "" {
@@ -63,12 +88,34 @@ func (s *Server) setSession(ctx *fasthttp.RequestCtx) {
 	c := fasthttp.AcquireCookie()
 	defer fasthttp.ReleaseCookie(c)
 	c.SetKey(statusCookie)
-	c.SetValueBytes(sessionValue(token))
+	c.SetValueBytes(sessionValue(token, s.clock.Now().Unix()))
 	c.SetPath("/")
+	c.SetMaxAge(int(sessionMaxAge / time.Second))
 	c.SetHTTPOnly(true)
 	c.SetSameSite(fasthttp.CookieSameSiteStrictMode)
 	c.SetSecure(ctx.IsTLS())
 	ctx.Response.Header.SetCookie(c)
+}
+
+// authorize decides a request to a guarded admin endpoint, and answers
+// it when it may not go on: 401 without a valid credential, 429 while
+// wrong tokens are over their limit (see adminFailures). session says
+// the endpoint also accepts the status page's session cookie.
+func (s *Server) authorize(ctx *fasthttp.RequestCtx, session bool) bool {
+	if s.Config().Admin.Token == "" || (session && s.validSession(ctx)) {
+		return true
+	}
+	token, presented := bearerToken(ctx)
+	switch res, wait := s.checkToken(ctx, token, presented); res {
+	case tokenRight:
+		return true
+	case tokenLimited:
+		writeProblem(ctx, problem{Status: fasthttp.StatusTooManyRequests, Reason: ReasonRateLimited, RetryAfter: wait,
+			Detail: "too many wrong admin tokens: the admin listener checks no token until the Retry-After"})
+	default:
+		s.refuseAdmin(ctx)
+	}
+	return false
 }
 
 // refuseAdmin answers 401 the way every admin endpoint does.
@@ -79,7 +126,10 @@ func (s *Server) refuseAdmin(ctx *fasthttp.RequestCtx) {
 }
 
 // handleStatusPage serves / on the admin listener: the HTML status page to
-// authorized requests, the sign-in form to others (see statusCookie).
+// authorized requests, the sign-in form to others (see statusCookie). A
+// token the form or the bearer header presents counts toward the limit
+// of wrong tokens; while that is exceeded the form is answered 429 with
+// Retry-After.
 func (s *Server) handleStatusPage(ctx *fasthttp.RequestCtx) {
 	var presented []byte
 	switch {
@@ -101,8 +151,7 @@ func (s *Server) handleStatusPage(ctx *fasthttp.RequestCtx) {
 		return
 	}
 	if len(presented) > 0 {
-		if !s.tokenMatches(presented) {
-			s.servePage(ctx, fasthttp.StatusUnauthorized, s.status.page.Login)
+		if s.signInRefused(ctx, presented) {
 			return
 		}
 		s.setSession(ctx)
@@ -112,14 +161,37 @@ func (s *Server) handleStatusPage(ctx *fasthttp.RequestCtx) {
 		ctx.SetStatusCode(fasthttp.StatusSeeOther)
 		return
 	}
-	if ctx.IsPost() || !s.statusAuthorized(ctx) {
+	if !ctx.IsPost() && s.validSession(ctx) {
+		s.servePage(ctx, fasthttp.StatusOK, s.status.page.Status)
+		return
+	}
+	token, bearer := bearerToken(ctx)
+	if ctx.IsPost() || !bearer {
 		s.servePage(ctx, fasthttp.StatusUnauthorized, s.status.page.Login)
 		return
 	}
-	if len(ctx.Request.Header.Peek("Authorization")) > 0 {
-		s.setSession(ctx) // a bearer-authorized browser keeps a session for /status
+	if s.signInRefused(ctx, token) {
+		return
 	}
+	s.setSession(ctx) // a bearer-authorized browser keeps a session for /status
 	s.servePage(ctx, fasthttp.StatusOK, s.status.page.Status)
+}
+
+// signInRefused checks a presented token, answers the sign-in form when
+// it is not right or was not checked (429 with Retry-After), and reports
+// whether it did.
+func (s *Server) signInRefused(ctx *fasthttp.RequestCtx, token []byte) bool {
+	res, wait := s.checkToken(ctx, token, true)
+	switch res {
+	case tokenRight:
+		return false
+	case tokenLimited:
+		s.servePage(ctx, fasthttp.StatusTooManyRequests, s.status.page.Login)
+		ctx.Response.Header.Set("Retry-After", strconv.Itoa(int((wait+time.Second-1)/time.Second)))
+	default:
+		s.servePage(ctx, fasthttp.StatusUnauthorized, s.status.page.Login)
+	}
+	return true
 }
 
 func (s *Server) servePage(ctx *fasthttp.RequestCtx, status int, html []byte) {

@@ -158,6 +158,16 @@ func (b *relayBody) CloseWithError(werr error) error {
 	if b.handedOver {
 		return nil
 	}
+	// The request's deadline (timeouts.total) ended the write to an agent
+	// still there: ballast cut the stream, as when the upstream read runs
+	// past it, though the body was already read ahead.
+	if werr != nil && b.err == nil && !b.writeUntil.IsZero() && !time.Now().Before(b.writeUntil) &&
+		!b.stopping.Load() && !b.watch.hungUp() {
+		b.err, b.cut = werr, true
+		b.r.m.truncated.Inc()
+		b.s.log.Warn("the request's deadline ran out mid-stream; aborting the agent's connection",
+			"request_id", string(b.id[:b.idLen]), "route", b.r.name, "upstream", b.t.name, "bytes_relayed", b.n)
+	}
 	// The agent left (the watch saw it hang up and called the upstream
 	// body off), or writing to it failed while the upstream body was
 	// fine: it did not get the whole answer.

@@ -28,6 +28,11 @@ type trail struct {
 	// detached: the call runs to its end whether the agent waits or not
 	// (an idempotency-guarded call, which a retry attaches to).
 	detached bool
+	// mayHaveRun: an attempt went out and may have taken effect upstream
+	// without an answer of the upstream's to show for it: it broke off
+	// after it was sent, timed out, or answered what validation refused.
+	// A keyed call's claim is then not freed (runGuarded).
+	mayHaveRun bool
 	// recorded: the request is in the route's /status window (record).
 	recorded bool
 	// watch is the request's registration with the agent watch while
