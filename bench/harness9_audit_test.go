@@ -89,7 +89,7 @@ func TestAudit9OpenLoopChargesAStallToEveryRequestScheduledDuringIt(t *testing.T
 	if l.P90 < 50 || l.P99 < 200 || l.Max < 250 {
 		t.Errorf("latency %+v: the 300 ms stall is not charged to the requests scheduled during it", l)
 	}
-	if l.P50 > 50 {
+	if l.P50 > 200 { // generous: a loaded machine adds latency, never a 300 ms stall to most requests
 		t.Errorf("p50 %v ms: the requests outside the stall were charged too", l.P50)
 	}
 }
@@ -121,10 +121,10 @@ func TestAudit9SlowTargetKeepsTheScheduleAndItsTimeout(t *testing.T) {
 	if a.Requests < 45 || a.Requests > 51 {
 		t.Errorf("%d requests, want all 50 scheduled ones counted", a.Requests)
 	}
-	if took > 500*time.Millisecond+timeout+700*time.Millisecond {
+	if took > 500*time.Millisecond+timeout+2*time.Second { // draining the queue would take 2.5 s
 		t.Errorf("the run took %v for a 500 ms window with a %v timeout", took, timeout)
 	}
-	if a.Latency.Max > float64((timeout + 150*time.Millisecond).Milliseconds()) {
+	if a.Latency.Max > float64((timeout + 500*time.Millisecond).Milliseconds()) { // late requests used to report 2 s
 		t.Errorf("max latency %v ms with a %v timeout: a request outlived its timeout", a.Latency.Max, timeout)
 	}
 	if a.Errors["timeout"] == 0 || a.OK+a.Errors["timeout"] != a.Requests {
@@ -158,7 +158,7 @@ func TestAudit9RPSIsNotDilutedByATailTimeout(t *testing.T) {
 	if res.All.Errors["timeout"] != 1 || res.All.Requests < 95 {
 		t.Fatalf("%+v: want get-95 timed out", res.All)
 	}
-	if res.RPS < 150 || res.RPS > 230 {
+	if res.RPS < 100 || res.RPS > 230 { // diluted, it was 67
 		t.Errorf("open-loop rps %.1f for a target that answered 99 of 100 requests at 200 rps", res.RPS)
 	}
 	if res.Elapsed < time.Second {
@@ -579,18 +579,30 @@ func (k *killOnLine) Write(b []byte) (int, error) {
 // The CPU snapshot taken when the window opens (OnMeasure scans /proc: a
 // few milliseconds on a busy machine, twice per target) must not hold up
 // the open loop's schedule, or its time is charged to the requests due
-// meanwhile as if the target had stalled, and lands in p99.9. A snapshot
-// that takes 100 ms shows it; it still completes before RunLoad returns.
+// meanwhile as if the target had stalled, and lands in p99.9. Here the
+// snapshot does not return until the target has received 20 more
+// requests: a schedule it held up would send none, and the snapshot would
+// give up after 10 s. It still completes before RunLoad returns.
 func TestAudit9SnapshotAtTheWindowDoesNotStallTheSchedule(t *testing.T) {
-	addr := scripted(t, func(ctx *fasthttp.RequestCtx, _ <-chan struct{}) { okJSON(ctx) })
-	var snapshotted atomic.Bool
+	var arrived atomic.Int64
+	addr := scripted(t, func(ctx *fasthttp.RequestCtx, _ <-chan struct{}) {
+		arrived.Add(1)
+		okJSON(ctx)
+	})
+	var snapshotted, sentMeanwhile atomic.Bool
 	var calledAt atomic.Int64
 	start := time.Now()
 	res, err := RunLoad(context.Background(), LoadConfig{Addr: addr, Workloads: []Workload{{Name: "get", Path: "/"}},
-		Rate: 500, Duration: 600 * time.Millisecond, Warmup: 100 * time.Millisecond, Timeout: time.Second,
+		Rate: 500, Duration: 600 * time.Millisecond, Warmup: 100 * time.Millisecond, Timeout: 10 * time.Second,
 		OnMeasure: func() {
 			calledAt.Store(int64(time.Since(start)))
-			pause(100*time.Millisecond, nil)
+			want := arrived.Load() + 20
+			for give := time.Now().Add(10 * time.Second); time.Now().Before(give); time.Sleep(time.Millisecond) {
+				if arrived.Load() >= want {
+					sentMeanwhile.Store(true)
+					break
+				}
+			}
 			snapshotted.Store(true)
 		}})
 	if err != nil {
@@ -599,13 +611,16 @@ func TestAudit9SnapshotAtTheWindowDoesNotStallTheSchedule(t *testing.T) {
 	if !snapshotted.Load() {
 		t.Error("RunLoad returned before OnMeasure finished")
 	}
-	// The snapshot marks the end of the warm-up: CPU before it is not
-	// charged to the measured requests, nor is the window's missed.
-	if at := time.Duration(calledAt.Load()); at < 100*time.Millisecond || at > 150*time.Millisecond {
-		t.Errorf("OnMeasure called %v after the start, want when the 100ms warm-up ends", at)
+	if !sentMeanwhile.Load() {
+		t.Error("no requests were sent while the snapshot ran: it held up the schedule")
 	}
-	if a := res.All; a.OK != a.Requests || a.Latency.P99 > 40 {
-		t.Errorf("%d/%d ok, latency %+v: the snapshot's 100 ms were charged to the requests due during it", a.OK, a.Requests, a.Latency)
+	// The snapshot marks the end of the warm-up: CPU before it is not
+	// charged to the measured requests.
+	if at := time.Duration(calledAt.Load()); at < 100*time.Millisecond {
+		t.Errorf("OnMeasure called %v after the start, before the 100ms warm-up ended", at)
+	}
+	if a := res.All; a.OK != a.Requests {
+		t.Errorf("%d/%d ok", a.OK, a.Requests)
 	}
 }
 
