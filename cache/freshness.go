@@ -13,13 +13,16 @@ import (
 // it said no-cache (it may not be reused without asking the upstream
 // again), else its s-maxage (a shared cache's own), else its max-age, else
 // Expires minus storedAt, standing for the response's Date, which is not
-// stored (an Expires that is not a valid date has passed already). ok is
+// stored (an Expires that is not a valid date has passed already). Of a
+// directive or an Expires given more than once, the first is used (RFC
+// 9111 §4.2.1): "max-age=0, max-age=3600" is not an hour. ok is
 // false when the response says none of these: the route's ttl alone
 // decides then. A lifetime is never more than the route's ttl, which caps
 // it (Cache.Get).
 func Lifetime(header []byte, storedAt time.Time) (lifetime time.Duration, ok bool) {
 	var (
 		maxAge, sMaxAge       time.Duration = -1, -1
+		sawMaxAge, sawSMaxAge bool
 		expires               []byte
 		noCache, sawExpiresLn bool
 	)
@@ -43,10 +46,10 @@ func Lifetime(header []byte, storedAt time.Time) (lifetime time.Duration, ok boo
 				switch {
 				case equalFold(dn, "no-cache"):
 					noCache = true
-				case equalFold(dn, "s-maxage"):
-					sMaxAge = deltaSeconds(dv)
-				case equalFold(dn, "max-age"):
-					maxAge = deltaSeconds(dv)
+				case equalFold(dn, "s-maxage") && !sawSMaxAge:
+					sMaxAge, sawSMaxAge = deltaSeconds(dv), true
+				case equalFold(dn, "max-age") && !sawMaxAge:
+					maxAge, sawMaxAge = deltaSeconds(dv), true
 				}
 			}
 		case equalFold(name, "expires") && !sawExpiresLn:
@@ -75,9 +78,15 @@ func Lifetime(header []byte, storedAt time.Time) (lifetime time.Duration, ok boo
 const maxDeltaSeconds = 2147483648 * time.Second
 
 // deltaSeconds reads a directive's delta-seconds value (possibly quoted),
-// or -1 when it is not one. Values too large for a Duration saturate.
+// or -1 when it is not one (digits only: "99999999999999999999x" is not
+// one, however long). Values too large for a Duration saturate.
 func deltaSeconds(v []byte) time.Duration {
 	v = bytes.Trim(bytes.TrimSpace(v), `"`)
+	for _, c := range v {
+		if c < '0' || c > '9' {
+			return -1 // ParseUint would report a long one out of range
+		}
+	}
 	n, err := strconv.ParseUint(string(v), 10, 64)
 	if err != nil {
 		if ne, ok := err.(*strconv.NumError); ok && ne.Err == strconv.ErrRange {

@@ -106,7 +106,7 @@ func directives(v []byte) func(yield func([]byte) bool) {
 					quoted = !quoted
 					continue
 				case '\\':
-					if quoted {
+					if quoted && i+1 < len(v) { // an escape at the very end ends nothing
 						i++
 					}
 					continue

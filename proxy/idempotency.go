@@ -517,7 +517,7 @@ func withoutCacheMember(v []byte, id string) []byte {
 				quoted = !quoted
 				continue
 			case '\\':
-				if quoted {
+				if quoted && i+1 < len(v) { // an escape at the very end ends nothing
 					i++
 				}
 				continue

@@ -43,6 +43,10 @@ func (h *headWatch) saw(p []byte) {
 			h.on = false
 			return
 		}
+		// The empty lines before the request line, which the parser
+		// skips, are no blank line ending the head: "\n\nGET ..." is not
+		// a bare LF head.
+		p = bytes.TrimLeft(p, "\r\n")
 	}
 	if bytes.Index(p, crlfcrlf) >= 0 {
 		h.on = false // a complete head: the parser needs nothing more
