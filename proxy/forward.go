@@ -404,12 +404,11 @@ func (s *Server) relay(ctx *fasthttp.RequestCtx, r *route, t *target, resp *fast
 		}
 	}
 	h.ResetConnectionClose()
-	// An upstream's own lines of ballast's headers (another ballast in
-	// front of it) would pass for ours, in the agent's headers, the trail
-	// and /status; Set replaces only a header's first line.
-	h.Del(headerRequestIDBallast)
-	h.Del(headerAttempts)
-	h.Del(headerUpstream)
+	// X-Ballast-* is ballast's namespace, on answers as on requests: an
+	// upstream's lines (another ballast in front of it, or any server)
+	// would pass for ours, in the agent's headers, the trail and /status,
+	// telling of a fallback, a job or a retry that never happened here.
+	delPrefixed(h, ballastPrefix)
 	if up := h.Peek(headerRequestID); len(up) > 0 && !bytes.Equal(up, id) {
 		h.SetBytesV(headerRequestIDBallast, id)
 	} else {
@@ -528,6 +527,25 @@ func skipHeader(k []byte, list [][]byte) bool {
 
 func hasPrefixFold(k []byte, prefix string) bool {
 	return len(k) >= len(prefix) && asciiEqualFold(k[:len(prefix)], []byte(prefix))
+}
+
+// delPrefixed deletes every line of h whose name starts with prefix (any
+// case). It costs one pass over h when there is none, the usual case, and
+// allocates nothing.
+func delPrefixed(h *fasthttp.ResponseHeader, prefix string) {
+	for range h.Len() + 1 { // each pass deletes a name: bounded, whatever h holds
+		var name []byte
+		for k := range h.All() {
+			if hasPrefixFold(k, prefix) {
+				name = k
+				break
+			}
+		}
+		if name == nil {
+			return
+		}
+		h.DelBytes(name) // copies name before it changes h
+	}
 }
 
 // listedIn reports whether name is one of the comma-separated tokens of a

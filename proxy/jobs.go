@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/rand"
@@ -301,9 +302,14 @@ func (s *Server) runJob(job *store.Job) {
 
 	req := fasthttp.AcquireRequest()
 	defer fasthttp.ReleaseRequest(req)
-	req.Header.SetMethod(job.Request.Method)
-	req.SetRequestURI(job.Request.URI)
-	eachHeaderLine(job.Request.Header, req.Header.AddBytesKV)
+	if readRequestHead(&req.Header, &job.Request) != nil {
+		// Not a head fasthttp reads back (a record from elsewhere): the
+		// fields one by one, Cookie through fasthttp's parser.
+		req.Header.Reset()
+		req.Header.SetMethod(job.Request.Method)
+		req.SetRequestURI(job.Request.URI)
+		eachHeaderLine(job.Request.Header, req.Header.AddBytesKV)
+	}
 	req.SetBodyRaw(job.Request.Body)
 	var rc fasthttp.RequestCtx
 	rc.Init(req, nil, nil)
@@ -656,15 +662,43 @@ func (s *Server) writeJobStatus(ctx *fasthttp.RequestCtx, job *store.Job, status
 }
 
 // requestHeaderLines renders request headers as "Name: value\r\n" lines.
+// The Cookie lines of a request read from an agent are kept as the agent
+// wrote them, last: fasthttp's parsed cookies lose quoted and backslashed
+// values (copyCookies), and a job's request must reach the upstream as a
+// direct one does (readRequestHead).
 func requestHeaderLines(h *fasthttp.RequestHeader) []byte {
 	var b []byte
-	for k, v := range h.All() {
+	line := func(k, v []byte) {
 		b = append(b, k...)
 		b = append(b, ": "...)
 		b = append(b, v...)
 		b = append(b, "\r\n"...)
 	}
+	raw := len(h.RawHeaders()) > 0
+	for k, v := range h.All() {
+		if !raw || !bytes.Equal(k, strCookie) {
+			line(k, v)
+		}
+	}
+	if raw {
+		for k, v := range h.AllInOrder() {
+			if asciiEqualFold(k, strCookie) {
+				line(strCookie, v)
+			}
+		}
+	}
 	return b
+}
+
+// readRequestHead reads a stored request's method, URI and header lines
+// into h as fasthttp reads an agent's request head, so that h keeps its
+// raw lines (RawHeaders) and forwards as the agent's request did
+// (buildOutbound's Cookie lines).
+func readRequestHead(h *fasthttp.RequestHeader, r *store.Request) error {
+	head := make([]byte, 0, len(r.Method)+len(r.URI)+len(r.Header)+16)
+	head = append(append(append(append(head, r.Method...), ' '), r.URI...), " HTTP/1.1\r\n"...)
+	head = append(append(head, r.Header...), "\r\n"...)
+	return h.Read(bufio.NewReaderSize(bytes.NewReader(head), len(head)+16))
 }
 
 // eachHeaderLine calls add for every "Name: value\r\n" line of lines, the
