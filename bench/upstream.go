@@ -201,9 +201,11 @@ func (u *Upstream) rateLimited(ctx *fasthttp.RequestCtx) {
 	h.Set("x-ratelimit-reset-requests", ra.String())
 	h.Set("x-ratelimit-remaining-tokens", "0")
 	h.Set("x-ratelimit-reset-tokens", ra.String())
-	// RFC 3339 in whole seconds, as Anthropic sends it: rounded up, as
-	// Retry-After is, so the instant is never before RetryAfter from now.
-	reset := time.Now().Add(ra + time.Second - 1).UTC().Truncate(time.Second).Format(time.RFC3339)
+	// RFC 3339 with milliseconds, rounded up: the instant is never before
+	// RetryAfter from now, nor (as whole seconds would make it) up to a
+	// second later than the other hints, which a client that honours the
+	// longest hint, as ballast's cool-down does, would wait out.
+	reset := time.Now().Add(ra + time.Millisecond - 1).UTC().Truncate(time.Millisecond).Format("2006-01-02T15:04:05.000Z07:00")
 	h.Set("anthropic-ratelimit-requests-limit", "60")
 	h.Set("anthropic-ratelimit-requests-remaining", "0")
 	h.Set("anthropic-ratelimit-requests-reset", reset)
