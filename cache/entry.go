@@ -132,7 +132,7 @@ func AppendHeader(dst []byte, h *fasthttp.ResponseHeader) []byte {
 // namedIn reports whether a Connection line in conns names header k.
 func namedIn(conns [][]byte, k []byte) bool {
 	for _, c := range conns {
-		for d := range directives(c) {
+		for d := range Members(c) {
 			if bytes.EqualFold(d, k) {
 				return true
 			}

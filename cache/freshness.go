@@ -40,7 +40,7 @@ func Lifetime(header []byte, storedAt time.Time) (lifetime time.Duration, ok boo
 		}
 		switch {
 		case equalFold(name, "cache-control"):
-			for d := range directives(value) {
+			for d := range Members(value) {
 				dn, dv, _ := bytes.Cut(d, []byte("="))
 				dn = bytes.TrimSpace(dn)
 				switch {

@@ -55,11 +55,11 @@ func FuzzDirectivesReference(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, v string) {
 		var got []string
-		for d := range directives([]byte(v)) {
+		for d := range Members([]byte(v)) {
 			got = append(got, string(d))
 		}
 		if want := refDirectives(v); !slices.Equal(got, want) {
-			t.Fatalf("directives(%q) = %q; the reference reads %q", v, got, want)
+			t.Fatalf("Members(%q) = %q; the reference reads %q", v, got, want)
 		}
 	})
 }

@@ -37,7 +37,7 @@ func FuzzDirectives(f *testing.F) {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, v string) {
-		for d := range directives([]byte(v)) {
+		for d := range Members([]byte(v)) {
 			if len(d) == 0 || !bytes.Equal(d, bytes.TrimSpace(d)) {
 				t.Fatalf("directive %q from %q is empty or untrimmed", d, v)
 			}

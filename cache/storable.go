@@ -34,13 +34,13 @@ func Storable(status int, h *fasthttp.ResponseHeader, allowPrivate bool) bool {
 		case equalFold(k, "set-cookie"):
 			ok = false
 		case equalFold(k, "vary"):
-			for d := range directives(v) {
+			for d := range Members(v) {
 				if string(d) == "*" {
 					ok = false
 				}
 			}
 		case equalFold(k, "cache-control"):
-			for d := range directives(v) {
+			for d := range Members(v) {
 				name, _, _ := bytes.Cut(d, []byte("="))
 				name = bytes.TrimSpace(name)
 				if equalFold(name, "no-store") || (!allowPrivate && equalFold(name, "private")) {
@@ -61,14 +61,14 @@ func Storable(status int, h *fasthttp.ResponseHeader, allowPrivate bool) bool {
 func RequestNoCache(h *fasthttp.RequestHeader) bool {
 	cc := h.Peek(fasthttp.HeaderCacheControl)
 	if len(cc) == 0 {
-		for d := range directives(h.Peek(fasthttp.HeaderPragma)) {
+		for d := range Members(h.Peek(fasthttp.HeaderPragma)) {
 			if equalFold(d, "no-cache") {
 				return true
 			}
 		}
 		return false
 	}
-	for d := range directives(cc) {
+	for d := range Members(cc) {
 		name, val, _ := bytes.Cut(d, []byte("="))
 		name = bytes.TrimSpace(name)
 		if equalFold(name, "no-cache") || equalFold(name, "no-store") ||
@@ -84,7 +84,7 @@ func RequestNoCache(h *fasthttp.RequestHeader) bool {
 // may still be read.
 func RequestNoStore(h *fasthttp.RequestHeader) bool {
 	for _, cc := range h.PeekAll(fasthttp.HeaderCacheControl) {
-		for d := range directives(cc) {
+		for d := range Members(cc) {
 			if equalFold(d, "no-store") {
 				return true
 			}
@@ -93,10 +93,12 @@ func RequestNoStore(h *fasthttp.RequestHeader) bool {
 	return false
 }
 
-// directives yields the comma-separated, whitespace-trimmed, non-empty
-// members of a header value. A comma inside a quoted string (private="a,b")
-// does not split.
-func directives(v []byte) func(yield func([]byte) bool) {
+// Members yields the comma-separated, whitespace-trimmed, non-empty
+// members of a header value whose list may hold quoted strings
+// (Cache-Control, Pragma, Vary, Cache-Status). A comma inside a quoted
+// string (private="a,b") does not split, nor does one after a backslash
+// escape inside it.
+func Members(v []byte) func(yield func([]byte) bool) {
 	return func(yield func([]byte) bool) {
 		start, quoted := 0, false
 		for i := 0; i <= len(v); i++ {

@@ -22,7 +22,7 @@ func (o *KeyOptions) VaryCovered(h *fasthttp.ResponseHeader) bool {
 		if !equalFold(k, "vary") {
 			continue
 		}
-		for name := range directives(v) {
+		for name := range Members(v) {
 			if !bytes.Equal(name, []byte("*")) && !o.covers(name) {
 				return false
 			}
@@ -41,7 +41,7 @@ func (o *KeyOptions) WithVary(h *fasthttp.ResponseHeader) (*KeyOptions, bool) {
 		if !equalFold(k, "vary") {
 			continue
 		}
-		for name := range directives(v) {
+		for name := range Members(v) {
 			if bytes.Equal(name, []byte("*")) || out.covers(name) {
 				continue
 			}

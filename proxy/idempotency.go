@@ -509,30 +509,9 @@ func (s *Server) noteIdem(ctx *fasthttp.RequestCtx, r *route, result int) {
 // members of the cache named id. Commas inside quoted strings do not split.
 func withoutCacheMember(v []byte, id string) []byte {
 	var out []byte
-	start, quoted := 0, false
-	for i := 0; i <= len(v); i++ {
-		if i < len(v) {
-			switch v[i] {
-			case '"':
-				quoted = !quoted
-				continue
-			case '\\':
-				if quoted && i+1 < len(v) { // an escape at the very end ends nothing
-					i++
-				}
-				continue
-			case ',':
-				if quoted {
-					continue
-				}
-			default:
-				continue
-			}
-		}
-		m := bytes.TrimSpace(v[start:min(i, len(v))])
-		start = i + 1
+	for m := range cache.Members(v) {
 		name, _, _ := bytes.Cut(m, []byte(";"))
-		if len(m) == 0 || asciiEqualFold(bytes.TrimSpace(name), []byte(id)) {
+		if asciiEqualFold(bytes.TrimSpace(name), []byte(id)) {
 			continue
 		}
 		if len(out) > 0 {
