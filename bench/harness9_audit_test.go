@@ -481,9 +481,6 @@ func TestAudit9OptionsRefuseAnImpossibleSize(t *testing.T) {
 // connects; `bench upstream` refuses an impossible size instead of
 // panicking.
 func TestAudit9Children(t *testing.T) {
-	if testing.Short() {
-		t.Skip("starts child processes")
-	}
 	exe := buildBallast(t)
 	dir := t.TempDir()
 	pids := filepath.Join(dir, "pids")
@@ -584,9 +581,13 @@ func (k *killOnLine) Write(b []byte) (int, error) {
 // requests: a schedule it held up would send none, and the snapshot would
 // give up after 10 s. It still completes before RunLoad returns.
 func TestAudit9SnapshotAtTheWindowDoesNotStallTheSchedule(t *testing.T) {
-	var arrived atomic.Int64
+	var arrived, target atomic.Int64
+	reached := make(chan struct{})
+	var once sync.Once
 	addr := scripted(t, func(ctx *fasthttp.RequestCtx, _ <-chan struct{}) {
-		arrived.Add(1)
+		if n, want := arrived.Add(1), target.Load(); want > 0 && n >= want {
+			once.Do(func() { close(reached) })
+		}
 		okJSON(ctx)
 	})
 	var snapshotted, sentMeanwhile atomic.Bool
@@ -596,12 +597,11 @@ func TestAudit9SnapshotAtTheWindowDoesNotStallTheSchedule(t *testing.T) {
 		Rate: 500, Duration: 600 * time.Millisecond, Warmup: 100 * time.Millisecond, Timeout: 10 * time.Second,
 		OnMeasure: func() {
 			calledAt.Store(int64(time.Since(start)))
-			want := arrived.Load() + 20
-			for give := time.Now().Add(10 * time.Second); time.Now().Before(give); time.Sleep(time.Millisecond) {
-				if arrived.Load() >= want {
-					sentMeanwhile.Store(true)
-					break
-				}
+			target.Store(arrived.Load() + 20)
+			select {
+			case <-reached:
+				sentMeanwhile.Store(true)
+			case <-time.After(10 * time.Second):
 			}
 			snapshotted.Store(true)
 		}})

@@ -530,9 +530,6 @@ func hasLabel(m *dto.Metric, name, value string) bool {
 }
 
 func TestTorture9(t *testing.T) {
-	if testing.Short() {
-		t.Skip("the torture test runs for about 15s")
-	}
 	leaks := []goleak.Option{goleak.IgnoreCurrent(),
 		goleak.IgnoreTopFunction("net/http.(*persistConn).readLoop"),
 		goleak.IgnoreTopFunction("net/http.(*persistConn).writeLoop"),
