@@ -78,13 +78,14 @@ func (j *jobRunner) finish(id string) {
 // optional "=" value (a token or a quoted string, space allowed around
 // the "="), and ";" parameters, which are ignored; names are
 // case-insensitive, and a preference given twice counts only the first
-// time (RFC 7240 §2).
+// time (RFC 7240 §2). A comma inside a quoted string (foo="a,b") does
+// not end a preference.
 func prefer(h *fasthttp.RequestHeader) (async bool, wait time.Duration) {
 	seenWait := false
 	for _, v := range h.PeekAll("Prefer") {
-		for len(v) > 0 {
-			var pref []byte
-			pref, v, _ = bytes.Cut(v, []byte(","))
+		for pref := range cache.Members(v) {
+			// A ";" inside a quoted value cuts it short, but such a value
+			// is no delta-seconds either way.
 			pref, _, _ = bytes.Cut(pref, []byte(";"))
 			name, val, hasVal := bytes.Cut(pref, []byte("="))
 			name = bytes.TrimSpace(name)

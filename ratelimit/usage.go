@@ -175,8 +175,12 @@ func count(f *float64) int {
 
 // eachEventData calls fn with the data of each server-sent event in stream
 // (data lines of one event joined by newlines, per the SSE format), skipping
-// "[DONE]", and reports whether any call returned true. Text before the first
-// line break may be the cut-off end of a line and is read like any other.
+// "[DONE]", and reports whether any call returned true. Lines end at LF,
+// CRLF or a lone CR; a "data" line without a colon adds an empty line to
+// the event's data; a byte order mark at the start is skipped (WHATWG HTML
+// §9.2.6). Text before the first line break may be the cut-off end of a
+// line and is read like any other, and the event pending at the end is
+// dispatched. It allocates only to join an event of several data lines.
 func eachEventData(stream []byte, fn func(data []byte) bool) bool {
 	found := false
 	var joined []byte // only for events with several data lines
@@ -192,21 +196,39 @@ func eachEventData(stream []byte, fn func(data []byte) bool) bool {
 		}
 		lines, single, joined = 0, nil, joined[:0]
 	}
-	for len(stream) > 0 {
-		line := stream
-		if i := bytes.IndexByte(stream, '\n'); i >= 0 {
-			line, stream = stream[:i], stream[i+1:]
-		} else {
-			stream = nil
+	stream = bytes.TrimPrefix(stream, []byte("\xef\xbb\xbf"))
+	// lf is the index of the first LF at or after pos, or len(stream) when
+	// there is none: searched once per LF, so that a stream of lone CRs is
+	// not searched to its end at every line.
+	lf := -1
+	for pos := 0; pos < len(stream); {
+		if lf < pos {
+			lf = bytes.IndexByte(stream[pos:], '\n')
+			if lf < 0 {
+				lf = len(stream)
+			} else {
+				lf += pos
+			}
 		}
-		line = bytes.TrimSuffix(line, []byte("\r"))
+		end := lf
+		if cr := bytes.IndexByte(stream[pos:lf], '\r'); cr >= 0 {
+			end = pos + cr
+		}
+		line := stream[pos:end]
+		pos = end + 1
+		if end < len(stream) && stream[end] == '\r' && pos < len(stream) && stream[pos] == '\n' {
+			pos++ // CRLF: one line end
+		}
 		if len(line) == 0 {
 			flush()
 			continue
 		}
 		data, isData := bytes.CutPrefix(line, []byte("data:"))
 		if !isData {
-			continue
+			if string(line) != "data" {
+				continue
+			}
+			data = nil // a field name alone: its value is empty
 		}
 		data = bytes.TrimPrefix(data, []byte(" "))
 		switch lines {

@@ -19,24 +19,43 @@ var ErrBareLFHead = errors.New("rawio: the request head ends in a bare LF (a bla
 // written, until CRLF CRLF ends the head. It never alters or holds back a
 // byte; it only notices a head that a bare LF ended.
 //
+// A read that holds a whole head and more goes on with the next head in
+// the same bytes when they start with a request line and the head before
+// declares no body (no Content-Length, Transfer-Encoding or Upgrade): a
+// pipelined request, which the reader has buffered and will parse once it
+// has answered the one before. Watching it then is what notices a
+// pipelined head a bare LF ended; start keeps that watch (pipelined).
+//
 // It stops watching, unsure, when the first bytes read are not a request
-// line ("GET /x HTTP/1.1"): pipelined bytes the reader had already
-// buffered, a request body after a 100 Continue, or TLS records. The cost
-// on a normal request is one search of its head for CRLF CRLF.
+// line ("GET /x HTTP/1.1"): pipelined bytes that came in a read of their
+// own after the reader had stopped reading, a request body after a 100
+// Continue, or TLS records; and after a head that began in an earlier
+// read, whose body it cannot tell. The cost on a normal request is one
+// search of its head for CRLF CRLF.
 type headWatch struct {
-	on    bool    // watching a head
-	first bool    // no byte of the head read yet
-	bare  bool    // a blank line other than CRLF CRLF ended the head
-	tail  [3]byte // the last bytes read, for patterns across reads
+	on        bool    // watching a head
+	first     bool    // no byte of the head read yet
+	bare      bool    // a blank line other than CRLF CRLF ended the head
+	pipelined bool    // the head watched began in the read that ended the one before
+	tail      [3]byte // the last bytes read, for patterns across reads
 }
 
 var crlfcrlf = []byte("\r\n\r\n")
 
-// start watches the next bytes read as a new request head.
-func (h *headWatch) start() { *h = headWatch{on: true, first: true} }
+// start watches the next bytes read as a new request head, unless the
+// head being watched is a pipelined one already partly read: the reader
+// asks for more of that one first.
+func (h *headWatch) start() {
+	if h.pipelined && h.on {
+		h.pipelined = false
+		return
+	}
+	*h = headWatch{on: true, first: true}
+}
 
 // saw follows p, the bytes just read.
 func (h *headWatch) saw(p []byte) {
+	whole := h.first // p holds the head from its first byte
 	if h.first {
 		h.first = false
 		if !startsRequestLine(p) {
@@ -48,8 +67,15 @@ func (h *headWatch) saw(p []byte) {
 		// a bare LF head.
 		p = bytes.TrimLeft(p, "\r\n")
 	}
-	if bytes.Index(p, crlfcrlf) >= 0 {
-		h.on = false // a complete head: the parser needs nothing more
+	if i := bytes.Index(p, crlfcrlf); i >= 0 {
+		// A complete head: the parser needs nothing more of it.
+		next := p[i+len(crlfcrlf):]
+		if !whole || len(next) == 0 || !startsRequestLine(next) || declaresBody(p[:i]) {
+			h.on = false
+			return
+		}
+		*h = headWatch{on: true, first: true, pipelined: true}
+		h.saw(next)
 		return
 	}
 	prev := h.tail
@@ -64,6 +90,28 @@ func (h *headWatch) saw(p []byte) {
 		prev = [3]byte{prev[1], prev[2], c}
 	}
 	h.tail = prev
+}
+
+// declaresBody reports whether head (a request head without its blank
+// line) has a Content-Length, Transfer-Encoding or Upgrade field: the
+// bytes after it may be a body, or another protocol, not a next head.
+// Content-Length: 0 counts too; a watch it stops only leaves a pipelined
+// head unwatched, as before.
+func declaresBody(head []byte) bool {
+	for len(head) > 0 {
+		var line []byte
+		line, head, _ = bytes.Cut(head, []byte("\n"))
+		name, _, ok := bytes.Cut(line, []byte(":"))
+		if !ok {
+			continue
+		}
+		name = bytes.TrimSpace(name)
+		if bytes.EqualFold(name, []byte("Content-Length")) || bytes.EqualFold(name, []byte("Transfer-Encoding")) ||
+			bytes.EqualFold(name, []byte("Upgrade")) {
+			return true
+		}
+	}
+	return false
 }
 
 // stalled reports whether a reader asking for more is waiting for the end
