@@ -348,6 +348,12 @@ type Retry struct {
 	// MaxRetryAfter caps how long a server's hint (Retry-After, reset
 	// headers) is waited for. Default 60s.
 	MaxRetryAfter Duration `koanf:"max_retry_after" json:"max_retry_after"`
+	// MaxCooldown caps how long one hint (a 429's Retry-After, a reset
+	// header of an exhausted limit) may pause the API key's requests in
+	// the shared cool-down, here and, with state.backend redis, across the
+	// fleet: a longer hint pauses for MaxCooldown. Default 24h (providers'
+	// daily quotas reset within a day); positive, at most 8760h.
+	MaxCooldown Duration `koanf:"max_cooldown" json:"max_cooldown"`
 	// Budget bounds retries to a share of recent requests per upstream.
 	Budget Budget `koanf:"budget" json:"budget"`
 	// UnsafeMethods allows repeating POST and other non-idempotent methods

@@ -143,6 +143,7 @@ func builtinDefaults() map[string]any {
 				"on":              []any{"connect-failure", "reset", "timeout", "invalid", "429", "502", "503", "504", "529"},
 				"backoff":         map[string]any{"base": "100ms", "max": "10s"},
 				"max_retry_after": "60s",
+				"max_cooldown":    "24h",
 				"budget":          map[string]any{"ratio": 0.2, "min_per_second": 10},
 				"unsafe_methods":  false,
 			},

@@ -10,7 +10,12 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"time"
 )
+
+// maxCooldown is the longest retry.max_cooldown: policy.MaxHint, the
+// longest hint ballast trusts at all.
+const maxCooldown = 365 * 24 * time.Hour
 
 var routeName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$`)
 
@@ -179,6 +184,9 @@ func (p *Policy) validate(path string) []error {
 	}
 	if rt.Backoff.Max < rt.Backoff.Base {
 		add("retry.backoff.max", "must be at least retry.backoff.base")
+	}
+	if rt.MaxCooldown <= 0 || rt.MaxCooldown.D() > maxCooldown {
+		add("retry.max_cooldown", fmt.Sprintf("must be positive and at most 8760h (a hint longer than a year is ignored anyway), not %s; the default is 24h", rt.MaxCooldown.D()))
 	}
 	if rt.Budget.Ratio < 0 || rt.Budget.Ratio > 1 {
 		add("retry.budget.ratio", "must be between 0 and 1")

@@ -60,6 +60,11 @@ type cooldowns struct {
 
 	mu    sync.Mutex
 	until map[credential]int64 // Unix nanoseconds
+	// capped are the fleet's pauses (Unix nanoseconds) that were longer
+	// than the cap when they were taken, and were taken for the cap only:
+	// seeing the same pause again takes nothing, so a fleet pause of a year
+	// is not renewed for the cap on every sync.
+	capped map[credential]int64
 }
 
 // Remaining is how long requests carrying h's credential must still wait
@@ -83,15 +88,66 @@ func (c *cooldowns) Remaining(h *fasthttp.RequestHeader, now time.Time) time.Dur
 // paused at least as long, until is not after now, or the table is full
 // of pauses that have not ended. It reports whether it extended.
 func (c *cooldowns) Extend(cred credential, until, now time.Time) bool {
+	extended, _ := c.extend(cred, until, now)
+	return extended
+}
+
+// extend is Extend, reporting too whether the pause began: cred had none
+// in force at now.
+func (c *cooldowns) extend(cred credential, until, now time.Time) (extended, began bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.extendLocked(cred, until, now)
+}
+
+// Adopt takes a pause of the fleet's (one another replica published): cred's
+// requests pause until until, but for at most limit from now. A pause
+// longer than that is taken once, for limit: taking the same pause again
+// (every sync reads it) does nothing. It reports whether it extended, and
+// whether it cut the pause to limit.
+func (c *cooldowns) Adopt(cred credential, until time.Time, limit time.Duration, now time.Time) (extended, capped bool) {
 	u, n := until.UnixNano(), now.UnixNano()
 	if u <= n {
-		return false
+		return false, false
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if cur, ok := c.until[cred]; ok && cur >= u {
-		return false
+	if until.Sub(now) <= limit {
+		extended, _ = c.extendLocked(cred, until, now)
+		return extended, false
 	}
+	if c.capped[cred] == u {
+		return false, false
+	}
+	if c.capped == nil {
+		c.capped = map[credential]int64{}
+	}
+	if _, ok := c.capped[cred]; !ok && len(c.capped) >= maxCooldowns {
+		for k, v := range c.capped {
+			if v <= n {
+				delete(c.capped, k)
+			}
+		}
+		if len(c.capped) >= maxCooldowns {
+			return false, false // full of pauses not over: better none than one renewed on every sync
+		}
+	}
+	c.capped[cred] = u
+	extended, _ = c.extendLocked(cred, now.Add(limit), now)
+	return extended, true
+}
+
+// extendLocked is extend with c.mu held.
+func (c *cooldowns) extendLocked(cred credential, until, now time.Time) (extended, began bool) {
+	u, n := until.UnixNano(), now.UnixNano()
+	if u <= n {
+		return false, false
+	}
+	cur, ok := c.until[cred]
+	if ok && cur >= u {
+		return false, false
+	}
+	began = !ok || cur <= n
 	if c.until == nil {
 		c.until = map[credential]int64{}
 	}
@@ -102,14 +158,14 @@ func (c *cooldowns) Extend(cred credential, until, now time.Time) bool {
 			}
 		}
 		if len(c.until) >= maxCooldowns {
-			return false
+			return false, false
 		}
 	}
 	c.until[cred] = u
 	for {
 		cur := c.last.Load()
 		if cur >= u || c.last.CompareAndSwap(cur, u) {
-			return true
+			return true, began
 		}
 	}
 }

@@ -364,8 +364,10 @@ func (s *Server) try(out *fasthttp.Request, t *target, r *route, now, deadline t
 // of out's key — after a 429, or when a limit says nothing is left. A hint
 // counts from the response's arrival (RFC 9110 §10.2.3), not from the
 // attempt's start: a 429 that took 10s to come asking for 30s pauses the
-// key for 30s from then.
-func (s *Server) noteHints(a *attempt, out *fasthttp.Request, t *target, at time.Time) {
+// key for 30s from then. No pause lasts longer than r's
+// retry.max_cooldown, and a 429's hint is cut to it too: the key's pause
+// is what the agent hears of.
+func (s *Server) noteHints(a *attempt, out *fasthttp.Request, t *target, r *route, at time.Time) {
 	if a.resp == nil {
 		return
 	}
@@ -375,12 +377,13 @@ func (s *Server) noteHints(a *attempt, out *fasthttp.Request, t *target, at time
 			a.hint = hint
 			if a.status == fasthttp.StatusTooManyRequests {
 				// Everyone with this key waits, not just this request.
-				s.extendCooldown(t, credentialOf(&out.Header), at.Add(hint), at)
+				s.extendCooldown(t, credentialOf(&out.Header), at.Add(hint), at, r.maxCooldown)
+				a.hint = min(hint, r.maxCooldown)
 			}
 		}
 	}
 	if until, ok := policy.ResetWhenExhausted(h, at); ok {
-		s.extendCooldown(t, credentialOf(&out.Header), until, at) // throttle ahead of the 429
+		s.extendCooldown(t, credentialOf(&out.Header), until, at, r.maxCooldown) // throttle ahead of the 429
 	}
 }
 

@@ -158,9 +158,8 @@ func (s *Server) startJob(ctx *fasthttp.RequestCtx, r *route, body []byte, deadl
 	if stored != nil {
 		stored(job.ID)
 	}
-	applied := "respond-async"
+	wait, applied := s.asyncWait(ctx, wait, deadline)
 	if wait > 0 {
-		applied += ", wait=" + strconv.Itoa(int(wait/time.Second))
 		if done := s.awaitJob(ctx, job, wait); !done.State.Pending() {
 			s.writeJob(ctx, done, applied)
 			return true
@@ -168,6 +167,28 @@ func (s *Server) startJob(ctx *fasthttp.RequestCtx, r *route, body []byte, deadl
 	}
 	s.writeJobStatus(ctx, job, fasthttp.StatusAccepted, applied)
 	return true
+}
+
+// asyncWait bounds the wait=N of ctx's Prefer: respond-async request by
+// the request's deadline when the agent set one with X-Ballast-Timeout:
+// the agent said how long it gives ballast, and the wait for the job is a
+// wait of that request like any other. (timeouts.total alone does not cut
+// it: the job runs for up to timeouts.total from its own start, and the
+// wait is there to see it end.) It returns the wait and the
+// Preference-Applied to answer with, which names the whole seconds
+// waited at most.
+func (s *Server) asyncWait(ctx *fasthttp.RequestCtx, wait time.Duration, deadline time.Time) (time.Duration, string) {
+	if len(ctx.Request.Header.Peek(headerTimeout)) > 0 {
+		wait = min(wait, deadline.Sub(s.clock.Now()))
+	}
+	applied := "respond-async"
+	if wait <= 0 {
+		return 0, applied
+	}
+	if secs := int(wait / time.Second); secs > 0 {
+		applied += ", wait=" + strconv.Itoa(secs)
+	}
+	return wait, applied
 }
 
 // jobKeyPrefix starts the idempotency key under which a keyed async
@@ -193,11 +214,7 @@ func (s *Server) guardJob(ctx *fasthttp.RequestCtx, r *route, body []byte, deadl
 		return false
 	}
 	key = jobKeyPrefix + key
-	ttl := r.idem.ttl
-	if r.idem.auto {
-		ttl = r.idem.window
-	}
-	ttl = min(ttl, r.total+r.async.ttl) // no longer than the job is kept
+	ttl := jobKeyTTL(r)
 	c, cancel := context.WithDeadline(context.Background(), s.wall(deadline))
 	defer cancel()
 	for {
@@ -248,14 +265,24 @@ func (s *Server) guardJob(ctx *fasthttp.RequestCtx, r *route, body []byte, deadl
 			return true
 		}
 		s.noteIdem(ctx, r, idemReplayed)
-		applied := "respond-async"
-		if wait > 0 {
-			applied += ", wait=" + strconv.Itoa(int(wait/time.Second))
-		}
+		wait, applied := s.asyncWait(ctx, wait, deadline)
 		s.serveJob(ctx, id, tenantOf(&ctx.Request.Header), wait, applied)
 		ctx.Response.Header.Set(headerReplayed, "true")
 		return true
 	}
+}
+
+// jobKeyTTL is how long the idempotency key of a keyed job on r names
+// the job: idempotency.ttl (window in auto mode), but no longer than a
+// job may live, timeouts.total plus async.ttl. A keyed job that finishes
+// sooner is kept until its key lets go (runJob): a repeat of the keyed
+// request finds the job, never a 404 for a job its key still holds.
+func jobKeyTTL(r *route) time.Duration {
+	ttl := r.idem.ttl
+	if r.idem.auto {
+		ttl = r.idem.window
+	}
+	return min(ttl, r.total+r.async.ttl)
 }
 
 // launch runs job in the background. A wait for the job can then follow
@@ -312,6 +339,9 @@ func (s *Server) runJob(job *store.Job) {
 		eachHeaderLine(job.Request.Header, req.Header.AddBytesKV)
 	}
 	req.SetBodyRaw(job.Request.Body)
+	// A job guardJob started under an idempotency key (the condition of
+	// idemKey): the key names it for jobKeyTTL from its start.
+	keyed := r.idem != nil && r.async != nil && (r.idem.auto || len(req.Header.Peek(headerIdempotencyKey)) > 0)
 	var rc fasthttp.RequestCtx
 	rc.Init(req, nil, nil)
 	s.ids.assign(&rc)
@@ -370,6 +400,11 @@ func (s *Server) runJob(job *store.Job) {
 		job.State, job.LastError = store.JobFailed, "the last attempt answered "+strconv.Itoa(status)
 	}
 	job.ExpiresAt = job.UpdatedAt.Add(s.jobTTL(r))
+	if keyed {
+		if held := job.CreatedAt.Add(jobKeyTTL(r)); held.After(job.ExpiresAt) {
+			job.ExpiresAt = held
+		}
+	}
 	forgetRequest(job)
 	// The run may well have outlasted c: the outcome gets a deadline of its own.
 	out, cancelOut := context.WithTimeout(context.Background(), 5*time.Second)

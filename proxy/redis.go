@@ -686,7 +686,7 @@ func (s *Server) syncCooldowns(ctx context.Context, every time.Duration) {
 			return
 		case <-t.C:
 		}
-		for name, ups := range s.ups.byHost() {
+		for name, ups := range s.cooldownCaps() {
 			c, cancel := context.WithTimeout(ctx, s.shared.cfg.OpTimeout.D())
 			now := s.clock.Now()
 			pauses, err := s.shared.cool.Get(c, name, now)
@@ -695,9 +695,17 @@ func (s *Server) syncCooldowns(ctx context.Context, every time.Duration) {
 				continue
 			}
 			for hexCred, until := range pauses {
-				if cred, ok := parseCredential(hexCred); ok {
-					for _, up := range ups {
-						up.cool.Extend(cred, until, now)
+				cred, ok := parseCredential(hexCred)
+				if !ok {
+					continue
+				}
+				warned := false
+				for up, limit := range ups {
+					// A skew of the replicas' clocks is no reason to warn.
+					if _, capped := up.cool.Adopt(cred, until, limit, now); capped && !warned && until.Sub(now) > limit+time.Second {
+						warned = true
+						s.log.Warn("the fleet holds a pause of an API key longer than retry.max_cooldown; pausing it for retry.max_cooldown",
+							"upstream", name, "announced", until.Sub(now).Round(time.Second).String(), "max_cooldown", limit.String())
 					}
 				}
 			}
@@ -705,12 +713,46 @@ func (s *Server) syncCooldowns(ctx context.Context, every time.Duration) {
 	}
 }
 
-// extendCooldown pauses t's requests carrying cred until until, and
-// publishes the pause to the fleet when it grew.
-func (s *Server) extendCooldown(t *target, cred credential, until, now time.Time) {
-	if t.up.cool.Extend(cred, until, now) {
-		s.shareCooldown(t.name, cred, until)
+// cooldownCaps returns the upstreams of the table in force by host[:port]
+// (the fleet's name for their pauses), each with the longest
+// retry.max_cooldown of the routes that send to it: the longest pause this
+// replica sets on it itself, and so the longest it takes from the fleet,
+// whatever another replica (an older version, another config, a hand in
+// Redis) published.
+func (s *Server) cooldownCaps() map[string]map[*upstream]time.Duration {
+	out := map[string]map[*upstream]time.Duration{}
+	for _, r := range s.table.Load().routes {
+		for _, t := range r.targets {
+			host := string(t.up.host)
+			if out[host] == nil {
+				out[host] = map[*upstream]time.Duration{}
+			}
+			out[host][t.up] = max(out[host][t.up], r.maxCooldown)
+		}
 	}
+	return out
+}
+
+// extendCooldown pauses t's requests carrying cred until until, but for
+// at most limit (the route's retry.max_cooldown) from now, and publishes
+// the pause to the fleet when it grew. A hint cut to limit is logged at
+// WARN when the pause it sets begins (once per pause, not per request
+// that hears it), with the upstream and the length announced, never the
+// key.
+func (s *Server) extendCooldown(t *target, cred credential, until, now time.Time, limit time.Duration) {
+	announced := until.Sub(now)
+	if announced > limit {
+		until = now.Add(limit)
+	}
+	extended, began := t.up.cool.extend(cred, until, now)
+	if !extended {
+		return
+	}
+	if began && announced > limit {
+		s.log.Warn("the upstream asked to pause an API key for longer than retry.max_cooldown; pausing it for retry.max_cooldown",
+			"upstream", t.name, "announced", announced.String(), "max_cooldown", limit.String())
+	}
+	s.shareCooldown(t.name, cred, until)
 }
 
 // shareCooldown publishes a cool-down to the fleet without holding up the

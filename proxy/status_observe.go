@@ -31,7 +31,7 @@ func (s *Server) tryObserved(out *fasthttp.Request, t *target, r *route, deadlin
 	if a.err == errTryCanceled {
 		return a
 	}
-	s.noteHints(&a, out, t, at)
+	s.noteHints(&a, out, t, r, at)
 	retries := 0
 	if prior > 0 {
 		retries = 1

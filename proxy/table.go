@@ -71,6 +71,7 @@ type route struct {
 	attempts      int            // per target, the first included
 	backoff       policy.Backoff
 	maxRetryAfter time.Duration
+	maxCooldown   time.Duration // the longest pause one hint sets (retry.max_cooldown)
 
 	m *routeMetrics
 }
@@ -150,6 +151,7 @@ func (s *Server) buildRoute(rc *config.Route, path string, limiters map[string]c
 		attempts:      rc.Retry.Attempts,
 		backoff:       policy.Backoff{Base: rc.Retry.Backoff.Base.D(), Max: rc.Retry.Backoff.Max.D()},
 		maxRetryAfter: rc.Retry.MaxRetryAfter.D(),
+		maxCooldown:   rc.Retry.MaxCooldown.D(),
 		hedgeAfter:    rc.HedgeAfter.D(),
 		m:             s.m.forRoute(rc.Name),
 	}
