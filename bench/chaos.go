@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"math"
 	"os"
 	"strings"
 	"time"
@@ -32,6 +33,11 @@ type ChaosTarget struct {
 	Workloads []ChaosWorkload `json:"workloads"`
 	// Faults counts what the upstream injected, by fault.
 	Faults map[string]int64 `json:"faults"`
+	// EvictedKeys counts operation keys the upstream's counters dropped
+	// during the run (Counters.EvictedKeys). Zero unless the run
+	// outgrew chaosMaxKeys; above zero, UpstreamAttempts and Duplicates
+	// are lower bounds, and the report says so.
+	EvictedKeys int64 `json:"evicted_keys,omitempty"`
 }
 
 // ChaosResult is the chaos scenario's report.
@@ -69,6 +75,10 @@ func Chaos(ctx context.Context, opts Options) (*ChaosResult, error) {
 	if err != nil {
 		return nil, err
 	}
+	if inFlight := opts.Rate * opts.Timeout.Seconds(); inFlight > maxChaosInFlight {
+		return nil, fmt.Errorf("%w: chaos keeps up to rate × timeout = %.0f requests in flight, above %d: lower the rate or the timeout",
+			ErrLoad, inFlight, maxChaosInFlight)
+	}
 	profile, err := NamedProfile("standard")
 	if err != nil {
 		return nil, err
@@ -80,7 +90,7 @@ func Chaos(ctx context.Context, opts Options) (*ChaosResult, error) {
 	defer os.RemoveAll(dir)
 
 	fmt.Fprintf(opts.Progress, "chaos: starting upstream (profile %s, seed %d)\n", profile.Name, opts.Seed)
-	up, err := startUpstream(ctx, opts.Exe, UpstreamConfig{Size: opts.Size, Seed: opts.Seed, Profile: profile})
+	up, err := startUpstream(ctx, opts.Exe, UpstreamConfig{Size: opts.Size, Seed: opts.Seed, Profile: profile, MaxKeys: chaosMaxKeys(opts)})
 	if err != nil {
 		return nil, err
 	}
@@ -127,6 +137,18 @@ func Chaos(ctx context.Context, opts Options) (*ChaosResult, error) {
 	return res, nil
 }
 
+// chaosMaxKeys is the upstream's key bound for a chaos run: every
+// operation key of one target's run (one per scheduled request, warm-up
+// included; the counters are reset between targets), so that no key is
+// evicted and the duplicates are exact.
+func chaosMaxKeys(o Options) int {
+	return max(DefaultMaxKeys, int(math.Ceil(o.Rate*(o.Warmup+o.Duration).Seconds()))+64)
+}
+
+// maxChaosInFlight bounds chaosConcurrency: one goroutine and one
+// connection each, about 1 GiB of the harness and the targets at 20,000.
+const maxChaosInFlight = 20_000
+
 // chaosConcurrency lets every request of the open loop be in flight until
 // its timeout: agents are independent, so a slow answer must not hold back
 // the next agent's request (that would measure the driver's cap, not the
@@ -136,7 +158,7 @@ func chaosConcurrency(o Options) int {
 }
 
 func chaosTarget(name string, lr LoadResult, c Counters) ChaosTarget {
-	ct := ChaosTarget{Name: name, RPS: lr.RPS, Faults: c.Faults}
+	ct := ChaosTarget{Name: name, RPS: lr.RPS, Faults: c.Faults, EvictedKeys: c.EvictedKeys}
 	for _, w := range lr.Workloads {
 		prefix := w.Name + "-"
 		cw := ChaosWorkload{WorkloadResult: w, SuccessRate: w.SuccessRate(), Duplicates: c.Duplicates(prefix)}

@@ -8,6 +8,7 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"github.com/hashicorp/golang-lru/v2/simplelru"
 	"github.com/valyala/fasthttp"
 )
 
@@ -36,8 +37,17 @@ type Counters struct {
 	// Faults counts requests by the fault injected ("none", "503", ...).
 	Faults map[string]int64 `json:"faults"`
 	// Keys holds per-key counts; the key is the Idempotency-Key header, or
-	// else the X-Bench-Op header.
+	// else the X-Bench-Op header. At most MaxKeys are kept, the least
+	// recently seen evicted first.
 	Keys map[string]KeyCount `json:"keys"`
+	// MaxKeys is the upstream's bound on Keys (UpstreamConfig.MaxKeys).
+	MaxKeys int `json:"max_keys"`
+	// EvictedKeys counts keys dropped from Keys since the last reset to
+	// stay within MaxKeys. Above zero, Keys no longer covers every request
+	// since the reset: an evicted key that comes back starts again from
+	// zero arrivals (and redraws its first attempt's fate), so counts
+	// summed over Keys (Duplicates, attempts) are lower bounds.
+	EvictedKeys int64 `json:"evicted_keys"`
 }
 
 // Duplicates sums, over keys starting with prefix, the effects beyond the
@@ -52,6 +62,12 @@ func (c *Counters) Duplicates(prefix string) int64 {
 	return d
 }
 
+// DefaultMaxKeys is the default bound on the keys the chaos upstream
+// counts (UpstreamConfig.MaxKeys): about 15 MiB of counters, a chaos run
+// at 200 rps for eight minutes. The chaos scenario raises it to its run's
+// operations.
+const DefaultMaxKeys = 100_000
+
 // counters is the upstream's live tally. Safe for concurrent use.
 type counters struct {
 	requests atomic.Int64
@@ -59,20 +75,32 @@ type counters struct {
 	// seq numbers the requests without a key, from 1 after each reset.
 	seq atomic.Uint64
 
-	mu   sync.Mutex
-	keys map[string]*KeyCount
+	mu      sync.Mutex
+	keys    *simplelru.LRU[string, *KeyCount]
+	maxKeys int
+	evicted int64
 }
 
-func newCounters() *counters { return &counters{keys: map[string]*KeyCount{}} }
+// newCounters keeps at most maxKeys keys (DefaultMaxKeys when not
+// positive), evicting the least recently seen.
+func newCounters(maxKeys int) *counters {
+	if maxKeys <= 0 {
+		maxKeys = DefaultMaxKeys
+	}
+	keys, _ := simplelru.NewLRU[string, *KeyCount](maxKeys, nil) // errs only on a size below 1
+	return &counters{keys: keys, maxKeys: maxKeys}
+}
 
 // arrive records one arrival for key and returns how many came before it.
 func (c *counters) arrive(key []byte) int64 {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	kc := c.keys[string(key)]
-	if kc == nil {
+	kc, ok := c.keys.Get(string(key))
+	if !ok {
 		kc = &KeyCount{}
-		c.keys[string(key)] = kc
+		if c.keys.Add(string(key), kc) {
+			c.evicted++
+		}
 	}
 	kc.Arrivals++
 	return kc.Arrivals - 1
@@ -81,7 +109,7 @@ func (c *counters) arrive(key []byte) int64 {
 // effect records that the work for key was done.
 func (c *counters) effect(key []byte) {
 	c.mu.Lock()
-	if kc := c.keys[string(key)]; kc != nil {
+	if kc, ok := c.keys.Peek(string(key)); ok {
 		kc.Effects++
 	}
 	c.mu.Unlock()
@@ -96,23 +124,27 @@ func (c *counters) fault(f fault) {
 }
 
 func (c *counters) snapshot() Counters {
-	s := Counters{Requests: c.requests.Load(), Faults: map[string]int64{}, Keys: map[string]KeyCount{}}
+	s := Counters{Requests: c.requests.Load(), Faults: map[string]int64{}, Keys: map[string]KeyCount{}, MaxKeys: c.maxKeys}
 	for f := range c.faults {
 		if n := c.faults[f].Load(); n > 0 {
 			s.Faults[fault(f).String()] = n
 		}
 	}
 	c.mu.Lock()
-	for k, v := range c.keys {
-		s.Keys[k] = *v
+	for _, k := range c.keys.Keys() {
+		if v, ok := c.keys.Peek(k); ok {
+			s.Keys[k] = *v
+		}
 	}
+	s.EvictedKeys = c.evicted
 	c.mu.Unlock()
 	return s
 }
 
 func (c *counters) reset() {
 	c.mu.Lock()
-	c.keys = map[string]*KeyCount{}
+	c.keys.Purge()
+	c.evicted = 0
 	c.mu.Unlock()
 	c.requests.Store(0)
 	c.seq.Store(0)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"net"
 	"strconv"
 	"sync"
@@ -94,9 +95,11 @@ type WorkloadResult struct {
 	// succeeded as the agent sees it (2xx and Valid).
 	Requests int64 `json:"requests"`
 	OK       int64 `json:"ok"`
-	// Errors counts failures by class: "3xx", "4xx", "5xx" (status
-	// classes), "invalid" (2xx the workload's Valid refused),
-	// "transport" (connection errors) and "timeout".
+	// Errors counts failures by class: "3xx", "429" (rate limited: the
+	// upstream or the proxy asked the agent to wait), "4xx" (every other
+	// client error), "5xx", "invalid" (2xx the workload's Valid refused),
+	// "transport" (connection errors) and "timeout". Reports written
+	// before the "429" class existed count 429s under "4xx".
 	Errors  map[string]int64 `json:"errors"`
 	Latency Percentiles      `json:"latency"`
 }
@@ -185,8 +188,11 @@ func percentiles(h *hdrhistogram.Histogram) Percentiles {
 // returns early, with what it measured, when ctx ends. Every goroutine and
 // connection it starts is gone when it returns.
 func RunLoad(ctx context.Context, cfg LoadConfig) (LoadResult, error) {
-	if len(cfg.Workloads) == 0 || cfg.Duration <= 0 || cfg.Rate < 0 || cfg.Addr == "" {
+	if len(cfg.Workloads) == 0 || cfg.Duration <= 0 || cfg.Addr == "" {
 		return LoadResult{}, fmt.Errorf("%w: need an address, a workload and a positive duration", ErrLoad)
+	}
+	if !(cfg.Rate >= 0) || math.IsInf(cfg.Rate, 0) { // NaN would run closed-loop, +Inf schedule forever
+		return LoadResult{}, fmt.Errorf("%w: rate %v is not a finite number of requests per second", ErrLoad, cfg.Rate)
 	}
 	if cfg.Connections <= 0 {
 		cfg.Connections = 64
@@ -437,6 +443,8 @@ func classify(err error, resp *fasthttp.Response, wl *Workload) string {
 		return ""
 	case s >= 300 && s < 400:
 		return "3xx"
+	case s == fasthttp.StatusTooManyRequests:
+		return "429"
 	case s >= 400 && s < 500:
 		return "4xx"
 	case s >= 500 && s < 600:

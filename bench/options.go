@@ -3,6 +3,7 @@ package bench
 import (
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"time"
 )
@@ -109,6 +110,9 @@ func (o Options) withScenarioDefaults(rate float64, duration time.Duration) (Opt
 		o.Saturation = 5 * time.Second
 	case o.Saturation < 0:
 		o.Saturation = 0
+	}
+	if math.IsNaN(o.Rate) || math.IsInf(o.Rate, 0) {
+		return o, fmt.Errorf("%w: rate %v is not a finite number of requests per second", ErrLoad, o.Rate)
 	}
 	if o.Rate <= 0 {
 		o.Rate = rate

@@ -48,6 +48,8 @@ type OverheadTarget struct {
 	LatencyRatio Percentiles `json:"latency_ratio"`
 	// RPSRatio is saturation rps over direct's.
 	RPSRatio float64 `json:"rps_ratio"`
+	// CPURatio is CPUPer1k over direct's (the upstream's CPU there).
+	CPURatio float64 `json:"cpu_ratio"`
 }
 
 // OverheadResult is the overhead scenario's report.
@@ -275,6 +277,7 @@ func compare(targets []OverheadTarget) {
 		if t.Saturation != nil && direct.Saturation != nil {
 			t.RPSRatio = ratio(t.Saturation.RPS, direct.Saturation.RPS)
 		}
+		t.CPURatio = ratio(t.CPUPer1k, direct.CPUPer1k)
 	}
 }
 

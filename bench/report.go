@@ -73,6 +73,9 @@ func (r *Report) WriteText(w io.Writer) error {
 		}
 		for _, t := range c.Targets {
 			fmt.Fprintf(w, "faults injected (%s run): %s\n", t.Name, fmtErrors(t.Faults))
+			if t.EvictedKeys > 0 {
+				fmt.Fprintf(w, "%s\n", t.evictionNote())
+			}
 		}
 	}
 	for _, s := range r.sections() {
@@ -118,6 +121,9 @@ func (r *Report) Markdown(plot string) []byte {
 		b.WriteString("\n")
 		for _, t := range c.Targets {
 			fmt.Fprintf(&b, "Faults injected during the %s run: %s.\n", t.Name, fmtErrors(t.Faults))
+			if t.EvictedKeys > 0 {
+				fmt.Fprintf(&b, "**%s**\n", t.evictionNote())
+			}
 		}
 	}
 	for _, s := range r.sections() {
@@ -164,16 +170,10 @@ const roundsIntro = "Each round, ballast against the other proxies measured in t
 // costTable is the headline: CPU per 1,000 requests at the fixed rate.
 func (o *OverheadResult) costTable() *table {
 	t := &table{header: []string{"target", "CPU ms / 1k req", "CPU ×direct", "upstream CPU ms / 1k", "peak RSS", "open-loop rps", "errors", "saturation rps", "rps ×direct"}}
-	var direct float64
-	for _, ot := range o.Targets {
-		if ot.Name == TargetDirect {
-			direct = ot.CPUPer1k
-		}
-	}
 	for _, ot := range o.Targets {
 		cpuRatio := "–"
 		if ot.Name != TargetDirect {
-			cpuRatio = fmtRatio(ratio(ot.CPUPer1k, direct))
+			cpuRatio = fmtRatio(ot.CPURatio)
 		}
 		sat, satRatio := "–", "–"
 		if ot.Saturation != nil {
@@ -216,6 +216,13 @@ func (c *ChaosResult) summary() string {
 	return fmt.Sprintf("chaos: profile %s (seed %d), open loop at %s rps for %s (warm-up %s) spread over three workloads, "+
 		"client timeout %s; ballast config features: %s; %s.",
 		c.Profile.Name, s.Seed, fmtCount(s.Rate), s.Duration, s.Warmup, s.Timeout, features, ballastProcs(s.Procs))
+}
+
+// evictionNote warns that the upstream dropped operation keys during the
+// run, so its attempts and duplicates are lower bounds.
+func (t *ChaosTarget) evictionNote() string {
+	return fmt.Sprintf("warning (%s run): the upstream's counters evicted %s operation keys; its upstream attempts and duplicate side effects are lower bounds.",
+		t.Name, fmtCount(float64(t.EvictedKeys)))
 }
 
 func (c *ChaosResult) table() *table {

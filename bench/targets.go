@@ -21,6 +21,9 @@ func UpstreamArgs(cfg UpstreamConfig) []string {
 	if p.Name != "" {
 		args = append(args, "--profile", p.Name)
 	}
+	if cfg.MaxKeys > 0 {
+		args = append(args, "--max-keys", strconv.Itoa(cfg.MaxKeys))
+	}
 	return args
 }
 

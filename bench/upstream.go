@@ -31,6 +31,13 @@ type UpstreamConfig struct {
 	StreamEvents int
 	// StreamInterval is the pause between two stream events. Default 0.
 	StreamInterval time.Duration
+	// MaxKeys bounds the operation keys the side-effect counters keep
+	// (Counters.Keys), so an upstream left running under unique keys
+	// does not grow without end: past it the least recently seen key is
+	// evicted and Counters.EvictedKeys says how many were. A run that
+	// reads duplicates must fit its operations in it. Default
+	// DefaultMaxKeys.
+	MaxKeys int
 	// Echo makes every answer to a request with a key name that key, so a
 	// test can tell an answer delivered to the wrong request: the JSON
 	// body's "id" (cut in half when malformed) and each SSE event's "id"
@@ -78,7 +85,7 @@ func NewUpstream(cfg UpstreamConfig) *Upstream {
 		cfg:      cfg,
 		body:     body,
 		event:    []byte(`data: {"id":"chatcmpl-bench","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"content":"token "}}]}` + "\n\n"),
-		counters: newCounters(),
+		counters: newCounters(cfg.MaxKeys),
 		done:     make(chan struct{}),
 	}
 	u.srv = &fasthttp.Server{

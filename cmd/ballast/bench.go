@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -23,9 +24,11 @@ const benchUsage = `usage:
   ballast bench soak [flags]       ballast's RSS over time at a fixed rate (default 5m)
   ballast bench all [flags]        overhead, chaos, policies, state (and soak with --soak)
   ballast bench upstream [--listen ADDR] [--size N] [--profile none|standard] [--seed N] [fault flags]
+                                   the chaos upstream alone (ballast bench upstream -h lists its flags)
 
 scenario flags: --duration D (10s; 5s per policies variant; 5m for soak) --warmup 1s --saturation 5s
                 --rate N --connections 64 --size 1024 --seed 1 --timeout 5s --sample-every 5s
+                --procs N (cores per proxy under test: 1; 2 for state)
                 --rounds N (overhead: every target N times, taking turns; medians)
                 --driver auto|go|wrk (overhead's saturation load: wrk -t1 when on PATH, else Go)
                 --targets LIST (overhead: direct,bare,ballast,nginx; policies: variants; state: stores)
@@ -77,10 +80,24 @@ func cmdBenchScenario(name string, args []string, stdout, stderr io.Writer) int 
 	asJSON := fs.Bool("json", false, "print JSON instead of tables")
 	out := fs.String("out", "", "write RESULTS.md's harness section, the plot and JSON into this directory")
 	if err := fs.Parse(args); err != nil || strayArgument(fs, "") {
-		return 2
+		return parseExit(err)
 	}
 	if err := bench.CheckDriver(o.Driver); err != nil {
 		fmt.Fprintf(stderr, "ballast bench %s: --driver: %v\n", name, err)
+		return 2
+	}
+	var fc flagChecks
+	fc.check(fs, "duration", o.Duration < 0, "must not be negative (0: the scenario's default)")
+	fc.check(fs, "warmup", o.Warmup < 0, "must not be negative (0: none)")
+	fc.check(fs, "saturation", o.Saturation < 0, "must not be negative (0: skip the closed loop)")
+	fc.check(fs, "rate", !(o.Rate >= 0 && o.Rate <= maxBenchRate), fmt.Sprintf("must be a number of requests per second within 0–%d (0: the scenario's default)", maxBenchRate))
+	fc.check(fs, "sample-every", o.SampleEvery <= 0, "must be positive")
+	fc.check(fs, "connections", o.Connections < 1 || o.Connections > maxBenchConnections, fmt.Sprintf("must be within 1–%d", maxBenchConnections))
+	fc.check(fs, "size", o.Size < 1 || o.Size > bench.MaxSize, fmt.Sprintf("must be within 1–%d bytes", bench.MaxSize))
+	fc.check(fs, "rounds", o.Rounds < 1, "must be at least 1")
+	fc.check(fs, "procs", o.Procs < 0, "must not be negative (0: the scenario's default)")
+	fc.check(fs, "timeout", o.Timeout <= 0, "must be positive")
+	if fc.report(stderr, "bench "+name) {
 		return 2
 	}
 	// Zero means "default" in Options; on the command line 0 means none.
@@ -163,11 +180,28 @@ func cmdBenchUpstream(args []string, stdout, stderr io.Writer) int {
 	fs.Float64Var(&p.CutStream, "cut", 0, "percent of streams cut half-way")
 	fs.DurationVar(&p.RetryAfter, "retry-after", time.Second, "reset hint sent with 429s, when set overriding the profile's (standard: 100ms)")
 	fs.DurationVar(&p.HangFor, "hang-for", time.Minute, "how long a hang lasts")
+	fs.IntVar(&cfg.MaxKeys, "max-keys", bench.DefaultMaxKeys, "operation keys the side-effect counters keep, the least recently seen evicted first (counted as evicted_keys)")
 	if err := fs.Parse(args); err != nil || strayArgument(fs, "") {
-		return 2
+		return parseExit(err)
 	}
-	if cfg.Size > bench.MaxSize {
-		fmt.Fprintf(stderr, "ballast bench upstream: --size %d: at most %d bytes\n", cfg.Size, bench.MaxSize)
+	var fc flagChecks
+	fc.check(fs, "size", cfg.Size < 1 || cfg.Size > bench.MaxSize, fmt.Sprintf("must be within 1–%d bytes", bench.MaxSize))
+	fc.check(fs, "stream-events", cfg.StreamEvents < 1, "must be at least 1")
+	fc.check(fs, "stream-interval", cfg.StreamInterval < 0, "must not be negative")
+	fc.check(fs, "max-keys", cfg.MaxKeys < 1, "must be at least 1")
+	for _, d := range []struct {
+		name string
+		v    time.Duration
+	}{{"latency-fixed", p.LatencyFixed}, {"latency-exp", p.LatencyExpMean}, {"retry-after", p.RetryAfter}, {"hang-for", p.HangFor}} {
+		fc.check(fs, d.name, d.v < 0, "must not be negative")
+	}
+	for _, pct := range []struct {
+		name string
+		v    float64
+	}{{"p500", p.Error500}, {"p503", p.Error503}, {"p429", p.RateLimited}, {"malformed", p.Malformed}, {"reset", p.Reset}, {"hang", p.Hang}, {"cut", p.CutStream}} {
+		fc.check(fs, pct.name, !(pct.v >= 0 && pct.v <= 100), "must be a percentage within 0–100")
+	}
+	if fc.report(stderr, "bench upstream") {
 		return 2
 	}
 	named, err := bench.NamedProfile(*profile)
@@ -235,7 +269,7 @@ func cmdBenchBareProxy(args []string, stdout, stderr io.Writer) int {
 	listen := fs.String("listen", "127.0.0.1:0", "address to serve on")
 	upstream := fs.String("upstream", "", "upstream host:port")
 	if err := fs.Parse(args); err != nil || strayArgument(fs, "") {
-		return 2
+		return parseExit(err)
 	}
 	if *upstream == "" {
 		fmt.Fprintln(stderr, "ballast bench bare-proxy: --upstream is required")
@@ -249,6 +283,44 @@ func cmdBenchBareProxy(args []string, stdout, stderr io.Writer) int {
 	p := bench.NewBareProxy(*upstream)
 	fmt.Fprintf(stdout, "bare proxy on http://%s to %s\n", ln.Addr(), *upstream)
 	return serveUntilSignal(p.Serve, p.Shutdown, ln, "bench bare-proxy", stderr)
+}
+
+// Upper bounds on scenario flags: far beyond what one machine's loopback
+// serves, and low enough that a typo cannot make the driver schedule
+// requests for hours (--rate) or start a goroutine per connection until
+// memory runs out (--connections).
+const (
+	maxBenchRate        = 1_000_000
+	maxBenchConnections = 100_000
+)
+
+// parseExit is the exit code of a failed fs.Parse (or a stray
+// argument, err nil): 0 when help was asked for (-h, --help), else 2.
+func parseExit(err error) int {
+	if errors.Is(err, flag.ErrHelp) {
+		return 0
+	}
+	return 2
+}
+
+// flagChecks collects the flags given with a value they cannot take, to
+// report them all at once.
+type flagChecks struct{ errs []error }
+
+// check records flag name as bad when bad is true: "--name VALUE: msg".
+func (c *flagChecks) check(fs *flag.FlagSet, name string, bad bool, msg string) {
+	if bad {
+		c.errs = append(c.errs, fmt.Errorf("--%s %s: %s", name, fs.Lookup(name).Value, msg))
+	}
+}
+
+// report prints each bad flag on its own line, prefixed by the command,
+// and reports whether there was one (a usage error, exit 2).
+func (c *flagChecks) report(stderr io.Writer, cmd string) bool {
+	for _, err := range c.errs {
+		fmt.Fprintf(stderr, "ballast %s: %v\n", cmd, err)
+	}
+	return len(c.errs) > 0
 }
 
 // serveUntilSignal serves on ln until SIGTERM or SIGINT.

@@ -4,7 +4,7 @@
 //	ballast run [-c FILE] [--listen ADDR] [--admin ADDR]
 //	ballast validate -c FILE
 //	ballast healthcheck [--admin ADDR] [--ready]
-//	ballast bench overhead|chaos|all|upstream
+//	ballast bench overhead|chaos|policies|state|soak|all|upstream
 //	ballast version
 package main
 
@@ -24,7 +24,8 @@ Usage:
   ballast run [-c FILE] [--listen ADDR] [--admin ADDR] [--log-level L]   run the proxy
   ballast validate -c FILE                                check a config; exit 1 on errors
   ballast healthcheck [--admin ADDR] [--ready]            GET the admin /healthz (or /readyz)
-  ballast bench overhead|chaos|all|upstream [flags]      the benchmark harness (see bench/README.md)
+  ballast bench SCENARIO|upstream [flags]                 the benchmark harness: ballast bench --help
+                                                          (overhead, chaos, policies, state, soak, all)
   ballast version                                         print the version
 
 Without -c, run uses ./ballast.yaml when present, otherwise the embedded default
