@@ -40,6 +40,7 @@ type metrics struct {
 	stateSeconds    *prometheus.HistogramVec
 	backendUp       prometheus.Gauge
 	stateErrors     *prometheus.CounterVec
+	stateReconciled *prometheus.CounterVec
 	reg             prometheus.Registerer
 	funcs           map[string]prometheus.Collector // function-backed collectors by id, replaced on reload
 	srcs            map[string]any                  // what the series of an id reads (follow)
@@ -157,14 +158,21 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "ballast_state_errors_total",
 			Help: "Failed operations on the state backend (Redis, or the file store's deferred completions), by operation.",
 		}, []string{"op"}),
+		stateReconciled: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "ballast_state_reconciled_total",
+			Help: "Idempotency records and jobs made locally during a Redis outage (fail_open) and reconciled with Redis once it answered, by result (published, present, conflict).",
+		}, []string{"result"}),
 		reg:    reg,
 		funcs:  map[string]prometheus.Collector{},
 		srcs:   map[string]any{},
 		routes: map[string]*routeMetrics{},
 	}
 	reg.MustRegister(m.requests, m.duration, m.truncated, m.reloads, m.inflight,
-		m.attempts, m.retries, m.budgetExhausted, m.retryWait, m.breakerState, m.rateRejected, m.rateWait, m.cacheRequests, m.validation, m.idem, m.hedges, m.stateSeconds, m.backendUp, m.stateErrors)
+		m.attempts, m.retries, m.budgetExhausted, m.retryWait, m.breakerState, m.rateRejected, m.rateWait, m.cacheRequests, m.validation, m.idem, m.hedges, m.stateSeconds, m.backendUp, m.stateErrors, m.stateReconciled)
 	m.backendUp.Set(1)
+	for _, r := range []string{reconcilePublished, reconcilePresent, reconcileConflict} {
+		m.stateReconciled.WithLabelValues(r)
+	}
 	m.reloads.WithLabelValues("success")
 	m.reloads.WithLabelValues("failure")
 	return m

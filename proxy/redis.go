@@ -33,6 +33,11 @@ type shared struct {
 	log        *slog.Logger
 	upGauge    prometheus.Gauge
 	errs       *prometheus.CounterVec
+	reconciled *prometheus.CounterVec
+	// back asks the failover store's reconciler for a pass (see
+	// failoverStore.reconcile): Redis answers again, or the local store
+	// has something to bring to it.
+	back chan struct{}
 }
 
 // quietRedisLog stops go-redis from printing every failed dial to stderr;
@@ -58,8 +63,8 @@ func newShared(c config.Redis, log *slog.Logger, m *metrics) (*shared, error) {
 		return nil, err
 	}
 	sh := &shared{client: client, cfg: c, failOpen: c.OnError != "fail_closed", cool: cool, log: log,
-		publishing: make(chan struct{}, 4),
-		upGauge:    m.backendUp, errs: m.stateErrors}
+		publishing: make(chan struct{}, 4), back: make(chan struct{}, 1),
+		upGauge: m.backendUp, errs: m.stateErrors, reconciled: m.stateReconciled}
 	sh.up.Store(true) // optimistic until the health watcher says otherwise
 	sh.upGauge.Set(1)
 	return sh, nil
@@ -72,6 +77,7 @@ func (sh *shared) watch(ctx context.Context, clock policy.Clock) {
 		if up {
 			sh.upGauge.Set(1)
 			sh.log.Info("redis is reachable; shared state is back")
+			sh.poke() // what the outage left in the local store goes to Redis
 			return
 		}
 		sh.upGauge.Set(0)
@@ -107,13 +113,15 @@ var errKnownDown = errors.New("redis is unreachable (health check)")
 // for fail_open: while Redis is unreachable, claims and jobs go to the
 // local store (per replica), and return to Redis when it answers.
 //
-// A key the local store holds stays there until its record expires, even
-// once Redis answers again: Redis never saw the outage's claims and
-// answers, so a retry of one of them on this replica must find it here
-// (to replay it, attach to it, or refuse it as a mismatch) rather than
-// claim it afresh in Redis and run the call a second time. Other replicas
-// do not see it: during an outage, and for the keys completed during one,
-// "runs once" holds per replica.
+// A key the local store holds is answered from there (replayed, attached
+// to, or refused as a mismatch) until reconciliation, once Redis answers
+// again, has brought its record to Redis (see reconcilePass): Redis never
+// saw the outage's claims and answers, so a retry of one of them must not
+// claim it afresh in Redis and run the call a second time. The record is
+// written to Redis unless Redis holds one of the key already (which then
+// wins, a conflict), and the local copy is dropped; a claim still in
+// flight is published and stays local until its call ends. Until then,
+// and during the outage, "runs once" holds per replica.
 //
 // A key this replica holds claimed in Redis (its call still running) is
 // remembered in running, so that a duplicate sent to this replica attaches
@@ -145,12 +153,23 @@ type failoverStore struct {
 	// 0), least recently seen dropped first.
 	known    *simplelru.LRU[string, time.Time]
 	maxKnown int
+	// remote is the Redis store's put-if-absent, for reconciliation (nil:
+	// none, the local store's records stay local until they expire).
+	remote recordPutter
+	// published maps the local claims in flight that a reconciliation
+	// pass wrote to Redis to their records, until the pass that finishes
+	// them in Redis (see reconcilePass).
+	published map[string]*store.Record
+	// forgetting counts, by job id, the deletes forgetJob has in flight.
+	forgetting map[string]int
 }
 
 // newFailoverStore wraps rs, the Redis store, for sh. The local store and
 // the keys remembered as held in Redis are bounded by lim.MaxRecords.
 func newFailoverStore(rs store.Store, lim store.Limits, sh *shared, clock policy.Clock) *failoverStore {
-	return &failoverStore{Store: rs, local: store.OpenMemory(store.MemoryOptions{Limits: lim}), sh: sh, clock: clock, maxKnown: lim.MaxRecords}
+	f := &failoverStore{Store: rs, local: store.OpenMemory(store.MemoryOptions{Limits: lim}), sh: sh, clock: clock, maxKnown: lim.MaxRecords}
+	f.remote, _ = rs.(recordPutter)
+	return f
 }
 
 // errHeldInRedis is why a request whose key Redis holds a record of is
@@ -200,7 +219,11 @@ func (f *failoverStore) claimLocally(ctx context.Context, key string, a store.Cl
 			return nil, false, fmt.Errorf("%w: %w", store.ErrUnavailable, errHeldInRedis)
 		}
 	}
-	return f.local.Claim(ctx, key, a)
+	rec, owned, err := f.local.Claim(ctx, key, a)
+	if owned {
+		f.poke() // Redis failed on a blip: publish the claim once it answers
+	}
+	return rec, owned, err
 }
 
 // redisClaim is a claim this replica holds in Redis, and its mirror in the
@@ -314,7 +337,9 @@ func (f *failoverStore) endRunning(held *store.Record) *store.Record {
 // answer there too, for the duplicates attached to it.
 func (f *failoverStore) Complete(ctx context.Context, held *store.Record, resp *store.Response, now time.Time, ttl time.Duration) error {
 	if f.localClaim(held) {
-		return f.local.Complete(ctx, held, resp, now, ttl)
+		err := f.local.Complete(ctx, held, resp, now, ttl)
+		f.poke() // its answer goes to Redis, finishing the claim a pass published
+		return err
 	}
 	var err error
 	if f.sh.down() {
@@ -340,6 +365,7 @@ func (f *failoverStore) Complete(ctx context.Context, held *store.Record, resp *
 	if f.completeLocally(ctx, held, resp, now, ttl) != nil {
 		return err
 	}
+	f.poke()
 	return nil
 }
 
@@ -375,7 +401,9 @@ func (f *failoverStore) completeMirror(ctx context.Context, rec *store.Record, r
 
 func (f *failoverStore) Release(ctx context.Context, held *store.Record) error {
 	if f.localClaim(held) {
-		return f.local.Release(ctx, held)
+		err := f.local.Release(ctx, held)
+		f.poke() // a claim a pass published is released in Redis too
+		return err
 	}
 	if m := f.endRunning(held); m != nil {
 		_ = f.local.Release(ctx, m) // its duplicates claim the key again
@@ -454,8 +482,10 @@ func (f *failoverStore) Wait(ctx context.Context, key string) (*store.Record, er
 // Redis is down or does not answer in time: within op_timeout, or within
 // ctx, the request's deadline, when the job is being started (a job whose
 // start ran out of time is started locally rather than refused). A job
-// the local store holds stays there, as a key does (see Claim): its runner
-// and its readers find it in one place whether Redis is back or not.
+// the local store holds stays there while it is pending, also once Redis
+// is back: its runner and its readers on this replica find it in one
+// place (other replicas do not see it). Once final, reconciliation writes
+// it to Redis and drops the local copy (see reconcilePass).
 func (f *failoverStore) PutJob(ctx context.Context, j *store.Job) error {
 	if f.sh.down() {
 		if f.sh.failOpen {
@@ -465,7 +495,11 @@ func (f *failoverStore) PutJob(ctx context.Context, j *store.Job) error {
 	}
 	if f.sh.failOpen {
 		if _, err := f.local.GetJob(ctx, j.ID); err == nil {
-			return f.local.PutJob(ctx, j)
+			err := f.local.PutJob(ctx, j)
+			if !j.State.Pending() {
+				f.poke() // a final job goes to Redis
+			}
+			return err
 		}
 	}
 	err := f.Store.PutJob(ctx, j)
@@ -494,13 +528,27 @@ func (f *failoverStore) PutJob(ctx context.Context, j *store.Job) error {
 // while the agent was told that it did not start (fail_closed) or it runs
 // from the local store (fail_open). Redis runs commands in the order they
 // come, so the delete follows the late write. It is bounded by op_timeout.
+// Reconciliation leaves the job alone until the delete has ended, so that
+// the delete cannot remove the copy it writes (see reconcilePass).
 func (f *failoverStore) forgetJob(id string) {
+	f.mu.Lock()
+	if f.forgetting == nil {
+		f.forgetting = make(map[string]int)
+	}
+	f.forgetting[id]++
+	f.mu.Unlock()
 	f.bg.Add(1)
 	go func() {
 		defer f.bg.Done()
 		c, cancel := context.WithTimeout(context.Background(), f.sh.cfg.OpTimeout.D())
 		defer cancel()
 		_ = f.Store.DeleteJob(c, id)
+		f.mu.Lock()
+		if f.forgetting[id]--; f.forgetting[id] <= 0 {
+			delete(f.forgetting, id)
+		}
+		f.mu.Unlock()
+		f.poke() // the job, if final and local, may go to Redis now
 	}()
 }
 

@@ -325,6 +325,12 @@ func (s *Server) startBackground() {
 			// A replica that died leaves its jobs leased until the lease
 			// runs out; whichever replica looks next takes them over.
 			go func() { defer wg.Done(); s.adoptJobs(bg, store.DefaultJobLease) }()
+			if f, ok := st.(*failoverStore); ok && f.sh.failOpen {
+				// What an outage left in the local store goes to Redis
+				// once it answers again.
+				wg.Add(1)
+				go func() { defer wg.Done(); f.reconcile(bg) }()
+			}
 		}
 		go func() {
 			defer close(s.bgDone)
