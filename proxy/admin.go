@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/json"
+	"errors"
 	"net"
 	"net/url"
 	"strings"
@@ -195,6 +196,11 @@ func (s *Server) adminReload(ctx *fasthttp.RequestCtx) {
 	ctx.SetContentType("application/json")
 	if err == nil {
 		ctx.SetBodyString(`{"result":"success"}` + "\n")
+		return
+	}
+	if errors.Is(err, ErrShuttingDown) {
+		writeProblem(ctx, problem{Status: fasthttp.StatusServiceUnavailable, Reason: ReasonShuttingDown,
+			Detail: "ballast is shutting down; the config in force stays until it exits"})
 		return
 	}
 	var msgs []string

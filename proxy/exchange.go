@@ -561,6 +561,13 @@ func (s *Server) pauseWatched(ctx *fasthttp.RequestCtx, d time.Duration, watch *
 		return waitAgentLeft
 	}
 	left := watch.leftC()
+	// An agent's wait (its request has a trail) ends when Shutdown
+	// begins, before fasthttp's own Shutdown closes ctx.Done (see conns);
+	// an async job waits on until the drain runs out of time (halt).
+	var shutdown <-chan struct{}
+	if trailOf(ctx) != nil {
+		shutdown = s.drain.Done()
+	}
 	t := s.clock.NewTimer(d)
 	defer t.Stop()
 	select {
@@ -568,7 +575,7 @@ func (s *Server) pauseWatched(ctx *fasthttp.RequestCtx, d time.Duration, watch *
 		return waited
 	case <-left:
 		return waitAgentLeft
-	case <-ctx.Done():
+	case <-shutdown:
 		writeProblem(ctx, problem{Status: fasthttp.StatusServiceUnavailable, Reason: ReasonShuttingDown,
 			Detail: "ballast is shutting down"})
 		return waitShutdown

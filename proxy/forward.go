@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/ballast-proxy/ballast/internal/rawio"
 	"github.com/ballast-proxy/ballast/validate"
 	"github.com/valyala/bytebufferpool"
 	"github.com/valyala/fasthttp"
@@ -215,9 +216,18 @@ func readBody(ctx *fasthttp.RequestCtx, r *route, deadline time.Time) (body []by
 		if err != nil {
 			p := problem{Status: fasthttp.StatusBadRequest, Reason: ReasonBadRequest, Route: r.name,
 				Detail: "reading the request body failed: " + agentErrorText(err)}
-			if isTimeout(err) {
+			switch {
+			case isTimeout(err):
 				p.Status, p.Reason = fasthttp.StatusRequestTimeout, ReasonTimeout
 				p.Detail = "the request body did not arrive within the request's deadline (timeouts.total or X-Ballast-Timeout)"
+			case errors.Is(err, rawio.ErrHalted):
+				// Shutdown's drain ran out of time before the body
+				// arrived (conns.halt): nothing went upstream.
+				p.Status, p.Reason = fasthttp.StatusServiceUnavailable, ReasonShuttingDown
+				p.Detail = "ballast is shutting down, and its drain ran out of time before the request body arrived; nothing was sent upstream"
+				if tr := trailOf(ctx); tr != nil {
+					tr.stop = ReasonShuttingDown
+				}
 			}
 			writeProblem(ctx, p)
 			ctx.SetConnectionClose()

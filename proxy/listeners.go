@@ -8,6 +8,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/ballast-proxy/ballast/internal/rawio"
 	"github.com/valyala/fasthttp"
 )
 
@@ -20,12 +21,15 @@ type listenerSet struct {
 	mu     sync.Mutex
 	closed bool
 	lns    []net.Listener
+	// served counts the Serves that add let start, until they return.
+	served sync.WaitGroup
 }
 
 // add keeps ln for close and runs start (when not nil), both before any
 // close that follows, so what start begins is there for Shutdown to end.
 // It reports false, and closes ln, when the set was closed already: the
-// server is shutting down and must not serve it.
+// server is shutting down and must not serve it. When it reports true,
+// the caller serves ln and calls l.served.Done when that ends.
 func (l *listenerSet) add(ln net.Listener, start func()) bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -34,10 +38,22 @@ func (l *listenerSet) add(ln net.Listener, start func()) bool {
 		return false
 	}
 	l.lns = append(l.lns, ln)
+	l.served.Add(1)
 	if start != nil {
 		start()
 	}
 	return true
+}
+
+// wait waits until every Serve add let start has returned (each does
+// once its listener is closed), or ctx ends.
+func (l *listenerSet) wait(ctx context.Context) {
+	done := make(chan struct{})
+	go func() { l.served.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-ctx.Done():
+	}
 }
 
 // close closes every listener added, and every one added later. A
@@ -53,26 +69,38 @@ func (l *listenerSet) close() {
 }
 
 // conns are a fasthttp.Server's connections and the state of each, for
-// Shutdown to settle them before fasthttp's own drain begins. Left to
-// itself, that drain lost requests and waited for nothing:
+// Shutdown to end them without losing a request. fasthttp's own drain
+// loses requests and waits for nothing:
+//   - it closes a keep-alive connection it finds idle even when the
+//     agent's next request has arrived, or is being read by the
+//     connection's goroutine: a request sent before the drain began was
+//     dropped unanswered, and many agent HTTP clients do not retry a
+//     POST (RFC 9112 §9.6 lets them, it does not make them);
 //   - it counts a new connection as idle only 5s after it opened
 //     (net/http's rule), so a client's spare connection, dialled while
 //     another came free and parked unused in its pool, held every
-//     Shutdown up for up to 5s with nothing in flight;
-//   - it closes a keep-alive connection it finds idle even when the next
-//     request has arrived and its goroutine has not yet woken to read it:
-//     a request sent before the drain began was dropped unanswered.
+//     Shutdown up for up to 5s with nothing in flight.
 //
-// drain waits (a second at most) until every connection on which a
-// request has arrived has taken it up (its answer then ends the
-// connection: see closeWhenDraining), and closes the new connections on
-// which nothing has arrived, as nginx does; fasthttp's drain then closes
-// the idle ones. A connection accepted after that (just before the
-// listener closed) is closed as it comes, unless its request is there.
+// So no connection is closed from outside. Shutdown stops accepting
+// first, then drains (rawio.Stop.Drain) and wakes every connection: one
+// waiting for a request reads what has arrived and serves it (its answer,
+// like every answer given once Shutdown has begun, says Connection: close:
+// see closeWhenDraining), or, with nothing there, ends having read
+// nothing, as nginx ends a keep-alive connection. A request's bytes that
+// reached ballast before its listener stopped are therefore answered, and
+// those sent later are never read. drain waits for every connection to
+// end; what still runs when Shutdown's context ends is called off (halt).
 type conns struct {
-	states  sync.Map // net.Conn → *atomic.Int32 holding a fasthttp.ConnState
-	mu      sync.Mutex
-	closing bool
+	states sync.Map // net.Conn → *atomic.Int32 holding a fasthttp.ConnState
+	// stop is the connections' rawio.Stop (rawio.Listener.Stop).
+	stop rawio.Stop
+	// mu orders a new connection's registration with drain's wake-up:
+	// one registered later reads a stop already set.
+	mu       sync.Mutex
+	draining atomic.Bool
+	// changed is signalled (never closed) when, draining, a connection
+	// changes state, so that drain looks again.
+	changed chan struct{}
 }
 
 // state is the fasthttp.Server's ConnState hook. Per request it costs two
@@ -80,15 +108,11 @@ type conns struct {
 func (cs *conns) state(c net.Conn, st fasthttp.ConnState) {
 	switch st {
 	case fasthttp.StateNew:
-		cs.mu.Lock()
-		defer cs.mu.Unlock()
-		if cs.closing {
-			closeUnlessAsked(c)
-			return
-		}
 		v := new(atomic.Int32)
 		v.Store(int32(st))
+		cs.mu.Lock()
 		cs.states.Store(c, v)
+		cs.mu.Unlock()
 	case fasthttp.StateActive, fasthttp.StateIdle:
 		if v, ok := cs.states.Load(c); ok {
 			v.(*atomic.Int32).Store(int32(st))
@@ -96,48 +120,61 @@ func (cs *conns) state(c net.Conn, st fasthttp.ConnState) {
 	case fasthttp.StateClosed, fasthttp.StateHijacked:
 		cs.states.Delete(c)
 	}
+	if cs.draining.Load() {
+		select {
+		case cs.changed <- struct{}{}:
+		default:
+		}
+	}
 }
 
-// drain settles the connections before fasthttp's drain (see conns), for
-// a second at most or until ctx ends.
+// waker is a connection whose reads a rawio.Stop ends (a *rawio.Conn).
+type waker interface{ Wake() }
+
+// drain ends the connections (see conns) and waits until they have all
+// ended, or ctx ends. The caller has stopped accepting.
 //
-// It waits while a request waits to be read on any connection: one
-// finishing an answer given just before the drain began (without
-// Connection: close) is idle next, and fasthttp's drain, which ends such
-// a connection as soon as its answer is out, would drop the agent's next
-// request, sent before the drain began, unread. An idle connection is
-// left to fasthttp, whose close cannot race its goroutine's read of a
-// request that arrives meanwhile. A new one is closed here once two looks
-// a millisecond apart found it new and silent: a goroutine that has just
-// read its first request (the socket is silent again) has by the second
-// look marked the connection active. A request sent after the last look
-// on a connection whose last answer went out before the drain began is
-// still dropped, as by any server that closes idle keep-alive
-// connections (RFC 9112 §9.6: the client retries it).
+// A connection that is not a *rawio.Conn (an embedder's listener of
+// another kind) cannot be woken: one that is new is closed once two looks
+// a millisecond apart found it new and silent, and an idle one
+// is left to fasthttp's drain, whose close races the agent's next request.
 func (cs *conns) drain(ctx context.Context) {
 	cs.mu.Lock()
-	cs.closing = true
+	if cs.changed == nil {
+		cs.changed = make(chan struct{}, 1)
+	}
+	cs.draining.Store(true)
+	cs.stop.Drain()
 	cs.mu.Unlock()
-	give, stop := context.WithTimeout(ctx, time.Second)
-	defer stop()
+	cs.states.Range(func(k, _ any) bool {
+		if w, ok := k.(waker); ok {
+			w.Wake()
+		}
+		return true
+	})
 	tick := time.NewTicker(time.Millisecond)
 	defer tick.Stop()
-	quiet := map[net.Conn]bool{} // new and silent at the last look
+	quiet := map[net.Conn]bool{} // not wakeable, new and silent at the last look
 	for {
-		settled := true
+		// settled: no connection is left to wait for; poll: one that
+		// cannot be woken must be looked at again.
+		settled, poll := true, false
 		cs.states.Range(func(k, v any) bool {
 			c := k.(net.Conn)
+			if _, ok := c.(waker); ok {
+				settled = false // it ends by itself, changing state
+				return true
+			}
 			switch st := fasthttp.ConnState(v.(*atomic.Int32).Load()); {
-			case asked(c):
-				settled = false
-				delete(quiet, c)
-			case st != fasthttp.StateNew:
+			case st == fasthttp.StateIdle:
+			case st == fasthttp.StateActive || asked(c):
+				settled, poll = false, true
 				delete(quiet, c)
 			case quiet[c]:
 				_ = c.Close()
 				delete(quiet, c)
 			default:
-				settled = false
+				settled, poll = false, true
 				quiet[c] = true
 			}
 			return true
@@ -145,12 +182,30 @@ func (cs *conns) drain(ctx context.Context) {
 		if settled {
 			return
 		}
+		var again <-chan time.Time
+		if poll {
+			again = tick.C
+		}
 		select {
-		case <-tick.C:
-		case <-give.Done():
+		case <-cs.changed:
+		case <-again:
+		case <-ctx.Done():
 			return
 		}
 	}
+}
+
+// halt makes the connections still reading a request stop waiting for
+// the rest of it (rawio.Stop.Halt): their reads fail with
+// rawio.ErrHalted, and the request is answered 503 shutting_down.
+func (cs *conns) halt() {
+	cs.stop.Halt()
+	cs.states.Range(func(k, _ any) bool {
+		if w, ok := k.(waker); ok {
+			w.Wake()
+		}
+		return true
+	})
 }
 
 // quiet waits until no connection is serving a request, or ctx ends.
@@ -171,15 +226,6 @@ func (cs *conns) quiet(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		}
-	}
-}
-
-// closeUnlessAsked closes c unless a request waits on it (see asked).
-// fasthttp's goroutine for c then ends on net.ErrClosed, which it answers
-// with nothing.
-func closeUnlessAsked(c net.Conn) {
-	if !asked(c) {
-		_ = c.Close()
 	}
 }
 

@@ -13,15 +13,28 @@ import (
 // ErrNoSource is returned by Reload on a Server built without Options.Source.
 var ErrNoSource = errors.New("proxy: no config source to reload from")
 
+// ErrShuttingDown is returned by Reload once Shutdown has begun.
+var ErrShuttingDown = errors.New("proxy: shutting down; the config in force stays until the exit")
+
 // Reload reads the config again from the Server's source, validates it and
 // swaps it in. An invalid config is refused: the old one stays in force,
 // the errors are logged and counted, and returned.
+//
+// Once Shutdown has begun, Reload changes nothing and returns
+// ErrShuttingDown (a SIGHUP, a file change or POST /reload during the
+// drain, or after it): the requests still draining finish on the table
+// they started with, and what Shutdown is closing is not built anew.
+// Shutdown waits for a reload already running before it closes anything.
 func (s *Server) Reload() error {
 	if s.src == nil {
 		return ErrNoSource
 	}
 	s.reloadMu.Lock()
 	defer s.reloadMu.Unlock()
+	if s.draining.Load() {
+		s.log.Warn("config reload ignored: ballast is shutting down", "source", s.src.Origin())
+		return ErrShuttingDown
+	}
 	cfg, err := config.Load(*s.src)
 	if err == nil {
 		err = s.Apply(cfg)

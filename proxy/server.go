@@ -357,7 +357,8 @@ func (s *Server) Serve(ln net.Listener) error {
 	if !started {
 		return nil // shut down before it began
 	}
-	err := s.srv.Serve(rawio.Listener{Listener: ln})
+	defer s.serving.served.Done()
+	err := s.srv.Serve(rawio.Listener{Listener: ln, Stop: &s.conns.stop})
 	if err != nil && !errors.Is(err, net.ErrClosed) {
 		return err
 	}
@@ -385,7 +386,8 @@ func (s *Server) ServeAdmin(ln net.Listener) error {
 	if !s.adminServing.add(ln, nil) {
 		return nil
 	}
-	err := s.adminSrv.Serve(ln)
+	defer s.adminServing.served.Done()
+	err := s.adminSrv.Serve(rawio.Listener{Listener: ln, Stop: &s.adminConns.stop})
 	if err != nil && !errors.Is(err, net.ErrClosed) {
 		return err
 	}
@@ -405,12 +407,19 @@ func (s *Server) ServeAdmin(ln net.Listener) error {
 // stops last.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.draining.Store(true)
+	// Stop accepting first: a request that reached ballast before is
+	// answered, one sent later never read (see conns); an agent that
+	// dials now is refused, and knows its request was not sent. /readyz
+	// fails from here on.
+	s.serving.close()
 	s.ready.Store(false)
 	s.drainStop()
 	s.conns.drain(ctx)
+	s.serving.wait(ctx) // fasthttp's drain then ends at once
 	err := s.srv.ShutdownWithContext(ctx)
-	s.serving.close()    // a Serve fasthttp had not reached yet
-	s.ready.Store(false) // again: such a Serve may have just set it
+	if errors.Is(err, net.ErrClosed) {
+		err = nil // its listeners, closed already
+	}
 	streamsDone := make(chan struct{})
 	go func() { s.streams.Wait(); close(streamsDone) }()
 	select {
@@ -449,14 +458,21 @@ func (s *Server) Shutdown(ctx context.Context) error {
 			case <-grace.Done():
 			}
 		}
+		s.conns.halt()       // requests still arriving are answered 503
 		s.conns.quiet(grace) // the calls called off have answered, their lines written
 		stop()
 	}
+	s.adminServing.close()
 	s.adminConns.drain(ctx)
-	if aerr := s.adminSrv.ShutdownWithContext(ctx); err == nil {
+	s.adminServing.wait(ctx)
+	if aerr := s.adminSrv.ShutdownWithContext(ctx); err == nil && !errors.Is(aerr, net.ErrClosed) {
 		err = aerr
 	}
-	s.adminServing.close()
+	// A reload that began before the drain (a SIGHUP, a file change)
+	// finishes before what it builds on is closed; later ones change
+	// nothing (Reload).
+	s.reloadMu.Lock()
+	s.reloadMu.Unlock() //nolint:staticcheck // a barrier: nothing to guard
 	s.ups.closeIdle()
 	if nerr := s.status.close(ctx); err == nil {
 		err = nerr
@@ -653,11 +669,29 @@ func (s *Server) handleParseError(ctx *fasthttp.RequestCtx, err error) {
 		p.Detail = "malformed request: its header block ends in a bare LF; ballast needs CRLF line endings (RFC 9112 §2.2)"
 	}
 	var ne net.Error
-	if errors.As(err, &ne) && ne.Timeout() {
+	cut := false // the agent was still sending: its line is written
+	switch {
+	case errors.As(err, &ne) && ne.Timeout():
 		p.Status, p.Detail = fasthttp.StatusRequestTimeout, "the request was not received in time"
+		cut = true
+	case errors.Is(err, rawio.ErrHalted):
+		// Shutdown's drain ran out of time with the head still arriving
+		// (conns.halt): answered, so that the agent sends it elsewhere.
+		p.Status, p.Reason = fasthttp.StatusServiceUnavailable, ReasonShuttingDown
+		p.Detail = "ballast is shutting down, and its drain ran out of time before the request arrived; nothing was sent upstream"
+		cut = true
 	}
 	writeProblem(ctx, p)
 	ctx.SetConnectionClose()
+	if cut {
+		end := time.Now()
+		tr := trailPool.Get().(*trail)
+		tr.start = end
+		if p.Reason == ReasonShuttingDown {
+			tr.stop = ReasonShuttingDown
+		}
+		s.finishTrail(ctx, tr, unmatchedRoute, s.table.Load().cfg.Log, end)
+	}
 	s.unmatched.observe(p.Status, 0)
 }
 

@@ -67,6 +67,11 @@ type Conn struct {
 	// heads Read follows (head.go); head is the one being read.
 	heads bool
 	head  headWatch
+
+	// stop is the Listener's Stop (nil: none); stopErr is the error the
+	// read callback found it calls for (stop.go).
+	stop    *Stop
+	stopErr error
 }
 
 var _ net.Conn = (*Conn)(nil)
@@ -129,6 +134,10 @@ func (c *Conn) Read(p []byte) (int, error) {
 	}
 	n, errno := c.rn, c.rerrno
 	c.rbuf = nil
+	if stopErr := c.stopErr; stopErr != nil {
+		c.stopErr = nil
+		return 0, c.opError("read", stopErr)
+	}
 	switch {
 	case err != nil: // deadline, closed connection
 		return 0, c.opError("read", unwrapOp(err))
@@ -158,7 +167,8 @@ func (c *Conn) read(fd uintptr) bool {
 		case syscall.EINTR:
 			continue
 		case syscall.EAGAIN:
-			return false
+			c.stopErr = c.stopped()
+			return c.stopErr != nil
 		}
 		c.rerrno = errno
 		return true

@@ -8,6 +8,9 @@ import "net"
 // head that a bare LF already ended with ErrBareLFHead.
 type Listener struct {
 	net.Listener
+	// Stop, when not nil, is how the server stops its connections
+	// without losing requests (see Stop).
+	Stop *Stop
 }
 
 // Accept waits for the next connection and returns it wrapped.
@@ -20,6 +23,7 @@ func (l Listener) Accept() (net.Conn, error) {
 	if rc, ok := w.(*Conn); ok {
 		rc.heads = true
 		rc.head.start()
+		rc.stop = l.Stop
 	}
 	return w, nil
 }
