@@ -13,10 +13,31 @@ import (
 	"time"
 
 	"github.com/ballast-proxy/ballast/config"
+	"github.com/ballast-proxy/ballast/internal/rawio"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/valyala/fasthttp"
 	"github.com/valyala/fasthttp/fasthttpadaptor"
 )
+
+// adminParseError answers a request the admin listener could not read,
+// as fasthttp's own handler does (431, 408, 400), except one whose head
+// was still arriving when Shutdown stopped waiting (rawio.ErrHalted):
+// 503 shutting_down.
+func adminParseError(ctx *fasthttp.RequestCtx, err error) {
+	var ne net.Error
+	var small *fasthttp.ErrSmallBuffer
+	switch {
+	case errors.Is(err, rawio.ErrHalted):
+		writeProblem(ctx, problem{Status: fasthttp.StatusServiceUnavailable, Reason: ReasonShuttingDown,
+			Detail: "ballast is shutting down, and its drain ran out of time before the request arrived"})
+	case errors.As(err, &small):
+		ctx.Error("Too big request header", fasthttp.StatusRequestHeaderFieldsTooLarge)
+	case errors.As(err, &ne) && ne.Timeout():
+		ctx.Error("Request timeout", fasthttp.StatusRequestTimeout)
+	default:
+		ctx.Error("Error when parsing request", fasthttp.StatusBadRequest)
+	}
+}
 
 // handleAdmin serves the admin listener. /healthz and /readyz are open (for
 // probes); every other endpoint requires the bearer token when admin.token

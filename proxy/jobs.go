@@ -607,6 +607,7 @@ func (s *Server) awaitJob(ctx *fasthttp.RequestCtx, job *store.Job, d time.Durat
 		done, local := s.jobs.running(job.ID)
 		var poll policy.Timer
 		var tick <-chan time.Time
+		var drained <-chan struct{}
 		if !local {
 			if j, err := s.readJob(job.ID); err == nil {
 				job = j
@@ -616,6 +617,11 @@ func (s *Server) awaitJob(ctx *fasthttp.RequestCtx, job *store.Job, d time.Durat
 			}
 			poll = s.clock.NewTimer(jobPollEvery)
 			tick = poll.C()
+			// A job run elsewhere holds nothing here up: once Shutdown
+			// begins the agent is answered, and polls another replica.
+			// One run here is waited for, as the drain waits for it,
+			// until fasthttp's Shutdown closes ctx.Done at the deadline.
+			drained = s.drain.Done()
 		}
 		over := false
 		select {
@@ -624,6 +630,8 @@ func (s *Server) awaitJob(ctx *fasthttp.RequestCtx, job *store.Job, d time.Durat
 		case <-deadline.C():
 			over = true
 		case <-ctx.Done():
+			over = true
+		case <-drained:
 			over = true
 		}
 		if poll != nil {

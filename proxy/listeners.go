@@ -135,9 +135,11 @@ type waker interface{ Wake() }
 // ended, or ctx ends. The caller has stopped accepting.
 //
 // A connection that is not a *rawio.Conn (an embedder's listener of
-// another kind) cannot be woken: one that is new is closed once two looks
-// a millisecond apart found it new and silent, and an idle one
-// is left to fasthttp's drain, whose close races the agent's next request.
+// another kind) cannot be woken: drain waits while a request has arrived
+// on one that has yet to read it (asked); one that is new is closed once
+// two looks a millisecond apart found it new and silent, and an idle one
+// is left to fasthttp's drain, whose close races a request sent after
+// drain's last look.
 func (cs *conns) drain(ctx context.Context) {
 	cs.mu.Lock()
 	if cs.changed == nil {
@@ -165,11 +167,17 @@ func (cs *conns) drain(ctx context.Context) {
 				settled = false // it ends by itself, changing state
 				return true
 			}
+			// asked before idle: a request that has arrived on an idle
+			// connection is taken up (the connection goes active) before
+			// fasthttp's drain closes the idle ones.
 			switch st := fasthttp.ConnState(v.(*atomic.Int32).Load()); {
-			case st == fasthttp.StateIdle:
-			case st == fasthttp.StateActive || asked(c):
+			case st == fasthttp.StateActive:
+				settled = false // its answer changes its state
+				delete(quiet, c)
+			case asked(c):
 				settled, poll = false, true
 				delete(quiet, c)
+			case st == fasthttp.StateIdle:
 			case quiet[c]:
 				_ = c.Close()
 				delete(quiet, c)

@@ -243,6 +243,7 @@ func New(cfg *config.Config, opts Options) (*Server, error) {
 	}
 	s.adminSrv = &fasthttp.Server{
 		Handler:               s.handleAdmin,
+		ErrorHandler:          adminParseError,
 		NoDefaultServerHeader: true,
 		ReadTimeout:           30 * time.Second,
 		IdleTimeout:           30 * time.Second,
@@ -464,6 +465,15 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}
 	s.adminServing.close()
 	s.adminConns.drain(ctx)
+	if ctx.Err() != nil {
+		// An admin request still arriving is answered 503 too, rather
+		// than left reading until the admin read timeout (30s) after
+		// Shutdown returned.
+		s.adminConns.halt()
+		grace, stop := context.WithTimeout(context.Background(), time.Second)
+		s.adminConns.quiet(grace)
+		stop()
+	}
 	s.adminServing.wait(ctx)
 	if aerr := s.adminSrv.ShutdownWithContext(ctx); err == nil && !errors.Is(aerr, net.ErrClosed) {
 		err = aerr

@@ -137,6 +137,10 @@ func serve(srv *proxy.Server, cfg *config.Config, src config.Source, ln, adminLn
 					select {
 					case s2 := <-sigs:
 						if s2 == syscall.SIGHUP {
+							// Not Reload: it would wait for a reload
+							// still running, and a second SIGTERM must
+							// not wait behind it.
+							log.Warn("config reload ignored: ballast is shutting down", "signal", s2.String())
 							continue
 						}
 						forced <- s2
