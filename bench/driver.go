@@ -2,6 +2,7 @@ package bench
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"math"
@@ -119,8 +120,8 @@ type LoadResult struct {
 	// TargetRate is LoadConfig.Rate (open loop only).
 	TargetRate float64 `json:"target_rate,omitempty"`
 	// Elapsed is the measured window as it happened: from its start to the
-	// end of its last request.
-	Elapsed time.Duration `json:"elapsed"`
+	// end of its last request. In JSON: elapsed_s, in seconds.
+	Elapsed time.Duration `json:"-"`
 	// RPS is the requests that ended (answered or failed) within the
 	// measured window, per second of that window: the rate the target
 	// sustained. A slow tail past the window (one request hanging until
@@ -129,6 +130,37 @@ type LoadResult struct {
 	// All merges the workloads.
 	All       WorkloadResult   `json:"all"`
 	Workloads []WorkloadResult `json:"workloads"`
+}
+
+// MarshalJSON writes the result with Elapsed in seconds, as elapsed_s
+// (a bare time.Duration would be nanoseconds without a unit).
+func (r LoadResult) MarshalJSON() ([]byte, error) {
+	type fields LoadResult // without these methods
+	return json.Marshal(struct {
+		fields
+		ElapsedS float64 `json:"elapsed_s"`
+	}{fields(r), r.Elapsed.Seconds()})
+}
+
+// UnmarshalJSON reads what MarshalJSON writes.
+func (r *LoadResult) UnmarshalJSON(b []byte) error {
+	type fields LoadResult
+	var v struct {
+		fields
+		ElapsedS float64 `json:"elapsed_s"`
+	}
+	if err := json.Unmarshal(b, &v); err != nil {
+		return err
+	}
+	*r = LoadResult(v.fields)
+	r.Elapsed = fromSeconds(v.ElapsedS)
+	return nil
+}
+
+// fromSeconds is a duration given in seconds in a report, to the
+// nanosecond.
+func fromSeconds(s float64) time.Duration {
+	return time.Duration(math.Round(s * float64(time.Second)))
 }
 
 // job is one request to send.

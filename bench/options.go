@@ -9,7 +9,7 @@ import (
 )
 
 // Options configure a scenario run. The zero value of each field means its
-// default.
+// default, except Seed: every seed, 0 included, is used as given.
 type Options struct {
 	// Exe is the ballast binary the children run (`bench upstream`,
 	// `bench bare-proxy`, `run -c`). Default: os.Executable().
@@ -43,7 +43,9 @@ type Options struct {
 	// Rounds is how many times the overhead scenario measures every
 	// target, taking turns. Default 1.
 	Rounds int
-	// Seed seeds the chaos upstream. Default 1.
+	// Seed seeds the chaos upstream's fault and latency draws. 0 is a seed
+	// like any other (the command line's default is 1), as it is for
+	// `ballast bench upstream --seed`.
 	Seed int64
 	// Timeout bounds each request of the load driver. Default 5s.
 	Timeout time.Duration
@@ -125,9 +127,6 @@ func (o Options) withScenarioDefaults(rate float64, duration time.Duration) (Opt
 	}
 	if o.Size > MaxSize {
 		return o, fmt.Errorf("%w: size %d is above the %d bytes the load driver reads", ErrLoad, o.Size, MaxSize)
-	}
-	if o.Seed == 0 {
-		o.Seed = 1
 	}
 	if o.Rounds <= 0 {
 		o.Rounds = 1

@@ -61,6 +61,10 @@ type OverheadResult struct {
 	// Rounds holds every round's measurements, in the order they ran,
 	// when there was more than one round.
 	Rounds [][]OverheadTarget `json:"rounds,omitempty"`
+	// RoundsVersus gives, with more than one round, every round's ratios
+	// of ballast against the other proxies and their added latencies: the
+	// per-round table's figures.
+	RoundsVersus []RoundVersus `json:"rounds_versus,omitempty"`
 	// Skipped lists targets that were asked for or known but did not run,
 	// with why (nginx not on PATH).
 	Skipped map[string]string `json:"skipped,omitempty"`
@@ -173,22 +177,34 @@ func Overhead(ctx context.Context, opts Options) (*OverheadResult, error) {
 		}
 		res.Rounds = append(res.Rounds, measured)
 	}
-	for _, r := range res.Rounds {
+	res.summarise()
+	return res, nil
+}
+
+// summarise fills the comparisons from o.Rounds: with one round, Targets
+// is that round; with more, Targets are the medians (medianTarget) and
+// RoundsVersus every round's ratios.
+func (o *OverheadResult) summarise() {
+	for _, r := range o.Rounds {
 		compare(r)
 	}
-	if len(res.Rounds) == 1 {
-		res.Targets, res.Rounds = res.Rounds[0], nil
-		return res, nil
+	switch len(o.Rounds) {
+	case 0:
+		return
+	case 1:
+		o.Targets, o.Rounds = o.Rounds[0], nil
+		return
 	}
-	for i := range targets {
-		runs := make([]OverheadTarget, len(res.Rounds))
-		for r, round := range res.Rounds {
+	o.Targets = nil
+	for i := range o.Rounds[0] {
+		runs := make([]OverheadTarget, len(o.Rounds))
+		for r, round := range o.Rounds {
 			runs[r] = round[i]
 		}
-		res.Targets = append(res.Targets, medianTarget(runs))
+		o.Targets = append(o.Targets, medianTarget(runs))
 	}
-	compare(res.Targets)
-	return res, nil
+	compare(o.Targets)
+	o.RoundsVersus = o.ballastVersus()
 }
 
 // measureTarget runs the open-loop and saturation phases against one

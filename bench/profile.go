@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"math"
@@ -20,10 +21,10 @@ type Profile struct {
 	// "custom" once flags change it).
 	Name string `json:"name"`
 	// LatencyFixed is added to every answer.
-	LatencyFixed time.Duration `json:"latency_fixed"`
+	LatencyFixed time.Duration `json:"-"`
 	// LatencyExpMean, when positive, adds an exponentially distributed
 	// delay with this mean on top of LatencyFixed.
-	LatencyExpMean time.Duration `json:"latency_exp_mean"`
+	LatencyExpMean time.Duration `json:"-"`
 
 	// Error500 is the percentage answered 500 after doing the work (a side
 	// effect happened).
@@ -48,9 +49,45 @@ type Profile struct {
 	CutStream float64 `json:"cut_stream_pct"`
 
 	// RetryAfter is the reset hint sent with 429s. Default 1s.
-	RetryAfter time.Duration `json:"retry_after"`
+	RetryAfter time.Duration `json:"-"`
 	// HangFor bounds a hang. Default 60s.
-	HangFor time.Duration `json:"hang_for"`
+	HangFor time.Duration `json:"-"`
+}
+
+// profileTimes are a profile's durations in JSON, in seconds: a bare
+// time.Duration would be nanoseconds without a unit.
+type profileTimes struct {
+	LatencyFixed   float64 `json:"latency_fixed_s"`
+	LatencyExpMean float64 `json:"latency_exp_mean_s"`
+	RetryAfter     float64 `json:"retry_after_s"`
+	HangFor        float64 `json:"hang_for_s"`
+}
+
+// MarshalJSON writes the profile with its durations in seconds
+// (latency_fixed_s, latency_exp_mean_s, retry_after_s, hang_for_s).
+func (p Profile) MarshalJSON() ([]byte, error) {
+	type fields Profile // without these methods
+	return json.Marshal(struct {
+		fields
+		profileTimes
+	}{fields(p), profileTimes{p.LatencyFixed.Seconds(), p.LatencyExpMean.Seconds(), p.RetryAfter.Seconds(), p.HangFor.Seconds()}})
+}
+
+// UnmarshalJSON reads what MarshalJSON writes.
+func (p *Profile) UnmarshalJSON(b []byte) error {
+	type fields Profile
+	var v struct {
+		fields
+		profileTimes
+	}
+	if err := json.Unmarshal(b, &v); err != nil {
+		return err
+	}
+	*p = Profile(v.fields)
+	t := v.profileTimes
+	p.LatencyFixed, p.LatencyExpMean = fromSeconds(t.LatencyFixed), fromSeconds(t.LatencyExpMean)
+	p.RetryAfter, p.HangFor = fromSeconds(t.RetryAfter), fromSeconds(t.HangFor)
+	return nil
 }
 
 // profiles are the named fault profiles. Each call returns a fresh copy.

@@ -97,12 +97,86 @@ func medianOf[T any](xs []T, f func(T) float64) float64 {
 	return (v[n/2-1] + v[n/2]) / 2
 }
 
+// RoundVersus is one round of the overhead scenario seen from ballast:
+// its CPU and saturation throughput as multiples of each other proxy's in
+// that round, and each one's latency added to direct's. These are the
+// figures of the per-round table, for a machine reading the JSON.
+type RoundVersus struct {
+	// Round is the round's number, from 1.
+	Round int `json:"round"`
+	// BallastCPUPer1k is ballast's CPU ms per 1,000 requests that round.
+	BallastCPUPer1k float64 `json:"ballast_cpu_ms_per_1k"`
+	// BallastAdded is ballast's open-loop latency minus direct's that
+	// round; nil when direct did not run.
+	BallastAdded *Percentiles `json:"ballast_added_latency,omitempty"`
+	// Versus has one entry per other proxy (bare, nginx), in target order.
+	Versus []ProxyVersus `json:"versus"`
+}
+
+// ProxyVersus is ballast against one other proxy in one round.
+type ProxyVersus struct {
+	Name string `json:"name"`
+	// CPURatio is ballast's CPU per 1,000 requests over this proxy's; 0
+	// when this proxy's was 0 (the table's "–").
+	CPURatio float64 `json:"cpu_ratio"`
+	// SaturationRatio is ballast's saturation rps over this proxy's; 0
+	// when either skipped the closed loop (the table's "–").
+	SaturationRatio float64 `json:"saturation_ratio"`
+	// Added is this proxy's open-loop latency minus direct's that round;
+	// nil when direct did not run.
+	Added *Percentiles `json:"added_latency,omitempty"`
+}
+
+// ballastVersus compares ballast with the other proxies round by round,
+// the proxies in the order of o.Targets. Rounds without ballast are left
+// out; nil with fewer than two rounds.
+func (o *OverheadResult) ballastVersus() []RoundVersus {
+	if len(o.Rounds) < 2 {
+		return nil
+	}
+	var names []string
+	for _, t := range o.Targets {
+		if t.Name != TargetBallast && t.Name != TargetDirect {
+			names = append(names, t.Name)
+		}
+	}
+	var out []RoundVersus
+	for r, round := range o.Rounds {
+		b := findTarget(round, TargetBallast)
+		if b == nil {
+			continue
+		}
+		direct := findTarget(round, TargetDirect) != nil
+		rv := RoundVersus{Round: r + 1, BallastCPUPer1k: b.CPUPer1k, Versus: []ProxyVersus{}}
+		if direct {
+			added := b.AddedLatency
+			rv.BallastAdded = &added
+		}
+		for _, n := range names {
+			pv := ProxyVersus{Name: n}
+			if t := findTarget(round, n); t != nil {
+				pv.CPURatio = ratio(b.CPUPer1k, t.CPUPer1k)
+				if b.Saturation != nil && t.Saturation != nil {
+					pv.SaturationRatio = ratio(b.Saturation.RPS, t.Saturation.RPS)
+				}
+				if direct {
+					added := t.AddedLatency
+					pv.Added = &added
+				}
+			}
+			rv.Versus = append(rv.Versus, pv)
+		}
+		out = append(out, rv)
+	}
+	return out
+}
+
 // roundsTable gives, per round, ballast's CPU and saturation throughput
 // as multiples of each other proxy's in that round, and its added p99
 // beside theirs (when direct ran): the figures a noisy machine moves
-// together. Rounds without ballast are left out.
+// together, from ballastVersus (RoundsVersus in the JSON).
 func (o *OverheadResult) roundsTable() *table {
-	names := make([]string, 0, len(o.Targets))
+	var names []string
 	for _, t := range o.Targets {
 		if t.Name != TargetBallast && t.Name != TargetDirect {
 			names = append(names, t.Name)
@@ -123,22 +197,18 @@ func (o *OverheadResult) roundsTable() *table {
 		}
 	}
 	t := &table{header: header}
-	for r, round := range o.Rounds {
-		b := findTarget(round, TargetBallast)
-		if b == nil {
-			continue
+	for _, rv := range o.ballastVersus() {
+		row := []string{fmt.Sprint(rv.Round), fmt.Sprintf("%.1f", rv.BallastCPUPer1k)}
+		for _, v := range rv.Versus {
+			row = append(row, fmtRatio(v.CPURatio))
 		}
-		row := []string{fmt.Sprint(r + 1), fmt.Sprintf("%.1f", b.CPUPer1k)}
-		for _, n := range names {
-			row = append(row, fmtRatio(ratio(b.CPUPer1k, findTarget(round, n).CPUPer1k)))
-		}
-		for _, n := range names {
-			row = append(row, satRatio(b, findTarget(round, n)))
+		for _, v := range rv.Versus {
+			row = append(row, fmtRatio(v.SaturationRatio))
 		}
 		if withDirect {
-			row = append(row, fmtAdded(b.AddedLatency.P99))
-			for _, n := range names {
-				row = append(row, fmtAdded(findTarget(round, n).AddedLatency.P99))
+			row = append(row, fmtAddedP99(rv.BallastAdded))
+			for _, v := range rv.Versus {
+				row = append(row, fmtAddedP99(v.Added))
 			}
 		}
 		t.add(row...)
@@ -146,13 +216,13 @@ func (o *OverheadResult) roundsTable() *table {
 	return t
 }
 
-// satRatio is a's saturation throughput over b's, "–" when either skipped
-// the closed loop.
-func satRatio(a, b *OverheadTarget) string {
-	if a.Saturation == nil || b.Saturation == nil {
+// fmtAddedP99 is an added p99, "–" when there is none (direct missing
+// from the round).
+func fmtAddedP99(a *Percentiles) string {
+	if a == nil {
 		return "–"
 	}
-	return fmtRatio(ratio(a.Saturation.RPS, b.Saturation.RPS))
+	return fmtAdded(a.P99)
 }
 
 // findTarget is the target named name, nil when it did not run.

@@ -71,7 +71,7 @@ func cmdBenchScenario(name string, args []string, stdout, stderr io.Writer) int 
 	withSoak := fs.Bool("soak", false, "all: include the soak scenario")
 	fs.IntVar(&o.Connections, "connections", 64, "concurrent connections (the closed-loop N)")
 	fs.IntVar(&o.Size, "size", 1024, "upstream JSON answer size in bytes")
-	fs.Int64Var(&o.Seed, "seed", 1, "chaos upstream seed")
+	fs.Int64Var(&o.Seed, "seed", 1, "chaos upstream seed (any integer, 0 included)")
 	fs.IntVar(&o.Rounds, "rounds", 1, "overhead: measure every target this many times, taking turns, and report medians")
 	fs.IntVar(&o.Procs, "procs", 0, "cores each proxy under test may use: GOMAXPROCS for ballast and the bare proxy, worker_processes for nginx (default 1; 2 for state)")
 	fs.DurationVar(&o.Timeout, "timeout", 5*time.Second, "per-request timeout of the load driver")
