@@ -103,8 +103,11 @@ func (c *cooldowns) extend(cred credential, until, now time.Time) (extended, beg
 // Adopt takes a pause of the fleet's (one another replica published): cred's
 // requests pause until until, but for at most limit from now. A pause
 // longer than that is taken once, for limit: taking the same pause again
-// (every sync reads it) does nothing. It reports whether it extended, and
-// whether it cut the pause to limit.
+// (every sync reads it) does nothing. The memory of the pauses taken so is
+// bounded like the pauses (maxCooldowns): when it is full of pauses not
+// over, a long pause is still taken for limit, but not remembered, so the
+// next sync may renew it. It reports whether it extended, and whether it
+// cut the pause to limit.
 func (c *cooldowns) Adopt(cred credential, until time.Time, limit time.Duration, now time.Time) (extended, capped bool) {
 	u, n := until.UnixNano(), now.UnixNano()
 	if u <= n {
@@ -128,11 +131,10 @@ func (c *cooldowns) Adopt(cred credential, until time.Time, limit time.Duration,
 				delete(c.capped, k)
 			}
 		}
-		if len(c.capped) >= maxCooldowns {
-			return false, false // full of pauses not over: better none than one renewed on every sync
-		}
 	}
-	c.capped[cred] = u
+	if _, ok := c.capped[cred]; ok || len(c.capped) < maxCooldowns {
+		c.capped[cred] = u
+	}
 	extended, _ = c.extendLocked(cred, now.Add(limit), now)
 	return extended, true
 }

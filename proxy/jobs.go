@@ -153,7 +153,7 @@ func (s *Server) startJob(ctx *fasthttp.RequestCtx, r *route, body []byte, deadl
 	// first, and it runs the job.
 	if leased, err := s.state.LeaseJob(c, job.ID, now, store.DefaultJobLease); leased || err != nil {
 		running := *job // the runner owns its copy; job answers the agent below
-		s.launch(&running)
+		s.launch(&running, r)
 	}
 	if stored != nil {
 		stored(job.ID)
@@ -285,9 +285,11 @@ func jobKeyTTL(r *route) time.Duration {
 	return min(ttl, r.total+r.async.ttl)
 }
 
-// launch runs job in the background. A wait for the job can then follow
-// it on s.jobs.running until it finishes.
-func (s *Server) launch(job *store.Job) {
+// launch runs job in the background through r, the route that accepted
+// it, or, when r is nil (a job resumed from the store), through the route
+// of the table in force named job.Route. A wait for the job can then
+// follow it on s.jobs.running until it finishes.
+func (s *Server) launch(job *store.Job, r *route) {
 	s.jobs.mu.Lock()
 	if s.jobs.stopped {
 		s.jobs.mu.Unlock()
@@ -304,20 +306,25 @@ func (s *Server) launch(job *store.Job) {
 	s.jobs.mu.Unlock()
 	go func() {
 		defer s.jobs.wg.Done()
-		s.runJob(job)
+		s.runJob(job, r)
 	}()
 }
 
-// runJob runs the job's request through its route, as a request would,
-// and stores the outcome.
-func (s *Server) runJob(job *store.Job) {
+// runJob runs the job's request through r, as a request would, and
+// stores the outcome. A job accepted on this replica runs through the
+// route that accepted it (like a request in flight, a reload does not
+// change or fail it); r nil, for a job resumed from the store, means the
+// route named job.Route in the table in force, and the job fails when
+// there is none.
+func (s *Server) runJob(job *store.Job, r *route) {
 	defer s.jobs.finish(job.ID)
 	c, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	var r *route
-	for _, cand := range s.table.Load().routes {
-		if cand.name == job.Route {
-			r = cand
+	if r == nil {
+		for _, cand := range s.table.Load().routes {
+			if cand.name == job.Route {
+				r = cand
+			}
 		}
 	}
 	if r == nil {
@@ -539,7 +546,7 @@ func (s *Server) resumeJobs() {
 			continue
 		}
 		s.log.Info("resuming async job", "job", job.ID, "route", job.Route)
-		s.launch(job)
+		s.launch(job, r)
 	}
 }
 

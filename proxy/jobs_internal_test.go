@@ -45,7 +45,7 @@ routes:
 			if err := s.state.PutJob(ctx, job); err != nil {
 				t.Fatal(err)
 			}
-			s.runJob(job)
+			s.runJob(job, nil)
 			got, err := s.state.GetJob(ctx, job.ID)
 			if err != nil {
 				t.Fatal(err)

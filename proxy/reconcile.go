@@ -89,7 +89,8 @@ func (f *failoverStore) reconcile(ctx context.Context) {
 //
 //   - This replica's Redis claims still running are written back to Redis
 //     when Redis lost them (it restarted empty), so that a duplicate sent
-//     to another replica attaches to the call instead of running it.
+//     to another replica attaches to the call instead of running it. One
+//     whose call ended while it was written back is released again.
 //   - Each live local record, at most state.max_records of them, is
 //     written to Redis unless Redis holds a record of the key (never
 //     overwritten), keeping its remaining time to live. A completed or
@@ -108,6 +109,9 @@ func (f *failoverStore) reconcile(ctx context.Context) {
 //     its answer (or releases it, when the call kept no answer), which
 //     wakes those duplicates. A call whose key Redis already held another
 //     record of runs on unpublished; its answer is then a conflict.
+//   - A record or job Redis will not take (it holds something that is not
+//     a record under its key, or refuses its size) stays local until it
+//     expires; the pass goes on with the others.
 //   - Async jobs of the local store that are final (succeeded, failed)
 //     are written to Redis and dropped locally, once no delete of theirs
 //     from Redis is in flight (forgetJob); jobs still pending stay on
@@ -140,14 +144,38 @@ func (f *failoverStore) reconcilePass(ctx context.Context) (left bool) {
 		}
 		return true
 	}
+	// skip reports whether err is about one record or job alone (Redis
+	// holds something under its key that is not a record, or refuses it):
+	// the pass goes on without it, which stays local until it expires,
+	// rather than stop there on every pass and leave the rest unpublished.
+	skip := func(err error) bool { return !unavailable(err) && ctx.Err() == nil }
 	for _, held := range f.runningClaims() {
-		_, stored, err := f.remote.Put(ctx, held, now)
+		// Only a claim Redis lost is written back: Put would read one it
+		// holds as its own write retried, and count it again every pass.
+		if _, err := f.Store.Get(ctx, held.Key, f.clock.Now()); !errors.Is(err, store.ErrNotFound) {
+			if err != nil && !skip(err) {
+				return fail(err)
+			}
+			continue
+		}
+		_, stored, err := f.remote.Put(ctx, held, f.clock.Now())
 		if err != nil {
+			if skip(err) {
+				continue
+			}
 			return fail(err)
 		}
-		if stored {
-			counts[0]++
+		if !stored {
+			continue
 		}
+		if !f.stillRunning(held) {
+			// The call ended meanwhile, its Release or Complete finding the
+			// key absent: the claim written back would be finished by no
+			// one. Published, it is released below (or by a later pass).
+			f.publish(held)
+			continue
+		}
+		counts[0]++
 	}
 	for _, rec := range f.local.Records(now, f.maxKnown) {
 		if ctx.Err() != nil {
@@ -156,8 +184,14 @@ func (f *failoverStore) reconcilePass(ctx context.Context) (left bool) {
 		if f.isMirror(rec) {
 			continue // the local copy of a Redis claim still running (see mirror)
 		}
-		result, err := f.reconcileRecord(ctx, rec, now)
+		// The time of each write, not of the pass's start: a record keeps
+		// the ttl it has left when written, and one that ran out during
+		// the pass is not written.
+		result, err := f.reconcileRecord(ctx, rec, f.clock.Now())
 		if err != nil {
+			if skip(err) {
+				continue
+			}
 			return fail(err)
 		}
 		switch result {
@@ -175,7 +209,7 @@ func (f *failoverStore) reconcilePass(ctx context.Context) (left bool) {
 		}
 		// The call ended with no answer kept (released), or its record is
 		// gone: free the key in Redis too.
-		if err := f.Store.Release(ctx, pub); err != nil && !errors.Is(err, store.ErrNotHeld) {
+		if err := f.Store.Release(ctx, pub); err != nil && !errors.Is(err, store.ErrNotHeld) && !skip(err) {
 			return fail(err)
 		}
 		f.unpublish(pub.Key, pub.Token)
@@ -185,12 +219,12 @@ func (f *failoverStore) reconcilePass(ctx context.Context) (left bool) {
 		return fail(err)
 	}
 	for _, j := range jobs {
-		if j.Expired(now) || f.forgettingJob(j.ID) {
+		if j.Expired(f.clock.Now()) || f.forgettingJob(j.ID) {
 			continue // the sweeper removes it; forgetJob pokes once its delete has ended
 		}
 		if err := f.Store.PutJob(ctx, j); err != nil {
-			if errors.Is(err, store.ErrFull) || errors.Is(err, store.ErrTooLarge) {
-				continue // it stays here until it expires
+			if skip(err) {
+				continue // full, too large: it stays here until it expires
 			}
 			return fail(err)
 		}
@@ -286,6 +320,15 @@ func (f *failoverStore) runningClaims() []*store.Record {
 		held = append(held, c.held)
 	}
 	return held
+}
+
+// stillRunning reports whether held is this replica's Redis claim whose
+// call still runs.
+func (f *failoverStore) stillRunning(held *store.Record) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	c := f.running[held.Key]
+	return c != nil && c.held.Token == held.Token
 }
 
 // isMirror reports whether rec is the local mirror of a Redis claim this
