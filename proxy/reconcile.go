@@ -26,10 +26,12 @@ const (
 const reconcileRetry = time.Second
 
 // recordPutter is what reconciliation needs of the Redis store: writing a
-// record made elsewhere unless Redis holds one (store.Redis.Put), and the
-// owner id written into this replica's Redis claims.
+// record made elsewhere unless Redis holds one (store.Redis.Put), or in
+// place of one that is not completed (store.Redis.Replace), and the owner
+// id written into this replica's Redis claims.
 type recordPutter interface {
 	Put(ctx context.Context, rec *store.Record, now time.Time) (*store.Record, bool, error)
+	Replace(ctx context.Context, old, rec *store.Record, now time.Time) (bool, error)
 	Owner() string
 }
 
@@ -101,7 +103,12 @@ func (f *failoverStore) reconcile(ctx context.Context) {
 //     the pass logs one WARN line with the number of conflicts. Two cases
 //     are not conflicts: Redis holding this replica's own claim of the
 //     key, in flight or lost, whose answer it could not take (the local
-//     answer completes it), and Redis holding the same answer.
+//     answer completes it), and Redis holding the same answer. Nor is
+//     Redis holding the outcome-unknown marker a pass of this replica
+//     wrote for the key, when a retry on an idempotent route took the key
+//     over locally meanwhile: the retry's claim or answer replaces the
+//     marker (see takesOverMarker). The records are taken from the local
+//     store a chunk at a time (store.Scan).
 //   - A local claim still in flight is published (its call goes on here,
 //     and its duplicates on this replica keep attaching to it locally):
 //     another replica's duplicate then finds it in flight in Redis and
@@ -177,30 +184,43 @@ func (f *failoverStore) reconcilePass(ctx context.Context) (left bool) {
 		}
 		counts[0]++
 	}
-	for _, rec := range f.local.Records(now, f.maxKnown) {
-		if ctx.Err() != nil {
-			return true
-		}
-		if f.isMirror(rec) {
-			continue // the local copy of a Redis claim still running (see mirror)
-		}
-		// The time of each write, not of the pass's start: a record keeps
-		// the ttl it has left when written, and one that ran out during
-		// the pass is not written.
-		result, err := f.reconcileRecord(ctx, rec, f.clock.Now())
-		if err != nil {
-			if skip(err) {
-				continue
+	// The local store is walked a chunk at a time (store.ScanChunk), so
+	// the requests served from it meanwhile never wait for the whole walk.
+	scan := f.local.Scan()
+	defer scan.Close()
+	for seen, more := 0, true; more; {
+		var chunk []*store.Record
+		chunk, more = scan.Next(f.clock.Now())
+		for _, rec := range chunk {
+			if ctx.Err() != nil {
+				return true
 			}
-			return fail(err)
-		}
-		switch result {
-		case reconcilePublished:
-			counts[0]++
-		case reconcilePresent:
-			counts[1]++
-		case reconcileConflict:
-			counts[2]++
+			if f.maxKnown > 0 && seen == f.maxKnown {
+				more = false
+				break
+			}
+			seen++
+			if f.isMirror(rec) {
+				continue // the local copy of a Redis claim still running (see mirror)
+			}
+			// The time of each write, not of the pass's start: a record keeps
+			// the ttl it has left when written, and one that ran out during
+			// the pass is not written.
+			result, err := f.reconcileRecord(ctx, rec, f.clock.Now())
+			if err != nil {
+				if skip(err) {
+					continue
+				}
+				return fail(err)
+			}
+			switch result {
+			case reconcilePublished:
+				counts[0]++
+			case reconcilePresent:
+				counts[1]++
+			case reconcileConflict:
+				counts[2]++
+			}
 		}
 	}
 	for _, pub := range f.publishedClaims() {
@@ -242,6 +262,15 @@ func (f *failoverStore) reconcileRecord(ctx context.Context, rec *store.Record, 
 	cur, stored, err := f.remote.Put(ctx, rec, now)
 	if err != nil {
 		return "", err
+	}
+	if !stored && cur != nil && f.takesOverMarker(cur, rec) {
+		if stored, err = f.remote.Replace(ctx, cur, rec, now); err != nil {
+			return "", err
+		}
+		if !stored {
+			return "", nil // it changed meanwhile: the next pass looks again
+		}
+		cur = rec
 	}
 	if rec.State == store.InFlight {
 		if stored || cur != nil && cur.Token == rec.Token {
@@ -296,6 +325,20 @@ func (f *failoverStore) ownLostClaim(cur, rec *store.Record) bool {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return f.running[cur.Key] == nil
+}
+
+// takesOverMarker reports whether rec, a claim or answer of the local
+// store, took over the outcome-unknown record that a pass of this replica
+// wrote to Redis as cur (the local store's owner is in it), and so
+// replaces it there. A pass may write an outcome-unknown marker just as
+// a retry on a route with idempotency.idempotent takes over its local
+// original (the retry runs the call again, as it would were Redis
+// answering): the retry's claim, and then its answer, are the key's
+// record from then on, not a conflict that Redis's marker wins (after
+// which the next retry would run the call yet again).
+func (f *failoverStore) takesOverMarker(cur, rec *store.Record) bool {
+	return cur.State == store.UnknownOutcome && cur.Owner == f.local.Owner() && cur.Token != rec.Token &&
+		cur.Fingerprint == rec.Fingerprint && rec.State != store.UnknownOutcome
 }
 
 // sameRecord reports whether a and b record the same outcome of the same

@@ -30,6 +30,10 @@ type Memory struct {
 	inflight map[string]*Record
 	done     *simplelru.LRU[string, *Record]
 	jobs     map[string]*Job
+	// order lists the records (in flight and completed) in the order they
+	// were claimed, for Scan: slots maps each key held to its place.
+	order scanList
+	slots map[string]*slot
 }
 
 var _ Store = (*Memory)(nil)
@@ -37,19 +41,24 @@ var _ Store = (*Memory)(nil)
 // OpenMemory returns an empty Memory store.
 func OpenMemory(opts MemoryOptions) *Memory {
 	lim := opts.Limits.withDefaults()
-	done, err := simplelru.NewLRU[string, *Record](lim.MaxRecords, nil)
-	if err != nil {
-		// NewLRU fails only for a size ≤ 0, which withDefaults rules out.
-		panic("store: " + err.Error())
-	}
-	return &Memory{
+	m := &Memory{
 		lim:      lim,
 		tokens:   newTokens(),
 		wakeup:   newNotifier(),
 		inflight: make(map[string]*Record),
-		done:     done,
 		jobs:     make(map[string]*Job),
+		slots:    make(map[string]*slot),
 	}
+	m.order.init()
+	// Every removal from done (evicted, swept, taken over, forgotten) goes
+	// through onEvict, with m.mu held: the record leaves the scan order.
+	done, err := simplelru.NewLRU[string, *Record](lim.MaxRecords, func(key string, _ *Record) { m.unlink(key) })
+	if err != nil {
+		// NewLRU fails only for a size ≤ 0, which withDefaults rules out.
+		panic("store: " + err.Error())
+	}
+	m.done = done
+	return m
 }
 
 // Owner returns the instance id written into this store's claims.
@@ -92,6 +101,7 @@ func (m *Memory) Claim(ctx context.Context, key string, args ClaimArgs) (*Record
 	if cur != nil {
 		delete(m.inflight, key)
 		m.done.Remove(key)
+		m.unlink(key)
 	}
 	if len(m.inflight) >= m.lim.MaxRecords {
 		m.mu.Unlock()
@@ -102,6 +112,7 @@ func (m *Memory) Claim(ctx context.Context, key string, args ClaimArgs) (*Record
 	}
 	rec := newClaim(key, args, m.lim.Owner, m.tokens.new())
 	m.inflight[key] = rec
+	m.link(key, rec.Token)
 	m.mu.Unlock()
 	if replaced {
 		m.wakeup.wake(key)
@@ -153,6 +164,7 @@ func (m *Memory) Release(ctx context.Context, held *Record) error {
 		return ErrNotHeld
 	}
 	delete(m.inflight, held.Key)
+	m.unlink(held.Key)
 	m.mu.Unlock()
 	m.wakeup.wake(held.Key)
 	return nil
@@ -291,6 +303,7 @@ func (m *Memory) Sweep(now time.Time) (int, error) {
 	for k, r := range m.inflight {
 		if r.expired(now) {
 			delete(m.inflight, k)
+			m.unlink(k)
 			woken = append(woken, k)
 		}
 	}

@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 )
@@ -18,20 +19,8 @@ import (
 // a Put of the same key never both win. An InFlight rec is a claim: its
 // token is rec.Token, so Complete and Release with rec finish it in Redis.
 func (s *Redis) Put(ctx context.Context, rec *Record, now time.Time) (*Record, bool, error) {
-	if err := ctx.Err(); err != nil {
+	if err := s.checkPut(ctx, "Put", rec); err != nil {
 		return nil, false, err
-	}
-	if rec == nil || rec.Token == 0 || !rec.State.valid() || (rec.State == Completed) != (rec.Response != nil) {
-		return nil, false, invalidf("Put needs a record with a token, a state, and a response when completed")
-	}
-	if err := checkKey("key", rec.Key); err != nil {
-		return nil, false, err
-	}
-	if n := rec.Response.Size(); n > s.lim.MaxResponseBytes {
-		return nil, false, tooLarge("response", n, s.lim.MaxResponseBytes)
-	}
-	if s.closed.Load() {
-		return nil, false, ErrClosed
 	}
 	if rec.expired(now) {
 		return nil, false, nil
@@ -73,4 +62,55 @@ func (s *Redis) Put(ctx context.Context, rec *Record, now time.Time) (*Record, b
 		}
 	}
 	return nil, false, s.fail(ctx, "put", fmt.Errorf("key %q changed %d times during one put", rec.Key, maxClaimRounds))
+}
+
+// Replace writes rec, a record made by another store (as Put does), in
+// place of old, a record of the same key that Redis holds and that is not
+// completed: a claim in flight, or an outcome-unknown marker that Put
+// wrote. It reports whether it did: false when Redis no longer holds old
+// (it was completed, taken over, released, or expired), or rec has
+// expired at now. rec expires in Redis when rec.ExpiresAt comes, as seen
+// at now. Waiters on the key are woken.
+func (s *Redis) Replace(ctx context.Context, old, rec *Record, now time.Time) (bool, error) {
+	if err := s.checkPut(ctx, "Replace", rec); err != nil {
+		return false, err
+	}
+	if old == nil || old.Token == 0 || old.Key != rec.Key {
+		return false, invalidf("Replace needs the record it replaces, of the same key")
+	}
+	if rec.expired(now) {
+		return false, nil
+	}
+	octx, cancel := s.op(ctx)
+	defer cancel()
+	v, err := s.scripts.complete.Run(octx, s.client, []string{s.keys.record(rec.Key)},
+		tokenBytes(old.Token), appendRecord(nil, rec), pxOf(rec.ExpiresAt.Sub(now))).Result()
+	switch err := s.heldResult(ctx, "replace", v, err); {
+	case err == nil:
+		return true, nil
+	case errors.Is(err, ErrNotHeld):
+		return false, nil
+	default:
+		return false, err
+	}
+}
+
+// checkPut checks rec, a record for op (Put, Replace) to write.
+func (s *Redis) checkPut(ctx context.Context, op string, rec *Record) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if rec == nil || rec.Token == 0 || !rec.State.valid() || (rec.State == Completed) != (rec.Response != nil) {
+		return invalidf("%s needs a record with a token, a state, and a response when completed", op)
+	}
+	if err := checkKey("key", rec.Key); err != nil {
+		return err
+	}
+	if n := rec.Response.Size(); n > s.lim.MaxResponseBytes {
+		return tooLarge("response", n, s.lim.MaxResponseBytes)
+	}
+	if s.closed.Load() {
+		return ErrClosed
+	}
+	return nil
 }

@@ -38,8 +38,9 @@ return 1
 `
 
 // completeScript replaces the claim with token ARGV[1] by the completed
-// record ARGV[2] with PX ARGV[3], publishes, and returns 1; it returns 0
-// when the claim is gone, taken over or already completed.
+// record ARGV[2] (or, for Replace, any record) with PX ARGV[3], publishes,
+// and returns 1; it returns 0 when the claim is gone, taken over or
+// already completed.
 const completeScript = `
 local cur = redis.call('GET', KEYS[1])
 if not cur or string.sub(cur, 43, 50) ~= ARGV[1] or string.byte(cur, 2) == 2 then return 0 end
