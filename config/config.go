@@ -21,8 +21,14 @@ type Config struct {
 	// Takes effect at start-up.
 	Procs int `koanf:"procs" json:"procs"`
 	// ShutdownTimeout bounds how long SIGTERM waits for in-flight requests
-	// to drain. Default 30s.
+	// to drain, ShutdownDelay included. Default 30s.
 	ShutdownTimeout Duration `koanf:"shutdown_timeout" json:"shutdown_timeout"`
+	// ShutdownDelay is how long, once SIGTERM arrives, ballast goes on
+	// accepting and serving as usual with /readyz failing, before the
+	// drain begins: for an agent in the same pod that finishes its task
+	// during its own grace period. It counts inside ShutdownTimeout, so it
+	// must be less. Default 0: the drain begins at once.
+	ShutdownDelay Duration `koanf:"shutdown_delay" json:"shutdown_delay"`
 	// Server holds listener-level limits.
 	Server Server `koanf:"server" json:"server"`
 	// Log configures the decision trail.

@@ -128,6 +128,7 @@ func builtinDefaults() map[string]any {
 		"admin":            map[string]any{"listen": "127.0.0.1:9901", "allow_debug": false},
 		"log":              map[string]any{"requests": true, "success_sample": 1.0, "flush_interval": "1s"},
 		"shutdown_timeout": "30s",
+		"shutdown_delay":   "0s",
 		"procs":            0,
 		"server":           map[string]any{"max_header_bytes": "16KiB", "idle_timeout": "90s", "read_timeout": "60s"},
 		"state": map[string]any{"backend": "", "max_records": 10000, "max_response_bytes": "1MiB", "sweep_every": "1m",

@@ -75,6 +75,12 @@ func (c *Config) Validate() error {
 	if c.Procs < 0 {
 		add(pathErr("procs", "must be 0 (ballast chooses) or a number of cores"))
 	}
+	switch d, total := c.ShutdownDelay.D(), c.ShutdownTimeout.D(); {
+	case d < 0:
+		add(pathErr("shutdown_delay", "must not be negative"))
+	case d > 0 && d >= total:
+		add(pathErrf("shutdown_delay", "%s must be less than shutdown_timeout (%s), which counts the delay and then the drain", d, total))
+	}
 	if c.Log.FlushInterval < 0 {
 		add(pathErr("log.flush_interval", "must not be negative"))
 	}

@@ -325,7 +325,7 @@ func (s *Server) acquireSlot(ctx *fasthttp.RequestCtx, r *route, deadline time.T
 		s.observe(ctx, r, policy.Canceled, ReasonAgentGone)
 		return ratelimit.Permit{}, false
 	}
-	if s.draining.Load() {
+	if s.drain.Err() != nil { // the drain, not shutdown_delay: that serves as usual
 		ctx.SetConnectionClose()
 		writeProblem(ctx, problem{Status: fasthttp.StatusServiceUnavailable, Reason: ReasonShuttingDown, Route: r.name,
 			Detail: "ballast is shutting down"})

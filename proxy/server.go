@@ -406,14 +406,22 @@ func (s *Server) ServeAdmin(ln net.Listener) error {
 // backend that outlives the process, stays pending to resume after a
 // restart. Shutdown waits up to a second more for that. The admin listener
 // stops last.
+//
+// With shutdown_delay set, all that begins only once the delay has passed
+// (or ctx ended): until then /readyz fails but ballast accepts and serves
+// as usual, each answer saying Connection: close (see waitDelay). To cut
+// the delay short, end ctx; only the first Shutdown call waits for it.
 func (s *Server) Shutdown(ctx context.Context) error {
-	s.draining.Store(true)
+	first := s.draining.CompareAndSwap(false, true)
+	s.ready.Store(false) // /readyz fails from here on
+	if first {
+		s.waitDelay(ctx)
+	}
 	// Stop accepting first: a request that reached ballast before is
 	// answered, one sent later never read (see conns); an agent that
-	// dials now is refused, and knows its request was not sent. /readyz
-	// fails from here on.
+	// dials now is refused, and knows its request was not sent.
 	s.serving.close()
-	s.ready.Store(false)
+	s.ready.Store(false) // again: a Serve begun during the delay set it
 	s.drainStop()
 	s.conns.drain(ctx)
 	s.serving.wait(ctx) // fasthttp's drain then ends at once
@@ -508,6 +516,36 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	return err
 }
 
+// waitDelay waits out shutdown_delay, or until ctx ends (the shutdown
+// deadline, a second SIGTERM), on s.clock. Meanwhile nothing is stopped:
+// the listener accepts, requests, waits and jobs run as usual, for an
+// agent in the same pod that got its SIGTERM with ballast's and finishes
+// its task in its own grace period. Only /readyz fails (load balancers
+// stop sending), a reload is refused, and every answer says Connection:
+// close (closeWhenDraining), as Envoy's drain does: the agent's next call
+// dials anew, and when the delay is over a dial is refused, which tells
+// it nothing was sent, rather than being sent on a kept-alive connection
+// as the drain closes it.
+//
+// The delay does not end when no agent connection is open: an agent
+// between two calls (running a tool, or whose HTTP client closed its idle
+// connections) holds none, and its next call would be refused.
+func (s *Server) waitDelay(ctx context.Context) {
+	d := s.Config().ShutdownDelay.D()
+	if d <= 0 {
+		return
+	}
+	s.log.Info("shutdown delay: still serving, /readyz failing", "shutdown_delay", d.String())
+	t := s.clock.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C():
+		s.log.Info("shutdown delay over: draining")
+	case <-ctx.Done():
+		s.log.Warn("shutdown delay cut short: draining", "error", ctx.Err().Error())
+	}
+}
+
 // FlushAccessLog writes the decision-trail lines still buffered (see
 // log.flush_interval) to Options.AccessLog now, and waits (at most 5s)
 // until they have reached it.
@@ -580,10 +618,10 @@ func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 }
 
 // closeWhenDraining ends the connection of an answer given once Shutdown
-// has begun. fasthttp does so only once its own drain has begun, after
-// Shutdown has closed the idle connections (see conns): an answer given
-// in between would invite the agent's next request on a connection about
-// to close.
+// has begun, its shutdown_delay included (see waitDelay). fasthttp does
+// so only once its own drain has begun, after Shutdown has closed the
+// idle connections (see conns): an answer given in between would invite
+// the agent's next request on a connection about to close.
 func (s *Server) closeWhenDraining(ctx *fasthttp.RequestCtx) {
 	if s.draining.Load() {
 		ctx.SetConnectionClose()

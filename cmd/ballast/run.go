@@ -126,11 +126,13 @@ func serve(srv *proxy.Server, cfg *config.Config, src config.Source, ln, adminLn
 				continue
 			}
 			timeout := srv.Config().ShutdownTimeout.D()
-			log.Info("draining", "signal", sig.String(), "shutdown_timeout", timeout.String())
+			log.Info("draining", "signal", sig.String(), "shutdown_timeout", timeout.String(),
+				"shutdown_delay", srv.Config().ShutdownDelay.D().String())
+			// shutdown_delay, then the drain, both within shutdown_timeout.
 			sctx, scancel := context.WithTimeout(context.Background(), timeout)
 			// A second SIGTERM or SIGINT (Ctrl-C again) cuts the drain
-			// short, as in most servers: what runs is abandoned, and the
-			// state store still closes.
+			// short, as in most servers, and shutdown_delay with it: what
+			// runs is abandoned, and the state store still closes.
 			forced := make(chan os.Signal, 1)
 			go func() {
 				for {
