@@ -167,7 +167,7 @@ type failoverStore struct {
 // newFailoverStore wraps rs, the Redis store, for sh. The local store and
 // the keys remembered as held in Redis are bounded by lim.MaxRecords.
 func newFailoverStore(rs store.Store, lim store.Limits, sh *shared, clock policy.Clock) *failoverStore {
-	f := &failoverStore{Store: rs, local: store.OpenMemory(store.MemoryOptions{Limits: lim}), sh: sh, clock: clock, maxKnown: lim.MaxRecords}
+	f := &failoverStore{Store: rs, local: store.OpenMemory(store.MemoryOptions{Limits: lim, Scannable: true}), sh: sh, clock: clock, maxKnown: lim.MaxRecords}
 	f.remote, _ = rs.(recordPutter)
 	return f
 }

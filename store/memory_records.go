@@ -35,6 +35,9 @@ func (l *scanList) remove(s *slot) {
 // link places the new claim of key with token last in the scan order.
 // m.mu must be held.
 func (m *Memory) link(key string, token uint64) {
+	if m.slots == nil {
+		return // not Scannable
+	}
 	s := &slot{key: key, token: token}
 	m.slots[key] = s
 	m.order.pushBack(s)
@@ -67,12 +70,13 @@ type Scan struct {
 // returns every record the store holds from the start of the walk to its
 // end, in the state it has when its chunk is taken. A record made during
 // the walk may be returned or not; one removed or taken over before its
-// chunk is not. Close ends a walk that is not run to its end.
+// chunk is not. Close ends a walk that is not run to its end. On a store
+// not opened Scannable the walk is empty.
 func (m *Memory) Scan() *Scan {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	s := &Scan{m: m}
-	if m.closed {
+	if m.closed || m.slots == nil {
 		return s
 	}
 	s.at = &slot{cursor: true}

@@ -53,7 +53,7 @@ func rc11Order(t *testing.T, m *Memory, open int) {
 func TestReconcile11ScanChunksUnderChurn(t *testing.T) {
 	ctx := context.Background()
 	const n = 3000
-	m := OpenMemory(MemoryOptions{Limits: Limits{MaxRecords: n}})
+	m := OpenMemory(MemoryOptions{Limits: Limits{MaxRecords: n}, Scannable: true})
 	t.Cleanup(func() { _ = m.Close() })
 	now := time.Now()
 	held := make([]*Record, 0, n)
@@ -156,7 +156,7 @@ func boolInt(b bool) int {
 // neighbours, does not break it; nor does the store closing.
 func TestReconcile11ScanSkipsExpiredWithinTheBound(t *testing.T) {
 	ctx := context.Background()
-	m := OpenMemory(MemoryOptions{Limits: Limits{MaxRecords: 2000}})
+	m := OpenMemory(MemoryOptions{Limits: Limits{MaxRecords: 2000}, Scannable: true})
 	t.Cleanup(func() { _ = m.Close() })
 	now := time.Now()
 	for i := range 3 * ScanChunk {
@@ -229,5 +229,26 @@ func TestReconcile11RedisReplace(t *testing.T) {
 		if ok, err := s.Replace(ctx, c.old, c.rec, now); ok || !errors.Is(err, ErrInvalid) {
 			t.Errorf("%s: Replace = %v, %v; want ErrInvalid", name, ok, err)
 		}
+	}
+}
+
+// TestMemoryNotScannableWalksNothing: a store opened without Scannable
+// (the memory backend's) keeps no scan order, so its claims pay nothing
+// for it, and a walk of it returns nothing.
+func TestMemoryNotScannableWalksNothing(t *testing.T) {
+	m := OpenMemory(MemoryOptions{})
+	defer m.Close()
+	ctx := context.Background()
+	now := time.Now()
+	for i := range 3 {
+		if _, _, err := m.Claim(ctx, fmt.Sprintf("k%d", i), ClaimArgs{Fingerprint: [32]byte{1}, Lease: time.Minute, TTL: time.Hour, Now: now}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if m.slots != nil || m.order.root.next != &m.order.root {
+		t.Fatalf("a store that is not Scannable kept a scan order")
+	}
+	if recs, more := m.Scan().Next(now); recs != nil || more {
+		t.Fatalf("a walk of a store that is not Scannable = %v, %v", recs, more)
 	}
 }
