@@ -37,6 +37,20 @@ func cd10Warnings(b *ballast, msg string) []map[string]any {
 	return out
 }
 
+// cd10YearLong429 is an upstream whose first call is answered 429 with a
+// Retry-After of a year (a buggy upstream), and every later one 200 "ok";
+// hits counts its calls.
+func cd10YearLong429(t *testing.T, hits *atomic.Int64) (url, addr string) {
+	return upstream(t, func(w http.ResponseWriter, r *http.Request) {
+		if hits.Add(1) == 1 {
+			w.Header().Set("Retry-After", "31536000")
+			w.WriteHeader(429)
+			return
+		}
+		_, _ = io.WriteString(w, "ok")
+	})
+}
+
 // A 429 asking for a year (a buggy upstream) pauses the key for
 // retry.max_cooldown (default 24h), not a year: on the fake clock the
 // pause still holds a second before the cap and is over at it. The agent
@@ -45,14 +59,7 @@ func cd10Warnings(b *ballast, msg string) []map[string]any {
 func TestCooldown10_YearLongHintPausesForTheCap(t *testing.T) {
 	clock := policy.NewFakeClock(time.Now())
 	var hits atomic.Int64
-	up, addr := upstream(t, func(w http.ResponseWriter, r *http.Request) {
-		if hits.Add(1) == 1 {
-			w.Header().Set("Retry-After", "31536000")
-			w.WriteHeader(429)
-			return
-		}
-		_, _ = io.WriteString(w, "ok")
-	})
+	up, addr := cd10YearLong429(t, &hits)
 	b := startBallastClock(t, clock, fmt.Sprintf(`
 routes: [{name: r, match: {path_prefix: /}, upstream: %q, retry: {attempts: 1}}]
 `, up))
@@ -195,14 +202,7 @@ func TestCooldown10_MaxCooldownValidated(t *testing.T) {
 func TestCooldown10_FleetPauseCappedByTheReplica(t *testing.T) {
 	rs := redistest.Start(t)
 	var hits atomic.Int64
-	up, _ := upstream(t, func(w http.ResponseWriter, r *http.Request) {
-		if hits.Add(1) == 1 {
-			w.Header().Set("Retry-After", "31536000")
-			w.WriteHeader(429)
-			return
-		}
-		_, _ = io.WriteString(w, "ok")
-	})
+	up, _ := cd10YearLong429(t, &hits)
 	prefix := fmt.Sprintf("cd10%d:", time.Now().UnixNano()%1e6)
 	replica := func(clock policy.Clock, maxCooldown string) *ballast {
 		return startBallastClock(t, clock, fmt.Sprintf(`
@@ -261,6 +261,35 @@ func cd10Job(t *testing.T, b *ballast, path string, headers ...string) string {
 		t.Fatalf("submit %s: %d %q %s", path, resp.StatusCode, loc, body)
 	}
 	return loc
+}
+
+// cd10Answer is what cd10Send's request was answered: its status and
+// Preference-Applied.
+type cd10Answer struct {
+	status  int
+	applied string
+}
+
+// cd10Send sends a request from a goroutine; its answer arrives on the
+// returned channel.
+func cd10Send(t *testing.T, method, url, body string, headers ...string) <-chan cd10Answer {
+	done := make(chan cd10Answer, 1)
+	go func() {
+		resp, _ := do(t, method, url, body, headers...)
+		done <- cd10Answer{resp.StatusCode, resp.Header.Get("Preference-Applied")}
+	}()
+	return done
+}
+
+// cd10Held is an upstream whose calls wait until release is closed, then
+// answer body.
+func cd10Held(t *testing.T, body string) (url string, release chan struct{}) {
+	release = make(chan struct{})
+	url, _ = upstream(t, func(w http.ResponseWriter, r *http.Request) {
+		<-release
+		_, _ = io.WriteString(w, body)
+	})
+	return url, release
 }
 
 // Job ids are 128 random bits, all distinct; a near miss of a real id (a
@@ -476,26 +505,14 @@ func TestCooldown10_JobSurvivesReloadThatRemovesItsRoute(t *testing.T) {
 // job that finishes meanwhile ends the wait at once.
 func TestCooldown10_JobWaitBounded(t *testing.T) {
 	clock := policy.NewFakeClock(time.Now())
-	release := make(chan struct{})
-	up, _ := upstream(t, func(w http.ResponseWriter, r *http.Request) {
-		<-release
-		_, _ = io.WriteString(w, "finally")
-	})
+	up, release := cd10Held(t, "finally")
 	b := startBallastClock(t, clock, fmt.Sprintf(`
 routes: [{name: r, match: {path_prefix: /}, upstream: %q, async: {enabled: true}, timeouts: {per_try: 2h, total: 2h}}]
 `, up))
 	defer close(release)
 	loc := cd10Job(t, b, "/j")
-	type answer struct {
-		status  int
-		applied string
-	}
-	done := make(chan answer, 1)
 	waiters := clock.Waiters()
-	go func() {
-		resp, _ := do(t, "GET", b.base+loc, "", "Prefer", "wait=99999999999999999999")
-		done <- answer{resp.StatusCode, resp.Header.Get("Preference-Applied")}
-	}()
+	done := cd10Send(t, "GET", b.base+loc, "", "Prefer", "wait=99999999999999999999")
 	waitFor(t, func() bool { return clock.Waiters() > waiters })
 	clock.Advance(10*time.Minute - time.Second)
 	if clock.Waiters() <= waiters {
@@ -552,26 +569,14 @@ routes: [{name: r, match: {path_prefix: /}, upstream: %q, async: {enabled: true,
 // that was applied.
 func TestCooldown10_AsyncWaitBoundedByTheDeadline(t *testing.T) {
 	clock := policy.NewFakeClock(time.Now())
-	release := make(chan struct{})
-	up, _ := upstream(t, func(w http.ResponseWriter, r *http.Request) {
-		<-release
-		_, _ = io.WriteString(w, "late")
-	})
+	up, release := cd10Held(t, "late")
 	b := startBallastClock(t, clock, fmt.Sprintf(`
 routes: [{name: r, match: {path_prefix: /}, upstream: %q, async: {enabled: true}, idempotency: {mode: header}}]
 `, up))
 	defer close(release)
 	for _, key := range []string{"", "k", "k"} { // unkeyed, keyed, and the keyed repeat (replayed)
-		type answer struct {
-			status  int
-			applied string
-		}
-		done := make(chan answer, 1)
 		waiters := clock.Waiters()
-		go func() {
-			resp, _ := do(t, "POST", b.base+"/j", "{}", "Prefer", "respond-async, wait=30", "X-Ballast-Timeout", "1s", "Idempotency-Key", key)
-			done <- answer{resp.StatusCode, resp.Header.Get("Preference-Applied")}
-		}()
+		done := cd10Send(t, "POST", b.base+"/j", "{}", "Prefer", "respond-async, wait=30", "X-Ballast-Timeout", "1s", "Idempotency-Key", key)
 		waitFor(t, func() bool { return clock.Waiters() > waiters })
 		clock.Advance(time.Second)
 		select {

@@ -71,24 +71,14 @@ func TestDrain10_UnixListenerKeepsRequestsSentBeforeShutdown(t *testing.T) {
 		t.Fatal(err)
 	}
 	srv := d10Embedded(t, fmt.Sprintf("routes: [{name: r, match: {path_prefix: /}, upstream: %q}]\n", up), ln)
-	type agent struct {
-		c  net.Conn
-		br *bufio.Reader
-	}
-	agents := make([]agent, conns)
-	for i := range agents {
+	agents := s10WarmAgents(t, conns, func() (net.Conn, *bufio.Reader) {
 		c, err := net.Dial("unix", sock)
 		if err != nil {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { _ = c.Close() })
-		br := bufio.NewReader(c)
-		fmt.Fprintf(c, "GET /warm%d HTTP/1.1\r\nHost: x\r\n\r\n", i)
-		if status, _, closing, err := s10Answer(c, br, 5*time.Second); err != nil || status != 200 || closing {
-			t.Fatalf("warm-up %d: %d close=%v %v", i, status, closing, err)
-		}
-		agents[i] = agent{c, br}
-	}
+		return c, bufio.NewReader(c)
+	})
 	for i, a := range agents {
 		// A Unix socket's write returns once the bytes are in the
 		// receiver's buffer: each request is there before Shutdown.
@@ -115,14 +105,7 @@ func TestDrain10_UnixListenerKeepsRequestsSentBeforeShutdown(t *testing.T) {
 	if lost > 0 {
 		t.Logf("%d of %d requests sent before Shutdown were dropped", lost, conns)
 	}
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Errorf("Shutdown: %v", err)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("Shutdown did not return")
-	}
+	sdReturns(t, done, 10*time.Second)
 }
 
 // An admin request still arriving when the drain runs out of time (a
@@ -227,12 +210,5 @@ func TestDrain10_AnswerBeingWrittenArrivesWhole(t *testing.T) {
 	if end := s9Ends(c, br, 5*time.Second); end != nil {
 		t.Errorf("after the answer the connection %v, want it closed", end)
 	}
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Errorf("Shutdown: %v", err)
-		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("Shutdown did not return")
-	}
+	sdReturns(t, done, 5*time.Second)
 }

@@ -35,6 +35,48 @@ func fo10Replayed(t *testing.T, what string, resp *http.Response, got, want stri
 	}
 }
 
+// fo10Replicas starts replicas A and B of fo10Config on Redis at addr,
+// both sending to up, and waits until both see Redis up.
+func fo10Replicas(t *testing.T, addr string, up *asUpstream) (a, b *ballast) {
+	t.Helper()
+	u, _ := upstream(t, up.handler)
+	cfg := fo10Config(addr, u, time.Hour)
+	a, b = startBallast(t, cfg), startBallast(t, cfg)
+	fo9Up(t, a, b)
+	return a, b
+}
+
+// fo10Fleet is Redis behind a gate, to cut replicas A and B off from it
+// and let them back.
+type fo10Fleet struct {
+	rs   *redistest.Server
+	gate *fo9Gate
+	a, b *ballast
+}
+
+// startFo10Fleet starts Redis, its gate and fo10Replicas on it.
+func startFo10Fleet(t *testing.T, up *asUpstream) *fo10Fleet {
+	t.Helper()
+	rs := redistest.Start(t)
+	g := fo9StartGate(t, rs.Addr())
+	a, b := fo10Replicas(t, g.addr, up)
+	return &fo10Fleet{rs: rs, gate: g, a: a, b: b}
+}
+
+// outage cuts both replicas off from Redis and waits until both see it down.
+func (f *fo10Fleet) outage(t *testing.T) {
+	t.Helper()
+	f.gate.cutOff()
+	fo9Down(t, f.a, f.b)
+}
+
+// back lets both replicas reach Redis again and waits until both see it up.
+func (f *fo10Fleet) back(t *testing.T) {
+	t.Helper()
+	f.gate.open()
+	fo9Up(t, f.a, f.b)
+}
+
 // TestFailOpen10AuditOutageAnswerReplayedOnOtherReplica: the end-to-end
 // promise of reconciliation. Redis goes away; replica A answers a keyed
 // POST from its local store. Redis comes back; A writes the record to
@@ -42,15 +84,10 @@ func fo10Replayed(t *testing.T, what string, resp *http.Response, got, want stri
 // remaining ttl, and drops its local copy. The agent's retry of the key
 // sent to replica B is then replayed from Redis, not run a second time.
 func TestFailOpen10AuditOutageAnswerReplayedOnOtherReplica(t *testing.T) {
-	rs := redistest.Start(t)
-	g := fo9StartGate(t, rs.Addr())
 	up := &asUpstream{}
-	u, _ := upstream(t, up.handler)
-	cfg := fo10Config(g.addr, u, time.Hour)
-	a, b := startBallast(t, cfg), startBallast(t, cfg)
-	fo9Up(t, a, b)
-	g.cutOff()
-	fo9Down(t, a, b)
+	f := startFo10Fleet(t, up)
+	a, b := f.a, f.b
+	f.outage(t)
 
 	resp, first := do(t, "POST", a.base+"/pay/charge", `{"n":1}`, "Idempotency-Key", "outage-1")
 	if resp.StatusCode != 200 || up.calls.Load() != 1 {
@@ -59,8 +96,7 @@ func TestFailOpen10AuditOutageAnswerReplayedOnOtherReplica(t *testing.T) {
 	if n := fo10Reconciled(a, "published"); n != 0 {
 		t.Fatalf("published %v records while Redis was down", n)
 	}
-	g.open()
-	fo9Up(t, a, b)
+	f.back(t)
 	waitFor(t, func() bool { return fo10Reconciled(a, "published") == 1 })
 
 	resp, body := do(t, "POST", b.base+"/pay/charge", `{"n":1}`, "Idempotency-Key", "outage-1")
@@ -76,7 +112,7 @@ func TestFailOpen10AuditOutageAnswerReplayedOnOtherReplica(t *testing.T) {
 
 	// The record kept its remaining time to live: it expires in Redis
 	// within the hour it was given, not never, and not a day later.
-	c := redis.NewClient(&redis.Options{Addr: rs.Addr()})
+	c := redis.NewClient(&redis.Options{Addr: f.rs.Addr()})
 	defer c.Close()
 	ctx := context.Background()
 	keys, err := c.Keys(ctx, "fo9:idem:*").Result()
@@ -96,26 +132,20 @@ func TestFailOpen10AuditOutageAnswerReplayedOnOtherReplica(t *testing.T) {
 // from its own copy and replays Redis's; the conflict is counted, and one
 // WARN line gives the count, never the key.
 func TestFailOpen10AuditConflictKeepsRedisRecord(t *testing.T) {
-	rs := redistest.Start(t)
-	g := fo9StartGate(t, rs.Addr())
 	up := &asUpstream{}
-	u, _ := upstream(t, up.handler)
-	cfg := fo10Config(g.addr, u, time.Hour)
-	a, b := startBallast(t, cfg), startBallast(t, cfg)
-	fo9Up(t, a, b)
+	f := startFo10Fleet(t, up)
+	a, b := f.a, f.b
 	resp, onB := do(t, "POST", b.base+"/pay/charge", `{"n":1}`, "Idempotency-Key", "secret-key-7")
 	if resp.StatusCode != 200 {
 		t.Fatalf("the call on B: %d %s", resp.StatusCode, onB)
 	}
 	waitFor(t, func() bool { return b.metric("ballast_state_store_seconds", map[string]string{"op": "complete"}) >= 1 })
-	g.cutOff()
-	fo9Down(t, a, b)
+	f.outage(t)
 	resp, onA := do(t, "POST", a.base+"/pay/charge", `{"n":1}`, "Idempotency-Key", "secret-key-7")
 	if resp.StatusCode != 200 || onA == onB {
 		t.Fatalf("the key on A during the outage: %d %s, want it run locally (A never saw it)", resp.StatusCode, onA)
 	}
-	g.open()
-	fo9Up(t, a, b)
+	f.back(t)
 	waitFor(t, func() bool { return fo10Reconciled(a, "conflict") == 1 })
 
 	for name, r := range map[string]*ballast{"A": a, "B": b} {
@@ -160,21 +190,10 @@ func TestFailOpen10AuditInFlightClaimPublished(t *testing.T) {
 		{name: "released", status: http.StatusBadGateway, wantCalls: 2},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			rs := redistest.Start(t)
-			g := fo9StartGate(t, rs.Addr())
-			up := &asUpstream{release: make(chan struct{}), status: tc.status}
-			released := false
-			t.Cleanup(func() {
-				if !released {
-					close(up.release)
-				}
-			})
-			u, _ := upstream(t, up.handler)
-			cfg := fo10Config(g.addr, u, time.Hour)
-			a, b := startBallast(t, cfg), startBallast(t, cfg)
-			fo9Up(t, a, b)
-			g.cutOff()
-			fo9Down(t, a, b)
+			up, release := heldUpstream(t, tc.status)
+			f := startFo10Fleet(t, up)
+			a, b := f.a, f.b
+			f.outage(t)
 			type answer struct {
 				code int
 				body string
@@ -190,8 +209,7 @@ func TestFailOpen10AuditInFlightClaimPublished(t *testing.T) {
 			}
 			first := send(a)
 			waitFor(t, func() bool { return up.calls.Load() == 1 })
-			g.open()
-			fo9Up(t, a, b)
+			f.back(t)
 			waitFor(t, func() bool { return fo10Reconciled(a, "published") == 1 })
 			claims := b.metric("ballast_state_store_seconds", map[string]string{"op": "claim"})
 			dup := send(b)
@@ -201,14 +219,13 @@ func TestFailOpen10AuditInFlightClaimPublished(t *testing.T) {
 			if n := up.calls.Load(); n != 1 {
 				t.Fatalf("the duplicate on B ran the call (%d calls) while A runs it", n)
 			}
-			close(up.release)
-			released = true
-			f, d := <-first, <-dup
-			if f.code != tc.status {
-				t.Errorf("A answered %d %s, want %d", f.code, f.body, tc.status)
+			release()
+			fa, d := <-first, <-dup
+			if fa.code != tc.status {
+				t.Errorf("A answered %d %s, want %d", fa.code, fa.body, tc.status)
 			}
-			if tc.status == 200 && (d.code != 200 || d.rep != "true" || d.body != f.body) {
-				t.Errorf("B's duplicate: %d replayed=%q %s, want the replay of %s", d.code, d.rep, d.body, f.body)
+			if tc.status == 200 && (d.code != 200 || d.rep != "true" || d.body != fa.body) {
+				t.Errorf("B's duplicate: %d replayed=%q %s, want the replay of %s", d.code, d.rep, d.body, fa.body)
 			}
 			if tc.status != 200 && (d.code != tc.status || d.rep != "") {
 				t.Errorf("B's duplicate of a released claim: %d replayed=%q, want its own call's %d", d.code, d.rep, tc.status)
@@ -230,17 +247,8 @@ func TestFailOpen10AuditInFlightClaimPublished(t *testing.T) {
 func TestFailOpen10AuditRedisClaimRestoredAndCompleted(t *testing.T) {
 	t.Run("restarted empty while the call runs", func(t *testing.T) {
 		rs := redistest.Start(t)
-		up := &asUpstream{release: make(chan struct{})}
-		released := false
-		t.Cleanup(func() {
-			if !released {
-				close(up.release)
-			}
-		})
-		u, _ := upstream(t, up.handler)
-		cfg := fo10Config(rs.Addr(), u, time.Hour)
-		a, b := startBallast(t, cfg), startBallast(t, cfg)
-		fo9Up(t, a, b)
+		up, release := heldUpstream(t, 0)
+		a, b := fo10Replicas(t, rs.Addr(), up)
 		first := make(chan string, 1)
 		go func() {
 			_, body := do(t, "POST", a.base+"/pay/charge", `{}`, "Idempotency-Key", "restored")
@@ -265,8 +273,7 @@ func TestFailOpen10AuditRedisClaimRestoredAndCompleted(t *testing.T) {
 		if n := up.calls.Load(); n != 1 {
 			t.Fatalf("B ran the call (%d calls) while A runs it", n)
 		}
-		close(up.release)
-		released = true
+		release()
 		want := <-first
 		fo10Replayed(t, "B's duplicate", <-dup, dupBody, want)
 		if n := up.calls.Load(); n != 1 {
@@ -274,32 +281,19 @@ func TestFailOpen10AuditRedisClaimRestoredAndCompleted(t *testing.T) {
 		}
 	})
 	t.Run("answer Redis did not take", func(t *testing.T) {
-		rs := redistest.Start(t)
-		g := fo9StartGate(t, rs.Addr())
-		up := &asUpstream{release: make(chan struct{})}
-		released := false
-		t.Cleanup(func() {
-			if !released {
-				close(up.release)
-			}
-		})
-		u, _ := upstream(t, up.handler)
-		cfg := fo10Config(g.addr, u, time.Hour)
-		a, b := startBallast(t, cfg), startBallast(t, cfg)
-		fo9Up(t, a, b)
+		up, release := heldUpstream(t, 0)
+		f := startFo10Fleet(t, up)
+		a, b := f.a, f.b
 		first := make(chan string, 1)
 		go func() {
 			_, body := do(t, "POST", a.base+"/pay/charge", `{}`, "Idempotency-Key", "kept")
 			first <- body
 		}()
 		waitFor(t, func() bool { return up.calls.Load() == 1 })
-		g.cutOff()
-		fo9Down(t, a, b)
-		close(up.release)
-		released = true
+		f.outage(t)
+		release()
 		want := <-first
-		g.open()
-		fo9Up(t, a, b)
+		f.back(t)
 		waitFor(t, func() bool { return fo10Reconciled(a, "published") == 1 })
 		resp, body := do(t, "POST", b.base+"/pay/charge", `{}`, "Idempotency-Key", "kept")
 		fo10Replayed(t, "the key on B", resp, body, want)
@@ -318,23 +312,17 @@ func TestFailOpen10AuditRedisClaimRestoredAndCompleted(t *testing.T) {
 // /_ballast/jobs/{id} with its result, and replays the keyed request with
 // the job rather than starting a second one.
 func TestFailOpen10AuditOutageJobReachesFleet(t *testing.T) {
-	rs := redistest.Start(t)
-	g := fo9StartGate(t, rs.Addr())
 	up := &asUpstream{}
-	u, _ := upstream(t, up.handler)
-	cfg := fo10Config(g.addr, u, time.Hour)
-	a, b := startBallast(t, cfg), startBallast(t, cfg)
-	fo9Up(t, a, b)
-	g.cutOff()
-	fo9Down(t, a, b)
+	f := startFo10Fleet(t, up)
+	a, b := f.a, f.b
+	f.outage(t)
 	resp, body := do(t, "POST", a.base+"/job/x", `{}`, "Prefer", "respond-async", "Idempotency-Key", "job-1")
 	if resp.StatusCode != 202 {
 		t.Fatalf("the job on A during the outage: %d %s", resp.StatusCode, body)
 	}
 	loc := resp.Header.Get("Location")
 	waitFor(t, func() bool { return a.metric("ballast_jobs", map[string]string{"state": "succeeded"}) == 1 })
-	g.open()
-	fo9Up(t, a, b)
+	f.back(t)
 	waitFor(t, func() bool { return fo10Reconciled(a, "published") == 2 }) // the record and the job
 	resp, body = do(t, "GET", b.base+loc, "")
 	if resp.StatusCode != 200 || !strings.Contains(body, `{"call":1}`) {

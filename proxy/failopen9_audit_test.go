@@ -446,13 +446,7 @@ routes:
 func TestFailOpen9AuditOutageJobsAreListed(t *testing.T) {
 	rs := redistest.Start(t)
 	g := fo9StartGate(t, rs.Addr())
-	up := &asUpstream{release: make(chan struct{})}
-	released := false
-	t.Cleanup(func() {
-		if !released {
-			close(up.release)
-		}
-	})
+	up, release := heldUpstream(t, 0)
 	u, _ := upstream(t, up.handler)
 	b := startBallast(t, fo9State(g.addr, 300*time.Millisecond)+fmt.Sprintf(`
 routes:
@@ -501,8 +495,7 @@ routes:
 	if ids := running(); len(ids) != 1 || ids[0] != id {
 		t.Errorf("/status running jobs once Redis is back: %v, want [%s]", ids, id)
 	}
-	close(up.release)
-	released = true
+	release()
 	waitFor(t, func() bool { return b.metric("ballast_jobs", map[string]string{"state": "succeeded"}) == 1 })
 	if n := b.metric("ballast_jobs", map[string]string{"state": "running"}); n != 0 {
 		t.Errorf("ballast_jobs{state=running} after the job: %v", n)

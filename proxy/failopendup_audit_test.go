@@ -32,13 +32,7 @@ func TestFailOpenDupAuditClaimHeldInRedis(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			rs := redistest.Start(t)
-			up := &asUpstream{release: make(chan struct{})}
-			released := false
-			t.Cleanup(func() {
-				if !released {
-					close(up.release)
-				}
-			})
+			up, release := heldUpstream(t, 0)
 			u, _ := upstream(t, up.handler)
 			b := startBallast(t, sfRedisState(rs.Addr(), "fail_open", 200*time.Millisecond)+fmt.Sprintf(`
 routes:
@@ -76,8 +70,7 @@ routes:
 			if tc.dupDown && tc.backBeforeEnd {
 				comeBack()
 			}
-			close(up.release)
-			released = true
+			release()
 			a, d := <-first, <-dup
 			if want := `200 replayed= {"call":1}`; a != want {
 				t.Errorf("the first call answered %q, want %q", a, want)
@@ -106,13 +99,7 @@ routes:
 // itself rather than waiting for the lease to end.
 func TestFailOpenDupAuditReleasedClaimFreesTheKey(t *testing.T) {
 	rs := redistest.Start(t)
-	up := &asUpstream{release: make(chan struct{}), status: http.StatusBadGateway}
-	released := false
-	t.Cleanup(func() {
-		if !released {
-			close(up.release)
-		}
-	})
+	up, release := heldUpstream(t, http.StatusBadGateway)
 	u, _ := upstream(t, up.handler)
 	b := startBallast(t, sfRedisState(rs.Addr(), "fail_open", 200*time.Millisecond)+fmt.Sprintf(`
 routes:
@@ -138,8 +125,7 @@ routes:
 	if n := up.calls.Load(); n != 1 {
 		t.Fatalf("the duplicate ran the call (%d calls) while the first was running", n)
 	}
-	close(up.release)
-	released = true
+	release()
 	if a, d := <-first, <-dup; a != http.StatusBadGateway || d != http.StatusBadGateway {
 		t.Errorf("statuses %d and %d, want the upstream's 502 twice", a, d)
 	}

@@ -174,6 +174,17 @@ func upstream(t *testing.T, h http.HandlerFunc) (url string, addr string) {
 	return "http://" + ln.Addr().String(), ln.Addr().String()
 }
 
+// heldUpstream is an asUpstream answering status (0: 200) whose calls wait
+// until release is called. release may be called more than once; the
+// test's cleanup calls it too, so a test that fails early frees its calls.
+func heldUpstream(t *testing.T, status int) (up *asUpstream, release func()) {
+	up = &asUpstream{release: make(chan struct{}), status: status}
+	var once sync.Once
+	release = func() { once.Do(func() { close(up.release) }) }
+	t.Cleanup(release)
+	return up, release
+}
+
 func get(t *testing.T, c *http.Client, url string, headers ...string) (*http.Response, string) {
 	t.Helper()
 	req, err := http.NewRequest(http.MethodGet, url, nil)

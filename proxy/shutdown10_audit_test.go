@@ -58,6 +58,62 @@ func s10Answer(c net.Conn, br *bufio.Reader, d time.Duration) (status int, body 
 	return resp.StatusCode, string(b), resp.Close, err
 }
 
+// s10Agent is a raw agent connection.
+type s10Agent struct {
+	c  net.Conn
+	br *bufio.Reader
+}
+
+// s10WarmAgents opens n agent connections with dial and has one request
+// (GET /warm<i>) answered on each, keeping it alive.
+func s10WarmAgents(t *testing.T, n int, dial func() (net.Conn, *bufio.Reader)) []s10Agent {
+	t.Helper()
+	agents := make([]s10Agent, n)
+	for i := range agents {
+		c, br := dial()
+		fmt.Fprintf(c, "GET /warm%d HTTP/1.1\r\nHost: x\r\n\r\n", i)
+		if status, _, closing, err := s10Answer(c, br, 5*time.Second); err != nil || status != 200 || closing {
+			t.Fatalf("warm-up %d: %d close=%v %v", i, status, closing, err)
+		}
+		agents[i] = s10Agent{c, br}
+	}
+	return agents
+}
+
+// s10AwaitNotReady polls b's /readyz until it answers 503, the sign that
+// the drain has begun, for at most 2s.
+func s10AwaitNotReady(t *testing.T, b *ballast) {
+	t.Helper()
+	tick := time.NewTicker(5 * time.Millisecond)
+	defer tick.Stop()
+	deadline := time.After(2 * time.Second)
+	for {
+		resp, err := http.Get(b.admin + "/readyz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == 503 {
+				return
+			}
+		}
+		select {
+		case <-tick.C:
+		case <-deadline:
+			t.Fatal("/readyz never failed")
+		}
+	}
+}
+
+// s10AwaitArrival waits up to 5s for the held request's arrival at the
+// upstream.
+func s10AwaitArrival(t *testing.T, arrived <-chan struct{}) {
+	t.Helper()
+	select {
+	case <-arrived:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the held request never reached the upstream")
+	}
+}
+
 // A request sent on a kept-alive connection while Shutdown begins — its
 // previous answer went out before the drain, without Connection: close,
 // so the agent may send the next one at any moment — is either answered
@@ -74,19 +130,7 @@ func TestShutdown10_KeptAliveRequestRacingTheDrain(t *testing.T) {
 		t.Run(fmt.Sprint(round), func(t *testing.T) {
 			up, seen := s10Upstream(t)
 			b := startBallast(t, fmt.Sprintf("routes: [{name: r, match: {path_prefix: /}, upstream: %q}]\n", up))
-			type agent struct {
-				c  net.Conn
-				br *bufio.Reader
-			}
-			agents := make([]agent, conns)
-			for i := range agents {
-				c, br := s9Dial(t, b.addr)
-				fmt.Fprintf(c, "GET /warm%d HTTP/1.1\r\nHost: x\r\n\r\n", i)
-				if status, _, closing, err := s10Answer(c, br, 5*time.Second); err != nil || status != 200 || closing {
-					t.Fatalf("warm-up %d: %d close=%v %v", i, status, closing, err)
-				}
-				agents[i] = agent{c, br}
-			}
+			agents := s10WarmAgents(t, conns, func() (net.Conn, *bufio.Reader) { return s9Dial(t, b.addr) })
 			type sent struct {
 				wrote    bool // the request's bytes were handed to the socket
 				listened bool // a dial after the send reached the listener
@@ -133,14 +177,7 @@ func TestShutdown10_KeptAliveRequestRacingTheDrain(t *testing.T) {
 					}
 				}
 			}
-			select {
-			case err := <-done:
-				if err != nil {
-					t.Errorf("Shutdown: %v", err)
-				}
-			case <-time.After(10 * time.Second):
-				t.Fatal("Shutdown did not return")
-			}
+			sdReturns(t, done, 10*time.Second)
 		})
 	}
 }
@@ -270,33 +307,14 @@ func TestShutdown10_ReloadDuringAndAfterDrain(t *testing.T) {
 	})
 	b := startBallast(t, fmt.Sprintf("routes: [{name: r, match: {path_prefix: /}, upstream: %q}]\n", up))
 	held := saSend(client(t), "GET", b.base+"/hold")
-	select {
-	case <-arrived:
-	case <-time.After(5 * time.Second):
-		t.Fatal("the held request never reached the upstream")
-	}
+	s10AwaitArrival(t, arrived)
 	// The new config would add a route and a second listener address.
 	newCfg := fmt.Sprintf("listen: 127.0.0.1:1\nroutes: [{name: r, match: {path_prefix: /}, upstream: %q}, {name: n, match: {path_prefix: /n/}, upstream: %q}]\n", up, up)
 	if err := os.WriteFile(b.file, []byte(newCfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	done := saShutdown(b, 20*time.Second)
-	tick := time.NewTicker(5 * time.Millisecond)
-	defer tick.Stop()
-	for {
-		resp, err := http.Get(b.admin + "/readyz")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == 503 {
-				break
-			}
-		}
-		select {
-		case <-tick.C:
-		case <-time.After(2 * time.Second):
-			t.Fatal("/readyz never failed")
-		}
-	}
+	s10AwaitNotReady(t, b)
 	resp, err := http.Post(b.admin+"/reload", "application/json", nil)
 	if err != nil {
 		t.Fatalf("POST /reload during the drain: %v", err)
@@ -330,14 +348,7 @@ func TestShutdown10_ReloadDuringAndAfterDrain(t *testing.T) {
 	if r := saWithin(t, held, 5*time.Second, "the held request"); r.err != nil || r.status != 200 {
 		t.Errorf("the request in flight during the reload: %d %v, want 200", r.status, r.err)
 	}
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Errorf("Shutdown: %v", err)
-		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("Shutdown did not return after the request in flight was answered")
-	}
+	sdReturns(t, done, 5*time.Second)
 	if err := b.srv.Reload(); !errors.Is(err, proxy.ErrShuttingDown) {
 		t.Errorf("Reload after Shutdown: %v, want ErrShuttingDown", err)
 	}
@@ -366,30 +377,10 @@ func TestShutdown10_DialDuringDrainRefusedNotDropped(t *testing.T) {
 	b := startBallast(t, fmt.Sprintf("routes: [{name: hold, match: {path_prefix: /hold}, upstream: %q}, {name: r, match: {path_prefix: /}, upstream: %q}]\n", hold, up))
 	x, xbr := s9Dial(t, b.addr)
 	fmt.Fprint(x, "GET /hold HTTP/1.1\r\nHost: x\r\n\r\n")
-	select {
-	case <-arrived:
-	case <-time.After(5 * time.Second):
-		t.Fatal("the held request never reached the upstream")
-	}
+	s10AwaitArrival(t, arrived)
 	fmt.Fprint(x, "POST /second HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}")
 	done := saShutdown(b, 20*time.Second)
-	tick := time.NewTicker(5 * time.Millisecond)
-	defer tick.Stop()
-	deadline := time.After(2 * time.Second)
-	for {
-		resp, err := http.Get(b.admin + "/readyz")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == 503 {
-				break
-			}
-		}
-		select {
-		case <-tick.C:
-		case <-deadline:
-			t.Fatal("/readyz never failed")
-		}
-	}
+	s10AwaitNotReady(t, b)
 	// The listener stops before /readyz fails: the dial is refused.
 	if c, err := net.Dial("tcp", b.addr); err == nil {
 		defer c.Close()
@@ -413,12 +404,5 @@ func TestShutdown10_DialDuringDrainRefusedNotDropped(t *testing.T) {
 	if seen.saw("/second") {
 		t.Error("the request pipelined behind an answer with Connection: close was served")
 	}
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Errorf("Shutdown: %v", err)
-		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("Shutdown did not return after the request in flight was answered")
-	}
+	sdReturns(t, done, 5*time.Second)
 }

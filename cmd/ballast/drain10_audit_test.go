@@ -1,7 +1,6 @@
 package main
 
 import (
-	"fmt"
 	"strings"
 	"syscall"
 	"testing"
@@ -15,10 +14,7 @@ import (
 // and the exit is clean.
 func TestDrain10_SIGHUPDuringDrainIsLogged(t *testing.T) {
 	gate, up := startGate(t, nil)
-	dir := t.TempDir()
-	listen, admin := freePort(t), freePort(t)
-	saWrite(t, dir, fmt.Sprintf("listen: %s\nadmin: {listen: %s}\nshutdown_timeout: 20s\nroutes: [{name: r, match: {path_prefix: /}, upstream: %q}]\n", listen, admin, up))
-	cmd, logs := saStart(t, dir, admin)
+	cmd, logs, listen, _ := saStartRoute(t, up, "shutdown_timeout: 20s\n")
 	held := saDial(t, listen).send("GET /hold/x HTTP/1.1\r\nHost: x\r\n\r\n")
 	saPoll(t, 5*time.Second, "the held request reaching the upstream", func() bool { return gate.count("/hold/x") == 1 })
 	_ = cmd.Process.Signal(syscall.SIGTERM)

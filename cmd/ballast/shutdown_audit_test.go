@@ -98,6 +98,18 @@ func saWrite(t *testing.T, dir, yaml string) {
 	}
 }
 
+// saStartRoute runs the binary as saStart does, on fresh listen and admin
+// ports, with one route (r, every path) to up after the settings lines
+// (each ending in a newline).
+func saStartRoute(t *testing.T, up, settings string) (cmd *exec.Cmd, logs *lockedBuffer, listen, admin string) {
+	t.Helper()
+	dir := t.TempDir()
+	listen, admin = freePort(t), freePort(t)
+	saWrite(t, dir, fmt.Sprintf("listen: %s\nadmin: {listen: %s}\n%sroutes: [{name: r, match: {path_prefix: /}, upstream: %q}]\n", listen, admin, settings, up))
+	cmd, logs = saStart(t, dir, admin)
+	return cmd, logs, listen, admin
+}
+
 // saGate is an upstream whose requests under a path containing "/hold"
 // block until release (or until the caller goes away), counting calls
 // per path.
@@ -381,10 +393,7 @@ func TestShutdownAudit_SSEStreamFinishesDuringDrain(t *testing.T) {
 		return true
 	})
 	t.Cleanup(func() { once.Do(func() { close(more) }) })
-	dir := t.TempDir()
-	listen, admin := freePort(t), freePort(t)
-	saWrite(t, dir, fmt.Sprintf("listen: %s\nadmin: {listen: %s}\nshutdown_timeout: 20s\nroutes: [{name: r, match: {path_prefix: /}, upstream: %q}]\n", listen, admin, up))
-	cmd, logs := saStart(t, dir, admin)
+	cmd, logs, listen, admin := saStartRoute(t, up, "shutdown_timeout: 20s\n")
 
 	resp, err := http.Get("http://" + listen + "/sse")
 	if err != nil {
@@ -572,10 +581,7 @@ routes:
 // than being ignored until shutdown_timeout (30s by default) runs out.
 func TestShutdownAudit_SecondSignalForcesExit(t *testing.T) {
 	_, up := startGate(t, nil)
-	dir := t.TempDir()
-	listen, admin := freePort(t), freePort(t)
-	saWrite(t, dir, fmt.Sprintf("listen: %s\nadmin: {listen: %s}\nshutdown_timeout: 20s\nroutes: [{name: r, match: {path_prefix: /}, upstream: %q}]\n", listen, admin, up))
-	cmd, logs := saStart(t, dir, admin)
+	cmd, logs, listen, _ := saStartRoute(t, up, "shutdown_timeout: 20s\n")
 	stuck := saDial(t, listen).send("GET /stuck/x HTTP/1.1\r\nHost: x\r\n\r\n")
 	_ = stuck
 	_ = cmd.Process.Signal(syscall.SIGTERM)
@@ -598,10 +604,7 @@ func TestShutdownAudit_SecondSignalForcesExit(t *testing.T) {
 // log.flush_interval, 30s here) and the shutdown lines.
 func TestShutdownAudit_AllLogLinesReachStderr(t *testing.T) {
 	_, up := startGate(t, nil)
-	dir := t.TempDir()
-	listen, admin := freePort(t), freePort(t)
-	saWrite(t, dir, fmt.Sprintf("listen: %s\nadmin: {listen: %s}\nlog: {flush_interval: 30s}\nroutes: [{name: r, match: {path_prefix: /}, upstream: %q}]\n", listen, admin, up))
-	cmd, logs := saStart(t, dir, admin)
+	cmd, logs, listen, _ := saStartRoute(t, up, "log: {flush_interval: 30s}\n")
 	c := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 8}}
 	defer c.CloseIdleConnections()
 	var ids []string
@@ -888,10 +891,7 @@ routes:
 // logged, before the exit.
 func TestShutdownAudit_SpareConnectionDoesNotHoldTheExit(t *testing.T) {
 	_, up := startGate(t, nil)
-	dir := t.TempDir()
-	listen, admin := freePort(t), freePort(t)
-	saWrite(t, dir, fmt.Sprintf("listen: %s\nadmin: {listen: %s}\nlog: {flush_interval: 30s}\nroutes: [{name: r, match: {path_prefix: /}, upstream: %q}]\n", listen, admin, up))
-	cmd, logs := saStart(t, dir, admin)
+	cmd, logs, listen, _ := saStartRoute(t, up, "log: {flush_interval: 30s}\n")
 	kept := saDial(t, listen)
 	if a := saWithin(t, kept.send("GET /first HTTP/1.1\r\nHost: x\r\n\r\n"), 5*time.Second, "first"); a.status != 200 {
 		t.Fatalf("first: %+v", a)

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"fmt"
 	"strings"
 	"syscall"
 	"testing"
@@ -17,10 +16,7 @@ import (
 // 15s of delay left.
 func TestShutdownDelay_SecondSignalEndsTheDelay(t *testing.T) {
 	_, up := startGate(t, nil)
-	dir := t.TempDir()
-	listen, admin := freePort(t), freePort(t)
-	saWrite(t, dir, fmt.Sprintf("listen: %s\nadmin: {listen: %s}\nshutdown_timeout: 20s\nshutdown_delay: 15s\nroutes: [{name: r, match: {path_prefix: /}, upstream: %q}]\n", listen, admin, up))
-	cmd, logs := saStart(t, dir, admin)
+	cmd, logs, listen, admin := saStartRoute(t, up, "shutdown_timeout: 20s\nshutdown_delay: 15s\n")
 	_ = cmd.Process.Signal(syscall.SIGTERM)
 	saPoll(t, 2*time.Second, "the delay starting", func() bool {
 		return strings.Contains(logs.String(), `"msg":"shutdown delay: still serving, /readyz failing"`)
@@ -50,10 +46,7 @@ func TestShutdownDelay_SecondSignalEndsTheDelay(t *testing.T) {
 // not after shutdown_timeout.
 func TestShutdownDelay_ExitAfterTheDelay(t *testing.T) {
 	_, up := startGate(t, nil)
-	dir := t.TempDir()
-	listen, admin := freePort(t), freePort(t)
-	saWrite(t, dir, fmt.Sprintf("listen: %s\nadmin: {listen: %s}\nshutdown_timeout: 20s\nshutdown_delay: 1500ms\nroutes: [{name: r, match: {path_prefix: /}, upstream: %q}]\n", listen, admin, up))
-	cmd, logs := saStart(t, dir, admin)
+	cmd, logs, _, _ := saStartRoute(t, up, "shutdown_timeout: 20s\nshutdown_delay: 1500ms\n")
 	sent := time.Now()
 	_ = cmd.Process.Signal(syscall.SIGTERM)
 	code, _ := saExit(t, cmd, 10*time.Second)
