@@ -105,6 +105,13 @@ type Server struct {
 	// nothing yet end on it.
 	drain     context.Context
 	drainStop context.CancelFunc
+	// delayCut is cancelled by a Shutdown call after the first: it ends
+	// the first call's shutdown_delay (see waitDelay). shutdownTurn (one
+	// slot) lets one Shutdown call run at a time: the drains of two would
+	// each take the other's wake-ups (conns.changed).
+	delayCut     context.Context
+	cutDelay     context.CancelFunc
+	shutdownTurn chan struct{}
 	// streams are the HTTP/1.0 streams relayed on hijacked connections
 	// (closeDelimited), which fasthttp's shutdown no longer sees; hijacked
 	// holds their connections, closed when the drain runs out of time.
@@ -216,6 +223,8 @@ func New(cfg *config.Config, opts Options) (*Server, error) {
 	s.jobs = newJobRunner()
 	s.agents = newAgentWatch(opts.AgentCheckEvery)
 	s.drain, s.drainStop = context.WithCancel(context.Background())
+	s.delayCut, s.cutDelay = context.WithCancel(context.Background())
+	s.shutdownTurn = make(chan struct{}, 1)
 	s.sweepEvery = cfg.State.SweepEvery.D()
 	s.status = newStatusBoard(cfg, s.clock, s.log)
 	s.status.setHooks(statusHooks{cache: cacheStatus, jobs: s.jobsStatus})
@@ -410,10 +419,28 @@ func (s *Server) ServeAdmin(ln net.Listener) error {
 // With shutdown_delay set, all that begins only once the delay has passed
 // (or ctx ended): until then /readyz fails but ballast accepts and serves
 // as usual, each answer saying Connection: close (see waitDelay). To cut
-// the delay short, end ctx; only the first Shutdown call waits for it.
+// the delay short, end ctx, or call Shutdown again: only the first call
+// waits for it, and a later one ends it.
+//
+// Calls run one at a time: a later call waits for the one running to
+// return (or its own ctx to end: it then returns ctx's error) before it
+// goes over what is left, which is nothing once one call has finished.
 func (s *Server) Shutdown(ctx context.Context) error {
 	first := s.draining.CompareAndSwap(false, true)
 	s.ready.Store(false) // /readyz fails from here on
+	if !first {
+		s.cutDelay()
+	}
+	select {
+	case s.shutdownTurn <- struct{}{}: // free: taken even if ctx has ended
+	default:
+		select {
+		case s.shutdownTurn <- struct{}{}:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	defer func() { <-s.shutdownTurn }()
 	if first {
 		s.waitDelay(ctx)
 	}
@@ -517,15 +544,16 @@ func (s *Server) Shutdown(ctx context.Context) error {
 }
 
 // waitDelay waits out shutdown_delay, or until ctx ends (the shutdown
-// deadline, a second SIGTERM), on s.clock. Meanwhile nothing is stopped:
-// the listener accepts, requests, waits and jobs run as usual, for an
-// agent in the same pod that got its SIGTERM with ballast's and finishes
-// its task in its own grace period. Only /readyz fails (load balancers
-// stop sending), a reload is refused, and every answer says Connection:
-// close (closeWhenDraining), as Envoy's drain does: the agent's next call
-// dials anew, and when the delay is over a dial is refused, which tells
-// it nothing was sent, rather than being sent on a kept-alive connection
-// as the drain closes it.
+// deadline, a second SIGTERM) or another Shutdown call begins, on
+// s.clock. Meanwhile nothing is stopped: the listener accepts, requests,
+// waits and jobs run as usual, for an agent in the same pod that got its
+// SIGTERM with ballast's and finishes its task in its own grace period.
+// Only /readyz fails (load balancers stop sending), a reload is refused,
+// and every answer says Connection: close (closeWhenDraining), as
+// Envoy's drain does: the agent's next call dials anew, and when the
+// delay is over a dial is refused, which tells it nothing was sent,
+// rather than being sent on a kept-alive connection as the drain closes
+// it.
 //
 // The delay does not end when no agent connection is open: an agent
 // between two calls (running a tool, or whose HTTP client closed its idle
@@ -543,6 +571,8 @@ func (s *Server) waitDelay(ctx context.Context) {
 		s.log.Info("shutdown delay over: draining")
 	case <-ctx.Done():
 		s.log.Warn("shutdown delay cut short: draining", "error", ctx.Err().Error())
+	case <-s.delayCut.Done():
+		s.log.Warn("shutdown delay cut short: draining", "error", "Shutdown called again")
 	}
 }
 
