@@ -414,7 +414,8 @@ func (s *Server) ServeAdmin(ln net.Listener) error {
 // outcome is unknown); an async job fails, saying why, or, on a state
 // backend that outlives the process, stays pending to resume after a
 // restart. Shutdown waits up to a second more for that. The admin listener
-// stops last.
+// stops last. Shutdown returns ctx's error when ctx ended before all that
+// had finished.
 //
 // With shutdown_delay set, all that begins only once the delay has passed
 // (or ctx ended): until then /readyz fails but ballast accepts and serves
@@ -503,7 +504,11 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	if ctx.Err() != nil {
 		// An admin request still arriving is answered 503 too, rather
 		// than left reading until the admin read timeout (30s) after
-		// Shutdown returned.
+		// Shutdown returned; it was cut off, so Shutdown says so even
+		// when the halt closed every connection before fasthttp looked.
+		if err == nil {
+			err = ctx.Err()
+		}
 		s.adminConns.halt()
 		grace, stop := context.WithTimeout(context.Background(), time.Second)
 		s.adminConns.quiet(grace)
