@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"net/url"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -113,23 +114,26 @@ func FuzzParseCredential(f *testing.F) {
 }
 
 // Upstreams that share a host but differ in scheme or connect timeout are
-// pooled apart; a cool-down the fleet shares by host must reach each.
-func TestByHostKeepsEveryUpstreamOfAHost(t *testing.T) {
-	p := newUpstreamPool(policy.SystemClock{})
-	for _, tc := range []struct {
-		url     string
-		connect time.Duration
-	}{{"http://api.example:443", time.Second}, {"https://api.example:443", time.Second}, {"http://api.example:443", 2 * time.Second}} {
-		u, err := url.Parse(tc.url)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, _, err := p.get(u, "", tc.connect, nil); err != nil {
-			t.Fatal(err)
-		}
+// pooled apart; a cool-down the fleet shares by host must reach each, with
+// the largest retry.max_cooldown of the routes that send to it.
+func TestCooldownCapsKeepEveryUpstreamOfAHost(t *testing.T) {
+	s := newStatusServer(t, `routes:
+  - {name: a, match: {path_prefix: /a/}, upstream: "http://api.example:443", retry: {max_cooldown: 1h}}
+  - {name: b, match: {path_prefix: /b/}, upstream: "https://api.example:443", retry: {max_cooldown: 2h}}
+  - {name: c, match: {path_prefix: /c/}, upstream: "http://api.example:443", timeouts: {connect: 1s}}
+  - {name: d, match: {path_prefix: /d/}, upstream: "http://api.example:443", retry: {max_cooldown: 3h}}
+`)
+	caps := s.cooldownCaps()["api.example:443"]
+	if len(caps) != 3 {
+		t.Fatalf("cooldownCaps holds %d upstreams of the host, want 3: %v", len(caps), caps)
 	}
-	if got := len(p.byHost()["api.example:443"]); got != 3 {
-		t.Fatalf("byHost holds %d upstreams of the host, want 3", got)
+	var got []time.Duration
+	for _, c := range caps {
+		got = append(got, c)
+	}
+	slices.Sort(got)
+	if want := []time.Duration{2 * time.Hour, 3 * time.Hour, 24 * time.Hour}; !slices.Equal(got, want) {
+		t.Errorf("caps of the host's upstreams = %v, want %v (the largest of the routes sending to each)", got, want)
 	}
 }
 

@@ -135,19 +135,6 @@ func (p *upstreamPool) get(u *url.URL, caFile string, connect time.Duration, m *
 	return up, key, nil
 }
 
-// byHost returns the pooled upstreams by host[:port]. Several may share
-// one (http and https, or different CA files or connect timeouts), and a
-// cool-down, keyed by host in the fleet, applies to each of them.
-func (p *upstreamPool) byHost() map[string][]*upstream {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	out := make(map[string][]*upstream, len(p.all))
-	for _, up := range p.all {
-		out[string(up.host)] = append(out[string(up.host)], up)
-	}
-	return out
-}
-
 // closeIdle closes every pooled upstream connection not in use.
 func (p *upstreamPool) closeIdle() {
 	p.mu.Lock()
