@@ -57,6 +57,12 @@ func (h *headWatch) start() {
 func (h *headWatch) saw(p []byte) {
 	whole := h.first // p holds the head from its first byte
 	if h.first {
+		if len(bytes.TrimLeft(p, "\r\n")) == 0 {
+			// Only the empty lines a request line may follow (RFC 9112
+			// §2.2; some clients send a CRLF after a body), which the
+			// parser skips: nothing of a request read yet.
+			return
+		}
 		h.first = false
 		if !startsRequestLine(p) {
 			h.on = false

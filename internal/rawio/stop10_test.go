@@ -372,3 +372,44 @@ func TestDrain10_StopKeepsReadsAllocationFree(t *testing.T) {
 		t.Fatalf("%v allocations per request on a connection with a Stop, want 0", allocs)
 	}
 }
+
+// The empty lines a client may send before a request line (RFC 9112
+// §2.2; some send a CRLF after a POST body) are no request begun: a Read
+// waiting after them ends at Drain like one that read nothing, instead of
+// holding the drain until its deadline and then being answered 503 for a
+// request never sent.
+func TestDrain10_EmptyLinesBeforeARequestAreNoRequest(t *testing.T) {
+	var stop rawio.Stop
+	c, agent := stopPair(t, &stop)
+	if _, err := agent.Write([]byte("\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 256)
+	_ = c.SetReadDeadline(time.Now().Add(time.Minute))
+	if n, err := c.Read(buf); err != nil || string(buf[:n]) != "\r\n" {
+		t.Fatalf("the stray CRLF: %q %v", buf[:n], err)
+	}
+	started, out := readAsync(c)
+	<-started
+	stop.Drain()
+	c.Wake()
+	r := within(t, out, 2*time.Second, "drained and woken after a stray CRLF")
+	if !errors.Is(r.err, net.ErrClosed) || r.s != "" {
+		t.Fatalf("Read after a stray CRLF, Drain and Wake = %q, %v; want nothing and net.ErrClosed", r.s, r.err)
+	}
+	// A request after empty lines is still one: its head begun, it waits.
+	var stop2 rawio.Stop
+	c2, agent2 := stopPair(t, &stop2)
+	if _, err := agent2.Write([]byte("\r\nPOST /x HTTP/1.1\r\nHo")); err != nil {
+		t.Fatal(err)
+	}
+	_ = c2.SetReadDeadline(time.Now().Add(time.Minute))
+	if n, err := c2.Read(buf); err != nil || n == 0 {
+		t.Fatalf("the head's first bytes: %d %v", n, err)
+	}
+	stop2.Halt()
+	c2.Wake()
+	if _, err := c2.Read(buf); !errors.Is(err, rawio.ErrHalted) {
+		t.Errorf("Read of a head begun after empty lines, halted = %v, want ErrHalted", err)
+	}
+}
