@@ -127,6 +127,10 @@ type LoadResult struct {
 	// sustained. A slow tail past the window (one request hanging until
 	// its timeout) does not dilute it.
 	RPS float64 `json:"rps"`
+	// ScheduleLag is how late the open loop issued its measured requests
+	// (open loop only): the driver's own resolution, which every latency
+	// includes, since latencies count from the intended send times.
+	ScheduleLag *Percentiles `json:"schedule_lag,omitempty"`
 	// All merges the workloads.
 	All       WorkloadResult   `json:"all"`
 	Workloads []WorkloadResult `json:"workloads"`
@@ -244,7 +248,10 @@ func RunLoad(ctx context.Context, cfg LoadConfig) (LoadResult, error) {
 	res := LoadResult{Mode: "closed"}
 	if cfg.Rate > 0 {
 		res.Mode, res.TargetRate = "open", cfg.Rate
+		d.lag = newTally()
 		d.openLoop(ctx, start)
+		lag := percentiles(d.lag.hist)
+		res.ScheduleLag = &lag
 	} else {
 		d.closedLoop(ctx)
 	}
@@ -305,6 +312,7 @@ type driver struct {
 	end         time.Time
 	lastDone    atomic.Int64 // unix nanos of the last measured completion
 	ended       atomic.Int64 // requests that ended within [measureFrom, end)
+	lag         *tally       // the open loop's lateness issuing measured requests
 	measureOnce sync.Once
 	measuring   sync.WaitGroup // OnMeasure's goroutine
 }
@@ -317,7 +325,8 @@ func (d *driver) startMeasuring() {
 	})
 }
 
-// openLoop schedules request i at start + i/Rate.
+// openLoop schedules request i at start + i/Rate, with a fine timer (see
+// pacer), and records how late it issued each measured request in d.lag.
 func (d *driver) openLoop(ctx context.Context, start time.Time) {
 	jobs := make(chan job, 1<<14)
 	var wg sync.WaitGroup
@@ -330,35 +339,32 @@ func (d *driver) openLoop(ctx context.Context, start time.Time) {
 			}
 		})
 	}
-	timer := time.NewTimer(time.Hour)
-	defer timer.Stop()
+	d.schedule(ctx, start, jobs)
+	close(jobs)
+	wg.Wait()
+}
+
+// schedule sends request i to jobs at start + i/Rate until the end or ctx.
+func (d *driver) schedule(ctx context.Context, start time.Time, jobs chan<- job) {
+	p := newPacer()
+	defer p.stop()
 	perReq := float64(time.Second) / d.cfg.Rate
-schedule:
 	for i := uint64(0); ; i++ {
 		at := start.Add(time.Duration(float64(i) * perReq))
-		if !at.Before(d.end) {
-			break
-		}
-		if wait := time.Until(at); wait > 0 {
-			timer.Reset(wait)
-			select {
-			case <-timer.C:
-			case <-ctx.Done():
-				break schedule
-			}
+		if !at.Before(d.end) || !p.sleepUntil(ctx, at) {
+			return
 		}
 		warm := at.Before(d.measureFrom)
 		if !warm {
 			d.startMeasuring()
+			d.lag.record(time.Since(at), "")
 		}
 		select {
 		case jobs <- job{n: i, intended: at, warm: warm}:
 		case <-ctx.Done():
-			break schedule
+			return
 		}
 	}
-	close(jobs)
-	wg.Wait()
 }
 
 // closedLoop runs Connections workers back to back until the end.

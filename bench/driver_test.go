@@ -59,6 +59,14 @@ func TestRunLoad(t *testing.T) {
 			if l.P50 <= 0 || l.P50 > l.P90 || l.P90 > l.P99 || l.P99 > l.P999 || l.P999 > l.Max {
 				t.Errorf("percentiles out of order: %+v", l)
 			}
+			switch lag := res.ScheduleLag; {
+			case c.cfg.Rate > 0 && lag == nil:
+				t.Error("open loop: no schedule lag reported")
+			case c.cfg.Rate > 0 && (lag.P50 > lag.P99 || lag.P99 > lag.Max || lag.Max > c.cfg.Duration.Seconds()*1000):
+				t.Errorf("schedule lag out of order or beyond the run: %+v", *lag)
+			case c.cfg.Rate == 0 && lag != nil:
+				t.Errorf("closed loop reported a schedule lag: %+v", *lag)
+			}
 			if l.P50 < c.minP50 {
 				t.Errorf("p50 %v ms, want ≥ %v ms (latency from the intended send time)", l.P50, c.minP50)
 			}

@@ -56,6 +56,9 @@ func (r *Report) WriteText(w io.Writer) error {
 		if err := o.latencyTable().text(w); err != nil {
 			return err
 		}
+		if lag := o.scheduleLag(); lag != "" {
+			fmt.Fprintf(w, "\n%s\n", lag)
+		}
 		if len(o.Rounds) > 1 {
 			fmt.Fprintf(w, "\n%s\n\n", roundsIntro)
 			if err := o.roundsTable().text(w); err != nil {
@@ -104,6 +107,9 @@ func (r *Report) Markdown(plot string) []byte {
 		o.costTable().markdown(&b)
 		b.WriteString("\n")
 		o.latencyTable().markdown(&b)
+		if lag := o.scheduleLag(); lag != "" {
+			fmt.Fprintf(&b, "\n%s\n", lag)
+		}
 		if len(o.Rounds) > 1 {
 			fmt.Fprintf(&b, "\n%s\n\n", roundsIntro)
 			o.roundsTable().markdown(&b)
@@ -205,6 +211,23 @@ func (o *OverheadResult) latencyTable() *table {
 			fmtAdded(a.P50), fmtAdded(a.P90), fmtAdded(a.P99), fmtAdded(a.P999), fmtRatio(r.P50), fmtRatio(r.P99))
 	}
 	return t
+}
+
+// scheduleLag says how late the load driver sent requests, at worst over
+// the targets' open-loop runs: the resolution of the latencies above,
+// which include it. It is "" for reports from before it was measured.
+func (o *OverheadResult) scheduleLag() string {
+	var worst *Percentiles
+	for _, ot := range o.Targets {
+		if l := ot.Open.ScheduleLag; l != nil && (worst == nil || l.P99 > worst.P99) {
+			worst = l
+		}
+	}
+	if worst == nil {
+		return ""
+	}
+	return fmt.Sprintf("The load driver sent requests %s ms late at p50 and %s ms at p99 (the worst of the runs above): "+
+		"latencies count from the intended send times, so they include this.", fmtMs(worst.P50), fmtMs(worst.P99))
 }
 
 func (c *ChaosResult) summary() string {

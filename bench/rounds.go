@@ -38,9 +38,17 @@ func medianLoad(runs []LoadResult) LoadResult {
 	m := LoadResult{Mode: runs[0].Mode, TargetRate: runs[0].TargetRate}
 	m.RPS = medianOf(runs, func(r LoadResult) float64 { return r.RPS })
 	alls := make([]WorkloadResult, len(runs))
+	var lags []Percentiles
 	for i, r := range runs {
 		m.Elapsed += r.Elapsed
 		alls[i] = r.All
+		if r.ScheduleLag != nil {
+			lags = append(lags, *r.ScheduleLag)
+		}
+	}
+	if len(lags) > 0 {
+		lag := medianPercentiles(lags)
+		m.ScheduleLag = &lag
 	}
 	m.All = medianWorkload(alls)
 	for w := range runs[0].Workloads {
@@ -67,8 +75,14 @@ func medianWorkload(runs []WorkloadResult) WorkloadResult {
 		}
 		lat[i] = r.Latency
 	}
-	pick := func(f func(Percentiles) float64) float64 { return medianOf(lat, f) }
-	m.Latency = Percentiles{
+	m.Latency = medianPercentiles(lat)
+	return m
+}
+
+// medianPercentiles is each percentile's median over runs.
+func medianPercentiles(runs []Percentiles) Percentiles {
+	pick := func(f func(Percentiles) float64) float64 { return medianOf(runs, f) }
+	return Percentiles{
 		P50:  pick(func(p Percentiles) float64 { return p.P50 }),
 		P90:  pick(func(p Percentiles) float64 { return p.P90 }),
 		P99:  pick(func(p Percentiles) float64 { return p.P99 }),
@@ -76,7 +90,6 @@ func medianWorkload(runs []WorkloadResult) WorkloadResult {
 		Max:  pick(func(p Percentiles) float64 { return p.Max }),
 		Mean: pick(func(p Percentiles) float64 { return p.Mean }),
 	}
-	return m
 }
 
 // medianOf is the median of f over xs: the middle value, or the mean of
