@@ -31,7 +31,7 @@ func (s *Server) Reload() error {
 	}
 	s.reloadMu.Lock()
 	defer s.reloadMu.Unlock()
-	if s.draining.Load() {
+	if s.draining.Load() || s.frozen {
 		s.log.Warn("config reload ignored: ballast is shutting down", "source", s.src.Origin())
 		return ErrShuttingDown
 	}
@@ -51,6 +51,20 @@ func (s *Server) Reload() error {
 	s.m.reloads.WithLabelValues("success").Inc()
 	s.log.Info("config reloaded", "source", s.src.Origin(), "routes", len(cfg.Routes))
 	return nil
+}
+
+// FreezeConfig ends reloading for good and returns the config in force,
+// which then stays in force to the exit: a reload already running
+// finishes first, and later ones change nothing, as during a drain
+// (Reload returns ErrShuttingDown). Call it when a shutdown is decided,
+// to take shutdown_timeout for Shutdown's context: shutdown_delay, which
+// Shutdown reads later, then comes from the same config, where a reload
+// in between could otherwise set a delay that uses up the drain's time.
+func (s *Server) FreezeConfig() *config.Config {
+	s.reloadMu.Lock()
+	defer s.reloadMu.Unlock()
+	s.frozen = true
+	return s.Config()
 }
 
 // WatchConfig reloads whenever the config file changes, until ctx ends.

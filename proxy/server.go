@@ -128,6 +128,7 @@ type Server struct {
 	adminFails adminFailures
 	src        *config.Source
 	reloadMu   sync.Mutex
+	frozen     bool // under reloadMu: FreezeConfig was called
 	unmatched  *routeMetrics
 	status     *statusBoard // /status, the status page and alerts
 

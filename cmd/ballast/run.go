@@ -125,9 +125,10 @@ func serve(srv *proxy.Server, cfg *config.Config, src config.Source, ln, adminLn
 				_ = srv.Reload()
 				continue
 			}
-			timeout := srv.Config().ShutdownTimeout.D()
+			cfg := srv.FreezeConfig() // the timeout and the delay from one config
+			timeout := cfg.ShutdownTimeout.D()
 			log.Info("draining", "signal", sig.String(), "shutdown_timeout", timeout.String(),
-				"shutdown_delay", srv.Config().ShutdownDelay.D().String())
+				"shutdown_delay", cfg.ShutdownDelay.D().String())
 			// shutdown_delay, then the drain, both within shutdown_timeout.
 			sctx, scancel := context.WithTimeout(context.Background(), timeout)
 			// A second SIGTERM or SIGINT (Ctrl-C again) cuts the drain
