@@ -89,6 +89,13 @@ func (s *Server) exchangeUpstream(ctx *fasthttp.RequestCtx, r *route, body []byt
 		// hinted: the status (429, 503) of the answer whose pause stopped
 		// the loop (stop rate_limited), whichever upstream answered last.
 		hinted int
+		// paidOn is the target whose retry budget paid, at paidAt, for a
+		// retry not sent yet; nil when none. A retry that is not sent
+		// after all (an open breaker, a cool-down or the rate limit stops
+		// it, the deadline passes, the agent leaves) gets it back: the
+		// budget pays only for what reaches the upstream.
+		paidOn *target
+		paidAt time.Time
 	)
 	defer func() {
 		if last.resp != nil {
@@ -116,6 +123,7 @@ func (s *Server) exchangeUpstream(ctx *fasthttp.RequestCtx, r *route, body []byt
 
 targets:
 	for ti, t := range r.targets {
+		refundRetry(&paidOn, paidAt)
 		if ti > 0 && sessionBound {
 			break
 		}
@@ -187,6 +195,7 @@ targets:
 				stop, stopAfter, limitStop, hinted = ReasonRateLimited, refused.RetryAfter, true, 0
 				break targets
 			}
+			paidOn = nil // the retry goes out: paid for
 			var a attempt
 			if r.hedgeAfter > 0 && (guarded || policy.IdempotentMethod(method)) && s.clock.Now().Add(r.hedgeAfter).Before(deadline) {
 				a = s.tryHedged(out, t, r, key, deadline, attempts, watch)
@@ -273,7 +282,8 @@ targets:
 			// The wait must end before the deadline, with time left to
 			// send the retry in.
 			wait := policy.Wait(r.backoff.Delay(n, nil), a.hint, r.maxRetryAfter)
-			if now := s.clock.Now(); !now.Add(wait).Before(deadline) {
+			now = s.clock.Now()
+			if !now.Add(wait).Before(deadline) {
 				if a.hint > 0 {
 					stop, stopAfter, hinted = ReasonRateLimited, a.hint, a.status
 				}
@@ -286,6 +296,7 @@ targets:
 				stop = ReasonBudgetExhausted
 				break targets
 			}
+			paidOn, paidAt = t, now
 			r.m.retries[a.class].Inc()
 			r.m.retryWait.Observe(wait.Seconds())
 			if a.hint > 0 && wait >= a.hint {
@@ -303,6 +314,7 @@ targets:
 		}
 	}
 
+	refundRetry(&paidOn, paidAt)
 	if tr != nil {
 		tr.stop = stop
 	}
@@ -587,6 +599,15 @@ func (s *Server) pauseWatched(ctx *fasthttp.RequestCtx, d time.Duration, watch *
 // cool-down; caller faults say nothing about the upstream.
 func upstreamFault(c policy.Class) bool {
 	return c == policy.Transient || c == policy.Timeout || c == policy.Invalid
+}
+
+// refundRetry gives back the retry budget *paidOn paid at paidAt for a
+// retry that was not sent, and clears *paidOn.
+func refundRetry(paidOn **target, paidAt time.Time) {
+	if *paidOn != nil {
+		(*paidOn).health.budget.Refund(paidAt)
+		*paidOn = nil
+	}
 }
 
 func minPositive(a, b time.Duration) time.Duration {

@@ -9,6 +9,8 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"net"
+	"net/netip"
 	"strconv"
 	"sync"
 	"time"
@@ -139,7 +141,7 @@ func (s *Server) startJob(ctx *fasthttp.RequestCtx, r *route, body []byte, deadl
 		ID: hex.EncodeToString(raw[:]), Tenant: tenantOf(&ctx.Request.Header), Route: r.name, State: store.JobQueued,
 		CreatedAt: now, UpdatedAt: now, ExpiresAt: now.Add(r.total + r.async.ttl),
 		Request: store.Request{Method: string(ctx.Method()), URI: string(ctx.RequestURI()),
-			Header: requestHeaderLines(&ctx.Request.Header), Body: append([]byte(nil), body...)},
+			Header: appendAgentAddr(requestHeaderLines(&ctx.Request.Header), ctx), Body: append([]byte(nil), body...)},
 	}
 	c, cancel := context.WithDeadline(context.Background(), s.wall(deadline))
 	defer cancel()
@@ -349,11 +351,20 @@ func (s *Server) runJob(job *store.Job, r *route) {
 	// A job guardJob started under an idempotency key (the condition of
 	// idemKey): the key names it for jobKeyTTL from its start.
 	keyed := r.idem != nil && r.async != nil && (r.idem.auto || len(req.Header.Peek(headerIdempotencyKey)) > 0)
+	// The agent's address, as the request run directly has it; a record
+	// without one (from an older ballast) runs with none.
+	var agent net.Addr
+	if ap, err := netip.ParseAddrPort(string(req.Header.Peek(headerAgentAddr))); err == nil {
+		agent = net.TCPAddrFromAddrPort(ap)
+	}
+	req.Header.Del(headerAgentAddr)
 	var rc fasthttp.RequestCtx
-	rc.Init(req, nil, nil)
+	rc.Init(req, agent, nil)
 	s.ids.assign(&rc)
 	start := s.clock.Now()
-	s.run(&rc, r, job.Request.Body, start.Add(r.total), false)
+	// A keyed job is guarded as a keyed request is (runGuarded): in header
+	// mode its key travels upstream, so ballast's own retries are safe.
+	s.run(&rc, r, job.Request.Body, start.Add(r.total), keyed && !r.idem.auto)
 
 	resp := &rc.Response
 	var (
@@ -727,7 +738,7 @@ func requestHeaderLines(h *fasthttp.RequestHeader) []byte {
 	}
 	raw := len(h.RawHeaders()) > 0
 	for k, v := range h.All() {
-		if !raw || !bytes.Equal(k, strCookie) {
+		if (!raw || !bytes.Equal(k, strCookie)) && !asciiEqualFold(k, strAgentAddr) {
 			line(k, v)
 		}
 	}
@@ -739,6 +750,26 @@ func requestHeaderLines(h *fasthttp.RequestHeader) []byte {
 		}
 	}
 	return b
+}
+
+// headerAgentAddr carries, in a job's stored request, the address of the
+// agent that sent it, so that the job's call has it as its remote address
+// (X-Forwarded-For, a rate limit keyed by ip) as the request run directly
+// does. Like every X-Ballast-* request line it never goes upstream, and an
+// agent's own line of this name is not stored (requestHeaderLines).
+const headerAgentAddr = "X-Ballast-Agent-Addr"
+
+var strAgentAddr = []byte(headerAgentAddr)
+
+// appendAgentAddr appends ctx's agent address to a job's header lines b.
+func appendAgentAddr(b []byte, ctx *fasthttp.RequestCtx) []byte {
+	ta, ok := ctx.RemoteAddr().(*net.TCPAddr)
+	if !ok {
+		return b
+	}
+	b = append(append(b, headerAgentAddr...), ": "...)
+	b = ta.AddrPort().AppendTo(b)
+	return append(b, "\r\n"...)
 }
 
 // readRequestHead reads a stored request's method, URI and header lines
