@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"io"
 	"strconv"
 	"time"
 
@@ -14,6 +15,7 @@ import (
 	"github.com/ballast-proxy/ballast/ratelimit"
 	"github.com/ballast-proxy/ballast/store"
 	"github.com/ballast-proxy/ballast/validate"
+	"github.com/valyala/bytebufferpool"
 	"github.com/valyala/fasthttp"
 )
 
@@ -310,9 +312,13 @@ func (s *Server) runGuarded(ctx *fasthttp.RequestCtx, r *route, body []byte, dea
 			return
 		}
 	}
+	if storable && resp.IsBodyStream() && validate.IsStream(resp.Header.ContentType()) && s.recordStream(ctx, rec, ttl) {
+		return // the stream settles the claim when it ends (settleStream)
+	}
 	if resp.IsBodyStream() || !storable {
-		// Streams cannot be replayed; answers ballast wrote itself and
-		// (by default) server errors leave the key free for a retry.
+		// What is not recorded (a GET's standing stream, a larger answer)
+		// is not replayed; answers ballast wrote itself and (by default)
+		// server errors leave the key free for a retry.
 		if storable && resp.IsBodyStream() && !validate.IsStream(resp.Header.ContentType()) {
 			s.noteIdem(ctx, r, idemTooLarge)
 		}
@@ -326,6 +332,122 @@ func (s *Server) runGuarded(ctx *fasthttp.RequestCtx, r *route, body []byte, dea
 		return
 	}
 	s.settle(r, rec, sr, ttl)
+}
+
+// streamRecord is a keyed stream's answer, recorded as it is relayed so
+// that its claim completes with it once the stream ends (recordStream,
+// settleStream). The zero value records nothing.
+type streamRecord struct {
+	claim  *store.Record // the claim the stream settles; nil: not recording
+	ttl    time.Duration
+	status int
+	header []byte
+	// body is what the upstream sent so far; nil once it outgrew room
+	// (the answer is over state.max_response_bytes) or the header did.
+	body *bytebufferpool.ByteBuffer
+	room int64
+	eof  bool // the upstream ended the body: body is all of it
+}
+
+// add records p, the next bytes of the stream.
+func (k *streamRecord) add(p []byte) {
+	if k.body == nil || len(p) == 0 {
+		return
+	}
+	if int64(len(k.body.B)+len(p)) > k.room {
+		k.drop()
+		return
+	}
+	k.body.B = append(k.body.B, p...)
+}
+
+// drop gives up the recorded body: the answer is too large to store.
+func (k *streamRecord) drop() {
+	if k.body != nil {
+		bytebufferpool.Put(k.body)
+		k.body = nil
+	}
+}
+
+// recordStream has the keyed stream ctx answers with (an event stream,
+// NDJSON: validate.IsStream) recorded as it is relayed, without holding
+// any of it back: the claim rec stays in flight, so duplicates attach to
+// it, until the stream ends and settleStream settles it. It reports
+// false, leaving the claim to the caller, for a stream it does not
+// record: a HEAD's (no body) and a GET's, a standing stream (MCP's) that
+// the total deadline does not end, whose claim would outlive its lease.
+func (s *Server) recordStream(ctx *fasthttp.RequestCtx, rec *store.Record, ttl time.Duration) bool {
+	rb, ok := ctx.Response.BodyStream().(*relayBody)
+	if !ok || ctx.IsGet() || ctx.IsHead() {
+		return false
+	}
+	k := &rb.keep
+	k.claim, k.ttl, k.status = rec, ttl, ctx.Response.StatusCode()
+	k.header = cache.AppendHeader(nil, &ctx.Response.Header)
+	k.room = s.maxStored - int64(len(k.header))
+	if size := ctx.Response.Header.ContentLength(); k.room >= 0 && int64(size) <= k.room {
+		k.body = bytebufferpool.Get()
+	}
+	return true
+}
+
+// settleStream settles the claim of a keyed stream (recordStream) once
+// its relay has ended. A stream the upstream ended whole is stored, and
+// replays as a buffered answer does; one over max_response_bytes frees
+// the key (too_large), as a larger buffered answer does. One the upstream
+// broke off or let time out ran without a whole answer: its outcome is
+// lost (settleLost). When the relay ended with the upstream's stream
+// still fine (the agent left, or stopped reading), the call runs on as a
+// detached call does: the rest is read, within the route's idle timeout
+// and deadline, and stored, so the agent's retry replays it. A stream
+// Shutdown called off keeps its claim, as runGuarded does.
+func (s *Server) settleStream(b *relayBody) {
+	k := &b.keep
+	defer k.drop()
+	if !k.eof && k.body != nil && b.err == nil && !b.stopping.Load() {
+		b.readRest()
+	}
+	switch {
+	case k.eof && k.body != nil:
+		sr := &store.Response{Status: k.status, Header: k.header, Body: k.body.B}
+		s.settle(b.r, k.claim, sr, k.ttl) // copies the body: the buffer goes back to its pool
+	case k.body == nil:
+		b.r.m.idem[idemTooLarge].Inc()
+		s.settle(b.r, k.claim, nil, k.ttl)
+	case b.stopping.Load():
+		// Shutdown called it off: the call ran, and the claim stays.
+	default: // the upstream broke off, or timed out
+		s.settleLost(b.r, k.claim, k.ttl)
+	}
+}
+
+// readRest reads the rest of a keyed stream into its record (settleStream),
+// up to its room, with the relay's reads: bounded by the route's idle
+// timeout and deadline, and called off by Shutdown. The record's eof
+// then says whether the upstream ended it whole.
+func (b *relayBody) readRest() {
+	k := &b.keep
+	for k.body != nil {
+		buf := k.body
+		if len(buf.B) == cap(buf.B) {
+			buf.B = append(buf.B, 0)[:len(buf.B)]
+		}
+		free := buf.B[len(buf.B):cap(buf.B)]
+		free = free[:min(int64(len(free)), k.room+1-int64(len(buf.B)))]
+		n, err := b.stream.Read(free)
+		if b.settle && n > 0 {
+			b.window.add(free[:n]) // the tokens the upstream spent
+		}
+		if int64(len(buf.B)+n) > k.room {
+			k.drop()
+			return
+		}
+		buf.B = buf.B[:len(buf.B)+n]
+		if err != nil {
+			k.eof = err == io.EOF
+			return
+		}
+	}
 }
 
 // settleLost ends the claim rec of a call that may have run upstream but

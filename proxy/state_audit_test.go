@@ -498,7 +498,7 @@ func TestKeyedAnswerOver64KiBRunsOnce(t *testing.T) {
 
 // TestUnstorableAnswersFreeTheKey: an answer over
 // max_response_bytes passes through whole, is counted too_large and frees
-// the key; so does an event stream; and a 5xx by default.
+// the key; so does an event stream over it; and a 5xx by default.
 func TestUnstorableAnswersFreeTheKey(t *testing.T) {
 	var calls atomic.Int64
 	u, _ := upstream(t, func(w http.ResponseWriter, r *http.Request) {
@@ -512,7 +512,7 @@ func TestUnstorableAnswersFreeTheKey(t *testing.T) {
 			w.Header().Set("Content-Type", "text/event-stream")
 			_, _ = io.WriteString(w, "data: 1\n\n")
 			w.(http.Flusher).Flush()
-			_, _ = io.WriteString(w, "data: 2\n\n")
+			_, _ = io.WriteString(w, "data: "+strings.Repeat("2", 2000)+"\n\n")
 		default:
 			w.WriteHeader(503)
 			_, _ = io.WriteString(w, "busy")
@@ -521,7 +521,7 @@ func TestUnstorableAnswersFreeTheKey(t *testing.T) {
 	b := startBallast(t, "state: {max_response_bytes: 1KiB}\n"+idemRoute(u, ", store_server_errors: false")+"    retry: {attempts: 1}\n")
 	for _, tc := range []struct{ name, path, want string }{
 		{"too large", "/big", strings.Repeat("y", 4000)},
-		{"event stream", "/sse", "data: 1\n\ndata: 2\n\n"},
+		{"event stream", "/sse", "data: 1\n\ndata: " + strings.Repeat("2", 2000) + "\n\n"},
 		{"server error", "/err", "busy"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -537,8 +537,8 @@ func TestUnstorableAnswersFreeTheKey(t *testing.T) {
 			}
 		})
 	}
-	if got := b.metric("ballast_idempotency_total", map[string]string{"route": "pay", "result": "too_large"}); got != 2 {
-		t.Errorf("too_large counted %v, want 2", got)
+	if got := b.metric("ballast_idempotency_total", map[string]string{"route": "pay", "result": "too_large"}); got != 4 {
+		t.Errorf("too_large counted %v, want 4", got)
 	}
 }
 

@@ -93,6 +93,9 @@ type relayState struct {
 	// prev and next link the stream into Server.live while its trail is
 	// held.
 	prev, next *relayBody
+	// keep records a keyed stream for its idempotency claim, which it
+	// settles when the stream ends (recordStream, settleStream).
+	keep streamRecord
 }
 
 var relayBodyPool = sync.Pool{New: func() any { return new(relayBody) }}
@@ -135,6 +138,10 @@ func (b *relayBody) Read(p []byte) (int, error) {
 	b.n += int64(n)
 	if b.settle && n > 0 {
 		b.window.add(p[:n])
+	}
+	if b.keep.claim != nil {
+		b.keep.add(p[:n])
+		b.keep.eof = err == io.EOF
 	}
 	if err != nil && err != io.EOF && b.err == nil && !b.prefetching {
 		b.err = err
@@ -181,6 +188,9 @@ func (b *relayBody) CloseWithError(werr error) error {
 	}
 	if b.trail != nil && b.cut {
 		b.s.noteCut(b.r, b.t, b.trail, b.err, b.id[:b.idLen])
+	}
+	if b.keep.claim != nil {
+		b.s.settleStream(b) // before the body lets go of the upstream: it may read the rest
 	}
 	// The upstream body knows whether it was read to its end, and so
 	// whether its connection may be reused; closing it once is enough.

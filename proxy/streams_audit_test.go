@@ -435,11 +435,12 @@ func TestStreamsAuditJobPastItsDeadline(t *testing.T) {
 	}
 }
 
-// A keyed POST answered with an event stream: a stream is never stored
-// (docs/config.md, idempotency), so its key is free again, and a repeat —
-// while the first stream still runs, or after it ended — gets a stream of
-// its own, whole, never a replay of nothing or a 409.
-func TestStreamsAuditKeyedStreamRepeatGetsItsOwn(t *testing.T) {
+// A keyed POST answered with an event stream: the stream is recorded as
+// it is relayed (docs/config.md, idempotency), and its key stays claimed
+// until it ends, so a repeat — while the first stream still runs, or
+// after it ended — gets that stream, whole, replayed: never a second call,
+// a replay of nothing or a 409.
+func TestStreamsAuditKeyedStreamRepeatReplaysIt(t *testing.T) {
 	release := make(chan struct{})
 	var hits atomic.Int64
 	up, _ := upstream(t, func(w http.ResponseWriter, r *http.Request) {
@@ -468,17 +469,41 @@ func TestStreamsAuditKeyedStreamRepeatGetsItsOwn(t *testing.T) {
 	if err != nil || line != "data: call 1\n" {
 		t.Fatalf("first stream: %q %v", line, err)
 	}
-	resp, body := do(t, "POST", b.base+"/v1/chat/completions", `{"stream":true}`, "Idempotency-Key", "k-stream")
-	if resp.StatusCode != 200 || body != "data: call 2\n\ndata: [DONE]\n\n" || resp.Header.Get("Idempotent-Replayed") != "" {
-		t.Errorf("a repeat while the first streams: %d %q replayed %q", resp.StatusCode, body, resp.Header.Get("Idempotent-Replayed"))
+	type answer struct {
+		status         int
+		body, replayed string
 	}
+	during := make(chan answer, 1)
+	c := client(t)
+	go func() { // not do: it may not fail the test from here
+		req, _ := http.NewRequest("POST", b.base+"/v1/chat/completions", strings.NewReader(`{"stream":true}`))
+		req.Header.Set("Idempotency-Key", "k-stream")
+		resp, err := c.Do(req)
+		if err != nil {
+			during <- answer{body: err.Error()}
+			return
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		during <- answer{resp.StatusCode, string(body), resp.Header.Get("Idempotent-Replayed")}
+	}()
+	waitFor(t, func() bool {
+		return b.metric("ballast_idempotency_total", map[string]string{"route": "s", "result": "attached"}) == 1
+	})
 	close(release)
 	if _, err := io.ReadAll(first.Body); err != nil {
 		t.Fatalf("the first stream: %v", err)
 	}
-	resp, body = do(t, "POST", b.base+"/v1/chat/completions", `{"stream":true}`, "Idempotency-Key", "k-stream")
-	if resp.StatusCode != 200 || body != "data: call 3\n\ndata: [DONE]\n\n" {
-		t.Errorf("a repeat after the streams: %d %q", resp.StatusCode, body)
+	want := answer{200, "data: call 1\n\ndata: [DONE]\n\n", "true"}
+	if got := <-during; got != want {
+		t.Errorf("a repeat while the first streams: %+v, want %+v", got, want)
+	}
+	resp, body := do(t, "POST", b.base+"/v1/chat/completions", `{"stream":true}`, "Idempotency-Key", "k-stream")
+	if got := (answer{resp.StatusCode, body, resp.Header.Get("Idempotent-Replayed")}); got != want {
+		t.Errorf("a repeat after the stream: %+v, want %+v", got, want)
+	}
+	if n := hits.Load(); n != 1 {
+		t.Errorf("the upstream ran %d times, want 1", n)
 	}
 }
 
