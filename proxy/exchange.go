@@ -112,7 +112,7 @@ func (s *Server) exchangeUpstream(ctx *fasthttp.RequestCtx, r *route, body []byt
 			if tokens, ok = s.reserveTokens(ctx, r, key, body, deadline); !ok {
 				return
 			}
-			defer s.settleTokens(ctx, &tokens)
+			defer s.settleTokens(ctx, &tokens, &attempts, &last)
 		}
 	}
 
@@ -662,17 +662,27 @@ const maxUsageBody = 1 << 20
 // upstream failed, and ballast's invalid_response (the model answered,
 // and spent, but not validly). Any other answer ballast wrote itself
 // (nothing reached the model, or nothing came back) gives the tokens
-// back.
-func (s *Server) settleTokens(ctx *fasthttp.RequestCtx, res *ratelimit.Reservation) {
+// back, and so does any answer when no attempt was sent (every breaker
+// open: a stored or static answer served unasked). attempts and last are
+// read when the exchange ends (the call is deferred); last is the last
+// attempt sent, which a job's call (it keeps no trail) has too.
+func (s *Server) settleTokens(ctx *fasthttp.RequestCtx, res *ratelimit.Reservation, attempts *int, last *attempt) {
 	if rb, ok := ctx.Response.BodyStream().(*relayBody); ok {
 		rb.tokens, rb.settle = *res, true
 		return
 	}
-	if bytes.Contains(ctx.Response.Header.Peek("Cache-Status"), []byte("fwd=stale")) {
-		return // a stored answer: its usage is another request's
+	if *attempts == 0 {
+		res.Settle(0, s.clock.Now()) // nothing reached the model
+		return
+	}
+	// Every line: ballast's member follows any the stored answer kept.
+	for _, cs := range ctx.Response.Header.PeekAll("Cache-Status") {
+		if bytes.Contains(cs, []byte("fwd=stale")) {
+			return // a stored answer: its usage is another request's
+		}
 	}
 	if string(ctx.Response.Header.ContentType()) == problemContentType {
-		if tr := trailOf(ctx); tr != nil && tr.n > 0 && tr.attempts[min(tr.n, maxTrailAttempts)-1].class == policy.Invalid {
+		if last.class == policy.Invalid {
 			return // the model answered: the estimate stands
 		}
 		res.Settle(0, s.clock.Now())
