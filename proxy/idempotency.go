@@ -445,6 +445,7 @@ func (b *relayBody) readRest() {
 		buf.B = buf.B[:len(buf.B)+n]
 		if err != nil {
 			k.eof = err == io.EOF
+			b.ended = k.eof
 			return
 		}
 	}

@@ -47,9 +47,13 @@ type relayState struct {
 	permit    ratelimit.Permit
 	hasPermit bool
 	// A token reservation settled, once the stream ends, from the usage
-	// read in its window (its first and last bytes).
+	// read in its window (its first and last bytes). Only a stream the
+	// upstream ended (ended) settles: a cut one's last bytes, which say
+	// what the model spent, never came (Anthropic's first event counts
+	// the prompt alone), so its estimate stands.
 	tokens ratelimit.Reservation
 	settle bool
+	ended  bool // the upstream ended the body (io.EOF)
 
 	// Bytes prefetch read ahead, served before the rest of the stream.
 	pre    []byte
@@ -136,6 +140,7 @@ func (b *relayBody) Read(p []byte) (int, error) {
 	}
 	n, err := b.stream.Read(p)
 	b.n += int64(n)
+	b.ended = err == io.EOF
 	if b.settle && n > 0 {
 		b.window.add(p[:n])
 	}
@@ -206,7 +211,7 @@ func (b *relayBody) CloseWithError(werr error) error {
 	if b.hasPermit {
 		b.permit.Release(now)
 	}
-	if b.settle {
+	if b.settle && b.ended {
 		if u, ok := b.window.usage(); ok {
 			b.tokens.Settle(u.Tokens(), now)
 		}
