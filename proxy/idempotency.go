@@ -8,6 +8,7 @@ import (
 	"errors"
 	"io"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/ballast-proxy/ballast/cache"
@@ -31,6 +32,7 @@ type idemPolicy struct {
 	ttl, window       time.Duration
 	lease             time.Duration
 	headers           [][]byte
+	listsSession      bool // headers names Mcp-Session-Id
 	reject            bool
 	storeServerErrors bool
 	idempotent        bool
@@ -49,9 +51,15 @@ func buildIdem(rc *config.Route) *idemPolicy {
 	}
 	for _, h := range ic.Headers {
 		p.headers = append(p.headers, []byte(h))
+		p.listsSession = p.listsSession || strings.EqualFold(h, headerMcpSession)
 	}
 	return p
 }
+
+// headerMcpSession names the MCP session a request belongs to.
+const headerMcpSession = "Mcp-Session-Id"
+
+var strMcpSession = []byte(headerMcpSession)
 
 // idemKey returns the request's idempotency key — the agent's
 // Idempotency-Key, or in auto mode the request's fingerprint — scoped to
@@ -258,13 +266,30 @@ func writeMismatch(ctx *fasthttp.RequestCtx, r *route) {
 		Detail: "this Idempotency-Key was used with a different request (method, path, body or headers differ)"})
 }
 
+// fingerprintHeaders are the header values auto mode's fingerprint
+// covers: the route's idempotency.headers, then the request's
+// Mcp-Session-Id when it has one the route does not list. JSON-RPC ids
+// restart at 1 in every MCP session, so two sessions' calls can be
+// identical byte for byte, and one session must not be answered with the
+// other's replay (the cache keys on the session for the same reason). A
+// request without a session fingerprints as before.
 func (s *Server) fingerprintHeaders(ctx *fasthttp.RequestCtx, r *route) [][]byte {
-	if !r.idem.auto || len(r.idem.headers) == 0 {
+	if !r.idem.auto {
 		return nil
 	}
-	out := make([][]byte, 0, len(r.idem.headers))
+	var session []byte
+	if !r.idem.listsSession {
+		session = ctx.Request.Header.PeekBytes(strMcpSession)
+	}
+	if len(r.idem.headers) == 0 && len(session) == 0 {
+		return nil
+	}
+	out := make([][]byte, 0, len(r.idem.headers)+1)
 	for _, h := range r.idem.headers {
 		out = append(out, ctx.Request.Header.PeekBytes(h))
+	}
+	if len(session) > 0 {
+		out = append(out, session)
 	}
 	return out
 }
