@@ -228,6 +228,7 @@ func New(cfg *config.Config, opts Options) (*Server, error) {
 	s.shutdownTurn = make(chan struct{}, 1)
 	s.sweepEvery = cfg.State.SweepEvery.D()
 	s.status = newStatusBoard(cfg, s.clock, s.log)
+	s.status.board.Retain(t.boardNames())
 	s.status.setHooks(statusHooks{cache: cacheStatus, jobs: s.jobsStatus})
 	s.registerJobGauge()
 	s.srv = &fasthttp.Server{
@@ -270,21 +271,33 @@ func (s *Server) Config() *config.Config { return s.table.Load().cfg }
 
 // Apply swaps in a new config. Requests already running finish on the
 // table they started with. Listener addresses and server limits take
-// effect only on restart; Apply logs when they differ.
+// effect only on restart; Apply logs when they differ. A config that does
+// not build changes nothing, not even a gauge.
 func (s *Server) Apply(cfg *config.Config) error {
 	if cfg.Admin.Token == "" && s.adminExposed.Load() {
 		return &config.FieldError{Path: "admin.token", Msg: "the admin listener stays bound beyond localhost until a restart; a reload cannot remove its token"}
+	}
+	// Compiled apart first: building the table in force starts the new
+	// breakers (setting their upstreams' breaker gauges to closed) and
+	// upstream pools (registering cool-down gauges), which a config
+	// refused by a later route must not leave behind.
+	if err := Check(cfg); err != nil {
+		return err
 	}
 	t, err := s.buildTable(cfg)
 	if err != nil {
 		return err
 	}
+	// The board learns the new routes before the swap: a request still
+	// running on a route cfg removes then records into a window the
+	// board does not keep (never bringing the route back), and the first
+	// requests on a route cfg adds find theirs.
+	s.status.board.Retain(t.boardNames())
 	old := s.table.Swap(t)
 	s.limiters.sweep()
 	s.ups.sweep()
 	s.health.sweep()
 	s.m.retain(t)
-	s.status.board.Retain(t.boardNames())
 	s.trails.setInterval(cfg.Log.FlushInterval.D())
 	if old != nil {
 		if keys := restartOnlyChanges(old.cfg, cfg); len(keys) > 0 {

@@ -13,8 +13,11 @@ import (
 // Lookups are lock-free once a route exists. The zero value is not usable;
 // call NewBoard.
 type Board struct {
-	mu       sync.Mutex
-	routes   atomic.Pointer[map[string]*Route] // copy-on-write
+	mu     sync.Mutex
+	routes atomic.Pointer[map[string]*Route] // copy-on-write
+	// inForce is the last Retain's keep, under mu: once set, Route keeps
+	// no state for a name it does not list.
+	inForce  map[string][]string
 	failures FailureRing
 }
 
@@ -27,7 +30,10 @@ func NewBoard() *Board {
 }
 
 // Route returns the route's state, creating it on first use. It allocates
-// only then.
+// only then. A name the last Retain did not keep (a request still running
+// on a route a reload removed) gets a state of its own that the board does
+// not keep: its recording there is garbage, and never brings the route
+// back.
 func (b *Board) Route(name string) *Route {
 	if r, ok := (*b.routes.Load())[name]; ok {
 		return r
@@ -38,15 +44,23 @@ func (b *Board) Route(name string) *Route {
 	if r, ok := old[name]; ok {
 		return r
 	}
+	if _, ok := b.inForce[name]; b.inForce != nil && !ok {
+		return newRoute(name)
+	}
 	m := make(map[string]*Route, len(old)+1)
 	for k, v := range old {
 		m[k] = v
 	}
+	r := newRoute(name)
+	m[name] = r
+	b.routes.Store(&m)
+	return r
+}
+
+func newRoute(name string) *Route {
 	r := &Route{name: name}
 	empty := []*Upstream{}
 	r.ups.Store(&empty)
-	m[name] = r
-	b.routes.Store(&m)
 	return r
 }
 
@@ -54,10 +68,13 @@ func (b *Board) Route(name string) *Route {
 // upstreams), and each kept route's upstreams not listed: what a reload
 // removed. A route or upstream kept keeps its windows. Requests still
 // running on an older config may record into forgotten ones, which are
-// then garbage.
+// then garbage; from now on Route keeps state only for the names in keep,
+// so those requests never bring a removed route back. keep must not
+// change afterwards.
 func (b *Board) Retain(keep map[string][]string) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	b.inForce = keep
 	old := *b.routes.Load()
 	m := make(map[string]*Route, len(keep))
 	for name, r := range old {
