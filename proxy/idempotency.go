@@ -438,6 +438,9 @@ func (s *Server) settleStream(b *relayBody) {
 		s.settle(b.r, k.claim, sr, k.ttl) // copies the body: the buffer goes back to its pool
 	case k.body == nil:
 		b.r.m.idem[idemTooLarge].Inc()
+		if b.trail != nil {
+			b.trail.idem = idemResults[idemTooLarge] // its line says so, as a buffered answer's does
+		}
 		s.settle(b.r, k.claim, nil, k.ttl)
 	case b.stopping.Load():
 		// Shutdown called it off: the call ran, and the claim stays.

@@ -21,6 +21,9 @@ type trail struct {
 	n        int // attempts recorded (more than maxTrailAttempts are counted, not kept)
 	rateWait time.Duration
 	idem     string // idempotency result
+	// idemLate: idem is rendered when the stream ends, not in fields: a
+	// keyed stream's result is known then (settleStream: too_large).
+	idemLate bool
 	stop     Reason // why the retry loop stopped early
 	nextWait time.Duration
 	nextWhy  string
@@ -138,7 +141,12 @@ func (s *Server) finishTrail(ctx *fasthttp.RequestCtx, t *trail, route string, l
 func (s *Server) holdTrail(ctx *fasthttp.RequestCtx, t *trail, rb *relayBody, route string, lc config.Log) {
 	status := ctx.Response.StatusCode()
 	t.failed, t.status = t.failedAt(ctx, status), status
+	idem := t.idem
+	if t.idemLate = rb.keep.claim != nil; t.idemLate {
+		t.idem = ""
+	}
 	t.fields = t.appendFields(t.fields[:0], ctx, route, status)
+	t.idem = idem
 	t.lc = lc
 	rb.trail = t
 	s.live.add(rb) // Shutdown calls it off if it outlasts the drain
@@ -158,6 +166,10 @@ func (s *Server) endTrail(t *trail, bodyBytes int64, truncated bool, stop Reason
 	if s.logsTrail(failed, t.lc) {
 		b := t.appendHead(t.buf[:0], failed, end)
 		b = append(b, t.fields...)
+		if t.idemLate && t.idem != "" {
+			b = append(b, `,"idempotency":`...)
+			b = appendJSONString(b, t.idem)
+		}
 		b = t.appendDuration(b, end)
 		b = append(b, `,"body_bytes":`...)
 		b = strconv.AppendInt(b, bodyBytes, 10)
