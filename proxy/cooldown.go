@@ -172,6 +172,23 @@ func (c *cooldowns) extendLocked(cred credential, until, now time.Time) (extende
 	}
 }
 
+// InForce returns the pauses still in force at now, by credential.
+func (c *cooldowns) InForce(now time.Time) map[credential]time.Time {
+	n := now.UnixNano()
+	if c.last.Load() <= n {
+		return nil
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := make(map[credential]time.Time, len(c.until))
+	for cred, u := range c.until {
+		if u > n {
+			out[cred] = time.Unix(0, u)
+		}
+	}
+	return out
+}
+
 // Longest is how long the longest pause still lasts at now (0 when none
 // does): the upstream's cool-down on /status and in ballast_cooldown_seconds.
 func (c *cooldowns) Longest(now time.Time) time.Duration {

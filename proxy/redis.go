@@ -30,6 +30,10 @@ type shared struct {
 	up         atomic.Bool
 	cool       *ratelimit.Cooldown
 	publishing chan struct{} // bounds concurrent cool-down publications
+	// coolBehind says that the fleet may lack pauses this replica holds:
+	// a publication failed or was skipped, or Redis was away (it may come
+	// back empty). The next cool-down sync publishes them (syncCooldowns).
+	coolBehind atomic.Bool
 	log        *slog.Logger
 	upGauge    prometheus.Gauge
 	errs       *prometheus.CounterVec
@@ -77,7 +81,8 @@ func (sh *shared) watch(ctx context.Context, clock policy.Clock) {
 		if up {
 			sh.upGauge.Set(1)
 			sh.log.Info("redis is reachable; shared state is back")
-			sh.poke() // what the outage left in the local store goes to Redis
+			sh.coolBehind.Store(true) // the pauses taken meanwhile go to Redis
+			sh.poke()                 // what the outage left in the local store goes to Redis
 			return
 		}
 		sh.upGauge.Set(0)
@@ -724,7 +729,9 @@ func (f *failoverLimiter) Quota(key uint64, now time.Time) ratelimit.Quota {
 func (f *failoverLimiter) Stats() ratelimit.Stats { return f.remote.Stats() }
 
 // syncCooldowns brings the fleet's cool-downs into the local ones every
-// interval, so a 429 seen by one replica pauses them all.
+// interval, so a 429 seen by one replica pauses them all; and, when the
+// fleet may lack some of this replica's pauses (shared.coolBehind), it
+// publishes those Redis does not hold as long.
 func (s *Server) syncCooldowns(ctx context.Context, every time.Duration) {
 	t := time.NewTicker(every)
 	defer t.Stop()
@@ -734,13 +741,20 @@ func (s *Server) syncCooldowns(ctx context.Context, every time.Duration) {
 			return
 		case <-t.C:
 		}
+		behind := s.shared.coolBehind.Swap(false)
 		for name, ups := range s.cooldownCaps() {
 			c, cancel := context.WithTimeout(ctx, s.shared.cfg.OpTimeout.D())
 			now := s.clock.Now()
 			pauses, err := s.shared.cool.Get(c, name, now)
 			cancel()
 			if err != nil {
+				if behind {
+					s.shared.coolBehind.Store(true)
+				}
 				continue
+			}
+			if behind {
+				s.republishCooldowns(ctx, name, ups, pauses, now)
 			}
 			for hexCred, until := range pauses {
 				cred, ok := parseCredential(hexCred)
@@ -756,6 +770,29 @@ func (s *Server) syncCooldowns(ctx context.Context, every time.Duration) {
 							"upstream", name, "announced", until.Sub(now).Round(time.Second).String(), "max_cooldown", limit.String())
 					}
 				}
+			}
+		}
+	}
+}
+
+// republishCooldowns publishes the pauses in force of ups, the upstreams
+// the fleet calls name, that the fleet's (as just read from Redis) do not
+// cover: those whose publication failed or was skipped, or that Redis
+// lost. A failure leaves the rest to the next sync.
+func (s *Server) republishCooldowns(ctx context.Context, name string, ups map[*upstream]time.Duration, fleet map[string]time.Time, now time.Time) {
+	for up := range ups {
+		for cred, until := range up.cool.InForce(now) {
+			hexCred := cred.String()
+			if f, ok := fleet[hexCred]; ok && f.UnixMilli() >= until.UnixMilli() {
+				continue
+			}
+			c, cancel := context.WithTimeout(ctx, s.shared.cfg.OpTimeout.D())
+			_, err := s.shared.cool.Extend(c, name, hexCred, until)
+			cancel()
+			if err != nil {
+				s.shared.errs.WithLabelValues("cooldown").Inc()
+				s.shared.coolBehind.Store(true)
+				return
 			}
 		}
 	}
@@ -809,9 +846,10 @@ func (s *Server) shareCooldown(upstream string, cred credential, until time.Time
 	if s.shared == nil {
 		return
 	}
-	select { // at most a few publications in flight; the poller catches up
+	select { // at most a few publications in flight; the next sync catches up
 	case s.shared.publishing <- struct{}{}:
 	default:
+		s.shared.coolBehind.Store(true)
 		return
 	}
 	go func() {
@@ -820,6 +858,7 @@ func (s *Server) shareCooldown(upstream string, cred credential, until time.Time
 		defer cancel()
 		if _, err := s.shared.cool.Extend(c, upstream, cred.String(), until); err != nil {
 			s.shared.errs.WithLabelValues("cooldown").Inc()
+			s.shared.coolBehind.Store(true)
 		}
 	}()
 }
