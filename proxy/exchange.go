@@ -319,11 +319,13 @@ targets:
 		tr.stop = stop
 	}
 	s.answer(ctx, r, lastT, &last, attempts, stop, stopAfter, limitStop, hinted, deadline, cs)
-	if attempts > 1 && ctx.Response.StatusCode() >= 500 && len(ctx.Response.Header.Peek("Retry-After")) == 0 {
+	if attempts > 1 && ctx.Response.StatusCode() >= 500 && len(ctx.Response.Header.Peek("Retry-After")) == 0 && stop != ReasonShuttingDown {
 		// ballast has retried already: an SDK that retried this too would
 		// multiply the attempts (3 of its tries × 3 of ours). The OpenAI
 		// and Anthropic SDKs obey this header over the status; an answer
-		// with Retry-After is left to be waited out and retried.
+		// with Retry-After is left to be waited out and retried, and so is
+		// shutting_down, which is about ballast going away, not the
+		// upstream: it is to be sent again (errors.md).
 		ctx.Response.Header.Set(headerShouldRetry, "false")
 	}
 	s.observeExchange(ctx, r, lastT, &last, attempts, stop)

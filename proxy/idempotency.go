@@ -597,6 +597,12 @@ func replay(ctx *fasthttp.RequestCtx, sr *store.Response) {
 	resp.Header.SetBytesV(headerRequestID, id)
 	resp.Header.Set(headerReplayed, "true")
 	resp.Header.Set(headerAttempts, "0")
+	if st := sr.Status; st == fasthttp.StatusRequestTimeout || st == fasthttp.StatusConflict || st >= 500 {
+		// The key replays this answer until its ttl ends: the OpenAI and
+		// Anthropic SDKs, which retry these statuses (whatever the
+		// upstream's own x-should-retry said), would read it again.
+		resp.Header.Set(headerShouldRetry, "false")
+	}
 	resp.SetBodyRaw(sr.Body)
 }
 

@@ -81,6 +81,12 @@ func writeProblem(ctx *fasthttp.RequestCtx, p problem) {
 	if p.WWWAuthenticate != "" {
 		resp.Header.Set("WWW-Authenticate", p.WWWAuthenticate)
 	}
+	if p.Reason == ReasonOutcomeUnknown {
+		// The answer holds for the key's ttl, so a retry with the same key
+		// reads it again; the OpenAI and Anthropic SDKs retry a 409 unless
+		// told not to, and would wait out their backoffs for nothing.
+		resp.Header.Set(headerShouldRetry, "false")
+	}
 	secs := 0
 	if p.RetryAfter > 0 {
 		secs = int((p.RetryAfter + time.Second - 1) / time.Second)
