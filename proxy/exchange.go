@@ -325,7 +325,9 @@ targets:
 		// and Anthropic SDKs obey this header over the status; an answer
 		// with Retry-After is left to be waited out and retried, and so is
 		// shutting_down, which is about ballast going away, not the
-		// upstream: it is to be sent again (errors.md).
+		// upstream: it is to be sent again (errors.md). Every line of the
+		// upstream's goes (Set replaces one), or an SDK reads them joined.
+		ctx.Response.Header.Del(headerShouldRetry)
 		ctx.Response.Header.Set(headerShouldRetry, "false")
 	}
 	s.observeExchange(ctx, r, lastT, &last, attempts, stop)

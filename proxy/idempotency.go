@@ -595,12 +595,17 @@ func replay(ctx *fasthttp.RequestCtx, sr *store.Response) {
 		resp.Header.AddBytesKV(k, v)
 	})
 	resp.Header.SetBytesV(headerRequestID, id)
+	// Set replaces one line only: the upstream's other lines of a header
+	// ballast sets would stand beside ballast's, and an SDK that joins
+	// them ("true, false") reads neither.
+	resp.Header.Del(headerReplayed)
 	resp.Header.Set(headerReplayed, "true")
 	resp.Header.Set(headerAttempts, "0")
 	if st := sr.Status; st == fasthttp.StatusRequestTimeout || st == fasthttp.StatusConflict || st >= 500 {
 		// The key replays this answer until its ttl ends: the OpenAI and
 		// Anthropic SDKs, which retry these statuses (whatever the
 		// upstream's own x-should-retry said), would read it again.
+		resp.Header.Del(headerShouldRetry)
 		resp.Header.Set(headerShouldRetry, "false")
 	}
 	resp.SetBodyRaw(sr.Body)
