@@ -59,7 +59,7 @@ routes:
 		{name: "debug trail", req: "GET /plain/x HTTP/1.1\r\nHost: b\r\nX-Ballast-Debug: 1\r\n", times: 1,
 			want: map[string]string{"x-ballast-attempts": "1", "x-ballast-upstream": "", "x-ballast-trail": ""}},
 		{name: "async job result", req: "POST /job/x HTTP/1.1\r\nHost: b\r\nPrefer: respond-async, wait=10\r\nContent-Length: 1\r\n", times: 1,
-			want: map[string]string{"x-ballast-attempts": "1", "x-ballast-job-state": "succeeded"}},
+			want: map[string]string{"x-ballast-attempts": "1", "x-ballast-job-state": "succeeded", "x-ballast-upstream": ""}}, // the run's upstream (jobseams11)
 		{name: "idempotent replay", req: "POST /idem/x HTTP/1.1\r\nHost: b\r\nIdempotency-Key: k9b\r\nContent-Length: 1\r\n", times: 2,
 			want: map[string]string{"x-ballast-attempts": "0"}}, // no X-Ballast-Upstream on replays (documented)
 	} {

@@ -407,6 +407,11 @@ func (s *Server) runJob(job *store.Job, r *route) {
 		// Kept with the answer, which a poll serves as the run's (writeJob).
 		header = append(append(append(append(header, headerRequestID...), ": "...), id...), "\r\n"...)
 	}
+	if up := resp.Header.Peek(headerUpstream); len(up) > 0 {
+		// The upstream that answered the run, kept as X-Ballast-Attempts
+		// is: the poll tells the truth about the run it serves.
+		header = append(append(append(append(header, headerUpstream...), ": "...), up...), "\r\n"...)
+	}
 	job.Response = &store.Response{Status: status, Header: header, Body: append([]byte(nil), body...)}
 	job.State, job.UpdatedAt = store.JobSucceeded, s.clock.Now()
 	switch {
@@ -551,7 +556,8 @@ func (s *Server) resumeJobs() {
 		}
 		r := routes[job.Route]
 		safe := r != nil && (job.State == store.JobQueued || (r.idem != nil && r.idem.idempotent) ||
-			policy.IdempotentMethod([]byte(job.Request.Method)) || r.retry.UnsafeMethods)
+			policy.IdempotentMethod([]byte(job.Request.Method)) || r.retry.UnsafeMethods ||
+			r.idem != nil && !r.idem.auto && sendsKey(job))
 		if !safe {
 			s.failJob(c, job, "ballast stopped while the call was running; its outcome is unknown")
 			continue
@@ -559,6 +565,17 @@ func (s *Server) resumeJobs() {
 		s.log.Info("resuming async job", "job", job.ID, "route", job.Route)
 		s.launch(job, r)
 	}
+}
+
+// sendsKey reports whether job's stored request carries an
+// Idempotency-Key. On a route in header mode the key travels upstream
+// with the call, which makes running it again as safe as ballast's own
+// retry of a keyed job (runJob).
+func sendsKey(job *store.Job) (ok bool) {
+	eachHeaderLine(job.Request.Header, func(k, v []byte) {
+		ok = ok || asciiEqualFold(k, []byte(headerIdempotencyKey)) && len(v) > 0
+	})
+	return ok
 }
 
 // adoptJobs resumes, every interval until ctx ends, the pending jobs of
@@ -583,9 +600,21 @@ func (s *Server) adoptJobs(ctx context.Context, every time.Duration) {
 func (s *Server) handleJob(ctx *fasthttp.RequestCtx) {
 	id := string(ctx.Path()[len(jobsPath):])
 	_, wait := prefer(&ctx.Request.Header)
+	// X-Ballast-Timeout bounds the poll's wait, as it bounds the wait of
+	// the request that starts a job (asyncWait): every line must be
+	// valid, and the lowest applies.
+	for _, v := range ctx.Request.Header.PeekAll(headerTimeout) {
+		d, err := parseTimeoutHeader(v)
+		if err != nil {
+			writeProblem(ctx, problem{Status: fasthttp.StatusBadRequest, Reason: ReasonBadRequest,
+				Detail: headerTimeout + ": " + err.Error()})
+			return
+		}
+		wait = min(wait, d)
+	}
 	applied := ""
-	if wait > 0 {
-		applied = "wait=" + strconv.Itoa(int(wait/time.Second))
+	if secs := int(wait / time.Second); secs > 0 {
+		applied = "wait=" + strconv.Itoa(secs)
 	}
 	s.serveJob(ctx, id, tenantOf(&ctx.Request.Header), wait, applied)
 }
@@ -686,12 +715,26 @@ func (s *Server) writeJob(ctx *fasthttp.RequestCtx, job *store.Job, applied stri
 				ctx.Response.Header.SetBytesV(headerRequestID, v)
 			}
 		})
+		s.countDownRetryAfter(ctx, job)
 	}
 	ctx.Response.Header.Set("X-Ballast-Job-State", job.State.String())
 	ctx.Response.Header.Set(headerAttempts, strconv.Itoa(job.Attempts))
 	if applied != "" {
 		ctx.Response.Header.Set("Preference-Applied", applied)
 	}
+}
+
+// countDownRetryAfter makes the Retry-After (delta-seconds) of a job's
+// stored answer count from this poll: the wait its run was told (a 429 or
+// 503) began when the job finished, so a later poll names what is left of
+// it, rounded up, and 0 once it has passed. An HTTP-date stays as it is.
+func (s *Server) countDownRetryAfter(ctx *fasthttp.RequestCtx, job *store.Job) {
+	secs, err := strconv.Atoi(string(ctx.Response.Header.Peek("Retry-After")))
+	if err != nil || secs < 0 || secs > 1<<31 { // beyond 68 years: left as it is
+		return
+	}
+	left := time.Duration(secs)*time.Second - s.clock.Now().Sub(job.UpdatedAt)
+	ctx.Response.Header.Set("Retry-After", strconv.Itoa(int(max(0, (left+time.Second-1)/time.Second))))
 }
 
 // writeJobStatus answers with the job's state while it runs.
