@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"reflect"
+	"regexp"
 	"strconv"
 	"strings"
 
@@ -97,7 +98,7 @@ func parse(data []byte, src Source) (*Config, error) {
 	expanded, expandErrs := expand("", raw, envLookup(env))
 	cleaned, shapeErrs := pruneShape("", expanded, reflect.TypeFor[Config]())
 	unexpandMessages(shapeErrs, raw, expanded)
-	explainEnv(shapeErrs, overrides)
+	explainEnv(shapeErrs, overrides, true)
 	shapeErrs = append(shapeErrs, expandErrs...)
 	live, _ := cleaned.(map[string]any)
 	if live == nil {
@@ -115,6 +116,7 @@ func parse(data []byte, src Source) (*Config, error) {
 	}
 	if errs := withoutPaths(Problems(cfg.Validate()), shapeErrs); len(shapeErrs)+len(errs) > 0 {
 		unexpandMessages(errs, raw, expanded)
+		explainEnv(errs, overrides, false)
 		return nil, errors.Join(append(shapeErrs, errs...)...)
 	}
 	cfg.display = display
@@ -161,12 +163,20 @@ func builtinDefaults() map[string]any {
 	}
 }
 
+// serviceLink matches the variables Kubernetes puts in every pod of a
+// namespace for each Service (BALLAST_SERVICE_HOST, BALLAST_PORT,
+// BALLAST_PORT_8080_TCP_ADDR, ... for a Service named ballast, or
+// ballast-admin). They name no key, and a ballast that refused them would
+// not start beside its own Service.
+var serviceLink = regexp.MustCompile(`^BALLAST_([A-Z0-9]+_)*(SERVICE_HOST|SERVICE_PORT(_[A-Z0-9_]+)?|PORT(_[0-9]+_(TCP|UDP|SCTP)(_PROTO|_PORT|_ADDR)?)?)$`)
+
 // envOverrides turns BALLAST_ADMIN__LISTEN=x into {"admin.listen": "x"}.
+// The variables of Kubernetes service links are not overrides.
 func envOverrides(env []string) map[string]any {
 	out := map[string]any{}
 	for _, kv := range env {
 		name, value, ok := strings.Cut(kv, "=")
-		if !ok || !strings.HasPrefix(name, EnvPrefix) {
+		if !ok || !strings.HasPrefix(name, EnvPrefix) || serviceLink.MatchString(name) {
 			continue
 		}
 		key := strings.ToLower(strings.TrimPrefix(name, EnvPrefix))
@@ -345,8 +355,9 @@ func withoutPaths(errs, seen []error) []error {
 }
 
 // explainEnv says which environment variable set a key that failed, since
-// the user never wrote that key in a file.
-func explainEnv(errs []error, overrides map[string]any) {
+// the user never wrote that key in a file; with hint, for a key of the
+// wrong shape or none at all, it also says how variables name keys.
+func explainEnv(errs []error, overrides map[string]any, hint bool) {
 	for _, e := range errs {
 		var fe *FieldError
 		if !errors.As(e, &fe) {
@@ -356,6 +367,10 @@ func explainEnv(errs []error, overrides map[string]any) {
 			continue
 		}
 		name := EnvPrefix + strings.ToUpper(strings.ReplaceAll(fe.Path, ".", "__"))
+		if !hint {
+			fe.Msg += " (set by the environment variable " + name + ")"
+			continue
+		}
 		fe.Msg += " (set by the environment variable " + name + "; separate levels with __, as in " +
 			EnvPrefix + "ADMIN__LISTEN, and name secrets used as ${...} without the " + EnvPrefix + " prefix)"
 	}

@@ -95,6 +95,15 @@ func (c *Config) Validate() error {
 			add(pathErr("limiters."+name, "sets neither rps nor tokens_per_minute"))
 		}
 	}
+	// A limiter the defaults name that does not exist is reported once,
+	// at the defaults, not again for each route that inherits it.
+	badDefaultUse := ""
+	if use := c.Defaults.RateLimit.Use; use != "" {
+		if _, ok := c.Limiters[use]; !ok {
+			add(pathErrf("defaults.rate_limit.limiter", "%q is not in the limiters block", use))
+			badDefaultUse = use
+		}
+	}
 	names := map[string]int{}
 	matches := map[string]int{}
 	for i := range c.Routes {
@@ -108,7 +117,7 @@ func (c *Config) Validate() error {
 			add(pathErr(p+".cache.shared", "requires state.backend: redis (the shared tier lives in state.redis)"))
 		}
 		if use := r.RateLimit.Use; use != "" {
-			if _, ok := c.Limiters[use]; !ok {
+			if _, ok := c.Limiters[use]; !ok && use != badDefaultUse {
 				add(pathErrf(p+".rate_limit.limiter", "%q is not in the limiters block", use))
 			}
 			if set := r.RateLimit.Limiter.keysBeyond(&c.Defaults.RateLimit.Limiter); len(set) > 0 {

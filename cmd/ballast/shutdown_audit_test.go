@@ -580,10 +580,14 @@ routes:
 // at once, non-zero, saying so — as Caddy and most servers do — rather
 // than being ignored until shutdown_timeout (30s by default) runs out.
 func TestShutdownAudit_SecondSignalForcesExit(t *testing.T) {
-	_, up := startGate(t, nil)
+	g, up := startGate(t, nil)
 	cmd, logs, listen, _ := saStartRoute(t, up, "shutdown_timeout: 20s\n")
 	stuck := saDial(t, listen).send("GET /stuck/x HTTP/1.1\r\nHost: x\r\n\r\n")
 	_ = stuck
+	// In flight before the signal: a request not yet accepted would be
+	// refused with the listener, and the drain, with nothing to wait for,
+	// end in exit 0 before the second signal.
+	saPoll(t, 5*time.Second, "the request reaching the upstream", func() bool { return g.count("/stuck/x") == 1 })
 	_ = cmd.Process.Signal(syscall.SIGTERM)
 	saPoll(t, 2*time.Second, "the drain starting", func() bool { return strings.Contains(logs.String(), `"msg":"draining"`) })
 	_ = cmd.Process.Signal(syscall.SIGINT)
