@@ -2,6 +2,7 @@ package cache
 
 import (
 	"bytes"
+	"strconv"
 	"sync/atomic"
 	"time"
 
@@ -15,8 +16,10 @@ type Entry struct {
 	Status int
 	// Header holds the end-to-end response headers as "Name: value\r\n"
 	// lines, in upstream order, without hop-by-hop headers, Content-Length,
-	// Age, Date, Set-Cookie and X-Ballast-* (see NewEntry). One compact
-	// slice rather than pairs keeps an entry to three allocations.
+	// Age, Date, Set-Cookie and X-Ballast-* (see NewEntry); a body-less
+	// answer's (a HEAD's) Content-Length is kept, last (see
+	// AppendResponseHeader). One compact slice rather than pairs keeps an
+	// entry to three allocations.
 	Header []byte
 	// Body is the response body as relayed (still Content-Encoded if the
 	// upstream encoded it; Content-Encoding is kept in Header).
@@ -66,6 +69,13 @@ func (e *Entry) matches(resp *fasthttp.Response) bool {
 			return false
 		}
 	}
+	if n, ok := bodylessLength(resp); ok {
+		var buf [20]byte
+		var ok bool
+		if rest, ok = cutLine(rest, []byte(fasthttp.HeaderContentLength), strconv.AppendInt(buf[:0], int64(n), 10)); !ok {
+			return false
+		}
+	}
 	return len(rest) == 0
 }
 
@@ -97,7 +107,7 @@ func (e *Entry) Size() int64 { return int64(len(e.Header)+len(e.Body)) + entryOv
 func NewEntry(resp *fasthttp.Response, now time.Time) *Entry {
 	e := &Entry{
 		Status:   resp.StatusCode(),
-		Header:   AppendHeader(nil, &resp.Header),
+		Header:   AppendResponseHeader(nil, resp),
 		Body:     bytes.Clone(resp.Body()),
 		StoredAt: now,
 	}
@@ -127,6 +137,29 @@ func AppendHeader(dst []byte, h *fasthttp.ResponseHeader) []byte {
 		dst = append(dst, "\r\n"...)
 	}
 	return dst
+}
+
+// AppendResponseHeader is AppendHeader for a buffered response, plus
+// the Content-Length of a body-less answer (a HEAD's: a positive
+// Content-Length and no body), whose body is not there to recompute it
+// from: replayed to a HEAD, the answer still tells the GET's length (RFC
+// 9110 §9.3.2), as the relayed one did.
+func AppendResponseHeader(dst []byte, resp *fasthttp.Response) []byte {
+	dst = AppendHeader(dst, &resp.Header)
+	if n, ok := bodylessLength(resp); ok {
+		dst = append(dst, fasthttp.HeaderContentLength...)
+		dst = append(dst, ": "...)
+		dst = strconv.AppendInt(dst, int64(n), 10)
+		dst = append(dst, "\r\n"...)
+	}
+	return dst
+}
+
+// bodylessLength is the Content-Length of resp when it is a body-less
+// answer to a HEAD: buffered, empty, and saying it has a body.
+func bodylessLength(resp *fasthttp.Response) (int, bool) {
+	n := resp.Header.ContentLength()
+	return n, n > 0 && !resp.IsBodyStream() && len(resp.Body()) == 0
 }
 
 // namedIn reports whether a Connection line in conns names header k.

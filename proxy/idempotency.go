@@ -350,7 +350,7 @@ func (s *Server) runGuarded(ctx *fasthttp.RequestCtx, r *route, body []byte, dea
 		s.settle(r, rec, nil, ttl)
 		return
 	}
-	sr := &store.Response{Status: status, Header: cache.AppendHeader(nil, &resp.Header), Body: resp.Body()}
+	sr := &store.Response{Status: status, Header: cache.AppendResponseHeader(nil, resp), Body: resp.Body()}
 	if int64(sr.Size()) > s.maxStored {
 		s.noteIdem(ctx, r, idemTooLarge)
 		s.settle(r, rec, nil, ttl)
