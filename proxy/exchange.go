@@ -195,7 +195,10 @@ targets:
 				stop, stopAfter, limitStop, hinted = ReasonRateLimited, refused.RetryAfter, true, 0
 				break targets
 			}
-			paidOn = nil // the retry goes out: paid for
+			if paidOn != nil { // the retry goes out: paid for, and made
+				r.m.retries[last.class].Inc()
+				paidOn = nil
+			}
 			var a attempt
 			if r.hedgeAfter > 0 && (guarded || policy.IdempotentMethod(method)) && s.clock.Now().Add(r.hedgeAfter).Before(deadline) {
 				a = s.tryHedged(out, t, r, key, deadline, attempts, watch)
@@ -296,8 +299,7 @@ targets:
 				stop = ReasonBudgetExhausted
 				break targets
 			}
-			paidOn, paidAt = t, now
-			r.m.retries[a.class].Inc()
+			paidOn, paidAt = t, now // counted in retries once it goes out
 			r.m.retryWait.Observe(wait.Seconds())
 			if a.hint > 0 && wait >= a.hint {
 				tr.waiting(wait, "server hint")

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"log/slog"
+	"os"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -26,6 +27,7 @@ type statusBoard struct {
 	page     *supervise.Page
 	log      *slog.Logger
 	hooks    atomic.Pointer[statusHooks]
+	host     string // this replica's hostname, named in its alerts
 
 	mu   sync.Mutex
 	seen *config.Config // the config the notifier was last configured from
@@ -47,6 +49,7 @@ func newStatusBoard(cfg *config.Config, clock policy.Clock, log *slog.Logger) *s
 		page:     supervise.NewPage(),
 		log:      log,
 	}
+	b.host, _ = os.Hostname() // empty when unknown: alerts then name no host
 	b.configure(cfg)
 	return b
 }
@@ -79,7 +82,7 @@ func (b *statusBoard) configure(cfg *config.Config) {
 			sender = w
 		}
 	}
-	b.notifier.Configure(sender, supervise.NotifierConfig{DedupWindow: n.DedupWindow.D(), MaxPerMinute: n.MaxPerMinute})
+	b.notifier.Configure(sender, supervise.NotifierConfig{DedupWindow: n.DedupWindow.D(), MaxPerMinute: n.MaxPerMinute, Host: b.host})
 }
 
 // start launches the alert sender; close stops it.

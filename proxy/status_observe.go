@@ -113,14 +113,18 @@ func (s *Server) record(ctx *fasthttp.RequestCtx, r *route, upstream string, cla
 // noteCut records a stream the upstream broke off after its headers went
 // out (the agent saw it truncated) as the failure it was: the request,
 // counted as answered in the route's window when its headers were ready,
-// becomes a failure there, and joins the failure list. A request recorded
-// as failed already (a 5xx relayed as a stream) is neither counted nor
-// listed twice. Allocation-free.
+// becomes a failure there and in the window of the upstream that cut it
+// (whose attempt was counted when the headers came: the same second, but
+// for a request that straddled one), and joins the failure list. A
+// request recorded as failed already (a 5xx relayed as a stream) is
+// neither counted nor listed twice. Allocation-free.
 func (s *Server) noteCut(r *route, t *target, tr *trail, err error, id []byte) {
 	if supervise.CountsAsFailure(tr.recordedClass) {
 		return // failed in the window, and listed, when recorded
 	}
-	s.status.board.Route(r.name).Fail(tr.recordedAt)
+	rb := s.status.board.Route(r.name)
+	rb.Fail(tr.recordedAt)
+	rb.Upstream(t.name).Fail(tr.recordedAt)
 	if tr.recordedClass != policy.OK && tr.recordedClass != policy.Canceled {
 		return // listed when recorded (a 4xx): the window counts it failed now
 	}

@@ -30,8 +30,12 @@ type Event struct {
 	Kind   Kind   `json:"kind"`
 	Route  string `json:"route,omitempty"`
 	// Upstream is host[:port]; never a URL with a path or credentials.
-	Upstream string    `json:"upstream,omitempty"`
-	Time     time.Time `json:"time"`
+	Upstream string `json:"upstream,omitempty"`
+	// Host names the replica that raised it (its hostname: a pod's name
+	// in Kubernetes), so that a fleet's alerts say whose they are; empty
+	// when unknown.
+	Host string    `json:"host,omitempty"`
+	Time time.Time `json:"time"`
 	// Detail is a short human explanation (numbers and names only).
 	Detail string `json:"detail,omitempty"`
 	// Suppressed counts the events of the same kind, route and upstream
@@ -46,7 +50,13 @@ type Event struct {
 // summary builds the Text line.
 func (e *Event) summary() string {
 	var b strings.Builder
-	b.WriteString("ballast: ")
+	b.WriteString("ballast")
+	if e.Host != "" {
+		b.WriteString(" (")
+		b.WriteString(e.Host)
+		b.WriteString(")")
+	}
+	b.WriteString(": ")
 	switch e.Kind {
 	case KindBreakerOpen:
 		b.WriteString("circuit breaker opened")

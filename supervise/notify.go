@@ -30,6 +30,9 @@ type NotifierConfig struct {
 	QueueSize int
 	// Timeout bounds one delivery. Default 5s.
 	Timeout time.Duration
+	// Host is set as the Host of every event that has none: the replica
+	// sending it. Empty: none.
+	Host string
 }
 
 func (c NotifierConfig) withDefaults() NotifierConfig {
@@ -182,6 +185,9 @@ func (n *Notifier) Notify(e Event) bool {
 		e.Time = now
 	}
 	e.Source = "ballast"
+	if e.Host == "" {
+		e.Host = n.cfg.Host
+	}
 	e.Suppressed = st.suppressed
 	e.Text = e.summary()
 	select {
