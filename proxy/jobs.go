@@ -402,7 +402,9 @@ func (s *Server) runJob(job *store.Job, r *route) {
 		return
 	}
 	job.Attempts, _ = strconv.Atoi(string(resp.Header.Peek(headerAttempts)))
-	header := cache.AppendHeader(nil, &resp.Header)
+	// A HEAD's answer keeps its Content-Length, which a HEAD poll tells
+	// (RFC 9110 §9.3.2) though there is no body to count it from.
+	header := cache.AppendResponseHeader(nil, resp)
 	if id := resp.Header.Peek(headerRequestID); len(id) > 0 {
 		// Kept with the answer, which a poll serves as the run's (writeJob).
 		header = append(append(append(append(header, headerRequestID...), ": "...), id...), "\r\n"...)
