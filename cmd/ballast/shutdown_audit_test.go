@@ -855,14 +855,16 @@ routes:
 	cmd, logs := saStart(t, dir, admin)
 	waiting := saDial(t, listen).send("POST /charge HTTP/1.1\r\nHost: x\r\nIdempotency-Key: k-wait\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}")
 	saPoll(t, 5*time.Second, "the first attempt", func() bool { return g.count("/charge") == 1 })
-	// The 429 has been answered; let ballast reach its wait.
+	// The 429 has been answered; let ballast reach its wait (observed
+	// when the retry is decided; ballast_retries_total counts it only
+	// once it is sent).
 	saPoll(t, 5*time.Second, "ballast waiting", func() bool {
 		code, body := saAdmin(admin, "/metrics")
 		if code != 200 {
 			return false
 		}
 		for _, line := range strings.Split(body, "\n") {
-			if strings.HasPrefix(line, "ballast_retries_total{") && strings.HasSuffix(line, " 1") {
+			if strings.HasPrefix(line, "ballast_retry_wait_seconds_count{") && strings.HasSuffix(line, " 1") {
 				return true
 			}
 		}
