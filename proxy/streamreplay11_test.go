@@ -326,24 +326,10 @@ func TestStreamReplay11_DuplicateInFlight(t *testing.T) {
 			if ev := streamReplay11ReadEvent(t, br, "\n\n"); ev != "data: a\n\n" {
 				t.Fatalf("first event %q", ev)
 			}
-			type answer struct {
-				resp *http.Response
-				body string
-			}
-			dup := make(chan answer, 1)
-			go func() {
-				req, _ := http.NewRequest(http.MethodPost, b.base+"/v1/run", strings.NewReader(`{"stream":true}`))
-				req.Header.Set("Idempotency-Key", "dup")
-				resp, err := c.Do(req)
-				if err != nil {
-					dup <- answer{}
-					return
-				}
-				body, _ := io.ReadAll(resp.Body)
-				resp.Body.Close()
-				dup <- answer{resp, string(body)}
-			}()
-			var got answer
+			req, _ := http.NewRequest(http.MethodPost, b.base+"/v1/run", strings.NewReader(`{"stream":true}`))
+			req.Header.Set("Idempotency-Key", "dup")
+			dup := streamReplay11Async(c, req)
+			var got streamReplay11Answer
 			if tc.reject {
 				select {
 				case got = <-dup:
@@ -431,4 +417,29 @@ func TestStreamReplay11_GetStreamNotRecorded(t *testing.T) {
 	if n := up.calls.Load(); n != 2 {
 		t.Errorf("the upstream ran %d times, want 2: a GET stream frees its key", n)
 	}
+}
+
+// streamReplay11Answer is what an agent got from one call; resp is nil
+// when the call failed.
+type streamReplay11Answer struct {
+	resp *http.Response
+	body string
+}
+
+// streamReplay11Async sends req on c from a goroutine of its own (a
+// duplicate sent while the first call's stream still runs); its answer,
+// the body read whole, arrives on the channel.
+func streamReplay11Async(c *http.Client, req *http.Request) <-chan streamReplay11Answer {
+	out := make(chan streamReplay11Answer, 1)
+	go func() {
+		resp, err := c.Do(req)
+		if err != nil {
+			out <- streamReplay11Answer{}
+			return
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		out <- streamReplay11Answer{resp, string(body)}
+	}()
+	return out
 }

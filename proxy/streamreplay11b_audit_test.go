@@ -245,29 +245,15 @@ func TestStreamReplay11b_RedisReplayAcrossInstances(t *testing.T) {
 	if ev := streamReplay11ReadEvent(t, br, "\n\n"); ev != "data: a\n\n" {
 		t.Fatalf("first event %q", ev)
 	}
-	type answer struct {
-		resp *http.Response
-		body string
-	}
-	dup := make(chan answer, 1)
-	go func() {
-		req, _ := http.NewRequest(http.MethodPost, b.base+"/v1/run", strings.NewReader(`{"stream":true}`))
-		req.Header.Set("Idempotency-Key", "shared")
-		resp, err := c.Do(req)
-		if err != nil {
-			dup <- answer{}
-			return
-		}
-		body, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		dup <- answer{resp, string(body)}
-	}()
+	req, _ := http.NewRequest(http.MethodPost, b.base+"/v1/run", strings.NewReader(`{"stream":true}`))
+	req.Header.Set("Idempotency-Key", "shared")
+	dup := streamReplay11Async(c, req)
 	waitFor(t, func() bool { return b.streamReplay11Idem("attached") == 1 })
 	close(up.next)
 	if rest, err := io.ReadAll(br); err != nil || string(rest) != "data: b\n\n" {
 		t.Fatalf("the stream's rest on A: %q %v", rest, err)
 	}
-	var got answer
+	var got streamReplay11Answer
 	select {
 	case got = <-dup:
 	case <-time.After(streamReplay11Bound):
@@ -719,27 +705,15 @@ routes:
 	if ev := streamReplay11ReadEvent(t, br, "\n\n"); ev != "data: a\n\n" {
 		t.Fatalf("first event %q", ev)
 	}
-	type answer struct {
-		resp *http.Response
-		body string
-	}
-	dup := make(chan answer, 1)
-	go func() {
-		r, err := c.Post(b.base+"/v1/run", "application/json", strings.NewReader(`{"q":1}`))
-		if err != nil {
-			dup <- answer{}
-			return
-		}
-		got, _ := io.ReadAll(r.Body)
-		r.Body.Close()
-		dup <- answer{r, string(got)}
-	}()
+	req, _ := http.NewRequest(http.MethodPost, b.base+"/v1/run", strings.NewReader(`{"q":1}`))
+	req.Header.Set("Content-Type", "application/json")
+	dup := streamReplay11Async(c, req)
 	waitFor(t, func() bool { return b.streamReplay11Idem("attached") == 1 })
 	close(up.next)
 	if rest, err := io.ReadAll(br); err != nil || string(rest) != "data: b\n\n" {
 		t.Fatalf("the stream's rest: %q %v", rest, err)
 	}
-	var got answer
+	var got streamReplay11Answer
 	select {
 	case got = <-dup:
 	case <-time.After(streamReplay11Bound):
