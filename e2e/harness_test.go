@@ -23,6 +23,7 @@ type ballast struct {
 	base string // http://127.0.0.1:port of the agent listener
 	addr string // host:port of the agent listener
 	logs *syncBuffer
+	srv  *proxy.Server // for a test that shuts it down itself (its cleanup's Shutdown then finds nothing left)
 }
 
 type syncBuffer struct {
@@ -82,7 +83,7 @@ func startBallast(t *testing.T, clock policy.Clock, yaml string) *ballast {
 			t.Logf("ballast logs:\n%s", logs.String())
 		}
 	})
-	return &ballast{base: "http://" + ln.Addr().String(), addr: ln.Addr().String(), logs: logs}
+	return &ballast{base: "http://" + ln.Addr().String(), addr: ln.Addr().String(), logs: logs, srv: srv}
 }
 
 func listen(t *testing.T) net.Listener {

@@ -15,9 +15,7 @@ import (
 	"context"
 	"encoding/json"
 	"io"
-	"log/slog"
 	"net/http"
-	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -25,11 +23,8 @@ import (
 
 	"github.com/anthropics/anthropic-sdk-go/v2"
 	aoption "github.com/anthropics/anthropic-sdk-go/v2/option"
-	"github.com/ballast-proxy/ballast/config"
-	"github.com/ballast-proxy/ballast/proxy"
 	"github.com/openai/openai-go/v3"
 	"github.com/openai/openai-go/v3/option"
-	"github.com/prometheus/client_golang/prometheus"
 )
 
 // sdkReplay11Sent is one HTTP request an SDK sent to ballast.
@@ -618,42 +613,6 @@ func TestSDKReplay11_StoredServerErrorReplayIsNotRetried(t *testing.T) {
 	}
 }
 
-// sdkReplay11Server is a ballast the test shuts down itself.
-func sdkReplay11Server(t *testing.T, yaml string) (*ballast, *proxy.Server) {
-	t.Helper()
-	file := t.TempDir() + "/ballast.yaml"
-	if err := os.WriteFile(file, []byte(yaml), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	src := config.Source{File: file, Environ: []string{}}
-	cfg, err := config.Load(src)
-	if err != nil {
-		t.Fatalf("config: %v", err)
-	}
-	logs := &syncBuffer{}
-	srv, err := proxy.New(cfg, proxy.Options{
-		Logger:   slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
-		Registry: prometheus.NewRegistry(),
-		Source:   &src,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln := listen(t)
-	done := make(chan struct{})
-	go func() { _ = srv.Serve(ln); close(done) }()
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		_ = srv.Shutdown(ctx)
-		<-done
-		if t.Failed() {
-			t.Logf("ballast logs:\n%s", logs.String())
-		}
-	})
-	return &ballast{base: "http://" + ln.Addr().String(), addr: ln.Addr().String(), logs: logs}, srv
-}
-
 // TestSDKReplay11_ShuttingDownAfterRetriesIsRetried: ballast retried a
 // keyed call (a 503, then an attempt the model does not answer) when its
 // drain ran out of time: the agent gets 503 shutting_down, which
@@ -671,7 +630,7 @@ func TestSDKReplay11_ShuttingDownAfterRetriesIsRetried(t *testing.T) {
 		hang(w, r, next)
 	}
 	fake := newFakeOpenAI(status(503, openAIOverBody), hanging)
-	b, srv := sdkReplay11Server(t, sdkReplay11Route("openai", serve(t, fake), ""))
+	b := startBallast(t, nil, sdkReplay11Route("openai", serve(t, fake), ""))
 	ctx := testContext(t)
 	go func() {
 		select {
@@ -681,7 +640,7 @@ func TestSDKReplay11_ShuttingDownAfterRetriesIsRetried(t *testing.T) {
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
 		defer cancel()
-		_ = srv.Shutdown(ctx)
+		_ = b.srv.Shutdown(ctx)
 	}()
 	log := &sdkReplay11Log{}
 	got := openAICalls[0].run(ctx, sdkReplay11OpenAI(t, b, "drain-1", log))
