@@ -17,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/valyala/fasthttp"
 	"github.com/valyala/fasthttp/fasthttpadaptor"
+	"github.com/valyala/fasthttp/pprofhandler"
 )
 
 // adminParseError answers a request the admin listener could not read,
@@ -38,6 +39,9 @@ func adminParseError(ctx *fasthttp.RequestCtx, err error) {
 		ctx.Error("Error when parsing request", fasthttp.StatusBadRequest)
 	}
 }
+
+// pprofPrefix is where the admin listener serves Go's runtime profiles.
+const pprofPrefix = "/debug/pprof/"
 
 // handleAdmin serves the admin listener. /healthz and /readyz are open (for
 // probes); every other endpoint requires the bearer token when admin.token
@@ -97,8 +101,16 @@ func (s *Server) handleAdmin(ctx *fasthttp.RequestCtx) {
 		}
 		s.adminReload(ctx)
 	default:
+		if strings.HasPrefix(path, pprofPrefix) {
+			// Go's runtime profiles, as net/http/pprof serves them:
+			// `go tool pprof http://127.0.0.1:9901/debug/pprof/profile`
+			// profiles ballast under real traffic, and that profile, saved
+			// as cmd/ballast/default.pgo, is what a PGO build optimizes for.
+			pprofhandler.PprofHandler(ctx)
+			return
+		}
 		writeProblem(ctx, problem{Status: fasthttp.StatusNotFound, Reason: ReasonNoRoute,
-			Detail: "the admin listener serves /, /status, /healthz, /readyz, /metrics, /config and /reload"})
+			Detail: "the admin listener serves /, /status, /healthz, /readyz, /metrics, /config, /reload and /debug/pprof/"})
 	}
 }
 
