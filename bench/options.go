@@ -41,7 +41,8 @@ type Options struct {
 	// the upstream keep Go's default.
 	Procs int
 	// Rounds is how many times the overhead scenario measures every
-	// target, taking turns. Default 1.
+	// target, and the policies scenario every variant, taking turns.
+	// Default 1.
 	Rounds int
 	// Seed seeds the chaos upstream's fault and latency draws. 0 is a seed
 	// like any other (the command line's default is 1), as it is for
@@ -155,7 +156,7 @@ type Settings struct {
 	Timeout     string  `json:"timeout"`
 	Procs       int     `json:"procs"`
 	SampleEvery string  `json:"sample_every,omitempty"`
-	// Rounds is set by the overhead scenario only.
+	// Rounds is set by the overhead and policies scenarios only.
 	Rounds int `json:"rounds,omitempty"`
 	// SaturationDriver is the driver of the overhead scenario's saturation
 	// phase, DriverGo or DriverWrk; empty when there was none.

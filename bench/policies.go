@@ -157,8 +157,15 @@ type PolicyVariant struct {
 
 // PoliciesResult is the policies scenario's report.
 type PoliciesResult struct {
-	Settings Settings        `json:"settings"`
+	Settings Settings `json:"settings"`
+	// Variants are the measurements, one per variant, off first. With more
+	// than one round, each is the median over the rounds
+	// (medianPolicyVariant), and its ratios are of the medians.
 	Variants []PolicyVariant `json:"variants"`
+	// Rounds holds every round's measurements, variants in the order of
+	// Variants (not the order they ran), each round's ratios against that
+	// round's off, when there was more than one round.
+	Rounds [][]PolicyVariant `json:"rounds,omitempty"`
 	// Dropped names variants config.Parse refused, with its error.
 	Dropped map[string]string `json:"dropped,omitempty"`
 }
@@ -176,6 +183,12 @@ func policiesWorkload() []Workload {
 // open-loop at opts.Rate for opts.Duration (default 5s), against the off
 // variant of the same run. opts.Targets limits the variants (off always
 // runs).
+//
+// With opts.Rounds above 1, every variant is measured once per round, the
+// variants taking turns as the overhead scenario's targets do (each round
+// starts one variant later), so that a noisy stretch, or the first run's
+// cold start, lands on one round rather than always on off; the report
+// gives each variant's medians and every round's ratios.
 func Policies(ctx context.Context, opts Options) (*PoliciesResult, error) {
 	opts, err := opts.withScenarioDefaults(PoliciesDefaultRate, PoliciesDefaultDuration)
 	if err != nil {
@@ -190,6 +203,7 @@ func Policies(ctx context.Context, opts Options) (*PoliciesResult, error) {
 	variants, dropped := acceptedVariants()
 	res := &PoliciesResult{Settings: opts.settings(), Dropped: dropped}
 	res.Settings.Saturation = ""
+	res.Settings.Rounds = opts.Rounds
 	dir, err := os.MkdirTemp("", "ballast-bench")
 	if err != nil {
 		return nil, fmt.Errorf("bench: %w", err)
@@ -204,18 +218,72 @@ func Policies(ctx context.Context, opts Options) (*PoliciesResult, error) {
 	defer up.Stop()
 	open := opts
 	open.Saturation = 0
+	var selected []policyVariant
 	for _, v := range variants {
-		if v.name != VariantOff && len(opts.Targets) > 0 && !slices.Contains(opts.Targets, v.name) {
-			continue
+		if v.name == VariantOff || len(opts.Targets) == 0 || slices.Contains(opts.Targets, v.name) {
+			selected = append(selected, v)
 		}
-		pv, err := runPolicyVariant(ctx, open, dir, v, up)
-		if err != nil {
-			return nil, err
-		}
-		res.Variants = append(res.Variants, pv)
 	}
-	res.compare()
+	for round := range opts.Rounds {
+		measured := make([]PolicyVariant, len(selected))
+		for i := range selected {
+			k := (round + i) % len(selected)
+			if opts.Rounds > 1 {
+				fmt.Fprintf(opts.Progress, "policies: round %d of %d: ", round+1, opts.Rounds)
+			} else {
+				fmt.Fprint(opts.Progress, "policies: ")
+			}
+			pv, err := runPolicyVariant(ctx, open, dir, selected[k], up)
+			if err != nil {
+				return nil, err
+			}
+			measured[k] = pv
+		}
+		res.Rounds = append(res.Rounds, measured)
+	}
+	res.summarise()
 	return res, nil
+}
+
+// summarise fills the comparisons from r.Rounds: with one round, Variants
+// is that round; with more, Variants are the medians and each round keeps
+// its own ratios against its own off.
+func (r *PoliciesResult) summarise() {
+	for i := range r.Rounds {
+		compareVariants(r.Rounds[i])
+	}
+	switch len(r.Rounds) {
+	case 0:
+		return
+	case 1:
+		r.Variants, r.Rounds = r.Rounds[0], nil
+		return
+	}
+	r.Variants = nil
+	for i := range r.Rounds[0] {
+		runs := make([]PolicyVariant, len(r.Rounds))
+		for k, round := range r.Rounds {
+			runs[k] = round[i]
+		}
+		r.Variants = append(r.Variants, medianPolicyVariant(runs))
+	}
+	r.compare()
+}
+
+// medianPolicyVariant summarises one variant's rounds as medianTarget
+// does an overhead target's: the median of each figure, taken separately,
+// requests and errors added up, and the highest peak RSS.
+func medianPolicyVariant(runs []PolicyVariant) PolicyVariant {
+	m := PolicyVariant{Name: runs[0].Name, Config: runs[0].Config}
+	m.CPUPer1k = medianOf(runs, func(v PolicyVariant) float64 { return v.CPUPer1k })
+	m.UpstreamCPUPer1k = medianOf(runs, func(v PolicyVariant) float64 { return v.UpstreamCPUPer1k })
+	opens := make([]LoadResult, len(runs))
+	for i, v := range runs {
+		opens[i] = v.Open
+		m.PeakRSS = max(m.PeakRSS, v.PeakRSS)
+	}
+	m.Open = medianLoad(opens)
+	return m
 }
 
 func runPolicyVariant(ctx context.Context, opts Options, dir string, v policyVariant, up *Process) (PolicyVariant, error) {
@@ -226,7 +294,7 @@ func runPolicyVariant(ctx context.Context, opts Options, dir string, v policyVar
 		return PolicyVariant{}, err
 	}
 	defer bl.Stop()
-	fmt.Fprintf(opts.Progress, "policies: %s open loop at %.0f rps for %v\n", v.name, opts.Rate, opts.Duration)
+	fmt.Fprintf(opts.Progress, "%s open loop at %.0f rps for %v\n", v.name, opts.Rate, opts.Duration)
 	ot, err := measureTarget(ctx, opts, policiesWorkload(), v.name, bl, up)
 	if err != nil {
 		return PolicyVariant{}, err
@@ -235,16 +303,20 @@ func runPolicyVariant(ctx context.Context, opts Options, dir string, v policyVar
 		UpstreamCPUPer1k: ot.UpstreamCPUPer1k, PeakRSS: ot.PeakRSS}, nil
 }
 
-// compare fills the against-off fields.
-func (r *PoliciesResult) compare() {
-	i := slices.IndexFunc(r.Variants, func(v PolicyVariant) bool { return v.Name == VariantOff })
+// compare fills the against-off fields of r.Variants.
+func (r *PoliciesResult) compare() { compareVariants(r.Variants) }
+
+// compareVariants fills the against-off fields of variants measured
+// together; nothing when off is not among them.
+func compareVariants(variants []PolicyVariant) {
+	i := slices.IndexFunc(variants, func(v PolicyVariant) bool { return v.Name == VariantOff })
 	if i < 0 {
 		return
 	}
-	off := r.Variants[i]
+	off := variants[i]
 	d := off.Open.All.Latency
-	for i := range r.Variants {
-		v := &r.Variants[i]
+	for i := range variants {
+		v := &variants[i]
 		if v.Name == VariantOff {
 			continue
 		}

@@ -55,7 +55,11 @@ func (p *PoliciesResult) section() section {
 	s := p.Settings
 	sec := section{title: "Policies", summary: fmt.Sprintf("policies: each policy switched on alone vs plain ballast with everything off (off), "+
 		"same upstream (profile none, %d-byte answers); open loop at %s rps for %s per variant (warm-up %s), "+
-		"model-style POSTs with a unique body each; %s.", s.Size, fmtCount(s.Rate), s.Duration, s.Warmup, ballastProcs(s.Procs))}
+		"model-style POSTs with a unique body each; %s", s.Size, fmtCount(s.Rate), s.Duration, s.Warmup, ballastProcs(s.Procs))}
+	if s.Rounds > 1 {
+		sec.summary += fmt.Sprintf("; %d rounds, the variants taking turns, and each figure below is the median over the rounds", s.Rounds)
+	}
+	sec.summary += "."
 	t := &table{header: []string{"variant", "CPU ms / 1k req", "CPU ×off", "p50 ms", "p99 ms", "added p50", "added p99", "peak RSS", "rps", "errors"}}
 	for _, v := range p.Variants {
 		l := v.Open.All.Latency
@@ -68,6 +72,9 @@ func (p *PoliciesResult) section() section {
 		sec.notes = append(sec.notes, v.Name+": `"+v.Config+"`")
 	}
 	sec.tables = []*table{t}
+	if len(p.Rounds) > 1 {
+		sec.tables = append(sec.tables, p.roundsTable())
+	}
 	for _, name := range sortedKeys(p.Dropped) {
 		sec.notes = append(sec.notes, fmt.Sprintf("dropped %s: config.Parse refused it: %s", name, p.Dropped[name]))
 	}
@@ -115,4 +122,31 @@ func (r *SoakResult) section() section {
 	}
 	sec.notes = []string{"config: `" + r.Config + "`", "RSS samples (MiB): " + strings.Join(pts, ", ")}
 	return sec
+}
+
+// roundsTable gives each variant's CPU ×off and added p99 in every round,
+// against that round's off: the spread the medians hide.
+func (p *PoliciesResult) roundsTable() *table {
+	header := []string{"variant"}
+	for r := range p.Rounds {
+		header = append(header, fmt.Sprintf("CPU ×off, round %d", r+1))
+	}
+	for r := range p.Rounds {
+		header = append(header, fmt.Sprintf("added p99, round %d", r+1))
+	}
+	t := &table{header: header}
+	for i, v := range p.Variants {
+		if v.Name == VariantOff {
+			continue
+		}
+		row := []string{v.Name}
+		for _, round := range p.Rounds {
+			row = append(row, fmtRatio(round[i].CPURatio))
+		}
+		for _, round := range p.Rounds {
+			row = append(row, fmtAdded(round[i].AddedLatency.P99))
+		}
+		t.add(row...)
+	}
+	return t
 }
