@@ -383,7 +383,23 @@ func (k *streamRecord) add(p []byte) {
 		k.drop()
 		return
 	}
+	k.body.B = growWithin(k.body.B, len(p), k.room)
 	k.body.B = append(k.body.B, p...)
+}
+
+// growWithin returns b with room for n more bytes, its capacity grown as
+// append grows it (about doubling) but never past limit unless n needs
+// it: a record that may hold up to limit bytes never holds a buffer of
+// twice that.
+func growWithin(b []byte, n int, limit int64) []byte {
+	need := len(b) + n
+	if need <= cap(b) {
+		return b
+	}
+	c := int(min(max(int64(2*cap(b)), int64(need)), max(limit, int64(need))))
+	grown := make([]byte, len(b), c)
+	copy(grown, b)
+	return grown
 }
 
 // drop gives up the recorded body: the answer is too large to store.
@@ -457,9 +473,7 @@ func (b *relayBody) readRest() {
 	k := &b.keep
 	for k.body != nil {
 		buf := k.body
-		if len(buf.B) == cap(buf.B) {
-			buf.B = append(buf.B, 0)[:len(buf.B)]
-		}
+		buf.B = growWithin(buf.B, 1, k.room+1) // one byte past room tells a body too large
 		free := buf.B[len(buf.B):cap(buf.B)]
 		free = free[:min(int64(len(free)), k.room+1-int64(len(buf.B)))]
 		n, err := b.stream.Read(free)
