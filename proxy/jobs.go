@@ -146,6 +146,14 @@ func (s *Server) startJob(ctx *fasthttp.RequestCtx, r *route, body []byte, deadl
 	c, cancel := context.WithDeadline(context.Background(), s.wall(deadline))
 	defer cancel()
 	if err := s.state.PutJob(c, job); err != nil {
+		if errors.Is(err, store.ErrTooLarge) {
+			// The same request is refused the same way every time: a 503
+			// would have the SDKs send it again, for nothing.
+			writeProblem(ctx, problem{Status: fasthttp.StatusRequestEntityTooLarge, Reason: ReasonBodyTooLarge, Route: r.name,
+				Detail: "an async job keeps its request in the state store, and this request is larger than state.max_response_bytes (" +
+					formatBytes(s.maxStored) + "); send it without Prefer: respond-async, or raise the limit"})
+			return false
+		}
 		s.stateUnavailable(ctx, r, err)
 		return false
 	}
