@@ -357,8 +357,11 @@ type Retry struct {
 	// MaxCooldown caps how long one hint (a 429's Retry-After, a reset
 	// header of an exhausted limit) may pause the API key's requests in
 	// the shared cool-down, here and, with state.backend redis, across the
-	// fleet: a longer hint pauses for MaxCooldown. Default 24h (providers'
-	// daily quotas reset within a day); positive, at most 8760h.
+	// fleet: a longer hint pauses for MaxCooldown. A 503's hint, which
+	// pauses no key, is cut to it as well: no retry waits, and no
+	// Retry-After that ballast answers with asks, longer than MaxCooldown
+	// for one hint. Default 24h (providers' daily quotas reset within a
+	// day); positive, at most 8760h.
 	MaxCooldown Duration `koanf:"max_cooldown" json:"max_cooldown"`
 	// Budget bounds retries to a share of recent requests per upstream.
 	Budget Budget `koanf:"budget" json:"budget"`

@@ -449,8 +449,8 @@ routes:
 		}
 		if e.Kind == supervise.KindJobFailed {
 			failed++
-			if e.Route != "gen" || !strings.Contains(e.Detail, id) {
-				t.Errorf("job_failed alert %+v does not name route gen and job %s", e, id)
+			if e.Route != "gen" || !strings.Contains(e.Detail, "job "+id[:8]+" ") || strings.Contains(e.Detail, id) {
+				t.Errorf("job_failed alert %+v does not name route gen and job %s by its first 8 digits alone", e, id)
 			}
 		}
 	}
@@ -503,7 +503,7 @@ routes:
 	for _, e := range as11Until(t, events, supervise.KindCooldown) {
 		if e.Kind == supervise.KindJobFailed {
 			failed++
-			if e.Route != "report" || !strings.Contains(e.Detail, strings.TrimPrefix(loc, "/_ballast/jobs/")) {
+			if id := strings.TrimPrefix(loc, "/_ballast/jobs/"); e.Route != "report" || !strings.Contains(e.Detail, "job "+id[:8]+" ") || strings.Contains(e.Detail, id) {
 				t.Errorf("job_failed alert %+v does not name the route and the job", e)
 			}
 		}

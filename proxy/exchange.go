@@ -19,7 +19,9 @@ type attempt struct {
 	class  policy.Class
 	cause  policy.Cause
 	status int
-	hint   time.Duration // the server's wait hint on a 429 or 503, 0 when none
+	// hint is the server's wait hint on a 429 or 503, at most the route's
+	// retry.max_cooldown (noteHints); 0 when none.
+	hint time.Duration
 	// invalid is the validation failure that made the class invalid.
 	invalid *validate.Failure
 	// took is how long the attempt ran (wall time); ended is when it
@@ -92,12 +94,16 @@ func (s *Server) exchangeUpstream(ctx *fasthttp.RequestCtx, r *route, body []byt
 		// paidOn is the target whose retry budget paid, at paidAt, for a
 		// retry not sent yet; nil when none. A retry that is not sent
 		// after all (an open breaker, a cool-down or the rate limit stops
-		// it, the deadline passes, the agent leaves) gets it back: the
-		// budget pays only for what reaches the upstream.
+		// it, the deadline passes, the agent leaves, ballast shuts down
+		// during the wait) gets it back: the budget pays only for what
+		// reaches the upstream.
 		paidOn *target
 		paidAt time.Time
 	)
 	defer func() {
+		// Every way out refunds, the returns of a wait that Shutdown
+		// ended (the pause answered 503 itself) included.
+		refundRetry(&paidOn, paidAt)
 		if last.resp != nil {
 			fasthttp.ReleaseResponse(last.resp)
 		}
@@ -316,7 +322,6 @@ targets:
 		}
 	}
 
-	refundRetry(&paidOn, paidAt)
 	if tr != nil {
 		tr.stop = stop
 	}
@@ -383,8 +388,10 @@ func (s *Server) try(out *fasthttp.Request, t *target, r *route, now, deadline t
 // counts from the response's arrival (RFC 9110 §10.2.3), not from the
 // attempt's start: a 429 that took 10s to come asking for 30s pauses the
 // key for 30s from then. No pause lasts longer than r's
-// retry.max_cooldown, and a 429's hint is cut to it too: the key's pause
-// is what the agent hears of.
+// retry.max_cooldown, and a.hint, a 429's or a 503's, is cut to it too:
+// it is what the retry waits for and what the agent hears of (its
+// Retry-After), so a Retry-After of a year is a max_cooldown, whichever
+// of the two statuses it came with.
 func (s *Server) noteHints(a *attempt, out *fasthttp.Request, t *target, r *route, at time.Time) {
 	if a.resp == nil {
 		return
@@ -392,12 +399,11 @@ func (s *Server) noteHints(a *attempt, out *fasthttp.Request, t *target, r *rout
 	h := &a.resp.Header
 	if a.status == fasthttp.StatusTooManyRequests || a.status == fasthttp.StatusServiceUnavailable {
 		if hint, ok := policy.RetryAfterHint(h, at); ok {
-			a.hint = hint
 			if a.status == fasthttp.StatusTooManyRequests {
 				// Everyone with this key waits, not just this request.
 				s.extendCooldown(t, credentialOf(&out.Header), at.Add(hint), at, r.maxCooldown)
-				a.hint = min(hint, r.maxCooldown)
 			}
+			a.hint = min(hint, r.maxCooldown)
 		}
 	}
 	if until, ok := policy.ResetWhenExhausted(h, at); ok {

@@ -638,7 +638,7 @@ func TestFileStoreFullRefuses(t *testing.T) {
 }
 
 // TestJobLimitsAndFailures: a job whose request exceeds
-// max_response_bytes is refused (503 state_unavailable); a job whose
+// max_response_bytes is refused (413 body_too_large); a job whose
 // upstream answers 5xx is failed and serves that answer with
 // X-Ballast-Job-State: failed; a 4xx job succeeded; ids are 128-bit hex.
 func TestJobLimitsAndFailures(t *testing.T) {
@@ -656,7 +656,7 @@ routes:
   - {name: long, match: {path_prefix: /}, upstream: %q, async: {enabled: true}, retry: {attempts: 1}}
 `, u))
 	resp, body := do(t, "POST", b.base+"/big", strings.Repeat("z", 4096), "Prefer", "respond-async")
-	if resp.StatusCode != 503 || decodeProblem(t, resp, body).Reason != "state_unavailable" {
+	if resp.StatusCode != 413 || decodeProblem(t, resp, body).Reason != "body_too_large" {
 		t.Errorf("too-large job request: %d %s", resp.StatusCode, body)
 	}
 	for _, tc := range []struct {

@@ -183,9 +183,10 @@ func (s *Server) alert(kind supervise.Kind, route, upstream, detail string) {
 }
 
 // alertJobFailed raises the alert for an async job that failed for good.
-// The job id is shown; nothing of the request is.
+// The job is named by its jobRef, never its whole id (the capability to
+// read its result); nothing of the request is shown.
 func (s *Server) alertJobFailed(route, jobID, reason string) {
-	s.alert(supervise.KindJobFailed, route, "", "job "+jobID+" failed for good: "+reason)
+	s.alert(supervise.KindJobFailed, route, "", "job "+jobRef(jobID)+" failed for good: "+reason)
 }
 
 // recordAnswered records a request that ended without an observe of its

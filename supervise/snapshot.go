@@ -138,6 +138,9 @@ type JobsStatus struct {
 
 // Job is one async job.
 type Job struct {
+	// ID names the job by the first characters of its id, never the
+	// whole id: that is the capability to read the job's result, which
+	// only the agent that started the job is given.
 	ID       string `json:"id"`
 	Route    string `json:"route"`
 	Attempts int    `json:"attempts"`
