@@ -40,24 +40,6 @@ func buildAsync(rc *config.Route) *asyncPolicy {
 // (another replica does) reads the job again.
 const jobPollEvery = 250 * time.Millisecond
 
-// jobRefLen is how many leading hex digits of a job's id jobRef keeps.
-const jobRefLen = 8
-
-// jobRef is how the job with id is named to the operator — in logs,
-// alerts and /status — as opposed to the agent that started it: the first
-// jobRefLen hex digits of its id. The whole id is the capability to read
-// the job's result (for an agent without identity headers, all that
-// guards it), so it goes only to that agent (Location, the job's JSON);
-// the prefix tells jobs apart, and the 96 bits it leaves out stay
-// unguessable. An id no longer than that (never one ballast makes) is
-// kept whole.
-func jobRef(id string) string {
-	if len(id) <= jobRefLen {
-		return id
-	}
-	return id[:jobRefLen]
-}
-
 // jobRunner runs async jobs in the background and lets requests wait for
 // them.
 type jobRunner struct {
@@ -466,7 +448,7 @@ func (s *Server) runJob(job *store.Job, r *route) {
 		_ = s.state.PutJob(out, job)
 	}
 	if job.State == store.JobFailed {
-		s.log.Warn("async job failed", "job", jobRef(job.ID), "route", job.Route, "error", job.LastError)
+		s.log.Warn("async job failed", "job", store.JobRef(job.ID), "route", job.Route, "error", job.LastError)
 		s.alertJobFailed(job.Route, job.ID, job.LastError)
 	}
 }
@@ -480,7 +462,7 @@ func (s *Server) runJob(job *store.Job, r *route) {
 // end with the process: the job fails, saying why.
 func (s *Server) haltedJob(job *store.Job) {
 	if s.stateLasts {
-		s.log.Warn("async job called off by shutdown; it resumes when ballast restarts", "job", jobRef(job.ID), "route", job.Route)
+		s.log.Warn("async job called off by shutdown; it resumes when ballast restarts", "job", store.JobRef(job.ID), "route", job.Route)
 		return
 	}
 	c, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -509,7 +491,7 @@ func (s *Server) keepLease(id string) (stop func()) {
 			leased, err := s.state.LeaseJob(c, id, s.clock.Now(), store.DefaultJobLease)
 			cancel()
 			if err == nil && !leased {
-				s.log.Warn("async job lease lost: another replica may run the job too", "job", jobRef(id))
+				s.log.Warn("async job lease lost: another replica may run the job too", "job", store.JobRef(id))
 			}
 		}
 	}()
@@ -540,7 +522,7 @@ func (s *Server) failJob(c context.Context, job *store.Job, why string) {
 	job.State, job.LastError, job.UpdatedAt = store.JobFailed, why, s.clock.Now()
 	forgetRequest(job)
 	_ = s.state.PutJob(c, job)
-	s.log.Warn("async job failed", "job", jobRef(job.ID), "route", job.Route, "error", why)
+	s.log.Warn("async job failed", "job", store.JobRef(job.ID), "route", job.Route, "error", why)
 	s.alertJobFailed(job.Route, job.ID, why)
 }
 
@@ -576,7 +558,7 @@ func (s *Server) resumeJobs() {
 		}
 		leased, err := s.state.LeaseJob(c, job.ID, s.clock.Now(), store.DefaultJobLease)
 		if err != nil {
-			s.log.Error("leasing a pending job failed", "job", jobRef(job.ID), "error", err.Error())
+			s.log.Error("leasing a pending job failed", "job", store.JobRef(job.ID), "error", err.Error())
 			continue
 		}
 		if !leased {
@@ -590,7 +572,7 @@ func (s *Server) resumeJobs() {
 			s.failJob(c, job, "ballast stopped while the call was running; its outcome is unknown")
 			continue
 		}
-		s.log.Info("resuming async job", "job", jobRef(job.ID), "route", job.Route)
+		s.log.Info("resuming async job", "job", store.JobRef(job.ID), "route", job.Route)
 		s.launch(job, r)
 	}
 }
@@ -871,7 +853,7 @@ func eachHeaderLine(lines []byte, add func(k, v []byte)) {
 }
 
 // jobsStatus is the async-job section of /status: what is running, waiting
-// or failed, with its next action, each job named by its jobRef. It reads
+// or failed, with its next action, each job named by its store.JobRef. It reads
 // the state store, so it costs a scan of the jobs; /status is not on the
 // request path.
 func (s *Server) jobsStatus(now time.Time) *supervise.JobsStatus {
@@ -883,7 +865,7 @@ func (s *Server) jobsStatus(now time.Time) *supervise.JobsStatus {
 	}
 	out := &supervise.JobsStatus{Running: []supervise.Job{}, Waiting: []supervise.Job{}, Failed: []supervise.Job{}}
 	for _, j := range jobs {
-		sj := supervise.Job{ID: jobRef(j.ID), Route: j.Route, Attempts: j.Attempts, Reason: j.LastError}
+		sj := supervise.Job{ID: store.JobRef(j.ID), Route: j.Route, Attempts: j.Attempts, Reason: j.LastError}
 		switch j.State {
 		case store.JobRunning:
 			sj.NextAction = "deliver"

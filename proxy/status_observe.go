@@ -4,6 +4,7 @@ import (
 	"time"
 
 	"github.com/ballast-proxy/ballast/policy"
+	"github.com/ballast-proxy/ballast/store"
 	"github.com/ballast-proxy/ballast/supervise"
 	"github.com/valyala/fasthttp"
 )
@@ -183,10 +184,10 @@ func (s *Server) alert(kind supervise.Kind, route, upstream, detail string) {
 }
 
 // alertJobFailed raises the alert for an async job that failed for good.
-// The job is named by its jobRef, never its whole id (the capability to
+// The job is named by its store.JobRef, never its whole id (the capability to
 // read its result); nothing of the request is shown.
 func (s *Server) alertJobFailed(route, jobID, reason string) {
-	s.alert(supervise.KindJobFailed, route, "", "job "+jobRef(jobID)+" failed for good: "+reason)
+	s.alert(supervise.KindJobFailed, route, "", "job "+store.JobRef(jobID)+" failed for good: "+reason)
 }
 
 // recordAnswered records a request that ended without an observe of its

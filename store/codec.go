@@ -282,7 +282,7 @@ func decodeJob(id string, v []byte) (*Job, error) {
 		err = fmt.Errorf("bad state %d", j.State)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("%w: job %q: %v", ErrCorrupt, id, err)
+		return nil, fmt.Errorf("%w: job %s: %v", ErrCorrupt, JobRef(id), err)
 	}
 	return j, nil
 }

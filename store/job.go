@@ -56,6 +56,23 @@ type Request struct {
 
 func (r Request) size() int { return len(r.Method) + len(r.URI) + len(r.Header) + len(r.Body) }
 
+// jobRefLen is how many leading characters of a job's id JobRef keeps.
+const jobRefLen = 8
+
+// JobRef is how the job with id is named to the operator — in logs,
+// errors, alerts and /status — as opposed to the agent that started it:
+// the first 8 hex digits of its id. The whole id is the capability to
+// read the job's result (for an agent without identity headers, all that
+// guards it), so it goes only to that agent; the prefix tells jobs apart,
+// and the 96 bits it leaves out stay unguessable. An id no longer than
+// that (never one ballast makes) is kept whole.
+func JobRef(id string) string {
+	if len(id) <= jobRefLen {
+		return id
+	}
+	return id[:jobRefLen]
+}
+
 // Job is an async job (Prefer: respond-async).
 type Job struct {
 	// ID is the job id, unique in the store, 1 to MaxKeyBytes bytes.
