@@ -461,9 +461,12 @@ func TestHarness10bBenchAllSmoke(t *testing.T) {
 			if err != nil {
 				t.Fatalf("RESULTS.md's section: %v\n%s", err, section)
 			}
-			// cost, latency, rounds; chaos; policies; state.
-			if len(tables) != 6 {
-				t.Errorf("%d tables in the section, want 6", len(tables))
+			// cost, latency, rounds; chaos; policies, its rounds; state.
+			if len(tables) != 7 {
+				t.Errorf("%d tables in the section, want 7", len(tables))
+			}
+			if p := rep.Policies; p.Settings.Rounds != 2 || len(p.Rounds) != 2 {
+				t.Errorf("policies under --rounds 2: settings %d, %d rounds", p.Settings.Rounds, len(p.Rounds))
 			}
 			checkRoundsTableMatchesJSON(t, section, js)
 		})
