@@ -137,6 +137,16 @@ func sdkReplay11AnthropicCase(i int) sdkReplay11Case {
 		}}
 }
 
+// sdkReplay11Start serves tc's fake provider with faults behind ballast on
+// tc's route (extraRetry added to its retry), and returns ballast, a fresh
+// log for the SDK's requests, and the fake's script.
+func sdkReplay11Start(t *testing.T, tc sdkReplay11Case, extraRetry string, faults ...fault) (*ballast, *sdkReplay11Log, *script) {
+	t.Helper()
+	fake, sc := tc.fake(faults...)
+	b := startBallast(t, nil, sdkReplay11Route(tc.route, serve(t, fake), extraRetry))
+	return b, &sdkReplay11Log{}, sc
+}
+
 // The streamed calls: chat completions, responses, messages.
 func sdkReplay11Streams() []sdkReplay11Case {
 	return []sdkReplay11Case{sdkReplay11OpenAICase(1), sdkReplay11OpenAICase(3), sdkReplay11AnthropicCase(1)}
@@ -201,9 +211,7 @@ func TestSDKReplay11_StreamCutByProviderIsOutcomeUnknownOnce(t *testing.T) {
 	for _, tc := range sdkReplay11Streams() {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			fake, sc := tc.fake(cutStreamAfter(2))
-			b := startBallast(t, nil, sdkReplay11Route(tc.route, serve(t, fake), ""))
-			log := &sdkReplay11Log{}
+			b, log, sc := sdkReplay11Start(t, tc, "", cutStreamAfter(2))
 			ctx := testContext(t)
 			checkOutcome(t, tc.call(ctx, t, b, "cut-1", log), apiOutcome{broken: true}, tc.errorOf)
 			if n := log.len(); n != 1 {
@@ -248,9 +256,7 @@ func TestSDKReplay11_AgentDropMidStreamReplaysWhole(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			gate, open := sdkReplay11Gate(t)
-			fake, sc := tc.fake(gateAfter(2, gate))
-			b := startBallast(t, nil, sdkReplay11Route(tc.route, serve(t, fake), ""))
-			log := &sdkReplay11Log{}
+			b, log, sc := sdkReplay11Start(t, tc, "", gateAfter(2, gate))
 			drop := &sdkReplay11Drop{}
 			log.onAnswer = func(n int, _ sdkReplay11Sent, resp *http.Response) {
 				if n == 1 && resp != nil {
@@ -325,9 +331,7 @@ func TestSDKReplay11_CompletedStreamReplayParses(t *testing.T) {
 	for _, tc := range sdkReplay11Streams() {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			fake, sc := tc.fake()
-			b := startBallast(t, nil, sdkReplay11Route(tc.route, serve(t, fake), ""))
-			log := &sdkReplay11Log{}
+			b, log, sc := sdkReplay11Start(t, tc, "")
 			ctx := testContext(t)
 			checkOutcome(t, tc.call(ctx, t, b, "whole-1", log), apiOutcome{}, tc.errorOf)
 			checkOutcome(t, tc.call(ctx, t, b, "whole-1", log), apiOutcome{}, tc.errorOf)
@@ -367,9 +371,7 @@ func TestSDKReplay11_RelayedRateLimitFreesKey(t *testing.T) {
 			if tc.route == "anthropic" {
 				limited = status(429, anthropicRateLimitBody, "retry-after-ms", "30")
 			}
-			fake, sc := tc.fake(limited, limited, limited)
-			b := startBallast(t, nil, sdkReplay11Route(tc.route, serve(t, fake), ""))
-			log := &sdkReplay11Log{}
+			b, log, sc := sdkReplay11Start(t, tc, "", limited, limited, limited)
 			checkOutcome(t, tc.call(testContext(t), t, b, "limited-1", log), apiOutcome{}, tc.errorOf)
 			sent := log.since(0)
 			if len(sent) != 2 || sent[0].status != 429 || sent[1].status != 200 {
@@ -413,9 +415,7 @@ func TestSDKReplay11_Relayed503FreesKey(t *testing.T) {
 	for _, tc := range []sdkReplay11Case{sdkReplay11OpenAICase(1), sdkReplay11AnthropicCase(1)} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			fake, sc := tc.fake(status(503, openAIOverBody))
-			b := startBallast(t, nil, sdkReplay11Route(tc.route, serve(t, fake), ", attempts: 1"))
-			log := &sdkReplay11Log{}
+			b, log, sc := sdkReplay11Start(t, tc, ", attempts: 1", status(503, openAIOverBody))
 			checkOutcome(t, tc.call(testContext(t), t, b, "over-1", log), apiOutcome{}, tc.errorOf)
 			sent := log.since(0)
 			if len(sent) != 2 || sent[0].status != 503 || sent[1].status != 200 {
@@ -451,9 +451,7 @@ func TestSDKReplay11_SDKTimeoutRetryAttaches(t *testing.T) {
 				}
 				next(w, r)
 			}
-			fake, sc := tc.fake(held)
-			b := startBallast(t, nil, sdkReplay11Route(tc.route, serve(t, fake), ""))
-			log := &sdkReplay11Log{}
+			b, log, sc := sdkReplay11Start(t, tc, "", held)
 			log.onAnswer = func(n int, s sdkReplay11Sent, _ *http.Response) {
 				if n == 1 && s.err != nil {
 					open()
@@ -560,9 +558,7 @@ func TestSDKReplay11_BrokenKeyedAnswerStopsAtOutcomeUnknown(t *testing.T) {
 	for _, tc := range []sdkReplay11Case{sdkReplay11OpenAICase(0), sdkReplay11AnthropicCase(0)} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			fake, sc := tc.fake(resetConn)
-			b := startBallast(t, nil, sdkReplay11Route(tc.route, serve(t, fake), ", attempts: 1"))
-			log := &sdkReplay11Log{}
+			b, log, sc := sdkReplay11Start(t, tc, ", attempts: 1", resetConn)
 			got := tc.call(testContext(t), t, b, "reset-1", log)
 			e, ok := tc.errorOf(got.err)
 			if !ok || e.status != http.StatusConflict || sdkReplay11Reason(e) != "outcome_unknown" {
@@ -673,9 +669,7 @@ func TestSDKReplay11_ExhaustedServerErrorsFreeKey(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			over := status(503, openAIOverBody)
-			fake, sc := tc.fake(over, over, over)
-			b := startBallast(t, nil, sdkReplay11Route(tc.route, serve(t, fake), ""))
-			log := &sdkReplay11Log{}
+			b, log, sc := sdkReplay11Start(t, tc, "", over, over, over)
 			ctx := testContext(t)
 			got := tc.call(ctx, t, b, "spent-1", log)
 			if e, ok := tc.errorOf(got.err); !ok || e.status != 503 || e.header.Get("x-should-retry") != "false" {

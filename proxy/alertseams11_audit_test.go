@@ -1,11 +1,9 @@
 package proxy_test
 
 import (
-	"bufio"
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"strings"
@@ -34,40 +32,11 @@ func as11Route(t *testing.T, snap supervise.Snapshot, name string) supervise.Rou
 	return supervise.RouteStatus{}
 }
 
-// as11Sum sums every series of a counter whose labels include labels.
-func as11Sum(t *testing.T, b *ballast, name string, labels map[string]string) float64 {
-	t.Helper()
-	mfs, err := b.reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var n float64
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-	next:
-		for _, m := range mf.GetMetric() {
-			have := map[string]string{}
-			for _, lp := range m.GetLabel() {
-				have[lp.GetName()] = lp.GetValue()
-			}
-			for k, v := range labels {
-				if have[k] != v {
-					continue next
-				}
-			}
-			n += m.GetCounter().GetValue()
-		}
-	}
-	return n
-}
-
 // as11Attempts sums ballast_upstream_attempts_total of a route over its
 // upstreams and outcomes.
 func as11Attempts(t *testing.T, b *ballast, route string) float64 {
 	t.Helper()
-	return as11Sum(t, b, "ballast_upstream_attempts_total", map[string]string{"route": route})
+	return raMetricSum(t, b, "ballast_upstream_attempts_total", map[string]string{"route": route})
 }
 
 // A keyed stream replayed twice: the upstream ran once, and every count
@@ -76,8 +45,7 @@ func as11Attempts(t *testing.T, b *ballast, route string) float64 {
 // ballast_requests_total count the three answers; nothing is a failure.
 func TestAlertSeams11_StreamReplayIsNoUpstreamAttempt(t *testing.T) {
 	up := &streamReplay11Upstream{ct: "text/event-stream", events: []string{"data: a\n\n", "data: b\n\n"}}
-	u, _ := upstream(t, up.handler)
-	b := startBallast(t, streamReplay11Route(u, ""))
+	b := streamReplay11Start(t, up, "")
 	c := client(t)
 	for i := range 3 {
 		resp, body := streamReplay11Post(t, c, b.base+"/v1/run", "k1")
@@ -117,10 +85,7 @@ func TestAlertSeams11_StreamReplayIsNoUpstreamAttempt(t *testing.T) {
 // stored: it is a success (no failure anywhere), and its retry, which
 // runs again, is an upstream attempt like the first.
 func TestAlertSeams11_TooLargeStreamNoFailure(t *testing.T) {
-	ev := "data: " + strings.Repeat("x", 500) + "\n\n"
-	up := &streamReplay11Upstream{ct: "text/event-stream", events: []string{ev, ev, ev}}
-	u, _ := upstream(t, up.handler)
-	b := startBallast(t, "state: {max_response_bytes: 1KiB}\n"+streamReplay11Route(u, ""))
+	ev, up, b := streamReplay11StartTooLarge(t)
 	c := client(t)
 	for i := range 2 {
 		resp, body := streamReplay11Post(t, c, b.base+"/v1/run", "big")
@@ -155,22 +120,9 @@ func TestAlertSeams11_TooLargeStreamNoFailure(t *testing.T) {
 // failure list blames it, and the stream is no truncation; the agent's
 // retry is replayed, not an attempt.
 func TestAlertSeams11_AgentLeftStreamNotAnUpstreamFailure(t *testing.T) {
-	events := []string{"data: first\n\n"}
-	for i := range 40 {
-		events = append(events, fmt.Sprintf("data: %d %s\n\n", i, strings.Repeat("z", 8000)))
-	}
-	up := &streamReplay11Upstream{ct: "text/event-stream", events: events, gate: 1, next: make(chan struct{})}
-	u, _ := upstream(t, up.handler)
-	b := startBallast(t, streamReplay11Route(u, ""))
-	conn, err := net.Dial("tcp", b.addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, _ = io.WriteString(conn, "POST /v1/run HTTP/1.1\r\nHost: x\r\nIdempotency-Key: gone\r\nContent-Length: 15\r\n\r\n{\"stream\":true}")
-	if ev := streamReplay11ReadEvent(t, bufio.NewReader(conn), "data: first\n\n"); !strings.HasSuffix(ev, "data: first\n\n") {
-		t.Fatalf("first event: %q", ev)
-	}
-	_ = conn.Close()
+	up := streamReplay11Held(streamReplay11Overflowing()...)
+	b := streamReplay11Start(t, up, "")
+	sr11bLeave(t, b, "gone")
 	close(up.next)
 	waitFor(t, func() bool { return strings.Contains(b.logs.String(), `"stopped":"agent_gone"`) })
 	again, _ := streamReplay11Post(t, client(t), b.base+"/v1/run", "gone")
@@ -211,7 +163,7 @@ func TestAlertSeams11_CutStreamRetryNotAnAttempt(t *testing.T) {
 			_ = conn.Close()
 		}
 	})
-	b := startBallast(t, streamReplay11Route(u, ""))
+	b := startBallast(t, idemRoute(u, ""))
 	c := client(t)
 	req, _ := http.NewRequest(http.MethodPost, b.base+"/v1/run", strings.NewReader(`{"stream":true}`))
 	req.Header.Set("Idempotency-Key", "cut")
@@ -264,23 +216,42 @@ func as11Hook(t *testing.T) (url string, events chan supervise.Event) {
 	return u + "/hook", events
 }
 
-// as11Until collects alerts until one of kind last arrives (a sentinel
-// raised after everything under test: one sender delivers in order).
-func as11Until(t *testing.T, events chan supervise.Event, last supervise.Kind) []supervise.Event {
+// as11Collect collects alerts until one that is the last arrives (a
+// sentinel raised after everything under test: one sender delivers in
+// order); what names that alert when none comes within 10s.
+func as11Collect(t *testing.T, events chan supervise.Event, what string, isLast func(supervise.Event) bool) []supervise.Event {
 	t.Helper()
 	var got []supervise.Event
 	timeout := time.After(10 * time.Second)
 	for {
 		select {
 		case e := <-events:
-			if e.Kind == last {
+			if isLast(e) {
 				return got
 			}
 			got = append(got, e)
 		case <-timeout:
-			t.Fatalf("no %s alert within 10s; got %+v", last, got)
+			t.Fatalf("no %s within 10s; got %+v", what, got)
 		}
 	}
+}
+
+// as11Until collects alerts until one of kind last arrives.
+func as11Until(t *testing.T, events chan supervise.Event, last supervise.Kind) []supervise.Event {
+	t.Helper()
+	return as11Collect(t, events, fmt.Sprintf("%s alert", last), func(e supervise.Event) bool { return e.Kind == last })
+}
+
+// as11Pausing is an upstream that answers every call 429 with
+// Retry-After: 120: each call raises a cool-down alert, the sentinel the
+// tests wait for.
+func as11Pausing(t *testing.T) string {
+	t.Helper()
+	u, _ := upstream(t, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Retry-After", "120")
+		w.WriteHeader(429)
+	})
+	return u
 }
 
 // A retry paid from the budget and then refused by the rate limit is
@@ -288,37 +259,11 @@ func as11Until(t *testing.T, events chan supervise.Event, last supervise.Kind) [
 // alert, and ballast_retries_total does not count it (a retry made); the
 // next route's retry on the same upstream goes out.
 func TestAlertSeams11_RefundedRetryNoBudgetAlert(t *testing.T) {
-	var aHits, bHits atomic.Int64
-	up, _ := upstream(t, func(w http.ResponseWriter, r *http.Request) {
-		switch r.URL.Path {
-		case "/a/x":
-			aHits.Add(1)
-			w.WriteHeader(503)
-		case "/b/x":
-			if bHits.Add(1) == 1 {
-				w.WriteHeader(503)
-				return
-			}
-			_, _ = io.WriteString(w, "ok")
-		}
-	})
-	limited, _ := upstream(t, func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Retry-After", "120")
-		w.WriteHeader(429)
-	})
+	up, aHits, bHits := refundUpstream(t)
+	limited := as11Pausing(t)
 	hook, events := as11Hook(t)
-	b := startBallast(t, fmt.Sprintf(`
-notify: {webhook: "${HOOK}", cooldown_threshold: 30s, max_per_minute: 100}
-defaults:
-  retry: {attempts: 2, budget: {ratio: 0, min_per_second: 0.1}, backoff: {base: 1ms, max: 1ms}}
-routes:
-  - name: a
-    match: {path_prefix: /a/}
-    upstream: %[1]q
-    rate_limit: {rps: 0.001, burst: 1, max_wait: 0s}
-  - {name: b, match: {path_prefix: /b/}, upstream: %[1]q}
-  - {name: sentinel, match: {path_prefix: /sentinel/}, upstream: %[2]q, retry: {attempts: 1}}
-`, up, limited), "HOOK="+hook)
+	b := startBallast(t, `notify: {webhook: "${HOOK}", cooldown_threshold: 30s, max_per_minute: 100}`+refundRoutes(up)+
+		fmt.Sprintf("  - {name: sentinel, match: {path_prefix: /sentinel/}, upstream: %q, retry: {attempts: 1}}\n", limited), "HOOK="+hook)
 	c := client(t)
 	if resp, _ := get(t, c, b.base+"/a/x"); resp.StatusCode != 503 || aHits.Load() != 1 {
 		t.Fatalf("route a: %d after %d calls", resp.StatusCode, aHits.Load())
@@ -332,14 +277,14 @@ routes:
 			t.Errorf("budget_exhausted alert for a budget never spent: %+v", e)
 		}
 	}
-	if n := as11Sum(t, b, "ballast_retries_total", map[string]string{"route": "a"}); n != 0 {
+	if n := raMetricSum(t, b, "ballast_retries_total", map[string]string{"route": "a"}); n != 0 {
 		t.Errorf("ballast_retries_total{route=a} = %v; its retry never went out", n)
 	}
-	if n := as11Sum(t, b, "ballast_retries_total", map[string]string{"route": "b"}); n != 1 {
+	if n := raMetricSum(t, b, "ballast_retries_total", map[string]string{"route": "b"}); n != 1 {
 		t.Errorf("ballast_retries_total{route=b} = %v, want 1", n)
 	}
-	if n := as11Sum(t, b, "ballast_budget_exhausted_total", nil); n > 0 {
-		t.Errorf("ballast_budget_exhausted_total = %v, want 0", n)
+	if n := raMetricSum(t, b, "ballast_retry_budget_exhausted_total", nil); n > 0 {
+		t.Errorf("ballast_retry_budget_exhausted_total = %v, want 0", n)
 	}
 }
 
@@ -421,10 +366,7 @@ func TestAlertSeams11_CutStreamJobAlertsWithoutSecrets(t *testing.T) {
 			_ = conn.Close()
 		}
 	})
-	limited, _ := upstream(t, func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Retry-After", "120")
-		w.WriteHeader(429)
-	})
+	limited := as11Pausing(t)
 	hook, events := as11Hook(t)
 	b := startBallast(t, fmt.Sprintf(`
 notify: {webhook: "${HOOK}", cooldown_threshold: 30s}
@@ -473,10 +415,7 @@ func TestAlertSeams11_ResumedJobFailureAlerts(t *testing.T) {
 		}
 		w.WriteHeader(503)
 	})
-	limited, _ := upstream(t, func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Retry-After", "120")
-		w.WriteHeader(429)
-	})
+	limited := as11Pausing(t)
 	hook, events := as11Hook(t)
 	path := t.TempDir() + "/state.db"
 	cfg := fmt.Sprintf(`
@@ -524,10 +463,7 @@ func TestAlertSeams11_BreakerEpisodeAcrossReload(t *testing.T) {
 	hook, events := as11Hook(t)
 	var sentinels []string
 	for range 3 {
-		u, _ := upstream(t, func(w http.ResponseWriter, r *http.Request) {
-			w.Header().Set("Retry-After", "120")
-			w.WriteHeader(429)
-		})
+		u := as11Pausing(t)
 		sentinels = append(sentinels, u)
 	}
 	cfg := func(openFor string, n int) string {
@@ -586,19 +522,7 @@ routes:
 // as11UntilRoute collects alerts until one for route last arrives.
 func as11UntilRoute(t *testing.T, events chan supervise.Event, last string) []supervise.Event {
 	t.Helper()
-	var got []supervise.Event
-	timeout := time.After(10 * time.Second)
-	for {
-		select {
-		case e := <-events:
-			if e.Route == last {
-				return got
-			}
-			got = append(got, e)
-		case <-timeout:
-			t.Fatalf("no alert for %s within 10s; got %+v", last, got)
-		}
-	}
+	return as11Collect(t, events, "alert for "+last, func(e supervise.Event) bool { return e.Route == last })
 }
 
 // Two replicas sharing a cool-down through Redis: the replica whose
@@ -612,10 +536,7 @@ func TestAlertSeams11_FleetCooldownAlertsOnce(t *testing.T) {
 		w.Header().Set("Retry-After", "120")
 		w.WriteHeader(429)
 	})
-	sentinel, _ := upstream(t, func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Retry-After", "120")
-		w.WriteHeader(429)
-	})
+	sentinel := as11Pausing(t)
 	hook, events := as11Hook(t)
 	rs := redistest.Start(t)
 	cfg := fmt.Sprintf(`

@@ -90,28 +90,8 @@ func (u *fiUpstream) last(t *testing.T) fiRequest {
 
 func startFIUpstream(t *testing.T, reply func(fiRequest) (string, bool)) *fiUpstream {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	u := &fiUpstream{url: "http://" + ln.Addr().String(), reply: reply}
-	var (
-		wg    sync.WaitGroup
-		cmu   sync.Mutex
-		conns []net.Conn
-	)
-	t.Cleanup(func() {
-		ln.Close()
-		cmu.Lock()
-		for _, c := range conns {
-			c.Close()
-		}
-		cmu.Unlock()
-		wg.Wait()
-	})
-	serve := func(c net.Conn) {
-		defer c.Close()
-		br := bufio.NewReader(c)
+	u := &fiUpstream{reply: reply}
+	u.url = "http://" + serveConns(t, func(c net.Conn, br *bufio.Reader) {
 		for {
 			r, err := fiReadRequest(br)
 			if err != nil {
@@ -125,22 +105,7 @@ func startFIUpstream(t *testing.T, reply func(fiRequest) (string, bool)) *fiUpst
 				return
 			}
 		}
-	}
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			cmu.Lock()
-			conns = append(conns, c)
-			cmu.Unlock()
-			wg.Add(1)
-			go func() { defer wg.Done(); serve(c) }()
-		}
-	}()
+	})
 	return u
 }
 

@@ -20,6 +20,20 @@ import (
 // the shared cool-down with per-key limits) against loopback upstreams
 // scripted to fail in precise ways.
 
+// ip11KeyedJobRoute is a route named jobs on up (/j/) that retries,
+// guards keyed requests with idempotency and runs jobs.
+func ip11KeyedJobRoute(up string) string {
+	return fmt.Sprintf(`
+routes:
+  - name: jobs
+    match: {path_prefix: /j/}
+    upstream: %q
+    retry: {attempts: 3, backoff: {base: 1ms, max: 1ms}}
+    idempotency: {mode: header}
+    async: {enabled: true}
+`, up)
+}
+
 // TestInterplay11_KeyedAsyncJobRetriedLikeKeyedRequest: a request the
 // route's idempotency block guards is safe to retry (retries.md, retry
 // safety), and a keyed Prefer: respond-async request is guarded by it
@@ -38,15 +52,7 @@ func TestInterplay11_KeyedAsyncJobRetriedLikeKeyedRequest(t *testing.T) {
 		}
 		io.WriteString(w, `{"done":true}`)
 	})
-	b := startBallast(t, fmt.Sprintf(`
-routes:
-  - name: jobs
-    match: {path_prefix: /j/}
-    upstream: %q
-    retry: {attempts: 3, backoff: {base: 1ms, max: 1ms}}
-    idempotency: {mode: header}
-    async: {enabled: true}
-`, up))
+	b := startBallast(t, ip11KeyedJobRoute(up))
 
 	resp, body := do(t, "POST", b.base+"/j/run", `{"task":1}`, "Idempotency-Key", "sync-1")
 	if resp.StatusCode != 200 || resp.Header.Get("X-Ballast-Attempts") != "3" {
@@ -83,15 +89,7 @@ func TestInterplay11_UnkeyedAsyncPostNotRetried(t *testing.T) {
 		hits.Add(1)
 		w.WriteHeader(503)
 	})
-	b := startBallast(t, fmt.Sprintf(`
-routes:
-  - name: jobs
-    match: {path_prefix: /j/}
-    upstream: %q
-    retry: {attempts: 3, backoff: {base: 1ms, max: 1ms}}
-    idempotency: {mode: header}
-    async: {enabled: true}
-`, up))
+	b := startBallast(t, ip11KeyedJobRoute(up))
 	resp, body := do(t, "POST", b.base+"/j/run", `{}`, "Prefer", "respond-async, wait=10")
 	if resp.StatusCode != 503 || resp.Header.Get("X-Ballast-Job-State") != "failed" || hits.Load() != 1 {
 		t.Errorf("an unkeyed POST job: %d %q state %q after %d calls; want its first 503, failed, one call",
@@ -107,32 +105,8 @@ routes:
 // retry, route a's retry is refused by its rate limit, and route b
 // (same upstream, same budget, no limit) must still get its retry.
 func TestInterplay11_RetryStoppedByRateLimitRefundsBudget(t *testing.T) {
-	var aHits, bHits atomic.Int64
-	up, _ := upstream(t, func(w http.ResponseWriter, r *http.Request) {
-		switch r.URL.Path {
-		case "/a/x":
-			aHits.Add(1)
-			w.WriteHeader(503)
-		case "/b/x":
-			if bHits.Add(1) == 1 {
-				w.WriteHeader(503)
-				return
-			}
-			io.WriteString(w, "ok")
-		}
-	})
-	b := startBallast(t, fmt.Sprintf(`
-defaults:
-  retry: {attempts: 2, budget: {ratio: 0, min_per_second: 0.1}, backoff: {base: 1ms, max: 1ms}}
-routes:
-  - name: a
-    match: {path_prefix: /a/}
-    upstream: %[1]q
-    rate_limit: {rps: 0.001, burst: 1, max_wait: 0s}
-  - name: b
-    match: {path_prefix: /b/}
-    upstream: %[1]q
-`, up))
+	up, aHits, bHits := refundUpstream(t)
+	b := startBallast(t, refundRoutes(up))
 	resp, body := do(t, "GET", b.base+"/a/x", "")
 	p := decodeProblem(t, resp, body)
 	if resp.StatusCode != 503 || p.Reason != "upstream_unavailable" || aHits.Load() != 1 || p.Attempts != 1 {
@@ -478,14 +452,7 @@ routes:
 func TestInterplay11_DeadlineBoundsHintThenRateLimitWait(t *testing.T) {
 	clock := policy.NewFakeClock(time.Now())
 	var hits atomic.Int64
-	up, _ := upstream(t, func(w http.ResponseWriter, r *http.Request) {
-		if hits.Add(1) == 1 {
-			w.Header().Set("Retry-After", "2")
-			w.WriteHeader(503)
-			return
-		}
-		io.WriteString(w, "ok")
-	})
+	up, _ := upstream(t, hintOnce(&hits, 503, "2", "ok"))
 	b := startBallastClock(t, clock, fmt.Sprintf(`
 routes:
   - name: slow
@@ -528,14 +495,7 @@ routes:
 func TestInterplay11_KeyedJobAcrossReload(t *testing.T) {
 	clock := policy.NewFakeClock(time.Now())
 	var hitsA, hitsB atomic.Int64
-	upA, _ := upstream(t, func(w http.ResponseWriter, r *http.Request) {
-		if hitsA.Add(1) == 1 {
-			w.Header().Set("Retry-After", "5")
-			w.WriteHeader(503)
-			return
-		}
-		io.WriteString(w, "from A")
-	})
+	upA, _ := upstream(t, hintOnce(&hitsA, 503, "5", "from A"))
 	upB, _ := upstream(t, func(w http.ResponseWriter, r *http.Request) {
 		hitsB.Add(1)
 		io.WriteString(w, "from B")
@@ -590,18 +550,7 @@ func TestInterplay11_AsyncJobKeepsAgentAddress(t *testing.T) {
 		xff.Store(r.URL.Path, r.Header.Get("X-Forwarded-For"))
 		io.WriteString(w, "ok")
 	})
-	b := startBallast(t, fmt.Sprintf(`
-routes:
-  - name: jobs
-    match: {path_prefix: /j/}
-    upstream: %q
-    async: {enabled: true}
-  - name: limited
-    match: {path_prefix: /l/}
-    upstream: %[1]q
-    async: {enabled: true}
-    rate_limit: {rps: 0.001, burst: 1, key: ip, max_wait: 0s}
-`, up))
+	b := startBallast(t, jobRoutesLimitedByIP(up))
 	do(t, "POST", b.base+"/j/direct", `{}`, "X-Forwarded-For", "10.1.2.3", "X-Ballast-Agent-Addr", "192.0.2.9:1")
 	resp, body := do(t, "POST", b.base+"/j/job", `{}`, "X-Forwarded-For", "10.1.2.3", "Prefer", "respond-async, wait=10", "X-Ballast-Agent-Addr", "192.0.2.9:1")
 	if resp.StatusCode != 200 {
@@ -634,14 +583,7 @@ routes:
 func TestInterplay11_KeyedCallPausedPastDeadline(t *testing.T) {
 	clock := policy.NewFakeClock(time.Now())
 	var hits atomic.Int64
-	up, _ := upstream(t, func(w http.ResponseWriter, r *http.Request) {
-		if hits.Add(1) == 1 {
-			w.Header().Set("Retry-After", "10")
-			w.WriteHeader(429)
-			return
-		}
-		io.WriteString(w, "created")
-	})
+	up, _ := upstream(t, hintOnce(&hits, 429, "10", "created"))
 	b := startBallastClock(t, clock, fmt.Sprintf(`
 routes:
   - name: orders

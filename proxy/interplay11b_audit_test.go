@@ -39,6 +39,27 @@ func ib11TokensLeft(t *testing.T, b *ballast, path string) int {
 	return n
 }
 
+// ib11TokenRoutes is a config of two routes on up that share the limiter
+// model of tokensPerMinute: chat (/chat/, one attempt, with more of its
+// keys in chat) and probe (/probe/), through which ib11TokensLeft reads
+// the bucket's level.
+func ib11TokenRoutes(up string, tokensPerMinute int, chat string) string {
+	return fmt.Sprintf(`
+limiters:
+  model: {tokens_per_minute: %[2]d}
+routes:
+  - name: chat
+    match: {path_prefix: /chat/}
+    upstream: %[1]q
+    retry: {attempts: 1}
+%[3]s    rate_limit: {limiter: model, max_wait: 0s}
+  - name: probe
+    match: {path_prefix: /probe/}
+    upstream: %[1]q
+    rate_limit: {limiter: model, max_wait: 0s}
+`, up, tokensPerMinute, chat)
+}
+
 // TestInterplay11b_StaleAnswerNeverSettlesTokensFromStoredUsage: a stored
 // answer served because the upstream failed carries another request's
 // usage, so it must never settle this request's token reservation
@@ -62,22 +83,7 @@ func TestInterplay11b_StaleAnswerNeverSettlesTokensFromStoredUsage(t *testing.T)
 		w.Header().Set("Cache-Status", "edge; fwd=uri-miss")
 		io.WriteString(w, `{"usage":{"prompt_tokens":5,"completion_tokens":5,"total_tokens":10}}`)
 	})
-	b := startBallastClock(t, clock, fmt.Sprintf(`
-limiters:
-  model: {tokens_per_minute: 5000}
-routes:
-  - name: chat
-    match: {path_prefix: /chat/}
-    upstream: %[1]q
-    retry: {attempts: 1}
-    breaker: {failures: 1, open_for: 1m}
-    cache: {mode: fallback, stale: 1h}
-    rate_limit: {limiter: model, max_wait: 0s}
-  - name: probe
-    match: {path_prefix: /probe/}
-    upstream: %[1]q
-    rate_limit: {limiter: model, max_wait: 0s}
-`, up))
+	b := startBallastClock(t, clock, ib11TokenRoutes(up, 5000, "    breaker: {failures: 1, open_for: 1m}\n    cache: {mode: fallback, stale: 1h}\n"))
 	const call = `{"max_tokens":1000}` // an estimate of 1000 tokens
 
 	resp, body := do(t, "POST", b.base+"/chat/v1", call)
@@ -123,22 +129,7 @@ func TestInterplay11b_AsyncJobInvalidAnswerKeepsTokenEstimate(t *testing.T) {
 		w.Header().Set("Content-Type", "application/json")
 		io.WriteString(w, `{"usage":{"total_tokens":10},"choices":[`) // cut short: not JSON
 	})
-	b := startBallastClock(t, clock, fmt.Sprintf(`
-limiters:
-  model: {tokens_per_minute: 5000}
-routes:
-  - name: chat
-    match: {path_prefix: /chat/}
-    upstream: %[1]q
-    retry: {attempts: 1}
-    validate: {json: true}
-    async: {enabled: true}
-    rate_limit: {limiter: model, max_wait: 0s}
-  - name: probe
-    match: {path_prefix: /probe/}
-    upstream: %[1]q
-    rate_limit: {limiter: model, max_wait: 0s}
-`, up))
+	b := startBallastClock(t, clock, ib11TokenRoutes(up, 5000, "    validate: {json: true}\n    async: {enabled: true}\n"))
 	const call = `{"max_tokens":1000}`
 	resp, body := do(t, "POST", b.base+"/chat/v1", call)
 	if p := decodeProblem(t, resp, body); resp.StatusCode != 502 || p.Reason != "invalid_response" {
@@ -182,20 +173,7 @@ func TestInterplay11b_CutStreamKeepsTokenEstimate(t *testing.T) {
 			conn.Close()
 		}
 	})
-	b := startBallastClock(t, clock, fmt.Sprintf(`
-limiters:
-  model: {tokens_per_minute: 5000}
-routes:
-  - name: chat
-    match: {path_prefix: /chat/}
-    upstream: %[1]q
-    retry: {attempts: 1}
-    rate_limit: {limiter: model, max_wait: 0s}
-  - name: probe
-    match: {path_prefix: /probe/}
-    upstream: %[1]q
-    rate_limit: {limiter: model, max_wait: 0s}
-`, up))
+	b := startBallastClock(t, clock, ib11TokenRoutes(up, 5000, ""))
 	req, _ := http.NewRequest("POST", b.base+"/chat/cut", strings.NewReader(`{"max_tokens":1000,"stream":true}`))
 	resp, err := client(t).Do(req)
 	if err != nil {

@@ -70,22 +70,7 @@ func TestJobSeams11_StreamJobSettlesTokensOnlyWhenEnded(t *testing.T) {
 		}
 		_, _ = io.WriteString(w, end)
 	})
-	b := startBallastClock(t, clock, fmt.Sprintf(`
-state: {max_response_bytes: 8KiB}
-limiters:
-  model: {tokens_per_minute: 6000}
-routes:
-  - name: chat
-    match: {path_prefix: /chat/}
-    upstream: %[1]q
-    retry: {attempts: 1}
-    async: {enabled: true}
-    rate_limit: {limiter: model, max_wait: 0s}
-  - name: probe
-    match: {path_prefix: /probe/}
-    upstream: %[1]q
-    rate_limit: {limiter: model, max_wait: 0s}
-`, up))
+	b := startBallastClock(t, clock, "state: {max_response_bytes: 8KiB}\n"+ib11TokenRoutes(up, 6000, "    async: {enabled: true}\n"))
 	const call = `{"max_tokens":1000,"stream":true}`
 
 	// Ended: settled from its usage (10 + 90 = 100 tokens).

@@ -46,54 +46,10 @@ func (u *ps11Upstream) seen() []ps11Req {
 	return append([]ps11Req(nil), u.reqs...)
 }
 
-// ps11Listen serves each accepted connection with serve until the test
-// ends.
-func ps11Listen(t *testing.T, serve func(c net.Conn, br *bufio.Reader)) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var (
-		mu    sync.Mutex
-		conns []net.Conn
-		wg    sync.WaitGroup
-	)
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			mu.Lock()
-			conns = append(conns, c)
-			mu.Unlock()
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer c.Close()
-				serve(c, bufio.NewReader(c))
-			}()
-		}
-	}()
-	t.Cleanup(func() {
-		_ = ln.Close()
-		mu.Lock()
-		for _, c := range conns {
-			_ = c.Close()
-		}
-		mu.Unlock()
-		wg.Wait()
-	})
-	return ln.Addr().String()
-}
-
 func ps11Start(t *testing.T, answer func(n int, r ps11Req) string) *ps11Upstream {
 	t.Helper()
 	u := &ps11Upstream{answer: answer}
-	u.addr = ps11Listen(t, func(c net.Conn, br *bufio.Reader) {
+	u.addr = serveConns(t, func(c net.Conn, br *bufio.Reader) {
 		for {
 			req, err := http.ReadRequest(br)
 			if err != nil {
@@ -127,17 +83,7 @@ func ps11Start(t *testing.T, answer func(n int, r ps11Req) string) *ps11Upstream
 // until ballast closes it (send Connection: close) or ps11Wait passes.
 func ps11Send(t *testing.T, addr, raw string) string {
 	t.Helper()
-	c, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(ps11Wait))
-	if _, err := io.WriteString(c, raw); err != nil {
-		t.Fatal(err)
-	}
-	b, _ := io.ReadAll(c)
-	return string(b)
+	return secRawAll(t, addr, raw, ps11Wait)
 }
 
 // ps11Parse reads one answer from out for a request of method, and
@@ -370,12 +316,8 @@ func TestProtoSeams11_HTTP10ReplayAndAsync(t *testing.T) {
 routes:
   - {name: keyed, match: {path_prefix: /}, upstream: "http://%s", idempotency: {mode: header}, async: {enabled: true}}
 `, up.addr))
-	c, err := net.Dial("tcp", b.addr)
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := dialBounded(t, b.addr, ps11Wait)
 	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(ps11Wait))
 	br := bufio.NewReader(c)
 	send := func(raw string) *http.Response {
 		t.Helper()
@@ -426,12 +368,8 @@ routes:
 // answer. sentBody says whether the body went.
 func ps11ExpectSend(t *testing.T, addr, head, body string) (resp *http.Response, respBody string, sentBody bool) {
 	t.Helper()
-	c, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := dialBounded(t, addr, ps11Wait)
 	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(ps11Wait))
 	if _, err := io.WriteString(c, head); err != nil {
 		t.Fatal(err)
 	}
@@ -561,12 +499,8 @@ routes:
 	})
 	t.Run("over max_body", func(t *testing.T) {
 		from := len(up.seen())
-		c, err := net.Dial("tcp", b.addr)
-		if err != nil {
-			t.Fatal(err)
-		}
+		c := dialBounded(t, b.addr, ps11Wait)
 		defer c.Close()
-		_ = c.SetDeadline(time.Now().Add(ps11Wait))
 		_, _ = io.WriteString(c, "POST /keyed/big HTTP/1.1\r\nHost: x\r\nIdempotency-Key: k-big\r\nExpect: 100-continue\r\nContent-Length: 4096\r\n\r\n")
 		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
 		if err != nil || resp.StatusCode != 413 {
@@ -645,7 +579,7 @@ routes:
 func ps11EarlyAnswer(t *testing.T, status string, heads *sync.Map) string {
 	n := 0
 	var mu sync.Mutex
-	return ps11Listen(t, func(c net.Conn, br *bufio.Reader) {
+	return serveConns(t, func(c net.Conn, br *bufio.Reader) {
 		req, err := http.ReadRequest(br)
 		if err != nil {
 			return
@@ -720,12 +654,8 @@ func TestProtoSeams11_UpstreamCloseOnKeyedStream(t *testing.T) {
 routes:
   - {name: keyed, match: {path_prefix: /}, upstream: "http://%s", idempotency: {mode: header}}
 `, up.addr))
-	c, err := net.Dial("tcp", b.addr)
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := dialBounded(t, b.addr, ps11Wait)
 	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(ps11Wait))
 	br := bufio.NewReader(c)
 	for i, tc := range []struct{ key, want, replayed string }{
 		{"k-a", "data: 0", ""}, {"k-b", "data: 1", ""}, {"k-a", "data: 0", "true"},

@@ -499,59 +499,26 @@ routes:
 // blocked shard) while it still looks healthy.
 func slowReadsRedis(t *testing.T) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	var conns []net.Conn
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
+	return serveConns(t, func(c net.Conn, r *bufio.Reader) {
 		for {
-			c, err := ln.Accept()
+			cmd, err := readRESPCommand(r)
 			if err != nil {
 				return
 			}
-			mu.Lock()
-			conns = append(conns, c)
-			mu.Unlock()
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				r := bufio.NewReader(c)
-				for {
-					cmd, err := readRESPCommand(r)
-					if err != nil {
-						return
-					}
-					switch strings.ToUpper(cmd) {
-					case "PING":
-						_, err = io.WriteString(c, "+PONG\r\n")
-					case "HELLO":
-						_, err = io.WriteString(c, "-ERR unknown command 'HELLO'\r\n")
-					case "CLIENT", "SELECT", "AUTH":
-						_, err = io.WriteString(c, "+OK\r\n")
-					default: // hang: the reply never comes
-					}
-					if err != nil {
-						return
-					}
-				}
-			}()
+			switch strings.ToUpper(cmd) {
+			case "PING":
+				_, err = io.WriteString(c, "+PONG\r\n")
+			case "HELLO":
+				_, err = io.WriteString(c, "-ERR unknown command 'HELLO'\r\n")
+			case "CLIENT", "SELECT", "AUTH":
+				_, err = io.WriteString(c, "+OK\r\n")
+			default: // hang: the reply never comes
+			}
+			if err != nil {
+				return
+			}
 		}
-	}()
-	t.Cleanup(func() {
-		ln.Close()
-		mu.Lock()
-		for _, c := range conns {
-			c.Close()
-		}
-		mu.Unlock()
-		wg.Wait()
 	})
-	return ln.Addr().String()
 }
 
 // readRESPCommand reads one RESP array of bulk strings and returns its

@@ -437,19 +437,7 @@ func (u *sec11Recorder) seen(path string) (xff, ballast []string, ok bool) {
 func TestSecurity11_AgentAddrCannotBeSpoofed(t *testing.T) {
 	rec := &sec11Recorder{}
 	u, _ := upstream(t, rec.handler)
-	b := startBallast(t, fmt.Sprintf(`
-admin: {allow_debug: true}
-routes:
-  - name: jobs
-    match: {path_prefix: /j/}
-    upstream: %q
-    async: {enabled: true}
-  - name: limited
-    match: {path_prefix: /l/}
-    upstream: %[1]q
-    async: {enabled: true}
-    rate_limit: {rps: 0.001, burst: 1, key: ip, max_wait: 0s}
-`, u))
+	b := startBallast(t, "admin: {allow_debug: true}\n"+jobRoutesLimitedByIP(u))
 	const spoof = "192.0.2.9:4242"
 	// refused: fasthttp refuses the request head (400) before any of it
 	// is stored; that is as good.

@@ -7,7 +7,6 @@ import (
 	"net"
 	"net/http"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -191,52 +190,21 @@ func TestShutdown9Audit_HalfSentRequestIsAnswered(t *testing.T) {
 // ballast closes the connection; closed receives the request's path then.
 func s9HangingUpstream(t *testing.T, head string) (url string, arrived, closed <-chan string) {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
 	in, out := make(chan string, 8), make(chan string, 8)
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	var conns []net.Conn
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			mu.Lock()
-			conns = append(conns, c)
-			mu.Unlock()
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				req, err := http.ReadRequest(bufio.NewReader(c))
-				if err != nil {
-					return
-				}
-				_, _ = io.Copy(io.Discard, req.Body)
-				in <- req.URL.Path
-				if head != "" {
-					_, _ = io.WriteString(c, head)
-				}
-				_, _ = io.Copy(io.Discard, c) // silent until ballast hangs up
-				out <- req.URL.Path
-			}()
+	addr := serveConns(t, func(c net.Conn, br *bufio.Reader) {
+		req, err := http.ReadRequest(br)
+		if err != nil {
+			return
 		}
-	}()
-	t.Cleanup(func() {
-		_ = ln.Close()
-		mu.Lock()
-		for _, c := range conns {
-			_ = c.Close()
+		_, _ = io.Copy(io.Discard, req.Body)
+		in <- req.URL.Path
+		if head != "" {
+			_, _ = io.WriteString(c, head)
 		}
-		mu.Unlock()
-		wg.Wait()
+		_, _ = io.Copy(io.Discard, c) // silent until ballast hangs up
+		out <- req.URL.Path
 	})
-	return "http://" + ln.Addr().String(), in, out
+	return "http://" + addr, in, out
 }
 
 func s9Recv(t *testing.T, ch <-chan string, d time.Duration, what string) string {

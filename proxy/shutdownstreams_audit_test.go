@@ -8,7 +8,6 @@ import (
 	"io"
 	"net"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 )
@@ -18,60 +17,28 @@ import (
 // closed receives the request's path once ballast closed that connection.
 func ssaSilentUpstream(t *testing.T) (url string, closed <-chan string) {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
 	out := make(chan string, 8)
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	var conns []net.Conn
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
+	addr := serveConns(t, func(c net.Conn, br *bufio.Reader) {
+		line, err := br.ReadString('\n')
+		if err != nil {
+			return
+		}
+		path := strings.Fields(line)[1]
 		for {
-			c, err := ln.Accept()
+			h, err := br.ReadString('\n')
 			if err != nil {
 				return
 			}
-			mu.Lock()
-			conns = append(conns, c)
-			mu.Unlock()
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				br := bufio.NewReader(c)
-				line, err := br.ReadString('\n')
-				if err != nil {
-					return
-				}
-				path := strings.Fields(line)[1]
-				for {
-					h, err := br.ReadString('\n')
-					if err != nil {
-						return
-					}
-					if h == "\r\n" {
-						break
-					}
-				}
-				ev := "data: one\n\n"
-				fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n", len(ev), ev)
-				_, _ = io.Copy(io.Discard, br) // silent until ballast hangs up
-				out <- path
-			}()
+			if h == "\r\n" {
+				break
+			}
 		}
-	}()
-	t.Cleanup(func() {
-		_ = ln.Close()
-		mu.Lock()
-		for _, c := range conns {
-			_ = c.Close()
-		}
-		mu.Unlock()
-		wg.Wait()
+		ev := "data: one\n\n"
+		fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n", len(ev), ev)
+		_, _ = io.Copy(io.Discard, br) // silent until ballast hangs up
+		out <- path
 	})
-	return "http://" + ln.Addr().String(), out
+	return "http://" + addr, out
 }
 
 // ssaOpenStream sends a raw request for path over proto and returns once

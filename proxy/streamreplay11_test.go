@@ -2,9 +2,7 @@ package proxy_test
 
 import (
 	"bufio"
-	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"strings"
 	"sync/atomic"
@@ -20,18 +18,6 @@ import (
 
 // streamReplay11Bound bounds every wait of these tests on an event.
 const streamReplay11Bound = 5 * time.Second
-
-// streamReplay11Route is a keyed route on up; extra is more of the
-// idempotency block.
-func streamReplay11Route(up, extra string) string {
-	return fmt.Sprintf(`
-routes:
-  - name: pay
-    match: {path_prefix: /}
-    upstream: %q
-    idempotency: {mode: header%s}
-`, up, extra)
-}
 
 // streamReplay11Upstream is a loopback upstream that streams events of
 // content type ct, flushing after each, and counts its calls. Before the
@@ -70,22 +56,7 @@ func (u *streamReplay11Upstream) handler(w http.ResponseWriter, r *http.Request)
 // headers and whole body.
 func streamReplay11Post(t *testing.T, c *http.Client, url, key string) (*http.Response, string) {
 	t.Helper()
-	req, err := http.NewRequest(http.MethodPost, url, strings.NewReader(`{"stream":true}`))
-	if err != nil {
-		t.Fatal(err)
-	}
-	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set("Idempotency-Key", key)
-	resp, err := c.Do(req)
-	if err != nil {
-		t.Fatalf("POST %s: %v", url, err)
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatalf("POST %s: reading the body: %v", url, err)
-	}
-	return resp, string(body)
+	return sec11Post(t, c, url, `{"stream":true}`, "Content-Type", "application/json", "Idempotency-Key", key)
 }
 
 // streamReplay11Open sends a keyed POST and returns the response with its
@@ -149,8 +120,7 @@ func TestStreamReplay11_StreamReplaysWhole(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			up := &streamReplay11Upstream{ct: tc.ct, events: tc.events}
-			u, _ := upstream(t, up.handler)
-			b := startBallast(t, streamReplay11Route(u, ""))
+			b := streamReplay11Start(t, up, "")
 			c := client(t)
 			first, body := streamReplay11Post(t, c, b.base+"/v1/run", "k-"+tc.ct)
 			want := strings.Join(tc.events, "")
@@ -191,10 +161,7 @@ func TestStreamReplay11_StreamReplaysWhole(t *testing.T) {
 // A stream over state.max_response_bytes is relayed whole, not stored,
 // counted too_large, and frees its key: the retry runs again.
 func TestStreamReplay11_OverLimitFreesTheKey(t *testing.T) {
-	ev := "data: " + strings.Repeat("x", 500) + "\n\n"
-	up := &streamReplay11Upstream{ct: "text/event-stream", events: []string{ev, ev, ev}}
-	u, _ := upstream(t, up.handler)
-	b := startBallast(t, "state: {max_response_bytes: 1KiB}\n"+streamReplay11Route(u, ""))
+	ev, up, b := streamReplay11StartTooLarge(t)
 	c := client(t)
 	for i := range 2 {
 		resp, body := streamReplay11Post(t, c, b.base+"/v1/run", "big")
@@ -253,7 +220,7 @@ func TestStreamReplay11_BrokenStreamOutcomeUnknown(t *testing.T) {
 				}
 			})
 			t.Cleanup(func() { close(quit) }) // before the upstream's shutdown
-			b := startBallast(t, streamReplay11Route(u, tc.extra)+tc.route)
+			b := startBallast(t, idemRoute(u, tc.extra)+tc.route)
 			c := client(t)
 			req, _ := http.NewRequest(http.MethodPost, b.base+"/v1/run", strings.NewReader(`{"stream":true}`))
 			req.Header.Set("Idempotency-Key", "cut")
@@ -285,15 +252,11 @@ func TestStreamReplay11_BrokenStreamOutcomeUnknown(t *testing.T) {
 // waits for the test, which has read that event from ballast), and the
 // retry then replays both.
 func TestStreamReplay11_RelayedAsItArrives(t *testing.T) {
-	up := &streamReplay11Upstream{ct: "text/event-stream", events: []string{"data: first\n\n", "data: second\n\n"},
-		gate: 1, next: make(chan struct{})}
-	u, _ := upstream(t, up.handler)
-	b := startBallast(t, streamReplay11Route(u, ""))
+	up := streamReplay11Held("data: first\n\n", "data: second\n\n")
+	b := streamReplay11Start(t, up, "")
 	c := client(t)
 	resp, br := streamReplay11Open(t, c, b.base+"/v1/run", "live")
-	if ev := streamReplay11ReadEvent(t, br, "\n\n"); ev != "data: first\n\n" {
-		t.Fatalf("first event %q", ev)
-	}
+	streamReplay11ReadFirst(t, br, "data: first\n\n")
 	close(up.next)
 	rest, err := io.ReadAll(br)
 	if err != nil || string(rest) != "data: second\n\n" || resp.StatusCode != 200 {
@@ -317,25 +280,14 @@ func TestStreamReplay11_DuplicateInFlight(t *testing.T) {
 		{name: "reject", extra: ", on_conflict: reject", reject: true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			up := &streamReplay11Upstream{ct: "text/event-stream", events: []string{"data: a\n\n", "data: b\n\n"},
-				gate: 1, next: make(chan struct{})}
-			u, _ := upstream(t, up.handler)
-			b := startBallast(t, streamReplay11Route(u, tc.extra))
+			up := streamReplay11Held("data: a\n\n", "data: b\n\n")
+			b := streamReplay11Start(t, up, tc.extra)
 			c := client(t)
 			_, br := streamReplay11Open(t, c, b.base+"/v1/run", "dup")
-			if ev := streamReplay11ReadEvent(t, br, "\n\n"); ev != "data: a\n\n" {
-				t.Fatalf("first event %q", ev)
-			}
-			req, _ := http.NewRequest(http.MethodPost, b.base+"/v1/run", strings.NewReader(`{"stream":true}`))
-			req.Header.Set("Idempotency-Key", "dup")
-			dup := streamReplay11Async(c, req)
-			var got streamReplay11Answer
+			streamReplay11ReadFirst(t, br, "data: a\n\n")
+			dup := streamReplay11SendDup(c, b.base+"/v1/run", "dup")
 			if tc.reject {
-				select {
-				case got = <-dup:
-				case <-time.After(streamReplay11Bound):
-					t.Fatal("the duplicate was not refused at once")
-				}
+				got := streamReplay11Await(t, dup, "the duplicate was not refused at once")
 				if got.resp == nil || got.resp.StatusCode != 409 || !strings.Contains(got.body, "in_progress") {
 					t.Errorf("duplicate: %+v, want 409 in_progress", got)
 				}
@@ -349,11 +301,7 @@ func TestStreamReplay11_DuplicateInFlight(t *testing.T) {
 				if rest, err := io.ReadAll(br); err != nil || string(rest) != "data: b\n\n" {
 					t.Errorf("the stream's rest: %q %v", rest, err)
 				}
-				select {
-				case got = <-dup:
-				case <-time.After(streamReplay11Bound):
-					t.Fatal("the attached duplicate got no answer once the stream ended")
-				}
+				got := streamReplay11Await(t, dup, "the attached duplicate got no answer once the stream ended")
 				if got.resp == nil || got.resp.StatusCode != 200 || got.body != "data: a\n\ndata: b\n\n" ||
 					got.resp.Header.Get("Idempotent-Replayed") != "true" || got.resp.Header.Get("Content-Type") != "text/event-stream" {
 					t.Errorf("attached duplicate: %+v, want the whole stream replayed", got)
@@ -370,31 +318,12 @@ func TestStreamReplay11_DuplicateInFlight(t *testing.T) {
 // is detached from the agent), ballast reads the rest of the stream into
 // the record, and the retry replays the whole of it, without a second call.
 func TestStreamReplay11_AgentLeftMidStream(t *testing.T) {
-	events := []string{"data: first\n\n"}
-	for i := range 40 { // more than the sockets hold: ballast's writes to the gone agent fail
-		events = append(events, fmt.Sprintf("data: %d %s\n\n", i, strings.Repeat("z", 8000)))
-	}
-	up := &streamReplay11Upstream{ct: "text/event-stream", events: events, gate: 1, next: make(chan struct{})}
-	u, _ := upstream(t, up.handler)
-	b := startBallast(t, streamReplay11Route(u, ""))
-	conn, err := net.Dial("tcp", b.addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, _ = io.WriteString(conn, "POST /v1/run HTTP/1.1\r\nHost: x\r\nIdempotency-Key: gone\r\nContent-Length: 15\r\n\r\n{\"stream\":true}")
-	br := bufio.NewReader(conn)
-	if ev := streamReplay11ReadEvent(t, br, "data: first\n\n"); !strings.HasSuffix(ev, "data: first\n\n") {
-		t.Fatalf("first event: %q", ev)
-	}
-	_ = conn.Close() // the agent leaves
+	events := streamReplay11Overflowing() // ballast's writes to the gone agent fail
+	up := streamReplay11Held(events...)
+	b := streamReplay11Start(t, up, "")
+	sr11bLeave(t, b, "gone") // the agent leaves
 	close(up.next)
-	again, body := streamReplay11Post(t, client(t), b.base+"/v1/run", "gone")
-	if want := strings.Join(events, ""); again.StatusCode != 200 || body != want || again.Header.Get("Idempotent-Replayed") != "true" {
-		t.Errorf("retry: %d replayed %q, %d bytes of %d", again.StatusCode, again.Header.Get("Idempotent-Replayed"), len(body), len(want))
-	}
-	if n := up.calls.Load(); n != 1 {
-		t.Errorf("the upstream ran %d times, want 1", n)
-	}
+	streamReplay11RetryReplaysWhole(t, b, up, "gone")
 	// The path under test: the relay to the agent failed, and ballast
 	// read the rest of the stream itself.
 	waitFor(t, func() bool { return strings.Contains(b.logs.String(), `"stopped":"agent_gone"`) })
@@ -405,8 +334,7 @@ func TestStreamReplay11_AgentLeftMidStream(t *testing.T) {
 // duplicate until its lease ran out. Its key is freed at once, as before.
 func TestStreamReplay11_GetStreamNotRecorded(t *testing.T) {
 	up := &streamReplay11Upstream{ct: "text/event-stream", events: []string{"data: a\n\n", "data: b\n\n"}}
-	u, _ := upstream(t, up.handler)
-	b := startBallast(t, streamReplay11Route(u, ""))
+	b := streamReplay11Start(t, up, "")
 	c := client(t)
 	for i := range 2 {
 		resp, body := get(t, c, b.base+"/mcp", "Idempotency-Key", "standing")

@@ -35,12 +35,8 @@ func sr11bEvents(n, size int) []string {
 // the close), within streamReplay11Bound.
 func sr11bRaw(t *testing.T, addr, req string) string {
 	t.Helper()
-	conn, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
+	conn := dialBounded(t, addr, streamReplay11Bound)
 	defer conn.Close()
-	_ = conn.SetDeadline(time.Now().Add(streamReplay11Bound))
 	if _, err := io.WriteString(conn, req); err != nil {
 		t.Fatal(err)
 	}
@@ -81,8 +77,7 @@ func sr11bNotStoredTwice(t *testing.T, b *ballast) {
 func TestStreamReplay11b_HTTP10AgentRecordedAndReplayed(t *testing.T) {
 	events := sr11bEvents(5, 3000)
 	up := &streamReplay11Upstream{ct: "text/event-stream", events: events}
-	u, _ := upstream(t, up.handler)
-	b := startBallast(t, streamReplay11Route(u, ""))
+	b := streamReplay11Start(t, up, "")
 	want := strings.Join(events, "")
 	head, body := sr11bSplit(t, sr11bRaw(t, b.addr, sr11bPost10("h10")))
 	if !strings.HasPrefix(head, "HTTP/1.0 200") && !strings.HasPrefix(head, "HTTP/1.1 200") || body != want {
@@ -116,28 +111,12 @@ func TestStreamReplay11b_HTTP10AgentRecordedAndReplayed(t *testing.T) {
 // fails, ballast reads the rest into the record, and the retry replays
 // the whole stream without a second call.
 func TestStreamReplay11b_HTTP10AgentLeavesMidStream(t *testing.T) {
-	events := append([]string{"data: first\n\n"}, sr11bEvents(40, 8000)...)
-	up := &streamReplay11Upstream{ct: "text/event-stream", events: events, gate: 1, next: make(chan struct{})}
-	u, _ := upstream(t, up.handler)
-	b := startBallast(t, streamReplay11Route(u, ""))
-	conn, err := net.Dial("tcp", b.addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, _ = io.WriteString(conn, sr11bPost10("gone10"))
-	br := bufio.NewReader(conn)
-	if ev := streamReplay11ReadEvent(t, br, "data: first\n\n"); !strings.HasSuffix(ev, "data: first\n\n") {
-		t.Fatalf("first event: %q", ev)
-	}
-	_ = conn.Close()
+	events := streamReplay11Overflowing()
+	up := streamReplay11Held(events...)
+	b := streamReplay11Start(t, up, "")
+	streamReplay11Leave(t, b.addr, sr11bPost10("gone10"))
 	close(up.next)
-	again, body := streamReplay11Post(t, client(t), b.base+"/v1/run", "gone10")
-	if want := strings.Join(events, ""); again.StatusCode != 200 || body != want || again.Header.Get("Idempotent-Replayed") != "true" {
-		t.Errorf("retry: %d replayed %q, %d bytes of %d", again.StatusCode, again.Header.Get("Idempotent-Replayed"), len(body), len(want))
-	}
-	if n := up.calls.Load(); n != 1 {
-		t.Errorf("the upstream ran %d times, want 1", n)
-	}
+	streamReplay11RetryReplaysWhole(t, b, up, "gone10")
 	sr11bNotStoredTwice(t, b)
 }
 
@@ -192,7 +171,7 @@ func TestStreamReplay11b_SizeBoundary(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			u, calls := sr11bFixedUpstream(t, body, tc.chunked)
-			b := startBallast(t, fmt.Sprintf("state: {max_response_bytes: %d}\n", tc.limit)+streamReplay11Route(u, ""))
+			b := startBallast(t, fmt.Sprintf("state: {max_response_bytes: %d}\n", tc.limit)+idemRoute(u, ""))
 			c := client(t)
 			for i := range 2 {
 				resp, got := streamReplay11Post(t, c, b.base+"/v1/run", "size")
@@ -236,29 +215,19 @@ func sr11bRedisPair(t *testing.T, routes string) (a, b *ballast) {
 // the keyed stream attaches and gets the whole stream once A has ended
 // it; a later retry on B replays it; the upstream ran once.
 func TestStreamReplay11b_RedisReplayAcrossInstances(t *testing.T) {
-	up := &streamReplay11Upstream{ct: "text/event-stream", events: []string{"data: a\n\n", "data: b\n\n"},
-		gate: 1, next: make(chan struct{})}
+	up := streamReplay11Held("data: a\n\n", "data: b\n\n")
 	u, _ := upstream(t, up.handler)
-	a, b := sr11bRedisPair(t, streamReplay11Route(u, ""))
+	a, b := sr11bRedisPair(t, idemRoute(u, ""))
 	c := client(t)
 	_, br := streamReplay11Open(t, c, a.base+"/v1/run", "shared")
-	if ev := streamReplay11ReadEvent(t, br, "\n\n"); ev != "data: a\n\n" {
-		t.Fatalf("first event %q", ev)
-	}
-	req, _ := http.NewRequest(http.MethodPost, b.base+"/v1/run", strings.NewReader(`{"stream":true}`))
-	req.Header.Set("Idempotency-Key", "shared")
-	dup := streamReplay11Async(c, req)
+	streamReplay11ReadFirst(t, br, "data: a\n\n")
+	dup := streamReplay11SendDup(c, b.base+"/v1/run", "shared")
 	waitFor(t, func() bool { return b.streamReplay11Idem("attached") == 1 })
 	close(up.next)
 	if rest, err := io.ReadAll(br); err != nil || string(rest) != "data: b\n\n" {
 		t.Fatalf("the stream's rest on A: %q %v", rest, err)
 	}
-	var got streamReplay11Answer
-	select {
-	case got = <-dup:
-	case <-time.After(streamReplay11Bound):
-		t.Fatal("the duplicate on B got no answer once A's stream ended")
-	}
+	got := streamReplay11Await(t, dup, "the duplicate on B got no answer once A's stream ended")
 	if got.resp == nil || got.resp.StatusCode != 200 || got.body != "data: a\n\ndata: b\n\n" || got.resp.Header.Get("Idempotent-Replayed") != "true" {
 		t.Errorf("duplicate on B: %+v, want the whole stream replayed", got)
 	}
@@ -277,7 +246,7 @@ func TestStreamReplay11b_RedisReplayAcrossInstances(t *testing.T) {
 func TestStreamReplay11b_FileBackendSurvivesRestart(t *testing.T) {
 	up := &streamReplay11Upstream{ct: "application/x-ndjson", events: []string{`{"n":1}` + "\n", `{"n":2}` + "\n"}}
 	u, _ := upstream(t, up.handler)
-	cfg := fmt.Sprintf("state: {path: %s}\n", t.TempDir()+"/state.db") + streamReplay11Route(u, "")
+	cfg := fmt.Sprintf("state: {path: %s}\n", t.TempDir()+"/state.db") + idemRoute(u, "")
 	a := startBallast(t, cfg)
 	c := client(t)
 	_, body := streamReplay11Post(t, c, a.base+"/v1/run", "durable")
@@ -294,17 +263,6 @@ func TestStreamReplay11b_FileBackendSurvivesRestart(t *testing.T) {
 	if n := up.calls.Load(); n != 1 {
 		t.Errorf("the upstream ran %d times, want 1", n)
 	}
-}
-
-// sr11bRoute is a keyed route named pay on up with more route keys.
-func sr11bRoute(up, idem, more string) string {
-	return fmt.Sprintf(`
-routes:
-  - name: pay
-    match: {path_prefix: /}
-    upstream: %q
-    idempotency: {mode: header%s}
-%s`, up, idem, more)
 }
 
 // A keyed stream whose first attempt fails before any header (a reset, a
@@ -367,7 +325,7 @@ func TestStreamReplay11b_RetriedAttemptRecordsTheStream(t *testing.T) {
 				stream(w)
 			})
 			primary, more := tc.more(u)
-			b := startBallast(t, sr11bRoute(primary, "", more))
+			b := startBallast(t, idemRoute(primary, "")+more)
 			c := client(t)
 			first, body := streamReplay11Post(t, c, b.base+"/v1/run", "retried")
 			if first.StatusCode != 200 || body != want {
@@ -433,8 +391,8 @@ func TestStreamReplay11b_ValidatedRouteOutcomesLoggedAndCounted(t *testing.T) {
 			}
 		}
 	})
-	b := startBallast(t, "state: {max_response_bytes: 2KiB}\n"+sr11bRoute(u, "",
-		"    validate: {status: [2xx], content_type: [text/event-stream], json: true}\n"))
+	b := startBallast(t, "state: {max_response_bytes: 2KiB}\n"+idemRoute(u, "")+
+		("    validate: {status: [2xx], content_type: [text/event-stream], json: true}\n"))
 	c := client(t)
 	for _, tc := range []struct {
 		path, wantIdem string
@@ -501,7 +459,7 @@ func (g *sr11bTwoGates) open1() { g.once1.Do(func() { close(g.gate1) }) }
 func (g *sr11bTwoGates) open2() { g.open1(); g.once2.Do(func() { close(g.gate2) }) }
 
 func (g *sr11bTwoGates) events() []string {
-	return append(append([]string{"data: first\n\n"}, sr11bEvents(40, 8000)...), "data: last\n\n")
+	return append(streamReplay11Overflowing(), "data: last\n\n")
 }
 
 func (g *sr11bTwoGates) handler(w http.ResponseWriter, r *http.Request) {
@@ -540,15 +498,7 @@ func (g *sr11bTwoGates) handler(w http.ResponseWriter, r *http.Request) {
 // event and hangs up.
 func sr11bLeave(t *testing.T, b *ballast, key string) {
 	t.Helper()
-	conn, err := net.Dial("tcp", b.addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	_, _ = io.WriteString(conn, "POST /v1/run HTTP/1.1\r\nHost: x\r\nIdempotency-Key: "+key+"\r\nContent-Length: 15\r\n\r\n{\"stream\":true}")
-	if ev := streamReplay11ReadEvent(t, bufio.NewReader(conn), "data: first\n\n"); !strings.HasSuffix(ev, "data: first\n\n") {
-		t.Fatalf("first event: %q", ev)
-	}
+	streamReplay11Leave(t, b.addr, "POST /v1/run HTTP/1.1\r\nHost: x\r\nIdempotency-Key: "+key+"\r\nContent-Length: 15\r\n\r\n{\"stream\":true}")
 }
 
 // sr11bReadingRest waits until ballast reads a keyed stream on for an
@@ -590,12 +540,10 @@ func sr11bRetryUnknown(t *testing.T, cfg, key string) {
 func TestStreamReplay11b_ShutdownWhileRecording(t *testing.T) {
 	g := newSr11bTwoGates(t)
 	u, _ := upstream(t, g.handler)
-	cfg := fmt.Sprintf("state: {path: %s}\n", t.TempDir()+"/state.db") + streamReplay11Route(u, "")
+	cfg := fmt.Sprintf("state: {path: %s}\n", t.TempDir()+"/state.db") + idemRoute(u, "")
 	a := startBallast(t, cfg)
 	_, br := streamReplay11Open(t, client(t), a.base+"/v1/run", "stop")
-	if ev := streamReplay11ReadEvent(t, br, "\n\n"); ev != "data: first\n\n" {
-		t.Fatalf("first event %q", ev)
-	}
+	streamReplay11ReadFirst(t, br, "data: first\n\n")
 	if took := sr11bShutdown(t, a, 200*time.Millisecond); took > 3*time.Second {
 		t.Errorf("Shutdown took %v with a keyed stream called off", took)
 	}
@@ -614,7 +562,7 @@ func TestStreamReplay11b_ShutdownWhileRecording(t *testing.T) {
 func TestStreamReplay11b_ShutdownWhileReadingRest(t *testing.T) {
 	g := newSr11bTwoGates(t)
 	u, _ := upstream(t, g.handler)
-	cfg := fmt.Sprintf("state: {path: %s}\n", t.TempDir()+"/state.db") + streamReplay11Route(u, "") +
+	cfg := fmt.Sprintf("state: {path: %s}\n", t.TempDir()+"/state.db") + idemRoute(u, "") +
 		"    timeouts: {idle: 60s, total: 120s}\n"
 	a := startBallast(t, cfg)
 	sr11bLeave(t, a, "rest")
@@ -636,7 +584,7 @@ func TestStreamReplay11b_ShutdownWhileReadingRest(t *testing.T) {
 func TestStreamReplay11b_ConcurrencySlotHeldUntilRestRead(t *testing.T) {
 	g := newSr11bTwoGates(t)
 	u, _ := upstream(t, g.handler)
-	b := startBallast(t, streamReplay11Route(u, "")+"    concurrency: {max: 1, queue: 0}\n")
+	b := startBallast(t, idemRoute(u, "")+"    concurrency: {max: 1, queue: 0}\n")
 	c := client(t)
 	inflight := func() float64 {
 		return b.metric("ballast_concurrency_inflight", map[string]string{"route": "pay"})
@@ -673,8 +621,7 @@ func TestStreamReplay11b_ConcurrencySlotHeldUntilRestRead(t *testing.T) {
 // second, sent while the first streams, attaches; a third after it
 // replays; a different body is another call.
 func TestStreamReplay11b_AutoModeStreams(t *testing.T) {
-	up := &streamReplay11Upstream{ct: "text/event-stream", events: []string{"data: a\n\n", "data: b\n\n"},
-		gate: 1, next: make(chan struct{})}
+	up := streamReplay11Held("data: a\n\n", "data: b\n\n")
 	u, _ := upstream(t, up.handler)
 	b := startBallast(t, fmt.Sprintf(`
 routes:
@@ -702,9 +649,7 @@ routes:
 	}
 	defer resp.Body.Close()
 	br := bufio.NewReader(resp.Body)
-	if ev := streamReplay11ReadEvent(t, br, "\n\n"); ev != "data: a\n\n" {
-		t.Fatalf("first event %q", ev)
-	}
+	streamReplay11ReadFirst(t, br, "data: a\n\n")
 	req, _ := http.NewRequest(http.MethodPost, b.base+"/v1/run", strings.NewReader(`{"q":1}`))
 	req.Header.Set("Content-Type", "application/json")
 	dup := streamReplay11Async(c, req)
@@ -713,12 +658,7 @@ routes:
 	if rest, err := io.ReadAll(br); err != nil || string(rest) != "data: b\n\n" {
 		t.Fatalf("the stream's rest: %q %v", rest, err)
 	}
-	var got streamReplay11Answer
-	select {
-	case got = <-dup:
-	case <-time.After(streamReplay11Bound):
-		t.Fatal("the identical request got no answer once the stream ended")
-	}
+	got := streamReplay11Await(t, dup, "the identical request got no answer once the stream ended")
 	if got.resp == nil || got.body != "data: a\n\ndata: b\n\n" || got.resp.Header.Get("Idempotent-Replayed") != "true" {
 		t.Errorf("identical request in flight: %+v", got)
 	}
@@ -761,7 +701,7 @@ func TestStreamReplay11b_ConcurrentStreamsKeepTheirOwn(t *testing.T) {
 			w.(http.Flusher).Flush()
 		}
 	})
-	b := startBallast(t, "state: {max_response_bytes: 8KiB}\n"+streamReplay11Route(u, ""))
+	b := startBallast(t, "state: {max_response_bytes: 8KiB}\n"+idemRoute(u, ""))
 	c := client(t)
 	first := make([]string, n)
 	var wg sync.WaitGroup
@@ -844,12 +784,10 @@ func TestStreamReplay11b_AttachedDuplicateLearnsTheEnd(t *testing.T) {
 				}
 				_, _ = io.WriteString(w, "data: last\n\n")
 			})
-			b := startBallast(t, "state: {max_response_bytes: 2KiB}\n"+streamReplay11Route(u, ""))
+			b := startBallast(t, "state: {max_response_bytes: 2KiB}\n"+idemRoute(u, ""))
 			c := client(t)
 			_, br := streamReplay11Open(t, c, b.base+tc.path, "attach")
-			if ev := streamReplay11ReadEvent(t, br, "\n\n"); ev != "data: first\n\n" {
-				t.Fatalf("first event %q", ev)
-			}
+			streamReplay11ReadFirst(t, br, "data: first\n\n")
 			type answer struct {
 				status int
 				body   string
@@ -913,7 +851,7 @@ func TestStreamReplay11b_RedisAgentLeftAndCut(t *testing.T) {
 			_ = conn.Close()
 		}
 	})
-	a, b := sr11bRedisPair(t, streamReplay11Route(u, ""))
+	a, b := sr11bRedisPair(t, idemRoute(u, ""))
 	c := client(t)
 	sr11bLeave(t, a, "left")
 	g.open2()

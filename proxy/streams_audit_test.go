@@ -23,49 +23,14 @@ const streamsAuditBound = 5 * time.Second
 // bytes it likes; the connection is closed when answer returns.
 func streamsAuditRaw(t *testing.T, answer func(c net.Conn, req *http.Request)) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var (
-		wg    sync.WaitGroup
-		mu    sync.Mutex
-		conns []net.Conn
-	)
-	t.Cleanup(func() {
-		ln.Close()
-		mu.Lock()
-		for _, c := range conns {
-			c.Close()
+	return "http://" + serveConns(t, func(c net.Conn, br *bufio.Reader) {
+		req, err := http.ReadRequest(br)
+		if err != nil {
+			return
 		}
-		mu.Unlock()
-		wg.Wait()
+		_, _ = io.Copy(io.Discard, req.Body)
+		answer(c, req)
 	})
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			mu.Lock()
-			conns = append(conns, c)
-			mu.Unlock()
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer c.Close()
-				req, err := http.ReadRequest(bufio.NewReader(c))
-				if err != nil {
-					return
-				}
-				_, _ = io.Copy(io.Discard, req.Body)
-				answer(c, req)
-			}()
-		}
-	}()
-	return "http://" + ln.Addr().String()
 }
 
 // streamsAuditChunk writes one chunk of a chunked body.
