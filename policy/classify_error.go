@@ -23,10 +23,11 @@ import (
 //	context.Canceled                                       canceled   none
 //	fasthttp.ErrDialTimeout, ErrTLSHandshakeTimeout,
 //	  a timeout inside a dial or DNS lookup                timeout    connect-failure
+//	ErrTLSHandshake wrapping a timeout                     timeout    connect-failure
 //	*fasthttp.ErrDialWithUpstream, *net.OpError{Op:"dial"},
 //	  *net.DNSError, ECONNREFUSED, fasthttp.ErrNoFreeConns,
 //	  TLS alerts (Op "remote error"), TLS handshake and
-//	  certificate errors                                   transient  connect-failure
+//	  certificate errors, anything wrapping ErrTLSHandshake transient  connect-failure
 //	context.DeadlineExceeded, fasthttp.ErrTimeout,
 //	  os.ErrDeadlineExceeded, any net.Error timeout        timeout    timeout
 //	fasthttp.ErrBodyTooLarge, ErrSmallReadBuffer           invalid    invalid
@@ -40,6 +41,11 @@ import (
 // connect failures. A bare fasthttp.ErrTimeout may also come from waiting
 // for a pooled connection, but it cannot be told apart from a read timeout,
 // so it is treated as possibly sent.
+//
+// Among the connect failures, ShortageOf picks out those that say
+// ballast itself is out of a resource (descriptors, ports, its own
+// connection pool), which the retry loop does not lay at the upstream's
+// door.
 func ClassifyError(err error) (Class, Cause) {
 	switch {
 	case err == nil:
@@ -62,9 +68,53 @@ func ClassifyError(err error) (Class, Cause) {
 	}
 }
 
+// ErrTLSHandshake is wrapped, beside its cause, by the error of a TLS
+// handshake with an upstream that did not complete. The handshake comes
+// before any byte of the request, so whatever ended it (a timeout, a
+// reset or EOF, an alert, a certificate ballast refused) the request was
+// never sent: ClassifyError answers CauseConnect, and a timeout is a
+// connect timeout, not a per-try one that may have reached the upstream.
+var ErrTLSHandshake = errors.New("policy: TLS handshake failed")
+
+// Deterministic reports whether err is a failure that every attempt at
+// the same upstream meets again until someone changes the upstream or the
+// route's ca_file: a certificate ballast cannot verify (signed by an
+// unknown authority, issued for another host name, expired or not yet
+// valid) or a server that does not speak TLS at all (a plain-HTTP port
+// behind an https:// upstream). Retrying that upstream would only pay the
+// backoff and spend the retry budget for the same refusal, turning a
+// clear certificate error into budget_exhausted under load; another
+// upstream presents its own certificate. So the retry loop gives such an
+// upstream no further attempt and moves on to the next fallback at once.
+// The failure stays a transient connect-failure for everything else (the
+// breaker counts it: the upstream cannot be used). TLS alerts, resets and
+// timeouts during the handshake are not deterministic: a loaded server
+// may do better on the next connection.
+func Deterministic(err error) bool {
+	if _, ok := errors.AsType[*tls.CertificateVerificationError](err); ok {
+		return true
+	}
+	if _, ok := errors.AsType[tls.RecordHeaderError](err); ok {
+		return true
+	}
+	if _, ok := errors.AsType[x509.UnknownAuthorityError](err); ok {
+		return true
+	}
+	if _, ok := errors.AsType[x509.HostnameError](err); ok {
+		return true
+	}
+	if _, ok := errors.AsType[x509.CertificateInvalidError](err); ok {
+		return true
+	}
+	return false
+}
+
 // neverSent reports whether err certainly happened before the request
 // reached the upstream application.
 func neverSent(err error) bool {
+	if errors.Is(err, ErrTLSHandshake) {
+		return true
+	}
 	if _, ok := errors.AsType[*fasthttp.ErrDialWithUpstream](err); ok {
 		return true
 	}
@@ -90,25 +140,10 @@ func neverSent(err error) bool {
 // byte of the request, and an alert or certificate error means the upstream
 // application never saw it.
 func tlsHandshakeError(err error) bool {
-	if _, ok := errors.AsType[*tls.CertificateVerificationError](err); ok {
-		return true
-	}
-	if _, ok := errors.AsType[tls.RecordHeaderError](err); ok {
-		return true
-	}
 	if _, ok := errors.AsType[tls.AlertError](err); ok {
 		return true
 	}
-	if _, ok := errors.AsType[x509.UnknownAuthorityError](err); ok {
-		return true
-	}
-	if _, ok := errors.AsType[x509.HostnameError](err); ok {
-		return true
-	}
-	if _, ok := errors.AsType[x509.CertificateInvalidError](err); ok {
-		return true
-	}
-	return false
+	return Deterministic(err)
 }
 
 func isTimeout(err error) bool {

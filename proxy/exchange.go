@@ -40,6 +40,10 @@ type attempt struct {
 	// noStore: relay the answer, but keep it in no cache (a tool's
 	// JSON-RPC error in a 200).
 	noStore bool
+	// short: the attempt failed because ballast itself ran out of a
+	// resource before anything was sent (policy.ShortageOf). It is no
+	// attempt at the upstream: see exchangeUpstream.
+	short policy.Shortage
 }
 
 // exchangeUpstream runs the route's retry policy: attempts on the primary, then on
@@ -201,15 +205,35 @@ targets:
 				stop, stopAfter, limitStop, hinted = ReasonRateLimited, refused.RetryAfter, true, 0
 				break targets
 			}
-			if paidOn != nil { // the retry goes out: paid for, and made
-				r.m.retries[last.class].Inc()
-				paidOn = nil
-			}
 			var a attempt
 			if r.hedgeAfter > 0 && (guarded || policy.IdempotentMethod(method)) && s.clock.Now().Add(r.hedgeAfter).Before(deadline) {
 				a = s.tryHedged(out, t, r, key, deadline, attempts, watch)
 			} else {
 				a = s.tryObserved(out, t, r, deadline, attempts, watch.attemptCancel())
+			}
+			if a.short != policy.ShortageNone {
+				// ballast itself is out of descriptors, ports or pooled
+				// connections: nothing was sent, so this is no attempt
+				// at the upstream, whose breaker, retry budget (a retry
+				// paid for is given back) and attempts hear nothing of it.
+				// A retry now would meet the same shortage; the next
+				// upstream, with its own pool (or an idle connection in
+				// it), may not. With nothing sent anywhere the agent gets
+				// 503 overloaded (answer).
+				t.health.breaker.Release(probe)
+				refundRetry(&paidOn, paidAt)
+				s.noteShortage(r, t, a.short, a.err)
+				if attempts == 0 {
+					last = a
+				}
+				if stop == "" || stop == ReasonBreakerOpen {
+					stop, stopAfter = ReasonOverloaded, 0
+				}
+				continue targets
+			}
+			if paidOn != nil { // the retry went out: paid for, and made
+				r.m.retries[last.class].Inc()
+				paidOn = nil
 			}
 			if a.resent {
 				// That copy reached the upstream too: an attempt, and a
@@ -278,6 +302,12 @@ targets:
 			}
 			if n+1 >= r.attempts {
 				continue targets // spent here; the next fallback may do better
+			}
+			if a.err != nil && policy.Deterministic(a.err) {
+				// A certificate this upstream presents, which the next
+				// handshake would present again: the next fallback may
+				// have a good one.
+				continue targets
 			}
 			if a.hint > r.maxRetryAfter { // 0: no hint is waited for
 				// Coming back within the cap would be refused again.
@@ -354,7 +384,13 @@ func (s *Server) try(out *fasthttp.Request, t *target, r *route, now, deadline t
 	if err != nil {
 		fasthttp.ReleaseResponse(resp)
 		cls, cause := policy.ClassifyError(err)
-		return attempt{err: err, class: cls, cause: cause, clipped: clipped, resent: resent}
+		a := attempt{err: err, class: cls, cause: cause, clipped: clipped, resent: resent}
+		if !resent {
+			// A copy that went out on a pooled connection before the
+			// shortage makes this an attempt at the upstream after all.
+			a.short = policy.ShortageOf(err)
+		}
+		return a
 	}
 	a := attempt{resp: resp, status: resp.StatusCode(), resent: resent}
 	var body []byte
@@ -463,7 +499,9 @@ func (s *Server) answer(ctx *fasthttp.RequestCtx, r *route, t *target, last *att
 	if last.resp != nil {
 		lastWords = "; the last attempt got " + strconv.Itoa(last.status) + " from " + t.name
 	} else if last.err != nil {
-		lastWords = "; the last attempt failed: " + last.err.Error()
+		// As writeTransportProblem words it: the network's addresses
+		// stay out of what the agent reads.
+		lastWords = "; the last attempt failed: " + agentErrorText(last.err)
 	}
 	switch stop {
 	case ReasonBudgetExhausted:
@@ -497,6 +535,15 @@ func (s *Server) answer(ctx *fasthttp.RequestCtx, r *route, t *target, last *att
 		if attempts == 0 {
 			writeProblem(ctx, problem{Status: fasthttp.StatusServiceUnavailable, Reason: ReasonBreakerOpen, Route: r.name,
 				RetryAfter: stopAfter, Detail: "every upstream of this route is failing; its circuit breaker is open"})
+			return
+		}
+	case ReasonOverloaded:
+		if attempts == 0 && last.short != policy.ShortageNone {
+			// ballast's own shortage, not the upstream's failure: said
+			// as such, and worth coming back for once it has passed.
+			writeProblem(ctx, problem{Status: fasthttp.StatusServiceUnavailable, Reason: ReasonOverloaded, Route: r.name,
+				RetryAfter: time.Second, Detail: "ballast is out of " + last.short.String() +
+					" and could not open a connection to the upstream; nothing was sent (" + agentErrorText(last.err) + ")"})
 			return
 		}
 	}

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/ballast-proxy/ballast/internal/rawio"
+	"github.com/ballast-proxy/ballast/policy"
 	"github.com/ballast-proxy/ballast/validate"
 	"github.com/valyala/bytebufferpool"
 	"github.com/valyala/fasthttp"
@@ -112,6 +113,9 @@ func (s *Server) writeTransportProblem(ctx *fasthttp.RequestCtx, r *route, t *ta
 	if errors.Is(err, fasthttp.ErrTimeout) || errors.Is(err, fasthttp.ErrDialTimeout) || (errors.As(err, &ne) && ne.Timeout()) {
 		p.Status, p.Reason = fasthttp.StatusGatewayTimeout, ReasonTimeout
 		p.Detail = "the upstream " + t.name + " did not answer within the deadline"
+		if errors.Is(err, policy.ErrTLSHandshake) {
+			p.Detail = "the upstream " + t.name + " did not complete the TLS handshake in time (timeouts.connect, within the attempt's per_try)"
+		}
 	}
 	writeProblem(ctx, p)
 }

@@ -132,6 +132,10 @@ type Server struct {
 	unmatched  *routeMetrics
 	status     *statusBoard // /status, the status page and alerts
 
+	// shortLogged is when noteShortage last logged (Unix nanoseconds on
+	// the server's clock; 0: never).
+	shortLogged atomic.Int64
+
 	srv      *fasthttp.Server
 	adminSrv *fasthttp.Server
 	// serving and adminServing are the listeners given to Serve and
@@ -382,7 +386,7 @@ func (s *Server) Serve(ln net.Listener) error {
 		return nil // shut down before it began
 	}
 	defer s.serving.served.Done()
-	err := s.srv.Serve(rawio.Listener{Listener: ln, Stop: &s.conns.stop})
+	err := s.srv.Serve(rawio.Listener{Listener: ln, Stop: &s.conns.stop, Short: s.acceptShort("agent", ln)})
 	if err != nil && !errors.Is(err, net.ErrClosed) {
 		return err
 	}
@@ -411,7 +415,7 @@ func (s *Server) ServeAdmin(ln net.Listener) error {
 		return nil
 	}
 	defer s.adminServing.served.Done()
-	err := s.adminSrv.Serve(rawio.Listener{Listener: ln, Stop: &s.adminConns.stop})
+	err := s.adminSrv.Serve(rawio.Listener{Listener: ln, Stop: &s.adminConns.stop, Short: s.acceptShort("admin", ln)})
 	if err != nil && !errors.Is(err, net.ErrClosed) {
 		return err
 	}

@@ -13,7 +13,8 @@ import (
 // attempt is in flight while it runs, then counted with its latency and
 // outcome; prior is the number of attempts this request made before (any
 // > 0 makes this one a retry). An attempt called off through cancel (a
-// hedge's loser) is not counted: the upstream did not fail it. When the attempt left the upstream cooling
+// hedge's loser) is not counted: the upstream did not fail it; nor is one
+// that ballast could not send for want of a local resource (a.short). When the attempt left the upstream cooling
 // down for longer than notify.cooldown_threshold, an alert is raised.
 // Allocation-free unless it alerts.
 //
@@ -29,7 +30,9 @@ func (s *Server) tryObserved(out *fasthttp.Request, t *target, r *route, deadlin
 	u.End()
 	at := s.clockAt(end)
 	a.ended = at
-	if a.err == errTryCanceled {
+	if a.err == errTryCanceled || a.short != policy.ShortageNone {
+		// Called off, or never sent for want of a local resource: the
+		// upstream's window hears nothing of it.
 		return a
 	}
 	s.noteHints(&a, out, t, r, at)
@@ -153,7 +156,9 @@ func outcomeClass(last policy.Class, attempts int, stop Reason) policy.Class {
 		return policy.BreakerOpen
 	case ReasonBudgetExhausted:
 		return policy.BudgetExhausted
-	case ReasonRateLimited:
+	case ReasonRateLimited, ReasonOverloaded:
+		// overloaded: ballast's own shortage (see exchangeUpstream),
+		// classed as the concurrency limit's refusal is (acquireSlot).
 		return policy.RateLimited
 	}
 	return policy.Transient

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"strings"
@@ -61,6 +62,14 @@ func newTransport[C pooledConn](hc *fasthttp.HostClient, acquire func(time.Durat
 	return &transport[C]{hc: hc, acquire: acquire, release: release, closeConn: closeConn}
 }
 
+// errPoolWait is the pool's wait for a free connection (every one
+// HostClient.MaxConns allows is busy) cut short by the attempt's time
+// left, before HostClient.MaxConnWaitTimeout. fasthttp answers it with a
+// bare ErrTimeout, which reads as a timeout after the request was sent, at
+// the upstream's door: it is ballast's own pool that is full, and nothing
+// was sent (policy.ShortageOf).
+var errPoolWait = fmt.Errorf("%w within the attempt's time left", fasthttp.ErrNoFreeConns)
+
 // errStaleConn marks an exchange that failed on a reused keep-alive
 // connection before any response byte arrived: the upstream had most
 // likely closed it while idle.
@@ -115,7 +124,7 @@ func (t *transport[C]) once(req *fasthttp.Request, resp *fasthttp.Response, dead
 	// Attached after the deadline is set, so that the deadline cannot
 	// undo a cancel.
 	if cancel != nil && !cancel.attach(conn) {
-		t.closeConn(cc)
+		t.discard(cc)
 		return errTryCanceled
 	}
 	bw := t.hc.AcquireWriter(conn)
@@ -165,6 +174,9 @@ func (t *transport[C]) once(req *fasthttp.Request, resp *fasthttp.Response, dead
 func (t *transport[C]) acquireLive(timeout time.Duration) (cc C, reused bool, err error) {
 	for {
 		cc, err = t.acquire(timeout, false)
+		if err == fasthttp.ErrTimeout {
+			err = errPoolWait
+		}
 		if err != nil {
 			return cc, false, err
 		}
@@ -254,7 +266,7 @@ func (t *transport[C]) readResponseBody(req *fasthttp.Request, resp *fasthttp.Re
 	default:
 		if cancel != nil && cancel.detach() {
 			t.hc.ReleaseReader(br)
-			t.closeConn(cc)
+			t.discard(cc)
 			return errTryCanceled
 		}
 		b := t.acquireBody()
@@ -270,7 +282,7 @@ func (t *transport[C]) readResponseBody(req *fasthttp.Request, resp *fasthttp.Re
 	if cancel != nil && cancel.detach() {
 		// Called off once the answer was in: it is whole, but the
 		// connection's deadline may be in the past.
-		t.closeConn(cc)
+		t.discard(cc)
 		return nil
 	}
 	if closeAfter {
@@ -286,6 +298,22 @@ func (t *transport[C]) readResponseBody(req *fasthttp.Request, resp *fasthttp.Re
 func (t *transport[C]) drop(cc C, cancel *tryCancel) {
 	if cancel != nil {
 		cancel.detach()
+	}
+	t.discard(cc)
+}
+
+// discard closes cc after a failed or abandoned exchange. A TLS
+// connection's socket is closed first, so that closing the TLS
+// connection sends no close_notify: crypto/tls waits up to five seconds
+// for room in the socket to write it, and an upstream that stopped
+// reading (mid-upload, at the per-try deadline or a hedge's win) leaves
+// none, which held the attempt's end, and the agent's answer, up by as
+// much. A session broken off needs no notify: the upstream reads the TCP
+// close as its end, as it would without TLS. Connections closed after a
+// whole answer (Connection: close) still end with close_notify.
+func (t *transport[C]) discard(cc C) {
+	if tc, ok := cc.Conn().(*tls.Conn); ok {
+		_ = tc.NetConn().Close()
 	}
 	t.closeConn(cc)
 }
@@ -555,11 +583,14 @@ func (b *upstreamBody[C]) CloseWithError(error) error {
 		b.cancel = nil
 	}
 	t.hc.ReleaseReader(b.br)
-	if b.done && b.err == nil && !b.closeAfter && b.mode != bodyUntilClose {
+	switch {
+	case b.done && b.err == nil && !b.closeAfter && b.mode != bodyUntilClose:
 		_ = b.cc.Conn().SetDeadline(time.Time{})
 		t.release(b.cc)
-	} else {
-		t.closeConn(b.cc)
+	case b.done && b.err == nil:
+		t.closeConn(b.cc) // read whole; the connection ends with the answer
+	default:
+		t.discard(b.cc) // broken off, or left unread
 	}
 	var zero C
 	b.cc, b.br = zero, nil

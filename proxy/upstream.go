@@ -154,30 +154,9 @@ func newUpstream(u *url.URL, caFile string, connect time.Duration) (*upstream, e
 			addr = net.JoinHostPort(u.Hostname(), "80")
 		}
 	}
-	hc := &fasthttp.HostClient{
-		Addr:  addr,
-		IsTLS: isTLS,
-		DialTimeout: func(addr string, timeout time.Duration) (net.Conn, error) {
-			if connect > 0 && (timeout <= 0 || connect < timeout) {
-				timeout = connect
-			}
-			d := net.Dialer{Timeout: timeout, KeepAlive: 30 * time.Second}
-			c, err := d.Dial("tcp", addr)
-			if err != nil {
-				return nil, err
-			}
-			return rawio.Wrap(c), nil
-		},
-		MaxConns:                 4096,
-		MaxIdleConnDuration:      90 * time.Second,
-		MaxConnWaitTimeout:       time.Second,
-		ConnPoolStrategy:         fasthttp.LIFO,
-		NoDefaultUserAgentHeader: true,
-		ReadBufferSize:           16 << 10,
-		WriteBufferSize:          16 << 10,
-	}
+	var tc *tls.Config
 	if isTLS {
-		tc := &tls.Config{ServerName: u.Hostname(), MinVersion: tls.VersionTLS12}
+		tc = &tls.Config{ServerName: u.Hostname(), MinVersion: tls.VersionTLS12}
 		if caFile != "" {
 			pool, err := x509.SystemCertPool()
 			if err != nil || pool == nil {
@@ -192,9 +171,75 @@ func newUpstream(u *url.URL, caFile string, connect time.Duration) (*upstream, e
 			}
 			tc.RootCAs = pool
 		}
-		hc.TLSConfig = tc
+	}
+	hc := &fasthttp.HostClient{
+		Addr:  addr,
+		IsTLS: isTLS,
+		// timeout is the attempt's time left (0: none). The TCP connect
+		// and then the TLS handshake each get connect, within it.
+		DialTimeout: func(addr string, timeout time.Duration) (net.Conn, error) {
+			start := time.Now()
+			var window time.Time // the attempt's end; zero: none
+			if timeout > 0 {
+				window = start.Add(timeout)
+			}
+			if connect > 0 && (timeout <= 0 || connect < timeout) {
+				timeout = connect
+			}
+			d := net.Dialer{Timeout: timeout, KeepAlive: 30 * time.Second}
+			c, err := d.Dial("tcp", addr)
+			if err != nil {
+				return nil, err
+			}
+			c = rawio.Wrap(c)
+			if tc == nil {
+				return c, nil
+			}
+			hs := window
+			if connect > 0 && (hs.IsZero() || time.Now().Add(connect).Before(hs)) {
+				hs = time.Now().Add(connect)
+			}
+			return handshake(c, tc, hs)
+		},
+		// Unused while the dial hands fasthttp a *tls.Conn whose
+		// handshake is done (fasthttp then adds none of its own); kept
+		// so that a handshake of fasthttp's would verify as the dial's.
+		TLSConfig:                tc,
+		MaxConns:                 4096,
+		MaxIdleConnDuration:      90 * time.Second,
+		MaxConnWaitTimeout:       time.Second,
+		ConnPoolStrategy:         fasthttp.LIFO,
+		NoDefaultUserAgentHeader: true,
+		ReadBufferSize:           16 << 10,
+		WriteBufferSize:          16 << 10,
 	}
 	up := &upstream{client: hc, scheme: []byte(u.Scheme), host: []byte(u.Host)}
 	up.ex = newTransport(hc, hc.AcquireConn, retiringRelease(&up.retired, hc.ReleaseConn, hc.CloseConn, hc.CloseIdleConnections), hc.CloseConn)
 	return up, nil
+}
+
+// handshake runs the TLS handshake on a connection just dialed, before
+// deadline (zero: none), and returns the TLS connection. Left to fasthttp,
+// which hands a TLS connection out before its handshake unless a
+// HostClient.WriteTimeout is set, the handshake would run inside the
+// request's first write: bounded by per_try (minutes on a model route)
+// rather than timeouts.connect, and failing as a per-try timeout or a
+// reset, which say the request may have reached the upstream, although
+// nothing of it was sent. Every error wraps policy.ErrTLSHandshake, which
+// makes it a connect-failure, and closes c.
+func handshake(c net.Conn, cfg *tls.Config, deadline time.Time) (net.Conn, error) {
+	tc := tls.Client(c, cfg)
+	err := tc.SetDeadline(deadline)
+	if err == nil {
+		err = tc.Handshake()
+	}
+	if err != nil {
+		_ = c.Close()
+		return nil, fmt.Errorf("%w: %w", policy.ErrTLSHandshake, err)
+	}
+	if err := tc.SetDeadline(time.Time{}); err != nil {
+		_ = c.Close()
+		return nil, err
+	}
+	return tc, nil
 }
