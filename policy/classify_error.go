@@ -7,6 +7,7 @@ import (
 	"errors"
 	"net"
 	"os"
+	"strconv"
 	"syscall"
 
 	"github.com/valyala/fasthttp"
@@ -80,17 +81,37 @@ var ErrTLSHandshake = errors.New("policy: TLS handshake failed")
 // the same upstream meets again until someone changes the upstream or the
 // route's ca_file: a certificate ballast cannot verify (signed by an
 // unknown authority, issued for another host name, expired or not yet
-// valid) or a server that does not speak TLS at all (a plain-HTTP port
-// behind an https:// upstream). Retrying that upstream would only pay the
-// backoff and spend the retry budget for the same refusal, turning a
-// clear certificate error into budget_exhausted under load; another
-// upstream presents its own certificate. So the retry loop gives such an
-// upstream no further attempt and moves on to the next fallback at once.
-// The failure stays a transient connect-failure for everything else (the
-// breaker counts it: the upstream cannot be used). TLS alerts, resets and
-// timeouts during the handshake are not deterministic: a loaded server
-// may do better on the next connection.
+// valid), a server that does not speak TLS at all (a plain-HTTP port
+// behind an https:// upstream), or a handshake refused over the TLS
+// parameters two configurations share (a TLSAlertError carrying
+// protocol_version or insufficient_security; see below). Retrying that
+// upstream would only pay the backoff and spend the retry budget for the
+// same refusal, turning a clear error into budget_exhausted under load;
+// another upstream presents its own certificate and speaks its own TLS.
+// So the retry loop gives such an upstream no further attempt and moves
+// on to the next fallback at once. The failure stays a transient
+// connect-failure for everything else (the breaker counts it: the
+// upstream cannot be used).
+//
+// Of the TLS alerts only two are deterministic, whichever side sent
+// them. protocol_version (70): the two sides share no TLS version (an
+// upstream that speaks only TLS 1.0 or 1.1; ballast requires 1.2); no
+// load or timing changes the versions a server is configured for.
+// insufficient_security (71): RFC 5246 §7.2.2 reserves it for a
+// negotiation that failed "specifically because the server requires
+// ciphers more secure than those supported by the client", a property of
+// the two configurations alone. handshake_failure (40) is not, although
+// a server that accepts none of ballast's cipher suites or curves sends
+// it: it is the catch-all alert, which TLS stacks and load balancers
+// also send for failures of the moment (a key or signing service that
+// did not answer, no healthy backend for the name, a certificate being
+// rotated), so one does not prove the next handshake meets it. Like
+// every other alert, a reset or a timeout during the handshake, it is
+// retried: a loaded server may do better on the next connection.
 func Deterministic(err error) bool {
+	if a, ok := errors.AsType[*TLSAlertError](err); ok {
+		return a.Alert == AlertProtocolVersion || a.Alert == AlertInsufficientSecurity
+	}
 	if _, ok := errors.AsType[*tls.CertificateVerificationError](err); ok {
 		return true
 	}
@@ -107,6 +128,45 @@ func Deterministic(err error) bool {
 		return true
 	}
 	return false
+}
+
+// The TLS alerts (RFC 8446 §6) Deterministic and TLSAlertError name.
+const (
+	AlertHandshakeFailure     uint8 = 40
+	AlertProtocolVersion      uint8 = 70
+	AlertInsufficientSecurity uint8 = 71
+)
+
+// TLSAlertError is the fatal TLS alert that ended a handshake with an
+// upstream: sent by the upstream (Remote), or by ballast's TLS client,
+// refusing what the upstream chose (a TLS 1.0 or 1.1 server answers a
+// ClientHello with its own version, which ballast refuses with
+// protocol_version). crypto/tls reports an alert it received as an
+// error of an unexported type, and one it sent not at all (only a
+// message), so the dial reads the alert off the handshake's records and
+// wraps a TLSAlertError beside crypto/tls's own error. Only alerts sent
+// in the clear are seen: the ones that refuse the parameters of the
+// handshake, before any key exists, which are the ones Deterministic
+// looks at.
+type TLSAlertError struct {
+	Alert  uint8 // the alert's description (AlertProtocolVersion, ...)
+	Remote bool  // the upstream sent it; false: ballast did
+}
+
+func (e *TLSAlertError) Error() string {
+	by := "ballast"
+	if e.Remote {
+		by = "the upstream"
+	}
+	switch e.Alert {
+	case AlertProtocolVersion:
+		return "TLS alert protocol_version from " + by + ": the upstream and ballast share no TLS version (ballast requires TLS 1.2 or later)"
+	case AlertInsufficientSecurity:
+		return "TLS alert insufficient_security from " + by + ": the upstream requires cipher suites ballast does not offer"
+	case AlertHandshakeFailure:
+		return "TLS alert handshake_failure from " + by
+	}
+	return "TLS alert " + strconv.Itoa(int(e.Alert)) + " from " + by
 }
 
 // neverSent reports whether err certainly happened before the request

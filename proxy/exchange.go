@@ -46,6 +46,15 @@ type attempt struct {
 	short policy.Shortage
 }
 
+// failure is the error that failed a: its transport error, or its
+// validation failure; nil when neither did (its status says why).
+func (a *attempt) failure() error {
+	if a.err == nil && a.invalid != nil {
+		return a.invalid
+	}
+	return a.err
+}
+
 // exchangeUpstream runs the route's retry policy: attempts on the primary, then on
 // each fallback, inside the request's total deadline, and answers the
 // agent. It is the one place retries are decided.
@@ -542,8 +551,7 @@ func (s *Server) answer(ctx *fasthttp.RequestCtx, r *route, t *target, last *att
 			// ballast's own shortage, not the upstream's failure: said
 			// as such, and worth coming back for once it has passed.
 			writeProblem(ctx, problem{Status: fasthttp.StatusServiceUnavailable, Reason: ReasonOverloaded, Route: r.name,
-				RetryAfter: time.Second, Detail: "ballast is out of " + last.short.String() +
-					" and could not open a connection to the upstream; nothing was sent (" + agentErrorText(last.err) + ")"})
+				RetryAfter: time.Second, Detail: shortageText(last.short, last.err)})
 			return
 		}
 	}

@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/ballast-proxy/ballast/internal/rawio"
-	"github.com/ballast-proxy/ballast/policy"
 	"github.com/ballast-proxy/ballast/validate"
 	"github.com/valyala/bytebufferpool"
 	"github.com/valyala/fasthttp"
@@ -101,21 +100,17 @@ func (s *Server) run(ctx *fasthttp.RequestCtx, r *route, body []byte, deadline t
 }
 
 // writeTransportProblem answers a failed exchange: 504 when it timed out,
-// 502 otherwise.
+// 502 otherwise, worded by transportText.
 func (s *Server) writeTransportProblem(ctx *fasthttp.RequestCtx, r *route, t *target, err error, attempts int) {
-	said := agentErrorText(err)
-	if whole := err.Error(); said != whole {
+	said, timedOut := transportText(err)
+	if whole := err.Error(); agentErrorText(err) != whole {
 		s.log.Debug("upstream failed", "route", r.name, "upstream", t.name, "error", whole)
 	}
 	p := problem{Status: fasthttp.StatusBadGateway, Reason: ReasonUpstreamUnavailable, Route: r.name,
 		Attempts: attempts, Detail: "the upstream " + t.name + " failed: " + said}
-	var ne net.Error
-	if errors.Is(err, fasthttp.ErrTimeout) || errors.Is(err, fasthttp.ErrDialTimeout) || (errors.As(err, &ne) && ne.Timeout()) {
+	if timedOut {
 		p.Status, p.Reason = fasthttp.StatusGatewayTimeout, ReasonTimeout
-		p.Detail = "the upstream " + t.name + " did not answer within the deadline"
-		if errors.Is(err, policy.ErrTLSHandshake) {
-			p.Detail = "the upstream " + t.name + " did not complete the TLS handshake in time (timeouts.connect, within the attempt's per_try)"
-		}
+		p.Detail = "the upstream " + t.name + " " + said
 	}
 	writeProblem(ctx, p)
 }

@@ -30,6 +30,13 @@ func (s *Server) noteShortage(r *route, t *target, short policy.Shortage, err er
 		"hint", shortageHint(short), "repeats_every", shortageLogEvery.String())
 }
 
+// shortageText is what ballast says of a shortage that kept it from
+// opening a connection to an upstream (err, the dial's error, worded by
+// agentErrorText): the agent's 503 detail, and /status's reason.
+func shortageText(short policy.Shortage, err error) string {
+	return "ballast is out of " + short.String() + " and could not open a connection to the upstream; nothing was sent (" + agentErrorText(err) + ")"
+}
+
 // shortageHint is what an operator can do about a shortage.
 func shortageHint(short policy.Shortage) string {
 	switch short {

@@ -126,7 +126,7 @@ func (s *Server) snapshot() *supervise.Snapshot {
 		Time:          now,
 		WindowSeconds: supervise.WindowSeconds,
 		Routes:        make([]supervise.RouteStatus, 0, len(t.routes)),
-		Failures:      st.board.Failures().Snapshot(),
+		Failures:      st.board.Failures().Snapshot(faultText),
 	}
 	for _, r := range t.routes {
 		rb := st.board.Route(r.name)
@@ -144,6 +144,9 @@ func (s *Server) snapshot() *supervise.Snapshot {
 				us.Breaker = b.State(now).String()
 			}
 			us.CooldownRemainingS = float64(tg.up.cool.Longest(now).Milliseconds()) / 1000
+			if f, ok := u.LastFault(); ok {
+				us.LastFailure = lastFailure(&f)
+			}
 			rs.Upstreams = append(rs.Upstreams, us)
 		}
 		if hooks.cache != nil {

@@ -14,9 +14,13 @@ import (
 // outcome; prior is the number of attempts this request made before (any
 // > 0 makes this one a retry). An attempt called off through cancel (a
 // hedge's loser) is not counted: the upstream did not fail it; nor is one
-// that ballast could not send for want of a local resource (a.short). When the attempt left the upstream cooling
-// down for longer than notify.cooldown_threshold, an alert is raised.
-// Allocation-free unless it alerts.
+// that ballast could not send for want of a local resource (a.short),
+// though it is kept as the upstream's last failure: it is what stops
+// traffic to it. A failed attempt is kept as the upstream's last failure
+// too (supervise.Upstream.NoteFault: a copy, worded only when /status is
+// read); a successful one costs nothing more. When the attempt left the
+// upstream cooling down for longer than notify.cooldown_threshold, an
+// alert is raised. Allocation-free unless it alerts.
 //
 // It sets a.took (wall time: latency is measured, not decided) and a.ended
 // (the server's clock), reading the clock twice in all.
@@ -30,9 +34,14 @@ func (s *Server) tryObserved(out *fasthttp.Request, t *target, r *route, deadlin
 	u.End()
 	at := s.clockAt(end)
 	a.ended = at
-	if a.err == errTryCanceled || a.short != policy.ShortageNone {
-		// Called off, or never sent for want of a local resource: the
-		// upstream's window hears nothing of it.
+	if a.err == errTryCanceled {
+		return a // called off: the upstream's window hears nothing of it
+	}
+	if a.short != policy.ShortageNone {
+		// Never sent for want of a local resource: the upstream's window
+		// hears nothing of it, but its last failure says what blocks it
+		// (classed as the failure list classes the 503 overloaded).
+		u.NoteFault(&supervise.Fault{Time: at, Class: policy.RateLimited, Err: a.err, Short: a.short})
 		return a
 	}
 	s.noteHints(&a, out, t, r, at)
@@ -44,7 +53,11 @@ func (s *Server) tryObserved(out *fasthttp.Request, t *target, r *route, deadlin
 		u.Record(at, supervise.Sample{Failed: true, Retries: retries})
 		retries = 1
 	}
-	u.Record(at, supervise.Sample{Latency: a.took, Failed: supervise.CountsAsFailure(a.class), Retries: retries})
+	failed := supervise.CountsAsFailure(a.class)
+	u.Record(at, supervise.Sample{Latency: a.took, Failed: failed, Retries: retries})
+	if failed {
+		u.NoteFault(&supervise.Fault{Time: at, Class: a.class, Cause: a.cause, Status: a.status, Err: a.failure()})
+	}
 	if rem := t.up.cool.Remaining(&out.Header, at); rem > 0 && rem > s.Config().Notify.CooldownThreshold.D() && u.NoteCooldown(at.Add(rem)) {
 		s.alert(supervise.KindCooldown, r.name, t.name, "the upstream asked to pause for "+rem.Round(time.Second).String())
 	}
@@ -61,10 +74,14 @@ func (s *Server) observeExchange(ctx *fasthttp.RequestCtx, r *route, t *target, 
 	if t != nil {
 		upstream = t.name
 	}
+	var why supervise.Fault // the last attempt's error, or ballast's shortage, for the failure list
 	if attempts > 0 {
 		cause = last.cause
+		why.Err = last.failure()
+	} else if last.short != policy.ShortageNone {
+		why.Err, why.Short = last.err, last.short
 	}
-	now := s.record(ctx, r, upstream, outcomeClass(last.class, attempts, stop), cause, failureReason(last, stop), attempts)
+	now := s.record(ctx, r, upstream, outcomeClass(last.class, attempts, stop), cause, failureReason(last, stop), attempts, &why)
 	rb := s.status.board.Route(r.name)
 	for _, tg := range r.targets {
 		if b := tg.health.breaker; b != nil {
@@ -85,12 +102,13 @@ func (s *Server) observeExchange(ctx *fasthttp.RequestCtx, r *route, t *target, 
 // as the rate limit's (its class, and the problem reason it answered). Call
 // it once, after the answer is written. Allocation-free.
 func (s *Server) observe(ctx *fasthttp.RequestCtx, r *route, class policy.Class, reason Reason) {
-	s.record(ctx, r, "", class, policy.CauseNone, reason, 0)
+	s.record(ctx, r, "", class, policy.CauseNone, reason, 0, nil)
 }
 
 // record adds one answered request to the route's window and, when it
-// failed, to the failure ring. It returns the clock's now.
-func (s *Server) record(ctx *fasthttp.RequestCtx, r *route, upstream string, class policy.Class, cause policy.Cause, reason Reason, attempts int) time.Time {
+// failed, to the failure ring, with why's Err and Short (nil: none) kept
+// for the ring to word when /status is read. It returns the clock's now.
+func (s *Server) record(ctx *fasthttp.RequestCtx, r *route, upstream string, class policy.Class, cause policy.Cause, reason Reason, attempts int, why *supervise.Fault) time.Time {
 	wall := time.Now()
 	now := s.clockAt(wall)
 	if tr := trailOf(ctx); tr != nil {
@@ -109,6 +127,9 @@ func (s *Server) record(ctx *fasthttp.RequestCtx, r *route, upstream string, cla
 	rec := supervise.FailureRecord{
 		Time: now, Route: r.name, Upstream: upstream, Status: ctx.Response.StatusCode(),
 		Class: class, Cause: cause, Reason: string(reason), Attempts: attempts, RequestID: id,
+	}
+	if why != nil {
+		rec.Err, rec.Short = why.Err, why.Short
 	}
 	s.status.board.Failures().Record(&rec)
 	return now
@@ -210,5 +231,5 @@ func (s *Server) recordAnswered(ctx *fasthttp.RequestCtx, r *route) {
 	case code >= 400:
 		class = policy.CallerFault
 	}
-	s.record(ctx, r, "", class, policy.CauseNone, "", 0)
+	s.record(ctx, r, "", class, policy.CauseNone, "", 0, nil)
 }

@@ -189,11 +189,16 @@ func (t *transport[C]) acquireLive(timeout time.Duration) (cc C, reused bool, er
 }
 
 // peerGone reports whether an idle connection can no longer carry a
-// request (rawio.Conn.PeerGone), looking through TLS to the TCP
-// connection. A connection it cannot look into is taken as usable; a
-// failed exchange on it takes the stale path of do.
+// request (rawio.Conn.PeerGone), looking through TLS (and the
+// alertWatch under an upstream's TLS client) to the TCP connection. A
+// connection it cannot look into is taken as usable; a failed exchange
+// on it takes the stale path of do.
 func peerGone(c net.Conn) bool {
-	if tc, ok := c.(interface{ NetConn() net.Conn }); ok { // *tls.Conn
+	for {
+		tc, ok := c.(interface{ NetConn() net.Conn }) // *tls.Conn, *alertWatch
+		if !ok {
+			break
+		}
 		c = tc.NetConn()
 	}
 	rc, ok := c.(*rawio.Conn)

@@ -156,7 +156,22 @@ func newUpstream(u *url.URL, caFile string, connect time.Duration) (*upstream, e
 	}
 	var tc *tls.Config
 	if isTLS {
-		tc = &tls.Config{ServerName: u.Hostname(), MinVersion: tls.VersionTLS12}
+		tc = &tls.Config{
+			ServerName: u.Hostname(),
+			MinVersion: tls.VersionTLS12,
+			// Its own cache, for this upstream (scheme, host, ca_file,
+			// connect) alone, so that a new connection, after the
+			// upstream closed an idle one or beside a busy one, resumes
+			// the session rather than paying a full handshake: a session
+			// is never offered to another upstream, nor kept across a
+			// ca_file change (a new upstream). crypto/tls keys the cache
+			// by ServerName, which every connection here shares, so it
+			// holds one session, the latest, which every new connection
+			// offers (concurrent ones too); a server that declines it
+			// answers with a full handshake. Resumption verifies the
+			// session's certificate chains again against RootCAs.
+			ClientSessionCache: tls.NewLRUClientSessionCache(sessionCacheSize),
+		}
 		if caFile != "" {
 			pool, err := x509.SystemCertPool()
 			if err != nil || pool == nil {
@@ -218,6 +233,10 @@ func newUpstream(u *url.URL, caFile string, connect time.Duration) (*upstream, e
 	return up, nil
 }
 
+// sessionCacheSize is the capacity of an upstream's TLS session cache:
+// one entry, its server name's (see newUpstream).
+const sessionCacheSize = 1
+
 // handshake runs the TLS handshake on a connection just dialed, before
 // deadline (zero: none), and returns the TLS connection. Left to fasthttp,
 // which hands a TLS connection out before its handshake unless a
@@ -226,15 +245,22 @@ func newUpstream(u *url.URL, caFile string, connect time.Duration) (*upstream, e
 // rather than timeouts.connect, and failing as a per-try timeout or a
 // reset, which say the request may have reached the upstream, although
 // nothing of it was sent. Every error wraps policy.ErrTLSHandshake, which
-// makes it a connect-failure, and closes c.
+// makes it a connect-failure, and closes c; one that ended with a fatal
+// alert in the clear, from either side, wraps a *policy.TLSAlertError
+// too (see alertWatch), which policy.Deterministic reads.
 func handshake(c net.Conn, cfg *tls.Config, deadline time.Time) (net.Conn, error) {
-	tc := tls.Client(c, cfg)
+	w := &alertWatch{Conn: c}
+	tc := tls.Client(w, cfg)
 	err := tc.SetDeadline(deadline)
 	if err == nil {
 		err = tc.Handshake()
 	}
+	w.done = true
 	if err != nil {
 		_ = c.Close()
+		if w.alert != nil {
+			return nil, fmt.Errorf("%w: %w: %w", policy.ErrTLSHandshake, w.alert, err)
+		}
 		return nil, fmt.Errorf("%w: %w", policy.ErrTLSHandshake, err)
 	}
 	if err := tc.SetDeadline(time.Time{}); err != nil {

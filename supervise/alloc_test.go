@@ -6,11 +6,15 @@
 package supervise
 
 import (
+	"errors"
 	"testing"
 	"time"
 
 	"github.com/ballast-proxy/ballast/policy"
 )
+
+// errNoteFault is a failure's error, made before the gate counts.
+var errNoteFault = errors.New("dial tcp: connect: connection refused")
 
 // What the request path calls on every request must not allocate.
 func TestHotPathAllocations(t *testing.T) {
@@ -39,6 +43,14 @@ func TestHotPathAllocations(t *testing.T) {
 		{"FailureRing.Record", func() {
 			b.Failures().Record(&FailureRecord{Time: t0, Route: "openai", Upstream: "api.openai.com:443",
 				Status: 502, Class: policy.Transient, Attempts: 3, RequestID: id})
+		}},
+		{"Upstream.NoteFault", func() {
+			b.Route("openai").Upstream("api.openai.com:443").NoteFault(&Fault{Time: t0, Class: policy.Transient,
+				Cause: policy.CauseConnect, Err: errNoteFault})
+		}},
+		{"FailureRing.Record with an error", func() {
+			b.Failures().Record(&FailureRecord{Time: t0, Route: "openai", Status: 502, Class: policy.Transient,
+				RequestID: id, Err: errNoteFault, Short: policy.ShortageDescriptors})
 		}},
 		{"Notifier.Notify duplicate", func() { n.Notify(Event{Kind: KindCooldown, Route: "openai"}) }},
 	}

@@ -146,7 +146,8 @@ func (r *Route) Upstream(name string) *Upstream {
 }
 
 // Upstream is one upstream of a route: a window of attempts, in-flight
-// attempts, and what alerts have already been raised about it.
+// attempts, its last failure, and what alerts have already been raised
+// about it.
 type Upstream struct {
 	name string
 	// Window records one Sample per attempt.
@@ -154,6 +155,10 @@ type Upstream struct {
 	inflight    atomic.Int64
 	breaker     atomic.Int32 // last seen policy.BreakerState
 	coolAlerted atomic.Int64 // unix nanoseconds of the cool-down end last alerted
+
+	faultMu sync.Mutex
+	fault   Fault // the last failure NoteFault kept, when faulted
+	faulted bool
 }
 
 // Name is the upstream's host[:port].

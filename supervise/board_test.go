@@ -97,7 +97,7 @@ func TestNoteCooldown(t *testing.T) {
 
 func TestFailureRing(t *testing.T) {
 	var r FailureRing
-	if got := r.Snapshot(); len(got) != 0 {
+	if got := r.Snapshot(nil); len(got) != 0 {
 		t.Fatalf("empty ring gave %d", len(got))
 	}
 	id := []byte("req-0")
@@ -107,7 +107,7 @@ func TestFailureRing(t *testing.T) {
 			Status: 502, Class: policy.Transient, Cause: policy.CauseConnect, Attempts: 3, RequestID: id})
 	}
 	id[4] = '!' // the ring copied the id: changing the caller's buffer changes nothing
-	got := r.Snapshot()
+	got := r.Snapshot(nil)
 	if len(got) != FailureCapacity {
 		t.Fatalf("kept %d, want %d", len(got), FailureCapacity)
 	}
@@ -125,7 +125,7 @@ func TestFailureRing(t *testing.T) {
 	}
 
 	r.Record(&FailureRecord{Route: "r", Class: policy.BudgetExhausted, Reason: "budget_exhausted", RequestID: make([]byte, 300)})
-	if f := r.Snapshot()[0]; f.Reason != "budget_exhausted" || f.Cause != "" || len(f.RequestID) != maxRequestID {
+	if f := r.Snapshot(nil)[0]; f.Reason != "budget_exhausted" || f.Cause != "" || len(f.RequestID) != maxRequestID {
 		t.Errorf("failure %+v: want the given reason, no cause, the id cut to %d bytes", f, maxRequestID)
 	}
 }

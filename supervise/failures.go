@@ -28,6 +28,13 @@ type FailureRecord struct {
 	Reason    string
 	Attempts  int
 	RequestID []byte
+	// Err is the last attempt's transport error, and Short the local
+	// resource ballast ran out of before it could send one; kept as they
+	// are and worded only when the ring is read (Snapshot's Describer).
+	// Both zero when the agent got the upstream's own answer or ballast
+	// refused the request before any attempt.
+	Err   error
+	Short policy.Shortage
 }
 
 // Failure is one entry of /status's failure list.
@@ -41,10 +48,15 @@ type Failure struct {
 	Reason    string    `json:"reason"`
 	Attempts  int       `json:"attempts"`
 	RequestID string    `json:"request_id,omitempty"`
+	// Detail says why in words when the last attempt failed without an
+	// answer (a transport error, ballast's own shortage): the Describer's
+	// text, as an upstream's LastFailure.Reason words it. Omitted
+	// otherwise.
+	Detail string `json:"detail,omitempty"`
 }
 
 type failureSlot struct {
-	rec   FailureRecord // RequestID unused: the id lives in id[:idLen]
+	rec   FailureRecord // RequestID unused: the id lives in id[:idLen]; Err kept until the slot is reused
 	id    [maxRequestID]byte
 	idLen uint8
 }
@@ -72,11 +84,14 @@ func (r *FailureRing) Record(f *FailureRecord) {
 	r.mu.Unlock()
 }
 
-// Snapshot returns the kept failures, newest first.
-func (r *FailureRing) Snapshot() []Failure {
+// Snapshot returns the kept failures, newest first. describe words the
+// Detail of a failure that kept an error or a shortage, after the ring's
+// lock is released (Record never waits for it); nil leaves every Detail
+// empty.
+func (r *FailureRing) Snapshot(describe Describer) []Failure {
 	r.mu.Lock()
-	defer r.mu.Unlock()
 	out := make([]Failure, 0, r.count)
+	var faults []Fault // faults[i] is out[i]'s, when it kept one
 	for i := 1; i <= r.count; i++ {
 		s := &r.slots[(r.next-i+FailureCapacity)%FailureCapacity]
 		f := Failure{
@@ -91,6 +106,15 @@ func (r *FailureRing) Snapshot() []Failure {
 			f.Reason = f.Class
 		}
 		out = append(out, f)
+		if describe != nil {
+			faults = append(faults, Fault{Time: s.rec.Time, Class: s.rec.Class, Cause: s.rec.Cause, Err: s.rec.Err, Short: s.rec.Short})
+		}
+	}
+	r.mu.Unlock()
+	for i := range faults {
+		if f := &faults[i]; f.Err != nil || f.Short != policy.ShortageNone {
+			out[i].Detail = describe(f)
+		}
 	}
 	return out
 }

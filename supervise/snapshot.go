@@ -94,6 +94,11 @@ type UpstreamStatus struct {
 	// CooldownRemainingS is how long the upstream still asks ballast to
 	// wait, in seconds (0 when it does not).
 	CooldownRemainingS float64 `json:"cooldown_remaining_s"`
+	// LastFailure is the most recent failure of an attempt at the
+	// upstream on this route, or of ballast's own to open a connection to
+	// it (ShortOf), worded; omitted before any. It outlives the window: an upstream failing now and then keeps
+	// its last reason on show until the next failure replaces it.
+	LastFailure *LastFailure `json:"last_failure,omitempty"`
 }
 
 // LimiterStatus is a route's rate and concurrency limits.

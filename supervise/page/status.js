@@ -75,6 +75,23 @@
     return box;
   }
 
+  // classCause is a failure's class, and its cause when it has one.
+  function classCause(f) { return f.cause ? f.class + ' / ' + f.cause : f.class; }
+
+  // lastFailureRow spans an upstream's row with why it last failed: when,
+  // the class and cause, the reason in words, and for ballast's own
+  // shortage what to do about it. All text: /status words it safely, and
+  // the page never parses it as markup.
+  function lastFailureRow(f) {
+    var tr = el('tr', 'last-failure'), td = el('td');
+    td.colSpan = 8;
+    td.appendChild(el('span', 'lf-label', 'last failure ' + fmtTime(f.time) + ' · ' + classCause(f) + (f.status ? ' · ' + f.status : '')));
+    td.appendChild(el('span', 'lf-reason', f.reason));
+    if (f.hint) td.appendChild(el('span', 'lf-hint', f.hint));
+    tr.appendChild(td);
+    return tr;
+  }
+
   function upstreamTable(ups) {
     var t = el('table', 'ups');
     var head = el('tr');
@@ -101,6 +118,7 @@
       tr.appendChild(el('td', null, u.retries));
       tr.appendChild(el('td', null, u.inflight));
       body.appendChild(tr);
+      if (u.last_failure) body.appendChild(lastFailureRow(u.last_failure));
     });
     t.appendChild(body);
     return t;
@@ -157,7 +175,7 @@
     var body = $('failures').tBodies[0];
     if (!list.length) {
       var tr = el('tr'), td = el('td', 'empty', 'no failures recorded');
-      td.colSpan = 8;
+      td.colSpan = 9;
       tr.appendChild(td);
       body.replaceChildren(tr);
       return;
@@ -169,7 +187,8 @@
       tr.appendChild(el('td', null, f.upstream || '—'));
       tr.appendChild(el('td', null, f.status || '—'));
       tr.appendChild(el('td', 'reason', f.reason));
-      tr.appendChild(el('td', null, f.cause ? f.class + ' / ' + f.cause : f.class));
+      tr.appendChild(el('td', null, classCause(f)));
+      tr.appendChild(el('td', 'detail', f.detail || ''));
       tr.appendChild(el('td', null, f.attempts));
       tr.appendChild(el('td', 'rid', f.request_id || ''));
       return tr;
