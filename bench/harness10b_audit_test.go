@@ -461,12 +461,15 @@ func TestHarness10bBenchAllSmoke(t *testing.T) {
 			if err != nil {
 				t.Fatalf("RESULTS.md's section: %v\n%s", err, section)
 			}
-			// cost, latency, rounds; chaos; policies, its rounds; state.
-			if len(tables) != 7 {
-				t.Errorf("%d tables in the section, want 7", len(tables))
+			// cost, latency, rounds; chaos; policies, its rounds; state, its rounds.
+			if len(tables) != 8 {
+				t.Errorf("%d tables in the section, want 8", len(tables))
 			}
 			if p := rep.Policies; p.Settings.Rounds != 2 || len(p.Rounds) != 2 {
 				t.Errorf("policies under --rounds 2: settings %d, %d rounds", p.Settings.Rounds, len(p.Rounds))
+			}
+			if s := rep.State; s.Settings.Rounds != 2 || len(s.Rounds) != 2 {
+				t.Errorf("state under --rounds 2: settings %d, %d rounds", s.Settings.Rounds, len(s.Rounds))
 			}
 			checkRoundsTableMatchesJSON(t, section, js)
 		})

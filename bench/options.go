@@ -41,8 +41,8 @@ type Options struct {
 	// the upstream keep Go's default.
 	Procs int
 	// Rounds is how many times the overhead scenario measures every
-	// target, and the policies scenario every variant, taking turns.
-	// Default 1.
+	// target, the policies scenario every variant and the state scenario
+	// every store, taking turns. Default 1.
 	Rounds int
 	// Seed seeds the chaos upstream's fault and latency draws. 0 is a seed
 	// like any other (the command line's default is 1), as it is for
@@ -156,7 +156,7 @@ type Settings struct {
 	Timeout     string  `json:"timeout"`
 	Procs       int     `json:"procs"`
 	SampleEvery string  `json:"sample_every,omitempty"`
-	// Rounds is set by the overhead and policies scenarios only.
+	// Rounds is set by the overhead, policies and state scenarios only.
 	Rounds int `json:"rounds,omitempty"`
 	// SaturationDriver is the driver of the overhead scenario's saturation
 	// phase, DriverGo or DriverWrk; empty when there was none.

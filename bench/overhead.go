@@ -163,12 +163,7 @@ func Overhead(ctx context.Context, opts Options) (*OverheadResult, error) {
 		for i := range targets {
 			k := (round + i) % len(targets)
 			t := targets[k]
-			if opts.Rounds > 1 {
-				fmt.Fprintf(opts.Progress, "overhead: round %d of %d: ", round+1, opts.Rounds)
-			} else {
-				fmt.Fprint(opts.Progress, "overhead: ")
-			}
-			fmt.Fprintf(opts.Progress, "%s open loop at %.0f rps for %v\n", t.name, opts.Rate, opts.Duration)
+			fmt.Fprintf(opts.Progress, "%s%s open loop at %.0f rps for %v\n", roundPrefix("overhead", round, opts.Rounds), t.name, opts.Rate, opts.Duration)
 			ot, err := measureTarget(ctx, opts, wl, t.name, t.proc, up)
 			if err != nil {
 				return nil, err

@@ -228,12 +228,7 @@ func Policies(ctx context.Context, opts Options) (*PoliciesResult, error) {
 		measured := make([]PolicyVariant, len(selected))
 		for i := range selected {
 			k := (round + i) % len(selected)
-			if opts.Rounds > 1 {
-				fmt.Fprintf(opts.Progress, "policies: round %d of %d: ", round+1, opts.Rounds)
-			} else {
-				fmt.Fprint(opts.Progress, "policies: ")
-			}
-			pv, err := runPolicyVariant(ctx, open, dir, selected[k], up)
+			pv, err := runPolicyVariant(ctx, open, dir, selected[k], up, roundPrefix("policies", round, opts.Rounds))
 			if err != nil {
 				return nil, err
 			}
@@ -286,7 +281,7 @@ func medianPolicyVariant(runs []PolicyVariant) PolicyVariant {
 	return m
 }
 
-func runPolicyVariant(ctx context.Context, opts Options, dir string, v policyVariant, up *Process) (PolicyVariant, error) {
+func runPolicyVariant(ctx context.Context, opts Options, dir string, v policyVariant, up *Process, progress string) (PolicyVariant, error) {
 	top, policy := v.config()
 	bl, err := startSmallBallast(ctx, opts.Exe, dir, "policies-"+v.name,
 		smallConfig{Upstream: up.Addr, Top: top, Policy: policy}, v.logOn, opts.Procs)
@@ -294,7 +289,7 @@ func runPolicyVariant(ctx context.Context, opts Options, dir string, v policyVar
 		return PolicyVariant{}, err
 	}
 	defer bl.Stop()
-	fmt.Fprintf(opts.Progress, "%s open loop at %.0f rps for %v\n", v.name, opts.Rate, opts.Duration)
+	fmt.Fprintf(opts.Progress, "%s%s open loop at %.0f rps for %v\n", progress, v.name, opts.Rate, opts.Duration)
 	ot, err := measureTarget(ctx, opts, policiesWorkload(), v.name, bl, up)
 	if err != nil {
 		return PolicyVariant{}, err

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -125,4 +126,83 @@ func TestPoliciesRunsRoundsTakingTurns(t *testing.T) {
 		}
 		at += i + len(line)
 	}
+}
+
+// TestStateRoundsAreMediansWithEachRoundsRatios: the state scenario's
+// rounds, as the policies scenario's: medians, each round's ratio against
+// its own unkeyed, and a rounds table.
+func TestStateRoundsAreMediansWithEachRoundsRatios(t *testing.T) {
+	round := func(unkeyed, file float64) []StateTarget {
+		return []StateTarget{
+			{Name: StoreUnkeyed, Load: LoadResult{RPS: unkeyed}, PeakRSS: 1},
+			{Name: StoreFile, Load: LoadResult{RPS: file}, PeakRSS: 2},
+		}
+	}
+	r := &StateResult{Settings: Settings{Connections: 64, Duration: "10s", Warmup: "1s", Procs: 2, Rounds: 3},
+		Rounds: [][]StateTarget{round(1000, 400), round(900, 540), round(1100, 600)}, Skipped: map[string]string{}}
+	r.summarise()
+	if len(r.Targets) != 2 || r.Targets[1].Load.RPS != 540 || r.Targets[1].RPSRatio != 0.54 {
+		t.Fatalf("medians: %+v", r.Targets)
+	}
+	for i, want := range []float64{0.4, 0.6, 600.0 / 1100} {
+		if got := r.Rounds[i][1].RPSRatio; got < want-1e-9 || got > want+1e-9 {
+			t.Errorf("round %d: %v, want %v", i+1, got, want)
+		}
+	}
+	md := string((&Report{State: r}).Markdown(""))
+	for _, want := range []string{"3 rounds, the stores taking turns", "rps ×unkeyed, round 3", "0.40×", "0.60×", "0.55×", "0.54×"} {
+		if !strings.Contains(md, want) {
+			t.Errorf("%q missing:\n%s", want, md)
+		}
+	}
+}
+
+// TestStateRunsRoundsTakingTurns runs the state scenario for real with two
+// rounds of unkeyed and the file store (tiny durations; shapes, never
+// throughput): the file store starts empty each round, and each progress
+// line is one write.
+func TestStateRunsRoundsTakingTurns(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts child processes")
+	}
+	exe := buildBallast(t)
+	var lines lineWrites
+	r, err := State(context.Background(), Options{Exe: exe, Duration: 150 * time.Millisecond, Warmup: -1,
+		Connections: 4, Targets: []string{StoreFile}, Rounds: 2, Progress: &lines})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Settings.Rounds != 2 || len(r.Rounds) != 2 || len(r.Targets) != 2 || r.Targets[1].RPSRatio <= 0 {
+		t.Fatalf("rounds %d, %d rounds, targets %+v", r.Settings.Rounds, len(r.Rounds), r.Targets)
+	}
+	for _, want := range []string{"state: round 1 of 2: unkeyed closed loop", "state: round 2 of 2: file closed loop"} {
+		if !lines.has(want) {
+			t.Errorf("no single write holds %q: %q", want, lines.writes)
+		}
+	}
+}
+
+// lineWrites keeps every write apart, to check that a progress line is
+// one write (what a watcher of the progress, like killOnLine, sees).
+type lineWrites struct {
+	mu     sync.Mutex
+	writes []string
+}
+
+func (l *lineWrites) Write(b []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.writes = append(l.writes, string(b))
+	return len(b), nil
+}
+
+func (l *lineWrites) has(s string) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, w := range l.writes {
+		if strings.Contains(w, s) {
+			return true
+		}
+	}
+	return false
 }

@@ -84,8 +84,12 @@ func (p *PoliciesResult) section() section {
 func (r *StateResult) section() section {
 	s := r.Settings
 	sec := section{title: "State", summary: fmt.Sprintf("state: POSTs with a fresh Idempotency-Key each (idempotency: {mode: header}) through ballast "+
-		"on each state store, vs the same POSTs without a key (unkeyed); closed loop with %d connections for %s per store (warm-up %s); %s.",
+		"on each state store, vs the same POSTs without a key (unkeyed); closed loop with %d connections for %s per store (warm-up %s); %s",
 		s.Connections, s.Duration, s.Warmup, ballastProcs(s.Procs))}
+	if s.Rounds > 1 {
+		sec.summary += fmt.Sprintf("; %d rounds, the stores taking turns, and each figure below is the median over the rounds", s.Rounds)
+	}
+	sec.summary += "."
 	t := &table{header: []string{"store", "rps", "rps ×unkeyed", "CPU ms / 1k req", "store CPU ms / 1k", "p50 ms", "p99 ms", "peak RSS", "errors"}}
 	for _, st := range r.Targets {
 		rr, store := "–", "–"
@@ -101,6 +105,23 @@ func (r *StateResult) section() section {
 		sec.notes = append(sec.notes, st.Name+": `"+st.Config+"`")
 	}
 	sec.tables = []*table{t}
+	if len(r.Rounds) > 1 {
+		rt := &table{header: []string{"store"}}
+		for k := range r.Rounds {
+			rt.header = append(rt.header, fmt.Sprintf("rps ×unkeyed, round %d", k+1))
+		}
+		for i, st := range r.Targets {
+			if st.Name == StoreUnkeyed {
+				continue
+			}
+			row := []string{st.Name}
+			for _, round := range r.Rounds {
+				row = append(row, fmtRatio(round[i].RPSRatio))
+			}
+			rt.add(row...)
+		}
+		sec.tables = append(sec.tables, rt)
+	}
 	for _, name := range sortedKeys(r.Skipped) {
 		sec.notes = append(sec.notes, fmt.Sprintf("skipped %s: %s", name, r.Skipped[name]))
 	}

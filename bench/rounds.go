@@ -5,6 +5,15 @@ import (
 	"slices"
 )
 
+// roundPrefix begins a scenario's progress line for one run: "state: ",
+// or "state: round 2 of 3: " when there are rounds. A line is one write.
+func roundPrefix(scenario string, round, rounds int) string {
+	if rounds > 1 {
+		return fmt.Sprintf("%s: round %d of %d: ", scenario, round+1, rounds)
+	}
+	return scenario + ": "
+}
+
 // medianTarget summarises one target's rounds: the median of each figure
 // (CPU, throughput, every latency percentile), taken separately, the
 // requests and errors of all rounds added up, and the highest peak RSS.

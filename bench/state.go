@@ -42,8 +42,15 @@ type StateTarget struct {
 
 // StateResult is the state scenario's report.
 type StateResult struct {
-	Settings Settings      `json:"settings"`
-	Targets  []StateTarget `json:"targets"`
+	Settings Settings `json:"settings"`
+	// Targets are the measurements, one per store, unkeyed first. With
+	// more than one round, each is the median over the rounds, and its
+	// ratio is of the medians.
+	Targets []StateTarget `json:"targets"`
+	// Rounds holds every round's measurements, stores in the order of
+	// Targets, each with its ratio against that round's unkeyed, when
+	// there was more than one round.
+	Rounds [][]StateTarget `json:"rounds,omitempty"`
 	// Skipped names stores that did not run, with why.
 	Skipped map[string]string `json:"skipped,omitempty"`
 }
@@ -65,6 +72,11 @@ func stateWorkload(keyed bool) []Workload {
 // child per store. redis runs when redis-server is on PATH (started on a
 // free port without persistence). opts.Targets limits the stores
 // (unkeyed always runs: it is the baseline).
+//
+// With opts.Rounds above 1, every store is measured once per round, the
+// stores taking turns as the overhead scenario's targets do; the file
+// store starts empty each time. The report gives each store's medians and
+// every round's ratios.
 func State(ctx context.Context, opts Options) (*StateResult, error) {
 	if opts.Procs == 0 {
 		opts.Procs = 2 // ballast's choice with the file store, for every store
@@ -80,6 +92,7 @@ func State(ctx context.Context, opts Options) (*StateResult, error) {
 	}
 	res := &StateResult{Settings: opts.settings(), Skipped: map[string]string{}}
 	res.Settings.Saturation, res.Settings.Rate = "", 0
+	res.Settings.Rounds = opts.Rounds
 	dir, err := os.MkdirTemp("", "ballast-bench")
 	if err != nil {
 		return nil, fmt.Errorf("bench: %w", err)
@@ -92,42 +105,107 @@ func State(ctx context.Context, opts Options) (*StateResult, error) {
 		return nil, err
 	}
 	defer up.Stop()
+	var names []string
 	for _, name := range StateStores() {
 		if name != StoreUnkeyed && len(opts.Targets) > 0 && !slices.Contains(opts.Targets, name) {
 			continue
 		}
-		var store *Process
-		state := "state: {max_records: 10000000}"
-		switch name {
-		case StoreFile:
-			state = fmt.Sprintf("state: {path: %s, max_records: 10000000}", filepath.Join(dir, "state.db"))
-		case StoreRedis:
-			exe := RedisPath()
-			if exe == "" {
-				res.Skipped[name] = "redis-server is not on PATH"
-				continue
-			}
-			if store, err = startRedis(ctx, exe); err != nil {
+		if name == StoreRedis && RedisPath() == "" {
+			res.Skipped[name] = "redis-server is not on PATH"
+			continue
+		}
+		names = append(names, name)
+	}
+	for round := range opts.Rounds {
+		measured := make([]StateTarget, len(names))
+		for i := range names {
+			k := (round + i) % len(names)
+			st, err := runStore(ctx, opts, dir, names[k], up, roundPrefix("state", round, opts.Rounds))
+			if err != nil {
 				return nil, err
 			}
-			state = fmt.Sprintf(`state: {backend: redis, redis: {address: %s, key_prefix: "bench:"}}`, store.Addr)
+			measured[k] = st
 		}
-		st, err := runStateTarget(ctx, opts, dir, name, state, up, store)
-		// The report shows where, not this run's temporary names.
-		st.Config = strings.NewReplacer(dir, "<tmp>", addrOf(store), "127.0.0.1:<free port>").Replace(st.Config)
-		if store != nil {
-			store.Stop()
-		}
-		if err != nil {
-			return nil, err
-		}
-		res.Targets = append(res.Targets, st)
+		res.Rounds = append(res.Rounds, measured)
 	}
-	res.compare()
+	res.summarise()
 	return res, nil
 }
 
-func runStateTarget(ctx context.Context, opts Options, dir, name, state string, up, store *Process) (StateTarget, error) {
+// runStore measures one store (State): it starts the store's process
+// (redis-server) when it has one, and removes the file store's files
+// after the run, so that every round of the file store starts empty.
+func runStore(ctx context.Context, opts Options, dir, name string, up *Process, progress string) (StateTarget, error) {
+	var store *Process
+	state := "state: {max_records: 10000000}"
+	switch name {
+	case StoreFile:
+		path := filepath.Join(dir, "state.db")
+		state = fmt.Sprintf("state: {path: %s, max_records: 10000000}", path)
+		defer func() {
+			files, _ := filepath.Glob(path + "*")
+			for _, f := range files {
+				_ = os.Remove(f)
+			}
+		}()
+	case StoreRedis:
+		var err error
+		if store, err = startRedis(ctx, RedisPath()); err != nil {
+			return StateTarget{}, err
+		}
+		defer store.Stop()
+		state = fmt.Sprintf(`state: {backend: redis, redis: {address: %s, key_prefix: "bench:"}}`, store.Addr)
+	}
+	st, err := runStateTarget(ctx, opts, dir, name, state, up, store, progress)
+	// The report shows where, not this run's temporary names.
+	st.Config = strings.NewReplacer(dir, "<tmp>", addrOf(store), "127.0.0.1:<free port>").Replace(st.Config)
+	return st, err
+}
+
+// summarise fills the comparisons from r.Rounds: with one round, Targets
+// is that round; with more, Targets are each store's medians
+// (medianStateTarget) and each round keeps its own ratios against its
+// own unkeyed run.
+func (r *StateResult) summarise() {
+	for i := range r.Rounds {
+		compareStores(r.Rounds[i])
+	}
+	switch len(r.Rounds) {
+	case 0:
+		return
+	case 1:
+		r.Targets, r.Rounds = r.Rounds[0], nil
+		return
+	}
+	r.Targets = nil
+	for i := range r.Rounds[0] {
+		runs := make([]StateTarget, len(r.Rounds))
+		for k, round := range r.Rounds {
+			runs[k] = round[i]
+		}
+		r.Targets = append(r.Targets, medianStateTarget(runs))
+	}
+	r.compare()
+}
+
+// medianStateTarget summarises one store's rounds as medianTarget does an
+// overhead target's: the median of each figure, taken separately,
+// requests and errors added up, and the highest peak RSS.
+func medianStateTarget(runs []StateTarget) StateTarget {
+	m := StateTarget{Name: runs[0].Name, Config: runs[0].Config}
+	m.CPUPer1k = medianOf(runs, func(t StateTarget) float64 { return t.CPUPer1k })
+	m.UpstreamCPUPer1k = medianOf(runs, func(t StateTarget) float64 { return t.UpstreamCPUPer1k })
+	m.StoreCPUPer1k = medianOf(runs, func(t StateTarget) float64 { return t.StoreCPUPer1k })
+	loads := make([]LoadResult, len(runs))
+	for i, t := range runs {
+		loads[i] = t.Load
+		m.PeakRSS = max(m.PeakRSS, t.PeakRSS)
+	}
+	m.Load = medianLoad(loads)
+	return m
+}
+
+func runStateTarget(ctx context.Context, opts Options, dir, name, state string, up, store *Process, progress string) (StateTarget, error) {
 	const policy = offPolicy + "idempotency: {mode: header}\n"
 	top := "log: {requests: false}\n" + state + "\n"
 	st := StateTarget{Name: name, Config: strings.TrimSpace(state) + "; idempotency: {mode: header}"}
@@ -145,7 +223,7 @@ func runStateTarget(ctx context.Context, opts Options, dir, name, state string, 
 	}
 	before := make([]ProcUsage, len(procs))
 	var usageErr error
-	fmt.Fprintf(opts.Progress, "state: %s closed loop, %d connections for %v\n", name, opts.Connections, opts.Duration)
+	fmt.Fprintf(opts.Progress, "%s%s closed loop, %d connections for %v\n", progress, name, opts.Connections, opts.Duration)
 	lr, err := RunLoad(ctx, LoadConfig{
 		Addr: bl.Addr, Workloads: stateWorkload(name != StoreUnkeyed), Connections: opts.Connections,
 		Warmup: opts.Warmup, Duration: opts.Duration, Timeout: opts.Timeout,
@@ -184,16 +262,20 @@ func runStateTarget(ctx context.Context, opts Options, dir, name, state string, 
 	return st, ctx.Err()
 }
 
-// compare fills RPSRatio against unkeyed.
-func (r *StateResult) compare() {
-	i := slices.IndexFunc(r.Targets, func(t StateTarget) bool { return t.Name == StoreUnkeyed })
+// compare fills RPSRatio of r.Targets against unkeyed.
+func (r *StateResult) compare() { compareStores(r.Targets) }
+
+// compareStores fills RPSRatio against unkeyed for stores measured
+// together; nothing when unkeyed is not among them.
+func compareStores(targets []StateTarget) {
+	i := slices.IndexFunc(targets, func(t StateTarget) bool { return t.Name == StoreUnkeyed })
 	if i < 0 {
 		return
 	}
-	base := r.Targets[i].Load.RPS
-	for i := range r.Targets {
-		if r.Targets[i].Name != StoreUnkeyed {
-			r.Targets[i].RPSRatio = ratio(r.Targets[i].Load.RPS, base)
+	base := targets[i].Load.RPS
+	for i := range targets {
+		if targets[i].Name != StoreUnkeyed {
+			targets[i].RPSRatio = ratio(targets[i].Load.RPS, base)
 		}
 	}
 }

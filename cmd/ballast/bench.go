@@ -29,7 +29,7 @@ const benchUsage = `usage:
 scenario flags: --duration D (10s; 5s per policies variant; 5m for soak) --warmup 1s --saturation 5s
                 --rate N --connections 64 --size 1024 --seed 1 --timeout 5s --sample-every 5s
                 --procs N (cores per proxy under test: 1; 2 for state)
-                --rounds N (overhead, policies: every target or variant N times, taking turns; medians)
+                --rounds N (overhead, policies, state: each target N times, taking turns; medians)
                 --driver auto|go|wrk (overhead's saturation load: wrk -t1 when on PATH, else Go)
                 --targets LIST (overhead: direct,bare,ballast,nginx; policies: variants; state: stores)
                 --soak (all: include soak) --json (machine-readable output)
@@ -72,7 +72,7 @@ func cmdBenchScenario(name string, args []string, stdout, stderr io.Writer) int 
 	fs.IntVar(&o.Connections, "connections", 64, "concurrent connections (the closed-loop N)")
 	fs.IntVar(&o.Size, "size", 1024, "upstream JSON answer size in bytes")
 	fs.Int64Var(&o.Seed, "seed", 1, "chaos upstream seed (any integer, 0 included)")
-	fs.IntVar(&o.Rounds, "rounds", 1, "overhead and policies: measure every target or variant this many times, taking turns, and report medians")
+	fs.IntVar(&o.Rounds, "rounds", 1, "overhead, policies and state: measure every target, variant or store this many times, taking turns, and report medians")
 	fs.IntVar(&o.Procs, "procs", 0, "cores each proxy under test may use: GOMAXPROCS for ballast and the bare proxy, worker_processes for nginx (default 1; 2 for state)")
 	fs.DurationVar(&o.Timeout, "timeout", 5*time.Second, "per-request timeout of the load driver")
 	fs.StringVar(&o.Driver, "driver", bench.DriverAuto, "overhead: saturation load driver: wrk (wrk -t1, about one core; whole seconds), go (ballast's own), auto (wrk when on PATH, else go); the open loop always uses go")
