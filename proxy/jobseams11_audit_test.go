@@ -349,7 +349,12 @@ func TestJobSeams11_PollWaitBoundedByTimeoutHeader(t *testing.T) {
 	clock := policy.NewFakeClock(time.Now())
 	release := make(chan struct{})
 	defer close(release)
+	started := make(chan struct{}, 1)
 	up, _ := upstream(t, func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case started <- struct{}{}:
+		default:
+		}
 		select {
 		case <-release:
 		case <-r.Context().Done():
@@ -361,6 +366,14 @@ routes:
   - {name: r, match: {path_prefix: /}, upstream: %q, async: {enabled: true}, timeouts: {total: 600s, per_try: 600s}}
 `, up))
 	loc := js11Submit(t, b, "GET", "/slow", "")
+	// The job is running (its call is at the upstream) before the poll
+	// starts: the poll then reads it running, and the only new waiter on
+	// the clock is the poll's.
+	select {
+	case <-started:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the job's call never reached the upstream")
+	}
 	base := clock.Waiters()
 	type answer struct {
 		resp *http.Response
