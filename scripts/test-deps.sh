@@ -10,6 +10,8 @@
 #   redis-server  store, ratelimit and internal/redis* tests start their own
 #                 redis-server (internal/redistest)
 #   wrk        bench's overhead saturation phase runs wrk -t1 (bench/wrk.go)
+#   prlimit    cmd/ballast's resource tests run ballast under a low
+#              RLIMIT_NOFILE (resources12_audit_test.go)
 set -euo pipefail
 
 if ! command -v go >/dev/null 2>&1; then
@@ -22,6 +24,7 @@ required=(
 	"chromium:chromium"
 	"redis-server:redis-server"
 	"wrk:wrk"
+	"prlimit:util-linux"
 )
 
 missing=()

@@ -44,7 +44,7 @@ func res12Start(t *testing.T, nofile int, yaml string) *res12Child {
 	t.Helper()
 	prlimit, err := exec.LookPath("prlimit")
 	if err != nil {
-		t.Skip("needs prlimit (util-linux) to lower the child's RLIMIT_NOFILE")
+		t.Fatal("prlimit (util-linux) lowers the child's RLIMIT_NOFILE and is not on PATH; scripts/test-deps.sh installs it")
 	}
 	dir := t.TempDir()
 	c := &res12Child{logs: &lockedBuffer{}, exited: make(chan struct{}), listen: freePort(t), adminA: freePort(t)}
@@ -535,10 +535,7 @@ routes:
 // and /status window hear nothing of it.
 func TestPoolFullIsBallastsNotUpstreams(t *testing.T) {
 	const pool = 4096
-	var lim syscall.Rlimit
-	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil || lim.Cur < 2*pool+500 {
-		t.Skipf("needs %d descriptors (agents and upstream ends of %d calls); the limit is %d", 2*pool+500, pool, lim.Cur)
-	}
+	res12RaiseNofile(t, 2*pool+500) // the agents' and the upstream's ends of every call
 	hold := res12HoldUpstream(t)
 	c := res12Start(t, 2*pool+500, `listen: %s
 admin: {listen: %s}
@@ -582,4 +579,29 @@ routes:
 			}
 		}
 	}
+}
+
+// res12RaiseNofile makes sure this process may open want descriptors,
+// raising its own limit (the hard one too, which root may) for the test
+// and restoring it after; it fails the test when the machine refuses.
+func res12RaiseNofile(t *testing.T, want uint64) {
+	t.Helper()
+	var lim syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+		t.Fatal(err)
+	}
+	if lim.Cur >= want {
+		return
+	}
+	raised := lim
+	raised.Cur = want
+	raised.Max = max(lim.Max, want)
+	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &raised); err != nil {
+		t.Fatalf("needs %d descriptors, the limit is %d and raising it failed: %v", want, lim.Cur, err)
+	}
+	t.Cleanup(func() {
+		restore := lim
+		restore.Max = raised.Max // a hard limit, once raised, may not come down and go back up
+		_ = syscall.Setrlimit(syscall.RLIMIT_NOFILE, &restore)
+	})
 }
