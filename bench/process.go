@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"regexp"
@@ -14,6 +13,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/ballast-proxy/ballast/internal/freeport"
 	"github.com/valyala/fasthttp"
 )
 
@@ -197,12 +197,13 @@ func (l *lineTail) String() string {
 	return string(bytes.TrimSpace(l.buf))
 }
 
-// freeAddr returns a loopback address that was free a moment ago.
+// freeAddr returns a loopback address that was free a moment ago, from
+// below the ephemeral range, where the load generator's own connections
+// cannot take it before the child binds it.
 func freeAddr() (string, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	addr, err := freeport.Loopback()
 	if err != nil {
 		return "", fmt.Errorf("%w: %w", ErrProcess, err)
 	}
-	addr := ln.Addr().String()
-	return addr, ln.Close()
+	return addr, nil
 }

@@ -16,6 +16,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/ballast-proxy/ballast/internal/freeport"
 )
 
 var binary string
@@ -75,13 +77,16 @@ func TestValidate(t *testing.T) {
 	}
 }
 
+// freePort returns a loopback address for a child ballast to listen on,
+// from below the ephemeral range so that no client connection of a
+// parallel test takes it before the child binds it.
 func freePort(t *testing.T) string {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	t.Helper()
+	addr, err := freeport.Loopback()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ln.Close()
-	return ln.Addr().String()
+	return addr
 }
 
 // startProcess runs the real binary and waits until its admin listener

@@ -673,10 +673,27 @@ func TestShutdownAudit_StuckStderrDoesNotBlockExit(t *testing.T) {
 	}
 	pw.Close()
 	t.Cleanup(func() { _ = cmd.Process.Kill() })
-	saPoll(t, 10*time.Second, "ballast healthy", func() bool {
+	// Until ballast is healthy its stderr is read, so that a start that
+	// fails says why; from then on nobody reads it.
+	startup := &lockedBuffer{}
+	reading := make(chan struct{})
+	go func() {
+		defer close(reading)
+		_, _ = io.Copy(startup, pr)
+	}()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
 		var out, errb bytes.Buffer
-		return run([]string{"healthcheck", "--admin", admin}, &out, &errb) == 0
-	})
+		if run([]string{"healthcheck", "--admin", admin}, &out, &errb) == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("ballast never became healthy:\n%s", startup.String())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	_ = pr.SetReadDeadline(time.Now()) // stop reading, keep the pipe open
+	<-reading
 	c := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 4}, Timeout: 5 * time.Second}
 	defer c.CloseIdleConnections()
 	// Far more than a pipe holds (64KiB): the sink's writer is stuck.
