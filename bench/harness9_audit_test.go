@@ -17,7 +17,6 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
@@ -569,7 +568,9 @@ func (k *killOnLine) Write(b []byte) (int, error) {
 			k.t.Errorf("pid %q: %v", fields[len(fields)-1], err)
 			return len(b), nil
 		}
-		if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		if p, err := os.FindProcess(pid); err != nil {
+			k.t.Errorf("find %d: %v", pid, err)
+		} else if err := p.Kill(); err != nil {
 			k.t.Errorf("kill %d: %v", pid, err)
 		}
 	}

@@ -4,8 +4,6 @@ import (
 	"context"
 	"runtime"
 	"time"
-
-	"golang.org/x/sys/unix"
 )
 
 // A pacer wakes the open loop's schedule at each request's intended time,
@@ -21,7 +19,9 @@ import (
 // in nanosleep(2), its goroutine locked to a thread whose timer slack
 // (50 µs by default) is set to 1 ns. What remains is the kernel's wake-up,
 // about 30 µs here (BenchmarkPacerLateness). Long waits first sleep on a
-// Go timer, so that a cancelled context still ends them at once.
+// Go timer, so that a cancelled context still ends them at once. (Timer
+// slack and nanosleep are Linux's, pace_linux.go; elsewhere the pacer
+// sleeps with time.Sleep, which is as coarse as the platform's timers.)
 type pacer struct{ timer *time.Timer }
 
 // coarseWait is how far ahead of its deadline a long wait hands over from
@@ -38,7 +38,7 @@ const coarseWait = 2 * time.Millisecond
 // the parent thread, not the process.
 func newPacer() *pacer {
 	runtime.LockOSThread()
-	_ = unix.Prctl(unix.PR_SET_TIMERSLACK, 1, 0, 0, 0)
+	setTimerSlack(1)
 	t := time.NewTimer(time.Hour)
 	t.Stop()
 	return &pacer{timer: t}
@@ -48,7 +48,7 @@ func newPacer() *pacer {
 // run on newPacer's goroutine.
 func (p *pacer) stop() {
 	p.timer.Stop()
-	_ = unix.Prctl(unix.PR_SET_TIMERSLACK, 0, 0, 0, 0) // 0: the thread's default
+	setTimerSlack(0) // 0: the thread's default
 	runtime.UnlockOSThread()
 }
 
@@ -69,7 +69,6 @@ func (p *pacer) sleepUntil(ctx context.Context, at time.Time) bool {
 		if wait <= 0 {
 			return ctx.Err() == nil
 		}
-		ts := unix.NsecToTimespec(int64(wait))
-		_ = unix.Nanosleep(&ts, nil) // EINTR (the runtime's signals): the loop sleeps again
+		sleepFinely(wait)
 	}
 }

@@ -62,7 +62,7 @@ func startProcessQuiet(name, exe string, quiet bool, env []string, args ...strin
 	if !quiet {
 		p.cmd.Stderr = p.output
 	}
-	p.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	p.cmd.SysProcAttr = childAttrs()
 	if err := p.cmd.Start(); err != nil {
 		return nil, fmt.Errorf("%w: %s: %w", ErrProcess, name, err)
 	}

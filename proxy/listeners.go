@@ -5,7 +5,6 @@ import (
 	"net"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/ballast-proxy/ballast/internal/rawio"
@@ -240,25 +239,4 @@ func (cs *conns) quiet(ctx context.Context) {
 // asked reports, without blocking or consuming anything, whether bytes
 // wait to be read on c: a request its server has yet to read. A FIN, an
 // error or a closed connection is not a request.
-func asked(c net.Conn) bool {
-	sc, ok := c.(syscall.Conn)
-	if !ok {
-		return false
-	}
-	raw, err := sc.SyscallConn()
-	if err != nil {
-		return false
-	}
-	var pending bool
-	var buf [1]byte
-	_ = raw.Control(func(fd uintptr) {
-		for {
-			n, _, err := syscall.Recvfrom(int(fd), buf[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
-			if err != syscall.EINTR {
-				pending = err == nil && n > 0
-				return
-			}
-		}
-	})
-	return pending
-}
+func asked(c net.Conn) bool { return rawio.Pending(c) }

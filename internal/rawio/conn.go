@@ -22,7 +22,6 @@ import (
 	"runtime"
 	"sync/atomic"
 	"syscall"
-	"unsafe"
 )
 
 // Conn is a *net.TCPConn whose Read and Write use raw system calls.
@@ -77,10 +76,11 @@ type Conn struct {
 var _ net.Conn = (*Conn)(nil)
 
 // Wrap returns c as a Conn when it is a TCP connection whose file
-// descriptor is reachable, and c itself otherwise.
+// descriptor is reachable, and c itself otherwise (and always on Windows,
+// which lacks the raw calls: see sys_windows.go).
 func Wrap(c net.Conn) net.Conn {
 	tc, ok := c.(*net.TCPConn)
-	if !ok {
+	if !ok || !canWrap {
 		return c
 	}
 	raw, err := tc.SyscallConn()
@@ -159,7 +159,7 @@ var testHookYield func()
 // false to wait for the socket to become readable.
 func (c *Conn) read(fd uintptr) bool {
 	for {
-		n, _, errno := syscall.RawSyscall(syscall.SYS_READ, fd, uintptr(unsafe.Pointer(&c.rbuf[0])), uintptr(len(c.rbuf)))
+		n, errno := sysRead(fd, c.rbuf)
 		switch errno {
 		case 0:
 			c.rn = int(n)
@@ -204,7 +204,7 @@ func (c *Conn) Write(p []byte) (int, error) {
 func (c *Conn) write(fd uintptr) bool {
 	for c.wn < len(c.wbuf) {
 		rest := c.wbuf[c.wn:]
-		n, _, errno := syscall.RawSyscall(syscall.SYS_WRITE, fd, uintptr(unsafe.Pointer(&rest[0])), uintptr(len(rest)))
+		n, errno := sysWrite(fd, rest)
 		switch errno {
 		case 0:
 			c.wn += int(n)
@@ -261,15 +261,7 @@ func (c *Conn) HungUpNow() bool {
 		n     uintptr
 		errno syscall.Errno
 	)
-	err := c.raw.Control(func(fd uintptr) {
-		for {
-			n, _, errno = syscall.RawSyscall6(syscall.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&buf[0])), 1,
-				syscall.MSG_PEEK|syscall.MSG_DONTWAIT, 0, 0)
-			if errno != syscall.EINTR {
-				return
-			}
-		}
-	})
+	err := c.raw.Control(func(fd uintptr) { n, errno = sysPeek(fd, buf[:]) })
 	if err != nil {
 		return true // closed here
 	}
@@ -280,15 +272,8 @@ func (c *Conn) HungUpNow() bool {
 // returns 0 on a FIN, 1 when data is pending and EAGAIN when there is
 // nothing to read.
 func (c *Conn) peek(fd uintptr) {
-	for {
-		n, _, errno := syscall.RawSyscall6(syscall.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&c.peekBuf[0])), 1,
-			syscall.MSG_PEEK|syscall.MSG_DONTWAIT, 0, 0)
-		if errno == syscall.EINTR {
-			continue
-		}
-		c.peekN, c.peekErrno = int(n), errno
-		return
-	}
+	n, errno := sysPeek(fd, c.peekBuf[:])
+	c.peekN, c.peekErrno = int(n), errno
 }
 
 // opError reports err as the net package would for this connection, so
@@ -305,4 +290,27 @@ func unwrapOp(err error) error {
 		return oe.Err
 	}
 	return err
+}
+
+// Pending reports, without blocking or consuming anything, whether bytes
+// wait to be read on c: a request its server has yet to read. A FIN, an
+// error, a closed connection, a connection without a descriptor and a
+// platform without the peek (Windows) all report false. It may run beside
+// the connection's Read; one recvfrom(2), and the callback allocates.
+func Pending(c net.Conn) bool {
+	sc, ok := c.(syscall.Conn)
+	if !ok {
+		return false
+	}
+	raw, err := sc.SyscallConn()
+	if err != nil {
+		return false
+	}
+	var (
+		buf   [1]byte
+		n     uintptr
+		errno syscall.Errno = syscall.EAGAIN
+	)
+	_ = raw.Control(func(fd uintptr) { n, errno = sysPeek(fd, buf[:]) })
+	return errno == 0 && n > 0
 }
