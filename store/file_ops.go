@@ -127,10 +127,14 @@ type claimTx struct {
 	replaced bool // an in-flight claim was taken over
 
 	// A journaled claim (queued; decided and answered already): its
-	// journal entry and overlay entry.
+	// journal entry and overlay entry; newKey: it was counted in
+	// File.records as a new key; countFix, set by run, is what to add to
+	// that count once the record has landed.
 	journaled bool
 	seq       uint64
 	pending   *pendingRecord
+	newKey    bool
+	countFix  int64
 }
 
 func (t *claimTx) run(tx *bolt.Tx) error {
@@ -140,6 +144,13 @@ func (t *claimTx) run(tx *bolt.Tx) error {
 		// Decided when queued, against everything queued before it, and
 		// counted then (File.records): the record only lands. The bucket's
 		// count goes unmaintained with the journal; opening recounts it.
+		// A claim that takes a record over was not counted: a sweep
+		// queued before it may have deleted (and uncounted) that expired
+		// record, and then the claim's record is a new one after all.
+		t.countFix = 0
+		if !t.newKey && b.Get(t.bkey) == nil {
+			t.countFix = 1
+		}
 		return b.Put(t.bkey, t.enc)
 	}
 	cur, err := readRecord(tx, t.key)
@@ -201,7 +212,7 @@ func (f *File) claimJournaled(key string, args ClaimArgs) (*Record, bool, error)
 	}
 	rec := newClaim(key, args, f.lim.Owner, f.tokens.new())
 	enc := appendRecord(nil, rec)
-	t := &claimTx{f: f, key: key, bkey: []byte(key), rec: rec, enc: enc, journaled: true}
+	t := &claimTx{f: f, key: key, bkey: []byte(key), rec: rec, enc: enc, journaled: true, newKey: newKey}
 	t.pending = f.pending.put(key, enc)
 	// Journal order is queue order (both under claimMu), which the
 	// journal's flushed mark relies on.
@@ -238,6 +249,7 @@ func (t *claimTx) after(err error) {
 		f.asyncError("claim", t.key, f.wrap("claim", err))
 		return
 	}
+	f.records.Add(t.countFix)
 	f.journal.markFlushed(t.seq + 1)
 }
 
