@@ -152,7 +152,8 @@ type File struct {
 	onAsyncError func(op, key string, err error)
 	// journal, in async mode, makes claims durable; they reach bbolt in
 	// the background (file_journal.go). claimMu serialises claims' read,
-	// decision and queueing, which bbolt's writer lock did before. records
+	// decision and queueing (which bbolt's writer lock did before), and a
+	// completion's or release's check and queueing beside them. records
 	// is then the count MaxRecords applies to, kept here because bbolt's
 	// lags: +1 when a claim takes a new key, -1 once a release's delete is
 	// committed, -n after a sweep.

@@ -295,8 +295,17 @@ func (f *File) finish(op string, held *Record, enc []byte) error {
 		f.wakeup.wake(held.Key)
 		return nil
 	}
+	// Under claimMu, as a claim's decision: a claim taking the key over
+	// between the check and the overlay entry would be hidden by that
+	// entry (read as released, or as this completion), and the next claim
+	// would take the key as new while the takeover runs.
+	f.claimMu.Lock()
+	defer f.claimMu.Unlock()
 	if err := f.checkHeld(op, held); err != nil {
 		return err
+	}
+	if testHookFinishChecked != nil {
+		testHookFinishChecked(f)
 	}
 	t.f, t.op = f, op
 	if enc == nil && f.journal != nil {
@@ -309,6 +318,10 @@ func (f *File) finish(op string, held *Record, enc []byte) error {
 	}
 	return nil
 }
+
+// testHookFinishChecked, when set by a test, runs in finish between the
+// check that the claim is held and its overlay entry.
+var testHookFinishChecked func(*File)
 
 // finishTx is finish's transaction function (run), which sets notHeld
 // instead of writing when the claim is no longer held, and, for a queued
