@@ -8,6 +8,7 @@ import (
 	"syscall"
 	"testing"
 
+	"github.com/ballast-proxy/ballast/internal/freeport"
 	"github.com/valyala/fasthttp"
 	"github.com/valyala/fasthttp/fasthttputil"
 )
@@ -30,12 +31,10 @@ func TestShortageOf(t *testing.T) {
 		t.Fatalf("dialing from 192.0.2.1: %v, want EADDRNOTAVAIL", bindErr)
 	}
 	// A real refusal, which is the upstream's.
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	addr, err := freeport.Loopback() // nothing listens there
 	if err != nil {
 		t.Fatal(err)
 	}
-	addr := ln.Addr().String()
-	ln.Close()
 	_, refusedErr := net.Dial("tcp", addr)
 
 	// Go's resolver keeps only the text of its socket's error.

@@ -1026,12 +1026,7 @@ routes:
 // The failure list of /status keeps the last 20 failures, whatever the
 // number of failed requests.
 func TestBoundsAudit_FailureRingBounded(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	dead := "http://" + ln.Addr().String()
-	_ = ln.Close()
+	dead := "http://" + deadAddr(t)
 	b := startBallast(t, fmt.Sprintf(`
 routes: [{name: r, match: {path_prefix: /}, upstream: %q, retry: {attempts: 1}, breaker: {enabled: false}}]
 `, dead))

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"strings"
 	"sync/atomic"
@@ -321,9 +320,7 @@ routes:
 // tokens back: nothing reached the model.
 func TestFleetTokensRefundedWhenUpstreamUnreachable(t *testing.T) {
 	clock := policy.NewFakeClock(time.Now())
-	ln, _ := net.Listen("tcp", "127.0.0.1:0")
-	dead := ln.Addr().String()
-	ln.Close()
+	dead := deadAddr(t)
 	b := startBallastClock(t, clock, fmt.Sprintf(`
 routes:
   - name: llm

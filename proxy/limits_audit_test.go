@@ -454,15 +454,7 @@ const laModelBody = `{"model":"m","messages":[{"role":"user","content":"hi"}],"m
 // reached a model (502) gives its reservation back; a wild usage figure is
 // taken as debt, but at most 16 minutes' worth.
 func TestLimitsAuditTokenSettlement(t *testing.T) {
-	closed := func() string {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		addr := ln.Addr().String()
-		ln.Close()
-		return "http://" + addr
-	}
+	closed := func() string { return "http://" + deadAddr(t) }
 	tests := []struct {
 		name     string
 		answer   string // the upstream's JSON body; "" for a closed port

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ballast-proxy/ballast/internal/freeport"
 	"github.com/ballast-proxy/ballast/policy"
 )
 
@@ -448,14 +449,15 @@ func TestStreamRetriedOnlyBeforeTheFirstByte(t *testing.T) {
 }
 
 // deadAddr is a loopback address nothing listens on.
+// deadAddr returns a loopback address nothing listens on, from below the
+// ephemeral range: a port freed after listening on :0 may be handed to
+// another test's listener (a hanging upstream, say) a moment later.
 func deadAddr(t *testing.T) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	addr, err := freeport.Loopback()
 	if err != nil {
 		t.Fatal(err)
 	}
-	addr := ln.Addr().String()
-	ln.Close()
 	return addr
 }
 
