@@ -62,41 +62,55 @@ func TestSweep13_TakeoverBehindSweepStaysCounted(t *testing.T) {
 	}
 }
 
-// A claim that takes over an expired claim while its holder releases it
-// must not be hidden by the release: the holder's release used to check
-// that it held the claim, then (without the claims' lock) put its release
-// in the overlay. A takeover decided in between was queued, but the
-// overlay then read the key as released, so the next claim took the key
-// as new while the takeover's call was running: two owners of one key.
-func TestSweep13_ReleaseCannotHideATakeover(t *testing.T) {
-	f := openTestFile(t, filepath.Join(t.TempDir(), "state.db"), FileOptions{FlushDelay: time.Hour})
-	ctx := context.Background()
-	held := mustClaim(t, f, "k", args("x", t0)) // lease 1 minute, ttl 1 hour
-	later := t0.Add(2 * time.Hour)              // the claim has expired
-	tookOver := false
-	takeOver := func() {
-		if _, owned, err := f.Claim(ctx, "k", args("x", later)); err != nil || !owned {
-			t.Fatalf("takeover of the expired claim: owned %v, %v", owned, err)
-		}
-		tookOver = true
-	}
-	testHookFinishChecked = func(f *File) {
-		// With claims locked out, as they must be here, there is no
-		// window: the takeover comes after the release instead.
-		if f.claimMu.TryLock() {
-			f.claimMu.Unlock()
-			takeOver()
-		}
-	}
-	defer func() { testHookFinishChecked = nil }()
-	if err := f.Release(ctx, held); err != nil {
-		t.Fatal(err)
-	}
-	testHookFinishChecked = nil
-	if !tookOver {
-		takeOver()
-	}
-	if rec, owned, err := f.Claim(ctx, "k", args("x", later)); err != nil || owned {
-		t.Fatalf("a claim while the takeover runs: owned %v (record %+v), %v; want the takeover's claim in flight", owned, rec, err)
+// A claim that takes over an expired claim while its holder releases or
+// completes it must not be hidden by that write: the holder used to check
+// that it held the claim, then put its write in the overlay. A takeover
+// decided in between was queued, but the overlay then read the key as
+// released (or as the old holder's completed answer, already expired), so
+// the next claim took the key as new while the takeover's call was
+// running: two owners of one key.
+func TestSweep13_FinishCannotHideATakeover(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		finish func(*File, *Record) error
+	}{
+		{"release", func(f *File, h *Record) error { return f.Release(context.Background(), h) }},
+		{"completion", func(f *File, h *Record) error {
+			return f.Complete(context.Background(), h, resp("r"), t0, time.Second) // expired by the next claim
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := openTestFile(t, filepath.Join(t.TempDir(), "state.db"), FileOptions{FlushDelay: time.Hour})
+			ctx := context.Background()
+			held := mustClaim(t, f, "k", args("x", t0)) // lease 1 minute, ttl 1 hour
+			later := t0.Add(2 * time.Hour)              // the claim has expired
+			takeOver := func() {
+				if _, owned, err := f.Claim(ctx, "k", args("x", later)); err != nil || !owned {
+					t.Errorf("takeover of the expired claim: owned %v, %v", owned, err)
+				}
+			}
+			tookOver := false
+			testHookFinishChecked = func(f *File) {
+				testHookFinishChecked = nil
+				// Between the holder's check and its overlay entry. With
+				// claims locked out, as they must be here, there is no
+				// window: the takeover comes after the holder's write.
+				if f.claimMu.TryLock() {
+					f.claimMu.Unlock()
+					takeOver()
+					tookOver = true
+				}
+			}
+			defer func() { testHookFinishChecked = nil }()
+			if err := tc.finish(f, held); err != nil && !errors.Is(err, ErrNotHeld) {
+				t.Fatal(err)
+			}
+			if !tookOver {
+				takeOver()
+			}
+			if rec, owned, err := f.Claim(ctx, "k", args("x", later)); err != nil || owned {
+				t.Fatalf("a claim while the takeover runs: owned %v (record %+v), %v; want the takeover's claim in flight", owned, rec, err)
+			}
+		})
 	}
 }
