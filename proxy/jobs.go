@@ -145,6 +145,22 @@ func (s *Server) startJob(ctx *fasthttp.RequestCtx, r *route, body []byte, deadl
 	}
 	c, cancel := context.WithDeadline(context.Background(), s.wall(deadline))
 	defer cancel()
+	// The lease is taken before the job is stored, so that no replica
+	// ever sees the job pending without it: one starting now, or one
+	// adopting orphaned jobs (resumeJobs), would otherwise lease it in
+	// between and run it while this one's agent waits here. Every store
+	// leases an id it does not hold yet. A refused lease (a fresh random
+	// id already leased) leaves the job to its holder. A failed lease
+	// call is a failed state store: under fail_closed the agent is told
+	// so at once, rather than after the job's write has waited out
+	// op_timeout too; otherwise (fail_open, whose write goes to the local
+	// store) it does not hold the job back, and the runner's renewals try
+	// again.
+	leased, lerr := s.state.LeaseJob(c, job.ID, now, store.DefaultJobLease)
+	if lerr != nil && (s.shared == nil || !s.shared.failOpen) {
+		s.stateUnavailable(ctx, r, lerr)
+		return false
+	}
 	if err := s.state.PutJob(c, job); err != nil {
 		if errors.Is(err, store.ErrTooLarge) {
 			// The same request is refused the same way every time: a 503
@@ -157,11 +173,7 @@ func (s *Server) startJob(ctx *fasthttp.RequestCtx, r *route, body []byte, deadl
 		s.stateUnavailable(ctx, r, err)
 		return false
 	}
-	// The lease keeps a replica that starts now from resuming the job too.
-	// A failed lease call does not hold the job back (the runner's renewals
-	// try again); a refused one means such a replica took the job over
-	// first, and it runs the job.
-	if leased, err := s.state.LeaseJob(c, job.ID, now, store.DefaultJobLease); leased || err != nil {
+	if leased || lerr != nil {
 		running := *job // the runner owns its copy; job answers the agent below
 		s.launch(&running, r)
 	}
