@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/ballast-proxy/ballast/config"
+	"github.com/ballast-proxy/ballast/internal/freeport"
 	"github.com/ballast-proxy/ballast/policy"
 	"github.com/ballast-proxy/ballast/proxy"
 	"github.com/prometheus/client_golang/prometheus"
@@ -125,14 +126,7 @@ func startBallastLogging(t testing.TB, clock policy.Clock, accessLog io.Writer, 
 	if sb, ok := accessLog.(*syncBuffer); ok {
 		sb.flush = srv.FlushAccessLog
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	aln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
+	ln, aln := listenFree(t), listenFree(t)
 	done := make(chan struct{}, 2)
 	go func() { _ = srv.Serve(ln); done <- struct{}{} }()
 	go func() { _ = srv.ServeAdmin(aln); done <- struct{}{} }()
@@ -240,4 +234,26 @@ func (b *ballast) metric(name string, labels map[string]string) float64 {
 		}
 	}
 	return -1
+}
+
+// listenFree listens on a loopback port below the kernel's ephemeral
+// range (internal/freeport), which nothing else in this process is
+// given: once ballast closes it, a dial there is refused, rather than
+// answered by another test's listener on port 0 that the kernel handed
+// the freed port (a flake of the tests that check a closed listener).
+func listenFree(t testing.TB) net.Listener {
+	t.Helper()
+	var err error
+	for range 8 {
+		var addr string
+		if addr, err = freeport.Loopback(); err != nil {
+			break
+		}
+		var ln net.Listener
+		if ln, err = net.Listen("tcp", addr); err == nil {
+			return ln
+		}
+	}
+	t.Fatal(err)
+	return nil
 }

@@ -451,17 +451,23 @@ func (s *Server) runJob(job *store.Job, r *route) {
 		}
 	}
 	forgetRequest(job)
+	const tooLarge = "the response was larger than state.max_response_bytes"
+	if int64(job.Response.Size()) > s.maxStored {
+		// The body fit, but not with its header: the store would refuse it.
+		job.Response = &store.Response{Status: fasthttp.StatusBadGateway}
+		job.State, job.LastError = store.JobFailed, tooLarge
+	}
 	// The run may well have outlasted c: the outcome gets a deadline of its own.
 	out, cancelOut := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancelOut()
-	if err := s.state.PutJob(out, job); errors.Is(err, store.ErrTooLarge) {
-		job.Response = &store.Response{Status: fasthttp.StatusBadGateway}
-		job.State, job.LastError = store.JobFailed, "the response was larger than state.max_response_bytes"
-		_ = s.state.PutJob(out, job)
-	}
 	if job.State == store.JobFailed {
-		s.log.Warn("async job failed", "job", store.JobRef(job.ID), "route", job.Route, "error", job.LastError)
-		s.alertJobFailed(job.Route, job.ID, job.LastError)
+		s.failJob(out, job, job.LastError)
+		return
+	}
+	if err := s.state.PutJob(out, job); errors.Is(err, store.ErrTooLarge) {
+		// A store whose limit is below state.max_response_bytes.
+		job.Response = &store.Response{Status: fasthttp.StatusBadGateway}
+		s.failJob(out, job, tooLarge)
 	}
 }
 
@@ -530,12 +536,17 @@ func (s *Server) jobTTL(r *route) time.Duration {
 	return time.Hour
 }
 
+// failJob stores job as failed for why. Its log line and job_failed
+// alert come first: an agent that reads the job as failed (a poll
+// returns as soon as the store has it) can count on the alert having
+// been raised, and a supervisor that checks on the agent's word finds it.
+// A job that failed with a response (a 5xx, a cut answer's 502) keeps it.
 func (s *Server) failJob(c context.Context, job *store.Job, why string) {
 	job.State, job.LastError, job.UpdatedAt = store.JobFailed, why, s.clock.Now()
 	forgetRequest(job)
-	_ = s.state.PutJob(c, job)
 	s.log.Warn("async job failed", "job", store.JobRef(job.ID), "route", job.Route, "error", why)
 	s.alertJobFailed(job.Route, job.ID, why)
+	_ = s.state.PutJob(c, job)
 }
 
 // forgetRequest drops a finished job's request headers and body, keeping

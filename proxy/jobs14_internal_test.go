@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/ballast-proxy/ballast/internal/redistest"
 	"github.com/ballast-proxy/ballast/store"
+	"github.com/ballast-proxy/ballast/supervise"
 )
 
 // lookAfterPut is a replica's state store through which another replica
@@ -84,5 +86,65 @@ routes:
 	leased, err := other.state.LeaseJob(context.Background(), id, time.Now(), store.DefaultJobLease)
 	if err != nil || leased {
 		t.Errorf("the other replica's lease on the new job: %v %v, want refused (the first holds it)", leased, err)
+	}
+}
+
+// putWatch is a state store that calls onPut with each job before it
+// writes it.
+type putWatch struct {
+	store.Store
+	onPut func(*store.Job)
+}
+
+func (p putWatch) PutJob(ctx context.Context, j *store.Job) error {
+	p.onPut(j)
+	return p.Store.PutJob(ctx, j)
+}
+
+// A job that fails raises its job_failed alert before the store shows it
+// failed: a poll returns as soon as it reads the failure, and an agent
+// (or its supervisor) that then looks for the alert finds it. The alert
+// used to follow the write, and a test's later alert could overtake it
+// (a flake of TestAlertSeams11_CutStreamJobAlertsWithoutSecrets).
+func TestJob14_FailedJobAlertsBeforeItIsStored(t *testing.T) {
+	alerts := make(chan supervise.Event, 16)
+	hook := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var e supervise.Event
+		if err := json.NewDecoder(r.Body).Decode(&e); err == nil {
+			alerts <- e
+		}
+	}))
+	t.Cleanup(hook.Close)
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(503) }))
+	t.Cleanup(up.Close)
+	s := newStatusServer(t, fmt.Sprintf(`
+notify: {webhook: %q}
+routes:
+  - {name: report, match: {path_prefix: /}, upstream: %q, async: {enabled: true}, retry: {attempts: 1}}
+`, hook.URL+"/hook", up.URL))
+	s.status.configure(s.Config())
+	s.status.start()
+	alertedFirst := false
+	s.state = putWatch{Store: s.state, onPut: func(j *store.Job) {
+		if j.State != store.JobFailed {
+			return
+		}
+		select { // the alert, if raised, is on its way to the hook
+		case e := <-alerts:
+			alertedFirst = e.Kind == supervise.KindJobFailed && e.Route == "report"
+		case <-time.After(5 * time.Second):
+		}
+	}}
+	now := time.Now()
+	job := &store.Job{ID: "job14-alert", Tenant: "t", Route: "report", State: store.JobQueued,
+		CreatedAt: now, UpdatedAt: now, ExpiresAt: now.Add(time.Hour),
+		Request: store.Request{Method: "GET", URI: "/report"}}
+	s.runJob(job, nil)
+	got, err := s.state.GetJob(context.Background(), job.ID)
+	if err != nil || got.State != store.JobFailed || got.Response == nil || got.Response.Status != 503 {
+		t.Fatalf("the job as stored: %+v %v; want failed with the upstream's 503", got, err)
+	}
+	if !alertedFirst {
+		t.Error("the failed job was stored before its job_failed alert was raised")
 	}
 }
