@@ -310,12 +310,7 @@ var a9bAddress = regexp.MustCompile(`\b\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}\b|\[?[
 // the name resolved to, ballast's own address or the DNS resolver's:
 // those are the operator's network, kept for the debug log.
 func TestAdmin9bAuditTransportDetailsNameNoInfrastructure(t *testing.T) {
-	refused, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, refusedPort, _ := net.SplitHostPort(refused.Addr().String())
-	refused.Close()
+	_, refusedPort, _ := net.SplitHostPort(deadAddr(t))
 	// An upstream that answers part of a body, then resets the connection.
 	cut, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

@@ -236,9 +236,7 @@ routes:
 }
 
 func TestUnreachableUpstream(t *testing.T) {
-	ln, _ := net.Listen("tcp", "127.0.0.1:0")
-	addr := ln.Addr().String()
-	ln.Close() // nothing listens here now
+	addr := deadAddr(t) // nothing listens here
 	b := startBallast(t, fmt.Sprintf("routes: [{name: gone, match: {path_prefix: /}, upstream: http://%s}]", addr))
 	resp, body := get(t, client(t), b.base+"/x")
 	if resp.StatusCode != 502 {

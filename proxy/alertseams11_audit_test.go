@@ -536,7 +536,10 @@ func TestAlertSeams11_FleetCooldownAlertsOnce(t *testing.T) {
 		w.Header().Set("Retry-After", "120")
 		w.WriteHeader(429)
 	})
-	sentinel := as11Pausing(t)
+	// A sentinel upstream per replica: a pause one replica takes for its
+	// sentinel reaches the other through Redis, whose own sentinel call
+	// would then raise nothing.
+	sentinelA, sentinelB := as11Pausing(t), as11Pausing(t)
 	hook, events := as11Hook(t)
 	rs := redistest.Start(t)
 	cfg := fmt.Sprintf(`
@@ -544,8 +547,9 @@ state: {backend: redis, redis: {address: %q, key_prefix: "as11%d:"}}
 notify: {webhook: "${HOOK}", cooldown_threshold: 30s}
 routes:
   - {name: r, match: {path_prefix: /r/}, upstream: %q, retry: {attempts: 1}, timeouts: {total: 5s}}
-  - {name: sentinel, match: {path_prefix: /sentinel/}, upstream: %q, retry: {attempts: 1}}
-`, rs.Addr(), time.Now().UnixNano()%1e9, limited, sentinel)
+  - {name: sentinel-a, match: {path_prefix: /sentinel-a/}, upstream: %q, retry: {attempts: 1}}
+  - {name: sentinel-b, match: {path_prefix: /sentinel-b/}, upstream: %q, retry: {attempts: 1}}
+`, rs.Addr(), time.Now().UnixNano()%1e9, limited, sentinelA, sentinelB)
 	a := startBallast(t, cfg, "HOOK="+hook)
 	b := startBallast(t, cfg, "HOOK="+hook)
 	c := client(t)
@@ -560,10 +564,19 @@ routes:
 	if n := hits.Load(); n != 1 {
 		t.Fatalf("the upstream got %d calls; want 1 (B honours A's cool-down)", n)
 	}
-	get(t, c, b.base+"/sentinel/x")
-	get(t, c, a.base+"/sentinel/x")
+	get(t, c, b.base+"/sentinel-b/x")
+	get(t, c, a.base+"/sentinel-a/x")
+	// Each replica delivers its own alerts in order, but not in order
+	// with the other's: only both sentinels prove that both replicas'
+	// alerts about r have arrived.
+	sentinels := map[string]bool{}
 	var cool int
-	for _, e := range as11UntilRoute(t, events, "sentinel") {
+	for _, e := range as11Collect(t, events, "both replicas' sentinel alerts", func(e supervise.Event) bool {
+		if strings.HasPrefix(e.Route, "sentinel-") {
+			sentinels[e.Route] = true
+		}
+		return len(sentinels) == 2
+	}) {
 		if e.Kind == supervise.KindCooldown && e.Route == "r" {
 			cool++
 			if host, _ := os.Hostname(); e.Host == "" || e.Host != host || !strings.Contains(e.Text, "("+host+")") {

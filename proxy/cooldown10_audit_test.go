@@ -223,6 +223,8 @@ routes: [{name: r, match: {path_prefix: /}, upstream: %q, retry: {attempts: 1, m
 	if resp, _ := do(t, "GET", b.base+"/x", "", "Authorization", "Bearer k"); resp.StatusCode != 429 || hits.Load() != 1 {
 		t.Errorf("replica B within the hour: %d (hits %d); want the fleet's pause honoured", resp.StatusCode, hits.Load())
 	}
+	// The sync that set the gauge writes the WARN line just after.
+	waitFor(t, func() bool { return len(cd10Warnings(b, "max_cooldown")) > 0 })
 	if got := len(cd10Warnings(b, "max_cooldown")); got != 1 {
 		t.Errorf("replica B logged %d WARN lines about the capped fleet pause, want 1", got)
 	}

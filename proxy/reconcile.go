@@ -130,11 +130,8 @@ func (f *failoverStore) reconcilePass(ctx context.Context) (left bool) {
 	now := f.clock.Now()
 	var counts [3]int // published, present, conflict
 	defer func() {
-		for i, r := range []string{reconcilePublished, reconcilePresent, reconcileConflict} {
-			if counts[i] > 0 {
-				f.sh.reconciled.WithLabelValues(r).Add(float64(counts[i]))
-			}
-		}
+		// The log lines first: whoever sees the counters move (an
+		// operator's dashboard, a test) finds the lines that say why.
 		if counts[0] > 0 {
 			f.sh.log.Info("redis answers again: records and jobs made locally during the outage were written to it",
 				"published", counts[0], "present", counts[1])
@@ -143,6 +140,11 @@ func (f *failoverStore) reconcilePass(ctx context.Context) (left bool) {
 			f.sh.log.Warn("redis answers again and held other records for keys this replica answered locally during the outage: "+
 				"redis's records are kept and the local ones dropped (the call may have run on more than one replica)",
 				"conflicts", counts[2])
+		}
+		for i, r := range []string{reconcilePublished, reconcilePresent, reconcileConflict} {
+			if counts[i] > 0 {
+				f.sh.reconciled.WithLabelValues(r).Add(float64(counts[i]))
+			}
 		}
 	}()
 	fail := func(err error) bool {

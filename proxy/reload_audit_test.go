@@ -177,7 +177,7 @@ routes:
 		if resp.StatusCode != 200 {
 			t.Fatalf("keyed request %d: %d %s, want 200 (fail_open)", i, resp.StatusCode, body)
 		}
-		if took > 300*time.Millisecond {
+		if took > 450*time.Millisecond { // below op_timeout (600ms), with room for a loaded machine
 			t.Errorf("keyed request %d took %v with Redis known to be down: completing its record waited on Redis", i, took.Round(time.Millisecond))
 		}
 	}
@@ -193,7 +193,7 @@ routes:
 	waitFor(t, func() bool {
 		start := time.Now()
 		resp, body := do(t, "GET", b.base+loc, "")
-		if took := time.Since(start); took > 300*time.Millisecond {
+		if took := time.Since(start); took > 450*time.Millisecond {
 			t.Fatalf("GET %s took %v with Redis known to be down (%d %s)", loc, took.Round(time.Millisecond), resp.StatusCode, body)
 		}
 		return resp.StatusCode == 200

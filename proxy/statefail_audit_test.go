@@ -570,7 +570,9 @@ routes:
 	if resp.StatusCode != 409 || decodeProblem(t, resp, body).Reason != "in_progress" {
 		t.Errorf("the retry on B within the claim's lease: %d %s, want 409 in_progress", resp.StatusCode, body)
 	}
-	clock.Advance(33 * time.Second) // past the lease: timeouts.total + 30s
+	// Past the lease (timeouts.total + 30s from A's claim), which came
+	// up to a few seconds after B's clock started.
+	clock.Advance(40 * time.Second)
 	resp, body = do(t, "POST", b.base+"/x", `{}`, "Idempotency-Key", "k")
 	if resp.StatusCode != 409 || decodeProblem(t, resp, body).Reason != "outcome_unknown" || resp.Header.Get("Retry-After") != "" {
 		t.Errorf("the retry on B after the lease: %d %q %s, want 409 outcome_unknown without Retry-After", resp.StatusCode, resp.Header.Get("Retry-After"), body)

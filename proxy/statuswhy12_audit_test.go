@@ -86,12 +86,7 @@ type why12Upstreams struct {
 
 func why12Start(t *testing.T) (*ballast, why12Upstreams) {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	refusedPort := why12Port(t, ln.Addr().String())
-	ln.Close()
+	refusedPort := why12Port(t, deadAddr(t))
 
 	ts := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		t.Error("the self-signed upstream's application was reached")

@@ -5,7 +5,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"runtime"
 	"strconv"
@@ -279,12 +278,7 @@ func TestStreamReplay11b_RetriedAttemptRecordsTheStream(t *testing.T) {
 			w.(http.Flusher).Flush()
 		}
 	}
-	dead, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	deadURL := "http://" + dead.Addr().String()
-	_ = dead.Close() // refused from now on
+	deadURL := "http://" + deadAddr(t) // refused
 	for _, tc := range []struct {
 		name  string
 		first func(w http.ResponseWriter, r *http.Request)
