@@ -88,6 +88,17 @@ func TestStatusPageRendersInABrowser(t *testing.T) {
 		t.Logf("rendered DOM:\n%s", dom)
 	}
 
+	// The screenshot is taken in the test's own directory (two suites
+	// run side by side share testdata/) and then kept as an artifact.
+	taken := filepath.Join(t.TempDir(), "status.png")
+	runChromium(t, bin, "--screenshot="+taken, "--window-size=1280,900", page)
+	png, err := os.ReadFile(taken)
+	if err != nil {
+		t.Fatalf("no screenshot: %v", err)
+	}
+	if !bytes.HasPrefix(png, []byte("\x89PNG\r\n\x1a\n")) || len(png) < 20<<10 {
+		t.Errorf("the screenshot is not a rendered page: %d bytes", len(png))
+	}
 	dir := filepath.Join("..", "testdata", "artifacts")
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		t.Fatal(err)
@@ -96,14 +107,8 @@ func TestStatusPageRendersInABrowser(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	_ = os.Remove(shot)
-	runChromium(t, bin, "--screenshot="+shot, "--window-size=1280,900", page)
-	png, err := os.ReadFile(shot)
-	if err != nil {
-		t.Fatalf("no screenshot: %v", err)
-	}
-	if !bytes.HasPrefix(png, []byte("\x89PNG\r\n\x1a\n")) || len(png) < 20<<10 {
-		t.Errorf("the screenshot is not a rendered page: %d bytes", len(png))
+	if err := os.WriteFile(shot, png, 0o644); err != nil {
+		t.Fatal(err)
 	}
 	t.Log(fmt.Sprintf("screenshot: %s (%d bytes)", shot, len(png)))
 }
