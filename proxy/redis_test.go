@@ -23,6 +23,15 @@ state:
   redis: {address: %q, key_prefix: "t%d:", on_error: %s, op_timeout: 200ms, read_timeout: 200ms, write_timeout: 200ms, dial_timeout: 200ms}
 %s`, redisAddr, prefix, onError, routes)))
 	}
+	// Ready once its start-up work is done (resuming the fleet's
+	// orphaned jobs among it), which would otherwise run beside the
+	// test's first requests.
+	for _, b := range out {
+		waitFor(t, func() bool {
+			resp, _ := do(t, "GET", b.admin+"/readyz", "")
+			return resp.StatusCode == 200
+		})
+	}
 	return out
 }
 
