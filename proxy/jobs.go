@@ -145,6 +145,7 @@ func (s *Server) startJob(ctx *fasthttp.RequestCtx, r *route, body []byte, deadl
 	}
 	c, cancel := context.WithDeadline(context.Background(), s.wall(deadline))
 	defer cancel()
+	c = withJobStart(c)
 	// The lease is taken before the job is stored, so that no replica
 	// ever sees the job pending without it: one starting now, or one
 	// adopting orphaned jobs (resumeJobs), would otherwise lease it in

@@ -498,6 +498,13 @@ func (f *failoverStore) PutJob(ctx context.Context, j *store.Job) error {
 		}
 		return fmt.Errorf("%w: %w", store.ErrUnavailable, errKnownDown)
 	}
+	if nj := startingJob(ctx); nj != nil && nj.redisFailed && f.sh.failOpen {
+		// Redis just failed this job's lease, which runs it here: asking
+		// Redis again would wait out op_timeout a second time before the
+		// agent's 202, and a write it took would sit there unleased
+		// until the runner's first renewal, for another replica to take.
+		return f.local.PutJob(ctx, j)
+	}
 	if f.sh.failOpen {
 		if _, err := f.local.GetJob(ctx, j.ID); err == nil {
 			err := f.local.PutJob(ctx, j)
@@ -567,9 +574,38 @@ func (f *failoverStore) LeaseJob(ctx context.Context, id string, now time.Time, 
 		}
 	}
 	if f.sh.down() {
+		if nj := startingJob(ctx); nj != nil {
+			nj.redisFailed = true // the write stays local, though Redis be back by then
+		}
 		return false, fmt.Errorf("%w: %w", store.ErrUnavailable, errKnownDown)
 	}
-	return f.Store.LeaseJob(ctx, id, now, lease)
+	leased, err := f.Store.LeaseJob(ctx, id, now, lease)
+	if nj := startingJob(ctx); err != nil && nj != nil &&
+		(unavailable(err) || errors.Is(err, context.DeadlineExceeded) && ctx.Err() != nil) {
+		// A new job's start failed in Redis: counted as its write's
+		// failure was when the write came first.
+		nj.redisFailed = true
+		f.sh.failed("put_job", err)
+	}
+	return leased, err
+}
+
+// newJobStart marks the context of a new job's lease and write
+// (startJob): a lease Redis did not answer is the start's failed
+// put_job, and under fail_open the write then goes to the local store
+// without asking Redis again.
+type newJobStart struct{ redisFailed bool }
+
+type newJobStartKey struct{}
+
+// withJobStart returns ctx marked as a new job's start.
+func withJobStart(ctx context.Context) context.Context {
+	return context.WithValue(ctx, newJobStartKey{}, &newJobStart{})
+}
+
+func startingJob(ctx context.Context) *newJobStart {
+	nj, _ := ctx.Value(newJobStartKey{}).(*newJobStart)
+	return nj
 }
 
 // GetJob reads the job from the local store when it holds it (under
