@@ -603,12 +603,28 @@ func (f *File) Sweep(now time.Time) (int, error) {
 		// The journal may still hold these keys' claims: without a release
 		// after them, a crash would bring the swept claims back as
 		// outcome unknown.
+		//
+		// bbolt has their deletions already, but the journal starts over
+		// only once its flushed mark passes every entry synced, and only
+		// a commit's after function moves that mark: a no-op queued
+		// behind every claim journaled before these releases (claimMu:
+		// journal order is queue order) moves it past them once those
+		// claims have landed. Without it, the mark stayed behind until
+		// the next claim, and a later sweep's wait for a journal due to
+		// start over waited for that claim (and Close with it).
 		var last uint64
+		f.claimMu.Lock()
 		for i, k := range swept {
 			var b [8]byte
 			binary.BigEndian.PutUint64(b[:], tokens[i])
 			last = f.journal.add(journalRelease, k, b[:])
 		}
+		_ = f.commit.enqueue(func(*bolt.Tx) error { return nil }, func(err error) {
+			if err == nil {
+				f.journal.markFlushed(last + 1)
+			}
+		})
+		f.claimMu.Unlock()
 		if err := f.journal.wait(last); err != nil {
 			return removed, f.wrap("sweep", err)
 		}
