@@ -50,6 +50,10 @@ type journal struct {
 	// next is the number of the next entry; entries < synced are on disk;
 	// entries < flushed are committed to bbolt too (reported by File).
 	next, synced, flushed uint64
+	// marking counts the queued commits that will report to markFlushed
+	// or markUnflushed (see expectFlush): while none is, nothing will move
+	// flushed, and a leader must not wait for it.
+	marking int
 	off                   int64 // where the next batch goes
 	filled                int64 // the file is zero-filled or written up to here
 	epoch                 uint64
@@ -267,11 +271,13 @@ func (j *journal) lead(n uint64) {
 		batch, upto := j.buf, j.next
 		j.buf = nil
 		if j.off >= j.reset {
-			// Start over once bbolt has every entry written so far.
-			for j.flushed < j.synced && j.err == nil {
+			// Start over once bbolt has every entry written so far, if a
+			// queued commit is still to say so; else (the commits failed,
+			// or the committer closed) write on, and start over later.
+			for j.flushed < j.synced && j.err == nil && j.marking > 0 {
 				j.cond.Wait()
 			}
-			if j.err == nil {
+			if j.err == nil && j.flushed >= j.synced {
 				if err := j.start(); err != nil {
 					j.err = fmt.Errorf("store: reset claim journal %s: %w", j.path, err)
 				}
@@ -313,14 +319,32 @@ func seal(batch []byte, epoch uint64) {
 	}
 }
 
+// expectFlush announces a queued commit that will call markFlushed, or
+// markUnflushed when it fails or cannot be queued.
+func (j *journal) expectFlush() {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	j.marking++
+}
+
 // markFlushed records that bbolt has committed every entry before n.
 func (j *journal) markFlushed(n uint64) {
 	j.mu.Lock()
 	defer j.mu.Unlock()
+	j.marking--
 	if n > j.flushed {
 		j.flushed = n
-		j.cond.Broadcast()
 	}
+	j.cond.Broadcast()
+}
+
+// markUnflushed records that a commit announced by expectFlush will not
+// move the flushed mark: it failed, or was never queued.
+func (j *journal) markUnflushed() {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	j.marking--
+	j.cond.Broadcast()
 }
 
 // close starts the file over (bbolt holds everything: the caller closes

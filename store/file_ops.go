@@ -217,7 +217,9 @@ func (f *File) claimJournaled(key string, args ClaimArgs) (*Record, bool, error)
 	// Journal order is queue order (both under claimMu), which the
 	// journal's flushed mark relies on.
 	t.seq = f.journal.add(journalClaim, key, enc)
+	f.journal.expectFlush()
 	if err := f.commit.enqueue(t.run, t.after); err != nil {
+		f.journal.markUnflushed()
 		f.journal.addRelease(key, rec.Token) // replay must not revive it
 		f.pending.remove(key, t.pending)
 		if newKey {
@@ -246,6 +248,7 @@ func (t *claimTx) after(err error) {
 	f := t.f
 	f.pending.remove(t.key, t.pending)
 	if err != nil {
+		f.journal.markUnflushed() // a journal writer must not wait for it
 		f.asyncError("claim", t.key, f.wrap("claim", err))
 		return
 	}
@@ -619,11 +622,17 @@ func (f *File) Sweep(now time.Time) (int, error) {
 			binary.BigEndian.PutUint64(b[:], tokens[i])
 			last = f.journal.add(journalRelease, k, b[:])
 		}
-		_ = f.commit.enqueue(func(*bolt.Tx) error { return nil }, func(err error) {
+		f.journal.expectFlush()
+		err := f.commit.enqueue(func(*bolt.Tx) error { return nil }, func(err error) {
 			if err == nil {
 				f.journal.markFlushed(last + 1)
+			} else {
+				f.journal.markUnflushed()
 			}
 		})
+		if err != nil {
+			f.journal.markUnflushed() // closed: nothing will move the mark
+		}
 		f.claimMu.Unlock()
 		if err := f.journal.wait(last); err != nil {
 			return removed, f.wrap("sweep", err)
