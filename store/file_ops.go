@@ -249,6 +249,12 @@ func (t *claimTx) after(err error) {
 	f.pending.remove(t.key, t.pending)
 	if err != nil {
 		f.journal.markUnflushed() // a journal writer must not wait for it
+		if t.newKey {
+			f.records.Add(-1) // counted when queued, and never landed
+		}
+		// The key no longer reads as this claim: its waiters, which saw
+		// it in flight, must look again (nothing else will wake them).
+		f.wakeup.wake(t.key)
 		f.asyncError("claim", t.key, f.wrap("claim", err))
 		return
 	}

@@ -92,3 +92,75 @@ func TestJournal15_FailedCommitDoesNotStrandTheJournalWriter(t *testing.T) {
 		<-closed
 	}
 }
+
+// A journaled claim whose commit fails leaves the pending overlay, and the
+// key then reads as free (bbolt never got the record); but nobody woke the
+// key's waiters, which saw the claim in flight: Wait slept until its
+// context ended or unrelated traffic on the key woke it (the holder's
+// Complete finds the claim gone and wakes nobody either).
+func TestJournal15_FailedClaimCommitWakesWaiters(t *testing.T) {
+	errs := newAsyncErrors()
+	f, g := openGated(t, FileOptions{OnAsyncError: errs.hook})
+	g.hold()
+	mustClaim(t, f, "k", args("a", t0)) // journaled; its commit queues behind the gate
+	broken, err := bolt.Open(filepath.Join(t.TempDir(), "broken.db"), 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	broken.Close()
+	f.commit.mu.Lock()
+	f.commit.db = broken // the held round fails
+	f.commit.mu.Unlock()
+
+	type result struct {
+		rec *Record
+		err error
+	}
+	done := make(chan result, 1)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		rec, err := f.Wait(ctx, "k")
+		done <- result{rec, err}
+	}()
+	awaitWaiters(t, f, "k", 1)
+	g.opened.Do(func() { close(g.open) })
+	<-g.held
+	if err := <-errs.got; err == nil {
+		t.Fatal("OnAsyncError got nil for the failed claim commit")
+	}
+	awaitIdle(f)
+	f.commit.mu.Lock()
+	f.commit.db = f.db
+	f.commit.mu.Unlock()
+	if rec, err := f.Get(context.Background(), "k", t0); err != ErrNotFound {
+		t.Fatalf("Get after the failed commit = %+v, %v; the test expects the key free", rec, err)
+	}
+	select {
+	case r := <-done:
+		if r.err != nil || r.rec != nil {
+			t.Fatalf("Wait = %+v, %v; want nil, nil (the claim is gone)", r.rec, r.err)
+		}
+	case <-time.After(5 * time.Second):
+		cancel()
+		<-done
+		t.Fatal("Wait still asleep 5s after the claim it waited for was dropped by its failed commit")
+	}
+}
+
+// A journaled claim of a new key is counted in File.records when it is
+// queued; when its commit fails the record never lands, but the count kept
+// it: File.records drifted one over the file per failed claim, and
+// MaxRecords refused claims early for the rest of the process.
+func TestJournal15_FailedClaimCommitIsUncounted(t *testing.T) {
+	errs := newAsyncErrors()
+	f := openTestFile(t, filepath.Join(t.TempDir(), "state.db"), FileOptions{OnAsyncError: errs.hook})
+	mustClaim(t, f, "a", args("x", t0))
+	restore := breakCommits(t, f)
+	mustClaim(t, f, "b", args("x", t0)) // journaled; its commit fails
+	if err := <-errs.got; err == nil {
+		t.Fatal("OnAsyncError got nil for the failed commit of b")
+	}
+	restore()
+	checkRecordCount(t, f, 1)
+}
