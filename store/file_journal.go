@@ -54,11 +54,11 @@ type journal struct {
 	// or markUnflushed (see expectFlush): while none is, nothing will move
 	// flushed, and a leader must not wait for it.
 	marking int
-	off                   int64 // where the next batch goes
-	filled                int64 // the file is zero-filled or written up to here
-	epoch                 uint64
-	writing               bool  // a leader is writing and syncing
-	err                   error // sticky write failure
+	off     int64 // where the next batch goes
+	filled  int64 // the file is zero-filled or written up to here
+	epoch   uint64
+	writing bool  // a leader is writing and syncing
+	err     error // sticky write failure
 	// reset is the size past which the leader starts the file over.
 	reset int64
 

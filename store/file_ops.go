@@ -660,7 +660,8 @@ func addSequence(b *bolt.Bucket, delta int) error {
 // release names it, it is written when the file does not hold its token,
 // unless the file's record started later (a claim whose entry was never
 // synced, so never acknowledged, can reach the file first); released, it
-// is deleted if the file still holds it in flight, and never written. A
+// is deleted if the file still holds it, or an earlier claim of the key
+// that the journal releases too, in flight, and never written. A
 // release is journaled when a claim is given up and when its record is
 // swept, so that a swept key does not come back. Counts are redone by
 // recovery.
@@ -669,6 +670,9 @@ func replayJournal(b *bolt.Bucket, entries []journalEntry) error {
 		claim    int // index of the key's last claim entry, -1 for none
 		token    uint64
 		released bool // a release of that claim follows it
+		// gone: the tokens of the key's claims that a later release
+		// names, the last one's included.
+		gone map[uint64]bool
 	}
 	keys := make(map[string]*outcome, len(entries))
 	order := make([]string, 0, len(entries))
@@ -686,8 +690,19 @@ func replayJournal(b *bolt.Bucket, entries []journalEntry) error {
 				return fmt.Errorf("%w: %w", errBadJournal, err)
 			}
 			o.claim, o.token, o.released = i, claim.Token, false
+			if o.gone == nil {
+				o.gone = make(map[uint64]bool)
+			}
+			o.gone[claim.Token] = false
 		case journalRelease:
-			if len(e.body) == 8 && o.claim >= 0 && binary.BigEndian.Uint64(e.body) == o.token {
+			if len(e.body) != 8 || o.claim < 0 {
+				break
+			}
+			token := binary.BigEndian.Uint64(e.body)
+			if _, ok := o.gone[token]; ok {
+				o.gone[token] = true
+			}
+			if token == o.token {
 				o.released = true
 			}
 		default:
@@ -701,7 +716,9 @@ func replayJournal(b *bolt.Bucket, entries []journalEntry) error {
 		}
 		state, token, ok := peekClaim(b.Get([]byte(key)))
 		if o.released {
-			if ok && state == InFlight && token == o.token {
+			// The file may hold an earlier claim of the key, released
+			// too, whose release's commit the crash lost.
+			if ok && state == InFlight && o.gone[token] {
 				if err := b.Delete([]byte(key)); err != nil {
 					return err
 				}

@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"errors"
 	"path/filepath"
 	"testing"
 	"time"
@@ -163,4 +164,40 @@ func TestJournal15_FailedClaimCommitIsUncounted(t *testing.T) {
 	}
 	restore()
 	checkRecordCount(t, f, 1)
+}
+
+// A journaled release frees its key after a crash (the file's in-flight
+// claim is deleted), but replay looked only at the key's last claim: when
+// the key was claimed and released again after it, the first release was
+// ignored, and the first claim, which the file still held in flight (its
+// release's commit had not landed), came back as UnknownOutcome though
+// both of the key's claims were released.
+func TestJournal15_EveryJournaledReleaseIsReplayed(t *testing.T) {
+	f, g := openGated(t, FileOptions{})
+	first := mustClaim(t, f, "k", args("a", t0))
+	awaitSettled(t, f) // the file holds the first claim in flight
+	g.hold()
+	if err := f.Release(context.Background(), first); err != nil {
+		t.Fatal(err)
+	}
+	second := mustClaim(t, f, "k", args("a", t0)) // its sync carries the first release
+	if second.Token == first.Token {
+		t.Fatal("same token twice")
+	}
+	if err := f.Release(context.Background(), second); err != nil {
+		t.Fatal(err)
+	}
+	mustClaim(t, f, "other", args("b", t0)) // its sync carries the second release
+	if rec := committed(t, f, "k"); rec == nil || rec.Token != first.Token || rec.State != InFlight {
+		t.Fatalf("file holds %+v; the test needs the first claim in flight", rec)
+	}
+	crash(t, f, g)
+
+	re := openTestFile(t, f.Path(), FileOptions{})
+	if rec, err := re.Get(context.Background(), "k", t0); !errors.Is(err, ErrNotFound) {
+		t.Errorf("Get(k) after the crash = %+v, %v; want it free (both claims were released)", rec, err)
+	}
+	if got := re.Recovery(); got.Records != 1 || got.UnknownOutcome != 1 {
+		t.Errorf("Recovery = %+v, want only the other claim", got)
+	}
 }
