@@ -145,6 +145,8 @@ func (s *Server) startJob(ctx *fasthttp.RequestCtx, r *route, body []byte, deadl
 	}
 	c, cancel := context.WithDeadline(context.Background(), s.wall(deadline))
 	defer cancel()
+	// Marked as a job's start, so that a failover store that sees Redis
+	// fail the lease keeps the write local too (see failoverStore.PutJob).
 	c = withJobStart(c)
 	// The lease is taken before the job is stored, so that no replica
 	// ever sees the job pending without it: one starting now, or one

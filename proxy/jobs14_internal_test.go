@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -33,6 +32,37 @@ func (l lookAfterPut) PutJob(ctx context.Context, j *store.Job) error {
 	return err
 }
 
+// heldUpstream is an upstream whose calls wait for release (or for
+// ballast to hang up). Close release before the servers' Shutdowns,
+// which would otherwise wait for the calls.
+func heldUpstream(t *testing.T) (url string, release chan struct{}) {
+	release = make(chan struct{})
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-release:
+		case <-r.Context().Done():
+		}
+		w.Write([]byte(`{}`))
+	}))
+	t.Cleanup(up.Close)
+	return up.URL, release
+}
+
+// startPostJob starts an async POST /report on s's first route, as a
+// request with Prefer: respond-async would: the job's id ("" when none
+// was stored), whether it started, and the request's context, which
+// holds the answer.
+func startPostJob(s *Server) (id string, ok bool, ctx *fasthttp.RequestCtx) {
+	req := new(fasthttp.Request)
+	req.Header.SetMethod("POST")
+	req.SetRequestURI("/report")
+	req.SetBodyString("{}")
+	ctx = new(fasthttp.RequestCtx)
+	ctx.Init(req, nil, nil)
+	ok = s.startJob(ctx, s.table.Load().routes[0], req.Body(), time.Now().Add(10*time.Second), 0, func(got string) { id = got })
+	return id, ok, ctx
+}
+
 // A job is never in the shared store without its lease: another replica
 // looking for orphaned jobs right after it was written (one starting, or
 // adopting) leaves it to the replica that took it, which runs it, so
@@ -42,36 +72,19 @@ func (l lookAfterPut) PutJob(ctx context.Context, j *store.Job) error {
 // (a CI failure of TestDrain10_JobWaitOnAnotherReplicaDoesNotHoldTheDrain).
 func TestJob14_NewJobIsLeasedBeforeAnyReplicaSeesIt(t *testing.T) {
 	rs := redistest.Start(t)
-	release := make(chan struct{})
-	var calls atomic.Int64
-	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		calls.Add(1)
-		select {
-		case <-release:
-		case <-r.Context().Done():
-		}
-		w.Write([]byte(`{"ok":true}`))
-	}))
-	t.Cleanup(up.Close)
+	up, release := heldUpstream(t)
 	yaml := fmt.Sprintf(`
 state: {backend: redis, redis: {address: %q, key_prefix: "lease14:"}}
 routes:
   - {name: long, match: {path_prefix: /}, upstream: %q, async: {enabled: true}}
-`, rs.Addr(), up.URL)
+`, rs.Addr(), up)
 	first, other := newStatusServer(t, yaml), newStatusServer(t, yaml)
 	t.Cleanup(func() { close(release) }) // before the Shutdowns: the call ends
 	looked := 0
 	first.state = lookAfterPut{Store: first.state, look: func() { looked++; other.resumeJobs() }}
 
-	var req fasthttp.Request
-	req.Header.SetMethod("POST")
-	req.SetRequestURI("/report")
-	req.SetBodyString("{}")
-	var ctx fasthttp.RequestCtx
-	ctx.Init(&req, nil, nil)
-	r := first.table.Load().routes[0]
-	id := ""
-	if !first.startJob(&ctx, r, req.Body(), time.Now().Add(10*time.Second), 0, func(got string) { id = got }) {
+	id, ok, ctx := startPostJob(first)
+	if !ok {
 		t.Fatalf("the job did not start: %d %s", ctx.Response.StatusCode(), ctx.Response.Body())
 	}
 	if looked != 1 || id == "" {

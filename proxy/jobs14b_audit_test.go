@@ -48,13 +48,7 @@ routes:
 	fo := s.state.(*timedStore).Store.(*failoverStore)
 	red = &stalledRedis{Store: fo.Store}
 	fo.Store = red
-	var req fasthttp.Request
-	req.Header.SetMethod("POST")
-	req.SetRequestURI("/report")
-	req.SetBodyString("{}")
-	ctx = new(fasthttp.RequestCtx)
-	ctx.Init(&req, nil, nil)
-	ok = s.startJob(ctx, s.table.Load().routes[0], req.Body(), time.Now().Add(10*time.Second), 0, nil)
+	_, ok, ctx = startPostJob(s)
 	return s, red, ok, ctx
 }
 
@@ -130,35 +124,19 @@ func (r *blipRedis) LeaseJob(ctx context.Context, id string, now time.Time, leas
 // while running is failed as outcome unknown by the replica that takes it).
 func TestJob14b_FailOpenLeaseBlipDoesNotLeaveAnOrphan(t *testing.T) {
 	rs := redistest.Start(t)
-	release := make(chan struct{})
-	var calls atomic.Int64
-	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		calls.Add(1)
-		select {
-		case <-release:
-		case <-r.Context().Done():
-		}
-		w.Write([]byte(`{}`))
-	}))
-	t.Cleanup(up.Close)
+	up, release := heldUpstream(t)
 	yaml := fmt.Sprintf(`
 state: {backend: redis, redis: {address: %q, key_prefix: "blip14:", on_error: fail_open}}
 routes:
   - {name: long, match: {path_prefix: /}, upstream: %q, async: {enabled: true}}
-`, rs.Addr(), up.URL)
+`, rs.Addr(), up)
 	first, other := newStatusServer(t, yaml), newStatusServer(t, yaml)
 	t.Cleanup(func() { close(release) })
 	fo := first.state.(*timedStore).Store.(*failoverStore)
 	fo.Store = &blipRedis{Store: fo.Store}
 
-	var req fasthttp.Request
-	req.Header.SetMethod("POST")
-	req.SetRequestURI("/report")
-	req.SetBodyString("{}")
-	var ctx fasthttp.RequestCtx
-	ctx.Init(&req, nil, nil)
-	id := ""
-	if !first.startJob(&ctx, first.table.Load().routes[0], req.Body(), time.Now().Add(10*time.Second), 0, func(got string) { id = got }) {
+	id, ok, ctx := startPostJob(first)
+	if !ok {
 		t.Fatalf("the job did not start: %d %s", ctx.Response.StatusCode(), ctx.Response.Body())
 	}
 	if _, here := first.jobs.running(id); !here {
