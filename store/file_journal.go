@@ -33,7 +33,8 @@ import (
 // replayJournal); a torn entry or one of an older epoch ends the replay,
 // and nothing there was acknowledged. The file starts over (a new epoch in
 // the header, synced before any entry of it) once bbolt holds everything
-// in it, when it has grown past journalResetSize, on open and on Close.
+// in it, when it has grown past journalResetSize, on open and on Close —
+// but never while a claim whose bbolt write failed pins it (see pin).
 //
 // The space ahead of the entries is zero-filled a MiB at a time, so that
 // an entry's fdatasync overwrites blocks that exist and flushes data only:
@@ -54,6 +55,9 @@ type journal struct {
 	// or markUnflushed (see expectFlush): while none is, nothing will move
 	// flushed, and a leader must not wait for it.
 	marking int
+	// pinned counts the claims whose entries are their only durable trace
+	// (see pin): while any is, the file never starts over.
+	pinned  int
 	off     int64 // where the next batch goes
 	filled  int64 // the file is zero-filled or written up to here
 	epoch   uint64
@@ -270,7 +274,7 @@ func (j *journal) lead(n uint64) {
 		j.mu.Lock()
 		batch, upto := j.buf, j.next
 		j.buf = nil
-		if j.off >= j.reset {
+		if j.off >= j.reset && j.pinned == 0 {
 			// Start over once bbolt has every entry written so far, if a
 			// queued commit is still to say so; else (the commits failed,
 			// or the committer closed) write on, and start over later.
@@ -347,8 +351,25 @@ func (j *journal) markUnflushed() {
 	j.cond.Broadcast()
 }
 
-// close starts the file over (bbolt holds everything: the caller closes
-// the journal after the last commit) and closes it.
+// pin keeps the file from starting over: a claim's write to bbolt failed,
+// so its entry here is all that records it until a later write of its key
+// lands (unpin). A crash or Close meanwhile leaves the entry for the next
+// open, whose recovery turns the claim into UnknownOutcome.
+func (j *journal) pin() {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	j.pinned++
+}
+
+// unpin ends one pin.
+func (j *journal) unpin() {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	j.pinned--
+}
+
+// close starts the file over, unless a claim pins it (bbolt holds the rest:
+// the caller closes the journal after the last commit), and closes it.
 func (j *journal) close() error {
 	j.mu.Lock()
 	defer j.mu.Unlock()
@@ -358,7 +379,10 @@ func (j *journal) close() error {
 	if j.err == nil {
 		j.err = errJournalClosed
 	}
-	err := j.start()
+	var err error
+	if j.pinned == 0 {
+		err = j.start()
+	}
 	return errors.Join(err, j.f.Close())
 }
 

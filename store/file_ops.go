@@ -135,6 +135,16 @@ type claimTx struct {
 	pending   *pendingRecord
 	newKey    bool
 	countFix  int64
+	// supersedes is the overlay entry this claim replaced, if any: when it
+	// is pinned (its own write failed), this claim's landing unpins it.
+	supersedes *pendingRecord
+}
+
+// supersedesCounted reports whether the entry this claim replaced stands
+// for a record the file never got and is counted in File.records.
+func (t *claimTx) supersedesCounted() bool {
+	s := t.supersedes
+	return s != nil && s.pinned.Load() && s.newKey
 }
 
 func (t *claimTx) run(tx *bolt.Tx) error {
@@ -147,8 +157,10 @@ func (t *claimTx) run(tx *bolt.Tx) error {
 		// A claim that takes a record over was not counted: a sweep
 		// queued before it may have deleted (and uncounted) that expired
 		// record, and then the claim's record is a new one after all.
+		// Nor was one that takes over a claim whose own write failed and
+		// that was counted as a new key: the count stands for this one.
 		t.countFix = 0
-		if !t.newKey && b.Get(t.bkey) == nil {
+		if !t.newKey && b.Get(t.bkey) == nil && !t.supersedesCounted() {
 			t.countFix = 1
 		}
 		return b.Put(t.bkey, t.enc)
@@ -213,7 +225,8 @@ func (f *File) claimJournaled(key string, args ClaimArgs) (*Record, bool, error)
 	rec := newClaim(key, args, f.lim.Owner, f.tokens.new())
 	enc := appendRecord(nil, rec)
 	t := &claimTx{f: f, key: key, bkey: []byte(key), rec: rec, enc: enc, journaled: true, newKey: newKey}
-	t.pending = f.pending.put(key, enc)
+	t.supersedes = f.pending.get(key)
+	t.pending = f.pending.putEntry(key, &pendingRecord{enc: enc, newKey: newKey})
 	// Journal order is queue order (both under claimMu), which the
 	// journal's flushed mark relies on.
 	t.seq = f.journal.add(journalClaim, key, enc)
@@ -244,19 +257,25 @@ func (f *File) claimJournaled(key string, args ClaimArgs) (*Record, bool, error)
 // after ends a journaled claim's queued write once its commit ended: the
 // overlay entry goes (unless a completion replaced it), and the journal
 // learns that bbolt holds the entries up to this one.
+//
+// A failed write leaves the claim standing: Claim has answered (or will,
+// once the entry is synced) and the call may be running upstream, so the
+// key must keep reading as in flight, or a retry of the call would claim
+// it again and repeat it. The overlay entry stays, pinned, and so does the
+// journal's entry, which is then all that records the claim; the claim's
+// completion or release writes its outcome without it (finishTx.run).
 func (t *claimTx) after(err error) {
 	f := t.f
-	f.pending.remove(t.key, t.pending)
 	if err != nil {
 		f.journal.markUnflushed() // a journal writer must not wait for it
-		if t.newKey {
-			f.records.Add(-1) // counted when queued, and never landed
-		}
-		// The key no longer reads as this claim: its waiters, which saw
-		// it in flight, must look again (nothing else will wake them).
-		f.wakeup.wake(t.key)
+		t.pending.pinned.Store(true)
+		f.journal.pin()
 		f.asyncError("claim", t.key, f.wrap("claim", err))
 		return
+	}
+	f.pending.remove(t.key, t.pending)
+	if s := t.supersedes; s != nil && s.pinned.CompareAndSwap(true, false) {
+		f.journal.unpin() // the file now holds a later record of the key
 	}
 	f.records.Add(t.countFix)
 	f.journal.markFlushed(t.seq + 1)
@@ -322,6 +341,11 @@ func (f *File) finish(op string, held *Record, enc []byte) error {
 		testHookFinishChecked(f)
 	}
 	t.f, t.op = f, op
+	if p := f.pending.get(held.Key); p != nil {
+		// The claim's own entry (checkHeld found it held): its write may
+		// yet fail, and then this one must land without it.
+		t.claim = p
+	}
 	if enc == nil && f.journal != nil {
 		f.journal.addRelease(held.Key, held.Token)
 	}
@@ -350,12 +374,21 @@ type finishTx struct {
 	f       *File
 	op      string
 	pending *pendingRecord
+	// claim is the held claim's overlay entry when it was still queued
+	// (journaled); countFix is what to add to File.records once a write
+	// for a claim whose own write failed has landed.
+	claim    *pendingRecord
+	countFix int64
 }
 
 func (t *finishTx) run(tx *bolt.Tx) error {
-	t.notHeld, t.deleted = false, false
+	t.notHeld, t.deleted, t.countFix = false, false, 0
 	b := tx.Bucket(bucketRecords)
-	state, token, ok := peekClaim(b.Get(t.bkey))
+	v := b.Get(t.bkey)
+	if t.unlanded() {
+		return t.runUnlanded(b, v != nil)
+	}
+	state, token, ok := peekClaim(v)
 	if !ok || token != t.held.Token || state == Completed {
 		t.notHeld = true
 		return nil
@@ -370,13 +403,60 @@ func (t *finishTx) run(tx *bolt.Tx) error {
 	return addSequence(b, -1)
 }
 
+// unlanded reports whether the held claim's own write failed, so the file
+// has no trace of it.
+func (t *finishTx) unlanded() bool { return t.claim != nil && t.claim.pinned.Load() }
+
+// runUnlanded writes the outcome of a claim that the file never got. It
+// was decided held under claimMu against the overlay, where it stayed, so
+// the record the file may hold for the key is the one it took over.
+func (t *finishTx) runUnlanded(b *bolt.Bucket, existed bool) error {
+	if t.enc != nil {
+		if !existed && !t.claim.newKey {
+			// The record it took over, which counted for it, was swept.
+			t.countFix = 1
+		}
+		return b.Put(t.bkey, t.enc)
+	}
+	if existed {
+		if err := b.Delete(t.bkey); err != nil {
+			return err
+		}
+		if err := addSequence(b, -1); err != nil {
+			return err
+		}
+	}
+	if existed || t.claim.newKey {
+		t.countFix = -1
+	}
+	return nil
+}
+
 // after ends a queued write once its commit ended: the overlay entry goes,
 // waiters wake, and a failure goes to OnAsyncError.
+//
+// The completion of a claim that the file never got keeps its entry when
+// its own write fails too: the overlay is then the only place the outcome
+// lives, and replays read it there; the journal keeps the claim, pinned,
+// so a restart reads the key as UnknownOutcome. A release needs no such
+// care: the key is free either way.
 func (t *finishTx) after(err error) {
 	f, key := t.f, t.held.Key
-	f.pending.remove(key, t.pending)
-	if err == nil && t.deleted {
-		f.records.Add(-1)
+	if err != nil && t.enc != nil && t.unlanded() {
+		t.pending.newKey = t.claim.newKey // and the count with it
+		t.pending.pinned.Store(true)      // the pin passes to this entry
+		t.claim.pinned.Store(false)
+	} else {
+		f.pending.remove(key, t.pending)
+		if err == nil {
+			f.records.Add(t.countFix)
+			if t.deleted {
+				f.records.Add(-1)
+			}
+		}
+		if t.claim != nil && t.claim.pinned.CompareAndSwap(true, false) {
+			f.journal.unpin()
+		}
 	}
 	f.wakeup.wake(key)
 	switch {

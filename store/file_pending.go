@@ -1,6 +1,9 @@
 package store
 
-import "sync"
+import (
+	"sync"
+	"sync/atomic"
+)
 
 // pendingRecords is the File's overlay of completions and releases that are
 // queued for the group commit but not yet committed: the records as they
@@ -9,8 +12,11 @@ import "sync"
 // returns (read-your-writes), while the file catches up within one commit.
 //
 // An entry is added before its write is queued and removed after its
-// commit ended (committed or failed), before the key's waiters are woken;
-// a reader that finds no entry therefore reads the file after the commit.
+// commit ended, before the key's waiters are woken; a reader that finds no
+// entry therefore reads the file after the commit. A failed write of a
+// journaled claim, or of the completion or release of such a claim, keeps
+// its entry (pinned): the file never got the claim, so removing the entry
+// would free a key whose call may be running.
 type pendingRecords struct {
 	mu sync.RWMutex
 	m  map[string]*pendingRecord
@@ -18,7 +24,19 @@ type pendingRecords struct {
 
 // pendingRecord is one queued write: enc is the encoded record, nil for a
 // release (the key will be absent).
-type pendingRecord struct{ enc []byte }
+type pendingRecord struct {
+	enc []byte
+	// newKey, for a journaled claim's entry (or a pinned completion in its
+	// place): the key had no record when the claim was decided, so the
+	// claim was counted in File.records. Set before the entry is published
+	// or pinned.
+	newKey bool
+	// pinned: the entry's write failed, so the journal's entry of the
+	// key's claim is the only durable trace of it; the entry stays in the
+	// overlay (the key keeps reading as it), and it holds one pin of the
+	// journal (see journal.pin) until a later write of the key lands.
+	pinned atomic.Bool
+}
 
 func newPendingRecords() *pendingRecords {
 	return &pendingRecords{m: make(map[string]*pendingRecord)}
@@ -34,7 +52,11 @@ func (p *pendingRecords) get(key string) *pendingRecord {
 // put records enc as key's pending write and returns the entry for remove.
 // A later put of the same key replaces the entry.
 func (p *pendingRecords) put(key string, enc []byte) *pendingRecord {
-	e := &pendingRecord{enc: enc}
+	return p.putEntry(key, &pendingRecord{enc: enc})
+}
+
+// putEntry is put with an entry the caller made.
+func (p *pendingRecords) putEntry(key string, e *pendingRecord) *pendingRecord {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.m[key] = e

@@ -94,16 +94,16 @@ func TestJournal15_FailedCommitDoesNotStrandTheJournalWriter(t *testing.T) {
 	}
 }
 
-// A journaled claim whose commit fails leaves the pending overlay, and the
-// key then reads as free (bbolt never got the record); but nobody woke the
-// key's waiters, which saw the claim in flight: Wait slept until its
-// context ended or unrelated traffic on the key woke it (the holder's
-// Complete finds the claim gone and wakes nobody either).
+// A journaled claim whose commit fails used to leave the pending overlay,
+// and the key then read as free, without waking the key's waiters, which
+// slept until their deadline. The claim now stands (see
+// journal16_unlanded_test.go): the waiters sleep on while its call runs,
+// and wake with its completion, which lands without the claim's record.
 func TestJournal15_FailedClaimCommitWakesWaiters(t *testing.T) {
 	errs := newAsyncErrors()
 	f, g := openGated(t, FileOptions{OnAsyncError: errs.hook})
 	g.hold()
-	mustClaim(t, f, "k", args("a", t0)) // journaled; its commit queues behind the gate
+	held := mustClaim(t, f, "k", args("a", t0)) // journaled; its commit queues behind the gate
 	broken, err := bolt.Open(filepath.Join(t.TempDir(), "broken.db"), 0o600, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -134,35 +134,50 @@ func TestJournal15_FailedClaimCommitWakesWaiters(t *testing.T) {
 	f.commit.mu.Lock()
 	f.commit.db = f.db
 	f.commit.mu.Unlock()
-	if rec, err := f.Get(context.Background(), "k", t0); err != ErrNotFound {
-		t.Fatalf("Get after the failed commit = %+v, %v; the test expects the key free", rec, err)
+	if rec, err := f.Get(context.Background(), "k", t0); err != nil || rec.Token != held.Token || rec.State != InFlight {
+		t.Fatalf("Get after the failed commit = %+v, %v; want the claim standing", rec, err)
 	}
 	select {
 	case r := <-done:
-		if r.err != nil || r.rec != nil {
-			t.Fatalf("Wait = %+v, %v; want nil, nil (the claim is gone)", r.rec, r.err)
+		t.Fatalf("Wait = %+v, %v while the claim stands; want it asleep", r.rec, r.err)
+	default:
+	}
+	if err := f.Complete(context.Background(), held, resp("done"), t0, time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case r := <-done:
+		if r.err != nil || r.rec == nil || r.rec.State != Completed {
+			t.Fatalf("Wait = %+v, %v; want the completion", r.rec, r.err)
 		}
 	case <-time.After(5 * time.Second):
 		cancel()
 		<-done
-		t.Fatal("Wait still asleep 5s after the claim it waited for was dropped by its failed commit")
+		t.Fatal("Wait still asleep 5s after the claim it waited for completed")
 	}
 }
 
 // A journaled claim of a new key is counted in File.records when it is
-// queued; when its commit fails the record never lands, but the count kept
-// it: File.records drifted one over the file per failed claim, and
-// MaxRecords refused claims early for the rest of the process.
-func TestJournal15_FailedClaimCommitIsUncounted(t *testing.T) {
+// queued. When its commit fails the claim stands, so it stays counted, and
+// its completion, which lands in its place, is not counted again: the
+// count and the file agree once it has landed.
+func TestJournal15_FailedClaimCommitIsCountedOnce(t *testing.T) {
 	errs := newAsyncErrors()
 	f := openTestFile(t, filepath.Join(t.TempDir(), "state.db"), FileOptions{OnAsyncError: errs.hook})
 	mustClaim(t, f, "a", args("x", t0))
 	restore := breakCommits(t, f)
-	mustClaim(t, f, "b", args("x", t0)) // journaled; its commit fails
+	held := mustClaim(t, f, "b", args("x", t0)) // journaled; its commit fails
 	if err := <-errs.got; err == nil {
 		t.Fatal("OnAsyncError got nil for the failed commit of b")
 	}
 	restore()
+	if n := f.records.Load(); n != 2 {
+		t.Fatalf("File.records = %d while b stands, want 2", n)
+	}
+	if err := f.Complete(context.Background(), held, resp("done"), t0, time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	awaitSettled(t, f)
 	checkRecordCount(t, f, 1)
 }
 
