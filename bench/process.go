@@ -26,6 +26,10 @@ type Process struct {
 	Name string
 	// Addr is host:port of its main listener.
 	Addr string
+	// Admin is host:port of a ballast child's admin listener, and
+	// AdminToken the admin.token its config sets ("" for none); both are
+	// empty for the other children.
+	Admin, AdminToken string
 
 	cmd    *exec.Cmd
 	output *lineTail

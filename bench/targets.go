@@ -81,14 +81,26 @@ func startBallast(ctx context.Context, exe, dir, upstream string, chaos bool, pr
 	}
 	// At info the decision trail is written, one line per request, as with
 	// ballast's defaults; it is part of the chain being measured.
-	p, err := startProcessQuiet("ballast", exe, false, goProcsEnv(procs), "run", "-c", file, "--log-level", "info")
+	p, err := startBallastFile(ctx, exe, "ballast", file, listen, admin, goProcsEnv(procs), false, "info")
 	if err != nil {
 		return nil, nil, err
 	}
-	p.Addr = listen
+	return p, cfg.Features, nil
+}
+
+// startBallastFile runs `exe run -c file --log-level level` as a child
+// with env (nil: the harness's) and waits for its /readyz on admin. listen
+// and admin are the addresses file sets; the Process records both. With
+// quiet, the child's stderr goes to /dev/null.
+func startBallastFile(ctx context.Context, exe, name, file, listen, admin string, env []string, quiet bool, level string) (*Process, error) {
+	p, err := startProcessQuiet(name, exe, quiet, env, "run", "-c", file, "--log-level", level)
+	if err != nil {
+		return nil, err
+	}
+	p.Addr, p.Admin = listen, admin
 	if err := p.awaitHTTP(ctx, admin, "/readyz", true, readyTimeout); err != nil {
 		p.Stop()
-		return nil, nil, err
+		return nil, err
 	}
-	return p, cfg.Features, nil
+	return p, nil
 }

@@ -75,14 +75,5 @@ func startSmallBallast(ctx context.Context, exe, dir, name string, c smallConfig
 	if quiet {
 		level = "info" // the request log is written at INFO
 	}
-	p, err := startProcessQuiet("ballast "+name, exe, quiet, goProcsEnv(procs), "run", "-c", file, "--log-level", level)
-	if err != nil {
-		return nil, err
-	}
-	p.Addr = c.Listen
-	if err := p.awaitHTTP(ctx, c.Admin, "/readyz", true, readyTimeout); err != nil {
-		p.Stop()
-		return nil, err
-	}
-	return p, nil
+	return startBallastFile(ctx, exe, "ballast "+name, file, c.Listen, c.Admin, goProcsEnv(procs), quiet, level)
 }
