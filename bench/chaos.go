@@ -71,6 +71,9 @@ func chaosWorkloads() []Workload {
 // them (see ballast.yaml.tmpl); until then ballast runs pass-through and
 // shows direct's failure rate.
 func Chaos(ctx context.Context, opts Options) (*ChaosResult, error) {
+	if err := opts.only("chaos"); err != nil {
+		return nil, err
+	}
 	opts, err := opts.withDefaults(ChaosDefaultRate)
 	if err != nil {
 		return nil, err

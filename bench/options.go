@@ -5,6 +5,7 @@ import (
 	"io"
 	"math"
 	"os"
+	"strings"
 	"time"
 )
 
@@ -68,6 +69,19 @@ type Options struct {
 	Targets []string
 	// SampleEvery is soak's RSS sampling interval. Default 5s.
 	SampleEvery time.Duration
+	// Config, when set, is a ballast config file the overhead scenario
+	// measures in place of its built-in chain: loaded as `ballast run -c`
+	// loads it, then rewritten so that nothing leaves 127.0.0.1 (see
+	// userConfig.rewrite). Reports name the file, never its contents.
+	// Default: the built-in chain (ballast.yaml.tmpl). The other scenarios
+	// refuse it (ErrLoad).
+	Config string
+	// Method and Path are the overhead scenario's request. Default POST
+	// /v1/chat/completions. The chat body (and its content type) goes
+	// with every method but GET and HEAD. Path must start with / and hold
+	// no spaces or control characters; Method is upper-case letters. The
+	// other scenarios refuse them (ErrLoad): their requests are fixed.
+	Method, Path string
 	// Progress receives one line per step. Default: discarded.
 	Progress io.Writer
 }
@@ -142,6 +156,22 @@ func (o Options) withScenarioDefaults(rate float64, duration time.Duration) (Opt
 		o.Progress = io.Discard
 	}
 	return o, nil
+}
+
+// only refuses the options that scenario does not take, set by a caller:
+// the built-in workloads of the other scenarios cannot be changed.
+func (o Options) only(scenario string) error {
+	var set []string
+	if o.Config != "" {
+		set = append(set, "Config (overhead only)")
+	}
+	if o.Method != "" || o.Path != "" {
+		set = append(set, "Method and Path (overhead only)")
+	}
+	if len(set) > 0 {
+		return fmt.Errorf("%w: the %s scenario does not take %s", ErrLoad, scenario, strings.Join(set, ", "))
+	}
+	return nil
 }
 
 // Settings are the options a scenario ran with, for reports.

@@ -68,6 +68,18 @@ type OverheadResult struct {
 	// Skipped lists targets that were asked for or known but did not run,
 	// with why (nginx not on PATH).
 	Skipped map[string]string `json:"skipped,omitempty"`
+	// Request is what every target was sent, "POST /v1/chat/completions";
+	// empty in reports from before it could change.
+	Request string `json:"request,omitempty"`
+	// Config is the ballast config file measured (Options.Config) as it
+	// was named, never its contents; empty for the built-in chain.
+	Config string `json:"config,omitempty"`
+	// Route is the route of Config that served the request (read from
+	// ballast's /metrics after checkRoute's request).
+	Route string `json:"route,omitempty"`
+	// ConfigNotes name the policies of Route that answer the repeated
+	// request from a store after the first (see userConfig.repeatNotes).
+	ConfigNotes []string `json:"config_notes,omitempty"`
 }
 
 // Overhead measures the same upstream directly, through a bare fasthttp
@@ -75,7 +87,15 @@ type OverheadResult struct {
 // own child process so its CPU can be read from /proc. Each target gets an
 // open-loop run at opts.Rate (latency, CPU per 1,000 requests) and a
 // closed-loop saturation run with opts.Connections (throughput), driven
-// by wrk or by RunLoad as opts.Driver says.
+// by wrk or by RunLoad as opts.Driver says, all with the request of
+// opts.Method and opts.Path.
+//
+// Ballast runs its built-in chain (ballast.yaml.tmpl), or with
+// opts.Config the user's config file, loaded as `ballast run -c` loads it
+// and rewritten so that everything stays on 127.0.0.1 (see
+// userConfig.rewrite); a config that does not load or cannot be rewritten
+// is an ErrConfig error before anything starts. Either way ballast must
+// answer the request 2xx once before it is measured (checkRoute).
 //
 // With opts.Rounds above 1, every target is measured once per round, the
 // targets taking turns (each round starts one target later than the one
@@ -103,12 +123,29 @@ func Overhead(ctx context.Context, opts Options) (*OverheadResult, error) {
 			return nil, err
 		}
 	}
-	res := &OverheadResult{Settings: opts.settings(), Skipped: map[string]string{}}
+	wl, err := overheadWorkload(opts.Method, opts.Path)
+	if err != nil {
+		return nil, err
+	}
+	want := func(name string) bool { return len(opts.Targets) == 0 || slices.Contains(opts.Targets, name) }
+	var user *userConfig
+	redisExe := ""
+	if opts.Config != "" {
+		if user, err = loadUserConfig(opts.Config); err != nil {
+			return nil, err
+		}
+		if user.needsRedis() && want(TargetBallast) {
+			redisExe = RedisPath()
+			if err := user.checkRedis(redisExe != ""); err != nil {
+				return nil, err
+			}
+		}
+	}
+	res := &OverheadResult{Settings: opts.settings(), Skipped: map[string]string{}, Request: requestLine(wl), Config: opts.Config}
 	res.Settings.Rounds = opts.Rounds
 	if opts.Saturation > 0 {
 		res.Settings.SaturationDriver = opts.Driver
 	}
-	want := func(name string) bool { return len(opts.Targets) == 0 || slices.Contains(opts.Targets, name) }
 
 	fmt.Fprintf(opts.Progress, "overhead: starting upstream (%d-byte answers)\n", opts.Size)
 	up, err := startUpstream(ctx, opts.Exe, UpstreamConfig{Size: opts.Size, Seed: opts.Seed})
@@ -134,11 +171,34 @@ func Overhead(ctx context.Context, opts Options) (*OverheadResult, error) {
 		targets = append(targets, target{TargetBare, p})
 	}
 	if want(TargetBallast) {
-		p, _, err := startBallast(ctx, opts.Exe, dir, up.Addr, false, opts.Procs)
+		redis := ""
+		if redisExe != "" {
+			r, err := startRedis(ctx, redisExe)
+			if err != nil {
+				return nil, err
+			}
+			defer r.Stop()
+			redis = r.Addr
+			fmt.Fprintf(opts.Progress, "overhead: the config's Redis is the harness's redis-server on %s\n", redis)
+		}
+		p, err := startOverheadBallast(ctx, opts, dir, user, up.Addr, redis)
 		if err != nil {
 			return nil, err
 		}
 		defer p.Stop()
+		name := "the built-in chain"
+		if user != nil {
+			name = user.file
+		}
+		if err := checkRoute(ctx, p.Addr, wl, opts.Timeout, name); err != nil {
+			return nil, err
+		}
+		if user != nil {
+			if res.Route, err = servedRoute(p, opts.Timeout); err != nil {
+				return nil, err
+			}
+			res.ConfigNotes = user.repeatNotes(res.Route)
+		}
 		targets = append(targets, target{TargetBallast, p})
 	}
 	if want(TargetNginx) {
@@ -157,14 +217,13 @@ func Overhead(ctx context.Context, opts Options) (*OverheadResult, error) {
 		return nil, fmt.Errorf("%w: no overhead target selected (known: direct, bare, ballast, nginx)", ErrLoad)
 	}
 
-	wl := []Workload{{Name: "chat", Method: "POST", Path: "/v1/chat/completions", Body: modelBody, ContentType: "application/json"}}
 	for round := range opts.Rounds {
 		measured := make([]OverheadTarget, len(targets))
 		for i := range targets {
 			k := (round + i) % len(targets)
 			t := targets[k]
 			fmt.Fprintf(opts.Progress, "%s%s open loop at %.0f rps for %v\n", roundPrefix("overhead", round, opts.Rounds), t.name, opts.Rate, opts.Duration)
-			ot, err := measureTarget(ctx, opts, wl, t.name, t.proc, up)
+			ot, err := measureTarget(ctx, opts, []Workload{wl}, t.name, t.proc, up)
 			if err != nil {
 				return nil, err
 			}
@@ -174,6 +233,18 @@ func Overhead(ctx context.Context, opts Options) (*OverheadResult, error) {
 	}
 	res.summarise()
 	return res, nil
+}
+
+// startOverheadBallast starts the overhead scenario's ballast: the
+// built-in chain, or user's config (nil: none) with redis (host:port of
+// the harness's redis-server, "" for none) in place of its Redis.
+func startOverheadBallast(ctx context.Context, opts Options, dir string, user *userConfig, upstream, redis string) (*Process, error) {
+	if user == nil {
+		p, _, err := startBallast(ctx, opts.Exe, dir, upstream, false, opts.Procs)
+		return p, err
+	}
+	fmt.Fprintf(opts.Progress, "overhead: ballast runs %s, rewritten for loopback\n", user.file)
+	return startUserBallast(ctx, opts.Exe, dir, user, upstream, redis, opts.Procs)
 }
 
 // summarise fills the comparisons from o.Rounds: with one round, Targets

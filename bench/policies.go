@@ -190,6 +190,9 @@ func policiesWorkload() []Workload {
 // cold start, lands on one round rather than always on off; the report
 // gives each variant's medians and every round's ratios.
 func Policies(ctx context.Context, opts Options) (*PoliciesResult, error) {
+	if err := opts.only("policies"); err != nil {
+		return nil, err
+	}
 	opts, err := opts.withScenarioDefaults(PoliciesDefaultRate, PoliciesDefaultDuration)
 	if err != nil {
 		return nil, err

@@ -68,6 +68,9 @@ func (r *Report) WriteText(w io.Writer) error {
 		for _, name := range sortedKeys(o.Skipped) {
 			fmt.Fprintf(w, "skipped %s: %s\n", name, o.Skipped[name])
 		}
+		for _, n := range o.ConfigNotes {
+			fmt.Fprintf(w, "note: %s: the figures are of those answers after the first request\n", n)
+		}
 	}
 	if c := r.Chaos; c != nil {
 		fmt.Fprintf(w, "\n%s\n\n", c.summary())
@@ -117,6 +120,9 @@ func (r *Report) Markdown(plot string) []byte {
 		for _, name := range sortedKeys(o.Skipped) {
 			fmt.Fprintf(&b, "\nSkipped %s: %s.\n", name, o.Skipped[name])
 		}
+		for _, n := range o.ConfigNotes {
+			fmt.Fprintf(&b, "\nNote: %s: the figures are of those answers after the first request.\n", n)
+		}
 		if plot != "" {
 			fmt.Fprintf(&b, "\n![open-loop latency percentiles, direct vs each proxy](%s)\n", plot)
 		}
@@ -140,8 +146,20 @@ func (r *Report) Markdown(plot string) []byte {
 
 func (o *OverheadResult) summary() string {
 	s := o.Settings
-	line := fmt.Sprintf("overhead: open loop at %s rps for %s (warm-up %s), %d-byte JSON answers, %d connections, %s; %s",
-		fmtCount(s.Rate), s.Duration, s.Warmup, s.Size, s.Connections, procsPhrase(s.Procs), overheadChain)
+	request := ""
+	if o.Request != "" {
+		request = ", requests " + o.Request
+	}
+	chain := overheadChain
+	if o.Config != "" {
+		route := ""
+		if o.Route != "" {
+			route = "its route " + o.Route + "; "
+		}
+		chain = "ballast with the config " + o.Config + " (" + route + "every upstream the harness's, on loopback: see bench/README.md)"
+	}
+	line := fmt.Sprintf("overhead: open loop at %s rps for %s (warm-up %s)%s, %d-byte JSON answers, %d connections, %s; %s",
+		fmtCount(s.Rate), s.Duration, s.Warmup, request, s.Size, s.Connections, procsPhrase(s.Procs), chain)
 	if s.Saturation != "" {
 		line += fmt.Sprintf("; saturation: closed loop with %d connections for %s%s", s.Connections, s.Saturation, driverPhrase(s))
 	}

@@ -49,6 +49,9 @@ type SoakResult struct {
 // opts.Duration (default 5m), sampling its VmRSS every opts.SampleEvery
 // (default 5s).
 func Soak(ctx context.Context, opts Options) (*SoakResult, error) {
+	if err := opts.only("soak"); err != nil {
+		return nil, err
+	}
 	opts, err := opts.withScenarioDefaults(SoakDefaultRate, SoakDefaultDuration)
 	if err != nil {
 		return nil, err

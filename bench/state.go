@@ -78,6 +78,9 @@ func stateWorkload(keyed bool) []Workload {
 // store starts empty each time. The report gives each store's medians and
 // every round's ratios.
 func State(ctx context.Context, opts Options) (*StateResult, error) {
+	if err := opts.only("state"); err != nil {
+		return nil, err
+	}
 	if opts.Procs == 0 {
 		opts.Procs = 2 // ballast's choice with the file store, for every store
 	}

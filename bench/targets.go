@@ -2,6 +2,7 @@ package bench
 
 import (
 	"context"
+	"crypto/rand"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -102,5 +103,37 @@ func startBallastFile(ctx context.Context, exe, name, file, listen, admin string
 		p.Stop()
 		return nil, err
 	}
+	return p, nil
+}
+
+// startUserBallast rewrites u for the harness (userConfig.rewrite: ballast
+// on fresh loopback addresses, upstream, a file store in dir, Redis on
+// redis when the config uses it) into dir and runs it on procs cores,
+// waiting for its /readyz.
+func startUserBallast(ctx context.Context, exe, dir string, u *userConfig, upstream, redis string, procs int) (*Process, error) {
+	s := site{Upstream: upstream, Redis: redis, Dir: dir, Token: rand.Text()}
+	var err error
+	if s.Listen, err = freeAddr(); err != nil {
+		return nil, err
+	}
+	if s.Admin, err = freeAddr(); err != nil {
+		return nil, err
+	}
+	env := childEnv(procs)
+	y, cfg, err := u.rewrite(s, env)
+	if err != nil {
+		return nil, err
+	}
+	file := filepath.Join(dir, "ballast-config.yaml")
+	if err := os.WriteFile(file, y, 0o600); err != nil {
+		return nil, fmt.Errorf("%w: ballast: %w", ErrProcess, err)
+	}
+	// At info, as for the built-in chain: the config's log block decides
+	// whether the decision trail is written.
+	p, err := startBallastFile(ctx, exe, "ballast", file, s.Listen, s.Admin, env, false, "info")
+	if err != nil {
+		return nil, err
+	}
+	p.AdminToken = cfg.Admin.Token
 	return p, nil
 }

@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -32,6 +33,9 @@ scenario flags: --duration D (10s; 5s per policies variant; 5m for soak) --warmu
                 --rounds N (overhead, policies, state: each target N times, taking turns; medians)
                 --driver auto|go|wrk (overhead's saturation load: wrk -t1 when on PATH, else Go)
                 --targets LIST (overhead: direct,bare,ballast,nginx; policies: variants; state: stores)
+                --config FILE (overhead: your ballast config instead of the built-in chain, every
+                  address rewritten to 127.0.0.1; see bench/README.md)
+                --method POST --path /v1/chat/completions (overhead: the request)
                 --soak (all: include soak) --json (machine-readable output)
                 --out DIR (RESULTS.md section, plot, JSON)
 `
@@ -77,6 +81,9 @@ func cmdBenchScenario(name string, args []string, stdout, stderr io.Writer) int 
 	fs.DurationVar(&o.Timeout, "timeout", 5*time.Second, "per-request timeout of the load driver")
 	fs.StringVar(&o.Driver, "driver", bench.DriverAuto, "overhead: saturation load driver: wrk (wrk -t1, about one core; whole seconds), go (ballast's own), auto (wrk when on PATH, else go); the open loop always uses go")
 	targets := fs.String("targets", "", "overhead targets, policies variants or state stores, comma-separated (default: all; nginx and redis when on PATH)")
+	fs.StringVar(&o.Config, "config", "", "overhead: measure this ballast config file instead of the built-in chain, rewritten so that nothing leaves 127.0.0.1")
+	fs.StringVar(&o.Method, "method", bench.OverheadMethod, "overhead: the request's method (the chat body goes with all but GET and HEAD)")
+	fs.StringVar(&o.Path, "path", bench.OverheadPath, "overhead: the request's path")
 	asJSON := fs.Bool("json", false, "print JSON instead of tables")
 	out := fs.String("out", "", "write RESULTS.md's harness section, the plot and JSON into this directory")
 	if err := fs.Parse(args); err != nil || strayArgument(fs, "") {
@@ -97,6 +104,13 @@ func cmdBenchScenario(name string, args []string, stdout, stderr io.Writer) int 
 	fc.check(fs, "rounds", o.Rounds < 1, "must be at least 1")
 	fc.check(fs, "procs", o.Procs < 0, "must not be negative (0: the scenario's default)")
 	fc.check(fs, "timeout", o.Timeout <= 0, "must be positive")
+	fc.check(fs, "method", bench.CheckRequest(o.Method, "") != nil, "must be upper-case letters")
+	fc.check(fs, "path", o.Path == "" || bench.CheckRequest("", o.Path) != nil, "must start with / and hold no spaces or control characters")
+	fs.Visit(func(f *flag.Flag) {
+		if takers, ok := scenarioFlags[f.Name]; ok && !slices.Contains(takers, name) {
+			fc.check(fs, f.Name, true, onlyTakers(takers))
+		}
+	})
 	if fc.report(stderr, "bench "+name) {
 		return 2
 	}
@@ -109,6 +123,9 @@ func cmdBenchScenario(name string, args []string, stdout, stderr io.Writer) int 
 	}
 	if *targets != "" {
 		o.Targets = strings.Split(*targets, ",")
+	}
+	if name != "overhead" {
+		o.Method, o.Path = "", "" // the flags' defaults; the other scenarios' requests are their own
 	}
 	o.Progress = stderr
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
@@ -141,6 +158,9 @@ func cmdBenchScenario(name string, args []string, stdout, stderr io.Writer) int 
 	}
 	if err != nil {
 		fmt.Fprintf(stderr, "ballast bench %s: %v\n", name, err)
+		if errors.Is(err, bench.ErrConfig) {
+			return 2 // --config's file, or --path and --method against it: the user's to change
+		}
 		return 1
 	}
 	if *asJSON {
@@ -283,6 +303,22 @@ func cmdBenchBareProxy(args []string, stdout, stderr io.Writer) int {
 	p := bench.NewBareProxy(*upstream)
 	fmt.Fprintf(stdout, "bare proxy on http://%s to %s\n", ln.Addr(), *upstream)
 	return serveUntilSignal(p.Serve, p.Shutdown, ln, "bench bare-proxy", stderr)
+}
+
+// scenarioFlags are the scenario flags only some scenarios take, with
+// those scenarios; any other refuses them (a usage error), all included.
+var scenarioFlags = map[string][]string{
+	"config": {"overhead"},
+	"method": {"overhead"},
+	"path":   {"overhead"},
+}
+
+// onlyTakers says which scenarios take a flag: "only overhead takes it".
+func onlyTakers(scenarios []string) string {
+	if len(scenarios) == 1 {
+		return "only " + scenarios[0] + " takes it"
+	}
+	return "only " + strings.Join(scenarios, " and ") + " take it"
 }
 
 // Upper bounds on scenario flags: far beyond what one machine's loopback

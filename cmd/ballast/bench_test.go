@@ -180,6 +180,13 @@ func TestBenchUsageErrors(t *testing.T) {
 		{name: "stray argument", args: []string{"bench", "overhead", "chaos", "--duration", "1s"}},
 		{name: "stray argument to upstream", args: []string{"bench", "upstream", "standard"}},
 		{name: "stray argument to bare proxy", args: []string{"bench", "bare-proxy", "--upstream", "127.0.0.1:1", "x"}},
+		{name: "config in another scenario", args: []string{"bench", "chaos", "--config", "ballast.yaml"}},
+		{name: "config with all", args: []string{"bench", "all", "--config", "ballast.yaml"}},
+		{name: "path in another scenario", args: []string{"bench", "policies", "--path", "/v1/x"}},
+		{name: "method in another scenario", args: []string{"bench", "state", "--method", "GET"}},
+		{name: "path without a slash", args: []string{"bench", "overhead", "--path", "v1/x"}},
+		{name: "path with a space", args: []string{"bench", "overhead", "--path", "/v1/a b"}},
+		{name: "lower-case method", args: []string{"bench", "overhead", "--method", "get"}},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -188,6 +195,22 @@ func TestBenchUsageErrors(t *testing.T) {
 				t.Errorf("exit %d, want 2: %s", code, errb.String())
 			}
 		})
+	}
+}
+
+// A --config that does not load is a usage error naming the file and
+// its problem, before anything starts.
+func TestBenchOverheadBadConfigIsAUsageError(t *testing.T) {
+	bad := filepath.Join(t.TempDir(), "mine.yaml")
+	if err := os.WriteFile(bad, []byte("routes: [{name: x, match: {path_prefix: /}, upstream: \"ftp://x\"}]\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var out, errb bytes.Buffer
+	if code := run([]string{"bench", "overhead", "--config", bad, "--saturation", "0"}, &out, &errb); code != 2 {
+		t.Errorf("exit %d, want 2: %s", code, errb.String())
+	}
+	if msg := errb.String(); !strings.Contains(msg, bad) || !strings.Contains(msg, "routes[0].upstream") {
+		t.Errorf("stderr %q does not name the file and the problem", msg)
 	}
 }
 
