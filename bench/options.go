@@ -82,6 +82,16 @@ type Options struct {
 	// no spaces or control characters; Method is upper-case letters. The
 	// other scenarios refuse them (ErrLoad): their requests are fixed.
 	Method, Path string
+	// CPUProfileDir, when set, makes the overhead and policies scenarios
+	// fetch a CPU profile from each ballast child's admin listener over
+	// its open-loop window (profileSeconds(Duration) long, from the start
+	// of the measured window, never the warm-up) and write it to
+	// DIR/ballast-cpu-<round>.pprof (overhead) or
+	// DIR/ballast-cpu-<variant>-<round>.pprof (policies), creating DIR. The
+	// profiler costs ballast a little CPU (SIGPROF at 100 Hz), which that
+	// window's figures include. A failed fetch fails the run. The other
+	// scenarios refuse it (ErrLoad). Default: no profile.
+	CPUProfileDir string
 	// Progress receives one line per step. Default: discarded.
 	Progress io.Writer
 }
@@ -158,8 +168,9 @@ func (o Options) withScenarioDefaults(rate float64, duration time.Duration) (Opt
 	return o, nil
 }
 
-// only refuses the options that scenario does not take, set by a caller:
-// the built-in workloads of the other scenarios cannot be changed.
+// only refuses the options that scenario, other than overhead, does not
+// take: the built-in workloads of the other scenarios cannot be changed,
+// and only policies profiles ballast too.
 func (o Options) only(scenario string) error {
 	var set []string
 	if o.Config != "" {
@@ -167,6 +178,9 @@ func (o Options) only(scenario string) error {
 	}
 	if o.Method != "" || o.Path != "" {
 		set = append(set, "Method and Path (overhead only)")
+	}
+	if o.CPUProfileDir != "" && scenario != "policies" {
+		set = append(set, "CPUProfileDir (overhead and policies only)")
 	}
 	if len(set) > 0 {
 		return fmt.Errorf("%w: the %s scenario does not take %s", ErrLoad, scenario, strings.Join(set, ", "))

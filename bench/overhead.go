@@ -74,6 +74,9 @@ type OverheadResult struct {
 	// Config is the ballast config file measured (Options.Config) as it
 	// was named, never its contents; empty for the built-in chain.
 	Config string `json:"config,omitempty"`
+	// CPUProfiles are the files of ballast's CPU profiles, one per round,
+	// when Options.CPUProfileDir was set.
+	CPUProfiles []string `json:"cpu_profiles,omitempty"`
 	// Route is the route of Config that served the request (read from
 	// ballast's /metrics after checkRoute's request).
 	Route string `json:"route,omitempty"`
@@ -128,6 +131,14 @@ func Overhead(ctx context.Context, opts Options) (*OverheadResult, error) {
 		return nil, err
 	}
 	want := func(name string) bool { return len(opts.Targets) == 0 || slices.Contains(opts.Targets, name) }
+	if opts.CPUProfileDir != "" {
+		if !want(TargetBallast) {
+			return nil, fmt.Errorf("%w: a CPU profile is ballast's, and ballast is not among the targets", ErrLoad)
+		}
+		if err := makeProfileDir(opts.CPUProfileDir); err != nil {
+			return nil, err
+		}
+	}
 	var user *userConfig
 	redisExe := ""
 	if opts.Config != "" {
@@ -223,11 +234,19 @@ func Overhead(ctx context.Context, opts Options) (*OverheadResult, error) {
 			k := (round + i) % len(targets)
 			t := targets[k]
 			fmt.Fprintf(opts.Progress, "%s%s open loop at %.0f rps for %v\n", roundPrefix("overhead", round, opts.Rounds), t.name, opts.Rate, opts.Duration)
-			ot, err := measureTarget(ctx, opts, []Workload{wl}, t.name, t.proc, up)
+			profile := ""
+			if opts.CPUProfileDir != "" && t.name == TargetBallast {
+				profile = cpuProfilePath(opts.CPUProfileDir, "", round+1)
+			}
+			ot, err := measureTarget(ctx, opts, []Workload{wl}, t.name, t.proc, up, profile)
 			if err != nil {
 				return nil, err
 			}
 			measured[k] = ot
+			if profile != "" {
+				res.CPUProfiles = append(res.CPUProfiles, profile)
+				fmt.Fprintf(opts.Progress, "overhead: ballast's CPU profile: go tool pprof %s\n", profile)
+			}
 		}
 		res.Rounds = append(res.Rounds, measured)
 	}
@@ -274,11 +293,15 @@ func (o *OverheadResult) summarise() {
 }
 
 // measureTarget runs the open-loop and saturation phases against one
-// target, reading CPU around the open-loop window.
-func measureTarget(ctx context.Context, opts Options, wl []Workload, name string, proc, up *Process) (OverheadTarget, error) {
+// target, reading CPU around the open-loop window. With profile set (a
+// ballast target only), it also fetches ballast's CPU profile of that
+// window into the file profile (fetchCPUProfile): started once the CPU is
+// read at the start of the window, not during the warm-up, and lasting
+// profileSeconds(opts.Duration). A failed fetch fails the target.
+func measureTarget(ctx context.Context, opts Options, wl []Workload, name string, proc, up *Process, profile string) (OverheadTarget, error) {
 	ot := OverheadTarget{Name: name}
 	var before, upBefore ProcUsage
-	var usageErr error
+	var usageErr, profileErr error
 	open, err := RunLoad(ctx, LoadConfig{
 		Addr: proc.Addr, Workloads: wl, Rate: opts.Rate, Connections: opts.Connections,
 		Warmup: opts.Warmup, Duration: opts.Duration, Timeout: opts.Timeout,
@@ -287,10 +310,17 @@ func measureTarget(ctx context.Context, opts Options, wl []Workload, name string
 			before, e1 = proc.Usage()
 			upBefore, e2 = up.Usage()
 			usageErr = errors.Join(e1, e2)
+			if profile != "" {
+				// RunLoad waits for this call before it returns.
+				profileErr = fetchCPUProfile(ctx, proc, profileSeconds(opts.Duration), profile)
+			}
 		},
 	})
 	if err != nil {
 		return ot, err
+	}
+	if profileErr != nil {
+		return ot, profileErr
 	}
 	// A dead child has no /proc entry left: say that it died, and how.
 	for _, p := range []*Process{proc, up} {

@@ -168,6 +168,9 @@ type PoliciesResult struct {
 	Rounds [][]PolicyVariant `json:"rounds,omitempty"`
 	// Dropped names variants config.Parse refused, with its error.
 	Dropped map[string]string `json:"dropped,omitempty"`
+	// CPUProfiles are the files of ballast's CPU profiles, one per variant
+	// and round, in the order they ran, when Options.CPUProfileDir was set.
+	CPUProfiles []string `json:"cpu_profiles,omitempty"`
 }
 
 // policiesWorkload is a model-style POST whose body differs on every
@@ -203,6 +206,11 @@ func Policies(ctx context.Context, opts Options) (*PoliciesResult, error) {
 			return nil, fmt.Errorf("%w: unknown policies variant %q (known: %s)", ErrLoad, t, strings.Join(known, ", "))
 		}
 	}
+	if opts.CPUProfileDir != "" {
+		if err := makeProfileDir(opts.CPUProfileDir); err != nil {
+			return nil, err
+		}
+	}
 	variants, dropped := acceptedVariants()
 	res := &PoliciesResult{Settings: opts.settings(), Dropped: dropped}
 	res.Settings.Saturation = ""
@@ -231,11 +239,19 @@ func Policies(ctx context.Context, opts Options) (*PoliciesResult, error) {
 		measured := make([]PolicyVariant, len(selected))
 		for i := range selected {
 			k := (round + i) % len(selected)
-			pv, err := runPolicyVariant(ctx, open, dir, selected[k], up, roundPrefix("policies", round, opts.Rounds))
+			profile := ""
+			if opts.CPUProfileDir != "" {
+				profile = cpuProfilePath(opts.CPUProfileDir, selected[k].name, round+1)
+			}
+			pv, err := runPolicyVariant(ctx, open, dir, selected[k], up, roundPrefix("policies", round, opts.Rounds), profile)
 			if err != nil {
 				return nil, err
 			}
 			measured[k] = pv
+			if profile != "" {
+				res.CPUProfiles = append(res.CPUProfiles, profile)
+				fmt.Fprintf(opts.Progress, "policies: ballast's CPU profile: go tool pprof %s\n", profile)
+			}
 		}
 		res.Rounds = append(res.Rounds, measured)
 	}
@@ -284,7 +300,10 @@ func medianPolicyVariant(runs []PolicyVariant) PolicyVariant {
 	return m
 }
 
-func runPolicyVariant(ctx context.Context, opts Options, dir string, v policyVariant, up *Process, progress string) (PolicyVariant, error) {
+// runPolicyVariant measures variant v on a ballast child of its own; with
+// profile set, it fetches that child's CPU profile of the measured window
+// into the file profile (see measureTarget).
+func runPolicyVariant(ctx context.Context, opts Options, dir string, v policyVariant, up *Process, progress, profile string) (PolicyVariant, error) {
 	top, policy := v.config()
 	bl, err := startSmallBallast(ctx, opts.Exe, dir, "policies-"+v.name,
 		smallConfig{Upstream: up.Addr, Top: top, Policy: policy}, v.logOn, opts.Procs)
@@ -293,7 +312,7 @@ func runPolicyVariant(ctx context.Context, opts Options, dir string, v policyVar
 	}
 	defer bl.Stop()
 	fmt.Fprintf(opts.Progress, "%s%s open loop at %.0f rps for %v\n", progress, v.name, opts.Rate, opts.Duration)
-	ot, err := measureTarget(ctx, opts, policiesWorkload(), v.name, bl, up)
+	ot, err := measureTarget(ctx, opts, policiesWorkload(), v.name, bl, up, profile)
 	if err != nil {
 		return PolicyVariant{}, err
 	}

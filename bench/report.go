@@ -89,7 +89,27 @@ func (r *Report) WriteText(w io.Writer) error {
 			return err
 		}
 	}
+	if files := r.cpuProfiles(); len(files) > 0 {
+		fmt.Fprintf(w, "\nballast's CPU profiles of the measured windows (go tool pprof -http=: FILE for a browser):\n")
+		for _, f := range files {
+			fmt.Fprintf(w, "  go tool pprof -top %s\n", f)
+		}
+	}
 	return nil
+}
+
+// cpuProfiles are the CPU profile files of the overhead and policies
+// scenarios. Only the terminal and the JSON name them: RESULTS.md must not
+// point at files of one machine's.
+func (r *Report) cpuProfiles() []string {
+	var files []string
+	if r.Overhead != nil {
+		files = append(files, r.Overhead.CPUProfiles...)
+	}
+	if r.Policies != nil {
+		files = append(files, r.Policies.CPUProfiles...)
+	}
+	return files
 }
 
 // Markdown renders the report as a RESULTS.md section; plot, when not

@@ -36,6 +36,8 @@ scenario flags: --duration D (10s; 5s per policies variant; 5m for soak) --warmu
                 --config FILE (overhead: your ballast config instead of the built-in chain, every
                   address rewritten to 127.0.0.1; see bench/README.md)
                 --method POST --path /v1/chat/completions (overhead: the request)
+                --cpuprofile DIR (overhead, policies: ballast's CPU profile of each open-loop
+                  window, DIR/ballast-cpu-[VARIANT-]ROUND.pprof)
                 --soak (all: include soak) --json (machine-readable output)
                 --out DIR (RESULTS.md section, plot, JSON)
 `
@@ -84,6 +86,7 @@ func cmdBenchScenario(name string, args []string, stdout, stderr io.Writer) int 
 	fs.StringVar(&o.Config, "config", "", "overhead: measure this ballast config file instead of the built-in chain, rewritten so that nothing leaves 127.0.0.1")
 	fs.StringVar(&o.Method, "method", bench.OverheadMethod, "overhead: the request's method (the chat body goes with all but GET and HEAD)")
 	fs.StringVar(&o.Path, "path", bench.OverheadPath, "overhead: the request's path")
+	fs.StringVar(&o.CPUProfileDir, "cpuprofile", "", "overhead, policies: write ballast's CPU profile of each open-loop window into this directory (created)")
 	asJSON := fs.Bool("json", false, "print JSON instead of tables")
 	out := fs.String("out", "", "write RESULTS.md's harness section, the plot and JSON into this directory")
 	if err := fs.Parse(args); err != nil || strayArgument(fs, "") {
@@ -308,9 +311,10 @@ func cmdBenchBareProxy(args []string, stdout, stderr io.Writer) int {
 // scenarioFlags are the scenario flags only some scenarios take, with
 // those scenarios; any other refuses them (a usage error), all included.
 var scenarioFlags = map[string][]string{
-	"config": {"overhead"},
-	"method": {"overhead"},
-	"path":   {"overhead"},
+	"config":     {"overhead"},
+	"method":     {"overhead"},
+	"path":       {"overhead"},
+	"cpuprofile": {"overhead", "policies"},
 }
 
 // onlyTakers says which scenarios take a flag: "only overhead takes it".

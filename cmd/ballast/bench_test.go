@@ -187,6 +187,8 @@ func TestBenchUsageErrors(t *testing.T) {
 		{name: "path without a slash", args: []string{"bench", "overhead", "--path", "v1/x"}},
 		{name: "path with a space", args: []string{"bench", "overhead", "--path", "/v1/a b"}},
 		{name: "lower-case method", args: []string{"bench", "overhead", "--method", "get"}},
+		{name: "cpuprofile in another scenario", args: []string{"bench", "chaos", "--cpuprofile", "p"}},
+		{name: "cpuprofile with all", args: []string{"bench", "all", "--cpuprofile", "p"}},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -195,6 +197,38 @@ func TestBenchUsageErrors(t *testing.T) {
 				t.Errorf("exit %d, want 2: %s", code, errb.String())
 			}
 		})
+	}
+}
+
+// The flags reach the scenario: the user's config is measured on the
+// route --path picks, and ballast's CPU profile is written where
+// --cpuprofile says.
+func TestBenchOverheadConfigAndProfile(t *testing.T) {
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "mine.yaml")
+	if err := os.WriteFile(cfg, []byte(`
+listen: 0.0.0.0:8080
+routes:
+  - name: chat
+    match: {path_prefix: /v1/}
+    upstream: https://api.example.com
+  - name: tools
+    match: {path_prefix: /tools/, methods: [GET]}
+    upstream: https://tools.example.com/api
+`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	profiles := filepath.Join(dir, "profiles")
+	out := benchCLI(t, "overhead", "--config", cfg, "--method", "GET", "--path", "/tools/find", "--cpuprofile", profiles,
+		"--targets", "ballast", "--duration", "300ms", "--warmup", "0", "--saturation", "0", "--rate", "150", "--connections", "4")
+	profile := filepath.Join(profiles, "ballast-cpu-1.pprof")
+	for _, want := range []string{"requests GET /tools/find", "ballast with the config " + cfg + " (its route tools;", "go tool pprof -top " + profile} {
+		if !strings.Contains(out, want) {
+			t.Errorf("output lacks %q:\n%s", want, out)
+		}
+	}
+	if fi, err := os.Stat(profile); err != nil || fi.Size() == 0 {
+		t.Errorf("profile: %v", err)
 	}
 }
 
