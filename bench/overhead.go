@@ -131,12 +131,9 @@ func Overhead(ctx context.Context, opts Options) (*OverheadResult, error) {
 		return nil, err
 	}
 	want := func(name string) bool { return len(opts.Targets) == 0 || slices.Contains(opts.Targets, name) }
-	if opts.CPUProfileDir != "" {
-		if !want(TargetBallast) {
-			return nil, fmt.Errorf("%w: a CPU profile is ballast's, and ballast is not among the targets", ErrLoad)
-		}
-		if err := makeProfileDir(opts.CPUProfileDir); err != nil {
-			return nil, err
+	for _, ballastOnly := range []struct{ set, what string }{{opts.Config, "a config"}, {opts.CPUProfileDir, "a CPU profile"}} {
+		if ballastOnly.set != "" && !want(TargetBallast) {
+			return nil, fmt.Errorf("%w: %s is ballast's, and ballast is not among the targets", ErrLoad, ballastOnly.what)
 		}
 	}
 	var user *userConfig
@@ -145,11 +142,16 @@ func Overhead(ctx context.Context, opts Options) (*OverheadResult, error) {
 		if user, err = loadUserConfig(opts.Config); err != nil {
 			return nil, err
 		}
-		if user.needsRedis() && want(TargetBallast) {
+		if user.needsRedis() {
 			redisExe = RedisPath()
 			if err := user.checkRedis(redisExe != ""); err != nil {
 				return nil, err
 			}
+		}
+	}
+	if opts.CPUProfileDir != "" {
+		if err := makeProfileDir(opts.CPUProfileDir); err != nil {
+			return nil, err
 		}
 	}
 	res := &OverheadResult{Settings: opts.settings(), Skipped: map[string]string{}, Request: requestLine(wl), Config: opts.Config}

@@ -11,6 +11,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/ballast-proxy/ballast/config"
 )
 
 // userYAML is a user's config with two routes, a fallback, a file state
@@ -252,6 +254,13 @@ func TestOverheadRefusesABadConfig(t *testing.T) {
 	}
 }
 
+func TestOverheadRefusesAConfigWithoutBallast(t *testing.T) {
+	_, err := Overhead(context.Background(), Options{Exe: "/nonexistent", Config: "x.yaml", Targets: []string{TargetDirect, TargetBare}, Saturation: -1})
+	if !errors.Is(err, ErrLoad) || !strings.Contains(err.Error(), "a config is ballast's") {
+		t.Errorf("err = %v, want ErrLoad before anything starts", err)
+	}
+}
+
 func TestOtherScenariosRefuseOverheadOptions(t *testing.T) {
 	opts := Options{Exe: "/nonexistent", Config: "x.yaml", Path: "/x"}
 	for name, run := range map[string]func() error{
@@ -375,4 +384,34 @@ func checkMeasured(t *testing.T, o *OverheadResult, route string) {
 		return
 	}
 	t.Errorf("ballast did not run: %+v", o.Targets)
+}
+
+// The rewrite renders /config's JSON as the config file: that holds only
+// while every field's json name is its config key (koanf), omitted empty
+// fields included, which the examples and the configs above may not set.
+func TestConfigJSONNamesAreConfigKeys(t *testing.T) {
+	seen := map[reflect.Type]bool{}
+	var walk func(reflect.Type)
+	walk = func(typ reflect.Type) {
+		for typ.Kind() == reflect.Pointer || typ.Kind() == reflect.Slice || typ.Kind() == reflect.Map {
+			typ = typ.Elem()
+		}
+		if typ.Kind() != reflect.Struct || seen[typ] {
+			return
+		}
+		seen[typ] = true
+		for i := range typ.NumField() {
+			f := typ.Field(i)
+			if !f.IsExported() {
+				continue
+			}
+			key, _, _ := strings.Cut(f.Tag.Get("koanf"), ",")
+			name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
+			if key != name && !(f.Anonymous && name == "") { // squashed: promoted in JSON too
+				t.Errorf("%s.%s: config key %q, json name %q", typ.Name(), f.Name, key, name)
+			}
+			walk(f.Type)
+		}
+	}
+	walk(reflect.TypeFor[config.Config]())
 }
