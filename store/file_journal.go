@@ -62,7 +62,22 @@ type journal struct {
 	filled  int64 // the file is zero-filled or written up to here
 	epoch   uint64
 	writing bool  // a leader is writing and syncing
-	err     error // sticky write failure
+	err     error // sticky: the journal is closed
+	// taken is the number of the first entry not yet taken into a batch.
+	taken uint64
+	// failed holds the claim entries of batches that failed to be written
+	// or synced, with the error, until their waiter takes it (wait). A
+	// failure is not sticky: the next batch is written where the failed
+	// one was, so a disk that was full for a moment costs the claims of
+	// that moment only.
+	failed map[uint64]error
+	// failedEnd is how far the bytes of failed batches may reach: the next
+	// batch written is padded with zeroes up to it, so that no entry of a
+	// failed batch can be read back after the good ones.
+	failedEnd int64
+	// restart: an attempt to start the file over failed, so its header
+	// may be torn, and no entry is written until an attempt succeeds.
+	restart bool
 	// reset is the size past which the leader starts the file over.
 	reset int64
 
@@ -213,8 +228,9 @@ func (j *journal) fill(end int64) error {
 func (j *journal) add(kind byte, key string, body []byte) uint64 {
 	j.mu.Lock()
 	defer j.mu.Unlock()
-	if j.err != nil { // nothing will be written: wait reports the error
+	if j.err != nil { // closed: nothing will be written, wait says so
 		j.next++
+		j.taken = j.next
 		return j.next - 1
 	}
 	start := len(j.buf)
@@ -243,10 +259,17 @@ func (j *journal) addRelease(key string, token uint64) {
 // entry queued while the previous one ran. A leader leads only until its
 // own entry is synced, then hands the lead to a waiter, so no request
 // writes for others for longer than about two syncs.
+//
+// A claim entry whose batch failed gets that batch's error: its claim was
+// not made durable, and the caller gives it up.
 func (j *journal) wait(n uint64) error {
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	for {
+		if err, ok := j.failed[n]; ok {
+			delete(j.failed, n)
+			return err
+		}
 		switch {
 		case j.err != nil:
 			return j.err
@@ -260,58 +283,88 @@ func (j *journal) wait(n uint64) error {
 	}
 }
 
-// lead writes and syncs batches until entry n is synced; j.mu is held on
-// entry and exit, and released while writing.
+// lead writes and syncs batches until entry n is synced or has failed;
+// j.mu is held on entry and exit, and released while writing.
 func (j *journal) lead(n uint64) {
 	j.writing = true
 	defer func() { j.writing = false; j.cond.Broadcast() }()
-	for n >= j.synced && len(j.buf) > 0 && j.err == nil {
+	for n >= j.synced && j.failed[n] == nil && len(j.buf) > 0 && j.err == nil {
 		// Let the goroutines that are ready run up to their claims first:
 		// their entries then share this fdatasync (measured: +5% keyed
 		// requests per second under load).
 		j.mu.Unlock()
 		runtime.Gosched()
 		j.mu.Lock()
-		batch, upto := j.buf, j.next
-		j.buf = nil
-		if j.off >= j.reset && j.pinned == 0 {
+		batch, from, upto := j.buf, j.taken, j.next
+		j.buf, j.taken = nil, upto
+		if j.restart || (j.off >= j.reset && j.pinned == 0) {
 			// Start over once bbolt has every entry written so far, if a
 			// queued commit is still to say so; else (the commits failed,
 			// or the committer closed) write on, and start over later.
+			// After a failed attempt nothing was synced since, so bbolt
+			// still has everything.
 			for j.flushed < j.synced && j.err == nil && j.marking > 0 {
 				j.cond.Wait()
 			}
-			if j.err == nil && j.flushed >= j.synced {
+			if j.err == nil && (j.restart || j.flushed >= j.synced) {
 				if err := j.start(); err != nil {
-					j.err = fmt.Errorf("store: reset claim journal %s: %w", j.path, err)
+					j.restart = true
+					j.fail(batch, from, fmt.Errorf("store: reset claim journal %s: %w", j.path, err))
+					continue
 				}
+				j.restart, j.failedEnd = false, 0
 			}
 		}
 		off, epoch := j.off, j.epoch
+		pad := max(j.failedEnd-off-int64(len(batch)), 0)
 		j.mu.Unlock()
 		if testHookJournalWrite != nil {
 			testHookJournalWrite()
 		}
 		seal(batch, epoch)
-		err := j.fill(off + int64(len(batch)))
+		end := off + int64(len(batch))
+		err := j.fill(end + pad)
 		if err == nil {
-			_, err = j.f.WriteAt(batch, off)
+			_, err = j.f.WriteAt(append(batch, make([]byte, pad)...), off)
 		}
 		if err == nil {
 			err = fdatasync(j.f)
 		}
+		if testHookJournalSynced != nil {
+			err = testHookJournalSynced(err)
+		}
 		j.mu.Lock()
 		if err != nil {
-			j.err = fmt.Errorf("store: write claim journal %s: %w", j.path, err)
-			return
+			j.failedEnd = max(j.failedEnd, end)
+			j.fail(batch, from, fmt.Errorf("store: write claim journal %s: %w", j.path, err))
+			continue
 		}
-		j.off = off + int64(len(batch))
+		j.off = end
 		j.synced = upto
+		if pad > 0 {
+			j.failedEnd = 0
+		}
 		j.cond.Broadcast()
 		if j.buf == nil {
 			j.buf = batch[:0] // reuse the buffer
 		}
 	}
+}
+
+// fail records err for the claim entries of batch, numbered from from,
+// and wakes their waiters. Its releases are lost: a crash before a later
+// entry of their keys can bring their claims back as UnknownOutcome.
+func (j *journal) fail(batch []byte, from uint64, err error) {
+	if j.failed == nil {
+		j.failed = make(map[uint64]error)
+	}
+	for i := from; len(batch) >= 9; i++ {
+		if batch[8] == journalClaim {
+			j.failed[i] = err
+		}
+		batch = batch[8+binary.BigEndian.Uint32(batch):]
+	}
+	j.cond.Broadcast()
 }
 
 // seal writes the checksums of the entries in batch for epoch.
@@ -391,3 +444,7 @@ var errJournalClosed = errors.New("store: claim journal closed")
 // testHookJournalWrite, when set by a test, runs on the leader before each
 // batch is written, with j.mu released.
 var testHookJournalWrite func()
+
+// testHookJournalSynced, when set by a test, gets the outcome of each
+// batch's write and sync, and returns the one the leader acts on.
+var testHookJournalSynced func(error) error
