@@ -302,11 +302,14 @@ func (j *journal) lead(n uint64) {
 			// queued commit is still to say so; else (the commits failed,
 			// or the committer closed) write on, and start over later.
 			// After a failed attempt nothing was synced since, so bbolt
-			// still has everything.
+			// still has everything (a pin since then is a claim whose entry
+			// was never synced). A claim's write may fail during the wait
+			// and pin the file: the commits after it then move the mark
+			// past its entry.
 			for j.flushed < j.synced && j.err == nil && j.marking > 0 {
 				j.cond.Wait()
 			}
-			if j.err == nil && (j.restart || j.flushed >= j.synced) {
+			if j.err == nil && (j.restart || (j.flushed >= j.synced && j.pinned == 0)) {
 				if err := j.start(); err != nil {
 					j.restart = true
 					j.fail(batch, from, fmt.Errorf("store: reset claim journal %s: %w", j.path, err))

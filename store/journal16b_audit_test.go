@@ -1,0 +1,129 @@
+package store
+
+import (
+	"context"
+	"path/filepath"
+	"runtime"
+	"testing"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// Audit of the unlanded-claim change (journal16_unlanded_test.go): a
+// journaled claim whose bbolt write failed stands, pinned in the overlay
+// and in the journal, until a later write of its key lands.
+
+// roundStepper holds every commit round of a File until the test lets it
+// run, and first runs the test's function on the leader (which may point
+// the committer at a broken file for that round only).
+type roundStepper struct {
+	next chan func()
+	done chan struct{}
+}
+
+// stepRounds makes each of f's commit rounds wait for a step. Set it
+// before the first write.
+func stepRounds(t *testing.T, f *File) *roundStepper {
+	s := &roundStepper{next: make(chan func()), done: make(chan struct{})}
+	f.commit.beforeRound = func() {
+		select {
+		case fn := <-s.next:
+			if fn != nil {
+				fn()
+			}
+		case <-s.done:
+		}
+	}
+	// Runs before openTestFile's Close: every later round runs at once.
+	t.Cleanup(func() { close(s.done) })
+	return s
+}
+
+// step lets the next round run, after fn (nil: none); it returns once a
+// leader took it, not once the round ended.
+func (s *roundStepper) step(fn func()) { s.next <- fn }
+
+// brokenDB returns a closed bbolt file: a commit on it fails.
+func brokenDB(t *testing.T) *bolt.DB {
+	t.Helper()
+	db, err := bolt.Open(filepath.Join(t.TempDir(), "broken.db"), 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return db
+}
+
+// awaitLeaderWaitsForBolt yields until a journal leader has taken its
+// batch and waits, in order to start the file over, for bbolt to hold
+// every entry synced: it is in the wait if it holds the lead, the batch is
+// taken, and a queued commit is still to move the flushed mark.
+func awaitLeaderWaitsForBolt(f *File) {
+	j := f.journal
+	for {
+		j.mu.Lock()
+		waiting := j.writing && len(j.buf) == 0 && j.synced < j.next && j.flushed < j.synced && j.marking > 0
+		j.mu.Unlock()
+		if waiting {
+			return
+		}
+		runtime.Gosched()
+	}
+}
+
+// crashIdle stops f as a killed process would, with nothing queued.
+func crashIdle(t *testing.T, f *File) {
+	t.Helper()
+	f.closed.Store(true)
+	if err := f.journal.f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	closeQuietly(f.db)
+}
+
+// A journal leader due to start the file over checked the pin once, then
+// waited for bbolt to catch up. When the write of a claim synced before it
+// failed meanwhile (the pin came during the wait) and a later claim landed,
+// the flushed mark passed the failed claim's entry and the leader started
+// the file over: the claim's only durable trace was gone, and after a
+// crash its key read as free though its call had run.
+func TestJournal16b_PinStopsALeaderAlreadyWaiting(t *testing.T) {
+	errs := newAsyncErrors()
+	f := openTestFile(t, filepath.Join(t.TempDir(), "state.db"), FileOptions{OnAsyncError: errs.hook, BatchSize: 1})
+	s := stepRounds(t, f)
+	held := mustClaim(t, f, "k", args("a", t0)) // synced; its round waits for a step
+	mustClaim(t, f, "b", args("b", t0))
+	f.journal.mu.Lock()
+	f.journal.reset = 1 // the next leader starts over once bbolt has k and b
+	f.journal.mu.Unlock()
+	claimed := make(chan error, 1)
+	go func() {
+		_, _, err := f.Claim(context.Background(), "c", args("c", t0))
+		claimed <- err
+	}()
+	awaitLeaderWaitsForBolt(f)
+
+	broken := brokenDB(t)
+	s.step(func() { f.commit.db = broken }) // k's round fails: pinned
+	if err := <-errs.got; err == nil {
+		t.Fatal("OnAsyncError got nil for the failed commit of k")
+	}
+	s.step(func() { f.commit.db = f.db }) // b lands, moving the mark past k
+	if err := <-claimed; err != nil {
+		t.Fatal(err)
+	}
+	s.step(nil) // c lands
+	awaitIdle(f)
+	if n := pins(f); n != 1 {
+		t.Fatalf("journal pins = %d, want 1 (k)", n)
+	}
+	crashIdle(t, f)
+
+	re := openTestFile(t, f.Path(), FileOptions{})
+	rec, err := re.Get(context.Background(), "k", t0)
+	if err != nil || rec.State != UnknownOutcome || rec.Token != held.Token {
+		t.Fatalf("Get(k) after the crash = %+v, %v; want the held claim as UnknownOutcome", rec, err)
+	}
+}
