@@ -264,12 +264,19 @@ func (f *File) claimJournaled(key string, args ClaimArgs) (*Record, bool, error)
 // it again and repeat it. The overlay entry stays, pinned, and so does the
 // journal's entry, which is then all that records the claim; the claim's
 // completion or release writes its outcome without it (finishTx.run).
+// When the entry it replaced is pinned (it took over a claim that never
+// landed either), that entry's pin and count pass to this one: nothing
+// else refers to that entry any more.
 func (t *claimTx) after(err error) {
 	f := t.f
 	if err != nil {
 		f.journal.markUnflushed() // a journal writer must not wait for it
+		if s := t.supersedes; s != nil && s.pinned.CompareAndSwap(true, false) {
+			t.pending.newKey = t.pending.newKey || s.newKey
+		} else {
+			f.journal.pin()
+		}
 		t.pending.pinned.Store(true)
-		f.journal.pin()
 		f.asyncError("claim", t.key, f.wrap("claim", err))
 		return
 	}

@@ -28,8 +28,9 @@ type pendingRecord struct {
 	enc []byte
 	// newKey, for a journaled claim's entry (or a pinned completion in its
 	// place): the key had no record when the claim was decided, so the
-	// claim was counted in File.records. Set before the entry is published
-	// or pinned.
+	// claim was counted in File.records (or a pinned entry it replaced
+	// was, see claimTx.after). Set when the entry is made, or later on
+	// the committing goroutine before the entry is pinned.
 	newKey bool
 	// pinned: the entry's write failed, so the journal's entry of the
 	// key's claim is the only durable trace of it; the entry stays in the

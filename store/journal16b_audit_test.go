@@ -5,6 +5,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"testing"
+	"time"
 
 	bolt "go.etcd.io/bbolt"
 )
@@ -125,5 +126,36 @@ func TestJournal16b_PinStopsALeaderAlreadyWaiting(t *testing.T) {
 	rec, err := re.Get(context.Background(), "k", t0)
 	if err != nil || rec.State != UnknownOutcome || rec.Token != held.Token {
 		t.Fatalf("Get(k) after the crash = %+v, %v; want the held claim as UnknownOutcome", rec, err)
+	}
+}
+
+// A claim that takes over an unlanded claim (expired) and whose own write
+// fails too: the first claim's pin and count must pass to it. The pin was
+// left on an entry nothing referred to any more, so the journal never
+// started over again though the key's outcome landed; and the takeover,
+// not counted as a new key, was counted again when its completion landed.
+func TestJournal16b_FailedTakeoverOfAnUnlandedClaim(t *testing.T) {
+	errs := newAsyncErrors()
+	path := filepath.Join(t.TempDir(), "state.db")
+	f := openTestFile(t, path, FileOptions{OnAsyncError: errs.hook})
+	mustClaim(t, f, "a", args("a", t0))
+	unlandedClaim(t, f, errs, "k")
+	later := t0.Add(2 * time.Hour) // args' TTL is an hour
+	restore := breakCommits(t, f)
+	over := mustClaim(t, f, "k", args("a", later))
+	if err := <-errs.got; err == nil {
+		t.Fatal("OnAsyncError got nil for the failed commit of the takeover")
+	}
+	restore()
+	if err := f.Complete(context.Background(), over, resp("done"), later, time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	awaitSettled(t, f)
+	if n := pins(f); n != 0 {
+		t.Fatalf("journal pins = %d after the takeover's completion landed, want 0", n)
+	}
+	checkRecordCount(t, f, 1)
+	if rec := committed(t, f, "k"); rec == nil || rec.State != Completed || rec.Token != over.Token {
+		t.Fatalf("file holds %+v; want the takeover's completion", rec)
 	}
 }
