@@ -446,7 +446,8 @@ func (t *finishTx) runUnlanded(b *bolt.Bucket, existed bool) error {
 // its own write fails too: the overlay is then the only place the outcome
 // lives, and replays read it there; the journal keeps the claim, pinned,
 // so a restart reads the key as UnknownOutcome. A release needs no such
-// care: the key is free either way.
+// care: the key is free either way (and its claim, if counted as a new
+// key, is uncounted).
 func (t *finishTx) after(err error) {
 	f, key := t.f, t.held.Key
 	if err != nil && t.enc != nil && t.unlanded() {
@@ -455,11 +456,16 @@ func (t *finishTx) after(err error) {
 		t.claim.pinned.Store(false)
 	} else {
 		f.pending.remove(key, t.pending)
-		if err == nil {
+		switch {
+		case err == nil:
 			f.records.Add(t.countFix)
 			if t.deleted {
 				f.records.Add(-1)
 			}
+		case t.unlanded() && t.claim.newKey:
+			// A failed release: the key is free all the same, and the
+			// claim counted as a new key is neither here nor in the file.
+			f.records.Add(-1)
 		}
 		if t.claim != nil && t.claim.pinned.CompareAndSwap(true, false) {
 			f.journal.unpin()

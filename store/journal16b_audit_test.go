@@ -159,3 +159,33 @@ func TestJournal16b_FailedTakeoverOfAnUnlandedClaim(t *testing.T) {
 		t.Fatalf("file holds %+v; want the takeover's completion", rec)
 	}
 }
+
+// The release of an unlanded claim of a new key whose own write fails: the
+// key is free either way (its entry goes), but the claim was counted as a
+// new key and is in neither the overlay nor the file any more; the count
+// kept it, one over the file for good.
+func TestJournal16b_FailedReleaseOfAnUnlandedClaimIsUncounted(t *testing.T) {
+	errs := newAsyncErrors()
+	f := openTestFile(t, filepath.Join(t.TempDir(), "state.db"), FileOptions{OnAsyncError: errs.hook})
+	mustClaim(t, f, "a", args("a", t0))
+	restore := breakCommits(t, f)
+	held := mustClaim(t, f, "k", args("a", t0))
+	if err := <-errs.got; err == nil {
+		t.Fatal("OnAsyncError got nil for the failed claim commit")
+	}
+	if err := f.Release(context.Background(), held); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-errs.got; err == nil {
+		t.Fatal("OnAsyncError got nil for the failed release commit")
+	}
+	restore()
+	awaitSettled(t, f)
+	if n := pins(f); n != 0 {
+		t.Fatalf("journal pins = %d after the release, want 0", n)
+	}
+	checkRecordCount(t, f, 1)
+	if again := mustClaim(t, f, "k", args("a", t0)); again.Token == held.Token {
+		t.Fatal("same token twice")
+	}
+}
