@@ -643,7 +643,9 @@ func (f *File) LeaseJob(ctx context.Context, id string, now time.Time, lease tim
 	return pending, nil
 }
 
-// Sweep implements Store. It runs in one transaction.
+// Sweep implements Store. It runs in one transaction. With the claim
+// journal it also removes the expired overlay entries that failed writes
+// left pinned (see claimTx.after), which no commit would remove.
 func (f *File) Sweep(now time.Time) (int, error) {
 	if f.closed.Load() {
 		return 0, ErrClosed
@@ -701,7 +703,25 @@ func (f *File) Sweep(now time.Time) (int, error) {
 	for _, k := range swept {
 		f.wakeup.wake(k)
 	}
-	if f.journal != nil && len(swept) > 0 {
+	if f.journal == nil {
+		return removed, nil
+	}
+	f.claimMu.Lock()
+	// An overlay entry pinned by a failed write (claimTx.after) goes only
+	// when a later write of its key lands; once expired it is swept here
+	// like a record in the file, its pin and count with it. The file
+	// holds at most the record its claim took over, swept above if due.
+	for key, e := range f.pending.takeExpiredPinned(now) {
+		_, token, _ := peekClaim(e.enc)
+		swept, tokens = append(swept, key), append(tokens, token)
+		if e.newKey {
+			f.records.Add(-1)
+		}
+		f.journal.unpin()
+		f.wakeup.wake(key)
+		removed++
+	}
+	if len(swept) > 0 {
 		// The journal may still hold these keys' claims: without a release
 		// after them, a crash would bring the swept claims back as
 		// outcome unknown.
@@ -715,7 +735,6 @@ func (f *File) Sweep(now time.Time) (int, error) {
 		// the next claim, and a later sweep's wait for a journal due to
 		// start over waited for that claim (and Close with it).
 		var last uint64
-		f.claimMu.Lock()
 		for i, k := range swept {
 			var b [8]byte
 			binary.BigEndian.PutUint64(b[:], tokens[i])
@@ -736,7 +755,9 @@ func (f *File) Sweep(now time.Time) (int, error) {
 		if err := f.journal.wait(last); err != nil {
 			return removed, f.wrap("sweep", err)
 		}
+		return removed, nil
 	}
+	f.claimMu.Unlock()
 	return removed, nil
 }
 

@@ -3,6 +3,7 @@ package store
 import (
 	"sync"
 	"sync/atomic"
+	"time"
 )
 
 // pendingRecords is the File's overlay of completions and releases that are
@@ -71,6 +72,33 @@ func (p *pendingRecords) remove(key string, e *pendingRecord) {
 	if p.m[key] == e {
 		delete(p.m, key)
 	}
+}
+
+// takeExpiredPinned removes the pinned entries that have expired at now
+// and returns them by key, unpinned: each one's journal pin is the
+// caller's to end. The caller holds File.claimMu, so no write of those
+// keys is being queued.
+func (p *pendingRecords) takeExpiredPinned(now time.Time) map[string]*pendingRecord {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var out map[string]*pendingRecord
+	for key, e := range p.m {
+		if !e.pinned.Load() {
+			continue
+		}
+		if exp, ok := expiresAt(e.enc); !ok || now.Before(exp) {
+			continue
+		}
+		if !e.pinned.CompareAndSwap(true, false) {
+			continue
+		}
+		delete(p.m, key)
+		if out == nil {
+			out = make(map[string]*pendingRecord)
+		}
+		out[key] = e
+	}
+	return out
 }
 
 // len reports how many writes are pending (tests).

@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"errors"
 	"path/filepath"
 	"runtime"
 	"testing"
@@ -187,5 +188,71 @@ func TestJournal16b_FailedReleaseOfAnUnlandedClaimIsUncounted(t *testing.T) {
 	checkRecordCount(t, f, 1)
 	if again := mustClaim(t, f, "k", args("a", t0)); again.Token == held.Token {
 		t.Fatal("same token twice")
+	}
+}
+
+// A pinned entry stays in the overlay until a later write of its key lands;
+// when none comes (the agent does not retry an answered call, or the
+// holder never finishes), Sweep must remove it once it has expired, as it
+// removes an expired record from the file. It never did: the entry, its
+// journal pin and, for a new key, its count stayed for the life of the
+// process, so a spell of failed writes left the journal growing and the
+// count short of MaxRecords for good.
+func TestJournal16b_SweepRemovesExpiredPinnedEntries(t *testing.T) {
+	tests := []struct {
+		name string
+		// finish ends the held claim with the file's commits failing (or
+		// not at all), after which its entry stays pinned.
+		finish func(t *testing.T, f *File, errs *asyncErrors, held *Record)
+	}{
+		{name: "the claim", finish: func(*testing.T, *File, *asyncErrors, *Record) {}},
+		{name: "its answer", finish: func(t *testing.T, f *File, errs *asyncErrors, held *Record) {
+			restore := breakCommits(t, f)
+			if err := f.Complete(context.Background(), held, resp("done"), t0, time.Hour); err != nil {
+				t.Fatal(err)
+			}
+			if err := <-errs.got; err == nil {
+				t.Fatal("OnAsyncError got nil for the failed completion commit")
+			}
+			restore()
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			errs := newAsyncErrors()
+			f := openTestFile(t, filepath.Join(t.TempDir(), "state.db"), FileOptions{OnAsyncError: errs.hook})
+			later := t0.Add(2 * time.Hour) // k's claim and answer expire an hour after t0
+			mustClaim(t, f, "a", args("a", later))
+			held := unlandedClaim(t, f, errs, "k")
+			tt.finish(t, f, errs, held)
+
+			if n, err := f.Sweep(t0); err != nil || n != 0 {
+				t.Fatalf("Sweep before k expired = %d, %v; want nothing removed", n, err)
+			}
+			if rec, err := f.Get(context.Background(), "k", t0); err != nil || rec.Token != held.Token {
+				t.Fatalf("Get(k) before it expired = %+v, %v; want it standing", rec, err)
+			}
+			if n, err := f.Sweep(later); err != nil || n != 1 {
+				t.Fatalf("Sweep after k expired = %d, %v; want k removed", n, err)
+			}
+			awaitIdle(f)
+			if n := f.pending.len(); n != 0 {
+				t.Fatalf("%d entries left in the overlay after the sweep, want none", n)
+			}
+			if n := pins(f); n != 0 {
+				t.Fatalf("journal pins = %d after the sweep, want 0", n)
+			}
+			checkRecordCount(t, f, 1)
+			if err := f.Complete(context.Background(), held, resp("late"), later, time.Hour); !errors.Is(err, ErrNotHeld) {
+				t.Fatalf("the holder's Complete after the sweep = %v, want ErrNotHeld", err)
+			}
+			if err := f.Close(); err != nil {
+				t.Fatal(err)
+			}
+			re := openTestFile(t, f.Path(), FileOptions{})
+			if rec, err := re.Get(context.Background(), "k", later); !errors.Is(err, ErrNotFound) {
+				t.Fatalf("Get(k) after a restart = %+v, %v; want it gone", rec, err)
+			}
+		})
 	}
 }
