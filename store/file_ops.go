@@ -159,8 +159,14 @@ func (t *claimTx) run(tx *bolt.Tx) error {
 		// record, and then the claim's record is a new one after all.
 		// Nor was one that takes over a claim whose own write failed and
 		// that was counted as a new key: the count stands for this one.
+		// And a claim counted as a new key that finds a record was
+		// decided against a release whose write failed: it replaces the
+		// released claim, which is counted already.
 		t.countFix = 0
-		if !t.newKey && b.Get(t.bkey) == nil && !t.supersedesCounted() {
+		switch exists := b.Get(t.bkey) != nil; {
+		case t.newKey && exists:
+			t.countFix = -1
+		case !t.newKey && !exists && !t.supersedesCounted():
 			t.countFix = 1
 		}
 		return b.Put(t.bkey, t.enc)
@@ -416,12 +422,17 @@ func (t *finishTx) unlanded() bool { return t.claim != nil && t.claim.pinned.Loa
 
 // runUnlanded writes the outcome of a claim that the file never got. It
 // was decided held under claimMu against the overlay, where it stayed, so
-// the record the file may hold for the key is the one it took over.
+// the record the file may hold for the key is the one it took over, or,
+// for a claim counted as a new key, the one a release before it was to
+// delete (its write failed). Each is counted, and so is a new key's claim.
 func (t *finishTx) runUnlanded(b *bolt.Bucket, existed bool) error {
 	if t.enc != nil {
-		if !existed && !t.claim.newKey {
+		switch {
+		case !existed && !t.claim.newKey:
 			// The record it took over, which counted for it, was swept.
 			t.countFix = 1
+		case existed && t.claim.newKey:
+			t.countFix = -1 // the released claim's record is replaced
 		}
 		return b.Put(t.bkey, t.enc)
 	}
@@ -432,9 +443,10 @@ func (t *finishTx) runUnlanded(b *bolt.Bucket, existed bool) error {
 		if err := addSequence(b, -1); err != nil {
 			return err
 		}
+		t.countFix--
 	}
-	if existed || t.claim.newKey {
-		t.countFix = -1
+	if t.claim.newKey {
+		t.countFix--
 	}
 	return nil
 }

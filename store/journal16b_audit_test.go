@@ -5,6 +5,7 @@ import (
 	"errors"
 	"path/filepath"
 	"runtime"
+	"sync"
 	"testing"
 	"time"
 
@@ -21,6 +22,7 @@ import (
 type roundStepper struct {
 	next chan func()
 	done chan struct{}
+	once sync.Once
 }
 
 // stepRounds makes each of f's commit rounds wait for a step. Set it
@@ -37,9 +39,12 @@ func stepRounds(t *testing.T, f *File) *roundStepper {
 		}
 	}
 	// Runs before openTestFile's Close: every later round runs at once.
-	t.Cleanup(func() { close(s.done) })
+	t.Cleanup(s.run)
 	return s
 }
+
+// run stops holding rounds: every later one runs at once.
+func (s *roundStepper) run() { s.once.Do(func() { close(s.done) }) }
 
 // step lets the next round run, after fn (nil: none); it returns once a
 // leader took it, not once the round ended.
@@ -253,6 +258,79 @@ func TestJournal16b_SweepRemovesExpiredPinnedEntries(t *testing.T) {
 			if rec, err := re.Get(context.Background(), "k", later); !errors.Is(err, ErrNotFound) {
 				t.Fatalf("Get(k) after a restart = %+v, %v; want it gone", rec, err)
 			}
+		})
+	}
+}
+
+// A journaled claim decided against a queued release of the key's landed
+// claim was counted as a new key; when the release's write failed, the
+// file still held the released claim, and the new claim's record (or its
+// answer, written without it when its own write failed as well) replaced
+// that one: File.records was one over the file for good, or two when the
+// new claim was released in turn.
+func TestJournal16b_ClaimBehindAFailedReleaseIsCountedOnce(t *testing.T) {
+	tests := []struct {
+		name string
+		// claimFails: the new claim's write fails too (the same full disk).
+		claimFails bool
+		// finish ends the new claim once the file's commits work again.
+		finish func(f *File, held *Record) error
+	}{
+		{name: "claim lands, completes", finish: func(f *File, h *Record) error {
+			return f.Complete(context.Background(), h, resp("done"), t0, time.Hour)
+		}},
+		{name: "claim lands, releases", finish: func(f *File, h *Record) error {
+			return f.Release(context.Background(), h)
+		}},
+		{name: "claim fails, completes", claimFails: true, finish: func(f *File, h *Record) error {
+			return f.Complete(context.Background(), h, resp("done"), t0, time.Hour)
+		}},
+		{name: "claim fails, releases", claimFails: true, finish: func(f *File, h *Record) error {
+			return f.Release(context.Background(), h)
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			errs := newAsyncErrors()
+			f := openTestFile(t, filepath.Join(t.TempDir(), "state.db"), FileOptions{OnAsyncError: errs.hook, BatchSize: 1})
+			s := stepRounds(t, f)
+			mustClaim(t, f, "a", args("a", t0))
+			s.step(nil)
+			first := mustClaim(t, f, "k", args("a", t0))
+			s.step(nil)
+			awaitIdle(f)
+			if err := f.Release(context.Background(), first); err != nil {
+				t.Fatal(err)
+			}
+			second := mustClaim(t, f, "k", args("a", t0)) // decided against the release
+			broken := brokenDB(t)
+			s.step(func() { f.commit.db = broken }) // the release's round
+			if err := <-errs.got; err == nil {
+				t.Fatal("OnAsyncError got nil for the failed release")
+			}
+			if tt.claimFails {
+				s.step(nil) // the claim's round
+				if err := <-errs.got; err == nil {
+					t.Fatal("OnAsyncError got nil for the failed claim")
+				}
+			} else {
+				s.step(func() { f.commit.db = f.db }) // the claim's round
+			}
+			s.run()
+			awaitIdle(f)
+			f.commit.mu.Lock()
+			f.commit.db = f.db
+			f.commit.mu.Unlock()
+			if err := tt.finish(f, second); err != nil {
+				t.Fatal(err)
+			}
+			awaitSettled(t, f)
+			select {
+			case err := <-errs.got:
+				t.Fatalf("OnAsyncError after the commits worked again: %v", err)
+			default:
+			}
+			checkRecordCount(t, f, 1)
 		})
 	}
 }
