@@ -159,14 +159,15 @@ func (t *claimTx) run(tx *bolt.Tx) error {
 		// record, and then the claim's record is a new one after all.
 		// Nor was one that takes over a claim whose own write failed and
 		// that was counted as a new key: the count stands for this one.
-		// And a claim counted as a new key that finds a record was
-		// decided against a release whose write failed: it replaces the
-		// released claim, which is counted already.
+		// And a claim counted (itself, or through that claim) that finds
+		// a record was decided against a release whose write failed: it
+		// replaces the released claim, which is counted already.
 		t.countFix = 0
+		counted := t.newKey || t.supersedesCounted()
 		switch exists := b.Get(t.bkey) != nil; {
-		case t.newKey && exists:
+		case counted && exists:
 			t.countFix = -1
-		case !t.newKey && !exists && !t.supersedesCounted():
+		case !counted && !exists:
 			t.countFix = 1
 		}
 		return b.Put(t.bkey, t.enc)

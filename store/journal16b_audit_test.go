@@ -3,9 +3,12 @@ package store
 import (
 	"context"
 	"errors"
+	"fmt"
+	"math/rand/v2"
 	"path/filepath"
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -288,6 +291,14 @@ func TestJournal16b_ClaimBehindAFailedReleaseIsCountedOnce(t *testing.T) {
 		{name: "claim fails, releases", claimFails: true, finish: func(f *File, h *Record) error {
 			return f.Release(context.Background(), h)
 		}},
+		{name: "claim fails, is taken over", claimFails: true, finish: func(f *File, h *Record) error {
+			later := t0.Add(2 * time.Hour) // args' TTL is an hour
+			over, owned, err := f.Claim(context.Background(), "k", args("a", later))
+			if err != nil || !owned {
+				return fmt.Errorf("takeover = owned %v, %v", owned, err)
+			}
+			return f.Complete(context.Background(), over, resp("done"), later, time.Hour)
+		}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -331,6 +342,87 @@ func TestJournal16b_ClaimBehindAFailedReleaseIsCountedOnce(t *testing.T) {
 			default:
 			}
 			checkRecordCount(t, f, 1)
+		})
+	}
+}
+
+// Claims, completions, releases, takeovers and sweeps on a few keys at
+// once while a third of the commit rounds fail: once the commits work
+// again and a sweep has removed everything expired, nothing is left in
+// the overlay, the journal is unpinned, and the count MaxRecords applies
+// to matches the file. This found the takeover case of
+// TestJournal16b_ClaimBehindAFailedReleaseIsCountedOnce.
+func TestJournal16b_RecordCountExactWithFailingCommits(t *testing.T) {
+	for seed := range 8 {
+		t.Run(fmt.Sprint(seed), func(t *testing.T) {
+			f := openTestFile(t, filepath.Join(t.TempDir(), "state.db"), FileOptions{Limits: Limits{MaxRecords: 1 << 20}, FlushDelay: -1})
+			broken := brokenDB(t)
+			var failing atomic.Bool
+			failing.Store(true)
+			rounds := rand.New(rand.NewPCG(uint64(seed), 0))
+			f.commit.beforeRound = func() { // on the leader, which alone reads db
+				if failing.Load() && rounds.IntN(3) == 0 {
+					f.commit.db = broken
+				} else {
+					f.commit.db = f.db
+				}
+			}
+			ctx := context.Background()
+			var clock atomic.Int64 // seconds after t0
+			now := func() time.Time { return t0.Add(time.Duration(clock.Load()) * time.Second) }
+			var wg sync.WaitGroup
+			for w := range 4 {
+				wg.Go(func() {
+					rng := rand.New(rand.NewPCG(uint64(seed), uint64(w)+1))
+					var held []*Record
+					for range 300 {
+						switch r := rng.IntN(20); {
+						case r < 10:
+							key := fmt.Sprintf("k%d", rng.IntN(12))
+							a := ClaimArgs{Fingerprint: fp("x"), Now: now(), Lease: 5 * time.Second, TTL: 20 * time.Second, TakeOverUnknown: rng.IntN(2) == 0}
+							rec, owned, err := f.Claim(ctx, key, a)
+							if err != nil {
+								t.Errorf("claim %s: %v", key, err)
+								return
+							}
+							if owned {
+								held = append(held, rec)
+							}
+						case r < 14 && len(held) > 0:
+							h := held[len(held)-1]
+							held = held[:len(held)-1]
+							ttl := time.Duration(1+rng.IntN(20)) * time.Second
+							if err := f.Complete(ctx, h, resp("r"), now(), ttl); err != nil && !errors.Is(err, ErrNotHeld) {
+								t.Errorf("complete: %v", err)
+							}
+						case r < 17 && len(held) > 0:
+							h := held[len(held)-1]
+							held = held[:len(held)-1]
+							if err := f.Release(ctx, h); err != nil && !errors.Is(err, ErrNotHeld) {
+								t.Errorf("release: %v", err)
+							}
+						case r < 18:
+							_, _ = f.Sweep(now()) // its commit may fail
+						default:
+							clock.Add(int64(rng.IntN(4)))
+						}
+					}
+				})
+			}
+			wg.Wait()
+			failing.Store(false)
+			awaitIdle(f)
+			if _, err := f.Sweep(now().Add(time.Hour)); err != nil {
+				t.Fatal(err)
+			}
+			awaitIdle(f)
+			if n := f.pending.len(); n != 0 {
+				t.Fatalf("%d entries left in the overlay after the last sweep, want none", n)
+			}
+			if n := pins(f); n != 0 {
+				t.Fatalf("journal pins = %d after the last sweep, want 0", n)
+			}
+			checkRecordCount(t, f, 0)
 		})
 	}
 }
