@@ -92,8 +92,9 @@ type site struct {
 //
 //   - listen and admin.listen become s.Listen and s.Admin;
 //   - every route's upstream and every fallback's become
-//     http://s.Upstream, each keeping its base path (TLS to the upstream is
-//     not measured), and their ca_file is dropped;
+//     http://s.Upstream, each keeping its base path (with its ${NAME}
+//     references as written: see onUpstream), and their ca_file is
+//     dropped (TLS to the upstream is not measured);
 //   - state.path, when set, becomes s.Dir/state.db: never the user's file;
 //   - with state.backend redis, state.redis points at s.Redis, without
 //     credentials or TLS: never the user's Redis, even on loopback, whose
@@ -144,13 +145,15 @@ func (u *userConfig) rewrite(s site, env []string) ([]byte, *config.Config, erro
 		if route == nil {
 			return nil, nil, fmt.Errorf("%w: %s: routes[%d] is not an object", ErrConfig, u.file, i)
 		}
-		route["upstream"] = onUpstream(r.Upstream, s.Upstream)
+		shown, _ := route["upstream"].(string)
+		route["upstream"] = onUpstream(shown, r.Upstream, s.Upstream)
 		delete(route, "ca_file")
 		fallbacks, _ := route["fallbacks"].([]any)
 		for j, f := range r.Fallbacks {
 			if j < len(fallbacks) {
 				if fb, ok := fallbacks[j].(map[string]any); ok {
-					fb["upstream"] = onUpstream(f.Upstream, s.Upstream)
+					shown, _ := fb["upstream"].(string)
+					fb["upstream"] = onUpstream(shown, f.Upstream, s.Upstream)
 					delete(fb, "ca_file")
 				}
 			}
@@ -203,14 +206,29 @@ func object(m map[string]any, key string) map[string]any {
 // as it is ($ doubled).
 func literal(s string) string { return strings.ReplaceAll(s, "$", "$$") }
 
-// onUpstream is the URL upstream (a loaded, expanded one) moved to
-// http://hostport, keeping its base path.
-func onUpstream(upstream, hostport string) string {
-	out := url.URL{Scheme: "http", Host: hostport}
-	if u, err := url.Parse(upstream); err == nil {
-		out.Path, out.RawPath = u.Path, u.RawPath
+// onUpstream is an upstream URL moved to http://hostport, keeping its
+// base path. shown is the URL as /config shows it, ${NAME} references
+// unexpanded, and loaded the same URL expanded. A reference may stand for
+// a secret in the path (a bot token, a gateway's account), which the file
+// the harness writes must not hold: when shown has one, the base path is
+// taken from shown as written, for the child to expand as `ballast run`
+// would, from the first / after its "://"; without "://" (the scheme and
+// host from a reference) the base path is dropped.
+func onUpstream(shown, loaded, hostport string) string {
+	base := "http://" + hostport
+	if !strings.Contains(shown, "${") {
+		out := url.URL{Scheme: "http", Host: hostport}
+		if u, err := url.Parse(loaded); err == nil {
+			out.Path, out.RawPath = u.Path, u.RawPath
+		}
+		return literal(out.String())
 	}
-	return literal(out.String())
+	if _, rest, ok := strings.Cut(shown, "://"); ok {
+		if slash := strings.IndexByte(rest, '/'); slash >= 0 {
+			return base + rest[slash:]
+		}
+	}
+	return base
 }
 
 // checkLoopback returns an error naming the first key of cfg that would

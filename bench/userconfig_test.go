@@ -415,3 +415,48 @@ func TestConfigJSONNamesAreConfigKeys(t *testing.T) {
 	}
 	walk(reflect.TypeFor[config.Config]())
 }
+
+// A ${NAME} reference in an upstream's path may stand for a secret (a
+// bot token, a gateway's account): the rewritten file keeps it as
+// written, for the child to expand, and never holds its value.
+func TestUserConfigRewriteKeepsReferencesInUpstreamPaths(t *testing.T) {
+	t.Setenv("BENCH_TEST_BOT", "123:bot-secret")
+	t.Setenv("BENCH_TEST_HOST", "api.example.com")
+	t.Setenv("BENCH_TEST_ACCOUNT", "account-secret")
+	t.Setenv("BENCH_TEST_GATEWAY", "https://gw.example.com/gateway-secret")
+	file := filepath.Join(t.TempDir(), "refs.yaml")
+	if err := os.WriteFile(file, []byte(`
+routes:
+  - name: bot
+    match: {path_prefix: /bot/}
+    upstream: "https://api.telegram.org/bot${BENCH_TEST_BOT}"
+    fallbacks:
+      - upstream: "https://${BENCH_TEST_HOST}/v1/${BENCH_TEST_ACCOUNT}/x$$y"
+  - name: gateway
+    match: {path_prefix: /}
+    upstream: "${BENCH_TEST_GATEWAY}/openai"
+`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	u, err := loadUserConfig(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := site{Listen: "127.0.0.1:1", Admin: "127.0.0.1:2", Upstream: "127.0.0.1:3", Dir: t.TempDir(), Token: "t"}
+	y, cfg, err := u.rewrite(s, childEnv(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, secret := range []string{"bot-secret", "account-secret", "gateway-secret", "example.com"} {
+		if bytes.Contains(y, []byte(secret)) {
+			t.Errorf("the rewritten config holds %q:\n%s", secret, y)
+		}
+	}
+	// What the child loads: the base paths as `ballast run` expands them,
+	// except where the scheme and host came from the same reference.
+	want := []string{"http://127.0.0.1:3/bot123:bot-secret", "http://127.0.0.1:3/v1/account-secret/x$y", "http://127.0.0.1:3"}
+	got := []string{cfg.Routes[0].Upstream, cfg.Routes[0].Fallbacks[0].Upstream, cfg.Routes[1].Upstream}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("upstreams %q, want %q", got, want)
+	}
+}
