@@ -57,9 +57,11 @@ func requestLine(wl Workload) string { return wl.Method + " " + wl.Path }
 
 // checkRoute sends wl's request once through the ballast listening on addr
 // before anything is measured, and returns an ErrConfig error unless it is
-// answered 2xx: a run of 404s (no route of config takes the request) or of
-// any other error answer would time ballast's refusals, not what the config
-// costs on a request it serves. config names the config in the message.
+// answered 2xx by the upstream: a run of 404s (no route of config takes
+// the request), of any other error answer, or of a route's static_fallback
+// (a 2xx marked X-Ballast-Fallback, after the upstream failed) would time
+// ballast's refusals and failures, not what the config costs on a request
+// it serves. config names the config in the message.
 func checkRoute(ctx context.Context, addr string, wl Workload, timeout time.Duration, config string) error {
 	c := newClient(addr, 1, timeout)
 	defer c.CloseIdleConnections()
@@ -79,6 +81,10 @@ func checkRoute(ctx context.Context, addr string, wl Workload, timeout time.Dura
 		return err
 	}
 	status := resp.StatusCode()
+	if fallback := resp.Header.Peek("X-Ballast-Fallback"); len(fallback) > 0 {
+		return fmt.Errorf("%w: %s through ballast (%s) was answered %d by the route's static_fallback (X-Ballast-Fallback: %s), not by its upstream, which failed (X-Ballast-Attempts: %s); the run would time that failure",
+			ErrConfig, requestLine(wl), config, status, fallback, resp.Header.Peek("X-Ballast-Attempts"))
+	}
 	if status >= 200 && status < 300 {
 		return nil
 	}

@@ -338,6 +338,23 @@ routes:
 			t.Errorf("err = %v, want ErrConfig quoting the 502", err)
 		}
 	})
+	// A 2xx of the route's static_fallback is no answer of its upstream's:
+	// a run of it would time the failure and the fallback, each counted ok.
+	t.Run("the route's static fallback answers 2xx", func(t *testing.T) {
+		file, _ := writeUserConfig(t, t.TempDir(), "fallback.yaml", `
+routes:
+  - name: strict
+    match: {path_prefix: /}
+    upstream: https://api.example.com
+    retry: {attempts: 1}
+    validate: {status: ["201"]}
+    static_fallback: {status: 200, body: '{"choices":[]}'}
+`)
+		_, err := Overhead(context.Background(), opts(file))
+		if !errors.Is(err, ErrConfig) || !strings.Contains(err.Error(), "static_fallback") {
+			t.Errorf("err = %v, want ErrConfig saying the static fallback answered", err)
+		}
+	})
 	t.Run("redis replaced by the harness's", func(t *testing.T) {
 		if RedisPath() == "" {
 			t.Skip("redis-server is not on PATH")
