@@ -3,13 +3,17 @@ package bench
 import (
 	"context"
 	"errors"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"reflect"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/valyala/fasthttp"
 )
 
 func TestProfileSeconds(t *testing.T) {
@@ -98,6 +102,51 @@ routes:
 		}
 		if _, err := os.Stat(profile); !os.IsNotExist(err) {
 			t.Errorf("a refused profile left a file: %v", err)
+		}
+	})
+	// A ballast that dies under load takes its profile with it: the error
+	// must say that it died, and how, not only that the fetch failed.
+	t.Run("a child that dies is said, not its lost profile", func(t *testing.T) {
+		var victim atomic.Pointer[Process]
+		upstream := &fasthttp.Server{Handler: func(ctx *fasthttp.RequestCtx) {
+			if p := victim.Swap(nil); p != nil {
+				_ = p.cmd.Process.Kill()
+			}
+			ctx.SetBodyString("{}")
+		}}
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		served := make(chan struct{})
+		go func() { _ = upstream.Serve(ln); close(served) }()
+		defer func() { _ = upstream.Shutdown(); <-served }()
+
+		dir := t.TempDir()
+		file, _ := writeUserConfig(t, dir, "dies.yaml", `
+routes:
+  - name: r
+    match: {path_prefix: /}
+    upstream: http://api.example.com
+`)
+		u, err := loadUserConfig(file)
+		if err != nil {
+			t.Fatal(err)
+		}
+		p, err := startUserBallast(context.Background(), exe, dir, u, ln.Addr().String(), "", 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer p.Stop()
+		victim.Store(p)
+		profile := filepath.Join(dir, "lost.pprof")
+		wl, _ := overheadWorkload("", "")
+		_, err = measureTarget(context.Background(), opts, []Workload{wl}, TargetBallast, p, p, profile)
+		if !errors.Is(err, ErrProcess) || !strings.Contains(err.Error(), "exited during the run") {
+			t.Errorf("err = %v, want ErrProcess saying ballast exited during the run", err)
+		}
+		if _, err := os.Stat(profile); !os.IsNotExist(err) {
+			t.Errorf("a lost profile left a file: %v", err)
 		}
 	})
 }

@@ -321,14 +321,15 @@ func measureTarget(ctx context.Context, opts Options, wl []Workload, name string
 	if err != nil {
 		return ot, err
 	}
-	if profileErr != nil {
-		return ot, profileErr
-	}
-	// A dead child has no /proc entry left: say that it died, and how.
+	// A dead child has no /proc entry left, and no profile to give: say
+	// that it died, and how, before that its profile was lost.
 	for _, p := range []*Process{proc, up} {
 		if err := p.alive(); err != nil {
 			return ot, err
 		}
+	}
+	if profileErr != nil {
+		return ot, profileErr
 	}
 	after, e1 := proc.Usage()
 	upAfter, e2 := up.Usage()
