@@ -94,8 +94,8 @@ func checkRoute(ctx context.Context, addr string, wl Workload, timeout time.Dura
 		_ = json.Unmarshal(resp.Body(), &p)
 	}
 	if status == fasthttp.StatusNotFound && p.Reason == "no_route" {
-		return fmt.Errorf("%w: no route of %s takes %s (ballast answered 404 no_route: %s); choose a request one of its routes matches with --path and --method",
-			ErrConfig, config, requestLine(wl), p.Detail)
+		return fmt.Errorf("%w: no route of %s takes %s (ballast answered 404 no_route: %s); choose a request one of its routes matches with --path and --method (the request goes to %s as its host, so a route with a match.host never takes it)",
+			ErrConfig, config, requestLine(wl), p.Detail, addr)
 	}
 	answer := fmt.Sprint(status)
 	if p.Reason != "" {

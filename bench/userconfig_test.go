@@ -324,6 +324,20 @@ func TestOverheadMeasuresAUserConfig(t *testing.T) {
 			t.Errorf("err = %v, want ErrConfig saying no route takes the request", err)
 		}
 	})
+	// No --path or --method reaches a route that matches a host: the
+	// harness addresses its requests to 127.0.0.1, and says so.
+	t.Run("only a route of another host", func(t *testing.T) {
+		file, _ := writeUserConfig(t, t.TempDir(), "host.yaml", `
+routes:
+  - name: hosted
+    match: {path_prefix: /, host: api.example.com}
+    upstream: https://api.example.com
+`)
+		_, err := Overhead(context.Background(), opts(file))
+		if !errors.Is(err, ErrConfig) || !strings.Contains(err.Error(), "a route with a match.host never takes it") {
+			t.Errorf("err = %v, want ErrConfig saying a route with match.host never takes the request", err)
+		}
+	})
 	t.Run("the route answers with an error", func(t *testing.T) {
 		file, _ := writeUserConfig(t, t.TempDir(), "strict.yaml", `
 routes:
