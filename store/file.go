@@ -160,6 +160,10 @@ type File struct {
 	journal *journal
 	claimMu sync.Mutex
 	records atomic.Int64
+	// writeFailed is set once a queued claim, completion or release has
+	// failed to be written; until then a claim counted as a new key cannot
+	// find a record in the file, and its write skips the lookup.
+	writeFailed atomic.Bool
 }
 
 var _ Store = (*File)(nil)

@@ -164,6 +164,9 @@ func (t *claimTx) run(tx *bolt.Tx) error {
 		// replaces the released claim, which is counted already.
 		t.countFix = 0
 		counted := t.newKey || t.supersedesCounted()
+		if counted && !t.f.writeFailed.Load() {
+			return b.Put(t.bkey, t.enc) // no failed release left a record
+		}
 		switch exists := b.Get(t.bkey) != nil; {
 		case counted && exists:
 			t.countFix = -1
@@ -277,6 +280,7 @@ func (f *File) claimJournaled(key string, args ClaimArgs) (*Record, bool, error)
 func (t *claimTx) after(err error) {
 	f := t.f
 	if err != nil {
+		f.writeFailed.Store(true)
 		f.journal.markUnflushed() // a journal writer must not wait for it
 		if s := t.supersedes; s != nil && s.pinned.CompareAndSwap(true, false) {
 			t.pending.newKey = t.pending.newKey || s.newKey
@@ -463,6 +467,9 @@ func (t *finishTx) runUnlanded(b *bolt.Bucket, existed bool) error {
 // key, is uncounted).
 func (t *finishTx) after(err error) {
 	f, key := t.f, t.held.Key
+	if err != nil || t.notHeld {
+		f.writeFailed.Store(true)
+	}
 	if err != nil && t.enc != nil && t.unlanded() {
 		t.pending.newKey = t.claim.newKey // and the count with it
 		t.pending.pinned.Store(true)      // the pin passes to this entry
