@@ -71,6 +71,10 @@ type journal struct {
 	// one was, so a disk that was full for a moment costs the claims of
 	// that moment only.
 	failed map[uint64]error
+	// awaited holds the entries other than claims that a caller waits for
+	// (see addReleases) until their batch ends: a failure goes to that
+	// wait as to a claim's, rather than to nobody.
+	awaited map[uint64]bool
 	// failedEnd is how far the bytes of failed batches may reach: the next
 	// batch written is padded with zeroes up to it, so that no entry of a
 	// failed batch can be read back after the good ones.
@@ -228,6 +232,33 @@ func (j *journal) fill(end int64) error {
 func (j *journal) add(kind byte, key string, body []byte) uint64 {
 	j.mu.Lock()
 	defer j.mu.Unlock()
+	return j.addLocked(kind, key, body)
+}
+
+// addReleases queues the releases of the claims of keys[i] with tokens[i]
+// (a sweep's), all in one batch, and returns the number of the last for
+// wait: unlike a claim's release, nobody else waits for them, so a failure
+// of their batch is reported to that wait.
+func (j *journal) addReleases(keys []string, tokens []uint64) uint64 {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	var n uint64
+	for i, key := range keys {
+		var b [8]byte
+		binary.BigEndian.PutUint64(b[:], tokens[i])
+		n = j.addLocked(journalRelease, key, b[:])
+	}
+	if j.err == nil {
+		if j.awaited == nil {
+			j.awaited = make(map[uint64]bool)
+		}
+		j.awaited[n] = true
+	}
+	return n
+}
+
+// addLocked is add with j.mu held.
+func (j *journal) addLocked(kind byte, key string, body []byte) uint64 {
 	if j.err != nil { // closed: nothing will be written, wait says so
 		j.next++
 		j.taken = j.next
@@ -261,7 +292,8 @@ func (j *journal) addRelease(key string, token uint64) {
 // writes for others for longer than about two syncs.
 //
 // A claim entry whose batch failed gets that batch's error: its claim was
-// not made durable, and the caller gives it up.
+// not made durable, and the caller gives it up. So does an awaited entry
+// (addReleases); the others' failures go to nobody.
 func (j *journal) wait(n uint64) error {
 	j.mu.Lock()
 	defer j.mu.Unlock()
@@ -344,6 +376,11 @@ func (j *journal) lead(n uint64) {
 		}
 		j.off = end
 		j.synced = upto
+		for i := range j.awaited {
+			if i < upto {
+				delete(j.awaited, i)
+			}
+		}
 		if pad > 0 {
 			j.failedEnd = 0
 		}
@@ -355,15 +392,17 @@ func (j *journal) lead(n uint64) {
 }
 
 // fail records err for the claim entries of batch, numbered from from,
-// and wakes their waiters. Its releases are lost: a crash before a later
-// entry of their keys can bring their claims back as UnknownOutcome.
+// and its awaited ones, and wakes their waiters. Its releases are lost: a
+// crash before a later entry of their keys can bring their claims back as
+// UnknownOutcome.
 func (j *journal) fail(batch []byte, from uint64, err error) {
 	if j.failed == nil {
 		j.failed = make(map[uint64]error)
 	}
 	for i := from; len(batch) >= 9; i++ {
-		if batch[8] == journalClaim {
+		if batch[8] == journalClaim || j.awaited[i] {
 			j.failed[i] = err
+			delete(j.awaited, i)
 		}
 		batch = batch[8+binary.BigEndian.Uint32(batch):]
 	}

@@ -754,12 +754,7 @@ func (f *File) Sweep(now time.Time) (int, error) {
 		// claims have landed. Without it, the mark stayed behind until
 		// the next claim, and a later sweep's wait for a journal due to
 		// start over waited for that claim (and Close with it).
-		var last uint64
-		for i, k := range swept {
-			var b [8]byte
-			binary.BigEndian.PutUint64(b[:], tokens[i])
-			last = f.journal.add(journalRelease, k, b[:])
-		}
+		last := f.journal.addReleases(swept, tokens)
 		f.journal.expectFlush()
 		err := f.commit.enqueue(func(*bolt.Tx) error { return nil }, func(err error) {
 			if err == nil {
