@@ -356,15 +356,8 @@ func (j *journal) lead(n uint64) {
 		if testHookJournalWrite != nil {
 			testHookJournalWrite()
 		}
-		seal(batch, epoch)
 		end := off + int64(len(batch))
-		err := j.fill(end + pad)
-		if err == nil {
-			_, err = j.f.WriteAt(append(batch, make([]byte, pad)...), off)
-		}
-		if err == nil {
-			err = fdatasync(j.f)
-		}
+		err := j.write(batch, off, epoch, pad)
 		if testHookJournalSynced != nil {
 			err = testHookJournalSynced(err)
 		}
@@ -389,6 +382,20 @@ func (j *journal) lead(n uint64) {
 			j.buf = batch[:0] // reuse the buffer
 		}
 	}
+}
+
+// write seals batch for epoch, writes it at off followed by pad zeroes,
+// and syncs it.
+func (j *journal) write(batch []byte, off int64, epoch uint64, pad int64) error {
+	seal(batch, epoch)
+	end := off + int64(len(batch))
+	if err := j.fill(end + pad); err != nil {
+		return err
+	}
+	if _, err := j.f.WriteAt(append(batch, make([]byte, pad)...), off); err != nil {
+		return err
+	}
+	return fdatasync(j.f)
 }
 
 // fail records err for the claim entries of batch, numbered from from,
@@ -465,6 +472,12 @@ func (j *journal) unpin() {
 
 // close starts the file over, unless a claim pins it (bbolt holds the rest:
 // the caller closes the journal after the last commit), and closes it.
+//
+// A pinned file is kept for the next open, so it must read back as the
+// claims stand: the entries still queued (releases, which nobody waits
+// for) are written, over what failed batches may have left after the
+// last good one, else the next open revives claims released or refused
+// (but not after a failed start-over: the header may be torn).
 func (j *journal) close() error {
 	j.mu.Lock()
 	defer j.mu.Unlock()
@@ -475,8 +488,11 @@ func (j *journal) close() error {
 		j.err = errJournalClosed
 	}
 	var err error
-	if j.pinned == 0 {
+	switch {
+	case j.pinned == 0:
 		err = j.start()
+	case !j.restart && (len(j.buf) > 0 || j.failedEnd > j.off):
+		err = j.write(j.buf, j.off, j.epoch, max(j.failedEnd-j.off-int64(len(j.buf)), 0))
 	}
 	return errors.Join(err, j.f.Close())
 }

@@ -84,3 +84,52 @@ func TestJournal16c_SweepReportsItsLostRelease(t *testing.T) {
 		t.Fatalf("Sweep = %v, want the journal's failure", err)
 	}
 }
+
+// Close keeps a pinned journal for the next open (TestJournal16_Pinned
+// JournalSurvivesClose), but left what was not yet written out of it and
+// what a failed batch had written in it: a release queued behind the last
+// claim (nobody waits for releases), so the released claim came back as
+// UnknownOutcome after a clean restart; and the entries of a failed batch,
+// never overwritten, so a claim that Claim had refused (its call never
+// ran) came back as UnknownOutcome too.
+func TestJournal16c_CloseOfAPinnedJournalKeepsOnlyItsClaims(t *testing.T) {
+	tests := []struct {
+		name string
+		// give claims key and gives it up; bbolt lands both.
+		give func(t *testing.T, f *File, key string)
+	}{
+		{name: "released", give: func(t *testing.T, f *File, key string) {
+			held := mustClaim(t, f, key, args(key, t0))
+			if err := f.Release(context.Background(), held); err != nil {
+				t.Fatal(err)
+			}
+		}},
+		{name: "refused by a failed batch", give: func(t *testing.T, f *File, key string) {
+			injected := failNextJournalSync(t)
+			if _, owned, err := f.Claim(context.Background(), key, args(key, t0)); !errors.Is(err, injected) || owned {
+				t.Fatalf("Claim(%s) with a failing journal = owned %v, %v; want the failure", key, owned, err)
+			}
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			errs := newAsyncErrors()
+			path := filepath.Join(t.TempDir(), "state.db")
+			f := openTestFile(t, path, FileOptions{OnAsyncError: errs.hook})
+			held := unlandedClaim(t, f, errs, "pinned")
+			tt.give(t, f, "k")
+			awaitIdle(f)
+			if err := f.Close(); err != nil {
+				t.Fatal(err)
+			}
+
+			re := openTestFile(t, path, FileOptions{})
+			if rec, err := re.Get(context.Background(), "k", t0); !errors.Is(err, ErrNotFound) {
+				t.Fatalf("Get(k) after Close and open = %+v, %v; want it free", rec, err)
+			}
+			if rec, err := re.Get(context.Background(), "pinned", t0); err != nil || rec.Token != held.Token || rec.State != UnknownOutcome {
+				t.Fatalf("Get(pinned) after Close and open = %+v, %v; want the held claim as UnknownOutcome", rec, err)
+			}
+		})
+	}
+}
