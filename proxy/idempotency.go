@@ -15,6 +15,7 @@ import (
 	"github.com/ballast-proxy/ballast/config"
 	"github.com/ballast-proxy/ballast/ratelimit"
 	"github.com/ballast-proxy/ballast/store"
+	"github.com/ballast-proxy/ballast/supervise"
 	"github.com/ballast-proxy/ballast/validate"
 	"github.com/valyala/bytebufferpool"
 	"github.com/valyala/fasthttp"
@@ -630,10 +631,21 @@ func replay(ctx *fasthttp.RequestCtx, sr *store.Response) {
 // kind of failure it was (stateDetail), never err's text, which may name
 // the Redis address, the state file's path or another agent's key; the
 // log keeps err whole.
+//
+// A failure of the store itself, rather than of this one request (too
+// large, out of time) or of a store closing for shutdown, also raises a
+// state_failing alert: every keyed request of the route is refused the
+// same way until it mends.
 func (s *Server) stateUnavailable(ctx *fasthttp.RequestCtx, r *route, err error) {
 	s.log.Error("state store failed", "route", r.name, "error", err.Error())
+	detail := stateDetail(err)
 	writeProblem(ctx, problem{Status: fasthttp.StatusServiceUnavailable, Reason: ReasonStateUnavailable, Route: r.name,
-		RetryAfter: time.Second, Detail: stateDetail(err)})
+		RetryAfter: time.Second, Detail: detail})
+	switch {
+	case errors.Is(err, store.ErrTooLarge), errors.Is(err, context.DeadlineExceeded), errors.Is(err, store.ErrClosed):
+	default:
+		s.alert(supervise.KindStateFailing, r.name, "", detail)
+	}
 }
 
 // stateDetail is what an agent reads of a state failure: its kind, in

@@ -7,6 +7,7 @@ import (
 
 	"github.com/ballast-proxy/ballast/config"
 	"github.com/ballast-proxy/ballast/store"
+	"github.com/ballast-proxy/ballast/supervise"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -24,12 +25,13 @@ func (s *Server) openState(c config.State) (store.Store, string, error) {
 	}
 	switch backend {
 	case "file":
-		// Completions and releases are written after the agent has its
-		// answer; one that fails then can only be counted and logged.
+		// Claims reach the file after their journal entry, completions
+		// and releases after the agent has its answer: one that fails
+		// then can only be counted, logged and alerted on.
 		onAsync := func(op, key string, err error) {
 			s.m.stateErrors.WithLabelValues(op).Inc()
-			s.log.Warn("state file: a completion was not recorded; a retry of this request will read as outcome unknown",
-				"op", op, "error", err)
+			s.log.Warn("state file: "+asyncFailure(op), "op", op, "error", err)
+			s.alert(supervise.KindStateFailing, "", "", "the state file refused to record a "+opNoun(op)+" (the disk may be full or failing)")
 		}
 		f, err := store.OpenFile(c.Path, store.FileOptions{Limits: lim, OnAsyncError: onAsync})
 		if err != nil {
@@ -52,6 +54,28 @@ func (s *Server) openState(c config.State) (store.Store, string, error) {
 		return newFailoverStore(rs, lim, sh, s.clock), backend, nil
 	}
 	return nil, "", fmt.Errorf("proxy: state.backend %q is not available in this build", backend)
+}
+
+// asyncFailure says what a failed background write of op means for the
+// key it was for.
+func asyncFailure(op string) string {
+	switch op {
+	case "claim":
+		return "a claim was not written to the file; it stands (its key reads as in flight) and the journal keeps it until its answer is written"
+	case "complete":
+		return "a completion was not recorded; a retry of this request will read as outcome unknown, or be replayed from memory until ballast restarts"
+	case "release":
+		return "a release was not recorded; the key is free, but a restart may read it as outcome unknown"
+	}
+	return "a " + op + " was not recorded"
+}
+
+// opNoun names what a background write of op records.
+func opNoun(op string) string {
+	if op == "complete" {
+		return "completion"
+	}
+	return op
 }
 
 // timedStore observes every state operation in

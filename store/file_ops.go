@@ -462,7 +462,9 @@ func (t *finishTx) runUnlanded(b *bolt.Bucket, existed bool) error {
 // The completion of a claim that the file never got keeps its entry when
 // its own write fails too: the overlay is then the only place the outcome
 // lives, and replays read it there; the journal keeps the claim, pinned,
-// so a restart reads the key as UnknownOutcome. A release needs no such
+// so a restart reads the key as UnknownOutcome. So does a failed
+// completion of a claim the file holds in flight (pinned like the others,
+// so that Sweep or a later write of the key ends it). A release needs no such
 // care: the key is free either way (and its claim, if counted as a new
 // key, is uncounted).
 func (t *finishTx) after(err error) {
@@ -470,11 +472,18 @@ func (t *finishTx) after(err error) {
 	if err != nil || t.notHeld {
 		f.writeFailed.Store(true)
 	}
-	if err != nil && t.enc != nil && t.unlanded() {
+	switch {
+	case err != nil && t.enc != nil && t.unlanded():
 		t.pending.newKey = t.claim.newKey // and the count with it
 		t.pending.pinned.Store(true)      // the pin passes to this entry
 		t.claim.pinned.Store(false)
-	} else {
+	case err != nil && t.enc != nil && f.journal != nil:
+		// The file holds the claim in flight, counted: without this entry
+		// a retry would wait on it until its lease ran out, and then read
+		// it as UnknownOutcome, though the answer is here.
+		t.pending.pinned.Store(true)
+		f.journal.pin()
+	default:
 		f.pending.remove(key, t.pending)
 		switch {
 		case err == nil:

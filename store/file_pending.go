@@ -34,9 +34,11 @@ type pendingRecord struct {
 	// the committing goroutine before the entry is pinned.
 	newKey bool
 	// pinned: the entry's write failed, so the journal's entry of the
-	// key's claim is the only durable trace of it; the entry stays in the
-	// overlay (the key keeps reading as it), and it holds one pin of the
-	// journal (see journal.pin) until a later write of the key lands.
+	// key's claim is the only durable trace of it, or the entry is the
+	// only place the key's answer lives; the entry stays in the overlay
+	// (the key keeps reading as it), and it holds one pin of the journal
+	// (see journal.pin) until a later write of the key lands or it
+	// expires and Sweep removes it.
 	pinned atomic.Bool
 }
 

@@ -236,3 +236,37 @@ func TestJournal16_TakeoverOfAPinnedCompletion(t *testing.T) {
 	}
 	checkRecordCount(t, f, 1)
 }
+
+// A claim the file holds in flight whose completion's write fails: the
+// answer stays in the overlay and retries replay it, rather than waiting
+// on the claim until its lease runs out. Once it expires, Sweep removes
+// it and its pin, and the books agree with the file.
+func TestJournal16_FailedCompletionOfALandedClaimIsReplayed(t *testing.T) {
+	errs := newAsyncErrors()
+	f := openTestFile(t, filepath.Join(t.TempDir(), "state.db"), FileOptions{OnAsyncError: errs.hook})
+	held := mustClaim(t, f, "k", args("a", t0))
+	awaitSettled(t, f) // the file holds the claim in flight
+	restore := breakCommits(t, f)
+	if err := f.Complete(context.Background(), held, resp("done"), t0, time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-errs.got; err == nil {
+		t.Fatal("OnAsyncError got nil for the failed completion")
+	}
+	restore()
+	rec, owned, err := f.Claim(context.Background(), "k", args("a", t0.Add(time.Second)))
+	if err != nil || owned || rec.State != Completed || string(rec.Response.Body) != "done" {
+		t.Fatalf("retry's Claim = %+v, owned=%v, %v; want the answer replayed", rec, owned, err)
+	}
+	if n := pins(f); n != 1 {
+		t.Fatalf("journal pins = %d, want 1", n)
+	}
+	if _, err := f.Sweep(t0.Add(2 * time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	awaitSettled(t, f)
+	if n := pins(f); n != 0 {
+		t.Fatalf("journal pins = %d after the sweep, want 0", n)
+	}
+	checkRecordCount(t, f, 1)
+}

@@ -21,6 +21,11 @@ const (
 	KindBudgetExhausted Kind = "budget_exhausted"
 	// KindJobFailed: an async job failed for good.
 	KindJobFailed Kind = "job_failed"
+	// KindStateFailing: the state store failed a request (503
+	// state_unavailable: it could not be reached or written, or it is
+	// full), or the state file refused a write made after the agent had
+	// its answer (a full disk, an I/O error).
+	KindStateFailing Kind = "state_failing"
 )
 
 // Event is the JSON body POSTed to notify.webhook.
@@ -66,6 +71,8 @@ func (e *Event) summary() string {
 		b.WriteString("retry budget exhausted")
 	case KindJobFailed:
 		b.WriteString("async job failed")
+	case KindStateFailing:
+		b.WriteString("state store failing")
 	default:
 		b.WriteString(string(e.Kind))
 	}

@@ -44,6 +44,13 @@ type res12Child struct {
 // the descriptors are gone.
 func res12Start(t *testing.T, nofile int, yaml string) *res12Child {
 	t.Helper()
+	return startLimited(t, fmt.Sprintf("--nofile=%d:%d", nofile, nofile), yaml)
+}
+
+// startLimited is res12Start with any prlimit limit flag (--nofile=N:N,
+// --fsize=N, ...).
+func startLimited(t *testing.T, limit, yaml string) *res12Child {
+	t.Helper()
 	prlimit, err := exec.LookPath("prlimit")
 	if err != nil {
 		t.Fatal("prlimit (util-linux) lowers the child's RLIMIT_NOFILE and is not on PATH; scripts/test-deps.sh installs it")
@@ -54,7 +61,7 @@ func res12Start(t *testing.T, nofile int, yaml string) *res12Child {
 	if err := os.WriteFile(path, fmt.Appendf(nil, yaml, c.listen, c.adminA), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	c.cmd = exec.Command(prlimit, fmt.Sprintf("--nofile=%d:%d", nofile, nofile), binary, "run", "-c", path)
+	c.cmd = exec.Command(prlimit, limit, binary, "run", "-c", path)
 	c.cmd.Dir = dir
 	c.cmd.Stderr = c.logs
 	if err := c.cmd.Start(); err != nil {
