@@ -709,6 +709,9 @@ func (f *File) Sweep(now time.Time) (int, error) {
 			if err != nil {
 				return err
 			}
+			if spec.records && f.journal != nil {
+				dead = appendAnsweredClaims(dead, b, f.pending.expiredPinnedAnswers(now), now)
+			}
 			for _, k := range dead {
 				if spec.records {
 					_, token, _ := peekClaim(b.Get(k))
@@ -739,15 +742,20 @@ func (f *File) Sweep(now time.Time) (int, error) {
 	// An overlay entry pinned by a failed write (claimTx.after) goes only
 	// when a later write of its key lands; once expired it is swept here
 	// like a record in the file, its pin and count with it. The file
-	// holds at most the record its claim took over, swept above if due.
+	// holds at most the record its claim took over, swept above if due,
+	// or, under an answer, its own claim in flight, swept above with it.
+	inFile := len(swept)
 	for key, e := range f.pending.takeExpiredPinned(now) {
 		_, token, _ := peekClaim(e.enc)
-		swept, tokens = append(swept, key), append(tokens, token)
 		if e.newKey {
 			f.records.Add(-1)
 		}
 		f.journal.unpin()
 		f.wakeup.wake(key)
+		if sweptWith(swept[:inFile], tokens[:inFile], key, token) {
+			continue // counted and released with its claim's record
+		}
+		swept, tokens = append(swept, key), append(tokens, token)
 		removed++
 	}
 	if len(swept) > 0 {
@@ -783,6 +791,36 @@ func (f *File) Sweep(now time.Time) (int, error) {
 	}
 	f.claimMu.Unlock()
 	return removed, nil
+}
+
+// sweptWith reports whether keys and tokens, a sweep's records, hold the
+// claim of key with token.
+func sweptWith(keys []string, tokens []uint64, key string, token uint64) bool {
+	for i, k := range keys {
+		if k == key && tokens[i] == token {
+			return true
+		}
+	}
+	return false
+}
+
+// appendAnsweredClaims appends to dead the keys of answers, expired
+// pinned completions by key with their tokens, whose claims b holds in
+// flight and are not yet due themselves (those are in dead already): a
+// claim lives max(TTL, lease), its answer ttl from its completion, so the
+// answer can expire first, and the key it leaves must read as free, as it
+// would had the answer been written, not as that claim in flight again.
+func appendAnsweredClaims(dead [][]byte, b *bolt.Bucket, answers map[string]uint64, now time.Time) [][]byte {
+	for key, token := range answers {
+		v := b.Get([]byte(key))
+		if exp, ok := expiresAt(v); !ok || !now.Before(exp) {
+			continue
+		}
+		if state, t, ok := peekClaim(v); ok && state == InFlight && t == token {
+			dead = append(dead, []byte(key))
+		}
+	}
+	return dead
 }
 
 // addSequence adds delta to the bucket's count (its sequence), never going

@@ -103,6 +103,33 @@ func (p *pendingRecords) takeExpiredPinned(now time.Time) map[string]*pendingRec
 	return out
 }
 
+// expiredPinnedAnswers returns, by key, the tokens of the pinned
+// completions that have expired at now (nil for none). Such an answer
+// may stand over its claim's record, in flight in the file (see
+// finishTx.after), which its expiry frees too.
+func (p *pendingRecords) expiredPinnedAnswers(now time.Time) map[string]uint64 {
+	p.mu.RLock()
+	defer p.mu.RUnlock()
+	var out map[string]uint64
+	for key, e := range p.m {
+		if !e.pinned.Load() {
+			continue
+		}
+		state, token, ok := peekClaim(e.enc)
+		if !ok || state != Completed {
+			continue
+		}
+		if exp, ok := expiresAt(e.enc); !ok || now.Before(exp) {
+			continue
+		}
+		if out == nil {
+			out = make(map[string]uint64)
+		}
+		out[key] = token
+	}
+	return out
+}
+
 // len reports how many writes are pending (tests).
 func (p *pendingRecords) len() int {
 	p.mu.RLock()
