@@ -358,7 +358,7 @@ func (s *Server) runJob(job *store.Job, r *route) {
 	}
 	defer s.keepLease(job.ID)()
 	job.State, job.UpdatedAt = store.JobRunning, s.clock.Now()
-	_ = s.state.PutJob(c, job)
+	_ = s.storeJob(c, job)
 
 	req := fasthttp.AcquireRequest()
 	defer fasthttp.ReleaseRequest(req)
@@ -467,7 +467,7 @@ func (s *Server) runJob(job *store.Job, r *route) {
 		s.failJob(out, job, job.LastError)
 		return
 	}
-	if err := s.state.PutJob(out, job); errors.Is(err, store.ErrTooLarge) {
+	if err := s.storeJob(out, job); errors.Is(err, store.ErrTooLarge) {
 		// A store whose limit is below state.max_response_bytes.
 		job.Response = &store.Response{Status: fasthttp.StatusBadGateway}
 		s.failJob(out, job, tooLarge)
@@ -549,7 +549,28 @@ func (s *Server) failJob(c context.Context, job *store.Job, why string) {
 	forgetRequest(job)
 	s.log.Warn("async job failed", "job", store.JobRef(job.ID), "route", job.Route, "error", why)
 	s.alertJobFailed(job.Route, job.ID, why)
-	_ = s.state.PutJob(c, job)
+	_ = s.storeJob(c, job)
+}
+
+// storeJob writes the state of a job that is running or has ended. Only
+// the runner writes it, after the agent had its 202: a write the store
+// refuses (other than one too large, which the caller answers) is logged
+// and raises a state_failing alert, or nobody would hear of it, and the
+// agent's polls would read the job as it was before. The alert names the
+// job by its JobRef only, never the store's error (a path, an address).
+func (s *Server) storeJob(c context.Context, job *store.Job) error {
+	err := s.state.PutJob(c, job)
+	switch {
+	case err == nil, errors.Is(err, store.ErrTooLarge):
+	case errors.Is(err, store.ErrClosed):
+		s.log.Warn("async job: its state was not recorded: the state store is closed", "job", store.JobRef(job.ID),
+			"route", job.Route, "state", job.State.String())
+	default:
+		s.log.Error("async job: the state store refused to record its state; polls read the job as it was before",
+			"job", store.JobRef(job.ID), "route", job.Route, "state", job.State.String(), "error", err.Error())
+		s.alert(supervise.KindStateFailing, job.Route, "", "the state store refused to record that job "+store.JobRef(job.ID)+" is "+job.State.String())
+	}
+	return err
 }
 
 // forgetRequest drops a finished job's request headers and body, keeping
