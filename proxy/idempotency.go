@@ -637,14 +637,20 @@ func replay(ctx *fasthttp.RequestCtx, sr *store.Response) {
 // state_failing alert: every keyed request of the route is refused the
 // same way until it mends.
 func (s *Server) stateUnavailable(ctx *fasthttp.RequestCtx, r *route, err error) {
-	s.log.Error("state store failed", "route", r.name, "error", err.Error())
+	s.stateUnavailableOn(ctx, r.name, err)
+}
+
+// stateUnavailableOn is stateUnavailable for the route named route ("":
+// a request of no route, such as a job's poll).
+func (s *Server) stateUnavailableOn(ctx *fasthttp.RequestCtx, route string, err error) {
+	s.log.Error("state store failed", "route", route, "error", err.Error())
 	detail := stateDetail(err)
-	writeProblem(ctx, problem{Status: fasthttp.StatusServiceUnavailable, Reason: ReasonStateUnavailable, Route: r.name,
+	writeProblem(ctx, problem{Status: fasthttp.StatusServiceUnavailable, Reason: ReasonStateUnavailable, Route: route,
 		RetryAfter: time.Second, Detail: detail})
 	switch {
 	case errors.Is(err, store.ErrTooLarge), errors.Is(err, context.DeadlineExceeded), errors.Is(err, store.ErrClosed):
 	default:
-		s.alert(supervise.KindStateFailing, r.name, "", detail)
+		s.alert(supervise.KindStateFailing, route, "", detail)
 	}
 }
 

@@ -678,9 +678,14 @@ func (s *Server) handleJob(ctx *fasthttp.RequestCtx) {
 
 // serveJob answers for the job with id, waiting up to wait for it to
 // finish. A job past its ExpiresAt (on s.clock) is gone, as it will be
-// once swept.
+// once swept. A store that cannot be read is a 503 state_unavailable.
 func (s *Server) serveJob(ctx *fasthttp.RequestCtx, id, tenant string, wait time.Duration, applied string) {
 	job, err := s.readJob(id)
+	if err != nil && !errors.Is(err, store.ErrNotFound) && !errors.Is(err, store.ErrInvalid) {
+		// Not "no job": an agent told so would start it again.
+		s.stateUnavailableOn(ctx, "", err)
+		return
+	}
 	if err != nil || job.Tenant != tenant || job.Expired(s.clock.Now()) {
 		writeProblem(ctx, problem{Status: fasthttp.StatusNotFound, Reason: ReasonNoRoute,
 			Detail: "no job " + strconv.Quote(id) + " for this caller (unknown, expired, or started by another identity)"})

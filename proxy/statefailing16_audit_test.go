@@ -12,6 +12,7 @@ import (
 
 	"github.com/ballast-proxy/ballast/store"
 	"github.com/ballast-proxy/ballast/supervise"
+	"github.com/valyala/fasthttp"
 )
 
 // refusingOutcomes is a state store that refuses to record a job's
@@ -58,5 +59,43 @@ routes:
 		if strings.Contains(e.Detail, secret) || strings.Contains(e.Text, secret) {
 			t.Errorf("alert %+v names %q", e, secret)
 		}
+	}
+}
+
+// failingJobReads is a state store that cannot read jobs: Redis down
+// under fail_closed.
+type failingJobReads struct{ store.Store }
+
+func (failingJobReads) GetJob(context.Context, string) (*store.Job, error) {
+	return nil, fmt.Errorf("%w: redis at 10.0.0.7:6379: i/o timeout", store.ErrUnavailable)
+}
+
+// A poll of a job while the store cannot be read was answered 404 "no
+// job ... (unknown, expired, or started by another identity)": an agent
+// that believes it starts the job again, and the call runs twice. A store
+// failure is a 503 state_unavailable, with its alert, as for a keyed
+// request; a job the store does not have is still a 404.
+func TestStateFailing16_JobPollOnAFailingStoreIs503(t *testing.T) {
+	url, events := webhookEvents(t)
+	s := newStatusServer(t, fmt.Sprintf(`
+notify: {webhook: %q}
+routes:
+  - {name: report, match: {path_prefix: /}, upstream: "http://127.0.0.1:1", async: {enabled: true}}
+`, url))
+	s.status.start()
+	var ok fasthttp.RequestCtx
+	s.serveJob(&ok, "no-such-job", "t", 0, "")
+	if code := ok.Response.StatusCode(); code != fasthttp.StatusNotFound {
+		t.Fatalf("poll of an unknown job = %d, want 404", code)
+	}
+	s.state = failingJobReads{Store: s.state}
+	var ctx fasthttp.RequestCtx
+	s.serveJob(&ctx, "job16-poll", "t", 0, "")
+	if code, body := ctx.Response.StatusCode(), string(ctx.Response.Body()); code != fasthttp.StatusServiceUnavailable ||
+		!strings.Contains(body, string(ReasonStateUnavailable)) || strings.Contains(body, "10.0.0.7") {
+		t.Fatalf("poll with the store failing = %d %s; want 503 state_unavailable, without the cause", code, body)
+	}
+	if e := nextEvent(t, events); e.Kind != supervise.KindStateFailing || strings.Contains(e.Detail, "10.0.0.7") {
+		t.Fatalf("alert %+v; want state_failing without the cause", e)
 	}
 }
