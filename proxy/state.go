@@ -65,7 +65,7 @@ func asyncFailure(op string) string {
 	case "complete":
 		return "a completion was not recorded; a retry of this request will read as outcome unknown, or be replayed from memory until ballast restarts"
 	case "release":
-		return "a release was not recorded; the key is free, but a restart may read it as outcome unknown"
+		return "a release was not recorded; its key may read as in flight until the claim's lease ends, and as outcome unknown after that or after a restart"
 	}
 	return "a " + op + " was not recorded"
 }
