@@ -497,7 +497,9 @@ func (j *journal) close() error {
 	return errors.Join(err, j.f.Close())
 }
 
-var errJournalClosed = errors.New("store: claim journal closed")
+// errJournalClosed is ErrClosed, for a claim caught waiting on the journal
+// while the File closes: shutdown, not a failure of the store.
+var errJournalClosed = fmt.Errorf("store: claim journal closed: %w", ErrClosed)
 
 // testHookJournalWrite, when set by a test, runs on the leader before each
 // batch is written, with j.mu released.

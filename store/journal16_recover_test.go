@@ -137,3 +137,23 @@ func TestJournal16_FailedStartOverIsRetried(t *testing.T) {
 	}
 	errs.none(t)
 }
+
+// A claim caught waiting on the journal while the File closes reads as
+// ErrClosed, shutdown, which the proxy neither alerts on nor words as a
+// failure of the store.
+func TestJournal16_ClosedJournalIsErrClosed(t *testing.T) {
+	j, _, err := openJournal(filepath.Join(t.TempDir(), "j.claims"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := j.start(); err != nil {
+		t.Fatal(err)
+	}
+	if err := j.close(); err != nil {
+		t.Fatal(err)
+	}
+	n := j.add(journalClaim, "k", []byte("body"))
+	if err := j.wait(n); !errors.Is(err, ErrClosed) {
+		t.Fatalf("wait after close = %v, want ErrClosed", err)
+	}
+}
