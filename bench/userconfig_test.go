@@ -371,7 +371,7 @@ routes:
 	})
 	t.Run("redis replaced by the harness's", func(t *testing.T) {
 		if RedisPath() == "" {
-			t.Skip("redis-server is not on PATH")
+			t.Fatal("redis-server is not on PATH; scripts/test-deps.sh installs it")
 		}
 		file, _ := writeUserConfig(t, t.TempDir(), "redis.yaml", `
 state:
