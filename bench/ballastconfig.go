@@ -23,6 +23,10 @@ type BallastConfig struct {
 	Listen, Admin, Upstream string
 	// Chaos selects the chaos scenario's routes and short timeouts.
 	Chaos bool
+	// Stream lets the overhead chain's validate policy take SSE answers
+	// (content_type text/event-stream besides application/json), as a
+	// model route that streams must: the stream scenario's chain.
+	Stream bool
 	// Features are the optional blocks to include (see Has).
 	Features []string
 }

@@ -397,9 +397,9 @@ func TestHarness10bBenchAllSmoke(t *testing.T) {
 				t.Errorf("plot: %v %.40q", err, svg)
 			}
 			rep := decodeStrict(t, js)
-			if rep.Overhead == nil || rep.Chaos == nil || rep.Policies == nil || rep.State == nil || rep.Soak != nil {
-				t.Fatalf("scenarios run: overhead %v chaos %v policies %v state %v soak %v",
-					rep.Overhead != nil, rep.Chaos != nil, rep.Policies != nil, rep.State != nil, rep.Soak != nil)
+			if rep.Overhead == nil || rep.Chaos == nil || rep.Policies == nil || rep.State == nil || rep.Stream == nil || rep.Soak != nil {
+				t.Fatalf("scenarios run: overhead %v chaos %v policies %v state %v stream %v soak %v",
+					rep.Overhead != nil, rep.Chaos != nil, rep.Policies != nil, rep.State != nil, rep.Stream != nil, rep.Soak != nil)
 			}
 			if strings.Contains(string(js), `"elapsed":`) || !strings.Contains(string(js), `"elapsed_s":`) {
 				t.Error("harness.json has durations without units")
@@ -422,6 +422,13 @@ func TestHarness10bBenchAllSmoke(t *testing.T) {
 			if ran := findTarget(rep.Overhead.Targets, TargetNginx) != nil; ran != hasNginx || (rep.Overhead.Skipped[TargetNginx] != "") == hasNginx {
 				t.Errorf("nginx on PATH %v: ran %v, skipped %q", hasNginx, ran, rep.Overhead.Skipped[TargetNginx])
 			}
+			streamNginx := false
+			for _, st := range rep.Stream.Targets {
+				streamNginx = streamNginx || st.Name == TargetNginx
+			}
+			if streamNginx != hasNginx || (rep.Stream.Skipped[TargetNginx] != "") == hasNginx {
+				t.Errorf("nginx on PATH %v: ran %v in stream, skipped %q", hasNginx, streamNginx, rep.Stream.Skipped[TargetNginx])
+			}
 			redisRan := false
 			for _, st := range rep.State.Targets {
 				redisRan = redisRan || st.Name == StoreRedis
@@ -442,7 +449,7 @@ func TestHarness10bBenchAllSmoke(t *testing.T) {
 			if section != string(rep.Markdown(PlotFile)) {
 				t.Errorf("RESULTS.md's section is not what harness.json generates:\n%s", section)
 			}
-			for _, want := range []string{"## Harness: `ballast bench`", "### Overhead", "### Chaos", "### Policies", "### State",
+			for _, want := range []string{"## Harness: `ballast bench`", "### Overhead", "### Chaos", "### Policies", "### State", "### Streams",
 				"(seed 0)", "![open-loop latency percentiles"} {
 				if !strings.Contains(section, want) {
 					t.Errorf("section lacks %q", want)
@@ -461,15 +468,19 @@ func TestHarness10bBenchAllSmoke(t *testing.T) {
 			if err != nil {
 				t.Fatalf("RESULTS.md's section: %v\n%s", err, section)
 			}
-			// cost, latency, rounds; chaos; policies, its rounds; state, its rounds.
-			if len(tables) != 8 {
-				t.Errorf("%d tables in the section, want 8", len(tables))
+			// cost, latency, rounds; chaos; stream's cost, latency, rounds;
+			// policies, its rounds; state, its rounds.
+			if len(tables) != 11 {
+				t.Errorf("%d tables in the section, want 11", len(tables))
 			}
 			if p := rep.Policies; p.Settings.Rounds != 2 || len(p.Rounds) != 2 {
 				t.Errorf("policies under --rounds 2: settings %d, %d rounds", p.Settings.Rounds, len(p.Rounds))
 			}
 			if s := rep.State; s.Settings.Rounds != 2 || len(s.Rounds) != 2 {
 				t.Errorf("state under --rounds 2: settings %d, %d rounds", s.Settings.Rounds, len(s.Rounds))
+			}
+			if s := rep.Stream; s.Settings.Rounds != 2 || len(s.Rounds) != 2 {
+				t.Errorf("stream under --rounds 2: settings %d, %d rounds", s.Settings.Rounds, len(s.Rounds))
 			}
 			checkRoundsTableMatchesJSON(t, section, js)
 		})

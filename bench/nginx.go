@@ -20,8 +20,14 @@ func NginxPath() string {
 
 // nginxConfig is a minimal reverse proxy to upstream with keep-alive
 // connections both ways and no logging, so it competes on equal terms.
-// It runs procs worker processes.
-func nginxConfig(dir, listen, upstream string, procs int) string {
+// It runs procs worker processes. With streaming, it relays answers as
+// they arrive (proxy_buffering off), as nginx must be set up in front of
+// an SSE endpoint; otherwise with nginx's default buffering.
+func nginxConfig(dir, listen, upstream string, procs int, streaming bool) string {
+	buffering := ""
+	if streaming {
+		buffering = "\n            proxy_buffering off;"
+	}
 	return fmt.Sprintf(`daemon off;
 master_process on;
 worker_processes %[4]d;
@@ -43,21 +49,22 @@ http {
             proxy_pass http://bench;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
-            proxy_set_header Host $host;
+            proxy_set_header Host $host;%[5]s
         }
     }
 }
-`, dir, listen, upstream, procs)
+`, dir, listen, upstream, procs, buffering)
 }
 
-// startNginx writes a config into dir and runs nginx in the foreground.
-func startNginx(ctx context.Context, exe, dir, upstream string, procs int) (*Process, error) {
+// startNginx writes a config into dir and runs nginx in the foreground
+// (nginxConfig).
+func startNginx(ctx context.Context, exe, dir, upstream string, procs int, streaming bool) (*Process, error) {
 	listen, err := freeAddr()
 	if err != nil {
 		return nil, err
 	}
 	conf := filepath.Join(dir, "nginx.conf")
-	if err := os.WriteFile(conf, []byte(nginxConfig(dir, listen, upstream, procs)), 0o600); err != nil {
+	if err := os.WriteFile(conf, []byte(nginxConfig(dir, listen, upstream, procs, streaming)), 0o600); err != nil {
 		return nil, fmt.Errorf("%w: nginx: %w", ErrProcess, err)
 	}
 	p, err := startProcess("nginx", exe, "-p", dir, "-c", conf, "-e", filepath.Join(dir, "error.log"))

@@ -92,6 +92,12 @@ type Options struct {
 	// window's figures include. A failed fetch fails the run. The other
 	// scenarios refuse it (ErrLoad). Default: no profile.
 	CPUProfileDir string
+	// StreamEvents and StreamInterval shape the stream scenario's
+	// answers: that many SSE events, one every StreamInterval. Default 20
+	// events 10 ms apart, a model writing 100 tokens a second. The other
+	// scenarios refuse them (ErrLoad).
+	StreamEvents   int
+	StreamInterval time.Duration
 	// Progress receives one line per step. Default: discarded.
 	Progress io.Writer
 }
@@ -181,6 +187,9 @@ func (o Options) only(scenario string) error {
 	}
 	if o.CPUProfileDir != "" && scenario != "policies" {
 		set = append(set, "CPUProfileDir (overhead and policies only)")
+	}
+	if (o.StreamEvents != 0 || o.StreamInterval != 0) && scenario != "stream" {
+		set = append(set, "StreamEvents and StreamInterval (stream only)")
 	}
 	if len(set) > 0 {
 		return fmt.Errorf("%w: the %s scenario does not take %s", ErrLoad, scenario, strings.Join(set, ", "))

@@ -106,6 +106,9 @@ type OverheadResult struct {
 // round's figures rather than on one target's; the report gives each
 // target's medians and every round's ratios.
 func Overhead(ctx context.Context, opts Options) (*OverheadResult, error) {
+	if opts.StreamEvents != 0 || opts.StreamInterval != 0 {
+		return nil, fmt.Errorf("%w: the overhead scenario does not take StreamEvents and StreamInterval (stream only)", ErrLoad)
+	}
 	opts, err := opts.withDefaults(OverheadDefaultRate)
 	if err != nil {
 		return nil, err
@@ -218,7 +221,7 @@ func Overhead(ctx context.Context, opts Options) (*OverheadResult, error) {
 		if exe := NginxPath(); exe == "" {
 			res.Skipped[TargetNginx] = "nginx is not on PATH"
 		} else {
-			p, err := startNginx(ctx, exe, dir, up.Addr, opts.Procs)
+			p, err := startNginx(ctx, exe, dir, up.Addr, opts.Procs, false)
 			if err != nil {
 				return nil, err
 			}

@@ -20,11 +20,15 @@ type Report struct {
 	Policies *PoliciesResult `json:"policies,omitempty"`
 	State    *StateResult    `json:"state,omitempty"`
 	Soak     *SoakResult     `json:"soak,omitempty"`
+	Stream   *StreamResult   `json:"stream,omitempty"`
 }
 
-// sections are the policies, state and soak parts that ran.
+// sections are the stream, policies, state and soak parts that ran.
 func (r *Report) sections() []section {
 	var s []section
+	if r.Stream != nil {
+		s = append(s, r.Stream.section())
+	}
 	if r.Policies != nil {
 		s = append(s, r.Policies.section())
 	}

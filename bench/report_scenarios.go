@@ -51,6 +51,66 @@ func (s section) markdown(b *strings.Builder) {
 	}
 }
 
+func (r *StreamResult) section() section {
+	s := r.Settings
+	sec := section{title: "Streams", summary: fmt.Sprintf("stream: open loop of %s model-style POSTs a second for %s (warm-up %s), "+
+		"each answered with an SSE stream of %d events %s apart, every event stamped by the upstream when written; "+
+		"event delay is from that stamp to the event's arrival at the agent, first event from the stream's intended start; "+
+		"%d connections; %s; ballast with the overhead chain, its validate policy taking text/event-stream too; nginx with proxy_buffering off",
+		fmtCount(s.Rate), s.Duration, s.Warmup, r.Events, r.Interval, s.Connections, procsPhrase(s.Procs))}
+	if s.Rounds > 1 {
+		sec.summary += fmt.Sprintf("; %d rounds, the targets taking turns, and each figure below is the median over the rounds", s.Rounds)
+	}
+	sec.summary += "."
+	cost := &table{header: []string{"target", "streams", "complete", "events", "CPU ms / 1k events", "CPU ×direct", "upstream CPU ms / 1k events", "peak RSS", "errors"}}
+	lat := &table{header: []string{"target", "first event p50 ms", "first event p99 ms", "event delay p50 ms", "event delay p99 ms", "event delay p99.9 ms",
+		"added first event p50", "added first event p99", "added event delay p50", "added event delay p99"}}
+	for _, t := range r.Targets {
+		l := t.Load
+		cpuRatio := "–"
+		added := []string{"–", "–", "–", "–"}
+		if t.Name != TargetDirect {
+			cpuRatio = fmtRatio(t.CPURatio)
+			added = []string{fmtAdded(t.AddedFirstEvent.P50), fmtAdded(t.AddedFirstEvent.P99), fmtAdded(t.AddedEventDelay.P50), fmtAdded(t.AddedEventDelay.P99)}
+		}
+		cost.add(t.Name, fmtCount(float64(l.Streams)), fmtPct(l.CompleteRate()), fmtCount(float64(l.Events)), fmt.Sprintf("%.1f", t.CPUPer1kEvents), cpuRatio,
+			fmt.Sprintf("%.1f", t.UpstreamCPUPer1kEvents), fmtMiB(t.PeakRSS), fmtErrors(l.Errors))
+		lat.add(append([]string{t.Name, fmtMs(l.FirstEvent.P50), fmtMs(l.FirstEvent.P99), fmtMs(l.EventDelay.P50), fmtMs(l.EventDelay.P99), fmtMs(l.EventDelay.P999)}, added...)...)
+	}
+	sec.tables = []*table{cost, lat}
+	if len(r.Rounds) > 1 {
+		rt := &table{header: []string{"target"}}
+		for k := range r.Rounds {
+			rt.header = append(rt.header, fmt.Sprintf("added event delay p50 / p99, round %d", k+1))
+		}
+		for i, t := range r.Targets {
+			if t.Name == TargetDirect {
+				continue
+			}
+			row := []string{t.Name}
+			for _, round := range r.Rounds {
+				a := round[i].AddedEventDelay
+				row = append(row, fmtAdded(a.P50)+" / "+fmtAdded(a.P99))
+			}
+			rt.add(row...)
+		}
+		sec.tables = append(sec.tables, rt)
+	}
+	var worst Percentiles
+	for _, t := range r.Targets {
+		if t.Load.ScheduleLag.P99 > worst.P99 {
+			worst = t.Load.ScheduleLag
+		}
+	}
+	sec.notes = append(sec.notes, fmt.Sprintf("The load driver started streams %s ms late at p50 and %s ms at p99 (the worst of the runs above); first-event times include this, event delays do not.",
+		fmtMs(worst.P50), fmtMs(worst.P99)))
+	sec.notes = append(sec.notes, "bare: "+bareNotStreaming+".")
+	for _, name := range sortedKeys(r.Skipped) {
+		sec.notes = append(sec.notes, fmt.Sprintf("skipped %s: %s", name, r.Skipped[name]))
+	}
+	return sec
+}
+
 func (p *PoliciesResult) section() section {
 	s := p.Settings
 	sec := section{title: "Policies", summary: fmt.Sprintf("policies: each policy switched on alone vs plain ballast with everything off (off), "+

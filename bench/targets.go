@@ -22,6 +22,15 @@ func UpstreamArgs(cfg UpstreamConfig) []string {
 	if p.Name != "" {
 		args = append(args, "--profile", p.Name)
 	}
+	if cfg.StreamEvents > 0 {
+		args = append(args, "--stream-events", strconv.Itoa(cfg.StreamEvents))
+	}
+	if cfg.StreamInterval > 0 {
+		args = append(args, "--stream-interval", cfg.StreamInterval.String())
+	}
+	if cfg.StreamStamp {
+		args = append(args, "--stream-stamp")
+	}
 	if cfg.MaxKeys > 0 {
 		args = append(args, "--max-keys", strconv.Itoa(cfg.MaxKeys))
 	}
@@ -58,17 +67,21 @@ func startBareProxy(ctx context.Context, exe, upstream string, procs int) (*Proc
 // `exe run -c FILE` as a child, waiting for its /readyz. It returns the
 // features the config enabled. It runs on procs cores (GOMAXPROCS).
 func startBallast(ctx context.Context, exe, dir, upstream string, chaos bool, procs int) (*Process, []string, error) {
-	listen, err := freeAddr()
-	if err != nil {
+	return startBallastWith(ctx, exe, dir, BallastConfig{Upstream: upstream, Chaos: chaos}, procs)
+}
+
+// startBallastWith is startBallast for cfg, whose Listen and Admin it
+// sets to free loopback addresses.
+func startBallastWith(ctx context.Context, exe, dir string, cfg BallastConfig, procs int) (*Process, []string, error) {
+	var err error
+	if cfg.Listen, err = freeAddr(); err != nil {
 		return nil, nil, err
 	}
-	admin, err := freeAddr()
-	if err != nil {
+	if cfg.Admin, err = freeAddr(); err != nil {
 		return nil, nil, err
 	}
-	cfg := BallastConfig{Listen: listen, Admin: admin, Upstream: upstream, Chaos: chaos}
 	var yaml []byte
-	if chaos {
+	if cfg.Chaos {
 		cfg, yaml, err = cfg.WithSupportedFeatures(ballastFeatures)
 	} else {
 		yaml, err = cfg.check()
@@ -82,7 +95,7 @@ func startBallast(ctx context.Context, exe, dir, upstream string, chaos bool, pr
 	}
 	// At info the decision trail is written, one line per request, as with
 	// ballast's defaults; it is part of the chain being measured.
-	p, err := startBallastFile(ctx, exe, "ballast", file, listen, admin, goProcsEnv(procs), false, "info")
+	p, err := startBallastFile(ctx, exe, "ballast", file, cfg.Listen, cfg.Admin, goProcsEnv(procs), false, "info")
 	if err != nil {
 		return nil, nil, err
 	}

@@ -31,6 +31,12 @@ type UpstreamConfig struct {
 	StreamEvents int
 	// StreamInterval is the pause between two stream events. Default 0.
 	StreamInterval time.Duration
+	// StreamStamp makes every stream event carry the moment it was
+	// written, as `"sent_ns":<Unix nanoseconds>`, its first member, and
+	// flushes each event on its own, so that a client on the same machine
+	// can tell how long the event took to reach it (the stream scenario's
+	// event delay). The default is off: the events are fixed bytes.
+	StreamStamp bool
 	// MaxKeys bounds the operation keys the side-effect counters keep
 	// (Counters.Keys), so an upstream left running under unique keys
 	// does not grow without end: past it the least recently seen key is
@@ -228,22 +234,30 @@ func (u *Upstream) stream(ctx *fasthttp.RequestCtx, event []byte, cut, broken bo
 	ctx.SetContentType("text/event-stream")
 	ctx.Response.Header.Set("Cache-Control", "no-cache")
 	conn := ctx.Conn()
-	events, interval, done := u.cfg.StreamEvents, u.cfg.StreamInterval, u.done
+	events, interval, done, stamp := u.cfg.StreamEvents, u.cfg.StreamInterval, u.done, u.cfg.StreamStamp
 	ctx.SetBodyStreamWriter(func(w *bufio.Writer) {
+		var stamped []byte
 		for i := range events {
 			if cut && i == events/2 {
 				_ = w.Flush()
 				_ = conn.Close()
 				return
 			}
-			if broken && i == events/2 {
+			switch {
+			case broken && i == events/2:
 				_, _ = w.WriteString("data: {\"id\":\"chatcmpl-bench\",\"choices\":[{\"delta\n\n")
-			} else {
+			case stamp:
+				stamped = stampEvent(stamped[:0], event, time.Now())
+				_, _ = w.Write(stamped)
+			default:
 				_, _ = w.Write(event)
 			}
-			if interval > 0 {
+			if interval > 0 || stamp {
 				if err := w.Flush(); err != nil {
 					return
+				}
+				if interval <= 0 {
+					continue
 				}
 				t := time.NewTimer(interval)
 				select {
@@ -310,6 +324,22 @@ func echoBody(size int, key []byte) []byte {
 func echoEvent(key []byte) []byte {
 	id, _ := json.Marshal(string(key))
 	return []byte(`data: {"id":` + string(id) + `,"object":"chat.completion.chunk","choices":[{"index":0,"delta":{"content":"token "}}]}` + "\n\n")
+}
+
+// stampEvent appends event to dst with `"sent_ns":<now in Unix
+// nanoseconds>,` as its first member: events are `data: {...}` lines
+// (see readStamp for the reading side). An event of another shape is
+// appended as it is.
+func stampEvent(dst, event []byte, now time.Time) []byte {
+	const open = "data: {"
+	if !bytes.HasPrefix(event, []byte(open)) {
+		return append(dst, event...)
+	}
+	dst = append(dst, open...)
+	dst = append(dst, `"sent_ns":`...)
+	dst = strconv.AppendInt(dst, now.UnixNano(), 10)
+	dst = append(dst, ',')
+	return append(dst, event[len(open):]...)
 }
 
 // quietLogger drops fasthttp's own messages: resets and hangs are on

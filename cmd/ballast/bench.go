@@ -22,17 +22,21 @@ const benchUsage = `usage:
   ballast bench chaos [flags]      success rate, p99 and duplicates under the standard fault profile
   ballast bench policies [flags]   CPU and latency of each policy alone vs ballast with everything off
   ballast bench state [flags]      keyed rps on the memory, file and redis stores vs unkeyed
+  ballast bench stream [flags]     SSE streams: time to first event and each event's delay, direct vs
+                                   ballast (vs nginx on PATH)
   ballast bench soak [flags]       ballast's RSS over time at a fixed rate (default 5m)
-  ballast bench all [flags]        overhead, chaos, policies, state (and soak with --soak)
+  ballast bench all [flags]        overhead, chaos, policies, state, stream (and soak with --soak)
   ballast bench upstream [--listen ADDR] [--size N] [--profile none|standard] [--seed N] [fault flags]
                                    the chaos upstream alone (ballast bench upstream -h lists its flags)
 
 scenario flags: --duration D (10s; 5s per policies variant; 5m for soak) --warmup 1s --saturation 5s
                 --rate N --connections 64 --size 1024 --seed 1 --timeout 5s --sample-every 5s
                 --procs N (cores per proxy under test: 1; 2 for state)
-                --rounds N (overhead, policies, state: each target N times, taking turns; medians)
+                --rounds N (overhead, policies, state, stream: each target N times, taking turns; medians)
                 --driver auto|go|wrk (overhead's saturation load: wrk -t1 when on PATH, else Go)
-                --targets LIST (overhead: direct,bare,ballast,nginx; policies: variants; state: stores)
+                --targets LIST (overhead: direct,bare,ballast,nginx; stream: direct,ballast,nginx;
+                  policies: variants; state: stores)
+                --stream-events 20 --stream-interval 10ms (stream: each answer's SSE events)
                 --config FILE (overhead: your ballast config instead of the built-in chain, every
                   address rewritten to 127.0.0.1; see bench/README.md)
                 --method POST --path /v1/chat/completions (overhead: the request)
@@ -53,7 +57,7 @@ func cmdBench(args []string, stdout, stderr io.Writer) int {
 		return cmdBenchUpstream(args[1:], stdout, stderr)
 	case "bare-proxy": // hidden: the harness's library-floor child
 		return cmdBenchBareProxy(args[1:], stdout, stderr)
-	case "overhead", "chaos", "policies", "state", "soak", "all":
+	case "overhead", "chaos", "policies", "state", "stream", "soak", "all":
 		return cmdBenchScenario(args[0], args[1:], stdout, stderr)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, benchUsage)
@@ -71,8 +75,10 @@ func cmdBenchScenario(name string, args []string, stdout, stderr io.Writer) int 
 	fs.DurationVar(&o.Duration, "duration", 0, "measured window of each load run (default 10s; 5s per policies variant; 5m for soak)")
 	fs.DurationVar(&o.Warmup, "warmup", time.Second, "discarded warm-up before each load run (0: none)")
 	fs.DurationVar(&o.Saturation, "saturation", 5*time.Second, "overhead: closed-loop phase per target (0: skip)")
-	fs.Float64Var(&o.Rate, "rate", 0, fmt.Sprintf("open-loop requests per second (default %d for overhead and policies, %d for chaos, %d for soak)",
-		bench.OverheadDefaultRate, bench.ChaosDefaultRate, bench.SoakDefaultRate))
+	fs.Float64Var(&o.Rate, "rate", 0, fmt.Sprintf("open-loop requests per second (default %d for overhead and policies, %d for chaos, %d for soak; streams per second, %d, for stream)",
+		bench.OverheadDefaultRate, bench.ChaosDefaultRate, bench.SoakDefaultRate, bench.StreamDefaultRate))
+	fs.IntVar(&o.StreamEvents, "stream-events", bench.StreamDefaultEvents, "stream: SSE events per answer")
+	fs.DurationVar(&o.StreamInterval, "stream-interval", bench.StreamDefaultInterval, "stream: pause between two events")
 	fs.DurationVar(&o.SampleEvery, "sample-every", 5*time.Second, "soak: RSS sampling interval")
 	withSoak := fs.Bool("soak", false, "all: include the soak scenario")
 	fs.IntVar(&o.Connections, "connections", 64, "concurrent connections (the closed-loop N)")
@@ -107,6 +113,8 @@ func cmdBenchScenario(name string, args []string, stdout, stderr io.Writer) int 
 	fc.check(fs, "rounds", o.Rounds < 1, "must be at least 1")
 	fc.check(fs, "procs", o.Procs < 0, "must not be negative (0: the scenario's default)")
 	fc.check(fs, "timeout", o.Timeout <= 0, "must be positive")
+	fc.check(fs, "stream-events", o.StreamEvents < 1 || o.StreamEvents > maxStreamEvents, fmt.Sprintf("must be within 1–%d", maxStreamEvents))
+	fc.check(fs, "stream-interval", o.StreamInterval <= 0 || o.StreamInterval > maxStreamInterval, fmt.Sprintf("must be positive and at most %v", maxStreamInterval))
 	fc.check(fs, "method", bench.CheckRequest(o.Method, "") != nil, "must be upper-case letters")
 	fc.check(fs, "path", o.Path == "" || bench.CheckRequest("", o.Path) != nil, "must start with / and hold no spaces or control characters")
 	fs.Visit(func(f *flag.Flag) {
@@ -130,6 +138,10 @@ func cmdBenchScenario(name string, args []string, stdout, stderr io.Writer) int 
 	if name != "overhead" {
 		o.Method, o.Path = "", "" // the flags' defaults; the other scenarios' requests are their own
 	}
+	// Only the stream scenario takes the stream flags (their defaults
+	// included): with all, they are set just before it runs.
+	streamEvents, streamInterval := o.StreamEvents, o.StreamInterval
+	o.StreamEvents, o.StreamInterval = 0, 0
 	o.Progress = stderr
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
@@ -155,6 +167,10 @@ func cmdBenchScenario(name string, args []string, stdout, stderr io.Writer) int 
 	}
 	if err == nil && (name == "state" || name == "all") {
 		rep.State, err = bench.State(ctx, o)
+	}
+	if err == nil && (name == "stream" || name == "all") {
+		o.StreamEvents, o.StreamInterval = streamEvents, streamInterval
+		rep.Stream, err = bench.Stream(ctx, o)
 	}
 	if err == nil && (name == "soak" || (name == "all" && *withSoak)) {
 		rep.Soak, err = bench.Soak(ctx, o)
@@ -191,6 +207,7 @@ func cmdBenchUpstream(args []string, stdout, stderr io.Writer) int {
 	fs.Int64Var(&cfg.Seed, "seed", 1, "seed of fault and latency draws")
 	fs.IntVar(&cfg.StreamEvents, "stream-events", 16, "SSE events per stream")
 	fs.DurationVar(&cfg.StreamInterval, "stream-interval", 0, "pause between SSE events")
+	fs.BoolVar(&cfg.StreamStamp, "stream-stamp", false, `stamp each SSE event with the moment it is written ("sent_ns", Unix nanoseconds) and flush it on its own`)
 	var p bench.Profile
 	fs.DurationVar(&p.LatencyFixed, "latency-fixed", 0, "fixed latency added to every answer")
 	fs.DurationVar(&p.LatencyExpMean, "latency-exp", 0, "mean of an exponential latency added on top")
@@ -311,10 +328,12 @@ func cmdBenchBareProxy(args []string, stdout, stderr io.Writer) int {
 // scenarioFlags are the scenario flags only some scenarios take, with
 // those scenarios; any other refuses them (a usage error), all included.
 var scenarioFlags = map[string][]string{
-	"config":     {"overhead"},
-	"method":     {"overhead"},
-	"path":       {"overhead"},
-	"cpuprofile": {"overhead", "policies"},
+	"config":          {"overhead"},
+	"method":          {"overhead"},
+	"path":            {"overhead"},
+	"cpuprofile":      {"overhead", "policies"},
+	"stream-events":   {"stream", "all"},
+	"stream-interval": {"stream", "all"},
 }
 
 // onlyTakers says which scenarios take a flag: "only overhead takes it".
@@ -332,6 +351,8 @@ func onlyTakers(scenarios []string) string {
 const (
 	maxBenchRate        = 1_000_000
 	maxBenchConnections = 100_000
+	maxStreamEvents     = 100_000
+	maxStreamInterval   = time.Minute
 )
 
 // parseExit is the exit code of a failed fs.Parse (or a stray

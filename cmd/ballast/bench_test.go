@@ -62,6 +62,29 @@ func TestBenchOverheadSmoke(t *testing.T) {
 	}
 }
 
+func TestBenchStreamSmoke(t *testing.T) {
+	out := benchCLI(t, "stream", "--duration", "300ms", "--warmup", "50ms", "--rate", "40", "--stream-events", "4", "--stream-interval", "2ms", "--json")
+	var rep bench.Report
+	if err := json.Unmarshal([]byte(out), &rep); err != nil {
+		t.Fatalf("not JSON (NaN would not encode): %v\n%s", err, out)
+	}
+	s := rep.Stream
+	if s == nil || rep.Overhead != nil || s.Events != 4 || s.Interval != "2ms" {
+		t.Fatalf("report %+v", rep)
+	}
+	names := map[string]bool{}
+	for _, tg := range s.Targets {
+		names[tg.Name] = true
+		l := tg.Load
+		if l.Streams == 0 || l.Complete != l.Streams || l.Events != 4*l.Streams || l.EventDelay.P50 <= 0 || l.FirstEvent.P50 <= 0 {
+			t.Errorf("%s: %+v", tg.Name, l)
+		}
+	}
+	if !names[bench.TargetDirect] || !names[bench.TargetBallast] || names[bench.TargetNginx] != (bench.NginxPath() != "") {
+		t.Errorf("targets %v (nginx on PATH: %v)", names, bench.NginxPath() != "")
+	}
+}
+
 func TestBenchChaosSmoke(t *testing.T) {
 	dir := t.TempDir()
 	os.WriteFile(filepath.Join(dir, "RESULTS.md"), []byte("# results\n\nhand-written\n"), 0o644)
@@ -189,6 +212,11 @@ func TestBenchUsageErrors(t *testing.T) {
 		{name: "lower-case method", args: []string{"bench", "overhead", "--method", "get"}},
 		{name: "cpuprofile in another scenario", args: []string{"bench", "chaos", "--cpuprofile", "p"}},
 		{name: "cpuprofile with all", args: []string{"bench", "all", "--cpuprofile", "p"}},
+		{name: "stream events in another scenario", args: []string{"bench", "overhead", "--stream-events", "5"}},
+		{name: "stream interval in another scenario", args: []string{"bench", "chaos", "--stream-interval", "1ms"}},
+		{name: "no stream events", args: []string{"bench", "stream", "--stream-events", "0"}},
+		{name: "no stream interval", args: []string{"bench", "stream", "--stream-interval", "0"}},
+		{name: "config in stream", args: []string{"bench", "stream", "--config", "ballast.yaml"}},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

@@ -1,0 +1,291 @@
+package bench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"slices"
+	"time"
+)
+
+// Stream scenario defaults: a model streaming 100 tokens a second, and
+// enough streams at once (about 20) to keep every proxy busy without
+// saturating one core.
+const (
+	StreamDefaultRate     = 100
+	StreamDefaultEvents   = 20
+	StreamDefaultInterval = 10 * time.Millisecond
+)
+
+// streamBody is a chat-completion request that asks for a stream.
+var streamBody = []byte(`{"model":"bench-1","stream":true,"messages":[{"role":"user","content":"Say hello in twenty words."}],"max_tokens":64}`)
+
+// StreamTarget is one target's measurements in the stream scenario.
+type StreamTarget struct {
+	// Name is direct, ballast or nginx.
+	Name string           `json:"name"`
+	Load StreamLoadResult `json:"load"`
+	// CPUPer1kEvents is the CPU (user+sys) the process under test spent
+	// per 1,000 events the measured streams delivered, in milliseconds:
+	// the proxy for proxies, the upstream for direct. It covers the
+	// measured window from its start to the end of its last stream.
+	CPUPer1kEvents float64 `json:"cpu_ms_per_1k_events"`
+	// UpstreamCPUPer1kEvents is the upstream's share in the same window.
+	UpstreamCPUPer1kEvents float64 `json:"upstream_cpu_ms_per_1k_events"`
+	// PeakRSS is the process under test's VmHWM in bytes at the end.
+	PeakRSS int64 `json:"peak_rss_bytes"`
+
+	// Against direct (zero for direct itself and when direct did not run).
+	// AddedFirstEvent is this target's first-event percentile minus
+	// direct's; AddedEventDelay the same for the event delay.
+	AddedFirstEvent Percentiles `json:"added_first_event"`
+	AddedEventDelay Percentiles `json:"added_event_delay"`
+	// CPURatio is CPUPer1kEvents over direct's (the upstream's CPU there).
+	CPURatio float64 `json:"cpu_ratio"`
+}
+
+// StreamResult is the stream scenario's report.
+type StreamResult struct {
+	Settings Settings `json:"settings"`
+	// Events and Interval are each stream's shape: that many SSE events,
+	// Interval apart.
+	Events   int    `json:"events"`
+	Interval string `json:"interval"`
+	// Targets are the measurements, one per target; with more than one
+	// round, each is the median over the rounds (medianStreamTarget).
+	Targets []StreamTarget `json:"targets"`
+	// Rounds holds every round's measurements when there was more than
+	// one round.
+	Rounds [][]StreamTarget `json:"rounds,omitempty"`
+	// Skipped lists targets that did not run, with why.
+	Skipped map[string]string `json:"skipped,omitempty"`
+}
+
+// bareNotStreaming is why the stream scenario has no bare proxy.
+const bareNotStreaming = "the bare fasthttp proxy reads each answer whole before it sends it on (HostClient.Do), so it is no streaming baseline"
+
+// Stream measures how long an SSE stream's events take to reach the
+// agent, directly from the upstream, through ballast and through nginx
+// when it is on PATH (with proxy_buffering off, as in front of any SSE
+// endpoint): an open loop of opts.Rate model-style POSTs a second, each
+// answered with opts.StreamEvents events opts.StreamInterval apart, every
+// event stamped by the upstream with the moment it was written. It
+// reports the time to each stream's first event, each event's delay from
+// upstream to agent, and each target's CPU per 1,000 events.
+//
+// ballast runs the overhead scenario's chain, its validate policy taking
+// text/event-stream answers too. With opts.Rounds above 1 every target is
+// measured once per round, taking turns, and the report gives medians.
+func Stream(ctx context.Context, opts Options) (*StreamResult, error) {
+	if err := opts.only("stream"); err != nil {
+		return nil, err
+	}
+	opts, err := opts.withDefaults(StreamDefaultRate)
+	if err != nil {
+		return nil, err
+	}
+	if opts.StreamEvents <= 0 {
+		opts.StreamEvents = StreamDefaultEvents
+	}
+	if opts.StreamInterval <= 0 {
+		opts.StreamInterval = StreamDefaultInterval
+	}
+	known := []string{TargetDirect, TargetBallast, TargetNginx}
+	for _, t := range opts.Targets {
+		if t == TargetBare {
+			return nil, fmt.Errorf("%w: stream target bare: %s", ErrLoad, bareNotStreaming)
+		}
+		if !slices.Contains(known, t) {
+			return nil, fmt.Errorf("%w: unknown stream target %q (known: direct, ballast, nginx)", ErrLoad, t)
+		}
+	}
+	want := func(name string) bool { return len(opts.Targets) == 0 || slices.Contains(opts.Targets, name) }
+	dir, err := os.MkdirTemp("", "ballast-bench")
+	if err != nil {
+		return nil, fmt.Errorf("bench: %w", err)
+	}
+	defer os.RemoveAll(dir)
+
+	res := &StreamResult{Settings: opts.settings(), Events: opts.StreamEvents, Interval: opts.StreamInterval.String(),
+		Skipped: map[string]string{}}
+	res.Settings.Saturation = ""
+	res.Settings.Rounds = opts.Rounds
+	fmt.Fprintf(opts.Progress, "stream: starting upstream (%d events, %v apart)\n", opts.StreamEvents, opts.StreamInterval)
+	up, err := startUpstream(ctx, opts.Exe, UpstreamConfig{Size: opts.Size, Seed: opts.Seed,
+		StreamEvents: opts.StreamEvents, StreamInterval: opts.StreamInterval, StreamStamp: true})
+	if err != nil {
+		return nil, err
+	}
+	defer up.Stop()
+
+	type target struct {
+		name string
+		proc *Process
+	}
+	var targets []target
+	if want(TargetDirect) {
+		targets = append(targets, target{TargetDirect, up})
+	}
+	if want(TargetBallast) {
+		p, _, err := startBallastWith(ctx, opts.Exe, dir, BallastConfig{Upstream: up.Addr, Stream: true}, opts.Procs)
+		if err != nil {
+			return nil, err
+		}
+		defer p.Stop()
+		targets = append(targets, target{TargetBallast, p})
+	}
+	if want(TargetNginx) {
+		if exe := NginxPath(); exe == "" {
+			res.Skipped[TargetNginx] = "nginx is not on PATH"
+		} else {
+			p, err := startNginx(ctx, exe, dir, up.Addr, opts.Procs, true)
+			if err != nil {
+				return nil, err
+			}
+			defer p.Stop()
+			targets = append(targets, target{TargetNginx, p})
+		}
+	}
+	if len(targets) == 0 {
+		return nil, fmt.Errorf("%w: no stream target selected (known: direct, ballast, nginx)", ErrLoad)
+	}
+
+	for round := range opts.Rounds {
+		measured := make([]StreamTarget, len(targets))
+		for i := range targets {
+			k := (round + i) % len(targets)
+			t := targets[k]
+			fmt.Fprintf(opts.Progress, "%s%s open loop at %s streams/s for %v\n", roundPrefix("stream", round, opts.Rounds), t.name, fmtCount(opts.Rate), opts.Duration)
+			st, err := measureStream(ctx, opts, t.name, t.proc, up)
+			if err != nil {
+				return nil, err
+			}
+			measured[k] = st
+		}
+		res.Rounds = append(res.Rounds, measured)
+	}
+	res.summarise()
+	return res, nil
+}
+
+// measureStream runs the open loop of streams against one target, reading
+// CPU around the measured window.
+func measureStream(ctx context.Context, opts Options, name string, proc, up *Process) (StreamTarget, error) {
+	st := StreamTarget{Name: name}
+	var before, upBefore ProcUsage
+	var usageErr error
+	load, err := RunStreamLoad(ctx, StreamLoadConfig{
+		Addr: proc.Addr, Path: OverheadPath, Body: streamBody, Rate: opts.Rate, Connections: opts.Connections,
+		Warmup: opts.Warmup, Duration: opts.Duration, Timeout: opts.Timeout, WantEvents: opts.StreamEvents,
+		OnMeasure: func() {
+			var e1, e2 error
+			before, e1 = proc.Usage()
+			upBefore, e2 = up.Usage()
+			usageErr = errors.Join(e1, e2)
+		},
+	})
+	if err != nil {
+		return st, err
+	}
+	for _, p := range []*Process{proc, up} {
+		if err := p.alive(); err != nil {
+			return st, err
+		}
+	}
+	after, e1 := proc.Usage()
+	upAfter, e2 := up.Usage()
+	if err := errors.Join(usageErr, e1, e2); err != nil {
+		return st, fmt.Errorf("bench: %s: %w", name, err)
+	}
+	st.Load = load
+	st.CPUPer1kEvents = per1k(after.CPU-before.CPU, load.Events)
+	st.UpstreamCPUPer1kEvents = per1k(upAfter.CPU-upBefore.CPU, load.Events)
+	st.PeakRSS = after.PeakRSS
+	return st, ctx.Err()
+}
+
+// summarise fills the comparisons from r.Rounds: with one round, Targets
+// is that round; with more, Targets are the medians.
+func (r *StreamResult) summarise() {
+	for _, round := range r.Rounds {
+		compareStreams(round)
+	}
+	switch len(r.Rounds) {
+	case 0:
+		return
+	case 1:
+		r.Targets, r.Rounds = r.Rounds[0], nil
+		return
+	}
+	r.Targets = nil
+	for i := range r.Rounds[0] {
+		runs := make([]StreamTarget, len(r.Rounds))
+		for k, round := range r.Rounds {
+			runs[k] = round[i]
+		}
+		r.Targets = append(r.Targets, medianStreamTarget(runs))
+	}
+	compareStreams(r.Targets)
+}
+
+// compareStreams fills the against-direct fields of targets, measured
+// together.
+func compareStreams(targets []StreamTarget) {
+	var direct *StreamTarget
+	for i := range targets {
+		if targets[i].Name == TargetDirect {
+			direct = &targets[i]
+		}
+	}
+	if direct == nil {
+		return
+	}
+	for i := range targets {
+		t := &targets[i]
+		if t == direct {
+			continue
+		}
+		t.AddedFirstEvent = subtract(t.Load.FirstEvent, direct.Load.FirstEvent)
+		t.AddedEventDelay = subtract(t.Load.EventDelay, direct.Load.EventDelay)
+		t.CPURatio = ratio(t.CPUPer1kEvents, direct.CPUPer1kEvents)
+	}
+}
+
+// subtract is a's percentiles minus b's.
+func subtract(a, b Percentiles) Percentiles {
+	return Percentiles{P50: a.P50 - b.P50, P90: a.P90 - b.P90, P99: a.P99 - b.P99,
+		P999: a.P999 - b.P999, Max: a.Max - b.Max, Mean: a.Mean - b.Mean}
+}
+
+// medianStreamTarget is one target's median over rounds: each figure's
+// median on its own, counts summed.
+func medianStreamTarget(runs []StreamTarget) StreamTarget {
+	m := StreamTarget{Name: runs[0].Name}
+	m.CPUPer1kEvents = medianOf(runs, func(t StreamTarget) float64 { return t.CPUPer1kEvents })
+	m.UpstreamCPUPer1kEvents = medianOf(runs, func(t StreamTarget) float64 { return t.UpstreamCPUPer1kEvents })
+	m.PeakRSS = int64(medianOf(runs, func(t StreamTarget) float64 { return float64(t.PeakRSS) }))
+	loads := make([]StreamLoadResult, len(runs))
+	m.Load.Errors = map[string]int64{}
+	for i, t := range runs {
+		loads[i] = t.Load
+		m.Load.Streams += t.Load.Streams
+		m.Load.Complete += t.Load.Complete
+		m.Load.Events += t.Load.Events
+		for k, v := range t.Load.Errors {
+			m.Load.Errors[k] += v
+		}
+	}
+	pick := func(f func(StreamLoadResult) Percentiles) Percentiles {
+		ps := make([]Percentiles, len(loads))
+		for i, l := range loads {
+			ps[i] = f(l)
+		}
+		return medianPercentiles(ps)
+	}
+	m.Load.FirstEvent = pick(func(l StreamLoadResult) Percentiles { return l.FirstEvent })
+	m.Load.EventDelay = pick(func(l StreamLoadResult) Percentiles { return l.EventDelay })
+	m.Load.Stream = pick(func(l StreamLoadResult) Percentiles { return l.Stream })
+	m.Load.ScheduleLag = pick(func(l StreamLoadResult) Percentiles { return l.ScheduleLag })
+	return m
+}
