@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"net"
 	"strconv"
 	"sync"
@@ -228,21 +229,19 @@ func (u *Upstream) rateLimited(ctx *fasthttp.RequestCtx) {
 }
 
 // stream answers an SSE stream of event. cut stops half-way by closing
-// the connection without the final chunk; broken sends one unparseable
-// event.
+// the connection without the final chunk (cutStream); broken sends one
+// unparseable event.
 func (u *Upstream) stream(ctx *fasthttp.RequestCtx, event []byte, cut, broken bool) {
+	if cut {
+		u.cutStream(ctx, event)
+		return
+	}
 	ctx.SetContentType("text/event-stream")
 	ctx.Response.Header.Set("Cache-Control", "no-cache")
-	conn := ctx.Conn()
-	events, interval, done, stamp := u.cfg.StreamEvents, u.cfg.StreamInterval, u.done, u.cfg.StreamStamp
+	events, stamp := u.cfg.StreamEvents, u.cfg.StreamStamp
 	ctx.SetBodyStreamWriter(func(w *bufio.Writer) {
 		var stamped []byte
 		for i := range events {
-			if cut && i == events/2 {
-				_ = w.Flush()
-				_ = conn.Close()
-				return
-			}
 			switch {
 			case broken && i == events/2:
 				_, _ = w.WriteString("data: {\"id\":\"chatcmpl-bench\",\"choices\":[{\"delta\n\n")
@@ -252,24 +251,70 @@ func (u *Upstream) stream(ctx *fasthttp.RequestCtx, event []byte, cut, broken bo
 			default:
 				_, _ = w.Write(event)
 			}
-			if interval > 0 || stamp {
-				if err := w.Flush(); err != nil {
-					return
-				}
-				if interval <= 0 {
-					continue
-				}
-				t := time.NewTimer(interval)
-				select {
-				case <-t.C:
-				case <-done:
-					t.Stop()
-					return
-				}
+			if !u.pause(w, stamp) {
+				return
 			}
 		}
 		_, _ = w.WriteString("data: [DONE]\n\n")
 	})
+}
+
+// cutStream writes the head and the first half of a stream of event
+// straight to the connection, then closes it without the last chunk.
+// fasthttp's body stream writer cannot: what it is given goes through a
+// pipe that the server copies to the connection later, so a close from it
+// could come first, and the agent saw a connection closed before any
+// answer instead of a stream cut short.
+func (u *Upstream) cutStream(ctx *fasthttp.RequestCtx, event []byte) {
+	events, stamp := u.cfg.StreamEvents, u.cfg.StreamStamp
+	echo := ctx.Response.Header.Peek(echoHeader)
+	head := "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\nTransfer-Encoding: chunked\r\n"
+	if len(echo) > 0 {
+		head += echoHeader + ": " + string(echo) + "\r\n"
+	}
+	ctx.HijackSetNoResponse(true)
+	ctx.Hijack(func(c net.Conn) {
+		w := bufio.NewWriter(c)
+		_, _ = w.WriteString(head + "\r\n")
+		var stamped []byte
+		for range events / 2 {
+			b := event
+			if stamp {
+				stamped = stampEvent(stamped[:0], event, time.Now())
+				b = stamped
+			}
+			_, _ = fmt.Fprintf(w, "%x\r\n%s\r\n", len(b), b)
+			if !u.pause(w, true) {
+				return
+			}
+		}
+		_ = w.Flush()
+		// Returning closes c, without the last chunk.
+	})
+}
+
+// pause ends one event: it flushes w when events go out one at a time
+// (flush, or a StreamInterval set) and waits StreamInterval. It reports
+// false when the stream must stop: the client is gone, or Shutdown.
+func (u *Upstream) pause(w *bufio.Writer, flush bool) bool {
+	interval := u.cfg.StreamInterval
+	if interval <= 0 && !flush {
+		return true
+	}
+	if err := w.Flush(); err != nil {
+		return false
+	}
+	if interval <= 0 {
+		return true
+	}
+	t := time.NewTimer(interval)
+	select {
+	case <-t.C:
+		return true
+	case <-u.done:
+		t.Stop()
+		return false
+	}
 }
 
 var benchPrefix = []byte("/_bench/")

@@ -1,9 +1,14 @@
 package bench
 
 import (
+	"bufio"
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"net"
+	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -210,5 +215,45 @@ func TestCountersWithoutFaults(t *testing.T) {
 	}
 	if k := got.Keys["k"]; k.Arrivals != 3 || k.Effects != 3 || got.Duplicates("") != 2 || got.Faults["none"] != 3 {
 		t.Errorf("counters %+v", got)
+	}
+}
+
+// A cut stream is half a stream: its head and the first half of its
+// events reach the client, and then the connection closes without the
+// last chunk. (It once closed the connection before fasthttp had written
+// anything: an agent saw a reset, never a truncated stream.)
+func TestUpstreamCutStreamDeliversHalf(t *testing.T) {
+	for _, c := range []struct {
+		stamp    bool
+		interval time.Duration
+	}{{false, 0}, {true, 0}, {false, time.Millisecond}, {true, time.Millisecond}} {
+		stamp := c.stamp
+		_, addr := serve(t, UpstreamConfig{Profile: Profile{Name: "cut", CutStream: 100}, StreamEvents: 6,
+			StreamInterval: c.interval, StreamStamp: stamp})
+		for range 20 { // the close raced the write; one try in a few showed it
+			c, err := net.Dial("tcp", addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+			if _, err := c.Write(streamRequest(addr, "/v1/stream", nil)); err != nil {
+				t.Fatal(err)
+			}
+			resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+			if err != nil {
+				t.Fatalf("stamp %v: no answer before the cut: %v", stamp, err)
+			}
+			body, err := io.ReadAll(resp.Body)
+			c.Close()
+			if resp.StatusCode != 200 || resp.Header.Get("Content-Type") != "text/event-stream" || !errors.Is(err, io.ErrUnexpectedEOF) {
+				t.Fatalf("stamp %v: %d %q, body ended with %v", stamp, resp.StatusCode, resp.Header.Get("Content-Type"), err)
+			}
+			if n := bytes.Count(body, []byte("data: {")); n != 3 || bytes.Contains(body, []byte("[DONE]")) {
+				t.Fatalf("stamp %v: %d events before the cut, want 3:\n%s", stamp, n, body)
+			}
+			if stamp != bytes.Contains(body, []byte(`"sent_ns":`)) {
+				t.Fatalf("stamp %v: %s", stamp, body)
+			}
+		}
 	}
 }
