@@ -110,8 +110,9 @@ type site struct {
 // Everything else is kept as /config shows it (config.Config.Redacted):
 // ${NAME} references as written, which the child resolves from env as
 // `ballast run` would, and literal credentials as "[redacted]", so the
-// file the harness writes holds no secret. The result is checked by
-// checkLoopback.
+// file the harness writes holds no secret. Every other string is written
+// so that the child loads it as run loaded it, a $$ of the original
+// included (keepLoaded). The result is checked by checkLoopback.
 func (u *userConfig) rewrite(s site, env []string) ([]byte, *config.Config, error) {
 	if err := u.checkRedis(s.Redis != ""); err != nil {
 		return nil, nil, err
@@ -126,6 +127,7 @@ func (u *userConfig) rewrite(s site, env []string) ([]byte, *config.Config, erro
 	if err := dec.Decode(&doc); err != nil {
 		return nil, nil, fmt.Errorf("%w: %s: %w", ErrConfig, u.file, err)
 	}
+	keepLoaded(doc)
 
 	doc["listen"] = s.Listen
 	admin := object(doc, "admin")
@@ -205,6 +207,44 @@ func object(m map[string]any, key string) map[string]any {
 // literal is s written so that the config's ${NAME} expansion leaves it
 // as it is ($ doubled).
 func literal(s string) string { return strings.ReplaceAll(s, "$", "$$") }
+
+// keepLoaded rewrites, in place, every string of v (the /config view,
+// decoded) that the child's load would read otherwise than `ballast run`
+// read the original. /config shows a string written with a ${NAME}
+// reference as written, $$ escapes included, which the child expands as
+// run did; every other string it shows as loaded, each $$ already read as
+// $, so it is written as a literal. A loaded string holds "${" only when
+// the original did (as "${" or "$${"), so "${" tells the two apart.
+// Object keys are never expanded, and are left alone.
+func keepLoaded(v any) {
+	switch x := v.(type) {
+	case map[string]any:
+		for k, e := range x {
+			if s, ok := e.(string); ok {
+				x[k] = loadedString(s)
+			} else {
+				keepLoaded(e)
+			}
+		}
+	case []any:
+		for i, e := range x {
+			if s, ok := e.(string); ok {
+				x[i] = loadedString(s)
+			} else {
+				keepLoaded(e)
+			}
+		}
+	}
+}
+
+// loadedString is s, a string of the /config view, as the child must read
+// it (see keepLoaded).
+func loadedString(s string) string {
+	if strings.Contains(s, "${") {
+		return s
+	}
+	return literal(s)
+}
 
 // onUpstream is an upstream URL moved to http://hostport, keeping its
 // base path. shown is the URL as /config shows it, ${NAME} references

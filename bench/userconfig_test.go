@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -490,4 +491,103 @@ routes:
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("upstreams %q, want %q", got, want)
 	}
+}
+
+// Regression: the rewrite wrote the loaded value of a string without a
+// ${NAME} reference, where `ballast run` had already turned each $$ into
+// $, and the child's load halved its dollars once more ("a$$$$b", the
+// text a$$b, reached the child as a$b). Every key the rewrite does not
+// move must load in the child as `ballast run -c` loads it from the
+// original file.
+func TestUserConfigRewriteKeepsDollarsAsRunReadsThem(t *testing.T) {
+	t.Setenv("BENCH_TEST_KEY", "key-secret")
+	file := filepath.Join(t.TempDir(), "dollars.yaml")
+	if err := os.WriteFile(file, []byte(`
+routes:
+  - name: dollars
+    match: {path_prefix: /v1/}
+    upstream: "https://api.example.com/a$$$$b$$c"
+    headers:
+      set:
+        X-Two: "a$$$$b"
+        X-Escape-Then-Lone: "a$$$b"
+        X-Lone: "cost $5"
+        X-End: "tail$$"
+        X-Brace: "x$${NOT_A_REF}"
+        X-Mixed: "${BENCH_TEST_KEY}$$$$"
+        Authorization: "Bearer ${BENCH_TEST_KEY}$$"
+    static_fallback: {status: 503, body: '{"price":"$$$$9","note":"$$$"}', headers: {X-Fallback-Price: "$$$$"}}
+`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	u, err := loadUserConfig(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := site{Listen: "127.0.0.1:1", Admin: "127.0.0.1:2", Upstream: "127.0.0.1:3", Dir: t.TempDir(), Token: "t"}
+	_, cfg, err := u.rewrite(s, childEnv(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := cfg.Routes[0].Upstream, "http://127.0.0.1:3/a$$b$c"; got != want {
+		t.Errorf("upstream %q, want %q", got, want)
+	}
+	run, child := loadedConfig(t, u.cfg), loadedConfig(t, cfg)
+	for _, m := range []map[string]any{run, child} {
+		delete(m, "listen")
+		delete(m, "shutdown_delay")
+		delete(m, "shutdown_timeout")
+		delete(m["admin"].(map[string]any), "listen")
+		delete(m["routes"].([]any)[0].(map[string]any), "upstream")
+	}
+	for _, d := range leafDiffs("", run, child) {
+		t.Errorf("the child loads other values than ballast run: %s", d)
+	}
+}
+
+// leafDiffs lists the paths where a and b, decoded JSON, differ, with
+// both values.
+func leafDiffs(path string, a, b any) []string {
+	am, aok := a.(map[string]any)
+	bm, bok := b.(map[string]any)
+	if aok && bok {
+		var out []string
+		for _, k := range sortedKeys(am) {
+			out = append(out, leafDiffs(path+"."+k, am[k], bm[k])...)
+		}
+		for _, k := range sortedKeys(bm) {
+			if _, ok := am[k]; !ok {
+				out = append(out, fmt.Sprintf("%s: missing in the first, %v in the second", path+"."+k, bm[k]))
+			}
+		}
+		return out
+	}
+	as, aok := a.([]any)
+	bs, bok := b.([]any)
+	if aok && bok && len(as) == len(bs) {
+		var out []string
+		for i := range as {
+			out = append(out, leafDiffs(fmt.Sprintf("%s[%d]", path, i), as[i], bs[i])...)
+		}
+		return out
+	}
+	if !reflect.DeepEqual(a, b) {
+		return []string{fmt.Sprintf("%s: %#v, then %#v", path, a, b)}
+	}
+	return nil
+}
+
+// loadedConfig is cfg's values as ballast runs with them (references
+// expanded, nothing redacted), as a map.
+func loadedConfig(t *testing.T, cfg *config.Config) map[string]any {
+	t.Helper()
+	b, err := json.Marshal(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var m map[string]any
+	if err := json.Unmarshal(b, &m); err != nil {
+		t.Fatal(err)
+	}
+	return m
 }
