@@ -99,8 +99,12 @@ type WorkloadResult struct {
 	// Errors counts failures by class: "3xx", "429" (rate limited: the
 	// upstream or the proxy asked the agent to wait), "4xx" (every other
 	// client error), "5xx", "invalid" (2xx the workload's Valid refused),
-	// "transport" (connection errors) and "timeout". Reports written
-	// before the "429" class existed count 429s under "4xx".
+	// "fallback" (ballast's static_fallback answered, whatever its
+	// status), "stale" (ballast served a stored answer because the
+	// upstream failed), "transport" (connection errors) and "timeout".
+	// Reports written before the "429" class existed count 429s under
+	// "4xx"; before "fallback" and "stale", those answers counted by their
+	// status, a 2xx as OK.
 	Errors  map[string]int64 `json:"errors"`
 	Latency Percentiles      `json:"latency"`
 }
@@ -465,6 +469,8 @@ func (w *worker) do(j job, since time.Time) {
 }
 
 // classify returns "" for agent-visible success, else the error class.
+// An answer ballast degraded (degradedClass) is a failure whatever its
+// status: the route did not serve it.
 func classify(err error, resp *fasthttp.Response, wl *Workload) string {
 	if err != nil {
 		var ne net.Error
@@ -472,6 +478,9 @@ func classify(err error, resp *fasthttp.Response, wl *Workload) string {
 			return "timeout"
 		}
 		return "transport"
+	}
+	if class := degradedClass(&resp.Header); class != "" {
+		return class
 	}
 	switch s := resp.StatusCode(); {
 	case s >= 200 && s < 300:
