@@ -1,9 +1,11 @@
 package bench
 
 import (
+	"bytes"
 	"context"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -147,6 +149,78 @@ func TestDegradedClass(t *testing.T) {
 			}
 			if got := degradedClass(&h); got != c.want {
 				t.Errorf("degradedClass(%q) = %q, want %q", c.fields, got, c.want)
+			}
+		})
+	}
+}
+
+// wrk sees statuses, never header fields: against ballast, the stale
+// answers of its saturation run are counted from ballast's /metrics over
+// the run, and taken from its successes.
+func TestWrkSaturationCountsStaleAnswers(t *testing.T) {
+	exe := buildBallast(t)
+	wl, err := overheadWorkload("", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := startDegrading(t, exe, "") // the built-in chain's stale cache
+	res, err := saturate(context.Background(), DriverWrk, LoadConfig{Addr: p.Addr, Workloads: []Workload{wl},
+		Connections: 4, Warmup: time.Millisecond, Duration: time.Second, Timeout: 2 * time.Second}, p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := res.All
+	if a.Requests == 0 || a.OK != 0 || a.Errors["stale"] == 0 || a.Errors["stale"]+a.Errors["transport"] != a.Requests {
+		t.Errorf("%d requests, %d ok, errors %v; want all stale", a.Requests, a.OK, a.Errors)
+	}
+	if len(res.Workloads) != 1 || res.Workloads[0].Name != wl.Name || res.Workloads[0].OK != a.OK || fmtErrors(res.Workloads[0].Errors) != fmtErrors(a.Errors) {
+		t.Errorf("workloads %+v, all %+v", res.Workloads, a)
+	}
+}
+
+// What wrk cannot count, the report says: a route's static_fallback
+// answering below 400 passes for the route in wrk's saturation run.
+func TestOverheadSaysWhatWrkCannotCount(t *testing.T) {
+	exe := buildBallast(t)
+	dir := t.TempDir()
+	const fallbackYAML = `
+routes:
+  - name: quiet
+    match: {path_prefix: /v1/}
+    upstream: https://api.example.com
+    static_fallback: {status: 200, body: '{"choices":[]}'}
+  - name: loud
+    match: {path_prefix: /}
+    upstream: https://api.example.com
+    static_fallback: {body: '{"error":"later"}'}
+`
+	file := filepath.Join(dir, "fallback.yaml")
+	if err := os.WriteFile(file, []byte(fallbackYAML), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cases := []struct {
+		name, path, driver string
+		want               bool
+	}{
+		{name: "a 200 fallback under wrk", path: "/v1/chat/completions", driver: DriverWrk, want: true},
+		{name: "a 503 fallback under wrk, counted as a status error", path: "/other", driver: DriverWrk},
+		{name: "a 200 fallback under the Go driver", path: "/v1/chat/completions", driver: DriverGo},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			o, err := Overhead(context.Background(), Options{Exe: exe, Config: file, Path: c.path, Duration: 100 * time.Millisecond, Warmup: -1,
+				Saturation: time.Second, Rate: 100, Connections: 2, Timeout: time.Second, Targets: []string{TargetBallast}, Driver: c.driver})
+			if err != nil {
+				t.Fatal(err)
+			}
+			var text bytes.Buffer
+			if err := (&Report{Overhead: o}).WriteText(&text); err != nil {
+				t.Fatal(err)
+			}
+			said := len(o.DriverNotes) == 1 && strings.Contains(o.DriverNotes[0], "X-Ballast-Fallback") &&
+				strings.Contains(text.String(), "note: "+o.DriverNotes[0])
+			if said != c.want || (!c.want && len(o.DriverNotes) > 0) {
+				t.Errorf("driver notes %q, want one: %v; report:\n%s", o.DriverNotes, c.want, text.String())
 			}
 		})
 	}

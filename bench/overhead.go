@@ -83,6 +83,9 @@ type OverheadResult struct {
 	// ConfigNotes name the policies of Route that answer the repeated
 	// request from a store after the first (see userConfig.repeatNotes).
 	ConfigNotes []string `json:"config_notes,omitempty"`
+	// DriverNotes say what the saturation driver could not count in
+	// Route's answers (see userConfig.wrkBlindSpots).
+	DriverNotes []string `json:"driver_notes,omitempty"`
 }
 
 // Overhead measures the same upstream directly, through a bare fasthttp
@@ -214,6 +217,9 @@ func Overhead(ctx context.Context, opts Options) (*OverheadResult, error) {
 				return nil, err
 			}
 			res.ConfigNotes = user.repeatNotes(res.Route)
+			if opts.Saturation > 0 && opts.Driver == DriverWrk {
+				res.DriverNotes = user.wrkBlindSpots(res.Route)
+			}
 		}
 		targets = append(targets, target{TargetBallast, p})
 	}
@@ -348,7 +354,7 @@ func measureTarget(ctx context.Context, opts Options, wl []Workload, name string
 		sat, err := saturate(ctx, opts.Driver, LoadConfig{
 			Addr: proc.Addr, Workloads: wl, Connections: opts.Connections,
 			Warmup: opts.Warmup, Duration: opts.Saturation, Timeout: opts.Timeout,
-		})
+		}, proc)
 		if err != nil {
 			return ot, err
 		}

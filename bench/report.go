@@ -75,6 +75,9 @@ func (r *Report) WriteText(w io.Writer) error {
 		for _, n := range o.ConfigNotes {
 			fmt.Fprintf(w, "note: %s: the figures are of those answers after the first request\n", n)
 		}
+		for _, n := range o.DriverNotes {
+			fmt.Fprintf(w, "note: %s\n", n)
+		}
 	}
 	if c := r.Chaos; c != nil {
 		fmt.Fprintf(w, "\n%s\n\n", c.summary())
@@ -146,6 +149,9 @@ func (r *Report) Markdown(plot string) []byte {
 		}
 		for _, n := range o.ConfigNotes {
 			fmt.Fprintf(&b, "\nNote: %s: the figures are of those answers after the first request.\n", n)
+		}
+		for _, n := range o.DriverNotes {
+			fmt.Fprintf(&b, "\nNote: %s.\n", n)
 		}
 		if plot != "" {
 			fmt.Fprintf(&b, "\n![open-loop latency percentiles, direct vs each proxy](%s)\n", plot)

@@ -114,6 +114,55 @@ var requestsTotal = regexp.MustCompile(`^ballast_requests_total\{(?:.*,)?route="
 // token, if any): after checkRoute's one request, the route a run of that
 // request measures. It is "" when no route counted a request.
 func servedRoute(p *Process, timeout time.Duration) (string, error) {
+	body, err := fetchMetrics(p, timeout)
+	if err != nil {
+		return "", err
+	}
+	for line := range strings.SplitSeq(body, "\n") {
+		m := requestsTotal.FindStringSubmatch(line)
+		if m == nil {
+			continue
+		}
+		if n, err := strconv.ParseFloat(m[2], 64); err == nil && n > 0 {
+			route, err := strconv.Unquote(`"` + m[1] + `"`)
+			if err != nil {
+				route = m[1]
+			}
+			return route, nil
+		}
+	}
+	return "", nil
+}
+
+// staleLookups matches a ballast_cache_requests_total sample of /metrics
+// whose result is stale, and captures its value.
+var staleLookups = regexp.MustCompile(`^ballast_cache_requests_total\{(?:.*,)?result="stale"(?:,.*)?\} ([0-9.e+]+)$`)
+
+// staleServed is how many stored answers ballast has served because the
+// upstream failed (stale-if-error), over every route, read from its admin
+// /metrics: ballast_cache_requests_total{result="stale"}, counted as each
+// is served.
+func staleServed(p *Process, timeout time.Duration) (int64, error) {
+	body, err := fetchMetrics(p, timeout)
+	if err != nil {
+		return 0, err
+	}
+	var n float64
+	for line := range strings.SplitSeq(body, "\n") {
+		if m := staleLookups.FindStringSubmatch(line); m != nil {
+			v, err := strconv.ParseFloat(m[1], 64)
+			if err != nil {
+				return 0, fmt.Errorf("%w: %s: /metrics: %q: %w", ErrProcess, p.Name, line, err)
+			}
+			n += v
+		}
+	}
+	return int64(n), nil
+}
+
+// fetchMetrics is the body of ballast's admin /metrics (with its admin
+// token, if any).
+func fetchMetrics(p *Process, timeout time.Duration) (string, error) {
 	c := newClient(p.Admin, 1, timeout)
 	defer c.CloseIdleConnections()
 	req, resp := fasthttp.AcquireRequest(), fasthttp.AcquireResponse()
@@ -129,18 +178,5 @@ func servedRoute(p *Process, timeout time.Duration) (string, error) {
 	if resp.StatusCode() != fasthttp.StatusOK {
 		return "", fmt.Errorf("%w: %s: /metrics answered %d: %.200s", ErrProcess, p.Name, resp.StatusCode(), resp.Body())
 	}
-	for line := range strings.SplitSeq(string(resp.Body()), "\n") {
-		m := requestsTotal.FindStringSubmatch(line)
-		if m == nil {
-			continue
-		}
-		if n, err := strconv.ParseFloat(m[2], 64); err == nil && n > 0 {
-			route, err := strconv.Unquote(`"` + m[1] + `"`)
-			if err != nil {
-				route = m[1]
-			}
-			return route, nil
-		}
-	}
-	return "", nil
+	return string(resp.Body()), nil
 }

@@ -50,10 +50,66 @@ func resolveDriver(driver string, lookPath func(string) (string, error)) (string
 	return DriverGo, nil
 }
 
-// saturate runs a closed-loop phase with driver, DriverGo or DriverWrk.
-func saturate(ctx context.Context, driver string, cfg LoadConfig) (LoadResult, error) {
-	if driver == DriverWrk {
+// saturate runs a closed-loop phase with driver, DriverGo or DriverWrk,
+// against target.
+//
+// wrk sees statuses, never header fields, so it cannot tell ballast's
+// degraded answers (degradedClass) from the route's; a Lua response()
+// hook could, at a cost per answer that would come off the throughput it
+// measures. Against ballast (target.Admin set), the stale answers are
+// counted instead from ballast's /metrics, read just before wrk's measured
+// run and after it (staleServed), and taken from wrk's successes: at most
+// all of them, since the count may include answers to requests wrk did
+// not finish. The answers of a static_fallback, which ballast counts
+// nowhere, stay among the successes when their status is below 400
+// (userConfig.wrkBlindSpots says so in the report).
+func saturate(ctx context.Context, driver string, cfg LoadConfig, target *Process) (LoadResult, error) {
+	if driver != DriverWrk {
+		return RunLoad(ctx, cfg)
+	}
+	if target == nil || target.Admin == "" {
 		return runWrk(ctx, cfg)
 	}
-	return RunLoad(ctx, cfg)
+	var before int64
+	var beforeErr error
+	onMeasure := cfg.OnMeasure
+	cfg.OnMeasure = func() {
+		before, beforeErr = staleServed(target, cfg.Timeout)
+		if onMeasure != nil {
+			onMeasure()
+		}
+	}
+	res, err := runWrk(ctx, cfg)
+	if err != nil {
+		return res, err
+	}
+	if beforeErr != nil {
+		return res, beforeErr
+	}
+	after, err := staleServed(target, cfg.Timeout)
+	if err != nil {
+		return res, err
+	}
+	res.takeStale(after - before)
+	return res, nil
+}
+
+// takeStale moves n of a wrk run's successes (at most all of them) to the
+// class classStale.
+func (r *LoadResult) takeStale(n int64) {
+	n = min(n, r.All.OK)
+	if n <= 0 {
+		return
+	}
+	errs := map[string]int64{classStale: n}
+	for class, v := range r.All.Errors {
+		errs[class] += v
+	}
+	r.All.OK -= n
+	r.All.Errors = errs
+	for i := range r.Workloads { // wrk's one workload is All, named
+		name := r.Workloads[i].Name
+		r.Workloads[i] = r.All
+		r.Workloads[i].Name = name
+	}
 }

@@ -340,3 +340,23 @@ func (u *userConfig) repeatNotes(route string) []string {
 	}
 	return notes
 }
+
+// wrkBlindSpots say what wrk, the saturation driver, cannot count in the
+// answers of the route named route: its static_fallback's, when their
+// status is below 400, which wrk takes for successes (it sees statuses,
+// never X-Ballast-Fallback; see saturate). A fallback at 400 or above
+// (503 by default) wrk counts among its status errors.
+func (u *userConfig) wrkBlindSpots(route string) []string {
+	var notes []string
+	for _, r := range u.cfg.Routes {
+		if r.Name != route || r.StaticFallback == nil {
+			continue
+		}
+		if status := r.StaticFallback.Status; status != 0 && status < 400 {
+			notes = append(notes, fmt.Sprintf("route %s: wrk, which drove the saturation run, cannot see X-Ballast-Fallback, and counts "+
+				"the answers of the route's static_fallback (status %d) as served should its upstream fail; "+
+				"the open loop, and --driver go, count them as errors (fallback)", r.Name, status))
+		}
+	}
+	return notes
+}
