@@ -61,7 +61,9 @@ func requestLine(wl Workload) string { return wl.Method + " " + wl.Path }
 // the request), of any other error answer, or of a route's static_fallback
 // (a 2xx marked X-Ballast-Fallback, after the upstream failed) would time
 // ballast's refusals and failures, not what the config costs on a request
-// it serves. config names the config in the message.
+// it serves. config names the config in the message. It checks this one
+// answer; the load drivers class every later one (degradedClass), should
+// the upstream fail under load.
 func checkRoute(ctx context.Context, addr string, wl Workload, timeout time.Duration, config string) error {
 	c := newClient(addr, 1, timeout)
 	defer c.CloseIdleConnections()
