@@ -178,6 +178,22 @@ func TestRunStreamLoadClassifiesFailures(t *testing.T) {
 			}
 		}
 	})
+	t.Run("degraded by ballast", func(t *testing.T) {
+		event := string(stampEvent(nil, []byte(`data: {"id":"x"}`+"\n\n"), time.Now()))
+		for header, class := range map[[2]string]string{
+			{"X-Ballast-Fallback", "static"}: "fallback",
+			{"Cache-Status", "upstream; fwd=uri-miss, ballast; hit; detail=stale-if-error"}: "stale",
+		} {
+			addr := serveFunc(t, func(ctx *fasthttp.RequestCtx) {
+				ctx.SetContentType("text/event-stream")
+				ctx.Response.Header.Set(header[0], header[1])
+				ctx.SetBodyString(event + event + event + "data: [DONE]\n\n")
+			})
+			if res := streamLoad(t, addr, 3); res.Complete != 0 || res.Errors[class] != res.Streams || res.Streams == 0 {
+				t.Errorf("%s: %+v", header, res)
+			}
+		}
+	})
 	t.Run("timeout", func(t *testing.T) {
 		_, addr := serve(t, UpstreamConfig{StreamEvents: 3, StreamInterval: time.Hour, StreamStamp: true})
 		res, err := RunStreamLoad(context.Background(), StreamLoadConfig{

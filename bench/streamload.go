@@ -61,8 +61,9 @@ type StreamLoadResult struct {
 	Complete int64 `json:"complete"`
 	// Events counts the stamped events the measured streams delivered.
 	Events int64 `json:"events"`
-	// Errors counts failed streams by class: "429", "4xx", "5xx" and
-	// "3xx" (the answer's status; nothing streamed), "content_type" (a
+	// Errors counts failed streams by class: "fallback" and "stale"
+	// (ballast's degraded answers, as for the load driver), "429", "4xx",
+	// "5xx" and "3xx" (the answer's status; nothing streamed), "content_type" (a
 	// 2xx that was not text/event-stream), "unstamped" (an event without
 	// the upstream's stamp: the stream was not the upstream's), "cut" (the
 	// body ended before `data: [DONE]`), "events" (the wrong number of
@@ -249,6 +250,9 @@ func (w *streamWorker) stream(intended, deadline time.Time) (out streamOutcome) 
 		return streamOutcome{class: errorClass(err)}
 	}
 	defer resp.Body.Close()
+	if class := degradedStreamClass(resp.Header); class != "" {
+		return streamOutcome{class: class}
+	}
 	if resp.StatusCode < 200 || resp.StatusCode > 299 {
 		// The status is what failed; the deferred close drops the
 		// connection, whatever state the answer's body left it in.
@@ -301,6 +305,21 @@ func (w *streamWorker) stream(intended, deadline time.Time) (out streamOutcome) 
 		w.close()
 	}
 	return streamOutcome{firstEvent: first}
+}
+
+// degradedStreamClass is degradedClass for net/http's header: "fallback"
+// for a static fallback, "stale" for ballast's stored answer served
+// because the upstream failed, else "".
+func degradedStreamClass(h http.Header) string {
+	if h.Get(string(headerFallback)) != "" {
+		return classFallback
+	}
+	for _, line := range h.Values(string(headerCacheStatus)) {
+		if staleMember([]byte(line)) {
+			return classStale
+		}
+	}
+	return ""
 }
 
 // readStamp reads the upstream's `"sent_ns":N` from an event's data
