@@ -81,7 +81,7 @@ func (r *StreamResult) section() section {
 	if len(r.Rounds) > 1 {
 		rt := &table{header: []string{"target"}}
 		for k := range r.Rounds {
-			rt.header = append(rt.header, fmt.Sprintf("added event delay p50 / p99, round %d", k+1))
+			rt.header = append(rt.header, fmt.Sprintf("added p99, first event / event delay, round %d", k+1))
 		}
 		for i, t := range r.Targets {
 			if t.Name == TargetDirect {
@@ -89,8 +89,7 @@ func (r *StreamResult) section() section {
 			}
 			row := []string{t.Name}
 			for _, round := range r.Rounds {
-				a := round[i].AddedEventDelay
-				row = append(row, fmtAdded(a.P50)+" / "+fmtAdded(a.P99))
+				row = append(row, fmtAdded(round[i].AddedFirstEvent.P99)+" / "+fmtAdded(round[i].AddedEventDelay.P99))
 			}
 			rt.add(row...)
 		}
