@@ -10,6 +10,9 @@
 #   redis-server  store, ratelimit and internal/redis* tests start their own
 #                 redis-server (internal/redistest)
 #   wrk        bench's overhead saturation phase runs wrk -t1 (bench/wrk.go)
+#   nginx      bench's overhead and stream scenarios measure nginx beside
+#              ballast when it is on PATH (bench/nginx.go); the smoke tests
+#              then run it, so its configs are checked, not skipped
 #   prlimit    cmd/ballast's resource tests run ballast under a low
 #              RLIMIT_NOFILE (resources12_audit_test.go)
 set -euo pipefail
@@ -24,6 +27,7 @@ required=(
 	"chromium:chromium"
 	"redis-server:redis-server"
 	"wrk:wrk"
+	"nginx:nginx-light"
 	"prlimit:util-linux"
 )
 
@@ -47,5 +51,15 @@ if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1; then
 fi
 echo "test-deps: installing ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
+# Packages with a service (nginx, redis-server) must not start it: the tests
+# start their own on free loopback ports, and a daemon left on port 80
+# (or one that fails to start) is nobody's. policy-rc.d is Debian's switch
+# for that, set only for this install when nothing set it before.
+policy=/usr/sbin/policy-rc.d
+if [ ! -e "$policy" ]; then
+	printf '#!/bin/sh\nexit 101\n' >"$policy"
+	chmod +x "$policy"
+	trap 'rm -f "$policy"' EXIT
+fi
 apt-get update -qq
 apt-get install -y -qq "${missing[@]}"
