@@ -61,7 +61,8 @@ type NotifyStats struct {
 	Suppressed uint64 `json:"suppressed"`
 	// RateLimited exceeded max_per_minute.
 	RateLimited uint64 `json:"rate_limited"`
-	// Dropped found the queue full, or were still queued at shutdown.
+	// Dropped found the queue full, were raised after Close, or were
+	// still queued when Close gave up (see Close).
 	Dropped uint64 `json:"dropped"`
 }
 
@@ -96,6 +97,10 @@ type Notifier struct {
 	sentAt int         // next slot of sent
 
 	nSent, nFailed, nSuppressed, nRateLimited, nDropped atomic.Uint64
+
+	// closed (under mu) is set by Close: events from then on are dropped,
+	// so what Close delivers is a queue that only shrinks.
+	closed bool
 
 	startOnce sync.Once
 	stopOnce  sync.Once
@@ -160,6 +165,10 @@ func (n *Notifier) Notify(e Event) bool {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if n.sender == nil {
+		return false
+	}
+	if n.closed {
+		n.nDropped.Add(1)
 		return false
 	}
 	k := eventKey{e.Kind, e.Route, e.Upstream}
@@ -234,42 +243,87 @@ func (n *Notifier) Start() {
 	})
 }
 
-// Close stops the sender: a delivery in progress is cancelled and queued
-// events are dropped (and counted). It waits for the goroutine to end, or
-// for ctx. Close is idempotent and safe before Start.
+// Close stops the sender once it has delivered the events already queued
+// (a delivery in progress included), so that what was raised just before
+// — by the last requests of a drain, or by a state store's final flush —
+// is still sent. It gives up, and counts what is left as dropped, when ctx
+// ends (the delivery in progress is then cancelled, and Close returns
+// ctx's error) or as soon as one of those deliveries fails: a webhook that
+// fails one would most likely fail the rest too, each after its Timeout.
+// So a webhook that is down or does not answer holds Close up for one
+// Timeout at most, and never past ctx. Events raised from Close on are
+// dropped and counted. Close waits for the sender goroutine to end; it is
+// idempotent and safe before Start (the queued events are then dropped).
 func (n *Notifier) Close(ctx context.Context) error {
-	n.stopOnce.Do(func() {
-		close(n.stop)
-		n.cancel()
-	})
+	n.mu.Lock()
+	n.closed = true
+	n.mu.Unlock()
+	n.stopOnce.Do(func() { close(n.stop) })
 	n.startOnce.Do(func() {}) // a Start after Close must not launch
 	if !n.started.Load() {
 		n.drain()
+		n.cancel()
 		return nil
 	}
 	select {
 	case <-n.done:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
+	default:
+		select {
+		case <-n.done:
+		case <-ctx.Done():
+			// Out of time: the delivery in progress is cancelled (a
+			// Sender honours its context), the rest dropped.
+			n.cancel()
+			<-n.done
+			return ctx.Err()
+		}
 	}
+	n.cancel()
+	return nil
 }
 
 func (n *Notifier) run() {
 	defer close(n.done)
-	defer n.drain()
+	for !n.stopping() {
+		select {
+		case e := <-n.queue:
+			if !n.deliver(&e) && n.stopping() {
+				n.drain() // it failed as Close began: see flush
+				return
+			}
+		case <-n.stop:
+		}
+	}
+	n.flush()
+}
+
+// stopping reports whether Close has been called.
+func (n *Notifier) stopping() bool {
+	select {
+	case <-n.stop:
+		return true
+	default:
+		return false
+	}
+}
+
+// flush delivers what is queued at Close, until the queue is empty, a
+// delivery fails, or Close gives up (n.ctx ends); the rest is dropped.
+func (n *Notifier) flush() {
 	for {
 		select {
-		case <-n.stop:
-			return
 		case e := <-n.queue:
-			select {
-			case <-n.stop: // closing: do not start another delivery
+			if n.ctx.Err() != nil {
 				n.nDropped.Add(1)
+				n.drain()
 				return
-			default:
 			}
-			n.deliver(&e)
+			if !n.deliver(&e) {
+				n.drain()
+				return
+			}
+		default:
+			return
 		}
 	}
 }
@@ -286,13 +340,14 @@ func (n *Notifier) drain() {
 	}
 }
 
-func (n *Notifier) deliver(e *Event) {
+// deliver sends e and reports whether it was delivered.
+func (n *Notifier) deliver(e *Event) bool {
 	n.mu.Lock()
 	sender, timeout := n.sender, n.cfg.Timeout
 	n.mu.Unlock()
 	if sender == nil {
 		n.nDropped.Add(1)
-		return
+		return false
 	}
 	body, err := json.Marshal(e)
 	if err == nil {
@@ -303,8 +358,9 @@ func (n *Notifier) deliver(e *Event) {
 	if err != nil {
 		n.nFailed.Add(1)
 		n.log.Warn("alert delivery failed", "kind", string(e.Kind), "route", e.Route, "upstream", e.Upstream, "err", err)
-		return
+		return false
 	}
 	n.nSent.Add(1)
 	n.log.Debug("alert sent", "kind", string(e.Kind), "route", e.Route, "upstream", e.Upstream, "suppressed", e.Suppressed)
+	return true
 }

@@ -233,24 +233,108 @@ func TestNotifierCountsAndLogsFailures(t *testing.T) {
 	}
 }
 
-func TestNotifierCloseCancelsDeliveryAndStops(t *testing.T) {
+// gatedSender blocks each delivery until the test opens the gate or the
+// delivery's context ends, and hands the body to the test on entry.
+type gatedSender struct {
+	entered chan []byte
+	gate    chan struct{}
+}
+
+func (s *gatedSender) Send(ctx context.Context, body []byte) error {
+	s.entered <- body
+	select {
+	case <-s.gate:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// A state store's final flush raises its alert just before the notifier
+// closes, and the last requests of a drain theirs just before that. Close
+// cancelled the delivery in progress and dropped what was queued, so none
+// of them reached the operator. Close delivers them first.
+func TestNotifierCloseDeliversWhatIsQueued(t *testing.T) {
+	s := &gatedSender{entered: make(chan []byte, 4), gate: make(chan struct{})}
+	n, _, _ := newTestNotifier(t, s, NotifierConfig{MaxPerMinute: 100})
+	n.Start()
+	n.Notify(Event{Kind: KindJobFailed, Route: "a"})
+	<-s.entered // in progress
+	n.Notify(Event{Kind: KindStateFailing, Route: "b"})
+	closed := make(chan error, 1)
+	go func() { closed <- n.Close(context.Background()) }()
+	<-n.stop // Close has begun
+	close(s.gate)
+	if err := <-closed; err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	if st := n.Stats(); st.Sent != 2 || st.Failed != 0 || st.Dropped != 0 {
+		t.Errorf("stats %+v, want both events sent", st)
+	}
+	select {
+	case body := <-s.entered:
+		var second Event
+		if err := json.Unmarshal(body, &second); err != nil || second.Kind != KindStateFailing || second.Route != "b" {
+			t.Errorf("second delivery %+v, %v; want the queued state_failing event", second, err)
+		}
+	default:
+		t.Error("the queued state_failing event was never sent")
+	}
+}
+
+// Close is bounded by its context: when it ends, the delivery in progress
+// is cancelled, what is still queued is dropped and counted, and Close
+// returns the context's error once the sender goroutine has ended.
+func TestNotifierCloseGivesUpWhenItsContextEnds(t *testing.T) {
 	s := &blockingSender{entered: make(chan struct{}, 1)}
 	n, _, _ := newTestNotifier(t, s, NotifierConfig{Timeout: time.Hour, MaxPerMinute: 100})
 	n.Start()
 	n.Notify(Event{Kind: KindJobFailed, Route: "a"})
 	<-s.entered
 	n.Notify(Event{Kind: KindJobFailed, Route: "b"}) // stays queued
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	if err := n.Close(ctx); err != nil {
-		t.Fatalf("Close: %v; it must cancel the delivery in progress", err)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := n.Close(ctx); !errors.Is(err, context.Canceled) {
+		t.Fatalf("Close with its context ended = %v, want context.Canceled", err)
 	}
 	st := n.Stats()
 	if st.Failed != 1 || st.Dropped != 1 {
 		t.Errorf("stats %+v, want the cancelled delivery failed and the queued one dropped", st)
 	}
-	if err := n.Close(ctx); err != nil {
+	if err := n.Close(context.Background()); err != nil {
 		t.Errorf("second Close: %v", err)
+	}
+}
+
+// A webhook that is down fails every delivery, each after up to Timeout:
+// Close tries what is queued until the first failure and drops the rest,
+// so a shutdown waits for one failed delivery, not one per event.
+func TestNotifierCloseStopsAtTheFirstFailedDelivery(t *testing.T) {
+	s := &chanSender{bodies: make(chan []byte, 4), err: errors.New("connection refused")}
+	n, _, _ := newTestNotifier(t, s, NotifierConfig{MaxPerMinute: 100})
+	for _, route := range []string{"a", "b", "c"} {
+		n.Notify(Event{Kind: KindJobFailed, Route: route})
+	}
+	n.Start()
+	closeNow(t, n)
+	if st := n.Stats(); st.Failed != 1 || st.Dropped != 2 || st.Sent != 0 {
+		t.Errorf("stats %+v, want one failed delivery and the other two dropped", st)
+	}
+}
+
+// An event raised once Close has begun is never sent: it is counted as
+// dropped, and Notify says it was not queued (it used to queue it into a
+// queue nobody read any more, and report true).
+func TestNotifierDropsEventsAfterClose(t *testing.T) {
+	s := &chanSender{bodies: make(chan []byte, 4)}
+	n, _, _ := newTestNotifier(t, s, NotifierConfig{})
+	n.Start()
+	closeNow(t, n)
+	if n.Notify(Event{Kind: KindStateFailing}) {
+		t.Fatal("Notify after Close reported the event queued")
+	}
+	if st := n.Stats(); st.Dropped != 1 {
+		t.Errorf("stats %+v, want the late event dropped", st)
 	}
 }
 
