@@ -432,7 +432,11 @@ func (s *Server) ServeAdmin(ln net.Listener) error {
 // outcome is unknown); an async job fails, saying why, or, on a state
 // backend that outlives the process, stays pending to resume after a
 // restart. Shutdown waits up to a second more for that. The admin listener
-// stops last. Shutdown returns ctx's error when ctx ended before all that
+// stops next, then the state store closes (writing what it has queued),
+// and the alert notifier last: it delivers the alerts still queued,
+// those the drain's last requests and the store's final writes raised
+// included, until ctx ends or a delivery fails, and logs how many it
+// dropped. Shutdown returns ctx's error when ctx ended before all that
 // had finished.
 //
 // With shutdown_delay set, all that begins only once the delay has passed
@@ -542,9 +546,6 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.reloadMu.Lock()
 	s.reloadMu.Unlock() //nolint:staticcheck // a barrier: nothing to guard
 	s.ups.closeIdle()
-	if nerr := s.status.close(ctx); err == nil {
-		err = nerr
-	}
 	settled := make(chan struct{})
 	go func() { s.settling.Wait(); close(settled) }()
 	select { // keyed answers being recorded: each has a deadline of its own
@@ -559,9 +560,32 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	if cerr := s.state.Close(); err == nil {
 		err = cerr
 	}
+	// Every request has ended: its trail lines go out now, not after a
+	// wait on the webhook below that a kill at the deadline would cut.
 	s.trails.close()
+	// The notifier closes after everything that raises alerts: the state
+	// store's final flush (a write the disk refuses raises state_failing),
+	// the keyed answers recorded above, the drain's last requests and
+	// jobs. It delivers what they queued, within ctx.
+	if nerr := s.closeAlerts(ctx); err == nil {
+		err = nerr
+	}
 	if s.ownSink {
 		s.sink.Close(time.Second)
+	}
+	return err
+}
+
+// closeAlerts closes the alert notifier, which first delivers the alerts
+// still queued (see supervise.Notifier.Close), and logs how many it had to
+// drop: /status, which counts them, is no longer served, so the log is
+// the only place left that can say an alert was lost.
+func (s *Server) closeAlerts(ctx context.Context) error {
+	before := s.status.notifier.Stats().Dropped
+	err := s.status.close(ctx)
+	if n := s.status.notifier.Stats().Dropped - before; n > 0 {
+		s.log.Warn("alerts dropped at shutdown: not sent before the shutdown deadline, or given up after a failed delivery",
+			"dropped", n)
 	}
 	return err
 }

@@ -25,15 +25,7 @@ func (s *Server) openState(c config.State) (store.Store, string, error) {
 	}
 	switch backend {
 	case "file":
-		// Claims reach the file after their journal entry, completions
-		// and releases after the agent has its answer: one that fails
-		// then can only be counted, logged and alerted on.
-		onAsync := func(op, key string, err error) {
-			s.m.stateErrors.WithLabelValues(op).Inc()
-			s.log.Warn("state file: "+asyncFailure(op), "op", op, "error", err)
-			s.alert(supervise.KindStateFailing, "", "", "the state file refused to record a "+opNoun(op)+" (the disk may be full or failing)")
-		}
-		f, err := store.OpenFile(c.Path, store.FileOptions{Limits: lim, OnAsyncError: onAsync})
+		f, err := store.OpenFile(c.Path, store.FileOptions{Limits: lim, OnAsyncError: s.stateFileFailed})
 		if err != nil {
 			return nil, "", fmt.Errorf("proxy: state: %w", err)
 		}
@@ -54,6 +46,17 @@ func (s *Server) openState(c config.State) (store.Store, string, error) {
 		return newFailoverStore(rs, lim, sh, s.clock), backend, nil
 	}
 	return nil, "", fmt.Errorf("proxy: state.backend %q is not available in this build", backend)
+}
+
+// stateFileFailed is the file store's OnAsyncError. Claims reach the file
+// after their journal entry, completions and releases after the agent has
+// its answer: one that fails then can only be counted, logged and alerted
+// on. It runs until the store's Close has returned (its final flush), so
+// Shutdown closes the notifier only after the store.
+func (s *Server) stateFileFailed(op, key string, err error) {
+	s.m.stateErrors.WithLabelValues(op).Inc()
+	s.log.Warn("state file: "+asyncFailure(op), "op", op, "error", err)
+	s.alert(supervise.KindStateFailing, "", "", "the state file refused to record a "+opNoun(op)+" (the disk may be full or failing)")
 }
 
 // asyncFailure says what a failed background write of op means for the
