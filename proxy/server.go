@@ -557,8 +557,11 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		s.bgCancel()
 		<-s.bgDone
 	}
-	if cerr := s.state.Close(); err == nil {
-		err = cerr
+	if cerr := s.state.Close(); cerr != nil {
+		s.stateCloseFailed(cerr)
+		if err == nil {
+			err = cerr
+		}
 	}
 	// Every request has ended: its trail lines go out now, not after a
 	// wait on the webhook below that a kill at the deadline would cut.

@@ -202,6 +202,70 @@ routes:
 	}
 }
 
+// closeFails is a state store whose Close fails after closing the store it
+// wraps, as the file store's does when its claim journal cannot be
+// written at the end (a full disk).
+type closeFails struct{ store.Store }
+
+func (c closeFails) Close() error {
+	_ = c.Store.Close()
+	return errors.New("store: close state file /var/lib/ballast/state.db: write /var/lib/ballast/state.db.claims: no space left on device")
+}
+
+// A state store that fails to close may not have written what it held.
+// Shutdown returned that error only when nothing had failed before it, so
+// after a drain that ran out of time it was lost without a line; and no
+// alert was raised. The log now always has it, and a state_failing alert
+// goes out while there is time left (naming no path).
+func TestShutdownAlerts_StateCloseFailureIsLoggedAndAlerted(t *testing.T) {
+	tests := []struct {
+		name      string
+		timeLeft  bool // false: ctx has ended, as after a drain that ran out of time
+		wantAlert bool
+	}{
+		{name: "the drain finished in time", timeLeft: true, wantAlert: true},
+		{name: "the drain ran out of time", timeLeft: false, wantAlert: false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			url, events := webhookEvents(t)
+			logs := &lockedLog{}
+			s := newLoggedServer(t, fmt.Sprintf(`
+notify: {webhook: %q}
+routes:
+  - {name: orders, match: {path_prefix: /}, upstream: "http://127.0.0.1:1"}
+`, url), logs)
+			s.state = newTimedStore(closeFails{s.state.(*timedStore).Store}, "memory", s.m)
+			s.status.start()
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			if !tt.timeLeft {
+				cancel()
+			}
+			err := s.Shutdown(ctx)
+			if tt.timeLeft && (err == nil || !strings.Contains(err.Error(), "no space left")) {
+				t.Errorf("Shutdown = %v; want the store's close error", err)
+			}
+			if out := logs.String(); !strings.Contains(out, "closing it failed at shutdown") || !strings.Contains(out, "no space left on device") {
+				t.Errorf("the log lacks the store's close error:\n%s", out)
+			}
+			select {
+			case e := <-events:
+				if !tt.wantAlert {
+					t.Fatalf("alert %+v sent after the deadline", e)
+				}
+				if e.Kind != supervise.KindStateFailing || strings.Contains(e.Detail, "/var/lib") || strings.Contains(e.Text, "no space") {
+					t.Errorf("alert %+v; want state_failing, naming nothing of the error", e)
+				}
+			default:
+				if tt.wantAlert {
+					t.Errorf("no state_failing alert for the store's failed close (alerts: %+v)", s.status.notifier.Stats())
+				}
+			}
+		})
+	}
+}
+
 // Shutdown may wait on the webhook for the alerts still queued; a kill at
 // the deadline (Kubernetes' grace period) must not take the last
 // requests' trail lines with it, so they are written before that wait.

@@ -59,6 +59,17 @@ func (s *Server) stateFileFailed(op, key string, err error) {
 	s.alert(supervise.KindStateFailing, "", "", "the state file refused to record a "+opNoun(op)+" (the disk may be full or failing)")
 }
 
+// stateCloseFailed reports a state store that failed to close: what it
+// still held (the file store's last commits, its claim journal) may not
+// have been written. Shutdown returns only its first error, the drain's
+// timeout when it ran out, so the log line is written here, whatever
+// Shutdown returns; the alert is the one a refused background write
+// raises, and names nothing of the error (a path, an address).
+func (s *Server) stateCloseFailed(err error) {
+	s.log.Error("state store: closing it failed at shutdown; what it still held may not have been written", "error", err.Error())
+	s.alert(supervise.KindStateFailing, "", "", "the state store failed to close at shutdown: what it still held may not have been written (the disk may be full or failing)")
+}
+
 // asyncFailure says what a failed background write of op means for the
 // key it was for.
 func asyncFailure(op string) string {
