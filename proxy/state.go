@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -55,6 +56,14 @@ func (s *Server) openState(c config.State) (store.Store, string, error) {
 // Shutdown closes the notifier only after the store.
 func (s *Server) stateFileFailed(op, key string, err error) {
 	s.m.stateErrors.WithLabelValues(op).Inc()
+	if errors.Is(err, store.ErrNotHeld) {
+		// Not the disk: the claim's lease ended (a sweep, or another
+		// request's takeover) before its answer was written. Nothing an
+		// operator can mend, so no alert; the key reads as the newer
+		// claim says.
+		s.log.Warn("state file: a "+opNoun(op)+" was not recorded: its claim was no longer held (its lease ended before the answer was written)", "op", op)
+		return
+	}
 	s.log.Warn("state file: "+asyncFailure(op), "op", op, "error", err)
 	s.alert(supervise.KindStateFailing, "", "", "the state file refused to record a "+opNoun(op)+" (the disk may be full or failing)")
 }

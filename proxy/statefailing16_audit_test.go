@@ -4,9 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -98,4 +101,48 @@ routes:
 	if e := nextEvent(t, events); e.Kind != supervise.KindStateFailing || strings.Contains(e.Detail, "10.0.0.7") {
 		t.Fatalf("alert %+v; want state_failing without the cause", e)
 	}
+}
+
+// A completion or release the file store could not write because its
+// claim was no longer held (its lease ended and a sweep or another
+// request took the key over) is no disk failure: it raised state_failing
+// saying "the disk may be full or failing", sending an operator to look
+// at a healthy disk. It is logged and counted, and raises nothing.
+func TestStateFailing16_ClaimNoLongerHeldIsNoDiskAlert(t *testing.T) {
+	url, events := webhookEvents(t)
+	s := newStatusServer(t, fmt.Sprintf(`
+notify: {webhook: %q}
+routes:
+  - {name: pay, match: {path_prefix: /}, upstream: "http://127.0.0.1:1"}
+`, url))
+	var logs strings.Builder
+	s.log = slog.New(slog.NewTextHandler(&syncWriter{w: &logs}, nil))
+	s.status.start()
+	s.stateFileFailed("complete", "k1", store.ErrNotHeld)
+	// An alert of another kind, raised after: the first the webhook gets
+	// must be it.
+	s.alert(supervise.KindCooldown, "pay", "", "marker")
+	if e := nextEvent(t, events); e.Kind != supervise.KindCooldown {
+		t.Fatalf("first alert %+v; a claim no longer held raised an alert", e)
+	}
+	s.stateFileFailed("release", "k2", fmt.Errorf("store: release: %w", errors.New("write: no space left on device")))
+	if e := nextEvent(t, events); e.Kind != supervise.KindStateFailing {
+		t.Fatalf("alert %+v; want state_failing for a refused write", e)
+	}
+	if out := logs.String(); !strings.Contains(out, "no longer held") || strings.Contains(out, "k1") {
+		t.Errorf("log:\n%s", out)
+	}
+}
+
+// syncWriter serializes writes to w: the server logs from more than one
+// goroutine.
+type syncWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (s *syncWriter) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.w.Write(p)
 }
