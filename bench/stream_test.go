@@ -181,7 +181,7 @@ func TestRunStreamLoadClassifiesFailures(t *testing.T) {
 	t.Run("degraded by ballast", func(t *testing.T) {
 		event := string(stampEvent(nil, []byte(`data: {"id":"x"}`+"\n\n"), time.Now()))
 		for header, class := range map[[2]string]string{
-			{"X-Ballast-Fallback", "static"}: "fallback",
+			{"X-Ballast-Fallback", "static"}:                                                "fallback",
 			{"Cache-Status", "upstream; fwd=uri-miss, ballast; hit; detail=stale-if-error"}: "stale",
 		} {
 			addr := serveFunc(t, func(ctx *fasthttp.RequestCtx) {
