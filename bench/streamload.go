@@ -63,7 +63,8 @@ type StreamLoadResult struct {
 	Events int64 `json:"events"`
 	// Errors counts failed streams by class: "fallback" and "stale"
 	// (ballast's degraded answers, as for the load driver), "429", "4xx",
-	// "5xx" and "3xx" (the answer's status; nothing streamed), "content_type" (a
+	// "5xx", "3xx" and "status_<code>" for any other (the answer's
+	// status, after any interim 1xx; nothing streamed), "content_type" (a
 	// 2xx that was not text/event-stream), "unstamped" (an event without
 	// the upstream's stamp: the stream was not the upstream's), "cut" (the
 	// body ended before `data: [DONE]`), "events" (the wrong number of
@@ -245,7 +246,7 @@ func (w *streamWorker) stream(intended, deadline time.Time) (out streamOutcome) 
 	if _, err := w.conn.Write(w.d.request); err != nil {
 		return streamOutcome{class: errorClass(err)}
 	}
-	resp, err := http.ReadResponse(w.br, nil)
+	resp, err := readFinalResponse(w.br)
 	if err != nil {
 		return streamOutcome{class: errorClass(err)}
 	}
@@ -307,6 +308,19 @@ func (w *streamWorker) stream(intended, deadline time.Time) (out streamOutcome) 
 	return streamOutcome{firstEvent: first}
 }
 
+// readFinalResponse reads the answer to the stream's POST, skipping the
+// interim 1xx answers a server may send first (103 Early Hints, 100
+// Continue), as net/http's client does: they carry no body and say
+// nothing of the answer. 101 Switching Protocols is final.
+func readFinalResponse(br *bufio.Reader) (*http.Response, error) {
+	for {
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil || resp.StatusCode >= 200 || resp.StatusCode == http.StatusSwitchingProtocols {
+			return resp, err
+		}
+	}
+}
+
 // degradedStreamClass is degradedClass for net/http's header: "fallback"
 // for a static fallback, "stale" for ballast's stored answer served
 // because the upstream failed, else "".
@@ -338,11 +352,15 @@ func readStamp(data []byte) (int64, bool) {
 	return n, err == nil && n > 0
 }
 
-// statusClass is an error status's class, as the load driver counts it.
+// statusClass is an error status's class, as the load driver counts it
+// (classify): a status outside 300–599 (101, or one past 599) is
+// "status_<code>".
 func statusClass(status int) string {
 	switch {
 	case status == http.StatusTooManyRequests:
 		return "429"
+	case status >= 600 || status < 300:
+		return "status_" + strconv.Itoa(status)
 	case status >= 500:
 		return "5xx"
 	case status >= 400:

@@ -1,0 +1,107 @@
+package bench
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"sync"
+	"testing"
+	"time"
+)
+
+// serveConns runs a raw HTTP/1.1 server on loopback until the test ends:
+// it reads each request of each connection and calls answer with the
+// connection and the request's number on it (from 0); the connection
+// closes when answer returns false. done is closed when the test ends,
+// for an answer that holds its connection open.
+func serveConns(t *testing.T, answer func(c net.Conn, n int, done <-chan struct{}) bool) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	var (
+		wg    sync.WaitGroup
+		mu    sync.Mutex
+		conns []net.Conn
+	)
+	wg.Go(func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns = append(conns, c)
+			mu.Unlock()
+			wg.Go(func() {
+				defer c.Close()
+				br := bufio.NewReader(c)
+				for n := 0; ; n++ {
+					req, err := http.ReadRequest(br)
+					if err != nil {
+						return
+					}
+					_, _ = io.Copy(io.Discard, req.Body)
+					if !answer(c, n, done) {
+						return
+					}
+				}
+			})
+		}
+	})
+	t.Cleanup(func() {
+		close(done)
+		_ = ln.Close()
+		mu.Lock()
+		for _, c := range conns {
+			_ = c.Close()
+		}
+		mu.Unlock()
+		wg.Wait()
+	})
+	return ln.Addr().String()
+}
+
+// sseEvents is n stamped events, each `data: {...}` and a blank line.
+func sseEvents(n int) string {
+	var s string
+	for range n {
+		s += string(stampEvent(nil, []byte(`data: {"id":"x"}`+"\n\n"), time.Now()))
+	}
+	return s
+}
+
+// chunked is body as one chunk and the last chunk.
+func chunked(body string) string { return fmt.Sprintf("%x\r\n%s\r\n0\r\n\r\n", len(body), body) }
+
+// An interim 1xx answer (103 Early Hints, 100 Continue) comes before the
+// real one and says nothing about it: net/http's client skips it, and an
+// agent's does too. The driver took it for the answer and classed a
+// whole stream "3xx".
+func TestRunStreamLoadSkipsInterimAnswers(t *testing.T) {
+	const events = 3
+	addr := serveConns(t, func(c net.Conn, _ int, _ <-chan struct{}) bool {
+		_, err := io.WriteString(c, "HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n"+
+			"HTTP/1.1 100 Continue\r\n\r\n"+
+			"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"+
+			chunked(sseEvents(events)+"data: [DONE]\n\n"))
+		return err == nil
+	})
+	if res := streamLoad(t, addr, events); res.Streams == 0 || res.Complete != res.Streams || res.Events != events*res.Streams {
+		t.Errorf("%+v", res)
+	}
+}
+
+// The stream driver classes statuses as the load driver does (classify):
+// a 101 is no redirect.
+func TestStatusClass(t *testing.T) {
+	for status, want := range map[int]string{101: "status_101", 301: "3xx", 304: "3xx", 404: "4xx", 429: "429", 500: "5xx", 503: "5xx", 600: "status_600"} {
+		if got := statusClass(status); got != want {
+			t.Errorf("statusClass(%d) = %q, want %q", status, got, want)
+		}
+	}
+}
