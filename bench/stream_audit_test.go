@@ -2,6 +2,7 @@ package bench
 
 import (
 	"bufio"
+	"context"
 	"fmt"
 	"io"
 	"net"
@@ -93,6 +94,62 @@ func TestRunStreamLoadSkipsInterimAnswers(t *testing.T) {
 	})
 	if res := streamLoad(t, addr, events); res.Streams == 0 || res.Complete != res.Streams || res.Events != events*res.Streams {
 		t.Errorf("%+v", res)
+	}
+}
+
+// A stream that has failed is over for the agent: the driver must drop
+// its connection then, not read the rest of an answer it has already
+// classed (net/http's Body.Close reads to the end), which held the
+// worker, and every stream queued behind it, until the answer ended or
+// Timeout passed.
+func TestRunStreamLoadDropsAFailedStreamAtOnce(t *testing.T) {
+	for _, c := range []struct {
+		name, head, body, class string
+	}{
+		{"error status", "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n", `{"error":`, "5xx"},
+		{"unstamped event", "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n", "data: {\"id\":\"x\"}\n\n", "unstamped"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			closed := make(chan struct{}, 1)
+			addr := serveConns(t, func(conn net.Conn, _ int, done <-chan struct{}) bool {
+				if _, err := fmt.Fprintf(conn, "%s%x\r\n%s\r\n", c.head, len(c.body), c.body); err != nil {
+					return false
+				}
+				// The answer goes on; the client's close ends it.
+				read := make(chan struct{})
+				go func() { _, _ = io.Copy(io.Discard, conn); close(read) }()
+				select {
+				case <-read:
+					closed <- struct{}{}
+				case <-done:
+					_ = conn.Close()
+					<-read
+				}
+				return false
+			})
+			ran := make(chan StreamLoadResult, 1)
+			go func() {
+				// One stream, with a timeout it must not wait for.
+				res, _ := RunStreamLoad(context.Background(), StreamLoadConfig{
+					Addr: addr, Path: OverheadPath, Body: streamBody, Rate: 10, Connections: 1,
+					Duration: 50 * time.Millisecond, Timeout: time.Hour, WantEvents: 3,
+				})
+				ran <- res
+			}()
+			select {
+			case res := <-ran:
+				if res.Streams != 1 || res.Errors[c.class] != 1 {
+					t.Errorf("%+v", res)
+				}
+			case <-time.After(30 * time.Second):
+				t.Fatalf("the driver still reads a %s answer it has classed", c.class)
+			}
+			select {
+			case <-closed:
+			case <-time.After(30 * time.Second):
+				t.Error("the server did not see the connection close")
+			}
+		})
 	}
 }
 

@@ -250,13 +250,16 @@ func (w *streamWorker) stream(intended, deadline time.Time) (out streamOutcome) 
 	if err != nil {
 		return streamOutcome{class: errorClass(err)}
 	}
-	defer resp.Body.Close()
+	// resp.Body is not closed: its Close reads the rest of the answer,
+	// which would hold a failed stream, and the streams queued behind
+	// it, until the answer ended or the deadline passed. A failed
+	// stream's connection is dropped instead (the deferred w.close),
+	// with whatever of the answer is left; a complete stream has read
+	// its body to the end.
 	if class := degradedStreamClass(resp.Header); class != "" {
 		return streamOutcome{class: class}
 	}
 	if resp.StatusCode < 200 || resp.StatusCode > 299 {
-		// The status is what failed; the deferred close drops the
-		// connection, whatever state the answer's body left it in.
 		return streamOutcome{class: statusClass(resp.StatusCode)}
 	}
 	if ct := resp.Header.Get("Content-Type"); !isEventStream([]byte(ct)) {
