@@ -153,6 +153,29 @@ func TestRunStreamLoadDropsAFailedStreamAtOnce(t *testing.T) {
 	}
 }
 
+// A body that ended without its last chunk left the connection closed
+// by the server; when `data: [DONE]` had arrived the stream counted as
+// complete, and the next stream on that worker was sent on the dead
+// connection and failed as "transport".
+func TestRunStreamLoadDropsAConnectionWhoseAnswerWasCut(t *testing.T) {
+	const events = 3
+	addr := serveConns(t, func(c net.Conn, _ int, _ <-chan struct{}) bool {
+		body := sseEvents(events) + "data: [DONE]\n\n"
+		_, _ = fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n", len(body), body)
+		return false // closed without the last chunk
+	})
+	res, err := RunStreamLoad(context.Background(), StreamLoadConfig{
+		Addr: addr, Path: OverheadPath, Body: streamBody, Rate: 100, Connections: 1,
+		Duration: 200 * time.Millisecond, Timeout: 2 * time.Second, WantEvents: events,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Streams == 0 || res.Complete != res.Streams || len(res.Errors) != 0 {
+		t.Errorf("%+v", res)
+	}
+}
+
 // The stream driver classes statuses as the load driver does (classify):
 // a 101 is no redirect.
 func TestStatusClass(t *testing.T) {

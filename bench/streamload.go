@@ -270,7 +270,7 @@ func (w *streamWorker) stream(intended, deadline time.Time) (out streamOutcome) 
 	} else {
 		w.lines.Reset(resp.Body)
 	}
-	done := false
+	done, ended := false, false
 	var first time.Duration
 	for {
 		line, err := w.lines.ReadSlice('\n')
@@ -290,10 +290,14 @@ func (w *streamWorker) stream(intended, deadline time.Time) (out streamOutcome) 
 			}
 		}
 		if err == io.EOF {
+			ended = true // the answer ended where its framing says
 			break
 		}
 		if errors.Is(err, io.ErrUnexpectedEOF) {
-			break // the body ended without its last chunk: cut, below
+			// The connection closed inside the answer (no last chunk,
+			// or short of its Content-Length): cut below unless
+			// `data: [DONE]` came, and never reused.
+			break
 		}
 		if err != nil && !errors.Is(err, bufio.ErrBufferFull) {
 			return streamOutcome{class: errorClass(err), firstEvent: first}
@@ -305,7 +309,7 @@ func (w *streamWorker) stream(intended, deadline time.Time) (out streamOutcome) 
 	if want := w.d.cfg.WantEvents; want > 0 && len(w.delays) != want {
 		return streamOutcome{class: "events", firstEvent: first}
 	}
-	if resp.Close {
+	if resp.Close || !ended {
 		w.close()
 	}
 	return streamOutcome{firstEvent: first}
