@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -183,5 +184,134 @@ func TestStatusClass(t *testing.T) {
 		if got := statusClass(status); got != want {
 			t.Errorf("statusClass(%d) = %q, want %q", status, got, want)
 		}
+	}
+}
+
+// stamped is one stamped event's data, `{"sent_ns":N,"id":"x"}`.
+func stamped() string {
+	return strings.TrimSuffix(strings.TrimPrefix(string(stampEvent(nil, []byte(`data: {"id":"x"}`+"\n\n"), time.Now())), "data: "), "\n\n")
+}
+
+// The driver reads an answer's events as an agent's SSE parser does:
+// every legal way of writing the upstream's events is the same stream,
+// and a line is never read from the middle of another.
+func TestRunStreamLoadReadsSSEAsAnAgentDoes(t *testing.T) {
+	const events = 3
+	repeat := func(event func() string) string {
+		var b strings.Builder
+		for range events {
+			b.WriteString(event())
+		}
+		return b.String()
+	}
+	long := func() string { // a data line longer than any line buffer
+		return `data: {"sent_ns":` + strings.TrimPrefix(stamped(), `{"sent_ns":`)[:19] + `,"pad":"` + strings.Repeat("x", 5000) + `"}` + "\n\n"
+	}
+	cases := []struct {
+		name      string
+		framing   string // chunked (default), bytes (one-byte chunks, each written alone), length, close
+		body      string
+		complete  bool
+		wantClass string
+	}{
+		{name: "LF", body: repeat(func() string { return "data: " + stamped() + "\n\n" }) + "data: [DONE]\n\n", complete: true},
+		{name: "no space after data:", body: repeat(func() string { return "data:" + stamped() + "\n\n" }) + "data:[DONE]\n\n", complete: true},
+		{name: "CRLF", body: repeat(func() string { return "data: " + stamped() + "\r\n\r\n" }) + "data: [DONE]\r\n\r\n", complete: true},
+		{name: "CR", body: repeat(func() string { return "data: " + stamped() + "\r\r" }) + "data: [DONE]\r\r", complete: true},
+		{name: "byte-order mark", body: "\uFEFF" + repeat(func() string { return "data: " + stamped() + "\n\n" }) + "data: [DONE]\n\n", complete: true},
+		{name: "comments and other fields", body: ": ping\n\nretry: 1000\n\n" + repeat(func() string {
+			return "event: chunk\nid: 7\n: keep-alive\ndata: " + stamped() + "\n\n"
+		}) + "event: done\ndata: [DONE]\n\n", complete: true},
+		{name: "data over two lines is one event", body: repeat(func() string { return "data: " + stamped() + "\ndata: more\n\n" }) + "data: [DONE]\n\n", complete: true},
+		{name: "split into one-byte reads", framing: "bytes", body: repeat(func() string { return "data: " + stamped() + "\r\n\r\n" }) + "data: [DONE]\r\n\r\n", complete: true},
+		{name: "Content-Length", framing: "length", body: repeat(func() string { return "data: " + stamped() + "\n\n" }) + "data: [DONE]\n\n", complete: true},
+		{name: "read to close", framing: "close", body: repeat(func() string { return "data: " + stamped() + "\n\n" }) + "data: [DONE]\n\n", complete: true},
+		{name: "lines longer than 4 KiB", body: repeat(long) + "data: [DONE]\n\n", complete: true},
+		// What follows "data: " 4 KiB into a line is inside that line.
+		{name: "data: inside a long line", body: repeat(func() string {
+			return "data: " + stamped()[:len(stamped())-1] + `,"text":"` + strings.Repeat("x", 4096-len("data: ")-len(stamped())-len(`,"text":"`)+1) + `data: hello"}` + "\n\n"
+		}) + "data: [DONE]\n\n", complete: true},
+		{name: "[DONE] inside a long line", body: "data: " + stamped()[:len(stamped())-1] + `,"text":"` +
+			strings.Repeat("x", 4096-len("data: ")-len(stamped())-len(`,"text":"`)+1) + `data: [DONE]"}` + "\n\n", wantClass: "cut"},
+		// An event is the agent's at its blank line: one the body ends
+		// before is never dispatched.
+		{name: "[DONE] without its blank line", body: repeat(func() string { return "data: " + stamped() + "\n\n" }) + "data: [DONE]\n", wantClass: "cut"},
+		{name: "[DONE] and more", body: repeat(func() string { return "data: " + stamped() + "\n\n" }) + "data: [DONE] now\n\n", wantClass: "unstamped"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			addr := serveConns(t, func(conn net.Conn, _ int, _ <-chan struct{}) bool {
+				head := "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+				var err error
+				switch c.framing {
+				case "length":
+					_, err = fmt.Fprintf(conn, "%sContent-Length: %d\r\n\r\n%s", head, len(c.body), c.body)
+				case "close":
+					_, err = fmt.Fprintf(conn, "%s\r\n%s", head, c.body)
+					return false
+				case "bytes":
+					_, err = io.WriteString(conn, head+"Transfer-Encoding: chunked\r\n\r\n")
+					for i := 0; err == nil && i < len(c.body); i++ {
+						_, err = fmt.Fprintf(conn, "1\r\n%c\r\n", c.body[i])
+					}
+					if err == nil {
+						_, err = io.WriteString(conn, "0\r\n\r\n")
+					}
+				default:
+					_, err = io.WriteString(conn, head+"Transfer-Encoding: chunked\r\n\r\n"+chunked(c.body))
+				}
+				return err == nil
+			})
+			res := streamLoad(t, addr, events)
+			if res.Streams == 0 {
+				t.Fatalf("%+v", res)
+			}
+			if c.complete && (res.Complete != res.Streams || res.Events != events*res.Streams) {
+				t.Errorf("want every stream complete with %d events: %+v", events, res)
+			}
+			if !c.complete && res.Errors[c.wantClass] != res.Streams {
+				t.Errorf("want every stream %q: %+v", c.wantClass, res)
+			}
+		})
+	}
+}
+
+// The agent has an event once its blank line is in, not its data line:
+// a target that holds the blank line back holds the event.
+func TestRunStreamLoadTimesAnEventAtItsBlankLine(t *testing.T) {
+	const events, held = 2, 30 * time.Millisecond
+	addr := serveConns(t, func(conn net.Conn, _ int, done <-chan struct{}) bool {
+		if _, err := io.WriteString(conn, "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"); err != nil {
+			return false
+		}
+		for range events {
+			line := "data: " + stamped() + "\n"
+			if _, err := fmt.Fprintf(conn, "%x\r\n%s\r\n", len(line), line); err != nil {
+				return false
+			}
+			select { // the fixture's own pace: a target holding the blank line
+			case <-time.After(held):
+			case <-done:
+				return false
+			}
+			if _, err := io.WriteString(conn, "1\r\n\n\r\n"); err != nil {
+				return false
+			}
+		}
+		_, err := io.WriteString(conn, chunked("data: [DONE]\n\n"))
+		return err == nil
+	})
+	res, err := RunStreamLoad(context.Background(), StreamLoadConfig{
+		Addr: addr, Path: OverheadPath, Body: streamBody, Rate: 50, Connections: 4,
+		Duration: 100 * time.Millisecond, Timeout: 2 * time.Second, WantEvents: events,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Streams == 0 || res.Complete != res.Streams {
+		t.Fatalf("%+v", res)
+	}
+	if minMs := float64(held / time.Millisecond); res.EventDelay.P50 < minMs || res.FirstEvent.P50 < minMs {
+		t.Errorf("event delay %+v, first event %+v: each event was held %v after its data line", res.EventDelay, res.FirstEvent, held)
 	}
 }

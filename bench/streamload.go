@@ -70,7 +70,9 @@ type StreamLoadResult struct {
 	// body ended before `data: [DONE]`), "events" (the wrong number of
 	// events; see StreamLoadConfig.WantEvents), "transport" and "timeout".
 	Errors map[string]int64 `json:"errors"`
-	// The percentiles are of the complete streams only.
+	// The percentiles are of the complete streams only. An event arrives
+	// when an agent's SSE parser would dispatch it: at the blank line
+	// that ends it (sseReader).
 	// FirstEvent is the time from a stream's intended start to the
 	// arrival of its first event: what an agent waits for its first token.
 	FirstEvent Percentiles `json:"first_event"`
@@ -184,8 +186,8 @@ type streamWorker struct {
 	d    *streamDriver
 	conn net.Conn
 	br   *bufio.Reader
-	// lines reads the events out of one answer's body.
-	lines *bufio.Reader
+	// sse reads the events out of one answer's body.
+	sse sseReader
 	// delays are the current stream's event delays, recorded only once the
 	// stream is known to be measured and whole.
 	delays []time.Duration
@@ -265,30 +267,12 @@ func (w *streamWorker) stream(intended, deadline time.Time) (out streamOutcome) 
 	if ct := resp.Header.Get("Content-Type"); !isEventStream([]byte(ct)) {
 		return streamOutcome{class: "content_type"}
 	}
-	if w.lines == nil {
-		w.lines = bufio.NewReaderSize(resp.Body, 4<<10)
-	} else {
-		w.lines.Reset(resp.Body)
-	}
+	w.sse.reset(resp.Body)
 	done, ended := false, false
 	var first time.Duration
 	for {
-		line, err := w.lines.ReadSlice('\n')
-		now := time.Now()
-		if data, ok := bytes.CutPrefix(line, []byte("data: ")); ok {
-			if bytes.HasPrefix(data, []byte("[DONE]")) {
-				done = true
-			} else {
-				sent, ok := readStamp(data)
-				if !ok {
-					return streamOutcome{class: "unstamped"}
-				}
-				if first == 0 {
-					first = max(now.Sub(intended), time.Nanosecond)
-				}
-				w.delays = append(w.delays, now.Sub(time.Unix(0, sent)))
-			}
-		}
+		data, n, err := w.sse.next()
+		now := time.Now() // the event is the agent's once its blank line is in
 		if err == io.EOF {
 			ended = true // the answer ended where its framing says
 			break
@@ -299,9 +283,21 @@ func (w *streamWorker) stream(intended, deadline time.Time) (out streamOutcome) 
 			// `data: [DONE]` came, and never reused.
 			break
 		}
-		if err != nil && !errors.Is(err, bufio.ErrBufferFull) {
+		if err != nil {
 			return streamOutcome{class: errorClass(err), firstEvent: first}
 		}
+		if n == len(sseDone) && string(data) == sseDone {
+			done = true
+			continue
+		}
+		sent, ok := readStamp(data)
+		if !ok {
+			return streamOutcome{class: "unstamped", firstEvent: first}
+		}
+		if first == 0 {
+			first = max(now.Sub(intended), time.Nanosecond)
+		}
+		w.delays = append(w.delays, now.Sub(time.Unix(0, sent)))
 	}
 	if !done {
 		return streamOutcome{class: "cut", firstEvent: first}
@@ -342,6 +338,9 @@ func degradedStreamClass(h http.Header) string {
 	}
 	return ""
 }
+
+// sseDone is the data of the event that ends a model's stream.
+const sseDone = "[DONE]"
 
 // readStamp reads the upstream's `"sent_ns":N` from an event's data
 // (stampEvent writes it as the first member).
