@@ -259,12 +259,16 @@ func subtract(a, b Percentiles) Percentiles {
 }
 
 // medianStreamTarget is one target's median over rounds: each figure's
-// median on its own, counts summed.
+// median on its own, counts summed, and the highest peak RSS (the
+// process runs every round, so that is its VmHWM at the end), as
+// medianTarget has them.
 func medianStreamTarget(runs []StreamTarget) StreamTarget {
 	m := StreamTarget{Name: runs[0].Name}
 	m.CPUPer1kEvents = medianOf(runs, func(t StreamTarget) float64 { return t.CPUPer1kEvents })
 	m.UpstreamCPUPer1kEvents = medianOf(runs, func(t StreamTarget) float64 { return t.UpstreamCPUPer1kEvents })
-	m.PeakRSS = int64(medianOf(runs, func(t StreamTarget) float64 { return float64(t.PeakRSS) }))
+	for _, t := range runs {
+		m.PeakRSS = max(m.PeakRSS, t.PeakRSS)
+	}
 	loads := make([]StreamLoadResult, len(runs))
 	m.Load.Errors = map[string]int64{}
 	for i, t := range runs {

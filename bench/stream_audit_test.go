@@ -315,3 +315,13 @@ func TestRunStreamLoadTimesAnEventAtItsBlankLine(t *testing.T) {
 		t.Errorf("event delay %+v, first event %+v: each event was held %v after its data line", res.EventDelay, res.FirstEvent, held)
 	}
 }
+
+// A target's process runs every round, so its VmHWM at the end of a
+// round is the peak of all the rounds so far: over rounds, the peak is
+// the highest, as the other scenarios report it, not the median.
+func TestMedianStreamTargetKeepsThePeakRSS(t *testing.T) {
+	runs := []StreamTarget{{Name: TargetBallast, PeakRSS: 10 << 20}, {Name: TargetBallast, PeakRSS: 30 << 20}, {Name: TargetBallast, PeakRSS: 20 << 20}}
+	if got := medianStreamTarget(runs).PeakRSS; got != 30<<20 {
+		t.Errorf("peak RSS over rounds %d MiB, want 30", got>>20)
+	}
+}
