@@ -380,6 +380,9 @@ func TestHarness10bBenchAllSmoke(t *testing.T) {
 			start := time.Now()
 			cmd := exec.CommandContext(ctx, exe, "bench", "all", "--duration", "100ms", "--warmup", "0", "--saturation", "100ms",
 				"--rate", "100", "--connections", "4", "--timeout", "500ms", "--rounds", "2", "--seed", "0", "--driver", "go",
+				// Streams short enough for 4 connections at 100 a second
+				// (CheckStream).
+				"--stream-events", "4", "--stream-interval", "2ms",
 				"--json", "--out", dir)
 			cmd.Env = append(os.Environ(), "PATH="+c.path)
 			var stdout, stderr bytes.Buffer

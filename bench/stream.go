@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"os"
 	"slices"
 	"time"
@@ -85,11 +86,9 @@ func Stream(ctx context.Context, opts Options) (*StreamResult, error) {
 	if err != nil {
 		return nil, err
 	}
-	if opts.StreamEvents <= 0 {
-		opts.StreamEvents = StreamDefaultEvents
-	}
-	if opts.StreamInterval <= 0 {
-		opts.StreamInterval = StreamDefaultInterval
+	opts = opts.withStreamDefaults()
+	if err := CheckStream(opts); err != nil {
+		return nil, err
 	}
 	known := []string{TargetDirect, TargetBallast, TargetNginx}
 	for _, t := range opts.Targets {
@@ -167,6 +166,53 @@ func Stream(ctx context.Context, opts Options) (*StreamResult, error) {
 	}
 	res.summarise()
 	return res, nil
+}
+
+// withStreamDefaults fills the stream scenario's zero options.
+func (o Options) withStreamDefaults() Options {
+	if o.Rate <= 0 {
+		o.Rate = StreamDefaultRate
+	}
+	if o.Connections <= 0 {
+		o.Connections = 64
+	}
+	if o.Timeout <= 0 {
+		o.Timeout = 5 * time.Second
+	}
+	if o.StreamEvents <= 0 {
+		o.StreamEvents = StreamDefaultEvents
+	}
+	if o.StreamInterval <= 0 {
+		o.StreamInterval = StreamDefaultInterval
+	}
+	return o
+}
+
+// CheckStream refuses stream scenario options (their zero values taken
+// as the defaults) whose streams could not be measured: an ErrLoad error
+// for each problem, joined. Every stream lasts StreamEvents ×
+// StreamInterval at the upstream, so a Timeout no longer than that
+// times every stream out; and Rate such streams a second keep Rate ×
+// StreamEvents × StreamInterval of them open, which must fit in
+// Connections, or the driver, not the target, holds them back and the
+// first-event times measure its queue. Stream calls it first; the
+// command line calls it before any scenario runs.
+func CheckStream(o Options) error {
+	o = o.withStreamDefaults()
+	length := time.Duration(o.StreamEvents) * o.StreamInterval
+	if o.StreamEvents > 0 && length/time.Duration(o.StreamEvents) != o.StreamInterval {
+		length = math.MaxInt64 // overflowed
+	}
+	var errs []error
+	if length >= o.Timeout {
+		errs = append(errs, fmt.Errorf("%w: stream: each stream lasts events × interval = %d × %v = %v at the upstream, not less than the timeout %v: every stream would time out",
+			ErrLoad, o.StreamEvents, o.StreamInterval, length, o.Timeout))
+	}
+	if open := o.Rate * length.Seconds(); open > float64(o.Connections) {
+		errs = append(errs, fmt.Errorf("%w: stream: rate × events × interval = %g × %d × %v = %.0f streams open at once, above the %d connections: the driver, not the target, would hold streams back; lower the rate or raise the connections",
+			ErrLoad, o.Rate, o.StreamEvents, o.StreamInterval, open, o.Connections))
+	}
+	return errors.Join(errs...)
 }
 
 // measureStream runs the open loop of streams against one target, reading

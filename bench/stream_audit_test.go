@@ -3,6 +3,7 @@ package bench
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -323,5 +324,41 @@ func TestMedianStreamTargetKeepsThePeakRSS(t *testing.T) {
 	runs := []StreamTarget{{Name: TargetBallast, PeakRSS: 10 << 20}, {Name: TargetBallast, PeakRSS: 30 << 20}, {Name: TargetBallast, PeakRSS: 20 << 20}}
 	if got := medianStreamTarget(runs).PeakRSS; got != 30<<20 {
 		t.Errorf("peak RSS over rounds %d MiB, want 30", got>>20)
+	}
+}
+
+// A stream shape the driver cannot measure is refused before anything
+// starts: streams no shorter than the timeout all time out, and more
+// streams open at once than connections queue in the driver.
+func TestStreamRefusesShapesItCannotMeasure(t *testing.T) {
+	for _, c := range []struct {
+		name string
+		opts Options
+		want []string
+	}{
+		{"streams as long as the timeout", Options{StreamEvents: 20, StreamInterval: 250 * time.Millisecond}, []string{"20 × 250ms = 5s", "time out"}},
+		{"streams longer than the timeout", Options{StreamEvents: 5, StreamInterval: time.Second, Timeout: 2 * time.Second, Connections: 1000}, []string{"time out"}},
+		{"more streams open than connections", Options{Rate: 1000}, []string{"1000 × 20 × 10ms = 200 streams open", "64 connections"}},
+		{"both", Options{Rate: 50, StreamEvents: 100, StreamInterval: 100 * time.Millisecond, Connections: 8}, []string{"time out", "500 streams open"}},
+		{"overflow", Options{StreamEvents: 100_000, StreamInterval: 1 << 60}, []string{"time out"}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			c.opts.Exe = "/nonexistent"
+			_, err := Stream(context.Background(), c.opts)
+			if !errors.Is(err, ErrLoad) {
+				t.Fatalf("%v, want ErrLoad", err)
+			}
+			for _, want := range c.want {
+				if !strings.Contains(err.Error(), want) {
+					t.Errorf("%v, want it to say %q", err, want)
+				}
+			}
+		})
+	}
+	// The defaults, and the shapes the tests run, pass.
+	for _, o := range []Options{{}, {Rate: 40, StreamEvents: 5, StreamInterval: 2 * time.Millisecond, Timeout: 2 * time.Second, Connections: 8}} {
+		if err := CheckStream(o); err != nil {
+			t.Errorf("%+v: %v", o, err)
+		}
 	}
 }

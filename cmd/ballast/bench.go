@@ -125,6 +125,14 @@ func cmdBenchScenario(name string, args []string, stdout, stderr io.Writer) int 
 	if fc.report(stderr, "bench "+name) {
 		return 2
 	}
+	// A stream shape the driver cannot measure fails here, before any
+	// scenario runs: with all, stream runs after the others.
+	if name == "stream" || name == "all" {
+		if err := bench.CheckStream(o); err != nil {
+			fmt.Fprintf(stderr, "ballast bench %s: %v\n", name, err)
+			return 2
+		}
+	}
 	// Zero means "default" in Options; on the command line 0 means none.
 	if o.Warmup == 0 {
 		o.Warmup = -1

@@ -311,3 +311,30 @@ func TestBenchUpstreamNamesItsProfile(t *testing.T) {
 		})
 	}
 }
+
+// A stream shape the driver cannot measure is a usage error before any
+// scenario runs, with all too (the stream scenario runs last there).
+func TestBenchStreamShapeIsAUsageError(t *testing.T) {
+	for _, c := range []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"streams longer than the timeout", []string{"stream", "--stream-events", "5", "--stream-interval", "1s", "--timeout", "2s", "--duration", "100ms", "--warmup", "0"}, "every stream would time out"},
+		{"more streams open than connections", []string{"stream", "--rate", "1000", "--duration", "100ms", "--warmup", "0"}, "200 streams open at once, above the 64 connections"},
+		{"all", []string{"all", "--stream-interval", "1s"}, "every stream would time out"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			cmd := exec.Command(binary, append([]string{"bench"}, c.args...)...)
+			var errb bytes.Buffer
+			cmd.Stderr = &errb
+			err := cmd.Run()
+			if code := cmd.ProcessState.ExitCode(); code != 2 || !strings.Contains(errb.String(), c.want) {
+				t.Errorf("exit %d (%v), want 2 saying %q:\n%s", code, err, c.want, errb.String())
+			}
+			if strings.Contains(errb.String(), "starting") || strings.Contains(errb.String(), "open loop") {
+				t.Errorf("a scenario ran:\n%s", errb.String())
+			}
+		})
+	}
+}
