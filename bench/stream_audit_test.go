@@ -362,3 +362,60 @@ func TestStreamRefusesShapesItCannotMeasure(t *testing.T) {
 		}
 	}
 }
+
+// RunStreamLoad returns early when ctx ends: the streams in flight are
+// dropped, not read to their end or their Timeout, and the streams
+// queued for a connection are not sent.
+func TestRunStreamLoadStopsWhenCtxEnds(t *testing.T) {
+	var mu sync.Mutex
+	requests := 0
+	started := make(chan struct{}, 1)
+	addr := serveConns(t, func(c net.Conn, _ int, done <-chan struct{}) bool {
+		mu.Lock()
+		requests++
+		mu.Unlock()
+		if _, err := io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"+
+			fmt.Sprintf("%x\r\n%s\r\n", len(sseEvents(1)), sseEvents(1))); err != nil {
+			return false
+		}
+		select {
+		case started <- struct{}{}:
+		default:
+		}
+		// A stream that never ends; the client's close ends it.
+		read := make(chan struct{})
+		go func() { _, _ = io.Copy(io.Discard, c); close(read) }()
+		select {
+		case <-read:
+		case <-done:
+			_ = c.Close()
+			<-read
+		}
+		return false
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	ran := make(chan StreamLoadResult, 1)
+	go func() {
+		res, _ := RunStreamLoad(ctx, StreamLoadConfig{
+			Addr: addr, Path: OverheadPath, Body: streamBody, Rate: 100, Connections: 2,
+			Duration: time.Second, Timeout: time.Hour, WantEvents: 3,
+		})
+		ran <- res
+	}()
+	<-started
+	cancel()
+	select {
+	case res := <-ran:
+		if res.Complete != 0 {
+			t.Errorf("%+v", res)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("RunStreamLoad still runs after its ctx ended")
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if requests > 2 {
+		t.Errorf("%d streams sent on 2 connections, after ctx ended", requests)
+	}
+}

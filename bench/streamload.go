@@ -97,8 +97,10 @@ func (r *StreamLoadResult) CompleteRate() float64 {
 }
 
 // RunStreamLoad drives streams at cfg.Addr and returns the measured
-// window. It returns early, with what it measured, when ctx ends. Every
-// goroutine and connection it starts is gone when it returns.
+// window. It returns early, with what it measured, when ctx ends: the
+// streams in flight are dropped (and not counted), those still waiting
+// for a connection are not sent. Every goroutine and connection it
+// starts is gone when it returns.
 func RunStreamLoad(ctx context.Context, cfg StreamLoadConfig) (StreamLoadResult, error) {
 	if cfg.Addr == "" || cfg.Duration <= 0 || !(cfg.Rate > 0) || math.IsInf(cfg.Rate, 0) {
 		return StreamLoadResult{}, fmt.Errorf("%w: a stream load needs an address, a positive duration and a finite positive rate", ErrLoad)
@@ -119,10 +121,12 @@ func RunStreamLoad(ctx context.Context, cfg StreamLoadConfig) (StreamLoadResult,
 	var wg sync.WaitGroup
 	for range cfg.Connections {
 		wg.Go(func() {
-			w := &streamWorker{d: d}
+			w := &streamWorker{d: d, ctx: ctx}
 			defer w.close()
 			for j := range jobs {
-				w.do(j)
+				if ctx.Err() == nil {
+					w.do(j)
+				}
 			}
 		})
 	}
@@ -183,7 +187,9 @@ func (d *streamDriver) schedule(ctx context.Context, start time.Time, jobs chan<
 // streamWorker owns one connection, dialled when first needed and again
 // after any stream that left it unusable.
 type streamWorker struct {
-	d    *streamDriver
+	d *streamDriver
+	// ctx ends the run: it drops the stream in flight.
+	ctx  context.Context
 	conn net.Conn
 	br   *bufio.Reader
 	// sse reads the events out of one answer's body.
@@ -204,8 +210,8 @@ func (w *streamWorker) close() {
 func (w *streamWorker) do(j job) {
 	deadline := j.intended.Add(w.d.cfg.Timeout)
 	s := w.stream(j.intended, deadline)
-	if j.warm {
-		return
+	if j.warm || (s.class != "" && w.ctx.Err() != nil) {
+		return // a warm-up stream, or one the run's end dropped
 	}
 	w.d.tally.record(&s, w.delays)
 }
@@ -231,7 +237,9 @@ func (w *streamWorker) stream(intended, deadline time.Time) (out streamOutcome) 
 		out.whole = time.Since(intended)
 	}()
 	if w.conn == nil {
-		conn, err := net.DialTimeout("tcp", w.d.cfg.Addr, time.Until(deadline))
+		dctx, cancel := context.WithDeadline(w.ctx, deadline)
+		conn, err := (&net.Dialer{}).DialContext(dctx, "tcp", w.d.cfg.Addr)
+		cancel()
 		if err != nil {
 			return streamOutcome{class: errorClass(err)}
 		}
@@ -245,6 +253,15 @@ func (w *streamWorker) stream(intended, deadline time.Time) (out streamOutcome) 
 	if err := w.conn.SetDeadline(deadline); err != nil {
 		return streamOutcome{class: "transport"}
 	}
+	// The run's end drops the stream: every read and write on the
+	// connection fails at once, and the connection is not reused.
+	conn := w.conn
+	dropped := context.AfterFunc(w.ctx, func() { _ = conn.SetDeadline(time.Unix(1, 0)) })
+	defer func() {
+		if !dropped() {
+			w.close()
+		}
+	}()
 	if _, err := w.conn.Write(w.d.request); err != nil {
 		return streamOutcome{class: errorClass(err)}
 	}
