@@ -28,9 +28,11 @@ type StreamTarget struct {
 	Name string           `json:"name"`
 	Load StreamLoadResult `json:"load"`
 	// CPUPer1kEvents is the CPU (user+sys) the process under test spent
-	// per 1,000 events the measured streams delivered, in milliseconds:
-	// the proxy for proxies, the upstream for direct. It covers the
-	// measured window from its start to the end of its last stream.
+	// per 1,000 events it delivered, in milliseconds: the proxy for
+	// proxies, the upstream for direct. It covers the measured window
+	// from its start to the end of its last stream, and so do the events
+	// (StreamLoadResult.WindowEvents: the warm-up's last events and
+	// those of failed streams included).
 	CPUPer1kEvents float64 `json:"cpu_ms_per_1k_events"`
 	// UpstreamCPUPer1kEvents is the upstream's share in the same window.
 	UpstreamCPUPer1kEvents float64 `json:"upstream_cpu_ms_per_1k_events"`
@@ -245,8 +247,8 @@ func measureStream(ctx context.Context, opts Options, name string, proc, up *Pro
 		return st, fmt.Errorf("bench: %s: %w", name, err)
 	}
 	st.Load = load
-	st.CPUPer1kEvents = per1k(after.CPU-before.CPU, load.Events)
-	st.UpstreamCPUPer1kEvents = per1k(upAfter.CPU-upBefore.CPU, load.Events)
+	st.CPUPer1kEvents = per1k(after.CPU-before.CPU, load.WindowEvents)
+	st.UpstreamCPUPer1kEvents = per1k(upAfter.CPU-upBefore.CPU, load.WindowEvents)
 	st.PeakRSS = after.PeakRSS
 	return st, ctx.Err()
 }
@@ -322,6 +324,7 @@ func medianStreamTarget(runs []StreamTarget) StreamTarget {
 		m.Load.Streams += t.Load.Streams
 		m.Load.Complete += t.Load.Complete
 		m.Load.Events += t.Load.Events
+		m.Load.WindowEvents += t.Load.WindowEvents
 		for k, v := range t.Load.Errors {
 			m.Load.Errors[k] += v
 		}

@@ -419,3 +419,34 @@ func TestRunStreamLoadStopsWhenCtxEnds(t *testing.T) {
 		t.Errorf("%d streams sent on 2 connections, after ctx ended", requests)
 	}
 }
+
+// The CPU figures cover the measured window from its start to the end of
+// its last stream, and the warm-up's streams still running at its start
+// spend CPU in it too: the events they deliver then, and those of
+// measured streams that failed, are counted for the CPU (WindowEvents),
+// or the CPU per event comes out too high.
+func TestRunStreamLoadCountsTheCPUWindowsEvents(t *testing.T) {
+	const events = 5
+	_, addr := serve(t, UpstreamConfig{StreamEvents: events, StreamInterval: 20 * time.Millisecond, StreamStamp: true})
+	run := func(warmup time.Duration) StreamLoadResult {
+		res, err := RunStreamLoad(context.Background(), StreamLoadConfig{
+			Addr: addr, Path: OverheadPath, Body: streamBody, Rate: 100, Connections: 32, Warmup: warmup,
+			Duration: 200 * time.Millisecond, Timeout: 2 * time.Second, WantEvents: events,
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res.Streams == 0 || res.Complete != res.Streams {
+			t.Fatalf("%+v", res)
+		}
+		return res
+	}
+	// Five warm-up streams, 0 to 40 ms, each writing its events 20 ms
+	// apart for 80 ms: each delivers some after the window starts at 50.
+	if res := run(50 * time.Millisecond); res.WindowEvents < res.Events+5 {
+		t.Errorf("%d events in the CPU window, %d of them the measured streams'", res.WindowEvents, res.Events)
+	}
+	if res := run(0); res.WindowEvents != res.Events {
+		t.Errorf("without a warm-up, %d events in the CPU window, %d delivered", res.WindowEvents, res.Events)
+	}
+}

@@ -13,6 +13,7 @@ import (
 	"os"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	hdrhistogram "github.com/HdrHistogram/hdrhistogram-go"
@@ -59,8 +60,15 @@ type StreamLoadResult struct {
 	// those that ended with `data: [DONE]` and every event stamped.
 	Streams  int64 `json:"streams"`
 	Complete int64 `json:"complete"`
-	// Events counts the stamped events the measured streams delivered.
+	// Events counts the stamped events the complete measured streams
+	// delivered.
 	Events int64 `json:"events"`
+	// WindowEvents counts every stamped event that arrived from the start
+	// of the measured window to the end of its last stream, whatever its
+	// stream: the warm-up streams' last events and those of measured
+	// streams that failed, besides Events. It is what the target's CPU
+	// over that time was spent on (StreamTarget.CPUPer1kEvents).
+	WindowEvents int64 `json:"window_events"`
 	// Errors counts failed streams by class: "fallback" and "stale"
 	// (ballast's degraded answers, as for the load driver), "429", "4xx",
 	// "5xx", "3xx" and "status_<code>" for any other (the answer's
@@ -134,7 +142,9 @@ func RunStreamLoad(ctx context.Context, cfg StreamLoadConfig) (StreamLoadResult,
 	close(jobs)
 	wg.Wait()
 	d.measuring.Wait()
-	return d.tally.result(), nil
+	res := d.tally.result()
+	res.WindowEvents = d.windowEvents.Load()
+	return res, nil
 }
 
 // streamRequest is the bytes of the stream POST.
@@ -154,6 +164,9 @@ type streamDriver struct {
 	end         time.Time
 	measureOnce sync.Once
 	measuring   sync.WaitGroup
+	// windowEvents counts the events that arrived from measureFrom on
+	// (StreamLoadResult.WindowEvents).
+	windowEvents atomic.Int64
 }
 
 // schedule sends stream i to jobs at start + i/Rate until the end or ctx,
@@ -315,6 +328,9 @@ func (w *streamWorker) stream(intended, deadline time.Time) (out streamOutcome) 
 			first = max(now.Sub(intended), time.Nanosecond)
 		}
 		w.delays = append(w.delays, now.Sub(time.Unix(0, sent)))
+		if !now.Before(w.d.measureFrom) {
+			w.d.windowEvents.Add(1)
+		}
 	}
 	if !done {
 		return streamOutcome{class: "cut", firstEvent: first}
