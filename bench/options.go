@@ -24,8 +24,9 @@ type Options struct {
 	// Saturation is the closed-loop phase per overhead target. Default 5s;
 	// negative skips it.
 	Saturation time.Duration
-	// Rate is the open-loop rate in requests per second. Default 2,000
-	// for overhead and policies, 200 for chaos, 500 for soak.
+	// Rate is the open-loop rate in requests per second (streams per
+	// second for stream). Default 2,000 for overhead and policies, 200
+	// for chaos, 500 for soak, 100 for stream.
 	Rate float64
 	// Connections caps concurrent requests; it is also the closed-loop N.
 	// Default 64.
@@ -41,9 +42,9 @@ type Options struct {
 	// each so that the ratios compare like with like. The load driver and
 	// the upstream keep Go's default.
 	Procs int
-	// Rounds is how many times the overhead scenario measures every
-	// target, the policies scenario every variant and the state scenario
-	// every store, taking turns. Default 1.
+	// Rounds is how many times the overhead and stream scenarios measure
+	// every target, the policies scenario every variant and the state
+	// scenario every store, taking turns. Default 1.
 	Rounds int
 	// Seed seeds the chaos upstream's fault and latency draws. 0 is a seed
 	// like any other (the command line's default is 1), as it is for
@@ -209,7 +210,8 @@ type Settings struct {
 	Timeout     string  `json:"timeout"`
 	Procs       int     `json:"procs"`
 	SampleEvery string  `json:"sample_every,omitempty"`
-	// Rounds is set by the overhead, policies and state scenarios only.
+	// Rounds is set by the overhead, policies, state and stream scenarios
+	// only.
 	Rounds int `json:"rounds,omitempty"`
 	// SaturationDriver is the driver of the overhead scenario's saturation
 	// phase, DriverGo or DriverWrk; empty when there was none.

@@ -84,7 +84,7 @@ func cmdBenchScenario(name string, args []string, stdout, stderr io.Writer) int 
 	fs.IntVar(&o.Connections, "connections", 64, "concurrent connections (the closed-loop N)")
 	fs.IntVar(&o.Size, "size", 1024, "upstream JSON answer size in bytes")
 	fs.Int64Var(&o.Seed, "seed", 1, "chaos upstream seed (any integer, 0 included)")
-	fs.IntVar(&o.Rounds, "rounds", 1, "overhead, policies and state: measure every target, variant or store this many times, taking turns, and report medians")
+	fs.IntVar(&o.Rounds, "rounds", 1, "overhead, policies, state and stream: measure every target, variant or store this many times, taking turns, and report medians")
 	fs.IntVar(&o.Procs, "procs", 0, "cores each proxy under test may use: GOMAXPROCS for ballast and the bare proxy, worker_processes for nginx (default 1; 2 for state)")
 	fs.DurationVar(&o.Timeout, "timeout", 5*time.Second, "per-request timeout of the load driver")
 	fs.StringVar(&o.Driver, "driver", bench.DriverAuto, "overhead: saturation load driver: wrk (wrk -t1, about one core; whole seconds), go (ballast's own), auto (wrk when on PATH, else go); the open loop always uses go")
