@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"text/template"
+	"time"
 
 	"github.com/ballast-proxy/ballast/config"
 )
@@ -27,8 +28,30 @@ type BallastConfig struct {
 	// (content_type text/event-stream besides application/json), as a
 	// model route that streams must: the stream scenario's chain.
 	Stream bool
+	// StreamTimeout, with Stream, is how long the driver waits for a
+	// stream: when ballast's default route timeouts (idle 30s, total
+	// 120s) are shorter, the route's are raised to it, so that ballast
+	// never ends a stream the driver still waits for (it would count as
+	// ballast's failure). Zero keeps the defaults.
+	StreamTimeout time.Duration
 	// Features are the optional blocks to include (see Has).
 	Features []string
+}
+
+// ballast's default route timeouts (config/load.go), which the stream
+// chain raises to its StreamTimeout when that is longer.
+const (
+	ballastDefaultIdle  = 30 * time.Second
+	ballastDefaultTotal = 120 * time.Second
+)
+
+// StreamTimeouts is the stream chain's route timeouts block, "" when
+// ballast's defaults outlast StreamTimeout; the template calls it.
+func (c BallastConfig) StreamTimeouts() string {
+	if !c.Stream || c.StreamTimeout <= ballastDefaultIdle {
+		return ""
+	}
+	return fmt.Sprintf("{idle: %v, total: %v}", c.StreamTimeout, max(c.StreamTimeout, ballastDefaultTotal))
 }
 
 // Has reports whether feature is enabled; the template calls it.

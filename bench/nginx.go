@@ -20,13 +20,20 @@ func NginxPath() string {
 
 // nginxConfig is a minimal reverse proxy to upstream with keep-alive
 // connections both ways and no logging, so it competes on equal terms.
-// It runs procs worker processes. With streaming, it relays answers as
-// they arrive (proxy_buffering off), as nginx must be set up in front of
-// an SSE endpoint; otherwise with nginx's default buffering.
-func nginxConfig(dir, listen, upstream string, procs int, streaming bool) string {
+// It runs procs worker processes. With a positive stream, it relays
+// answers as they arrive (proxy_buffering off), as nginx must be set up
+// in front of an SSE endpoint, and waits up to stream between two reads
+// from the upstream when that is above its default 60s
+// (proxy_read_timeout), so that it never ends a stream the driver still
+// waits for; otherwise it buffers, as nginx does by default.
+func nginxConfig(dir, listen, upstream string, procs int, stream time.Duration) string {
 	buffering := ""
-	if streaming {
+	if stream > 0 {
 		buffering = "\n            proxy_buffering off;"
+	}
+	if stream > nginxDefaultReadTimeout {
+		secs := (stream + time.Second - 1) / time.Second
+		buffering += fmt.Sprintf("\n            proxy_read_timeout %ds;", secs)
 	}
 	return fmt.Sprintf(`daemon off;
 master_process on;
@@ -56,15 +63,18 @@ http {
 `, dir, listen, upstream, procs, buffering)
 }
 
+// nginxDefaultReadTimeout is nginx's proxy_read_timeout by default.
+const nginxDefaultReadTimeout = 60 * time.Second
+
 // startNginx writes a config into dir and runs nginx in the foreground
 // (nginxConfig).
-func startNginx(ctx context.Context, exe, dir, upstream string, procs int, streaming bool) (*Process, error) {
+func startNginx(ctx context.Context, exe, dir, upstream string, procs int, stream time.Duration) (*Process, error) {
 	listen, err := freeAddr()
 	if err != nil {
 		return nil, err
 	}
 	conf := filepath.Join(dir, "nginx.conf")
-	if err := os.WriteFile(conf, []byte(nginxConfig(dir, listen, upstream, procs, streaming)), 0o600); err != nil {
+	if err := os.WriteFile(conf, []byte(nginxConfig(dir, listen, upstream, procs, stream)), 0o600); err != nil {
 		return nil, fmt.Errorf("%w: nginx: %w", ErrProcess, err)
 	}
 	p, err := startProcess("nginx", exe, "-p", dir, "-c", conf, "-e", filepath.Join(dir, "error.log"))

@@ -129,7 +129,7 @@ func Stream(ctx context.Context, opts Options) (*StreamResult, error) {
 		targets = append(targets, target{TargetDirect, up})
 	}
 	if want(TargetBallast) {
-		p, _, err := startBallastWith(ctx, opts.Exe, dir, BallastConfig{Upstream: up.Addr, Stream: true}, opts.Procs)
+		p, _, err := startBallastWith(ctx, opts.Exe, dir, BallastConfig{Upstream: up.Addr, Stream: true, StreamTimeout: opts.Timeout}, opts.Procs)
 		if err != nil {
 			return nil, err
 		}
@@ -140,7 +140,7 @@ func Stream(ctx context.Context, opts Options) (*StreamResult, error) {
 		if exe := NginxPath(); exe == "" {
 			res.Skipped[TargetNginx] = "nginx is not on PATH"
 		} else {
-			p, err := startNginx(ctx, exe, dir, up.Addr, opts.Procs, true)
+			p, err := startNginx(ctx, exe, dir, up.Addr, opts.Procs, opts.Timeout)
 			if err != nil {
 				return nil, err
 			}

@@ -8,10 +8,13 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/ballast-proxy/ballast/config"
 )
 
 // serveConns runs a raw HTTP/1.1 server on loopback until the test ends:
@@ -448,5 +451,47 @@ func TestRunStreamLoadCountsTheCPUWindowsEvents(t *testing.T) {
 	}
 	if res := run(0); res.WindowEvents != res.Events {
 		t.Errorf("without a warm-up, %d events in the CPU window, %d delivered", res.WindowEvents, res.Events)
+	}
+}
+
+// Neither proxy may end a stream the driver still waits for: ballast's
+// route timeouts (idle 30s and total 120s by default) and nginx's
+// proxy_read_timeout (60s) are raised to the driver's timeout when it is
+// longer. At --stream-interval 31s, ballast cut every stream at 30s of
+// silence and the report showed it failing them all.
+func TestStreamProxiesOutlastTheDriversTimeout(t *testing.T) {
+	for _, timeout := range []time.Duration{5 * time.Second, 45 * time.Second, 10 * time.Minute, 90*time.Minute + 500*time.Millisecond} {
+		c := BallastConfig{Listen: "127.0.0.1:18080", Admin: "127.0.0.1:19901", Upstream: "127.0.0.1:19000", Stream: true, StreamTimeout: timeout}
+		y, err := c.check()
+		if err != nil {
+			t.Fatalf("%v: %v", timeout, err)
+		}
+		cfg, err := config.Parse(y, config.Source{File: "bench", Environ: []string{}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		tm := cfg.Routes[0].Timeouts
+		if time.Duration(tm.Idle) < timeout || time.Duration(tm.Total) < timeout {
+			t.Errorf("driver timeout %v: ballast's idle %v, total %v\n%s", timeout, time.Duration(tm.Idle), time.Duration(tm.Total), y)
+		}
+		if timeout <= 30*time.Second && strings.Contains(string(y), "timeouts:") {
+			t.Errorf("driver timeout %v: ballast's defaults are long enough, yet\n%s", timeout, y)
+		}
+		nginx := nginxConfig(t.TempDir(), "127.0.0.1:1", "127.0.0.1:2", 1, timeout)
+		read := 60 * time.Second
+		if _, rest, ok := strings.Cut(nginx, "proxy_read_timeout "); ok {
+			secs, _, _ := strings.Cut(rest, "s;")
+			n, err := strconv.Atoi(secs)
+			if err != nil {
+				t.Fatalf("%q: %v", secs, err)
+			}
+			read = time.Duration(n) * time.Second
+		}
+		if read < timeout || !strings.Contains(nginx, "proxy_buffering off;") {
+			t.Errorf("driver timeout %v: nginx reads for %v\n%s", timeout, read, nginx)
+		}
+	}
+	if strings.Contains(nginxConfig("d", "l", "u", 1, 0), "proxy_buffering") {
+		t.Error("nginx does not buffer outside the stream scenario")
 	}
 }
