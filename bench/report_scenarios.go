@@ -65,17 +65,27 @@ func (r *StreamResult) section() section {
 	cost := &table{header: []string{"target", "streams", "complete", "events", "CPU ms / 1k events", "CPU ×direct", "upstream CPU ms / 1k events", "peak RSS", "errors"}}
 	lat := &table{header: []string{"target", "first event p50 ms", "first event p99 ms", "event delay p50 ms", "event delay p99 ms", "event delay p99.9 ms",
 		"added first event p50", "added first event p99", "added event delay p50", "added event delay p99"}}
+	// Times are of complete streams only: a target without one has none,
+	// and nothing is added to or from it.
+	direct := findStreamTarget(r.Targets, TargetDirect)
+	directTimed := direct != nil && direct.timed()
 	for _, t := range r.Targets {
 		l := t.Load
 		cpuRatio := "–"
 		added := []string{"–", "–", "–", "–"}
 		if t.Name != TargetDirect {
 			cpuRatio = fmtRatio(t.CPURatio)
-			added = []string{fmtAdded(t.AddedFirstEvent.P50), fmtAdded(t.AddedFirstEvent.P99), fmtAdded(t.AddedEventDelay.P50), fmtAdded(t.AddedEventDelay.P99)}
+			if t.timed() && directTimed {
+				added = []string{fmtAdded(t.AddedFirstEvent.P50), fmtAdded(t.AddedFirstEvent.P99), fmtAdded(t.AddedEventDelay.P50), fmtAdded(t.AddedEventDelay.P99)}
+			}
 		}
 		cost.add(t.Name, fmtCount(float64(l.Streams)), fmtPct(l.CompleteRate()), fmtCount(float64(l.Events)), fmt.Sprintf("%.1f", t.CPUPer1kEvents), cpuRatio,
 			fmt.Sprintf("%.1f", t.UpstreamCPUPer1kEvents), fmtMiB(t.PeakRSS), fmtErrors(l.Errors))
-		lat.add(append([]string{t.Name, fmtMs(l.FirstEvent.P50), fmtMs(l.FirstEvent.P99), fmtMs(l.EventDelay.P50), fmtMs(l.EventDelay.P99), fmtMs(l.EventDelay.P999)}, added...)...)
+		times := []string{"–", "–", "–", "–", "–"}
+		if t.timed() {
+			times = []string{fmtMs(l.FirstEvent.P50), fmtMs(l.FirstEvent.P99), fmtMs(l.EventDelay.P50), fmtMs(l.EventDelay.P99), fmtMs(l.EventDelay.P999)}
+		}
+		lat.add(append(append([]string{t.Name}, times...), added...)...)
 	}
 	sec.tables = []*table{cost, lat}
 	if len(r.Rounds) > 1 {
@@ -89,7 +99,11 @@ func (r *StreamResult) section() section {
 			}
 			row := []string{t.Name}
 			for _, round := range r.Rounds {
-				row = append(row, fmtAdded(round[i].AddedFirstEvent.P99)+" / "+fmtAdded(round[i].AddedEventDelay.P99))
+				cell := "–"
+				if d := findStreamTarget(round, TargetDirect); round[i].timed() && d != nil && d.timed() {
+					cell = fmtAdded(round[i].AddedFirstEvent.P99) + " / " + fmtAdded(round[i].AddedEventDelay.P99)
+				}
+				row = append(row, cell)
 			}
 			rt.add(row...)
 		}

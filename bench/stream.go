@@ -39,7 +39,8 @@ type StreamTarget struct {
 	// PeakRSS is the process under test's VmHWM in bytes at the end.
 	PeakRSS int64 `json:"peak_rss_bytes"`
 
-	// Against direct (zero for direct itself and when direct did not run).
+	// Against direct (zero for direct itself, when direct did not run,
+	// and when either had no complete stream, so no times).
 	// AddedFirstEvent is this target's first-event percentile minus
 	// direct's; AddedEventDelay the same for the event delay.
 	AddedFirstEvent Percentiles `json:"added_first_event"`
@@ -280,12 +281,7 @@ func (r *StreamResult) summarise() {
 // compareStreams fills the against-direct fields of targets, measured
 // together.
 func compareStreams(targets []StreamTarget) {
-	var direct *StreamTarget
-	for i := range targets {
-		if targets[i].Name == TargetDirect {
-			direct = &targets[i]
-		}
-	}
+	direct := findStreamTarget(targets, TargetDirect)
 	if direct == nil {
 		return
 	}
@@ -294,11 +290,18 @@ func compareStreams(targets []StreamTarget) {
 		if t == direct {
 			continue
 		}
-		t.AddedFirstEvent = subtract(t.Load.FirstEvent, direct.Load.FirstEvent)
-		t.AddedEventDelay = subtract(t.Load.EventDelay, direct.Load.EventDelay)
+		t.AddedFirstEvent, t.AddedEventDelay = Percentiles{}, Percentiles{}
+		if t.timed() && direct.timed() {
+			t.AddedFirstEvent = subtract(t.Load.FirstEvent, direct.Load.FirstEvent)
+			t.AddedEventDelay = subtract(t.Load.EventDelay, direct.Load.EventDelay)
+		}
 		t.CPURatio = ratio(t.CPUPer1kEvents, direct.CPUPer1kEvents)
 	}
 }
+
+// timed reports whether t has times: they are of complete streams only,
+// and read 0 without one.
+func (t *StreamTarget) timed() bool { return t.Load.Complete > 0 }
 
 // subtract is a's percentiles minus b's.
 func subtract(a, b Percentiles) Percentiles {
@@ -307,13 +310,16 @@ func subtract(a, b Percentiles) Percentiles {
 }
 
 // medianStreamTarget is one target's median over rounds: each figure's
-// median on its own, counts summed, and the highest peak RSS (the
-// process runs every round, so that is its VmHWM at the end), as
-// medianTarget has them.
+// median on its own, over the rounds that measured it (the times over
+// rounds with a complete stream, the CPU per event over rounds with
+// events: the others read 0, which is no measurement), counts summed,
+// and the highest peak RSS (the process runs every round, so that is its
+// VmHWM at the end), as medianTarget has them.
 func medianStreamTarget(runs []StreamTarget) StreamTarget {
 	m := StreamTarget{Name: runs[0].Name}
-	m.CPUPer1kEvents = medianOf(runs, func(t StreamTarget) float64 { return t.CPUPer1kEvents })
-	m.UpstreamCPUPer1kEvents = medianOf(runs, func(t StreamTarget) float64 { return t.UpstreamCPUPer1kEvents })
+	withEvents := slices.DeleteFunc(slices.Clone(runs), func(t StreamTarget) bool { return t.Load.WindowEvents == 0 })
+	m.CPUPer1kEvents = medianOf(withEvents, func(t StreamTarget) float64 { return t.CPUPer1kEvents })
+	m.UpstreamCPUPer1kEvents = medianOf(withEvents, func(t StreamTarget) float64 { return t.UpstreamCPUPer1kEvents })
 	for _, t := range runs {
 		m.PeakRSS = max(m.PeakRSS, t.PeakRSS)
 	}
@@ -329,16 +335,27 @@ func medianStreamTarget(runs []StreamTarget) StreamTarget {
 			m.Load.Errors[k] += v
 		}
 	}
-	pick := func(f func(StreamLoadResult) Percentiles) Percentiles {
+	pick := func(loads []StreamLoadResult, f func(StreamLoadResult) Percentiles) Percentiles {
 		ps := make([]Percentiles, len(loads))
 		for i, l := range loads {
 			ps[i] = f(l)
 		}
 		return medianPercentiles(ps)
 	}
-	m.Load.FirstEvent = pick(func(l StreamLoadResult) Percentiles { return l.FirstEvent })
-	m.Load.EventDelay = pick(func(l StreamLoadResult) Percentiles { return l.EventDelay })
-	m.Load.Stream = pick(func(l StreamLoadResult) Percentiles { return l.Stream })
-	m.Load.ScheduleLag = pick(func(l StreamLoadResult) Percentiles { return l.ScheduleLag })
+	timed := slices.DeleteFunc(slices.Clone(loads), func(l StreamLoadResult) bool { return l.Complete == 0 })
+	m.Load.FirstEvent = pick(timed, func(l StreamLoadResult) Percentiles { return l.FirstEvent })
+	m.Load.EventDelay = pick(timed, func(l StreamLoadResult) Percentiles { return l.EventDelay })
+	m.Load.Stream = pick(timed, func(l StreamLoadResult) Percentiles { return l.Stream })
+	m.Load.ScheduleLag = pick(loads, func(l StreamLoadResult) Percentiles { return l.ScheduleLag })
 	return m
+}
+
+// findStreamTarget is the target named name in targets, or nil.
+func findStreamTarget(targets []StreamTarget, name string) *StreamTarget {
+	for i := range targets {
+		if targets[i].Name == name {
+			return &targets[i]
+		}
+	}
+	return nil
 }

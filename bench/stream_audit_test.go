@@ -2,6 +2,7 @@ package bench
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -493,5 +494,74 @@ func TestStreamProxiesOutlastTheDriversTimeout(t *testing.T) {
 	}
 	if strings.Contains(nginxConfig("d", "l", "u", 1, 0), "proxy_buffering") {
 		t.Error("nginx does not buffer outside the stream scenario")
+	}
+}
+
+// A target without a complete stream has no times (they are of complete
+// streams only, and read 0): nothing may be subtracted from them, or
+// they from another's, and a report shows "–" for them, not a target
+// that "added" minus direct's first-event time.
+func TestStreamFiguresNeedCompleteStreams(t *testing.T) {
+	timed := func(name string, p50 float64) StreamTarget {
+		p := Percentiles{P50: p50, P90: p50, P99: p50, P999: p50, Max: p50, Mean: p50}
+		return StreamTarget{Name: name, CPUPer1kEvents: 50, Load: StreamLoadResult{Streams: 10, Complete: 10, Events: 200, WindowEvents: 200,
+			FirstEvent: p, EventDelay: p, Stream: p, Errors: map[string]int64{}}}
+	}
+	failed := func(name string) StreamTarget {
+		return StreamTarget{Name: name, CPUPer1kEvents: 40, Load: StreamLoadResult{Streams: 10, WindowEvents: 25, Errors: map[string]int64{"cut": 10}}}
+	}
+	for _, c := range []struct {
+		name, failed string
+		targets      []StreamTarget
+	}{
+		{"a target without", TargetBallast, []StreamTarget{timed(TargetDirect, 2.5), failed(TargetBallast)}},
+		{"direct without", TargetDirect, []StreamTarget{failed(TargetDirect), timed(TargetBallast, 2.5)}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			r := &StreamResult{Settings: Settings{Rate: 100, Duration: "1s", Warmup: "0s", Connections: 64, Procs: 1}, Events: 20, Interval: "10ms",
+				Rounds: [][]StreamTarget{c.targets}}
+			r.summarise()
+			if b := r.Targets[1]; b.AddedFirstEvent != (Percentiles{}) || b.AddedEventDelay != (Percentiles{}) {
+				t.Errorf("added to a target without complete streams: %+v %+v", b.AddedFirstEvent, b.AddedEventDelay)
+			}
+			var out bytes.Buffer
+			if err := (&Report{Stream: r}).WriteText(&out); err != nil {
+				t.Fatal(err)
+			}
+			if strings.Contains(out.String(), "+2.500") || strings.Contains(out.String(), "-2.500") {
+				t.Errorf("a figure added to or from a target without times:\n%s", out.String())
+			}
+			// The latency table's row of the target without times.
+			var rows [][]string
+			for line := range strings.Lines(out.String()) {
+				if f := strings.Fields(line); len(f) > 0 && f[0] == c.failed {
+					rows = append(rows, f)
+				}
+			}
+			if len(rows) != 2 {
+				t.Fatalf("%d rows for %s:\n%s", len(rows), c.failed, out.String())
+			}
+			for _, cell := range rows[1][1:] {
+				if cell != "–" {
+					t.Errorf("%s has no times, yet its row reads %v", c.failed, rows[1])
+					break
+				}
+			}
+		})
+	}
+}
+
+// The medians over rounds are of the rounds that measured the figure: a
+// round without a complete stream has no times, and one without events
+// no CPU per event, and their zeros must not pull the medians down.
+func TestMedianStreamTargetSkipsRoundsWithoutFigures(t *testing.T) {
+	p := func(v float64) Percentiles { return Percentiles{P50: v, P90: v, P99: v, P999: v, Max: v, Mean: v} }
+	runs := []StreamTarget{
+		{Name: TargetBallast, CPUPer1kEvents: 40, Load: StreamLoadResult{Streams: 10, Complete: 10, WindowEvents: 200, FirstEvent: p(1), EventDelay: p(0.2), Stream: p(30)}},
+		{Name: TargetBallast, Load: StreamLoadResult{Streams: 10, Errors: map[string]int64{"5xx": 10}}},
+	}
+	m := medianStreamTarget(runs)
+	if m.Load.FirstEvent != p(1) || m.Load.EventDelay != p(0.2) || m.Load.Stream != p(30) || m.CPUPer1kEvents != 40 {
+		t.Errorf("first event %+v, event delay %+v, stream %+v, CPU %v: a round without figures counted", m.Load.FirstEvent, m.Load.EventDelay, m.Load.Stream, m.CPUPer1kEvents)
 	}
 }
