@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -563,5 +564,45 @@ func TestMedianStreamTargetSkipsRoundsWithoutFigures(t *testing.T) {
 	m := medianStreamTarget(runs)
 	if m.Load.FirstEvent != p(1) || m.Load.EventDelay != p(0.2) || m.Load.Stream != p(30) || m.CPUPer1kEvents != 40 {
 		t.Errorf("first event %+v, event delay %+v, stream %+v, CPU %v: a round without figures counted", m.Load.FirstEvent, m.Load.EventDelay, m.Load.Stream, m.CPUPer1kEvents)
+	}
+}
+
+// Shutdown ends the upstream's streams before it returns, the cut ones
+// too: those run on hijacked connections, which fasthttp's Shutdown
+// does not wait for, and one paused between events was still running
+// after Shutdown had returned, about one time in twenty.
+func TestUpstreamShutdownEndsCutStreams(t *testing.T) {
+	for i := range 200 {
+		u := NewUpstream(UpstreamConfig{Profile: Profile{Name: "cut", CutStream: 100}, StreamEvents: 4, StreamInterval: time.Hour, StreamStamp: true})
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		served := make(chan struct{})
+		go func() { _ = u.Serve(ln); close(served) }()
+		c, err := net.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+		if _, err := c.Write(streamRequest(ln.Addr().String(), "/v1/stream", nil)); err != nil {
+			t.Fatal(err)
+		}
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// The first event is in: the stream now waits an hour for its next.
+		if _, err := resp.Body.Read(make([]byte, 1)); err != nil {
+			t.Fatal(err)
+		}
+		_ = u.Shutdown()
+		stacks := make([]byte, 1<<20)
+		stacks = stacks[:runtime.Stack(stacks, true)]
+		_ = c.Close()
+		<-served
+		if bytes.Contains(stacks, []byte("(*Upstream).pause")) {
+			t.Fatalf("try %d: a cut stream still waits for its next event after Shutdown returned", i)
+		}
 	}
 }

@@ -70,6 +70,12 @@ type Upstream struct {
 
 	done     chan struct{}
 	stopOnce sync.Once
+
+	// cuts are the cut streams writing on hijacked connections, which
+	// fasthttp's Shutdown does not wait for; Shutdown does (startCut).
+	cutMu   sync.Mutex
+	cuts    sync.WaitGroup
+	stopped bool
 }
 
 // NewUpstream builds the upstream. cfg.Profile must be valid (Validate).
@@ -99,7 +105,10 @@ func NewUpstream(cfg UpstreamConfig) *Upstream {
 		Handler:               u.handle,
 		NoDefaultServerHeader: true,
 		CloseOnShutdown:       true,
-		Logger:                quietLogger{},
+		// A cut stream closes its hijacked connection itself, before
+		// Shutdown is told it has ended (cutStream).
+		KeepHijackedConns: true,
+		Logger:            quietLogger{},
 	}
 	return u
 }
@@ -107,10 +116,32 @@ func NewUpstream(cfg UpstreamConfig) *Upstream {
 // Serve answers on ln until Shutdown.
 func (u *Upstream) Serve(ln net.Listener) error { return u.srv.Serve(ln) }
 
-// Shutdown ends hangs and streams, then stops the server.
+// Shutdown ends hangs and streams, then stops the server. When it
+// returns, no stream writes any more, and a cut stream's connection is
+// closed.
 func (u *Upstream) Shutdown() error {
 	u.stopOnce.Do(func() { close(u.done) })
-	return u.srv.Shutdown()
+	err := u.srv.Shutdown()
+	u.cutMu.Lock()
+	u.stopped = true
+	u.cutMu.Unlock()
+	u.cuts.Wait()
+	return err
+}
+
+// startCut counts a cut stream in, for Shutdown to wait for; false once
+// Shutdown has begun: the stream must then write nothing. The count is
+// taken on the hijacked connection's goroutine, not in the handler:
+// fasthttp skips the hijack when the connection fails first, and a count
+// taken for it would never be given back.
+func (u *Upstream) startCut() bool {
+	u.cutMu.Lock()
+	defer u.cutMu.Unlock()
+	if u.stopped {
+		return false
+	}
+	u.cuts.Add(1)
+	return true
 }
 
 // Counters returns a snapshot of the side-effect counters.
@@ -274,6 +305,12 @@ func (u *Upstream) cutStream(ctx *fasthttp.RequestCtx, event []byte) {
 	}
 	ctx.HijackSetNoResponse(true)
 	ctx.Hijack(func(c net.Conn) {
+		if !u.startCut() {
+			_ = c.Close()
+			return
+		}
+		defer u.cuts.Done()
+		defer c.Close() // before Done: Shutdown returns with it closed
 		w := bufio.NewWriter(c)
 		_, _ = w.WriteString(head + "\r\n")
 		var stamped []byte
@@ -289,7 +326,7 @@ func (u *Upstream) cutStream(ctx *fasthttp.RequestCtx, event []byte) {
 			}
 		}
 		_ = w.Flush()
-		// Returning closes c, without the last chunk.
+		// Closing c ends the answer without its last chunk.
 	})
 }
 
