@@ -281,26 +281,13 @@ func startOverheadBallast(ctx context.Context, opts Options, dir string, user *u
 // is that round; with more, Targets are the medians (medianTarget) and
 // RoundsVersus every round's ratios.
 func (o *OverheadResult) summarise() {
-	for _, r := range o.Rounds {
-		compare(r)
-	}
-	switch len(o.Rounds) {
-	case 0:
-		return
-	case 1:
-		o.Targets, o.Rounds = o.Rounds[0], nil
+	if len(o.Rounds) == 0 {
 		return
 	}
-	o.Targets = nil
-	for i := range o.Rounds[0] {
-		runs := make([]OverheadTarget, len(o.Rounds))
-		for r, round := range o.Rounds {
-			runs[r] = round[i]
-		}
-		o.Targets = append(o.Targets, medianTarget(runs))
+	o.Targets, o.Rounds = summariseRounds(o.Rounds, compare, medianTarget)
+	if len(o.Rounds) > 1 {
+		o.RoundsVersus = o.ballastVersus()
 	}
-	compare(o.Targets)
-	o.RoundsVersus = o.ballastVersus()
 }
 
 // measureTarget runs the open-loop and saturation phases against one

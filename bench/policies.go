@@ -263,25 +263,10 @@ func Policies(ctx context.Context, opts Options) (*PoliciesResult, error) {
 // is that round; with more, Variants are the medians and each round keeps
 // its own ratios against its own off.
 func (r *PoliciesResult) summarise() {
-	for i := range r.Rounds {
-		compareVariants(r.Rounds[i])
-	}
-	switch len(r.Rounds) {
-	case 0:
-		return
-	case 1:
-		r.Variants, r.Rounds = r.Rounds[0], nil
+	if len(r.Rounds) == 0 {
 		return
 	}
-	r.Variants = nil
-	for i := range r.Rounds[0] {
-		runs := make([]PolicyVariant, len(r.Rounds))
-		for k, round := range r.Rounds {
-			runs[k] = round[i]
-		}
-		r.Variants = append(r.Variants, medianPolicyVariant(runs))
-	}
-	r.compare()
+	r.Variants, r.Rounds = summariseRounds(r.Rounds, compareVariants, medianPolicyVariant)
 }
 
 // medianPolicyVariant summarises one variant's rounds as medianTarget

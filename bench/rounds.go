@@ -256,3 +256,30 @@ func findTarget(ts []OverheadTarget, name string) *OverheadTarget {
 	}
 	return nil
 }
+
+// summariseRounds is how every scenario run in rounds reports: each round
+// is compared within itself (compare), so that its ratios are against
+// its own baseline; then with one round its targets are the report's and
+// no rounds are kept, and with more each target's figures are the median
+// over the rounds (median, given one target's runs in round order),
+// compared again. rounds must list the same targets in the same order.
+func summariseRounds[T any](rounds [][]T, compare func([]T), median func([]T) T) (targets []T, kept [][]T) {
+	for _, r := range rounds {
+		compare(r)
+	}
+	switch len(rounds) {
+	case 0:
+		return nil, nil
+	case 1:
+		return rounds[0], nil
+	}
+	for i := range rounds[0] {
+		runs := make([]T, len(rounds))
+		for k, round := range rounds {
+			runs[k] = round[i]
+		}
+		targets = append(targets, median(runs))
+	}
+	compare(targets)
+	return targets, rounds
+}

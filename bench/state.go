@@ -170,25 +170,10 @@ func runStore(ctx context.Context, opts Options, dir, name string, up *Process, 
 // (medianStateTarget) and each round keeps its own ratios against its
 // own unkeyed run.
 func (r *StateResult) summarise() {
-	for i := range r.Rounds {
-		compareStores(r.Rounds[i])
-	}
-	switch len(r.Rounds) {
-	case 0:
-		return
-	case 1:
-		r.Targets, r.Rounds = r.Rounds[0], nil
+	if len(r.Rounds) == 0 {
 		return
 	}
-	r.Targets = nil
-	for i := range r.Rounds[0] {
-		runs := make([]StateTarget, len(r.Rounds))
-		for k, round := range r.Rounds {
-			runs[k] = round[i]
-		}
-		r.Targets = append(r.Targets, medianStateTarget(runs))
-	}
-	r.compare()
+	r.Targets, r.Rounds = summariseRounds(r.Rounds, compareStores, medianStateTarget)
 }
 
 // medianStateTarget summarises one store's rounds as medianTarget does an

@@ -257,25 +257,10 @@ func measureStream(ctx context.Context, opts Options, name string, proc, up *Pro
 // summarise fills the comparisons from r.Rounds: with one round, Targets
 // is that round; with more, Targets are the medians.
 func (r *StreamResult) summarise() {
-	for _, round := range r.Rounds {
-		compareStreams(round)
-	}
-	switch len(r.Rounds) {
-	case 0:
-		return
-	case 1:
-		r.Targets, r.Rounds = r.Rounds[0], nil
+	if len(r.Rounds) == 0 {
 		return
 	}
-	r.Targets = nil
-	for i := range r.Rounds[0] {
-		runs := make([]StreamTarget, len(r.Rounds))
-		for k, round := range r.Rounds {
-			runs[k] = round[i]
-		}
-		r.Targets = append(r.Targets, medianStreamTarget(runs))
-	}
-	compareStreams(r.Targets)
+	r.Targets, r.Rounds = summariseRounds(r.Rounds, compareStreams, medianStreamTarget)
 }
 
 // compareStreams fills the against-direct fields of targets, measured
