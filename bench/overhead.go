@@ -239,27 +239,22 @@ func Overhead(ctx context.Context, opts Options) (*OverheadResult, error) {
 		return nil, fmt.Errorf("%w: no overhead target selected (known: direct, bare, ballast, nginx)", ErrLoad)
 	}
 
-	for round := range opts.Rounds {
-		measured := make([]OverheadTarget, len(targets))
-		for i := range targets {
-			k := (round + i) % len(targets)
-			t := targets[k]
-			fmt.Fprintf(opts.Progress, "%s%s open loop at %.0f rps for %v\n", roundPrefix("overhead", round, opts.Rounds), t.name, opts.Rate, opts.Duration)
-			profile := ""
-			if opts.CPUProfileDir != "" && t.name == TargetBallast {
-				profile = cpuProfilePath(opts.CPUProfileDir, "", round+1)
-			}
-			ot, err := measureTarget(ctx, opts, []Workload{wl}, t.name, t.proc, up, profile)
-			if err != nil {
-				return nil, err
-			}
-			measured[k] = ot
-			if profile != "" {
-				res.CPUProfiles = append(res.CPUProfiles, profile)
-				fmt.Fprintf(opts.Progress, "overhead: ballast's CPU profile: go tool pprof %s\n", profile)
-			}
+	res.Rounds, err = inTurns(opts.Rounds, len(targets), func(round, k int) (OverheadTarget, error) {
+		t := targets[k]
+		fmt.Fprintf(opts.Progress, "%s%s open loop at %.0f rps for %v\n", roundPrefix("overhead", round, opts.Rounds), t.name, opts.Rate, opts.Duration)
+		profile := ""
+		if opts.CPUProfileDir != "" && t.name == TargetBallast {
+			profile = cpuProfilePath(opts.CPUProfileDir, "", round+1)
 		}
-		res.Rounds = append(res.Rounds, measured)
+		ot, err := measureTarget(ctx, opts, []Workload{wl}, t.name, t.proc, up, profile)
+		if err == nil && profile != "" {
+			res.CPUProfiles = append(res.CPUProfiles, profile)
+			fmt.Fprintf(opts.Progress, "overhead: ballast's CPU profile: go tool pprof %s\n", profile)
+		}
+		return ot, err
+	})
+	if err != nil {
+		return nil, err
 	}
 	res.summarise()
 	return res, nil

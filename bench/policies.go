@@ -235,25 +235,20 @@ func Policies(ctx context.Context, opts Options) (*PoliciesResult, error) {
 			selected = append(selected, v)
 		}
 	}
-	for round := range opts.Rounds {
-		measured := make([]PolicyVariant, len(selected))
-		for i := range selected {
-			k := (round + i) % len(selected)
-			profile := ""
-			if opts.CPUProfileDir != "" {
-				profile = cpuProfilePath(opts.CPUProfileDir, selected[k].name, round+1)
-			}
-			pv, err := runPolicyVariant(ctx, open, dir, selected[k], up, roundPrefix("policies", round, opts.Rounds), profile)
-			if err != nil {
-				return nil, err
-			}
-			measured[k] = pv
-			if profile != "" {
-				res.CPUProfiles = append(res.CPUProfiles, profile)
-				fmt.Fprintf(opts.Progress, "policies: ballast's CPU profile: go tool pprof %s\n", profile)
-			}
+	res.Rounds, err = inTurns(opts.Rounds, len(selected), func(round, k int) (PolicyVariant, error) {
+		profile := ""
+		if opts.CPUProfileDir != "" {
+			profile = cpuProfilePath(opts.CPUProfileDir, selected[k].name, round+1)
 		}
-		res.Rounds = append(res.Rounds, measured)
+		pv, err := runPolicyVariant(ctx, open, dir, selected[k], up, roundPrefix("policies", round, opts.Rounds), profile)
+		if err == nil && profile != "" {
+			res.CPUProfiles = append(res.CPUProfiles, profile)
+			fmt.Fprintf(opts.Progress, "policies: ballast's CPU profile: go tool pprof %s\n", profile)
+		}
+		return pv, err
+	})
+	if err != nil {
+		return nil, err
 	}
 	res.summarise()
 	return res, nil

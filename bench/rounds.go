@@ -283,3 +283,25 @@ func summariseRounds[T any](rounds [][]T, compare func([]T), median func([]T) T)
 	compare(targets)
 	return targets, rounds
 }
+
+// inTurns measures each of n targets once a round for rounds rounds, each
+// round starting one target later than the one before, so that a noisy
+// stretch of a shared machine lands on one round's figures rather than on
+// one target's. measure gets the round (from 0) and the target's index;
+// each round lists the targets in index order. The first error ends it.
+func inTurns[T any](rounds, n int, measure func(round, k int) (T, error)) ([][]T, error) {
+	out := make([][]T, 0, rounds)
+	for round := range rounds {
+		measured := make([]T, n)
+		for i := range n {
+			k := (round + i) % n
+			m, err := measure(round, k)
+			if err != nil {
+				return nil, err
+			}
+			measured[k] = m
+		}
+		out = append(out, measured)
+	}
+	return out, nil
+}

@@ -119,17 +119,11 @@ func State(ctx context.Context, opts Options) (*StateResult, error) {
 		}
 		names = append(names, name)
 	}
-	for round := range opts.Rounds {
-		measured := make([]StateTarget, len(names))
-		for i := range names {
-			k := (round + i) % len(names)
-			st, err := runStore(ctx, opts, dir, names[k], up, roundPrefix("state", round, opts.Rounds))
-			if err != nil {
-				return nil, err
-			}
-			measured[k] = st
-		}
-		res.Rounds = append(res.Rounds, measured)
+	res.Rounds, err = inTurns(opts.Rounds, len(names), func(round, k int) (StateTarget, error) {
+		return runStore(ctx, opts, dir, names[k], up, roundPrefix("state", round, opts.Rounds))
+	})
+	if err != nil {
+		return nil, err
 	}
 	res.summarise()
 	return res, nil

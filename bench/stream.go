@@ -153,19 +153,13 @@ func Stream(ctx context.Context, opts Options) (*StreamResult, error) {
 		return nil, fmt.Errorf("%w: no stream target selected (known: direct, ballast, nginx)", ErrLoad)
 	}
 
-	for round := range opts.Rounds {
-		measured := make([]StreamTarget, len(targets))
-		for i := range targets {
-			k := (round + i) % len(targets)
-			t := targets[k]
-			fmt.Fprintf(opts.Progress, "%s%s open loop at %s streams/s for %v\n", roundPrefix("stream", round, opts.Rounds), t.name, fmtCount(opts.Rate), opts.Duration)
-			st, err := measureStream(ctx, opts, t.name, t.proc, up)
-			if err != nil {
-				return nil, err
-			}
-			measured[k] = st
-		}
-		res.Rounds = append(res.Rounds, measured)
+	res.Rounds, err = inTurns(opts.Rounds, len(targets), func(round, k int) (StreamTarget, error) {
+		t := targets[k]
+		fmt.Fprintf(opts.Progress, "%s%s open loop at %s streams/s for %v\n", roundPrefix("stream", round, opts.Rounds), t.name, fmtCount(opts.Rate), opts.Duration)
+		return measureStream(ctx, opts, t.name, t.proc, up)
+	})
+	if err != nil {
+		return nil, err
 	}
 	res.summarise()
 	return res, nil
