@@ -78,9 +78,8 @@ func Chaos(ctx context.Context, opts Options) (*ChaosResult, error) {
 	if err != nil {
 		return nil, err
 	}
-	if inFlight := opts.Rate * opts.Timeout.Seconds(); inFlight > maxChaosInFlight {
-		return nil, fmt.Errorf("%w: chaos keeps up to rate × timeout = %.0f requests in flight, above %d: lower the rate or the timeout",
-			ErrLoad, inFlight, maxChaosInFlight)
+	if err := CheckChaos(opts); err != nil {
+		return nil, err
 	}
 	profile, err := NamedProfile("standard")
 	if err != nil {
@@ -146,6 +145,26 @@ func Chaos(ctx context.Context, opts Options) (*ChaosResult, error) {
 // evicted and the duplicates are exact.
 func chaosMaxKeys(o Options) int {
 	return max(DefaultMaxKeys, int(math.Ceil(o.Rate*(o.Warmup+o.Duration).Seconds()))+64)
+}
+
+// CheckChaos refuses chaos options (zero Rate and Timeout taken as their
+// defaults) that would keep more than maxChaosInFlight requests in
+// flight: an ErrLoad error. Chaos calls it first; the command line calls
+// it before any scenario runs, so that `bench all` does not measure the
+// others for minutes and then refuse chaos.
+func CheckChaos(o Options) error {
+	rate, timeout := o.Rate, o.Timeout
+	if rate <= 0 {
+		rate = ChaosDefaultRate
+	}
+	if timeout <= 0 {
+		timeout = 5 * time.Second
+	}
+	if inFlight := rate * timeout.Seconds(); inFlight > maxChaosInFlight {
+		return fmt.Errorf("%w: chaos keeps up to rate × timeout = %.0f requests in flight, above %d: lower the rate or the timeout",
+			ErrLoad, inFlight, maxChaosInFlight)
+	}
+	return nil
 }
 
 // maxChaosInFlight bounds chaosConcurrency: one goroutine and one

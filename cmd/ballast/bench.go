@@ -125,13 +125,19 @@ func cmdBenchScenario(name string, args []string, stdout, stderr io.Writer) int 
 	if fc.report(stderr, "bench "+name) {
 		return 2
 	}
-	// A stream shape the driver cannot measure fails here, before any
-	// scenario runs: with all, stream runs after the others.
+	// A stream shape the driver cannot measure, or a chaos load the
+	// harness will not keep in flight, fails here, before any scenario
+	// runs: with all, chaos and stream run after overhead.
+	var shapeErrs []error
 	if name == "stream" || name == "all" {
-		if err := bench.CheckStream(o); err != nil {
-			fmt.Fprintf(stderr, "ballast bench %s: %v\n", name, err)
-			return 2
-		}
+		shapeErrs = append(shapeErrs, bench.CheckStream(o))
+	}
+	if name == "chaos" || name == "all" {
+		shapeErrs = append(shapeErrs, bench.CheckChaos(o))
+	}
+	if err := errors.Join(shapeErrs...); err != nil {
+		fmt.Fprintf(stderr, "ballast bench %s: %v\n", name, err)
+		return 2
 	}
 	// Zero means "default" in Options; on the command line 0 means none.
 	if o.Warmup == 0 {

@@ -217,6 +217,10 @@ func TestBenchUsageErrors(t *testing.T) {
 		{name: "no stream events", args: []string{"bench", "stream", "--stream-events", "0"}},
 		{name: "no stream interval", args: []string{"bench", "stream", "--stream-interval", "0"}},
 		{name: "config in stream", args: []string{"bench", "stream", "--config", "ballast.yaml"}},
+		// rate × timeout = 30,000 chaos requests in flight: refused before
+		// anything runs, not after overhead has been measured for minutes.
+		{name: "chaos load too large", args: []string{"bench", "chaos", "--rate", "300", "--timeout", "100s"}},
+		{name: "chaos load too large with all", args: []string{"bench", "all", "--rate", "300", "--timeout", "100s"}},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
