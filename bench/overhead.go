@@ -227,7 +227,7 @@ func Overhead(ctx context.Context, opts Options) (*OverheadResult, error) {
 		if exe := NginxPath(); exe == "" {
 			res.Skipped[TargetNginx] = "nginx is not on PATH"
 		} else {
-			p, err := startNginx(ctx, exe, dir, up.Addr, opts.Procs, 0)
+			p, err := startNginx(ctx, exe, dir, up.Addr, opts.Procs, opts.Connections, 0)
 			if err != nil {
 				return nil, err
 			}

@@ -141,7 +141,7 @@ func Stream(ctx context.Context, opts Options) (*StreamResult, error) {
 		if exe := NginxPath(); exe == "" {
 			res.Skipped[TargetNginx] = "nginx is not on PATH"
 		} else {
-			p, err := startNginx(ctx, exe, dir, up.Addr, opts.Procs, opts.Timeout)
+			p, err := startNginx(ctx, exe, dir, up.Addr, opts.Procs, opts.Connections, opts.Timeout)
 			if err != nil {
 				return nil, err
 			}

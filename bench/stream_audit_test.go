@@ -479,7 +479,7 @@ func TestStreamProxiesOutlastTheDriversTimeout(t *testing.T) {
 		if timeout <= 30*time.Second && strings.Contains(string(y), "timeouts:") {
 			t.Errorf("driver timeout %v: ballast's defaults are long enough, yet\n%s", timeout, y)
 		}
-		nginx := nginxConfig(t.TempDir(), "127.0.0.1:1", "127.0.0.1:2", 1, timeout)
+		nginx := nginxConfig(t.TempDir(), "127.0.0.1:1", "127.0.0.1:2", 1, 64, timeout)
 		read := 60 * time.Second
 		if _, rest, ok := strings.Cut(nginx, "proxy_read_timeout "); ok {
 			secs, _, _ := strings.Cut(rest, "s;")
@@ -493,7 +493,7 @@ func TestStreamProxiesOutlastTheDriversTimeout(t *testing.T) {
 			t.Errorf("driver timeout %v: nginx reads for %v\n%s", timeout, read, nginx)
 		}
 	}
-	if strings.Contains(nginxConfig("d", "l", "u", 1, 0), "proxy_buffering") {
+	if strings.Contains(nginxConfig("d", "l", "u", 1, 64, 0), "proxy_buffering") {
 		t.Error("nginx does not buffer outside the stream scenario")
 	}
 }
