@@ -29,9 +29,6 @@ func TestProfileSeconds(t *testing.T) {
 // TestCPUProfiles fetches ballast's CPU profiles from real ballast
 // children and reads them with go tool pprof.
 func TestCPUProfiles(t *testing.T) {
-	if testing.Short() {
-		t.Skip("starts child processes")
-	}
 	exe := buildBallast(t)
 	opts := Options{Exe: exe, Duration: 300 * time.Millisecond, Warmup: -1, Saturation: -1,
 		Rate: 150, Connections: 4, Timeout: time.Second, Driver: DriverGo}

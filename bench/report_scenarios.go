@@ -89,25 +89,17 @@ func (r *StreamResult) section() section {
 	}
 	sec.tables = []*table{cost, lat}
 	if len(r.Rounds) > 1 {
-		rt := &table{header: []string{"target"}}
-		for k := range r.Rounds {
-			rt.header = append(rt.header, fmt.Sprintf("added p99, first event / event delay, round %d", k+1))
-		}
+		names := make([]string, len(r.Targets))
 		for i, t := range r.Targets {
-			if t.Name == TargetDirect {
-				continue
-			}
-			row := []string{t.Name}
-			for _, round := range r.Rounds {
-				cell := "–"
-				if d := findStreamTarget(round, TargetDirect); round[i].timed() && d != nil && d.timed() {
-					cell = fmtAdded(round[i].AddedFirstEvent.P99) + " / " + fmtAdded(round[i].AddedEventDelay.P99)
-				}
-				row = append(row, cell)
-			}
-			rt.add(row...)
+			names[i] = t.Name
 		}
-		sec.tables = append(sec.tables, rt)
+		sec.tables = append(sec.tables, perRoundTable("target", "added p99, first event / event delay", names, TargetDirect, r.Rounds,
+			func(round []StreamTarget, i int) string {
+				if d := findStreamTarget(round, TargetDirect); round[i].timed() && d != nil && d.timed() {
+					return fmtAdded(round[i].AddedFirstEvent.P99) + " / " + fmtAdded(round[i].AddedEventDelay.P99)
+				}
+				return "–"
+			}))
 	}
 	var worst Percentiles
 	for _, t := range r.Targets {
@@ -179,21 +171,12 @@ func (r *StateResult) section() section {
 	}
 	sec.tables = []*table{t}
 	if len(r.Rounds) > 1 {
-		rt := &table{header: []string{"store"}}
-		for k := range r.Rounds {
-			rt.header = append(rt.header, fmt.Sprintf("rps ×unkeyed, round %d", k+1))
-		}
+		names := make([]string, len(r.Targets))
 		for i, st := range r.Targets {
-			if st.Name == StoreUnkeyed {
-				continue
-			}
-			row := []string{st.Name}
-			for _, round := range r.Rounds {
-				row = append(row, fmtRatio(round[i].RPSRatio))
-			}
-			rt.add(row...)
+			names[i] = st.Name
 		}
-		sec.tables = append(sec.tables, rt)
+		sec.tables = append(sec.tables, perRoundTable("store", "rps ×unkeyed", names, StoreUnkeyed, r.Rounds,
+			func(round []StateTarget, i int) string { return fmtRatio(round[i].RPSRatio) }))
 	}
 	for _, name := range sortedKeys(r.Skipped) {
 		sec.notes = append(sec.notes, fmt.Sprintf("skipped %s: %s", name, r.Skipped[name]))
@@ -239,6 +222,27 @@ func (p *PoliciesResult) roundsTable() *table {
 		}
 		for _, round := range p.Rounds {
 			row = append(row, fmtAdded(round[i].AddedLatency.P99))
+		}
+		t.add(row...)
+	}
+	return t
+}
+
+// perRoundTable has a row for each of names but baseline (the figures
+// are against it) and a column "LABEL, round K" for each round, the cell
+// of target i in a round given by cell.
+func perRoundTable[T any](first, label string, names []string, baseline string, rounds [][]T, cell func(round []T, i int) string) *table {
+	t := &table{header: []string{first}}
+	for k := range rounds {
+		t.header = append(t.header, fmt.Sprintf("%s, round %d", label, k+1))
+	}
+	for i, name := range names {
+		if name == baseline {
+			continue
+		}
+		row := []string{name}
+		for _, round := range rounds {
+			row = append(row, cell(round, i))
 		}
 		t.add(row...)
 	}

@@ -279,9 +279,6 @@ func TestOtherScenariosRefuseOverheadOptions(t *testing.T) {
 // TestOverheadMeasuresAUserConfig runs the overhead scenario on users'
 // configs with the real ballast binary, a few hundred milliseconds each.
 func TestOverheadMeasuresAUserConfig(t *testing.T) {
-	if testing.Short() {
-		t.Skip("starts child processes")
-	}
 	exe := buildBallast(t)
 	opts := func(file string) Options {
 		return Options{Exe: exe, Config: file, Duration: 300 * time.Millisecond, Warmup: -1, Saturation: -1,
@@ -325,38 +322,29 @@ func TestOverheadMeasuresAUserConfig(t *testing.T) {
 			t.Errorf("err = %v, want ErrConfig saying no route takes the request", err)
 		}
 	})
-	// No --path or --method reaches a route that matches a host: the
-	// harness addresses its requests to 127.0.0.1, and says so.
-	t.Run("only a route of another host", func(t *testing.T) {
-		file, _ := writeUserConfig(t, t.TempDir(), "host.yaml", `
+	for _, c := range []struct {
+		name, file, yaml, want string
+	}{
+		// No --path or --method reaches a route that matches a host: the
+		// harness addresses its requests to 127.0.0.1, and says so.
+		{"only a route of another host", "host.yaml", `
 routes:
   - name: hosted
     match: {path_prefix: /, host: api.example.com}
     upstream: https://api.example.com
-`)
-		_, err := Overhead(context.Background(), opts(file))
-		if !errors.Is(err, ErrConfig) || !strings.Contains(err.Error(), "a route with a match.host never takes it") {
-			t.Errorf("err = %v, want ErrConfig saying a route with match.host never takes the request", err)
-		}
-	})
-	t.Run("the route answers with an error", func(t *testing.T) {
-		file, _ := writeUserConfig(t, t.TempDir(), "strict.yaml", `
+`, "a route with a match.host never takes it"},
+		{"the route answers with an error", "strict.yaml", `
 routes:
   - name: strict
     match: {path_prefix: /}
     upstream: https://api.example.com
     retry: {attempts: 1}
     validate: {status: ["201"]}
-`)
-		_, err := Overhead(context.Background(), opts(file))
-		if !errors.Is(err, ErrConfig) || !strings.Contains(err.Error(), "was answered 502 invalid_response") {
-			t.Errorf("err = %v, want ErrConfig quoting the 502", err)
-		}
-	})
-	// A 2xx of the route's static_fallback is no answer of its upstream's:
-	// a run of it would time the failure and the fallback, each counted ok.
-	t.Run("the route's static fallback answers 2xx", func(t *testing.T) {
-		file, _ := writeUserConfig(t, t.TempDir(), "fallback.yaml", `
+`, "was answered 502 invalid_response"},
+		// A 2xx of the route's static_fallback is no answer of its
+		// upstream's: a run of it would time the failure and the fallback,
+		// each counted ok.
+		{"the route's static fallback answers 2xx", "fallback.yaml", `
 routes:
   - name: strict
     match: {path_prefix: /}
@@ -364,12 +352,16 @@ routes:
     retry: {attempts: 1}
     validate: {status: ["201"]}
     static_fallback: {status: 200, body: '{"choices":[]}'}
-`)
-		_, err := Overhead(context.Background(), opts(file))
-		if !errors.Is(err, ErrConfig) || !strings.Contains(err.Error(), "static_fallback") {
-			t.Errorf("err = %v, want ErrConfig saying the static fallback answered", err)
-		}
-	})
+`, "static_fallback"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			file, _ := writeUserConfig(t, t.TempDir(), c.file, c.yaml)
+			_, err := Overhead(context.Background(), opts(file))
+			if !errors.Is(err, ErrConfig) || !strings.Contains(err.Error(), c.want) {
+				t.Errorf("err = %v, want ErrConfig saying %q", err, c.want)
+			}
+		})
+	}
 	t.Run("redis replaced by the harness's", func(t *testing.T) {
 		if RedisPath() == "" {
 			t.Fatal("redis-server is not on PATH; scripts/test-deps.sh installs it")
