@@ -163,11 +163,9 @@ func serve(srv *proxy.Server, cfg *config.Config, src config.Source, ln, adminLn
 				return 1
 			default:
 			}
-			if err != nil {
-				log.Warn("drain did not finish in time; exiting", "error", err.Error())
-			}
+			code := reportShutdown(log, err)
 			log.Info("stopped")
-			return 0
+			return code
 		}
 	}
 }
@@ -178,4 +176,22 @@ func printProblems(w io.Writer, origin string, err error) {
 	for _, p := range problems {
 		fmt.Fprintf(w, "  %v\n", p)
 	}
+}
+
+// reportShutdown logs how the drain ended, when it did not end cleanly,
+// and returns the exit code. A drain that ran out of shutdown_timeout (or
+// was cut short by a second signal) exits 0, as documented: ballast did
+// what it was told. Anything else is something that failed to close (the
+// state store, whose own line says what it may have lost), and exits 1 so
+// that a process supervisor hears of it.
+func reportShutdown(log *slog.Logger, err error) int {
+	switch {
+	case err == nil:
+		return 0
+	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled):
+		log.Warn("drain did not finish in time; exiting", "error", err.Error())
+		return 0
+	}
+	log.Error("shutdown failed; exiting", "error", err.Error())
+	return 1
 }
