@@ -38,6 +38,7 @@ func TestHotPathAllocs(t *testing.T) {
 	c.Set(refreshKey, NewEntry(same, t0))
 	received := t0
 
+	lifetimeHeader := []byte("Content-Type: application/json\r\nCache-Control: public, max-age=60\r\nExpires: Thu, 01 Jan 2037 00:00:00 GMT\r\n")
 	var reqNoCache fasthttp.RequestHeader
 	reqNoCache.Set("Cache-Control", "max-age=10, no-cache")
 
@@ -71,6 +72,11 @@ func TestHotPathAllocs(t *testing.T) {
 			buf = AppendAge(buf[:0], l.Age)
 		}},
 		{name: "RequestNoCache", fn: func() { _ = RequestNoCache(&reqNoCache) }},
+		{name: "Lifetime", fn: func() {
+			if _, ok := Lifetime(lifetimeHeader, now); !ok {
+				t.Fatal("no lifetime read")
+			}
+		}},
 		{name: "Cache.Refresh with the same answer", fn: func() {
 			received = received.Add(time.Millisecond)
 			if _, ok := c.Refresh(refreshKey, same, received); !ok {

@@ -6,6 +6,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/ballast-proxy/ballast/internal/ascii"
 	"github.com/valyala/fasthttp"
 )
 
@@ -175,14 +176,14 @@ func namedIn(conns [][]byte, k []byte) bool {
 }
 
 func skipStoredHeader(k []byte) bool {
-	if len(k) > len("x-ballast-") && equalFold(k[:len("x-ballast-")], "x-ballast-") {
+	if len(k) > len("x-ballast-") && ascii.EqualFoldLower(k[:len("x-ballast-")], "x-ballast-") {
 		return true
 	}
 	for _, name := range [...]string{
 		"connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer",
 		"upgrade", "proxy-authenticate", "content-length", "age", "date", "set-cookie", "x-request-id",
 	} {
-		if equalFold(k, name) {
+		if ascii.EqualFoldLower(k, name) {
 			return true
 		}
 	}
@@ -191,8 +192,13 @@ func skipStoredHeader(k []byte) bool {
 
 // Headers calls yield for each stored header line until it returns false.
 // name and value alias e.Header and must not be modified.
-func (e *Entry) Headers(yield func(name, value []byte) bool) {
-	rest := e.Header
+func (e *Entry) Headers(yield func(name, value []byte) bool) { headerLines(e.Header, yield) }
+
+// headerLines calls yield for each "Name: value" line of header (lines
+// ended by CRLF, as Entry.Header stores them; one without ": " is
+// skipped) until it returns false. name and value alias header.
+func headerLines(header []byte, yield func(name, value []byte) bool) {
+	rest := header
 	for len(rest) > 0 {
 		line := rest
 		if i := bytes.Index(rest, []byte("\r\n")); i >= 0 {
@@ -221,21 +227,4 @@ func (e *Entry) WriteResponse(resp *fasthttp.Response) {
 		return true
 	})
 	resp.SetBodyRaw(e.Body)
-}
-
-// equalFold compares b with the lower-case ASCII string s, ignoring b's case.
-func equalFold(b []byte, s string) bool {
-	if len(b) != len(s) {
-		return false
-	}
-	for i := 0; i < len(b); i++ {
-		c := b[i]
-		if c >= 'A' && c <= 'Z' {
-			c += 'a' - 'A'
-		}
-		if c != s[i] {
-			return false
-		}
-	}
-	return true
 }

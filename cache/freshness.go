@@ -5,6 +5,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/ballast-proxy/ballast/internal/ascii"
 	"github.com/valyala/fasthttp"
 )
 
@@ -26,36 +27,26 @@ func Lifetime(header []byte, storedAt time.Time) (lifetime time.Duration, ok boo
 		expires               []byte
 		noCache, sawExpiresLn bool
 	)
-	rest := header
-	for len(rest) > 0 {
-		line := rest
-		if i := bytes.Index(rest, []byte("\r\n")); i >= 0 {
-			line, rest = rest[:i], rest[i+2:]
-		} else {
-			rest = nil
-		}
-		name, value, found := bytes.Cut(line, []byte(": "))
-		if !found {
-			continue
-		}
+	headerLines(header, func(name, value []byte) bool {
 		switch {
-		case equalFold(name, "cache-control"):
+		case ascii.EqualFoldLower(name, "cache-control"):
 			for d := range Members(value) {
 				dn, dv, _ := bytes.Cut(d, []byte("="))
 				dn = bytes.TrimSpace(dn)
 				switch {
-				case equalFold(dn, "no-cache"):
+				case ascii.EqualFoldLower(dn, "no-cache"):
 					noCache = true
-				case equalFold(dn, "s-maxage") && !sawSMaxAge:
+				case ascii.EqualFoldLower(dn, "s-maxage") && !sawSMaxAge:
 					sMaxAge, sawSMaxAge = deltaSeconds(dv), true
-				case equalFold(dn, "max-age") && !sawMaxAge:
+				case ascii.EqualFoldLower(dn, "max-age") && !sawMaxAge:
 					maxAge, sawMaxAge = deltaSeconds(dv), true
 				}
 			}
-		case equalFold(name, "expires") && !sawExpiresLn:
+		case ascii.EqualFoldLower(name, "expires") && !sawExpiresLn:
 			expires, sawExpiresLn = value, true
 		}
-	}
+		return true
+	})
 	switch {
 	case noCache:
 		return 0, true

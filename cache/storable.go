@@ -3,6 +3,7 @@ package cache
 import (
 	"bytes"
 
+	"github.com/ballast-proxy/ballast/internal/ascii"
 	"github.com/valyala/fasthttp"
 )
 
@@ -31,19 +32,19 @@ func Storable(status int, h *fasthttp.ResponseHeader, allowPrivate bool) bool {
 	ok := true
 	for k, v := range h.All() {
 		switch {
-		case equalFold(k, "set-cookie"):
+		case ascii.EqualFoldLower(k, "set-cookie"):
 			ok = false
-		case equalFold(k, "vary"):
+		case ascii.EqualFoldLower(k, "vary"):
 			for d := range Members(v) {
 				if string(d) == "*" {
 					ok = false
 				}
 			}
-		case equalFold(k, "cache-control"):
+		case ascii.EqualFoldLower(k, "cache-control"):
 			for d := range Members(v) {
 				name, _, _ := bytes.Cut(d, []byte("="))
 				name = bytes.TrimSpace(name)
-				if equalFold(name, "no-store") || (!allowPrivate && equalFold(name, "private")) {
+				if ascii.EqualFoldLower(name, "no-store") || (!allowPrivate && ascii.EqualFoldLower(name, "private")) {
 					ok = false
 				}
 			}
@@ -62,7 +63,7 @@ func RequestNoCache(h *fasthttp.RequestHeader) bool {
 	cc := h.Peek(fasthttp.HeaderCacheControl)
 	if len(cc) == 0 {
 		for d := range Members(h.Peek(fasthttp.HeaderPragma)) {
-			if equalFold(d, "no-cache") {
+			if ascii.EqualFoldLower(d, "no-cache") {
 				return true
 			}
 		}
@@ -71,8 +72,8 @@ func RequestNoCache(h *fasthttp.RequestHeader) bool {
 	for d := range Members(cc) {
 		name, val, _ := bytes.Cut(d, []byte("="))
 		name = bytes.TrimSpace(name)
-		if equalFold(name, "no-cache") || equalFold(name, "no-store") ||
-			(equalFold(name, "max-age") && string(bytes.Trim(bytes.TrimSpace(val), `"`)) == "0") {
+		if ascii.EqualFoldLower(name, "no-cache") || ascii.EqualFoldLower(name, "no-store") ||
+			(ascii.EqualFoldLower(name, "max-age") && string(bytes.Trim(bytes.TrimSpace(val), `"`)) == "0") {
 			return true
 		}
 	}
@@ -85,7 +86,7 @@ func RequestNoCache(h *fasthttp.RequestHeader) bool {
 func RequestNoStore(h *fasthttp.RequestHeader) bool {
 	for _, cc := range h.PeekAll(fasthttp.HeaderCacheControl) {
 		for d := range Members(cc) {
-			if equalFold(d, "no-store") {
+			if ascii.EqualFoldLower(d, "no-store") {
 				return true
 			}
 		}

@@ -3,6 +3,7 @@ package cache
 import (
 	"bytes"
 
+	"github.com/ballast-proxy/ballast/internal/ascii"
 	"github.com/valyala/fasthttp"
 )
 
@@ -19,7 +20,7 @@ const MaxVary = 16
 // does not allocate.
 func (o *KeyOptions) VaryCovered(h *fasthttp.ResponseHeader) bool {
 	for k, v := range h.All() {
-		if !equalFold(k, "vary") {
+		if !ascii.EqualFoldLower(k, "vary") {
 			continue
 		}
 		for name := range Members(v) {
@@ -38,7 +39,7 @@ func (o *KeyOptions) WithVary(h *fasthttp.ResponseHeader) (*KeyOptions, bool) {
 	out := *o
 	out.Vary = append([]string(nil), o.Vary...)
 	for k, v := range h.All() {
-		if !equalFold(k, "vary") {
+		if !ascii.EqualFoldLower(k, "vary") {
 			continue
 		}
 		for name := range Members(v) {

@@ -3,6 +3,7 @@ package policy
 import (
 	"time"
 
+	"github.com/ballast-proxy/ballast/internal/ascii"
 	"github.com/valyala/fasthttp"
 )
 
@@ -204,7 +205,7 @@ func hintIndex(key []byte) int {
 	case 36:
 		cand = hAnthropicTokensRemain
 	case 38:
-		if equalFoldLower(key, hintHeaderName(hAnthropicRequestsRemain)) {
+		if ascii.EqualFoldLower(key, hintHeaderName(hAnthropicRequestsRemain)) {
 			return hAnthropicRequestsRemain
 		}
 		cand = hAnthropicInputReset
@@ -217,28 +218,10 @@ func hintIndex(key []byte) int {
 	default:
 		return -1
 	}
-	if equalFoldLower(key, hintHeaderName(cand)) {
+	if ascii.EqualFoldLower(key, hintHeaderName(cand)) {
 		return cand
 	}
 	return -1
-}
-
-// equalFoldLower reports whether b equals the lower-case ASCII string s,
-// ignoring the case of b.
-func equalFoldLower(b []byte, s string) bool {
-	if len(b) != len(s) {
-		return false
-	}
-	for i := range len(b) {
-		c := b[i]
-		if 'A' <= c && c <= 'Z' {
-			c += 'a' - 'A'
-		}
-		if c != s[i] {
-			return false
-		}
-	}
-	return true
 }
 
 // limit is one rate limit a response reports: its reset and whether its

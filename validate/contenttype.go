@@ -3,6 +3,8 @@ package validate
 import (
 	"bytes"
 	"strings"
+
+	"github.com/ballast-proxy/ballast/internal/ascii"
 )
 
 // mediaPattern is an allowed media type, lower-cased: "type/subtype", or
@@ -62,27 +64,9 @@ func (p mediaPattern) matches(mt []byte) bool {
 		return true
 	}
 	if p[len(p)-1] == '/' {
-		return len(mt) > len(p) && equalFoldASCII(mt[:len(p)], string(p))
+		return len(mt) > len(p) && ascii.EqualFoldLower(mt[:len(p)], string(p))
 	}
-	return equalFoldASCII(mt, string(p))
-}
-
-// equalFoldASCII compares b with the lower-case ASCII string s, ignoring the
-// case of b.
-func equalFoldASCII(b []byte, s string) bool {
-	if len(b) != len(s) {
-		return false
-	}
-	for i := 0; i < len(b); i++ {
-		c := b[i]
-		if c >= 'A' && c <= 'Z' {
-			c += 'a' - 'A'
-		}
-		if c != s[i] {
-			return false
-		}
-	}
-	return true
+	return ascii.EqualFoldLower(mt, string(p))
 }
 
 // IsStream reports whether a Content-Type value is a streaming media type,
@@ -96,7 +80,7 @@ func IsStream(contentType []byte) bool {
 	mt := mediaType(contentType)
 	for _, s := range [...]string{"text/event-stream", "application/x-ndjson", "application/ndjson",
 		"application/jsonl", "application/x-jsonlines", "application/json-seq"} {
-		if equalFoldASCII(mt, s) {
+		if ascii.EqualFoldLower(mt, s) {
 			return true
 		}
 	}
