@@ -160,6 +160,9 @@ type File struct {
 	journal *journal
 	claimMu sync.Mutex
 	records atomic.Int64
+	// kept, with the journal, holds the releases whose write failed while
+	// the file held their claims, for a later commit (file_release.go).
+	kept *keptReleases
 	// writeFailed is set once a queued claim, completion or release has
 	// failed to be written; until then a claim counted as a new key cannot
 	// find a record in the file, and its write skips the lookup.
@@ -256,6 +259,10 @@ func OpenFile(path string, opts FileOptions) (*File, error) {
 		journal:  jr,
 
 		onAsyncError: opts.OnAsyncError,
+	}
+	if jr != nil {
+		f.kept = newKeptReleases(maxKeptReleases)
+		commit.retries = f.kept.take
 	}
 	f.records.Store(int64(rec.Records))
 	return f, nil
@@ -404,6 +411,7 @@ func (f *File) Close() error {
 		return nil
 	}
 	if f.commit != nil {
+		f.flushKept()
 		f.commit.close()
 	}
 	var jerr error

@@ -44,6 +44,12 @@ type committer struct {
 	// beforeRound, when set (tests only; set it before the first write),
 	// runs on the leader before each commit round.
 	beforeRound func()
+	// retries, when set (before the first write), returns the writes to
+	// try again in the round about to commit, ahead of its queued ones
+	// (the File's kept releases, file_release.go). They only ride rounds:
+	// one never starts a round, so a disk that keeps refusing them costs
+	// one more failed write per round, not a loop of rounds.
+	retries func() []*commitOp
 
 	mu       sync.Mutex
 	idle     sync.Cond // signalled when busy becomes false
@@ -182,6 +188,11 @@ func (c *committer) lead(op *commitOp) {
 			}
 		}
 		c.mu.Unlock()
+		if c.retries != nil {
+			if again := c.retries(); len(again) > 0 {
+				batch = append(again, batch...)
+			}
+		}
 
 		c.run(batch)
 		// The asynchronous writes' after functions run first, so that a

@@ -397,6 +397,8 @@ type finishTx struct {
 	// for a claim whose own write failed has landed.
 	claim    *pendingRecord
 	countFix int64
+	// keptOp is the write of a kept release (file_release.go).
+	keptOp *commitOp
 }
 
 func (t *finishTx) run(tx *bolt.Tx) error {
@@ -464,13 +466,20 @@ func (t *finishTx) runUnlanded(b *bolt.Bucket, existed bool) error {
 // lives, and replays read it there; the journal keeps the claim, pinned,
 // so a restart reads the key as UnknownOutcome. So does a failed
 // completion of a claim the file holds in flight (pinned like the others,
-// so that Sweep or a later write of the key ends it). A release needs no such
-// care: the key is free either way (and its claim, if counted as a new
-// key, is uncounted).
+// so that Sweep or a later write of the key ends it). A failed release of
+// a claim the file holds is kept, its entry with it, and written again
+// with later commits (file_release.go), up to maxKeptReleases. A failed
+// release of a claim the file never got needs no such care: the key is
+// free either way (and its claim, if counted as a new key, is uncounted).
 func (t *finishTx) after(err error) {
 	f, key := t.f, t.held.Key
 	if err != nil || t.notHeld {
 		f.writeFailed.Store(true)
+	}
+	kept, dropped := false, false
+	if err != nil && t.enc == nil && f.kept != nil && !t.unlanded() {
+		kept = f.kept.keep(t)
+		dropped = !kept
 	}
 	switch {
 	case err != nil && t.enc != nil && t.unlanded():
@@ -483,6 +492,10 @@ func (t *finishTx) after(err error) {
 		// it as UnknownOutcome, though the answer is here.
 		t.pending.pinned.Store(true)
 		f.journal.pin()
+	case kept:
+		// The file holds the released claim, counted: without this entry
+		// its key would read as in flight until the claim's lease ended,
+		// though its holder gave the call up.
 	default:
 		f.pending.remove(key, t.pending)
 		switch {
@@ -502,6 +515,8 @@ func (t *finishTx) after(err error) {
 	}
 	f.wakeup.wake(key)
 	switch {
+	case dropped:
+		f.asyncError(t.op, key, fmt.Errorf("%w; %w", f.wrap(t.op, err), errReleaseDropped))
 	case err != nil:
 		f.asyncError(t.op, key, f.wrap(t.op, err))
 	case t.notHeld:
