@@ -88,7 +88,7 @@ func asyncFailure(op string) string {
 	case "complete":
 		return "a completion was not recorded; a retry of this request will read as outcome unknown, or be replayed from memory until ballast restarts"
 	case "release":
-		return "a release was not recorded; its key may read as in flight until the claim's lease ends, and as outcome unknown after that or after a restart"
+		return "a release was not recorded; its key is free all the same, and the release is written again with the next commits (a restart before one lands reads the key as outcome unknown; the error says when too many wait, and the key then reads as in flight until the claim's lease ends)"
 	}
 	return "a " + op + " was not recorded"
 }
