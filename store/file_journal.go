@@ -69,8 +69,10 @@ type journal struct {
 	// or synced, with the error, until their waiter takes it (wait). A
 	// failure is not sticky: the next batch is written where the failed
 	// one was, so a disk that was full for a moment costs the claims of
-	// that moment only.
+	// that moment only. Their releases are queued again (see fail).
 	failed map[uint64]error
+	// requeueMax bounds the releases a failed batch queues again.
+	requeueMax int
 	// awaited holds the entries other than claims that a caller waits for
 	// (see addReleases) until their batch ends: a failure goes to that
 	// wait as to a claim's, rather than to nobody.
@@ -93,6 +95,10 @@ type journal struct {
 const (
 	journalClaim   byte = 1
 	journalRelease byte = 2
+
+	// journalRequeueMax is how many of a failed batch's releases are
+	// queued again (journal.fail): a few dozen bytes each.
+	journalRequeueMax = 1024
 
 	journalResetSize  = 16 << 20
 	journalEntryMax   = 1 << 26 // a sanity bound for replay, far above any record
@@ -123,7 +129,7 @@ func openJournal(path string) (*journal, []journalEntry, error) {
 		f.Close()
 		return nil, nil, fmt.Errorf("store: claim journal %s: %w", path, err)
 	}
-	j := &journal{path: path, f: f, reset: journalResetSize, epoch: epoch, filled: info.Size()}
+	j := &journal{path: path, f: f, reset: journalResetSize, requeueMax: journalRequeueMax, epoch: epoch, filled: info.Size()}
 	j.cond.L = &j.mu
 	if epoch == 0 && entries == nil {
 		j.discarded = headerDamaged(f)
@@ -399,19 +405,35 @@ func (j *journal) write(batch []byte, off int64, epoch uint64, pad int64) error 
 }
 
 // fail records err for the claim entries of batch, numbered from from,
-// and its awaited ones, and wakes their waiters. Its releases are lost: a
-// crash before a later entry of their keys can bring their claims back as
-// UnknownOutcome.
+// and its awaited ones, and wakes their waiters.
+//
+// Its releases are queued again, as new entries, for the next batch:
+// nobody waits for one (an awaited one's waiter gets err all the same),
+// and without it a crash would bring its claim back from the journal as
+// UnknownOutcome, though the claim was given up and bbolt may have
+// deleted it. An entry that moves behind later ones still replays right:
+// a release names its claim's token, and every claim entry has its own.
+// Only the first requeueMax are queued again, so a journal that keeps
+// failing carries a bounded backlog; the others are lost, as before, which
+// leaves their claims to read as UnknownOutcome after a crash, never free
+// while their call may have run.
 func (j *journal) fail(batch []byte, from uint64, err error) {
 	if j.failed == nil {
 		j.failed = make(map[uint64]error)
 	}
+	requeued := 0
 	for i := from; len(batch) >= 9; i++ {
+		n := 8 + binary.BigEndian.Uint32(batch)
 		if batch[8] == journalClaim || j.awaited[i] {
 			j.failed[i] = err
 			delete(j.awaited, i)
 		}
-		batch = batch[8+binary.BigEndian.Uint32(batch):]
+		if batch[8] == journalRelease && requeued < j.requeueMax {
+			j.buf = append(j.buf, batch[:n]...) // sealed again when written
+			j.next++
+			requeued++
+		}
+		batch = batch[n:]
 	}
 	j.cond.Broadcast()
 }
