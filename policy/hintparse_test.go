@@ -8,13 +8,32 @@ import (
 
 var hintNow = time.Date(2024, 5, 14, 10, 0, 0, 0, time.UTC)
 
+// durationCase is one input to a parser of a wait (a header value in seconds,
+// milliseconds, a Go duration or an instant): the wait it means, and whether
+// it is a valid one.
+type durationCase struct {
+	name   string
+	value  string
+	want   time.Duration
+	wantOK bool
+}
+
+// runDurationCases checks parse against each case in a subtest of its own;
+// fn names parse in the failure messages.
+func runDurationCases(t *testing.T, fn string, parse func([]byte) (time.Duration, bool), tests []durationCase) {
+	t.Helper()
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, ok := parse([]byte(tt.value))
+			if ok != tt.wantOK || got != tt.want {
+				t.Errorf("%s(%q) = %v, %v; want %v, %v", fn, tt.value, got, ok, tt.want, tt.wantOK)
+			}
+		})
+	}
+}
+
 func TestParseRetryAfter(t *testing.T) {
-	tests := []struct {
-		name   string
-		value  string
-		want   time.Duration
-		wantOK bool
-	}{
+	tests := []durationCase{
 		{name: "delta seconds", value: "30", want: 30 * time.Second, wantOK: true},
 		{name: "zero", value: "0", want: 0, wantOK: true},
 		{name: "spaces around", value: "  7\t", want: 7 * time.Second, wantOK: true},
@@ -41,23 +60,11 @@ func TestParseRetryAfter(t *testing.T) {
 		{name: "empty", value: "", wantOK: false},
 		{name: "garbage", value: "soon, please", wantOK: false},
 	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			got, ok := ParseRetryAfter([]byte(tt.value), hintNow)
-			if ok != tt.wantOK || got != tt.want {
-				t.Errorf("ParseRetryAfter(%q) = %v, %v; want %v, %v", tt.value, got, ok, tt.want, tt.wantOK)
-			}
-		})
-	}
+	runDurationCases(t, "ParseRetryAfter", func(v []byte) (time.Duration, bool) { return ParseRetryAfter(v, hintNow) }, tests)
 }
 
 func TestParseMillis(t *testing.T) {
-	tests := []struct {
-		name   string
-		value  string
-		want   time.Duration
-		wantOK bool
-	}{
+	tests := []durationCase{
 		{name: "integer", value: "1500", want: 1500 * time.Millisecond, wantOK: true},
 		{name: "fraction", value: "20.5", want: 20500 * time.Microsecond, wantOK: true},
 		{name: "zero", value: "0", want: 0, wantOK: true},
@@ -66,23 +73,11 @@ func TestParseMillis(t *testing.T) {
 		{name: "negative", value: "-1", wantOK: false},
 		{name: "unit", value: "20ms", wantOK: false},
 	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			got, ok := parseMillis([]byte(tt.value))
-			if ok != tt.wantOK || got != tt.want {
-				t.Errorf("parseMillis(%q) = %v, %v; want %v, %v", tt.value, got, ok, tt.want, tt.wantOK)
-			}
-		})
-	}
+	runDurationCases(t, "parseMillis", parseMillis, tests)
 }
 
 func TestParseGoDuration(t *testing.T) {
-	tests := []struct {
-		name   string
-		value  string
-		want   time.Duration
-		wantOK bool
-	}{
+	tests := []durationCase{
 		{name: "seconds", value: "1s", want: time.Second, wantOK: true},
 		{name: "minutes and zero seconds", value: "6m0s", want: 6 * time.Minute, wantOK: true},
 		{name: "milliseconds", value: "20ms", want: 20 * time.Millisecond, wantOK: true},
@@ -101,23 +96,11 @@ func TestParseGoDuration(t *testing.T) {
 		{name: "empty", value: "", wantOK: false},
 		{name: "NaN", value: "NaNs", wantOK: false},
 	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			got, ok := parseGoDuration([]byte(tt.value))
-			if ok != tt.wantOK || got != tt.want {
-				t.Errorf("parseGoDuration(%q) = %v, %v; want %v, %v", tt.value, got, ok, tt.want, tt.wantOK)
-			}
-		})
-	}
+	runDurationCases(t, "parseGoDuration", parseGoDuration, tests)
 }
 
 func TestParseResetInstant(t *testing.T) {
-	tests := []struct {
-		name   string
-		value  string
-		want   time.Duration
-		wantOK bool
-	}{
+	tests := []durationCase{
 		{name: "anthropic instant", value: "2024-05-14T10:00:17Z", want: 17 * time.Second, wantOK: true},
 		{name: "with fraction", value: "2024-05-14T10:00:01.250Z", want: 1250 * time.Millisecond, wantOK: true},
 		{name: "with offset", value: "2024-05-14T12:00:30+02:00", want: 30 * time.Second, wantOK: true},
@@ -127,24 +110,12 @@ func TestParseResetInstant(t *testing.T) {
 		{name: "not a time", value: "tomorrow at ten", wantOK: false},
 		{name: "seconds instead", value: "17", wantOK: false},
 	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			got, ok := parseResetInstant([]byte(tt.value), hintNow)
-			if ok != tt.wantOK || got != tt.want {
-				t.Errorf("parseResetInstant(%q) = %v, %v; want %v, %v", tt.value, got, ok, tt.want, tt.wantOK)
-			}
-		})
-	}
+	runDurationCases(t, "parseResetInstant", func(v []byte) (time.Duration, bool) { return parseResetInstant(v, hintNow) }, tests)
 }
 
 func TestParseResetSeconds(t *testing.T) {
 	unix := hintNow.Unix()
-	tests := []struct {
-		name   string
-		value  string
-		want   time.Duration
-		wantOK bool
-	}{
+	tests := []durationCase{
 		{name: "delta seconds", value: "30", want: 30 * time.Second, wantOK: true},
 		{name: "delta fraction", value: "0.5", want: 500 * time.Millisecond, wantOK: true},
 		{name: "unix timestamp", value: itoa(unix + 45), want: 45 * time.Second, wantOK: true},
@@ -156,14 +127,7 @@ func TestParseResetSeconds(t *testing.T) {
 		{name: "negative", value: "-30", wantOK: false},
 		{name: "overflow", value: "123456789012345678901234567890", wantOK: false},
 	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			got, ok := parseResetSeconds([]byte(tt.value), hintNow)
-			if ok != tt.wantOK || got != tt.want {
-				t.Errorf("parseResetSeconds(%q) = %v, %v; want %v, %v", tt.value, got, ok, tt.want, tt.wantOK)
-			}
-		})
-	}
+	runDurationCases(t, "parseResetSeconds", func(v []byte) (time.Duration, bool) { return parseResetSeconds(v, hintNow) }, tests)
 }
 
 func TestParseRemaining(t *testing.T) {
