@@ -23,12 +23,6 @@ func newAnthropic(t *testing.T, b *ballast) anthropic.Client {
 	)
 }
 
-type anthropicCall struct {
-	name   string
-	stream bool
-	run    func(context.Context, anthropic.Client) modelResult
-}
-
 func anthropicParams() anthropic.MessageNewParams {
 	return anthropic.MessageNewParams{
 		Model:     "claude-e2e",
@@ -37,7 +31,7 @@ func anthropicParams() anthropic.MessageNewParams {
 	}
 }
 
-var anthropicCalls = []anthropicCall{
+var anthropicCalls = []sdkCall[anthropic.Client]{
 	{"messages", false, func(ctx context.Context, c anthropic.Client) modelResult {
 		msg, err := c.Messages.New(ctx, anthropicParams())
 		if err != nil {
@@ -97,16 +91,7 @@ func anthropicErrorOf(err error) (sdkError, bool) {
 func TestAnthropicThroughBallast(t *testing.T) {
 	t.Parallel()
 	all5xx := ", on: [connect-failure, reset, timeout, 429, 5xx]"
-	tests := []struct {
-		name       string
-		faults     []fault
-		extraRetry string
-		perTry     time.Duration
-		only       string
-		want       apiOutcome
-		wantHits   int64
-		minElapsed time.Duration
-	}{
+	tests := []faultCase{
 		{name: "no fault", wantHits: 1},
 		{name: "429 with anthropic-ratelimit-requests-reset: retried after the reset",
 			faults: []fault{statusFunc(429, anthropicRateLimitBody, func() []string {
@@ -140,27 +125,10 @@ func TestAnthropicThroughBallast(t *testing.T) {
 		{name: "SSE stream cut in the middle: an error, never a complete answer", only: "stream",
 			faults: []fault{cutStreamAfter(4)}, want: apiOutcome{broken: true}, wantHits: 1},
 	}
-	for _, tt := range tests {
-		for _, call := range anthropicCalls {
-			if tt.only == "stream" && !call.stream || tt.only == "unary" && call.stream {
-				continue
-			}
-			t.Run(tt.name+"/"+call.name, func(t *testing.T) {
-				t.Parallel()
-				fake := newFakeAnthropic(tt.faults...)
-				b := startBallast(t, nil, modelRoute("anthropic", serve(t, fake), tt.perTry, tt.extraRetry, ""))
-				start := time.Now()
-				got := call.run(testContext(t), newAnthropic(t, b))
-				checkOutcome(t, got, tt.want, anthropicErrorOf)
-				if hits := fake.script.hits.Load(); hits != tt.wantHits {
-					t.Errorf("the upstream saw %d requests, want %d", hits, tt.wantHits)
-				}
-				if el := time.Since(start); el < tt.minElapsed {
-					t.Errorf("answered after %v: ballast did not wait out the provider's reset (%v)", el, tt.minElapsed)
-				}
-			})
-		}
-	}
+	runFaultCases(t, "anthropic", tests, anthropicCalls, func(faults ...fault) (http.Handler, *script) {
+		fake := newFakeAnthropic(faults...)
+		return fake, fake.script
+	}, newAnthropic, anthropicErrorOf)
 }
 
 // TestAnthropicRetryAfterIsHonoured: Anthropic's 429 says retry-after: 1

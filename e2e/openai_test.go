@@ -31,13 +31,14 @@ type modelResult struct {
 	err      error
 }
 
-type openAICall struct {
+// sdkCall is one kind of call an agent makes with a provider's SDK client C.
+type sdkCall[C any] struct {
 	name   string
 	stream bool
-	run    func(context.Context, openai.Client) modelResult
+	run    func(context.Context, C) modelResult
 }
 
-var openAICalls = []openAICall{
+var openAICalls = []sdkCall[openai.Client]{
 	{"chat", false, func(ctx context.Context, c openai.Client) modelResult {
 		resp, err := c.Chat.Completions.New(ctx, openai.ChatCompletionNewParams{
 			Model:    openai.ChatModelGPT4oMini,
@@ -113,16 +114,7 @@ func TestOpenAIThroughBallast(t *testing.T) {
 	rateLimited := func(reset string, extra ...string) fault {
 		return status(429, openAIRateLimitBody, openAIRateLimitHeaders(reset, extra...)...)
 	}
-	tests := []struct {
-		name       string
-		faults     []fault
-		extraRetry string
-		perTry     time.Duration
-		only       string // "stream" or "unary": the fault exists for one kind of call
-		want       apiOutcome
-		wantHits   int64
-		minElapsed time.Duration
-	}{
+	tests := []faultCase{
 		{name: "no fault", wantHits: 1},
 		{name: "429 with x-ratelimit-reset-requests: retried after the reset",
 			faults: []fault{rateLimited("40ms")}, wantHits: 2, minElapsed: 40 * time.Millisecond},
@@ -157,19 +149,46 @@ func TestOpenAIThroughBallast(t *testing.T) {
 		{name: "SSE stream cut in the middle: an error, never a complete answer", only: "stream",
 			faults: []fault{cutStreamAfter(3)}, want: apiOutcome{broken: true}, wantHits: 1},
 	}
+	runFaultCases(t, "openai", tests, openAICalls, func(faults ...fault) (http.Handler, *script) {
+		fake := newFakeOpenAI(faults...)
+		return fake, fake.script
+	}, newOpenAI, openAIErrorOf)
+}
+
+// faultCase is one row of a provider's fault table: what its fake upstream
+// does, the route's retry settings, and how the agent's SDK call must end.
+type faultCase struct {
+	name       string
+	faults     []fault
+	extraRetry string
+	perTry     time.Duration
+	only       string // "stream" or "unary": the fault exists for one kind of call
+	want       apiOutcome
+	wantHits   int64
+	minElapsed time.Duration
+}
+
+// runFaultCases runs each case against each of a provider's SDK calls, in
+// parallel subtests: a fresh fake upstream from upstream, a ballast with one
+// model route to it, and a client from newClient. It checks the outcome, the
+// requests the upstream saw, and that no reset the provider asked for was cut short.
+func runFaultCases[C any](t *testing.T, provider string, tests []faultCase, calls []sdkCall[C],
+	upstream func(...fault) (http.Handler, *script), newClient func(*testing.T, *ballast) C,
+	errorOf func(error) (sdkError, bool)) {
+	t.Helper()
 	for _, tt := range tests {
-		for _, call := range openAICalls {
+		for _, call := range calls {
 			if tt.only == "stream" && !call.stream || tt.only == "unary" && call.stream {
 				continue
 			}
 			t.Run(tt.name+"/"+call.name, func(t *testing.T) {
 				t.Parallel()
-				fake := newFakeOpenAI(tt.faults...)
-				b := startBallast(t, nil, modelRoute("openai", serve(t, fake), tt.perTry, tt.extraRetry, ""))
+				fake, sc := upstream(tt.faults...)
+				b := startBallast(t, nil, modelRoute(provider, serve(t, fake), tt.perTry, tt.extraRetry, ""))
 				start := time.Now()
-				got := call.run(testContext(t), newOpenAI(t, b))
-				checkOutcome(t, got, tt.want, openAIErrorOf)
-				if hits := fake.script.hits.Load(); hits != tt.wantHits {
+				got := call.run(testContext(t), newClient(t, b))
+				checkOutcome(t, got, tt.want, errorOf)
+				if hits := sc.hits.Load(); hits != tt.wantHits {
 					t.Errorf("the upstream saw %d requests, want %d", hits, tt.wantHits)
 				}
 				if el := time.Since(start); el < tt.minElapsed {
