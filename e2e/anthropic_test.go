@@ -125,10 +125,7 @@ func TestAnthropicThroughBallast(t *testing.T) {
 		{name: "SSE stream cut in the middle: an error, never a complete answer", only: "stream",
 			faults: []fault{cutStreamAfter(4)}, want: apiOutcome{broken: true}, wantHits: 1},
 	}
-	runFaultCases(t, "anthropic", tests, anthropicCalls, func(faults ...fault) (http.Handler, *script) {
-		fake := newFakeAnthropic(faults...)
-		return fake, fake.script
-	}, newAnthropic, anthropicErrorOf)
+	runFaultCases(t, "anthropic", tests, anthropicCalls, anthropicUpstream, newAnthropic, anthropicErrorOf)
 }
 
 // TestAnthropicRetryAfterIsHonoured: Anthropic's 429 says retry-after: 1

@@ -23,6 +23,12 @@ func newFakeAnthropic(faults ...fault) *fakeAnthropic {
 	return &fakeAnthropic{script: newScript(faults...)}
 }
 
+// anthropicUpstream is a fresh fake as a handler to serve, with its script.
+func anthropicUpstream(faults ...fault) (http.Handler, *script) {
+	f := newFakeAnthropic(faults...)
+	return f, f.script
+}
+
 func (f *fakeAnthropic) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	body, err := io.ReadAll(r.Body)
 	if err != nil {

@@ -26,6 +26,12 @@ type fakeOpenAI struct {
 
 func newFakeOpenAI(faults ...fault) *fakeOpenAI { return &fakeOpenAI{script: newScript(faults...)} }
 
+// openAIUpstream is a fresh fake as a handler to serve, with its script.
+func openAIUpstream(faults ...fault) (http.Handler, *script) {
+	f := newFakeOpenAI(faults...)
+	return f, f.script
+}
+
 func (f *fakeOpenAI) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	body, err := io.ReadAll(r.Body)
 	if err != nil {

@@ -149,10 +149,7 @@ func TestOpenAIThroughBallast(t *testing.T) {
 		{name: "SSE stream cut in the middle: an error, never a complete answer", only: "stream",
 			faults: []fault{cutStreamAfter(3)}, want: apiOutcome{broken: true}, wantHits: 1},
 	}
-	runFaultCases(t, "openai", tests, openAICalls, func(faults ...fault) (http.Handler, *script) {
-		fake := newFakeOpenAI(faults...)
-		return fake, fake.script
-	}, newOpenAI, openAIErrorOf)
+	runFaultCases(t, "openai", tests, openAICalls, openAIUpstream, newOpenAI, openAIErrorOf)
 }
 
 // faultCase is one row of a provider's fault table: what its fake upstream

@@ -111,19 +111,9 @@ type sdkReplay11Case struct {
 	errorOf func(error) (sdkError, bool)
 }
 
-func sdkReplay11FakeOpenAI(faults ...fault) (http.Handler, *script) {
-	f := newFakeOpenAI(faults...)
-	return f, f.script
-}
-
-func sdkReplay11FakeAnthropic(faults ...fault) (http.Handler, *script) {
-	f := newFakeAnthropic(faults...)
-	return f, f.script
-}
-
 func sdkReplay11OpenAICase(i int) sdkReplay11Case {
 	c := openAICalls[i]
-	return sdkReplay11Case{name: "openai " + c.name, route: "openai", fake: sdkReplay11FakeOpenAI, errorOf: openAIErrorOf,
+	return sdkReplay11Case{name: "openai " + c.name, route: "openai", fake: openAIUpstream, errorOf: openAIErrorOf,
 		call: func(ctx context.Context, t *testing.T, b *ballast, key string, log *sdkReplay11Log) modelResult {
 			return c.run(ctx, sdkReplay11OpenAI(t, b, key, log))
 		}}
@@ -131,7 +121,7 @@ func sdkReplay11OpenAICase(i int) sdkReplay11Case {
 
 func sdkReplay11AnthropicCase(i int) sdkReplay11Case {
 	c := anthropicCalls[i]
-	return sdkReplay11Case{name: "anthropic " + c.name, route: "anthropic", fake: sdkReplay11FakeAnthropic, errorOf: anthropicErrorOf,
+	return sdkReplay11Case{name: "anthropic " + c.name, route: "anthropic", fake: anthropicUpstream, errorOf: anthropicErrorOf,
 		call: func(ctx context.Context, t *testing.T, b *ballast, key string, log *sdkReplay11Log) modelResult {
 			return c.run(ctx, sdkReplay11Anthropic(t, b, key, log))
 		}}
@@ -145,6 +135,18 @@ func sdkReplay11Start(t *testing.T, tc sdkReplay11Case, extraRetry string, fault
 	fake, sc := tc.fake(faults...)
 	b := startBallast(t, nil, sdkReplay11Route(tc.route, serve(t, fake), extraRetry))
 	return b, &sdkReplay11Log{}, sc
+}
+
+// sdkReplay11Each runs test for each case, in parallel subtests named after
+// the cases.
+func sdkReplay11Each(t *testing.T, cases []sdkReplay11Case, test func(t *testing.T, tc sdkReplay11Case)) {
+	t.Helper()
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			test(t, tc)
+		})
+	}
 }
 
 // The streamed calls: chat completions, responses, messages.
@@ -208,38 +210,35 @@ func sdkReplay11Gate(t *testing.T) (gate chan struct{}, open func()) {
 // for the same 409 three times. The provider sees the call once.
 func TestSDKReplay11_StreamCutByProviderIsOutcomeUnknownOnce(t *testing.T) {
 	t.Parallel()
-	for _, tc := range sdkReplay11Streams() {
-		t.Run(tc.name, func(t *testing.T) {
-			t.Parallel()
-			b, log, sc := sdkReplay11Start(t, tc, "", cutStreamAfter(2))
-			ctx := testContext(t)
-			checkOutcome(t, tc.call(ctx, t, b, "cut-1", log), apiOutcome{broken: true}, tc.errorOf)
-			if n := log.len(); n != 1 {
-				t.Fatalf("the SDK sent the cut stream's call %d times, want 1", n)
+	sdkReplay11Each(t, sdkReplay11Streams(), func(t *testing.T, tc sdkReplay11Case) {
+		b, log, sc := sdkReplay11Start(t, tc, "", cutStreamAfter(2))
+		ctx := testContext(t)
+		checkOutcome(t, tc.call(ctx, t, b, "cut-1", log), apiOutcome{broken: true}, tc.errorOf)
+		if n := log.len(); n != 1 {
+			t.Fatalf("the SDK sent the cut stream's call %d times, want 1", n)
+		}
+		got := tc.call(ctx, t, b, "cut-1", log)
+		e, ok := tc.errorOf(got.err)
+		if !ok || e.status != http.StatusConflict || sdkReplay11Reason(e) != "outcome_unknown" {
+			t.Fatalf("the agent's retry with the same key: want 409 outcome_unknown, got %v", got.err)
+		}
+		sent := log.since(1)
+		for _, s := range sent {
+			if s.key != "cut-1" {
+				t.Errorf("a retry carried Idempotency-Key %q, want cut-1", s.key)
 			}
-			got := tc.call(ctx, t, b, "cut-1", log)
-			e, ok := tc.errorOf(got.err)
-			if !ok || e.status != http.StatusConflict || sdkReplay11Reason(e) != "outcome_unknown" {
-				t.Fatalf("the agent's retry with the same key: want 409 outcome_unknown, got %v", got.err)
-			}
-			sent := log.since(1)
-			for _, s := range sent {
-				if s.key != "cut-1" {
-					t.Errorf("a retry carried Idempotency-Key %q, want cut-1", s.key)
-				}
-			}
-			if len(sent) != 1 {
-				t.Errorf("the SDK sent the retry %d times for a 409 outcome_unknown that cannot change (x-should-retry %q)",
-					len(sent), sent[0].header.Get("x-should-retry"))
-			}
-			if v := e.header.Get("x-should-retry"); v != "false" {
-				t.Errorf("409 outcome_unknown carries x-should-retry %q, want false", v)
-			}
-			if n := sc.hits.Load(); n != 1 {
-				t.Errorf("the provider saw the call %d times, want once", n)
-			}
-		})
-	}
+		}
+		if len(sent) != 1 {
+			t.Errorf("the SDK sent the retry %d times for a 409 outcome_unknown that cannot change (x-should-retry %q)",
+				len(sent), sent[0].header.Get("x-should-retry"))
+		}
+		if v := e.header.Get("x-should-retry"); v != "false" {
+			t.Errorf("409 outcome_unknown carries x-should-retry %q, want false", v)
+		}
+		if n := sc.hits.Load(); n != 1 {
+			t.Errorf("the provider saw the call %d times, want once", n)
+		}
+	})
 }
 
 // TestSDKReplay11_AgentDropMidStreamReplaysWhole: the agent's connection
@@ -252,37 +251,34 @@ func TestSDKReplay11_StreamCutByProviderIsOutcomeUnknownOnce(t *testing.T) {
 // message_stop), marked Idempotent-Replayed. The provider generates once.
 func TestSDKReplay11_AgentDropMidStreamReplaysWhole(t *testing.T) {
 	t.Parallel()
-	for _, tc := range sdkReplay11Streams() {
-		t.Run(tc.name, func(t *testing.T) {
-			t.Parallel()
-			gate, open := sdkReplay11Gate(t)
-			b, log, sc := sdkReplay11Start(t, tc, "", gateAfter(2, gate))
-			drop := &sdkReplay11Drop{}
-			log.onAnswer = func(n int, _ sdkReplay11Sent, resp *http.Response) {
-				if n == 1 && resp != nil {
-					resp.Body = drop.wrap(resp.Body)
-				}
+	sdkReplay11Each(t, sdkReplay11Streams(), func(t *testing.T, tc sdkReplay11Case) {
+		gate, open := sdkReplay11Gate(t)
+		b, log, sc := sdkReplay11Start(t, tc, "", gateAfter(2, gate))
+		drop := &sdkReplay11Drop{}
+		log.onAnswer = func(n int, _ sdkReplay11Sent, resp *http.Response) {
+			if n == 1 && resp != nil {
+				resp.Body = drop.wrap(resp.Body)
 			}
-			ctx := testContext(t)
-			first := tc.call(ctx, t, b, "drop-1", log)
-			if first.err == nil || first.complete {
-				t.Fatalf("the dropped stream: want an error, got %q (complete %v)", first.text, first.complete)
-			}
-			if !drop.dropped() {
-				t.Fatalf("the agent's connection was not dropped mid-stream: %v", first.err)
-			}
-			open() // the model finishes, with nobody reading
-			got := tc.call(ctx, t, b, "drop-1", log)
-			checkOutcome(t, got, apiOutcome{}, tc.errorOf)
-			sent := log.since(1)
-			if len(sent) != 1 || sent[0].header.Get("Idempotent-Replayed") != "true" {
-				t.Errorf("the agent's retry: want one request answered with Idempotent-Replayed: true, got %+v", sent)
-			}
-			if n := sc.hits.Load(); n != 1 {
-				t.Errorf("the provider saw the call %d times, want once", n)
-			}
-		})
-	}
+		}
+		ctx := testContext(t)
+		first := tc.call(ctx, t, b, "drop-1", log)
+		if first.err == nil || first.complete {
+			t.Fatalf("the dropped stream: want an error, got %q (complete %v)", first.text, first.complete)
+		}
+		if !drop.dropped() {
+			t.Fatalf("the agent's connection was not dropped mid-stream: %v", first.err)
+		}
+		open() // the model finishes, with nobody reading
+		got := tc.call(ctx, t, b, "drop-1", log)
+		checkOutcome(t, got, apiOutcome{}, tc.errorOf)
+		sent := log.since(1)
+		if len(sent) != 1 || sent[0].header.Get("Idempotent-Replayed") != "true" {
+			t.Errorf("the agent's retry: want one request answered with Idempotent-Replayed: true, got %+v", sent)
+		}
+		if n := sc.hits.Load(); n != 1 {
+			t.Errorf("the provider saw the call %d times, want once", n)
+		}
+	})
 }
 
 // sdkReplay11Drop drops the agent's connection once its first bytes have
@@ -328,33 +324,30 @@ func (b *sdkReplay11DropBody) Read(p []byte) (int, error) {
 // X-Ballast-Attempts: 0 reach it. The provider generates once.
 func TestSDKReplay11_CompletedStreamReplayParses(t *testing.T) {
 	t.Parallel()
-	for _, tc := range sdkReplay11Streams() {
-		t.Run(tc.name, func(t *testing.T) {
-			t.Parallel()
-			b, log, sc := sdkReplay11Start(t, tc, "")
-			ctx := testContext(t)
-			checkOutcome(t, tc.call(ctx, t, b, "whole-1", log), apiOutcome{}, tc.errorOf)
-			checkOutcome(t, tc.call(ctx, t, b, "whole-1", log), apiOutcome{}, tc.errorOf)
-			sent := log.since(0)
-			if len(sent) != 2 {
-				t.Fatalf("the SDK sent %d requests for two calls, want 2", len(sent))
-			}
-			if h := sent[0].header; h.Get("Idempotent-Replayed") != "" || !strings.HasPrefix(h.Get("Content-Type"), "text/event-stream") {
-				t.Errorf("the first answer: Idempotent-Replayed %q, Content-Type %q", h.Get("Idempotent-Replayed"), h.Get("Content-Type"))
-			}
-			h := sent[1].header
-			if h.Get("Idempotent-Replayed") != "true" || h.Get("X-Ballast-Attempts") != "0" {
-				t.Errorf("the replay: Idempotent-Replayed %q, X-Ballast-Attempts %q; want true, 0",
-					h.Get("Idempotent-Replayed"), h.Get("X-Ballast-Attempts"))
-			}
-			if !strings.HasPrefix(h.Get("Content-Type"), "text/event-stream") {
-				t.Errorf("the replay's Content-Type %q, want the stream's", h.Get("Content-Type"))
-			}
-			if n := sc.hits.Load(); n != 1 {
-				t.Errorf("the provider saw the call %d times, want once", n)
-			}
-		})
-	}
+	sdkReplay11Each(t, sdkReplay11Streams(), func(t *testing.T, tc sdkReplay11Case) {
+		b, log, sc := sdkReplay11Start(t, tc, "")
+		ctx := testContext(t)
+		checkOutcome(t, tc.call(ctx, t, b, "whole-1", log), apiOutcome{}, tc.errorOf)
+		checkOutcome(t, tc.call(ctx, t, b, "whole-1", log), apiOutcome{}, tc.errorOf)
+		sent := log.since(0)
+		if len(sent) != 2 {
+			t.Fatalf("the SDK sent %d requests for two calls, want 2", len(sent))
+		}
+		if h := sent[0].header; h.Get("Idempotent-Replayed") != "" || !strings.HasPrefix(h.Get("Content-Type"), "text/event-stream") {
+			t.Errorf("the first answer: Idempotent-Replayed %q, Content-Type %q", h.Get("Idempotent-Replayed"), h.Get("Content-Type"))
+		}
+		h := sent[1].header
+		if h.Get("Idempotent-Replayed") != "true" || h.Get("X-Ballast-Attempts") != "0" {
+			t.Errorf("the replay: Idempotent-Replayed %q, X-Ballast-Attempts %q; want true, 0",
+				h.Get("Idempotent-Replayed"), h.Get("X-Ballast-Attempts"))
+		}
+		if !strings.HasPrefix(h.Get("Content-Type"), "text/event-stream") {
+			t.Errorf("the replay's Content-Type %q, want the stream's", h.Get("Content-Type"))
+		}
+		if n := sc.hits.Load(); n != 1 {
+			t.Errorf("the provider saw the call %d times, want once", n)
+		}
+	})
 }
 
 // TestSDKReplay11_RelayedRateLimitFreesKey: the provider answers 429 (a
@@ -364,23 +357,30 @@ func TestSDKReplay11_CompletedStreamReplayParses(t *testing.T) {
 // 409 — and generates exactly once.
 func TestSDKReplay11_RelayedRateLimitFreesKey(t *testing.T) {
 	t.Parallel()
-	for _, tc := range []sdkReplay11Case{sdkReplay11OpenAICase(0), sdkReplay11OpenAICase(1), sdkReplay11AnthropicCase(1)} {
-		t.Run(tc.name, func(t *testing.T) {
-			t.Parallel()
-			limited := status(429, openAIRateLimitBody, openAIRateLimitHeaders("30ms", "retry-after-ms", "30")...)
-			if tc.route == "anthropic" {
-				limited = status(429, anthropicRateLimitBody, "retry-after-ms", "30")
-			}
-			b, log, sc := sdkReplay11Start(t, tc, "", limited, limited, limited)
-			checkOutcome(t, tc.call(testContext(t), t, b, "limited-1", log), apiOutcome{}, tc.errorOf)
-			sent := log.since(0)
-			if len(sent) != 2 || sent[0].status != 429 || sent[1].status != 200 {
-				t.Errorf("want the relayed 429, then the SDK's retry answered 200; got %+v", sent)
-			}
-			if n := sc.hits.Load(); n != 4 {
-				t.Errorf("the provider saw %d calls, want 4 (three 429s, one generation)", n)
-			}
-		})
+	sdkReplay11Each(t, []sdkReplay11Case{sdkReplay11OpenAICase(0), sdkReplay11OpenAICase(1), sdkReplay11AnthropicCase(1)}, func(t *testing.T, tc sdkReplay11Case) {
+		limited := status(429, openAIRateLimitBody, openAIRateLimitHeaders("30ms", "retry-after-ms", "30")...)
+		if tc.route == "anthropic" {
+			limited = status(429, anthropicRateLimitBody, "retry-after-ms", "30")
+		}
+		sdkReplay11RelayedFreesKey(t, tc, "", "limited-1", 429, 4, "three 429s, one generation", limited, limited, limited)
+	})
+}
+
+// sdkReplay11RelayedFreesKey runs tc's call with key on tc's route
+// (extraRetry added to its retry) against faults, and checks that ballast
+// relayed the provider's status relayed, that the answer freed the key (the
+// SDK's own retry with it was answered 200, a whole answer), and that the
+// provider saw wantHits calls (why says which).
+func sdkReplay11RelayedFreesKey(t *testing.T, tc sdkReplay11Case, extraRetry, key string, relayed int, wantHits int64, why string, faults ...fault) {
+	t.Helper()
+	b, log, sc := sdkReplay11Start(t, tc, extraRetry, faults...)
+	checkOutcome(t, tc.call(testContext(t), t, b, key, log), apiOutcome{}, tc.errorOf)
+	sent := log.since(0)
+	if len(sent) != 2 || sent[0].status != relayed || sent[1].status != 200 {
+		t.Errorf("want the relayed %d, then the SDK's retry answered 200; got %+v", relayed, sent)
+	}
+	if n := sc.hits.Load(); n != wantHits {
+		t.Errorf("the provider saw %d calls, want %d (%s)", n, wantHits, why)
 	}
 }
 
@@ -412,20 +412,9 @@ func TestSDKReplay11_RateLimitedProblemFreesKey(t *testing.T) {
 // runs, generating once.
 func TestSDKReplay11_Relayed503FreesKey(t *testing.T) {
 	t.Parallel()
-	for _, tc := range []sdkReplay11Case{sdkReplay11OpenAICase(1), sdkReplay11AnthropicCase(1)} {
-		t.Run(tc.name, func(t *testing.T) {
-			t.Parallel()
-			b, log, sc := sdkReplay11Start(t, tc, ", attempts: 1", status(503, openAIOverBody))
-			checkOutcome(t, tc.call(testContext(t), t, b, "over-1", log), apiOutcome{}, tc.errorOf)
-			sent := log.since(0)
-			if len(sent) != 2 || sent[0].status != 503 || sent[1].status != 200 {
-				t.Errorf("want the relayed 503, then the SDK's retry answered 200; got %+v", sent)
-			}
-			if n := sc.hits.Load(); n != 2 {
-				t.Errorf("the provider saw %d calls, want 2", n)
-			}
-		})
-	}
+	sdkReplay11Each(t, []sdkReplay11Case{sdkReplay11OpenAICase(1), sdkReplay11AnthropicCase(1)}, func(t *testing.T, tc sdkReplay11Case) {
+		sdkReplay11RelayedFreesKey(t, tc, ", attempts: 1", "over-1", 503, 2, "the 503, one generation", status(503, openAIOverBody))
+	})
 }
 
 // TestSDKReplay11_SDKTimeoutRetryAttaches: the agent's client gives up on
@@ -438,49 +427,46 @@ func TestSDKReplay11_Relayed503FreesKey(t *testing.T) {
 func TestSDKReplay11_SDKTimeoutRetryAttaches(t *testing.T) {
 	t.Parallel()
 	const giveUp = 300 * time.Millisecond
-	for _, tc := range []sdkReplay11Case{sdkReplay11OpenAICase(0), sdkReplay11OpenAICase(1), sdkReplay11AnthropicCase(0), sdkReplay11AnthropicCase(1)} {
-		t.Run(tc.name, func(t *testing.T) {
-			t.Parallel()
-			gate, open := sdkReplay11Gate(t)
-			// The model answers only once the SDK's first attempt gave up.
-			held := func(w http.ResponseWriter, r *http.Request, next http.HandlerFunc) {
-				select {
-				case <-gate:
-				case <-r.Context().Done():
-					return
-				}
-				next(w, r)
+	sdkReplay11Each(t, []sdkReplay11Case{sdkReplay11OpenAICase(0), sdkReplay11OpenAICase(1), sdkReplay11AnthropicCase(0), sdkReplay11AnthropicCase(1)}, func(t *testing.T, tc sdkReplay11Case) {
+		gate, open := sdkReplay11Gate(t)
+		// The model answers only once the SDK's first attempt gave up.
+		held := func(w http.ResponseWriter, r *http.Request, next http.HandlerFunc) {
+			select {
+			case <-gate:
+			case <-r.Context().Done():
+				return
 			}
-			b, log, sc := sdkReplay11Start(t, tc, "", held)
-			log.onAnswer = func(n int, s sdkReplay11Sent, _ *http.Response) {
-				if n == 1 && s.err != nil {
-					open()
-				}
+			next(w, r)
+		}
+		b, log, sc := sdkReplay11Start(t, tc, "", held)
+		log.onAnswer = func(n int, s sdkReplay11Sent, _ *http.Response) {
+			if n == 1 && s.err != nil {
+				open()
 			}
-			ctx := testContext(t)
-			var got modelResult
-			if tc.route == "openai" {
-				hc := httpClient(t)
-				hc.Timeout = giveUp
-				got = openAICalls[map[bool]int{false: 0, true: 1}[strings.HasSuffix(tc.name, "stream")]].run(ctx,
-					sdkReplay11OpenAI(t, b, "slow-1", log, option.WithHTTPClient(hc)))
-			} else {
-				got = anthropicCalls[map[bool]int{false: 0, true: 1}[strings.HasSuffix(tc.name, "stream")]].run(ctx,
-					sdkReplay11Anthropic(t, b, "slow-1", log, aoption.WithRequestTimeout(giveUp)))
-			}
-			checkOutcome(t, got, apiOutcome{}, tc.errorOf)
-			sent := log.since(0)
-			if len(sent) != 2 || sent[0].err == nil || sent[1].status != 200 {
-				t.Fatalf("want the attempt the client gave up on, then the SDK's retry answered 200; got %+v", sent)
-			}
-			if sent[1].header.Get("Idempotent-Replayed") != "true" {
-				t.Errorf("the SDK's retry was not answered from the first call (Idempotent-Replayed %q)", sent[1].header.Get("Idempotent-Replayed"))
-			}
-			if n := sc.hits.Load(); n != 1 {
-				t.Errorf("the provider saw %d calls, want 1", n)
-			}
-		})
-	}
+		}
+		ctx := testContext(t)
+		var got modelResult
+		if tc.route == "openai" {
+			hc := httpClient(t)
+			hc.Timeout = giveUp
+			got = openAICalls[map[bool]int{false: 0, true: 1}[strings.HasSuffix(tc.name, "stream")]].run(ctx,
+				sdkReplay11OpenAI(t, b, "slow-1", log, option.WithHTTPClient(hc)))
+		} else {
+			got = anthropicCalls[map[bool]int{false: 0, true: 1}[strings.HasSuffix(tc.name, "stream")]].run(ctx,
+				sdkReplay11Anthropic(t, b, "slow-1", log, aoption.WithRequestTimeout(giveUp)))
+		}
+		checkOutcome(t, got, apiOutcome{}, tc.errorOf)
+		sent := log.since(0)
+		if len(sent) != 2 || sent[0].err == nil || sent[1].status != 200 {
+			t.Fatalf("want the attempt the client gave up on, then the SDK's retry answered 200; got %+v", sent)
+		}
+		if sent[1].header.Get("Idempotent-Replayed") != "true" {
+			t.Errorf("the SDK's retry was not answered from the first call (Idempotent-Replayed %q)", sent[1].header.Get("Idempotent-Replayed"))
+		}
+		if n := sc.hits.Load(); n != 1 {
+			t.Errorf("the provider saw %d calls, want 1", n)
+		}
+	})
 }
 
 // TestSDKReplay11_InProgressIsRetriedByTheSDK: with on_conflict: reject, a
@@ -555,24 +541,21 @@ func TestSDKReplay11_KeyRefusalsAreNotRetried(t *testing.T) {
 // trip, and the provider saw the call once.
 func TestSDKReplay11_BrokenKeyedAnswerStopsAtOutcomeUnknown(t *testing.T) {
 	t.Parallel()
-	for _, tc := range []sdkReplay11Case{sdkReplay11OpenAICase(0), sdkReplay11AnthropicCase(0)} {
-		t.Run(tc.name, func(t *testing.T) {
-			t.Parallel()
-			b, log, sc := sdkReplay11Start(t, tc, ", attempts: 1", resetConn)
-			got := tc.call(testContext(t), t, b, "reset-1", log)
-			e, ok := tc.errorOf(got.err)
-			if !ok || e.status != http.StatusConflict || sdkReplay11Reason(e) != "outcome_unknown" {
-				t.Fatalf("want the SDK to end with 409 outcome_unknown, got %v", got.err)
-			}
-			sent := log.since(0)
-			if len(sent) != 2 || sent[0].status != http.StatusBadGateway {
-				t.Errorf("want ballast's 502, then one retry answered 409; the SDK sent %d: %+v", len(sent), sent)
-			}
-			if n := sc.hits.Load(); n != 1 {
-				t.Errorf("the provider saw the call %d times, want once", n)
-			}
-		})
-	}
+	sdkReplay11Each(t, []sdkReplay11Case{sdkReplay11OpenAICase(0), sdkReplay11AnthropicCase(0)}, func(t *testing.T, tc sdkReplay11Case) {
+		b, log, sc := sdkReplay11Start(t, tc, ", attempts: 1", resetConn)
+		got := tc.call(testContext(t), t, b, "reset-1", log)
+		e, ok := tc.errorOf(got.err)
+		if !ok || e.status != http.StatusConflict || sdkReplay11Reason(e) != "outcome_unknown" {
+			t.Fatalf("want the SDK to end with 409 outcome_unknown, got %v", got.err)
+		}
+		sent := log.since(0)
+		if len(sent) != 2 || sent[0].status != http.StatusBadGateway {
+			t.Errorf("want ballast's 502, then one retry answered 409; the SDK sent %d: %+v", len(sent), sent)
+		}
+		if n := sc.hits.Load(); n != 1 {
+			t.Errorf("the provider saw the call %d times, want once", n)
+		}
+	})
 }
 
 // TestSDKReplay11_StoredServerErrorReplayIsNotRetried: with
@@ -584,29 +567,26 @@ func TestSDKReplay11_BrokenKeyedAnswerStopsAtOutcomeUnknown(t *testing.T) {
 // backoff for the same answer. The provider saw the call once.
 func TestSDKReplay11_StoredServerErrorReplayIsNotRetried(t *testing.T) {
 	t.Parallel()
-	for _, tc := range []sdkReplay11Case{sdkReplay11OpenAICase(0), sdkReplay11AnthropicCase(0)} {
-		t.Run(tc.name, func(t *testing.T) {
-			t.Parallel()
-			fake, sc := tc.fake(status(500, openAIServerBody, "x-should-retry", "true"))
-			cfg := modelRoute(tc.route, serve(t, fake), 0, ", attempts: 1", "    idempotency: {mode: header, store_server_errors: true}")
-			b := startBallast(t, nil, cfg)
-			log := &sdkReplay11Log{}
-			got := tc.call(testContext(t), t, b, "stored-1", log)
-			if e, ok := tc.errorOf(got.err); !ok || e.status != 500 {
-				t.Fatalf("want the stored 500, got %v", got.err)
-			}
-			sent := log.since(0)
-			if len(sent) != 2 || sent[1].header.Get("Idempotent-Replayed") != "true" {
-				t.Errorf("want the relayed 500, then one retry answered by its replay; the SDK sent %d: %+v", len(sent), sent)
-			}
-			if v := sent[len(sent)-1].header.Get("x-should-retry"); v != "false" {
-				t.Errorf("the replayed 500 carries x-should-retry %q, want false", v)
-			}
-			if n := sc.hits.Load(); n != 1 {
-				t.Errorf("the provider saw the call %d times, want once", n)
-			}
-		})
-	}
+	sdkReplay11Each(t, []sdkReplay11Case{sdkReplay11OpenAICase(0), sdkReplay11AnthropicCase(0)}, func(t *testing.T, tc sdkReplay11Case) {
+		fake, sc := tc.fake(status(500, openAIServerBody, "x-should-retry", "true"))
+		cfg := modelRoute(tc.route, serve(t, fake), 0, ", attempts: 1", "    idempotency: {mode: header, store_server_errors: true}")
+		b := startBallast(t, nil, cfg)
+		log := &sdkReplay11Log{}
+		got := tc.call(testContext(t), t, b, "stored-1", log)
+		if e, ok := tc.errorOf(got.err); !ok || e.status != 500 {
+			t.Fatalf("want the stored 500, got %v", got.err)
+		}
+		sent := log.since(0)
+		if len(sent) != 2 || sent[1].header.Get("Idempotent-Replayed") != "true" {
+			t.Errorf("want the relayed 500, then one retry answered by its replay; the SDK sent %d: %+v", len(sent), sent)
+		}
+		if v := sent[len(sent)-1].header.Get("x-should-retry"); v != "false" {
+			t.Errorf("the replayed 500 carries x-should-retry %q, want false", v)
+		}
+		if n := sc.hits.Load(); n != 1 {
+			t.Errorf("the provider saw the call %d times, want once", n)
+		}
+	})
 }
 
 // TestSDKReplay11_ShuttingDownAfterRetriesIsRetried: ballast retried a
@@ -665,23 +645,20 @@ func TestSDKReplay11_ShuttingDownAfterRetriesIsRetried(t *testing.T) {
 // later runs it (not a 409), and the provider generates once.
 func TestSDKReplay11_ExhaustedServerErrorsFreeKey(t *testing.T) {
 	t.Parallel()
-	for _, tc := range []sdkReplay11Case{sdkReplay11OpenAICase(1), sdkReplay11AnthropicCase(1)} {
-		t.Run(tc.name, func(t *testing.T) {
-			t.Parallel()
-			over := status(503, openAIOverBody)
-			b, log, sc := sdkReplay11Start(t, tc, "", over, over, over)
-			ctx := testContext(t)
-			got := tc.call(ctx, t, b, "spent-1", log)
-			if e, ok := tc.errorOf(got.err); !ok || e.status != 503 || e.header.Get("x-should-retry") != "false" {
-				t.Fatalf("want the relayed 503 with x-should-retry: false, got %v", got.err)
-			}
-			if n := log.len(); n != 1 {
-				t.Errorf("the SDK sent the call %d times after ballast's retries were spent, want 1", n)
-			}
-			checkOutcome(t, tc.call(ctx, t, b, "spent-1", log), apiOutcome{}, tc.errorOf)
-			if n := sc.hits.Load(); n != 4 {
-				t.Errorf("the provider saw %d calls, want 4 (three 503s, one generation)", n)
-			}
-		})
-	}
+	sdkReplay11Each(t, []sdkReplay11Case{sdkReplay11OpenAICase(1), sdkReplay11AnthropicCase(1)}, func(t *testing.T, tc sdkReplay11Case) {
+		over := status(503, openAIOverBody)
+		b, log, sc := sdkReplay11Start(t, tc, "", over, over, over)
+		ctx := testContext(t)
+		got := tc.call(ctx, t, b, "spent-1", log)
+		if e, ok := tc.errorOf(got.err); !ok || e.status != 503 || e.header.Get("x-should-retry") != "false" {
+			t.Fatalf("want the relayed 503 with x-should-retry: false, got %v", got.err)
+		}
+		if n := log.len(); n != 1 {
+			t.Errorf("the SDK sent the call %d times after ballast's retries were spent, want 1", n)
+		}
+		checkOutcome(t, tc.call(ctx, t, b, "spent-1", log), apiOutcome{}, tc.errorOf)
+		if n := sc.hits.Load(); n != 4 {
+			t.Errorf("the provider saw %d calls, want 4 (three 503s, one generation)", n)
+		}
+	})
 }
