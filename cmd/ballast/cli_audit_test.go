@@ -79,12 +79,7 @@ func TestHealthcheckAcceptsListenStyleAddress(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		fmt.Fprintln(w, "ok")
-	})}
-	go srv.Serve(ln)
-	t.Cleanup(func() { srv.Close() })
-	_, port, _ := net.SplitHostPort(ln.Addr().String())
+	port := serveOK(t, ln)
 	var out, errb bytes.Buffer
 	if code := run([]string{"healthcheck", "--admin", ":" + port}, &out, &errb); code != 0 {
 		t.Errorf("healthcheck --admin :%s against a live listener: exit %d, want 0: %s", port, code, errb.String())

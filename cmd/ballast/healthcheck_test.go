@@ -44,14 +44,22 @@ func TestHealthcheckDialsIPv6Loopback(t *testing.T) {
 	if err != nil {
 		t.Fatalf("no IPv6 loopback on this machine (ballast's CI machines have one): %v", err)
 	}
+	port := serveOK(t, ln)
+	var out, errb bytes.Buffer
+	if code := run([]string{"healthcheck", "--admin", "[::]:" + port}, &out, &errb); code != 0 {
+		t.Errorf("healthcheck --admin [::]:%s: exit %d, want 0: %s", port, code, errb.String())
+	}
+}
+
+// serveOK answers every request on ln with 200 "ok" until the test ends,
+// standing in for a live admin listener, and returns ln's port.
+func serveOK(t *testing.T, ln net.Listener) string {
+	t.Helper()
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintln(w, "ok")
 	})}
 	go srv.Serve(ln)
 	t.Cleanup(func() { srv.Close() })
 	_, port, _ := net.SplitHostPort(ln.Addr().String())
-	var out, errb bytes.Buffer
-	if code := run([]string{"healthcheck", "--admin", "[::]:" + port}, &out, &errb); code != 0 {
-		t.Errorf("healthcheck --admin [::]:%s: exit %d, want 0: %s", port, code, errb.String())
-	}
+	return port
 }

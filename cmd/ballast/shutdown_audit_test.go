@@ -104,41 +104,39 @@ func saWrite(t *testing.T, dir, yaml string) {
 func saStartRoute(t *testing.T, up, settings string) (cmd *exec.Cmd, logs *lockedBuffer, listen, admin string) {
 	t.Helper()
 	dir := t.TempDir()
-	listen, admin = freePort(t), freePort(t)
-	saWrite(t, dir, fmt.Sprintf("listen: %s\nadmin: {listen: %s}\n%sroutes: [{name: r, match: {path_prefix: /}, upstream: %q}]\n", listen, admin, settings, up))
+	listen, admin = saWriteConfig(t, dir, settings+fmt.Sprintf("routes: [{name: r, match: {path_prefix: /}, upstream: %q}]\n", up))
 	cmd, logs = saStart(t, dir, admin)
 	return cmd, logs, listen, admin
+}
+
+// saWriteConfig writes dir/ballast.yaml: fresh listen and admin ports, then
+// settings (lines each ending in a newline). It returns the two addresses.
+func saWriteConfig(t *testing.T, dir, settings string) (listen, admin string) {
+	t.Helper()
+	listen, admin = freePort(t), freePort(t)
+	saWrite(t, dir, fmt.Sprintf("listen: %s\nadmin: {listen: %s}\n", listen, admin)+settings)
+	return listen, admin
 }
 
 // saGate is an upstream whose requests under a path containing "/hold"
 // block until release (or until the caller goes away), counting calls
 // per path.
 type saGate struct {
-	mu      sync.Mutex
-	calls   map[string]int
+	callCounter
 	release chan struct{}
 	once    sync.Once
-}
-
-func (g *saGate) count(path string) int {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	return g.calls[path]
 }
 
 func (g *saGate) open() { g.once.Do(func() { close(g.release) }) }
 
 func startGate(t *testing.T, extra func(w http.ResponseWriter, r *http.Request, n int) bool) (*saGate, string) {
-	g := &saGate{calls: map[string]int{}, release: make(chan struct{})}
+	g := &saGate{release: make(chan struct{})}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		g.mu.Lock()
-		g.calls[r.URL.Path]++
-		n := g.calls[r.URL.Path]
-		g.mu.Unlock()
+		n := g.add(r.URL.Path)
 		if extra != nil && extra(w, r, n) {
 			return
 		}
@@ -252,13 +250,10 @@ func saAdmin(admin, path string) (int, string) {
 func TestShutdownAudit_SIGTERMDrainContract(t *testing.T) {
 	g, up := startGate(t, nil)
 	dir := t.TempDir()
-	listen, admin := freePort(t), freePort(t)
-	saWrite(t, dir, fmt.Sprintf(`listen: %s
-admin: {listen: %s}
-shutdown_timeout: 20s
+	listen, admin := saWriteConfig(t, dir, fmt.Sprintf(`shutdown_timeout: 20s
 log: {flush_interval: 30s}
 routes: [{name: r, match: {path_prefix: /}, upstream: %q}]
-`, listen, admin, up))
+`, up))
 	cmd, logs := saStart(t, dir, admin)
 
 	idle := saDial(t, listen)
@@ -354,10 +349,7 @@ routes: [{name: r, match: {path_prefix: /}, upstream: %q}]
 func TestShutdownAudit_IdleDrainIsImmediate(t *testing.T) {
 	for _, sig := range []syscall.Signal{syscall.SIGTERM, syscall.SIGINT} {
 		t.Run(sig.String(), func(t *testing.T) {
-			dir := t.TempDir()
-			listen, admin := freePort(t), freePort(t)
-			saWrite(t, dir, fmt.Sprintf("listen: %s\nadmin: {listen: %s}\nshutdown_timeout: 30s\nroutes: [{name: r, match: {path_prefix: /}, upstream: 'http://127.0.0.1:1'}]\n", listen, admin))
-			cmd, logs := saStart(t, dir, admin)
+			cmd, logs, _, _ := saStartRoute(t, "http://127.0.0.1:1", "shutdown_timeout: 30s\n")
 			_ = cmd.Process.Signal(sig)
 			code, took := saExit(t, cmd, 5*time.Second)
 			if code != 0 || took > 2*time.Second {
@@ -426,13 +418,10 @@ func TestShutdownAudit_SSEStreamFinishesDuringDrain(t *testing.T) {
 func TestShutdownAudit_TimeoutExpiryWithFileStore(t *testing.T) {
 	g, up := startGate(t, nil)
 	dir := t.TempDir()
-	listen, admin := freePort(t), freePort(t)
-	saWrite(t, dir, fmt.Sprintf(`listen: %s
-admin: {listen: %s}
-shutdown_timeout: 1s
+	listen, admin := saWriteConfig(t, dir, fmt.Sprintf(`shutdown_timeout: 1s
 state: {backend: file, path: %s}
 routes: [{name: pay, match: {path_prefix: /}, upstream: %q, idempotency: {mode: header}}]
-`, listen, admin, filepath.Join(dir, "state.db"), up))
+`, filepath.Join(dir, "state.db"), up))
 	cmd, logs := saStart(t, dir, admin)
 
 	keyed := func(path, key string) string {
@@ -504,10 +493,7 @@ routes: [{name: pay, match: {path_prefix: /}, upstream: %q, idempotency: {mode: 
 func TestShutdownAudit_AsyncJobsAcrossSIGTERM(t *testing.T) {
 	g, up := startGate(t, nil)
 	dir := t.TempDir()
-	listen, admin := freePort(t), freePort(t)
-	saWrite(t, dir, fmt.Sprintf(`listen: %s
-admin: {listen: %s}
-shutdown_timeout: 1500ms
+	listen, admin := saWriteConfig(t, dir, fmt.Sprintf(`shutdown_timeout: 1500ms
 state: {backend: file, path: %s}
 routes:
   - name: rep
@@ -519,7 +505,7 @@ routes:
     match: {path_prefix: /pay/}
     upstream: %q
     async: {enabled: true}
-`, listen, admin, filepath.Join(dir, "state.db"), up, up))
+`, filepath.Join(dir, "state.db"), up, up))
 	cmd, logs := saStart(t, dir, admin)
 	base := "http://" + listen
 	submit := func(path string) string {
@@ -658,8 +644,7 @@ func TestShutdownAudit_AllLogLinesReachStderr(t *testing.T) {
 func TestShutdownAudit_StuckStderrDoesNotBlockExit(t *testing.T) {
 	_, up := startGate(t, nil)
 	dir := t.TempDir()
-	listen, admin := freePort(t), freePort(t)
-	saWrite(t, dir, fmt.Sprintf("listen: %s\nadmin: {listen: %s}\nlog: {flush_interval: 1ms}\nroutes: [{name: r, match: {path_prefix: /}, upstream: %q}]\n", listen, admin, up))
+	listen, admin := saWriteConfig(t, dir, fmt.Sprintf("log: {flush_interval: 1ms}\nroutes: [{name: r, match: {path_prefix: /}, upstream: %q}]\n", up))
 	pr, pw, err := os.Pipe()
 	if err != nil {
 		t.Fatal(err)
@@ -724,12 +709,9 @@ func TestShutdownAudit_StuckStderrDoesNotBlockExit(t *testing.T) {
 func TestShutdownAudit_KillNineMidTrafficNeverRunsTwice(t *testing.T) {
 	g, up := startGate(t, nil)
 	dir := t.TempDir()
-	listen, admin := freePort(t), freePort(t)
-	saWrite(t, dir, fmt.Sprintf(`listen: %s
-admin: {listen: %s}
-state: {backend: file, path: %s}
+	listen, admin := saWriteConfig(t, dir, fmt.Sprintf(`state: {backend: file, path: %s}
 routes: [{name: pay, match: {path_prefix: /}, upstream: %q, idempotency: {mode: header}}]
-`, listen, admin, filepath.Join(dir, "state.db"), up))
+`, filepath.Join(dir, "state.db"), up))
 	cmd, _ := saStart(t, dir, admin)
 
 	type sent struct {
@@ -856,10 +838,7 @@ func TestShutdownAudit_KeyedWaitAtSIGTERMFreesTheKey(t *testing.T) {
 		return false
 	})
 	dir := t.TempDir()
-	listen, admin := freePort(t), freePort(t)
-	saWrite(t, dir, fmt.Sprintf(`listen: %s
-admin: {listen: %s}
-shutdown_timeout: 20s
+	listen, admin := saWriteConfig(t, dir, fmt.Sprintf(`shutdown_timeout: 20s
 state: {backend: file, path: %s}
 routes:
   - name: pay
@@ -868,7 +847,7 @@ routes:
     idempotency: {mode: header}
     retry: {attempts: 3, on: [429], max_retry_after: 200s}
     timeouts: {total: 300s}
-`, listen, admin, filepath.Join(dir, "state.db"), up))
+`, filepath.Join(dir, "state.db"), up))
 	cmd, logs := saStart(t, dir, admin)
 	waiting := saDial(t, listen).send("POST /charge HTTP/1.1\r\nHost: x\r\nIdempotency-Key: k-wait\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}")
 	saPoll(t, 5*time.Second, "the first attempt", func() bool { return g.count("/charge") == 1 })

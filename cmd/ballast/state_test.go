@@ -19,25 +19,39 @@ import (
 // countingUpstream counts calls per path; paths under /slow/ hang until
 // the test ends.
 type countingUpstream struct {
-	mu    sync.Mutex
-	calls map[string]int
-	slow  chan struct{}
-	got   atomic.Int64
+	callCounter
+	slow chan struct{}
+	got  atomic.Int64
 }
 
-func (u *countingUpstream) count(path string) int {
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	return u.calls[path]
+// callCounter counts a test upstream's calls per path. Its zero value is
+// ready to use.
+type callCounter struct {
+	mu    sync.Mutex
+	calls map[string]int
+}
+
+// add counts a call to path and returns how many path has had.
+func (c *callCounter) add(path string) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.calls == nil {
+		c.calls = map[string]int{}
+	}
+	c.calls[path]++
+	return c.calls[path]
+}
+
+func (c *callCounter) count(path string) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.calls[path]
 }
 
 func startCountingUpstream(t *testing.T) (*countingUpstream, string) {
-	u := &countingUpstream{calls: map[string]int{}, slow: make(chan struct{})}
+	u := &countingUpstream{slow: make(chan struct{})}
 	srv := fixedHandler(t, func(w http.ResponseWriter, r *http.Request) {
-		u.mu.Lock()
-		u.calls[r.URL.Path]++
-		n := u.calls[r.URL.Path]
-		u.mu.Unlock()
+		n := u.add(r.URL.Path)
 		u.got.Add(1)
 		if strings.Contains(r.URL.Path, "/slow/") && n == 1 {
 			select { // the first call hangs: ballast is killed meanwhile
