@@ -42,12 +42,7 @@ func TestCPUProfiles(t *testing.T) {
 			t.Fatal(err)
 		}
 		want := []string{filepath.Join(dir, "ballast-cpu-1.pprof"), filepath.Join(dir, "ballast-cpu-2.pprof")}
-		if !reflect.DeepEqual(res.CPUProfiles, want) {
-			t.Fatalf("profiles %q, want %q", res.CPUProfiles, want)
-		}
-		for _, f := range want {
-			checkProfile(t, f)
-		}
+		checkProfiles(t, res.CPUProfiles, want)
 		var text strings.Builder
 		if err := (&Report{Overhead: res}).WriteText(&text); err != nil || !strings.Contains(text.String(), "go tool pprof -top "+want[1]) {
 			t.Errorf("the report does not say how to read the profiles (%v):\n%s", err, text.String())
@@ -62,12 +57,7 @@ func TestCPUProfiles(t *testing.T) {
 			t.Fatal(err)
 		}
 		want := []string{filepath.Join(dir, "ballast-cpu-off-1.pprof"), filepath.Join(dir, "ballast-cpu-retry-1.pprof")}
-		if !reflect.DeepEqual(res.CPUProfiles, want) {
-			t.Fatalf("profiles %q, want %q", res.CPUProfiles, want)
-		}
-		for _, f := range want {
-			checkProfile(t, f)
-		}
+		checkProfiles(t, res.CPUProfiles, want)
 	})
 	t.Run("a refused fetch fails the run", func(t *testing.T) {
 		dir := t.TempDir()
@@ -146,6 +136,18 @@ routes:
 			t.Errorf("a lost profile left a file: %v", err)
 		}
 	})
+}
+
+// checkProfiles checks that a run reported exactly the profiles want,
+// and that each is a CPU profile go tool pprof reads.
+func checkProfiles(t *testing.T, got, want []string) {
+	t.Helper()
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("profiles %q, want %q", got, want)
+	}
+	for _, f := range want {
+		checkProfile(t, f)
+	}
 }
 
 // checkProfile checks that file is a gzipped CPU profile go tool pprof

@@ -3,7 +3,6 @@ package bench
 import (
 	"context"
 	"math"
-	"net"
 	"testing"
 	"time"
 )
@@ -130,15 +129,8 @@ func TestRunLoadStopsWithItsContext(t *testing.T) {
 
 func TestBareProxyForwards(t *testing.T) {
 	_, up := serve(t, UpstreamConfig{Size: 512})
-	p := NewBareProxy(up)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() { _ = p.Serve(ln); close(done) }()
-	defer func() { _ = p.Shutdown(); <-done }()
-	res, err := RunLoad(context.Background(), LoadConfig{Addr: ln.Addr().String(), Workloads: []Workload{{Path: "/v1/x"}}, Connections: 2, Duration: 100 * time.Millisecond})
+	addr := serveOnLoopback(t, NewBareProxy(up))
+	res, err := RunLoad(context.Background(), LoadConfig{Addr: addr, Workloads: []Workload{{Path: "/v1/x"}}, Connections: 2, Duration: 100 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}

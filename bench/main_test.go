@@ -24,14 +24,29 @@ func TestMain(m *testing.M) {
 func serve(t *testing.T, cfg UpstreamConfig) (*Upstream, string) {
 	t.Helper()
 	u := NewUpstream(cfg)
+	return u, serveOnLoopback(t, u)
+}
+
+// loopbackServer is what serveOnLoopback runs: an Upstream, a BareProxy or
+// a fasthttp.Server.
+type loopbackServer interface {
+	Serve(net.Listener) error
+	Shutdown() error
+}
+
+// serveOnLoopback runs srv on a fresh loopback port until the test ends,
+// when it shuts srv down and waits for Serve to return; it returns the
+// address.
+func serveOnLoopback(t *testing.T, srv loopbackServer) string {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	done := make(chan struct{})
-	go func() { _ = u.Serve(ln); close(done) }()
-	t.Cleanup(func() { _ = u.Shutdown(); <-done })
-	return u, ln.Addr().String()
+	go func() { _ = srv.Serve(ln); close(done) }()
+	t.Cleanup(func() { _ = srv.Shutdown(); <-done })
+	return ln.Addr().String()
 }
 
 // testClient is a non-retrying client whose connections close with the test.

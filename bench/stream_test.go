@@ -109,16 +109,7 @@ func TestRunStreamLoadMeasuresStampedEvents(t *testing.T) {
 func TestRunStreamLoadSeesABufferingProxy(t *testing.T) {
 	const events, interval = 4, 20 * time.Millisecond
 	_, up := serve(t, UpstreamConfig{StreamEvents: events, StreamInterval: interval, StreamStamp: true})
-	p := NewBareProxy(up)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() { _ = p.Serve(ln); close(done) }()
-	t.Cleanup(func() { _ = p.Shutdown(); <-done })
-
-	res := streamLoad(t, ln.Addr().String(), events)
+	res := streamLoad(t, serveOnLoopback(t, NewBareProxy(up)), events)
 	if res.Complete != res.Streams || res.Streams == 0 {
 		t.Fatalf("%+v", res)
 	}
@@ -242,15 +233,7 @@ func serveRaw(t *testing.T, answer string) string {
 // serveFunc runs handler on loopback until the test ends.
 func serveFunc(t *testing.T, handler fasthttp.RequestHandler) string {
 	t.Helper()
-	srv := &fasthttp.Server{Handler: handler, Logger: quietLogger{}, CloseOnShutdown: true}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() { _ = srv.Serve(ln); close(done) }()
-	t.Cleanup(func() { _ = srv.Shutdown(); <-done })
-	return ln.Addr().String()
+	return serveOnLoopback(t, &fasthttp.Server{Handler: handler, Logger: quietLogger{}, CloseOnShutdown: true})
 }
 
 func TestRunStreamLoadRefusesBadConfigs(t *testing.T) {

@@ -59,6 +59,22 @@ func writeUserConfig(t *testing.T, dir, name, yaml string) (file, realState stri
 	return file, realState
 }
 
+// rewriteUserConfig loads file as `ballast run` does and rewrites it for a
+// harness on placeholder addresses, failing the test on any error.
+func rewriteUserConfig(t *testing.T, file string) (u *userConfig, y []byte, cfg *config.Config) {
+	t.Helper()
+	u, err := loadUserConfig(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := site{Listen: "127.0.0.1:1", Admin: "127.0.0.1:2", Upstream: "127.0.0.1:3", Dir: t.TempDir(), Token: "t"}
+	y, cfg, err = u.rewrite(s, childEnv(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return u, y, cfg
+}
+
 func TestUserConfigRewriteMovesEverythingToTheHarness(t *testing.T) {
 	dir := t.TempDir()
 	file, realState := writeUserConfig(t, dir, "user.yaml", userYAML)
@@ -162,14 +178,7 @@ func TestUserConfigRewriteTakesTheExamples(t *testing.T) {
 	}
 	for _, file := range files {
 		t.Run(filepath.Base(filepath.Dir(file)), func(t *testing.T) {
-			u, err := loadUserConfig(file)
-			if err != nil {
-				t.Fatal(err)
-			}
-			_, cfg, err := u.rewrite(site{Listen: "127.0.0.1:1", Admin: "127.0.0.1:2", Upstream: "127.0.0.1:3", Dir: t.TempDir(), Token: "t"}, childEnv(1))
-			if err != nil {
-				t.Fatal(err)
-			}
+			u, _, cfg := rewriteUserConfig(t, file)
 			if len(cfg.Routes) != len(u.cfg.Routes) {
 				t.Errorf("%d routes, want %d", len(cfg.Routes), len(u.cfg.Routes))
 			}
@@ -448,8 +457,7 @@ func TestUserConfigRewriteKeepsReferencesInUpstreamPaths(t *testing.T) {
 	t.Setenv("BENCH_TEST_HOST", "api.example.com")
 	t.Setenv("BENCH_TEST_ACCOUNT", "account-secret")
 	t.Setenv("BENCH_TEST_GATEWAY", "https://gw.example.com/gateway-secret")
-	file := filepath.Join(t.TempDir(), "refs.yaml")
-	if err := os.WriteFile(file, []byte(`
+	file, _ := writeUserConfig(t, t.TempDir(), "refs.yaml", `
 routes:
   - name: bot
     match: {path_prefix: /bot/}
@@ -459,18 +467,8 @@ routes:
   - name: gateway
     match: {path_prefix: /}
     upstream: "${BENCH_TEST_GATEWAY}/openai"
-`), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	u, err := loadUserConfig(file)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s := site{Listen: "127.0.0.1:1", Admin: "127.0.0.1:2", Upstream: "127.0.0.1:3", Dir: t.TempDir(), Token: "t"}
-	y, cfg, err := u.rewrite(s, childEnv(1))
-	if err != nil {
-		t.Fatal(err)
-	}
+`)
+	_, y, cfg := rewriteUserConfig(t, file)
 	for _, secret := range []string{"bot-secret", "account-secret", "gateway-secret", "example.com"} {
 		if bytes.Contains(y, []byte(secret)) {
 			t.Errorf("the rewritten config holds %q:\n%s", secret, y)
@@ -493,8 +491,7 @@ routes:
 // original file.
 func TestUserConfigRewriteKeepsDollarsAsRunReadsThem(t *testing.T) {
 	t.Setenv("BENCH_TEST_KEY", "key-secret")
-	file := filepath.Join(t.TempDir(), "dollars.yaml")
-	if err := os.WriteFile(file, []byte(`
+	file, _ := writeUserConfig(t, t.TempDir(), "dollars.yaml", `
 routes:
   - name: dollars
     match: {path_prefix: /v1/}
@@ -509,18 +506,8 @@ routes:
         X-Mixed: "${BENCH_TEST_KEY}$$$$"
         Authorization: "Bearer ${BENCH_TEST_KEY}$$"
     static_fallback: {status: 503, body: '{"price":"$$$$9","note":"$$$"}', headers: {X-Fallback-Price: "$$$$"}}
-`), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	u, err := loadUserConfig(file)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s := site{Listen: "127.0.0.1:1", Admin: "127.0.0.1:2", Upstream: "127.0.0.1:3", Dir: t.TempDir(), Token: "t"}
-	_, cfg, err := u.rewrite(s, childEnv(1))
-	if err != nil {
-		t.Fatal(err)
-	}
+`)
+	u, _, cfg := rewriteUserConfig(t, file)
 	if got, want := cfg.Routes[0].Upstream, "http://127.0.0.1:3/a$$b$c"; got != want {
 		t.Errorf("upstream %q, want %q", got, want)
 	}

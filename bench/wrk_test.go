@@ -21,22 +21,14 @@ func serveOnly(t *testing.T, want Workload) string {
 	if method == "" {
 		method = "GET"
 	}
-	srv := &fasthttp.Server{Handler: func(ctx *fasthttp.RequestCtx) {
+	return serveOnLoopback(t, &fasthttp.Server{Handler: func(ctx *fasthttp.RequestCtx) {
 		if string(ctx.Method()) != method || string(ctx.RequestURI()) != want.Path || !bytes.Equal(ctx.PostBody(), want.Body) ||
 			string(ctx.Request.Header.ContentType()) != want.ContentType {
 			ctx.SetStatusCode(fasthttp.StatusNotFound)
 			return
 		}
 		ctx.SetBodyString(`{"ok":true}`)
-	}}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() { _ = srv.Serve(ln); close(done) }()
-	t.Cleanup(func() { _ = srv.Shutdown(); <-done })
-	return ln.Addr().String()
+	}})
 }
 
 func TestRunWrkSendsTheWorkload(t *testing.T) {
