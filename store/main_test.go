@@ -53,6 +53,18 @@ func backends() []backend {
 	}
 }
 
+// forEachBackend runs test, in a subtest named after each backend, against
+// a fresh store of that backend with the limits lim: the contract every
+// Store keeps.
+func forEachBackend(t *testing.T, lim Limits, test func(t *testing.T, s Store)) {
+	t.Helper()
+	for _, be := range backends() {
+		t.Run(be.name, func(t *testing.T) {
+			test(t, be.open(t, lim))
+		})
+	}
+}
+
 func openTestFile(t testing.TB, path string, opts FileOptions) *File {
 	t.Helper()
 	s, err := OpenFile(path, opts)
