@@ -5,24 +5,28 @@ import (
 	"time"
 )
 
+// settleCases are Settle's cases for a limit of 6000 tokens per minute
+// (100 per second, burst 6000), each from a full bucket: a reservation of
+// estimate settled at actual leaves wantRemaining, and a request of 1000
+// at the same instant then waits nextDelay.
+var settleCases = []struct {
+	name          string
+	estimate      int
+	actual        int
+	wantRemaining int64
+	nextDelay     time.Duration
+}{
+	{name: "exact", estimate: 1000, actual: 1000, wantRemaining: 5000},
+	{name: "used less: difference returned", estimate: 1000, actual: 400, wantRemaining: 5600},
+	{name: "used nothing", estimate: 1000, actual: 0, wantRemaining: 6000},
+	{name: "negative actual reads as zero", estimate: 1000, actual: -5, wantRemaining: 6000},
+	{name: "used more: difference taken", estimate: 1000, actual: 5500, wantRemaining: 500, nextDelay: 5 * time.Second},
+	{name: "used far more: debt beyond the burst", estimate: 6000, actual: 12000, wantRemaining: 0, nextDelay: 70 * time.Second},
+	{name: "wild usage: debt capped at 16 bursts", estimate: 1, actual: 1 << 30, wantRemaining: 0, nextDelay: 910010 * time.Millisecond},
+}
+
 func TestSettle(t *testing.T) {
-	// 6000 tokens per minute: 100 per second, burst 6000.
-	tests := []struct {
-		name          string
-		estimate      int
-		actual        int
-		wantRemaining int64
-		nextDelay     time.Duration // for a request of 1000 at the same instant
-	}{
-		{name: "exact", estimate: 1000, actual: 1000, wantRemaining: 5000},
-		{name: "used less: difference returned", estimate: 1000, actual: 400, wantRemaining: 5600},
-		{name: "used nothing", estimate: 1000, actual: 0, wantRemaining: 6000},
-		{name: "negative actual reads as zero", estimate: 1000, actual: -5, wantRemaining: 6000},
-		{name: "used more: difference taken", estimate: 1000, actual: 5500, wantRemaining: 500, nextDelay: 5 * time.Second},
-		{name: "used far more: debt beyond the burst", estimate: 6000, actual: 12000, wantRemaining: 0, nextDelay: 70 * time.Second},
-		{name: "wild usage: debt capped at 16 bursts", estimate: 1, actual: 1 << 30, wantRemaining: 0, nextDelay: 910010 * time.Millisecond},
-	}
-	for _, tt := range tests {
+	for _, tt := range settleCases {
 		t.Run(tt.name, func(t *testing.T) {
 			b := mustBucket(t, PerMinute(6000))
 			r, err := b.Reserve(0, tt.estimate, t0, 0)
