@@ -101,6 +101,11 @@ func sseHeaders(w http.ResponseWriter) {
 
 func openAIChatStream(w http.ResponseWriter, model string) {
 	sseHeaders(w)
+	openAIChatStreamBody(w, model)
+}
+
+// openAIChatStreamBody is openAIChatStream after its headers.
+func openAIChatStreamBody(w http.ResponseWriter, model string) {
 	chunk := func(delta map[string]any, finish any) map[string]any {
 		return map[string]any{
 			"id": "chatcmpl-e2e", "object": "chat.completion.chunk", "created": 1700000000, "model": model,

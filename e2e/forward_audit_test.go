@@ -212,15 +212,7 @@ type reloadable struct {
 
 func startReloadable(t *testing.T, yaml string) *reloadable {
 	t.Helper()
-	file := t.TempDir() + "/ballast.yaml"
-	if err := os.WriteFile(file, []byte(yaml), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	src := config.Source{File: file, Environ: []string{}}
-	cfg, err := config.Load(src)
-	if err != nil {
-		t.Fatal(err)
-	}
+	src, cfg := loadConfig(t, yaml)
 	logs := &syncBuffer{}
 	srv, err := proxy.New(cfg, proxy.Options{
 		Logger:    slog.New(slog.NewJSONHandler(logs, nil)),
@@ -243,7 +235,7 @@ func startReloadable(t *testing.T, yaml string) *reloadable {
 			t.Logf("ballast logs:\n%s", logs.String())
 		}
 	})
-	return &reloadable{ballast: &ballast{base: "http://" + ln.Addr().String(), addr: ln.Addr().String(), logs: logs}, srv: srv, file: file}
+	return &reloadable{ballast: &ballast{base: "http://" + ln.Addr().String(), addr: ln.Addr().String(), logs: logs}, srv: srv, file: src.File}
 }
 
 func (r *reloadable) reload(t *testing.T, yaml string) {
@@ -318,25 +310,21 @@ func TestFwdReloadInFlight(t *testing.T) {
 	t.Run("mid-stream", auditReloadMidStream)
 	a, bUp := newHolder("A"), newHolder("B")
 	aURL, bURL := serve(t, a), serve(t, bUp)
-	cfgA := fmt.Sprintf(`
+	toolAt := func(upstream string) string {
+		return fmt.Sprintf(`
 routes:
   - name: tool
     match: {host: tool.internal, path_prefix: /}
     upstream: %s/
     timeouts: {per_try: 10s, total: 15s}
-`, aURL)
+`, upstream)
+	}
+	cfgA, cfgB := toolAt(aURL), toolAt(bURL)
 	cfgNone := fmt.Sprintf(`
 routes:
   - name: other
     match: {host: other.internal, path_prefix: /}
     upstream: %s/
-`, bURL)
-	cfgB := fmt.Sprintf(`
-routes:
-  - name: tool
-    match: {host: tool.internal, path_prefix: /}
-    upstream: %s/
-    timeouts: {per_try: 10s, total: 15s}
 `, bURL)
 	r := startReloadable(t, cfgA)
 	c := proxyClient(t, r.ballast)

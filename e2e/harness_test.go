@@ -43,21 +43,30 @@ func (s *syncBuffer) String() string {
 	return s.b.String()
 }
 
+// loadConfig writes yaml to a fresh file and loads it exactly as `ballast
+// run -c` would (config.Load from that file, no environment); src.File
+// names the file.
+func loadConfig(t *testing.T, yaml string) (src config.Source, cfg *config.Config) {
+	t.Helper()
+	file := t.TempDir() + "/ballast.yaml"
+	if err := os.WriteFile(file, []byte(yaml), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	src = config.Source{File: file, Environ: []string{}}
+	cfg, err := config.Load(src)
+	if err != nil {
+		t.Fatalf("config: %v", err)
+	}
+	return src, cfg
+}
+
 // startBallast loads yaml exactly as `ballast run -c` would (config.Load
 // from a file) and serves it on loopback listeners until the test ends.
 // clock may be nil (the wall clock); a FakeClock must start at the real
 // time, as socket deadlines are computed from it.
 func startBallast(t *testing.T, clock policy.Clock, yaml string) *ballast {
 	t.Helper()
-	file := t.TempDir() + "/ballast.yaml"
-	if err := os.WriteFile(file, []byte(yaml), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	src := config.Source{File: file, Environ: []string{}}
-	cfg, err := config.Load(src)
-	if err != nil {
-		t.Fatalf("config: %v", err)
-	}
+	src, cfg := loadConfig(t, yaml)
 	logs := &syncBuffer{}
 	srv, err := proxy.New(cfg, proxy.Options{
 		Logger:   slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})),

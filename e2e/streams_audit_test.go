@@ -84,20 +84,3 @@ func TestStreamsAuditSDKGetsHeadersBeforeFirstToken(t *testing.T) {
 		t.Fatalf("stream: %q, %v", text, err)
 	}
 }
-
-// openAIChatStreamBody is openAIChatStream after its headers.
-func openAIChatStreamBody(w http.ResponseWriter, model string) {
-	chunk := func(delta map[string]any, finish any) map[string]any {
-		return map[string]any{
-			"id": "chatcmpl-e2e", "object": "chat.completion.chunk", "created": 1700000000, "model": model,
-			"choices": []any{map[string]any{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": nil}},
-		}
-	}
-	sse(w, "", chunk(map[string]any{"role": "assistant", "content": ""}, nil))
-	for _, d := range answerDeltas {
-		sse(w, "", chunk(map[string]any{"content": d}, nil))
-	}
-	sse(w, "", chunk(map[string]any{}, "stop"))
-	_, _ = io.WriteString(w, "data: [DONE]\n\n")
-	flush(w)
-}

@@ -30,7 +30,6 @@ import (
 	"time"
 
 	"github.com/ballast-proxy/ballast/bench"
-	"github.com/ballast-proxy/ballast/config"
 	"github.com/ballast-proxy/ballast/proxy"
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
@@ -118,16 +117,9 @@ type torture9Ballast struct {
 
 func startTorture9(t *testing.T, yaml string) *torture9Ballast {
 	t.Helper()
-	file := t.TempDir() + "/ballast.yaml"
-	if err := os.WriteFile(file, []byte(yaml), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	src := config.Source{File: file, Environ: []string{}}
-	cfg, err := config.Load(src)
-	if err != nil {
-		t.Fatalf("config: %v", err)
-	}
-	b := &torture9Ballast{reg: prometheus.NewRegistry(), file: file, logs: &syncBuffer{}, done: make(chan struct{}, 2)}
+	src, cfg := loadConfig(t, yaml)
+	b := &torture9Ballast{reg: prometheus.NewRegistry(), file: src.File, logs: &syncBuffer{}, done: make(chan struct{}, 2)}
+	var err error
 	b.srv, err = proxy.New(cfg, proxy.Options{
 		Logger:    slog.New(slog.NewJSONHandler(b.logs, &slog.HandlerOptions{Level: slog.LevelInfo})),
 		Registry:  b.reg,
