@@ -34,7 +34,10 @@ func BenchmarkKeyPieces(b *testing.B) {
 	}
 }
 
-func BenchmarkGetHit(b *testing.B) {
+// hitCache is a cache holding 512-byte answers for keys k(0) to k(999),
+// stored at t0 and fresh for a minute after.
+func hitCache(b *testing.B) *Cache {
+	b.Helper()
 	c, err := New(Config{TTL: time.Minute, Stale: time.Hour})
 	if err != nil {
 		b.Fatal(err)
@@ -42,6 +45,11 @@ func BenchmarkGetHit(b *testing.B) {
 	for i := range 1000 {
 		c.Set(k(i), &Entry{Status: 200, Body: make([]byte, 512), StoredAt: t0})
 	}
+	return c
+}
+
+func BenchmarkGetHit(b *testing.B) {
+	c := hitCache(b)
 	now := t0.Add(time.Second)
 	b.ReportAllocs()
 	i := 0
@@ -54,13 +62,7 @@ func BenchmarkGetHit(b *testing.B) {
 }
 
 func BenchmarkGetHitParallel(b *testing.B) {
-	c, err := New(Config{TTL: time.Minute, Stale: time.Hour})
-	if err != nil {
-		b.Fatal(err)
-	}
-	for i := range 1000 {
-		c.Set(k(i), &Entry{Status: 200, Body: make([]byte, 512), StoredAt: t0})
-	}
+	c := hitCache(b)
 	now := t0.Add(time.Second)
 	b.ReportAllocs()
 	b.RunParallel(func(pb *testing.PB) {
