@@ -83,16 +83,7 @@ func TestReleaseLetsWaiterClaim(t *testing.T) {
 		if rec, owned, err := s.Claim(ctx, "k", args("b", t0)); err != nil || owned || rec.State != InFlight {
 			t.Fatalf("duplicate Claim = %+v, %v, %v; want in flight", rec, owned, err)
 		}
-		type result struct {
-			rec *Record
-			err error
-		}
-		done := make(chan result, 1)
-		go func() {
-			rec, err := s.Wait(ctx, "k")
-			done <- result{rec, err}
-		}()
-		awaitWaiters(t, s, "k", 1)
+		done := startWait(t, ctx, s, "k")
 		if err := s.Release(ctx, held); err != nil {
 			t.Fatalf("Release: %v", err)
 		}
@@ -317,16 +308,7 @@ func TestWaitEnds(t *testing.T) {
 				held := mustClaim(t, s, "k", args("a", t0))
 				ctx, cancel := context.WithCancel(context.Background())
 				defer cancel()
-				type result struct {
-					rec *Record
-					err error
-				}
-				done := make(chan result, 1)
-				go func() {
-					rec, err := s.Wait(ctx, "k")
-					done <- result{rec, err}
-				}()
-				awaitWaiters(t, s, "k", 1)
+				done := startWait(t, ctx, s, "k")
 				tt.end(s, cancel, held)
 				r := <-done
 				if !errors.Is(r.err, tt.wantErr) || (tt.wantErr == nil) != (r.err == nil) {

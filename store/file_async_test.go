@@ -156,16 +156,7 @@ func TestFileWaitWakesAfterCommit(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			f, g := openGated(t, FileOptions{NoJournal: true})
 			held := mustClaim(t, f, "k", args("a", t0))
-			type result struct {
-				rec *Record
-				err error
-			}
-			done := make(chan result, 1)
-			go func() {
-				rec, err := f.Wait(context.Background(), "k")
-				done <- result{rec, err}
-			}()
-			awaitWaiters(t, f, "k", 1)
+			done := startWait(t, context.Background(), f, "k")
 			g.hold()
 			if err := tt.finish(f, held); err != nil {
 				t.Fatal(err)

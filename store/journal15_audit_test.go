@@ -113,18 +113,9 @@ func TestJournal15_FailedClaimCommitWakesWaiters(t *testing.T) {
 	f.commit.db = broken // the held round fails
 	f.commit.mu.Unlock()
 
-	type result struct {
-		rec *Record
-		err error
-	}
-	done := make(chan result, 1)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	go func() {
-		rec, err := f.Wait(ctx, "k")
-		done <- result{rec, err}
-	}()
-	awaitWaiters(t, f, "k", 1)
+	done := startWait(t, ctx, f, "k")
 	g.opened.Do(func() { close(g.open) })
 	<-g.held
 	if err := <-errs.got; err == nil {

@@ -108,6 +108,25 @@ func waiters(s Store, key string) int {
 }
 
 // awaitWaiters yields until n Waits are blocked on key.
+// waitOutcome is what one Store.Wait returned.
+type waitOutcome struct {
+	rec *Record
+	err error
+}
+
+// startWait runs s.Wait(ctx, key) in the background and returns once the
+// store counts it as a waiter; the Wait's result arrives on the channel.
+func startWait(t testing.TB, ctx context.Context, s Store, key string) <-chan waitOutcome {
+	t.Helper()
+	done := make(chan waitOutcome, 1)
+	go func() {
+		rec, err := s.Wait(ctx, key)
+		done <- waitOutcome{rec, err}
+	}()
+	awaitWaiters(t, s, key, 1)
+	return done
+}
+
 func awaitWaiters(t testing.TB, s Store, key string, n int) {
 	t.Helper()
 	for waiters(s, key) < n {
