@@ -560,13 +560,5 @@ func leafDiffs(path string, a, b any) []string {
 // expanded, nothing redacted), as a map.
 func loadedConfig(t *testing.T, cfg *config.Config) map[string]any {
 	t.Helper()
-	b, err := json.Marshal(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var m map[string]any
-	if err := json.Unmarshal(b, &m); err != nil {
-		t.Fatal(err)
-	}
-	return m
+	return shownConfig(t, func() ([]byte, error) { return json.Marshal(cfg) })
 }
