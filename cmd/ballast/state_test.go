@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"os"
 	"os/exec"
@@ -46,6 +47,14 @@ func (c *callCounter) count(path string) int {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.calls[path]
+}
+
+// snapshot copies the counts, for a failure message written while calls
+// may still arrive.
+func (c *callCounter) snapshot() map[string]int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return maps.Clone(c.calls)
 }
 
 func startCountingUpstream(t *testing.T) (*countingUpstream, string) {
@@ -117,7 +126,9 @@ routes:
     idempotency: {mode: header, idempotent: true}
     async: {enabled: true}
 `, listen, admin, filepath.Join(dir, "state.db"), up, up)
-	os.WriteFile(filepath.Join(dir, "ballast.yaml"), []byte(cfg), 0o600)
+	if err := os.WriteFile(filepath.Join(dir, "ballast.yaml"), []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	cmd, logs := startProcess(t, dir, "run")
 	waitHealthy(t, admin)
 	base := "http://" + listen
@@ -143,7 +154,7 @@ routes:
 	deadline := time.Now().Add(5 * time.Second)
 	for u.count("/pay/slow/charge") == 0 || u.count("/report/slow/build") == 0 {
 		if time.Now().After(deadline) {
-			t.Fatalf("the slow calls never reached the upstream: %v", u.calls)
+			t.Fatalf("the slow calls never reached the upstream: %v", u.snapshot())
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
