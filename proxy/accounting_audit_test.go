@@ -267,42 +267,6 @@ func (l *aaLoad) count(cond func(aaResult) bool) int {
 	return n
 }
 
-// aaSum adds up every series of name whose labels include want (counters,
-// gauges, and histograms' sample counts).
-func aaSum(b *ballast, name string, want map[string]string) float64 {
-	mfs, err := b.reg.Gather()
-	if err != nil {
-		b.t.Fatal(err)
-	}
-	total := 0.0
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-	next:
-		for _, m := range mf.GetMetric() {
-			have := map[string]string{}
-			for _, lp := range m.GetLabel() {
-				have[lp.GetName()] = lp.GetValue()
-			}
-			for k, v := range want {
-				if have[k] != v {
-					continue next
-				}
-			}
-			switch {
-			case m.Counter != nil:
-				total += m.GetCounter().GetValue()
-			case m.Gauge != nil:
-				total += m.GetGauge().GetValue()
-			case m.Histogram != nil:
-				total += float64(m.GetHistogram().GetSampleCount())
-			}
-		}
-	}
-	return total
-}
-
 // aaTrail is one decision-trail line.
 type aaTrail struct {
 	Msg          string `json:"msg"`
@@ -454,11 +418,13 @@ routes:
 	for range 2 {
 		l.async("bh", "GET", "/bh/bhgate", "")
 	}
-	waitFor(t, func() bool { return aaSum(b, "ballast_concurrency_inflight", map[string]string{"route": "bh"}) == 2 })
+	waitFor(t, func() bool { return b.metricSum("ballast_concurrency_inflight", map[string]string{"route": "bh"}) == 2 })
 	for range 2 {
 		l.async("bh", "GET", "/bh/bhgate", "")
 	}
-	waitFor(t, func() bool { return aaSum(b, "ballast_concurrency_queue_depth", map[string]string{"route": "bh"}) == 2 })
+	waitFor(t, func() bool {
+		return b.metricSum("ballast_concurrency_queue_depth", map[string]string{"route": "bh"}) == 2
+	})
 	for range 4 {
 		l.send("bh", "GET", "/bh/bhgate", "") // shed at once
 	}
@@ -479,13 +445,13 @@ routes:
 	// One call runs; three duplicates attach to it, then replay its answer.
 	l.async("idem", "POST", "/idem/idemgate", `{"n":1}`, "Idempotency-Key", "gate")
 	waitFor(t, func() bool {
-		return aaSum(b, "ballast_idempotency_total", map[string]string{"route": "idem", "result": "claimed"}) == 8
+		return b.metricSum("ballast_idempotency_total", map[string]string{"route": "idem", "result": "claimed"}) == 8
 	})
 	for range 3 {
 		l.async("idem", "POST", "/idem/idemgate", `{"n":1}`, "Idempotency-Key", "gate")
 	}
 	waitFor(t, func() bool {
-		return aaSum(b, "ballast_idempotency_total", map[string]string{"route": "idem", "result": "attached"}) == 3
+		return b.metricSum("ballast_idempotency_total", map[string]string{"route": "idem", "result": "attached"}) == 3
 	})
 	main.openIdempotency()
 	l.wg.Wait()
@@ -494,8 +460,8 @@ routes:
 
 	// Every request answered, counted, and logged.
 	sent := len(l.results)
-	waitFor(t, func() bool { return aaSum(b, "ballast_requests_total", nil) == float64(sent) })
-	waitFor(t, func() bool { return aaSum(b, "ballast_inflight_requests", nil) == 0 })
+	waitFor(t, func() bool { return b.metricSum("ballast_requests_total", nil) == float64(sent) })
+	waitFor(t, func() bool { return b.metricSum("ballast_inflight_requests", nil) == 0 })
 	waitFor(t, func() bool { return len(aaTrails(t, b)) == sent })
 	return run
 }
@@ -522,19 +488,19 @@ func TestAccountingAudit_MixedLoad(t *testing.T) {
 	t.Run("RequestsByRouteAndClass", func(t *testing.T) {
 		for _, route := range aaRoutes {
 			sent := l.count(func(r aaResult) bool { return r.route == route })
-			if got := aaSum(b, "ballast_requests_total", map[string]string{"route": route}); got != float64(sent) {
+			if got := b.metricSum("ballast_requests_total", map[string]string{"route": route}); got != float64(sent) {
 				t.Errorf("route %s: ballast_requests_total %v, agents sent %d", route, got, sent)
 			}
 			for _, class := range []string{"1xx", "2xx", "3xx", "4xx", "5xx"} {
 				want := l.count(func(r aaResult) bool {
 					return r.route == route && (aaClass(r.status) == class || r.hungUp && class == "4xx") // 499
 				})
-				if got := aaSum(b, "ballast_requests_total", map[string]string{"route": route, "code": class}); got != float64(want) {
+				if got := b.metricSum("ballast_requests_total", map[string]string{"route": route, "code": class}); got != float64(want) {
 					t.Errorf("route %s code %s: counted %v, agents got %d", route, class, got, want)
 				}
 			}
 		}
-		if got := aaSum(b, "ballast_requests_total", map[string]string{"route": "_unmatched"}); got != 0 {
+		if got := b.metricSum("ballast_requests_total", map[string]string{"route": "_unmatched"}); got != 0 {
 			t.Errorf("_unmatched counted %v", got)
 		}
 	})
@@ -543,7 +509,7 @@ func TestAccountingAudit_MixedLoad(t *testing.T) {
 		for _, route := range aaRoutes {
 			for _, class := range []string{"1xx", "2xx", "3xx", "4xx", "5xx"} {
 				lb := map[string]string{"route": route, "code": class}
-				if c, h := aaSum(b, "ballast_requests_total", lb), aaSum(b, "ballast_request_duration_seconds", lb); c != h {
+				if c, h := b.metricSum("ballast_requests_total", lb), b.metricSum("ballast_request_duration_seconds", lb); c != h {
 					t.Errorf("%v: requests_total %v, duration count %v", lb, c, h)
 				}
 			}
@@ -555,7 +521,7 @@ func TestAccountingAudit_MixedLoad(t *testing.T) {
 		// cool-down never fits the 429 route's deadline, so none is waited.
 		for _, route := range aaRoutes {
 			lb := map[string]string{"route": route}
-			if c, h := aaSum(b, "ballast_retries_total", lb), aaSum(b, "ballast_retry_wait_seconds", lb); c != h {
+			if c, h := b.metricSum("ballast_retries_total", lb), b.metricSum("ballast_retry_wait_seconds", lb); c != h {
 				t.Errorf("route %s: retries_total %v, retry_wait count %v", route, c, h)
 			}
 		}
@@ -574,10 +540,10 @@ func TestAccountingAudit_MixedLoad(t *testing.T) {
 	}
 	attemptsVsHits := func(t *testing.T, exceptStale bool) {
 		for _, up := range []*aaUpstream{run.main, run.fb, run.hedge, run.limit} {
-			attempts := aaSum(b, "ballast_upstream_attempts_total", map[string]string{"upstream": up.addr})
+			attempts := b.metricSum("ballast_upstream_attempts_total", map[string]string{"upstream": up.addr})
 			hedges := 0.0
 			if up == run.hedge {
-				hedges = aaSum(b, "ballast_hedges_total", map[string]string{"route": "hedge"})
+				hedges = b.metricSum("ballast_hedges_total", map[string]string{"route": "hedge"})
 			}
 			hits := up.totalHits()
 			if exceptStale && up == run.main { // only the main upstream resets
@@ -605,7 +571,7 @@ func TestAccountingAudit_MixedLoad(t *testing.T) {
 				extra += max(run.hedge.hitsOf(r.id)-1, 0)
 			}
 		}
-		if got := aaSum(b, "ballast_hedges_total", map[string]string{"route": "hedge"}); got != float64(extra) || extra == 0 {
+		if got := b.metricSum("ballast_hedges_total", map[string]string{"route": "hedge"}); got != float64(extra) || extra == 0 {
 			t.Errorf("hedges_total %v, extra copies the upstream saw %d", got, extra)
 		}
 	})
@@ -627,8 +593,8 @@ func TestAccountingAudit_MixedLoad(t *testing.T) {
 					prev = a.Upstream
 				}
 			}
-			retries := aaSum(b, "ballast_retries_total", map[string]string{"route": route})
-			attempts := aaSum(b, "ballast_upstream_attempts_total", map[string]string{"route": route})
+			retries := b.metricSum("ballast_retries_total", map[string]string{"route": route})
+			attempts := b.metricSum("ballast_upstream_attempts_total", map[string]string{"route": route})
 			if retries+float64(firsts) != attempts {
 				t.Errorf("route %s: retries %v + first attempts %d != attempts %v", route, retries, firsts, attempts)
 			}
@@ -643,7 +609,7 @@ func TestAccountingAudit_MixedLoad(t *testing.T) {
 					n += lines[0].AttemptCount
 				}
 			}
-			if got := aaSum(b, "ballast_upstream_attempts_total", map[string]string{"route": route}); got != float64(n) {
+			if got := b.metricSum("ballast_upstream_attempts_total", map[string]string{"route": route}); got != float64(n) {
 				t.Errorf("route %s: attempts_total %v, trail attempt_count sum %d", route, got, n)
 			}
 		}
@@ -651,7 +617,7 @@ func TestAccountingAudit_MixedLoad(t *testing.T) {
 
 	t.Run("GaugesReturnToZero", func(t *testing.T) {
 		for _, name := range []string{"ballast_concurrency_inflight", "ballast_concurrency_queue_depth", "ballast_inflight_requests"} {
-			if got := aaSum(b, name, nil); got != 0 {
+			if got := b.metricSum(name, nil); got != 0 {
 				t.Errorf("%s = %v after the run", name, got)
 			}
 		}
@@ -673,15 +639,15 @@ func TestAccountingAudit_MixedLoad(t *testing.T) {
 
 	t.Run("BindingLimitsCounted", func(t *testing.T) {
 		shed := l.count(func(r aaResult) bool { return r.route == "bh" && r.status == 503 })
-		if got := aaSum(b, "ballast_ratelimit_rejected_total", map[string]string{"route": "bh", "reason": "overloaded"}); got != float64(shed) || shed != 4 {
+		if got := b.metricSum("ballast_ratelimit_rejected_total", map[string]string{"route": "bh", "reason": "overloaded"}); got != float64(shed) || shed != 4 {
 			t.Errorf("bulkhead: overloaded %v, agents shed %d (want 4)", got, shed)
 		}
 		limited := l.count(func(r aaResult) bool { return r.route == "rl" && r.status == 429 })
-		if got := aaSum(b, "ballast_ratelimit_rejected_total", map[string]string{"route": "rl", "reason": "rate_limited"}); got != float64(limited) || limited == 0 {
+		if got := b.metricSum("ballast_ratelimit_rejected_total", map[string]string{"route": "rl", "reason": "rate_limited"}); got != float64(limited) || limited == 0 {
 			t.Errorf("rate limit: rejected %v, agents got 429 %d", got, limited)
 		}
-		if passed := l.count(func(r aaResult) bool { return r.route == "rl" && r.status == 200 }); float64(passed) != aaSum(b, "ballast_upstream_attempts_total", map[string]string{"route": "rl"}) {
-			t.Errorf("rate limit: %d passed, attempts %v", passed, aaSum(b, "ballast_upstream_attempts_total", map[string]string{"route": "rl"}))
+		if passed := l.count(func(r aaResult) bool { return r.route == "rl" && r.status == 200 }); float64(passed) != b.metricSum("ballast_upstream_attempts_total", map[string]string{"route": "rl"}) {
+			t.Errorf("rate limit: %d passed, attempts %v", passed, b.metricSum("ballast_upstream_attempts_total", map[string]string{"route": "rl"}))
 		}
 	})
 
@@ -689,28 +655,28 @@ func TestAccountingAudit_MixedLoad(t *testing.T) {
 		fresh := l.count(func(r aaResult) bool { return r.route == "cfresh" })
 		sum := 0.0
 		for _, res := range []string{"hit", "miss", "stale", "bypass"} {
-			sum += aaSum(b, "ballast_cache_requests_total", map[string]string{"route": "cfresh", "result": res})
+			sum += b.metricSum("ballast_cache_requests_total", map[string]string{"route": "cfresh", "result": res})
 		}
 		if sum != float64(fresh) {
 			t.Errorf("fresh route: hit+miss+stale+bypass %v, requests %d", sum, fresh)
 		}
-		if got := aaSum(b, "ballast_cache_requests_total", map[string]string{"route": "cfresh", "result": "bypass"}); got != 4 {
+		if got := b.metricSum("ballast_cache_requests_total", map[string]string{"route": "cfresh", "result": "bypass"}); got != 4 {
 			t.Errorf("fresh route: bypass %v, want 4", got)
 		}
 		// Each fresh miss asked the upstream once (no failures there).
-		if m, a := aaSum(b, "ballast_cache_requests_total", map[string]string{"route": "cfresh", "result": "miss"}),
-			aaSum(b, "ballast_cache_requests_total", map[string]string{"route": "cfresh", "result": "bypass"}); m+a != aaSum(b, "ballast_upstream_attempts_total", map[string]string{"route": "cfresh"}) {
-			t.Errorf("fresh route: misses %v + bypasses %v, attempts %v", m, a, aaSum(b, "ballast_upstream_attempts_total", map[string]string{"route": "cfresh"}))
+		if m, a := b.metricSum("ballast_cache_requests_total", map[string]string{"route": "cfresh", "result": "miss"}),
+			b.metricSum("ballast_cache_requests_total", map[string]string{"route": "cfresh", "result": "bypass"}); m+a != b.metricSum("ballast_upstream_attempts_total", map[string]string{"route": "cfresh"}) {
+			t.Errorf("fresh route: misses %v + bypasses %v, attempts %v", m, a, b.metricSum("ballast_upstream_attempts_total", map[string]string{"route": "cfresh"}))
 		}
 		stale := l.count(func(r aaResult) bool { return r.route == "cfall" && r.staleServed })
-		if got := aaSum(b, "ballast_cache_requests_total", map[string]string{"route": "cfall"}); got != float64(stale) || stale != 6 {
+		if got := b.metricSum("ballast_cache_requests_total", map[string]string{"route": "cfall"}); got != float64(stale) || stale != 6 {
 			t.Errorf("fallback route: counted %v, agents served stale %d (want 6)", got, stale)
 		}
 	})
 
 	t.Run("StreamTruncationsMatchCutStreams", func(t *testing.T) {
 		cut := l.count(func(r aaResult) bool { return r.cut })
-		if got := aaSum(b, "ballast_stream_truncated_total", nil); got != float64(cut) || cut != 8 {
+		if got := b.metricSum("ballast_stream_truncated_total", nil); got != float64(cut) || cut != 8 {
 			t.Errorf("stream_truncated_total %v, agents saw %d cut (want 8)", got, cut)
 		}
 	})
@@ -775,7 +741,7 @@ func TestAccountingAudit_MixedLoad(t *testing.T) {
 	t.Run("IdempotencyResultsSumToKeyedRequests", func(t *testing.T) {
 		sum := 0.0
 		for _, res := range []string{"claimed", "attached", "replayed", "conflict", "mismatch", "unknown_outcome"} {
-			sum += aaSum(b, "ballast_idempotency_total", map[string]string{"route": "idem", "result": res})
+			sum += b.metricSum("ballast_idempotency_total", map[string]string{"route": "idem", "result": res})
 		}
 		if sum != float64(run.keyed) {
 			t.Errorf("idempotency results sum to %v for %d keyed requests: one result each", sum, run.keyed)
@@ -790,7 +756,7 @@ func TestAccountingAudit_MixedLoad(t *testing.T) {
 			}
 		}
 		for _, res := range []string{"claimed", "mismatch"} {
-			if got := aaSum(b, "ballast_idempotency_total", map[string]string{"route": "idem", "result": res}); got != float64(byResult[res]) {
+			if got := b.metricSum("ballast_idempotency_total", map[string]string{"route": "idem", "result": res}); got != float64(byResult[res]) {
 				t.Errorf("%s: metric %v, trail %d", res, got, byResult[res])
 			}
 		}
@@ -837,7 +803,7 @@ func TestAccountingAudit_MixedLoad(t *testing.T) {
 			if skip[rs.Name] {
 				continue
 			}
-			if got := aaSum(b, "ballast_requests_total", map[string]string{"route": rs.Name}); float64(rs.TotalRequests) != got {
+			if got := b.metricSum("ballast_requests_total", map[string]string{"route": rs.Name}); float64(rs.TotalRequests) != got {
 				bad = append(bad, fmt.Sprintf("route %s: /status total_requests %d, ballast_requests_total %v", rs.Name, rs.TotalRequests, got))
 			}
 		}
@@ -859,9 +825,9 @@ func TestAccountingAudit_MixedLoad(t *testing.T) {
 		for _, rs := range snap.Routes {
 			for _, us := range rs.Upstreams {
 				lb := map[string]string{"route": rs.Name, "upstream": us.Name}
-				attempts := aaSum(b, "ballast_upstream_attempts_total", lb)
+				attempts := b.metricSum("ballast_upstream_attempts_total", lb)
 				lb["outcome"] = "canceled"
-				canceled := aaSum(b, "ballast_upstream_attempts_total", lb)
+				canceled := b.metricSum("ballast_upstream_attempts_total", lb)
 				if float64(us.TotalRequests) != attempts-canceled {
 					t.Errorf("/status %s/%s total_requests %d, attempts %v (canceled %v)", rs.Name, us.Name, us.TotalRequests, attempts, canceled)
 				}
@@ -887,7 +853,7 @@ routes:
 		t.Fatalf("the agent got %d", l.results[1].status)
 	}
 	waitFor(t, func() bool { return len(aaTrails(t, b)) == 2 })
-	attempts := aaSum(b, "ballast_upstream_attempts_total", nil)
+	attempts := b.metricSum("ballast_upstream_attempts_total", nil)
 	trail := aaTrails(t, b)[id][0]
 	if float64(up.totalHits()) != attempts || up.hitsOf(id) != trail.AttemptCount {
 		t.Errorf("the upstream received %d requests (%d for %s), ballast_upstream_attempts_total is %v and the trail shows %d attempt(s)",
@@ -908,15 +874,15 @@ routes:
 `, up.url))
 	l := &aaLoad{t: t, b: b, c: client(t)}
 	l.send("plain", "POST", "/plain/bigcut", `{}`) // unkeyed: the agent sees the cut
-	if !l.results[0].cut || aaSum(b, "ballast_stream_truncated_total", map[string]string{"route": "plain"}) != 1 {
-		t.Fatalf("unkeyed: cut %v, truncated %v", l.results[0].cut, aaSum(b, "ballast_stream_truncated_total", nil))
+	if !l.results[0].cut || b.metricSum("ballast_stream_truncated_total", map[string]string{"route": "plain"}) != 1 {
+		t.Fatalf("unkeyed: cut %v, truncated %v", l.results[0].cut, b.metricSum("ballast_stream_truncated_total", nil))
 	}
 	l.send("idem", "POST", "/idem/bigcut", `{}`, "Idempotency-Key", "k1")
 	got := l.results[1]
 	if got.cut || got.status != 502 {
 		t.Fatalf("keyed: the agent got %d (cut %v)", got.status, got.cut)
 	}
-	truncated := aaSum(b, "ballast_stream_truncated_total", map[string]string{"route": "idem"})
+	truncated := b.metricSum("ballast_stream_truncated_total", map[string]string{"route": "idem"})
 	if truncated != 0 {
 		t.Errorf("ballast_stream_truncated_total{route=idem} is %v though the agent got a whole 502", truncated)
 	}

@@ -36,7 +36,7 @@ func as11Route(t *testing.T, snap supervise.Snapshot, name string) supervise.Rou
 // upstreams and outcomes.
 func as11Attempts(t *testing.T, b *ballast, route string) float64 {
 	t.Helper()
-	return raMetricSum(t, b, "ballast_upstream_attempts_total", map[string]string{"route": route})
+	return b.metricSum("ballast_upstream_attempts_total", map[string]string{"route": route})
 }
 
 // A keyed stream replayed twice: the upstream ran once, and every count
@@ -277,13 +277,13 @@ func TestAlertSeams11_RefundedRetryNoBudgetAlert(t *testing.T) {
 			t.Errorf("budget_exhausted alert for a budget never spent: %+v", e)
 		}
 	}
-	if n := raMetricSum(t, b, "ballast_retries_total", map[string]string{"route": "a"}); n != 0 {
+	if n := b.metricSum("ballast_retries_total", map[string]string{"route": "a"}); n != 0 {
 		t.Errorf("ballast_retries_total{route=a} = %v; its retry never went out", n)
 	}
-	if n := raMetricSum(t, b, "ballast_retries_total", map[string]string{"route": "b"}); n != 1 {
+	if n := b.metricSum("ballast_retries_total", map[string]string{"route": "b"}); n != 1 {
 		t.Errorf("ballast_retries_total{route=b} = %v, want 1", n)
 	}
-	if n := raMetricSum(t, b, "ballast_retry_budget_exhausted_total", nil); n > 0 {
+	if n := b.metricSum("ballast_retry_budget_exhausted_total", nil); n > 0 {
 		t.Errorf("ballast_retry_budget_exhausted_total = %v, want 0", n)
 	}
 }

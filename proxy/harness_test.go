@@ -200,14 +200,16 @@ func get(t *testing.T, c *http.Client, url string, headers ...string) (*http.Res
 	return resp, string(body)
 }
 
-// metric returns the value of the series whose name and labels match, or
-// -1 when it does not exist.
-func (b *ballast) metric(name string, labels map[string]string) float64 {
+// metricValues returns, in the registry's order, the value of every series
+// of name whose labels include labels: a counter's or a gauge's value, a
+// histogram's sample count.
+func (b *ballast) metricValues(name string, labels map[string]string) []float64 {
 	b.t.Helper()
 	mfs, err := b.reg.Gather()
 	if err != nil {
 		b.t.Fatal(err)
 	}
+	var out []float64
 	for _, mf := range mfs {
 		if mf.GetName() != name {
 			continue
@@ -225,15 +227,36 @@ func (b *ballast) metric(name string, labels map[string]string) float64 {
 			}
 			switch {
 			case m.Counter != nil:
-				return m.GetCounter().GetValue()
+				out = append(out, m.GetCounter().GetValue())
 			case m.Gauge != nil:
-				return m.GetGauge().GetValue()
+				out = append(out, m.GetGauge().GetValue())
 			case m.Histogram != nil:
-				return float64(m.GetHistogram().GetSampleCount())
+				out = append(out, float64(m.GetHistogram().GetSampleCount()))
 			}
 		}
 	}
+	return out
+}
+
+// metric returns the value of the first series whose name and labels
+// match, or -1 when it does not exist.
+func (b *ballast) metric(name string, labels map[string]string) float64 {
+	b.t.Helper()
+	if vs := b.metricValues(name, labels); len(vs) > 0 {
+		return vs[0]
+	}
 	return -1
+}
+
+// metricSum adds up every series of name whose labels include labels (0
+// when there is none): a counter summed over its other labels, say.
+func (b *ballast) metricSum(name string, labels map[string]string) float64 {
+	b.t.Helper()
+	sum := 0.0
+	for _, v := range b.metricValues(name, labels) {
+		sum += v
+	}
+	return sum
 }
 
 // listenFree listens on a loopback port below the kernel's ephemeral

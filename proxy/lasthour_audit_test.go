@@ -506,7 +506,7 @@ routes:
 			if resp, body := do(t, "GET", b.base+"/ok", "", "X-La-Id", "warm"); resp.StatusCode != 200 || body != "/ok" {
 				t.Fatalf("warm-up: %d %q", resp.StatusCode, body)
 			}
-			before := aaSum(b, "ballast_upstream_attempts_total", nil)
+			before := b.metricSum("ballast_upstream_attempts_total", nil)
 			resp, body := do(t, tt.method, b.base+"/drop", "{}", "X-La-Id", "probe")
 			if resp.StatusCode != tt.wantStatus {
 				t.Fatalf("%s /drop: %d %q, want %d", tt.method, resp.StatusCode, body, tt.wantStatus)
@@ -526,7 +526,7 @@ routes:
 			if got != fmt.Sprint(copies) {
 				t.Errorf("attempts %q, the upstream got %d copies", got, copies)
 			}
-			if got := aaSum(b, "ballast_upstream_attempts_total", nil) - before; got != float64(copies) {
+			if got := b.metricSum("ballast_upstream_attempts_total", nil) - before; got != float64(copies) {
 				t.Errorf("ballast_upstream_attempts_total grew by %v, the upstream got %d copies", got, copies)
 			}
 		})
@@ -544,7 +544,7 @@ routes:
 	if resp, body := do(t, "GET", b.base+"/ok", "", "X-La-Id", "warm"); resp.StatusCode != 200 || body != "/ok" {
 		t.Fatalf("warm-up: %d %q", resp.StatusCode, body)
 	}
-	before := aaSum(b, "ballast_upstream_attempts_total", nil)
+	before := b.metricSum("ballast_upstream_attempts_total", nil)
 	conn, err := net.Dial("tcp", b.addr)
 	if err != nil {
 		t.Fatal(err)
@@ -557,8 +557,8 @@ routes:
 	case <-time.After(5 * time.Second):
 		t.Fatal("the upstream's call was not called off after the agent left")
 	}
-	waitFor(t, func() bool { return aaSum(b, "ballast_upstream_attempts_total", nil)-before >= 1 })
-	if got := aaSum(b, "ballast_upstream_attempts_total", nil) - before; got != 2 {
+	waitFor(t, func() bool { return b.metricSum("ballast_upstream_attempts_total", nil)-before >= 1 })
+	if got := b.metricSum("ballast_upstream_attempts_total", nil) - before; got != 2 {
 		t.Errorf("ballast_upstream_attempts_total grew by %v; the upstream got 2 copies", got)
 	}
 }

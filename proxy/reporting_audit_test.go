@@ -195,7 +195,7 @@ routes:
 			t.Errorf("a label value comes from a request or an upstream: %s", v)
 		}
 	}
-	if got := aaSum(b, "ballast_requests_total", nil); got != 400+n {
+	if got := b.metricSum("ballast_requests_total", nil); got != 400+n {
 		t.Errorf("ballast_requests_total = %v for %d requests", got, 400+n)
 	}
 }
@@ -742,7 +742,7 @@ routes:
 			_, _ = io.ReadAll(resp.Body)
 			resp.Body.Close()
 		}
-		waitFor(t, func() bool { return aaSum(b, "ballast_stream_truncated_total", nil) == 1 })
+		waitFor(t, func() bool { return b.metricSum("ballast_stream_truncated_total", nil) == 1 })
 		waitFor(t, func() bool { return len(raRequestLines(t, b)) >= 1 })
 		lines := raRequestLines(t, b)
 		if len(lines) != 1 || lines[0]["path"] != "/cut" || lines[0]["level"] != "WARN" || lines[0]["truncated"] != true {
@@ -806,7 +806,7 @@ routes:
 		conn.Close()
 		want[raw.key+" "+strconv.Itoa(resp.StatusCode)]++
 	}
-	counted := aaSum(b, "ballast_requests_total", map[string]string{"route": "_unmatched"})
+	counted := b.metricSum("ballast_requests_total", map[string]string{"route": "_unmatched"})
 	var lines []map[string]any
 	waitFor(t, func() bool { lines = raRequestLines(t, b); return len(lines) >= int(counted) })
 	got := map[string]int{}

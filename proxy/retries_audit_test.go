@@ -168,7 +168,7 @@ routes:
 			if s.hits.Load() != 1 {
 				t.Errorf("upstream hits %d, want 1", s.hits.Load())
 			}
-			if got := raMetricSum(t, b, "ballast_retries_total", map[string]string{"route": "r"}); got != 0 {
+			if got := b.metricSum("ballast_retries_total", map[string]string{"route": "r"}); got != 0 {
 				t.Errorf("ballast_retries_total = %v for a retry that never happened", got)
 			}
 		})
@@ -541,7 +541,7 @@ routes:
 		{"ballast_retries_total", map[string]string{"route": "r"}, 3},
 		{"ballast_retry_wait_seconds", map[string]string{"route": "r"}, 3},
 	} {
-		if got := raMetricSum(t, b, c.name, c.labels); got != c.want {
+		if got := b.metricSum(c.name, c.labels); got != c.want {
 			t.Errorf("%s%v = %v, want %v", c.name, c.labels, got, c.want)
 		}
 	}
@@ -901,7 +901,7 @@ routes:
 					{"ballast_upstream_attempts_total", map[string]string{"route": "r", "upstream": addr}, 1},
 					{"ballast_retries_total", map[string]string{"route": "r"}, 0},
 				} {
-					if got := raMetricSum(t, b, c.name, c.labels); got != c.want {
+					if got := b.metricSum(c.name, c.labels); got != c.want {
 						t.Errorf("%s%v = %v, want %v", c.name, c.labels, got, c.want)
 					}
 				}
@@ -964,43 +964,6 @@ routes:
 			}
 		})
 	}
-}
-
-// raMetricSum sums every series of name whose labels include labels (0
-// when there is none).
-func raMetricSum(t *testing.T, b *ballast, name string, labels map[string]string) float64 {
-	t.Helper()
-	mfs, err := b.reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	sum := 0.0
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-	next:
-		for _, m := range mf.GetMetric() {
-			have := map[string]string{}
-			for _, lp := range m.GetLabel() {
-				have[lp.GetName()] = lp.GetValue()
-			}
-			for k, v := range labels {
-				if have[k] != v {
-					continue next
-				}
-			}
-			switch {
-			case m.Counter != nil:
-				sum += m.GetCounter().GetValue()
-			case m.Gauge != nil:
-				sum += m.GetGauge().GetValue()
-			case m.Histogram != nil:
-				sum += float64(m.GetHistogram().GetSampleCount())
-			}
-		}
-	}
-	return sum
 }
 
 // Providers key their limits by API key, whichever header carries it
