@@ -123,26 +123,30 @@ routes:
 
 // --- the concurrency queue at the deadline -------------------------------------
 
-// The wait for a concurrency slot, like the rate-limit turn, ends before
-// the request's deadline: a slot that frees up only at the deadline leaves
-// no time to send in. The queued request is answered 503 overloaded
-// (errors.md: it "waited in the queue longer than ... its deadline"),
-// never forwarded, and at once when its deadline comes on the server's
-// clock.
-func TestEdgesAuditQueueEndsBeforeTheDeadline(t *testing.T) {
-	clock := policy.NewFakeClock(time.Now())
-	release := make(chan struct{})
-	var hits atomic.Int64
+// edgesQueue is a route with one concurrency slot: first holds it until
+// release is closed, and queued waits behind it with a 10s deadline (an
+// agent's X-Ballast-Timeout), its wait armed on clock.
+type edgesQueue struct {
+	clock         *policy.FakeClock
+	b             *ballast
+	hits          *atomic.Int64
+	release       chan struct{}
+	first, queued <-chan raResult
+}
+
+func edgesQueueBehindOne(t *testing.T) *edgesQueue {
+	t.Helper()
+	q := &edgesQueue{clock: policy.NewFakeClock(time.Now()), hits: new(atomic.Int64), release: make(chan struct{})}
 	up, _ := upstream(t, func(w http.ResponseWriter, r *http.Request) {
-		if hits.Add(1) == 1 {
+		if q.hits.Add(1) == 1 {
 			select {
-			case <-release:
+			case <-q.release:
 			case <-r.Context().Done():
 			}
 		}
 		_, _ = io.WriteString(w, "ok")
 	})
-	b := startBallastClock(t, clock, fmt.Sprintf(`
+	q.b = startBallastClock(t, q.clock, fmt.Sprintf(`
 routes:
   - name: r
     match: {path_prefix: /}
@@ -150,24 +154,37 @@ routes:
     concurrency: {max: 1, queue: 4, max_wait: 1m}
     timeouts: {per_try: 60s, total: 100s}
 `, up))
-	first := raSend(t, "GET", b.base+"/x", "")
-	waitFor(t, func() bool { return hits.Load() == 1 })
-	queued := raSend(t, "GET", b.base+"/x", "", "X-Ballast-Timeout", "10s")
-	waitFor(t, func() bool { return b.metric("ballast_concurrency_queue_depth", map[string]string{"route": "r"}) == 1 })
-	waitFor(t, func() bool { return clock.Waiters() == 1 })
-	clock.Advance(10*time.Second - time.Millisecond)
+	q.first = raSend(t, "GET", q.b.base+"/x", "")
+	waitFor(t, func() bool { return q.hits.Load() == 1 })
+	q.queued = raSend(t, "GET", q.b.base+"/x", "", "X-Ballast-Timeout", "10s")
+	waitFor(t, func() bool {
+		return q.b.metric("ballast_concurrency_queue_depth", map[string]string{"route": "r"}) == 1
+	})
+	waitFor(t, func() bool { return q.clock.Waiters() == 1 })
+	return q
+}
+
+// The wait for a concurrency slot, like the rate-limit turn, ends before
+// the request's deadline: a slot that frees up only at the deadline leaves
+// no time to send in. The queued request is answered 503 overloaded
+// (errors.md: it "waited in the queue longer than ... its deadline"),
+// never forwarded, and at once when its deadline comes on the server's
+// clock.
+func TestEdgesAuditQueueEndsBeforeTheDeadline(t *testing.T) {
+	q := edgesQueueBehindOne(t)
+	q.clock.Advance(10*time.Second - time.Millisecond)
 	select {
-	case r := <-queued:
+	case r := <-q.queued:
 		t.Fatalf("the queued request ended before its deadline: %v %q", r.err, r.body)
 	case <-time.After(20 * time.Millisecond):
 	}
-	clock.Advance(time.Millisecond) // the deadline
+	q.clock.Advance(time.Millisecond) // the deadline
 	var r raResult
 	select {
-	case r = <-queued:
+	case r = <-q.queued:
 	case <-time.After(3 * time.Second):
-		close(release)
-		r = raAnswer(t, queued)
+		close(q.release)
+		r = raAnswer(t, q.queued)
 		t.Fatalf("the queued request was still waiting at its deadline; once the slot freed it got %d %q", r.resp.StatusCode, r.body)
 	}
 	if r.err != nil {
@@ -176,48 +193,25 @@ routes:
 	if p := decodeProblem(t, r.resp, r.body); r.resp.StatusCode != 503 || p.Reason != "overloaded" || p.Attempts != 0 || r.resp.Header.Get("Retry-After") == "" {
 		t.Errorf("%d %+v (Retry-After %q), want 503 overloaded with Retry-After", r.resp.StatusCode, p, r.resp.Header.Get("Retry-After"))
 	}
-	close(release)
-	if r := raAnswer(t, first); r.resp.StatusCode != 200 {
+	close(q.release)
+	if r := raAnswer(t, q.first); r.resp.StatusCode != 200 {
 		t.Errorf("first: %d", r.resp.StatusCode)
 	}
-	if hits.Load() != 1 {
-		t.Errorf("the queued request reached the upstream: hits %d", hits.Load())
+	if q.hits.Load() != 1 {
+		t.Errorf("the queued request reached the upstream: hits %d", q.hits.Load())
 	}
 }
 
 // A slot that frees up with time left is taken, and the request sent.
 func TestEdgesAuditQueueGrantWithTimeLeft(t *testing.T) {
-	clock := policy.NewFakeClock(time.Now())
-	release := make(chan struct{})
-	var hits atomic.Int64
-	up, _ := upstream(t, func(w http.ResponseWriter, r *http.Request) {
-		if hits.Add(1) == 1 {
-			select {
-			case <-release:
-			case <-r.Context().Done():
-			}
-		}
-		_, _ = io.WriteString(w, "ok")
-	})
-	b := startBallastClock(t, clock, fmt.Sprintf(`
-routes:
-  - name: r
-    match: {path_prefix: /}
-    upstream: %q
-    concurrency: {max: 1, queue: 4, max_wait: 1m}
-    timeouts: {per_try: 60s, total: 100s}
-`, up))
-	first := raSend(t, "GET", b.base+"/x", "")
-	waitFor(t, func() bool { return hits.Load() == 1 })
-	queued := raSend(t, "GET", b.base+"/x", "", "X-Ballast-Timeout", "10s")
-	waitFor(t, func() bool { return clock.Waiters() == 1 })
-	clock.Advance(9 * time.Second)
-	close(release)
-	if r := raAnswer(t, first); r.resp.StatusCode != 200 {
+	q := edgesQueueBehindOne(t)
+	q.clock.Advance(9 * time.Second)
+	close(q.release)
+	if r := raAnswer(t, q.first); r.resp.StatusCode != 200 {
 		t.Errorf("first: %d", r.resp.StatusCode)
 	}
-	if r := raAnswer(t, queued); r.resp.StatusCode != 200 || r.body != "ok" || hits.Load() != 2 {
-		t.Errorf("queued: %d %q, hits %d", r.resp.StatusCode, r.body, hits.Load())
+	if r := raAnswer(t, q.queued); r.resp.StatusCode != 200 || r.body != "ok" || q.hits.Load() != 2 {
+		t.Errorf("queued: %d %q, hits %d", r.resp.StatusCode, r.body, q.hits.Load())
 	}
 }
 
@@ -307,12 +301,12 @@ func TestEdgesAuditChunkedJSONIsNotFlushedEarly(t *testing.T) {
 	}
 }
 
-// A GET NDJSON stream is a standing stream like a GET event stream: quiet
-// while the server has no news, it outlives timeouts.idle and
-// timeouts.total while the agent is there.
-func TestEdgesAuditStandingNDJSONStream(t *testing.T) {
-	release := make(chan struct{})
-	up, _ := upstream(t, func(w http.ResponseWriter, r *http.Request) {
+// edgesNDJSONUpstream answers with an NDJSON stream: one line at once,
+// and the second only when release is closed.
+func edgesNDJSONUpstream(t *testing.T) (url string, release chan struct{}) {
+	t.Helper()
+	release = make(chan struct{})
+	url, _ = upstream(t, func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/x-ndjson")
 		w.WriteHeader(200)
 		_, _ = io.WriteString(w, "{\"n\":1}\n")
@@ -324,6 +318,36 @@ func TestEdgesAuditStandingNDJSONStream(t *testing.T) {
 		}
 		_, _ = io.WriteString(w, "{\"n\":2}\n")
 	})
+	return url, release
+}
+
+// edgesFirstNDJSONLine fails with heldBack unless the first line of
+// edgesNDJSONUpstream's stream reaches the agent within streamsAuditBound,
+// while the second is still held by release.
+func edgesFirstNDJSONLine(t *testing.T, body io.Reader, release chan struct{}, heldBack string) {
+	t.Helper()
+	line := make(chan string, 1)
+	go func() {
+		buf := make([]byte, 8)
+		_, _ = io.ReadFull(body, buf)
+		line <- string(buf)
+	}()
+	select {
+	case l := <-line:
+		if l != "{\"n\":1}\n" {
+			t.Errorf("first line %q", l)
+		}
+	case <-time.After(streamsAuditBound):
+		close(release)
+		t.Fatal(heldBack)
+	}
+}
+
+// A GET NDJSON stream is a standing stream like a GET event stream: quiet
+// while the server has no news, it outlives timeouts.idle and
+// timeouts.total while the agent is there.
+func TestEdgesAuditStandingNDJSONStream(t *testing.T) {
+	up, release := edgesNDJSONUpstream(t)
 	b := startBallast(t, streamsAuditRoute(up, "    timeouts: {connect: 100ms, idle: 100ms, total: 300ms}\n"))
 	resp, err := client(t).Get(b.base + "/events")
 	if err != nil {
@@ -370,40 +394,14 @@ func TestEdgesAuditNDJSONStreamIdle(t *testing.T) {
 // NDJSON stream is no JSON document, and reading it whole would hold the
 // stream back from the agent until it ended.
 func TestEdgesAuditNDJSONStreamSkipsBodyChecks(t *testing.T) {
-	release := make(chan struct{})
-	up, _ := upstream(t, func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Type", "application/x-ndjson")
-		w.WriteHeader(200)
-		_, _ = io.WriteString(w, "{\"n\":1}\n")
-		w.(http.Flusher).Flush()
-		select {
-		case <-release:
-		case <-r.Context().Done():
-			return
-		}
-		_, _ = io.WriteString(w, "{\"n\":2}\n")
-	})
+	up, release := edgesNDJSONUpstream(t)
 	b := startBallast(t, streamsAuditRoute(up, "    retry: {unsafe_methods: true}\n    validate: {status: [2xx], content_type: [application/x-ndjson], json: true}\n"))
 	resp, err := client(t).Post(b.base+"/api/chat", "application/json", strings.NewReader(`{}`))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer resp.Body.Close()
-	line := make(chan string, 1)
-	go func() {
-		buf := make([]byte, 8)
-		_, _ = io.ReadFull(resp.Body, buf)
-		line <- string(buf)
-	}()
-	select {
-	case l := <-line:
-		if l != "{\"n\":1}\n" {
-			t.Errorf("first line %q", l)
-		}
-	case <-time.After(streamsAuditBound):
-		close(release)
-		t.Fatal("the first NDJSON line was held back for validation")
-	}
+	edgesFirstNDJSONLine(t, resp.Body, release, "the first NDJSON line was held back for validation")
 	close(release)
 	if rest, err := io.ReadAll(resp.Body); err != nil || string(rest) != "{\"n\":2}\n" || resp.StatusCode != 200 {
 		t.Errorf("%d rest %q %v", resp.StatusCode, rest, err)
@@ -413,19 +411,7 @@ func TestEdgesAuditNDJSONStreamSkipsBodyChecks(t *testing.T) {
 // A keyed NDJSON stream is relayed as it comes, like a keyed event
 // stream: it cannot be replayed, so there is nothing to read ahead for.
 func TestEdgesAuditKeyedNDJSONStreamNotHeld(t *testing.T) {
-	release := make(chan struct{})
-	up, _ := upstream(t, func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Type", "application/x-ndjson")
-		w.WriteHeader(200)
-		_, _ = io.WriteString(w, "{\"n\":1}\n")
-		w.(http.Flusher).Flush()
-		select {
-		case <-release:
-		case <-r.Context().Done():
-			return
-		}
-		_, _ = io.WriteString(w, "{\"n\":2}\n")
-	})
+	up, release := edgesNDJSONUpstream(t)
 	b := startBallast(t, streamsAuditRoute(up, "    idempotency: {mode: header}\n"))
 	req, _ := http.NewRequest("POST", b.base+"/api/chat", strings.NewReader(`{}`))
 	req.Header.Set("Idempotency-Key", "nd-1")
@@ -434,21 +420,7 @@ func TestEdgesAuditKeyedNDJSONStreamNotHeld(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer resp.Body.Close()
-	line := make(chan string, 1)
-	go func() {
-		buf := make([]byte, 8)
-		_, _ = io.ReadFull(resp.Body, buf)
-		line <- string(buf)
-	}()
-	select {
-	case l := <-line:
-		if l != "{\"n\":1}\n" {
-			t.Errorf("first line %q", l)
-		}
-	case <-time.After(streamsAuditBound):
-		close(release)
-		t.Fatal("a keyed NDJSON stream was held back until it ended")
-	}
+	edgesFirstNDJSONLine(t, resp.Body, release, "a keyed NDJSON stream was held back until it ended")
 	close(release)
 	if rest, err := io.ReadAll(resp.Body); err != nil || string(rest) != "{\"n\":2}\n" {
 		t.Errorf("rest %q %v", rest, err)
