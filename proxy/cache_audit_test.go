@@ -637,19 +637,59 @@ func TestCacheAudit_ConditionalRequests(t *testing.T) {
 	}
 }
 
+// cacheAuditGate holds an upstream's first call, the leader of collapsed
+// misses, until open; entered has a value for every call as it arrives.
+type cacheAuditGate struct {
+	entered chan struct{}
+	release chan struct{}
+	once    sync.Once
+}
+
+// newCacheAuditGate returns a gate that opens, at the latest, when the
+// test ends.
+func newCacheAuditGate(t *testing.T) *cacheAuditGate {
+	g := &cacheAuditGate{entered: make(chan struct{}, 16), release: make(chan struct{})}
+	t.Cleanup(g.open)
+	return g
+}
+
+// hold is the first thing an upstream call n does.
+func (g *cacheAuditGate) hold(n int64) {
+	g.entered <- struct{}{}
+	if n == 1 {
+		<-g.release
+	}
+}
+
+func (g *cacheAuditGate) open() { g.once.Do(func() { close(g.release) }) }
+
+// cacheAuditAnswer is the status and body of an answer to cacheAuditGet.
+type cacheAuditAnswer struct {
+	status int
+	body   string
+}
+
+func (a cacheAuditAnswer) String() string { return fmt.Sprintf("%d %s", a.status, a.body) }
+
+// cacheAuditGet sends GET /r with the header pairs given, in the
+// background, and returns where its answer will come.
+func cacheAuditGet(t *testing.T, b *ballast, headers ...string) <-chan cacheAuditAnswer {
+	t.Helper()
+	ch := make(chan cacheAuditAnswer, 1)
+	go func() {
+		resp, body := do(t, "GET", b.base+"/r", "", headers...)
+		ch <- cacheAuditAnswer{resp.StatusCode, body}
+	}()
+	return ch
+}
+
 // A collapsed follower never inherits a response it did not ask for: a
 // conditional leader's 304 (not stored) leaves the unconditional follower
 // to ask the upstream itself.
 func TestCacheAudit_CollapsedFollowerOfConditionalLeader(t *testing.T) {
-	entered := make(chan struct{}, 4)
-	release := make(chan struct{})
-	var once sync.Once
-	t.Cleanup(func() { once.Do(func() { close(release) }) })
+	gate := newCacheAuditGate(t)
 	up := newCacheAuditUp(t, func(n int64, w http.ResponseWriter, r *http.Request) {
-		entered <- struct{}{}
-		if n == 1 {
-			<-release
-		}
+		gate.hold(n)
 		w.Header().Set("ETag", `"v1"`)
 		if r.Header.Get("If-None-Match") == `"v1"` {
 			w.WriteHeader(304)
@@ -658,24 +698,12 @@ func TestCacheAudit_CollapsedFollowerOfConditionalLeader(t *testing.T) {
 		io.WriteString(w, "body-v1")
 	})
 	b := startBallast(t, cacheAuditYAML(up.url, "{mode: fresh, ttl: 1h}", ""))
-	leader := make(chan int, 1)
-	go func() {
-		resp, _ := do(t, "GET", b.base+"/r", "", "If-None-Match", `"v1"`)
-		leader <- resp.StatusCode
-	}()
-	<-entered
-	type res struct {
-		status int
-		body   string
-	}
-	follower := make(chan res, 1)
-	go func() {
-		resp, body := do(t, "GET", b.base+"/r", "")
-		follower <- res{resp.StatusCode, body}
-	}()
+	leader := cacheAuditGet(t, b, "If-None-Match", `"v1"`)
+	<-gate.entered
+	follower := cacheAuditGet(t, b)
 	waitInflight(t, b, 2)
-	once.Do(func() { close(release) })
-	if s := <-leader; s != 304 {
+	gate.open()
+	if s := (<-leader).status; s != 304 {
 		t.Errorf("leader: %d, want 304", s)
 	}
 	if f := <-follower; f.status != 200 || f.body != "body-v1" {
@@ -699,41 +727,30 @@ func waitInflight(t *testing.T, b *ballast, n float64) {
 // When the leader of collapsed misses fails, followers do not all get its
 // error: each asks the upstream itself.
 func TestCacheAudit_CollapsedLeaderFailureFollowersRetry(t *testing.T) {
-	entered := make(chan struct{}, 16)
-	release := make(chan struct{})
-	var once sync.Once
-	t.Cleanup(func() { once.Do(func() { close(release) }) })
+	gate := newCacheAuditGate(t)
 	up := newCacheAuditUp(t, func(n int64, w http.ResponseWriter, r *http.Request) {
-		entered <- struct{}{}
+		gate.hold(n)
 		if n == 1 {
-			<-release
 			w.WriteHeader(503)
 			return
 		}
 		io.WriteString(w, "ok")
 	})
 	b := startBallast(t, cacheAuditYAML(up.url, "{mode: fresh, ttl: 1h}", ""))
-	leader := make(chan int, 1)
-	go func() {
-		resp, _ := do(t, "GET", b.base+"/r", "")
-		leader <- resp.StatusCode
-	}()
-	<-entered
+	leader := cacheAuditGet(t, b)
+	<-gate.entered
 	const followers = 3
-	got := make(chan string, followers)
+	var got []<-chan cacheAuditAnswer
 	for range followers {
-		go func() {
-			resp, body := do(t, "GET", b.base+"/r", "")
-			got <- fmt.Sprintf("%d %s", resp.StatusCode, body)
-		}()
+		got = append(got, cacheAuditGet(t, b))
 	}
 	waitInflight(t, b, 1+followers)
-	once.Do(func() { close(release) })
-	if s := <-leader; s != 503 {
+	gate.open()
+	if s := (<-leader).status; s != 503 {
 		t.Errorf("leader: %d, want the upstream's 503 (attempts: 1, nothing stored)", s)
 	}
-	for range followers {
-		if g := <-got; g != "200 ok" {
+	for _, ch := range got {
+		if g := <-ch; g.String() != "200 ok" {
 			t.Errorf("follower: %q, want its own call's 200", g)
 		}
 	}
@@ -743,37 +760,27 @@ func TestCacheAudit_CollapsedLeaderFailureFollowersRetry(t *testing.T) {
 // waits for the leader: "the deadline is law" (exchange.go). It must not
 // wait for a leader whose upstream hangs far past it.
 func TestCacheAudit_CollapsedFollowerKeepsItsDeadline(t *testing.T) {
-	entered := make(chan struct{}, 4)
-	release := make(chan struct{})
-	var once sync.Once
-	t.Cleanup(func() { once.Do(func() { close(release) }) })
+	gate := newCacheAuditGate(t)
 	up := newCacheAuditUp(t, func(n int64, w http.ResponseWriter, r *http.Request) {
-		entered <- struct{}{}
-		if n == 1 {
-			<-release
-		}
+		gate.hold(n)
 		io.WriteString(w, "ok")
 	})
 	b := startBallast(t, cacheAuditYAML(up.url, "{mode: fresh, ttl: 1h}", "timeouts: {per_try: 30s, total: 30s}"))
-	go func() { do(t, "GET", b.base+"/r", "") }()
-	<-entered
-	done := make(chan int, 1)
+	cacheAuditGet(t, b)
+	<-gate.entered
 	start := time.Now()
-	go func() {
-		resp, _ := do(t, "GET", b.base+"/r", "", "X-Ballast-Timeout", "200ms")
-		done <- resp.StatusCode
-	}()
+	done := cacheAuditGet(t, b, "X-Ballast-Timeout", "200ms")
 	select {
-	case s := <-done:
+	case a := <-done:
 		if took := time.Since(start); took > 2*time.Second {
-			t.Errorf("follower answered %d after %v", s, took)
+			t.Errorf("follower answered %d after %v", a.status, took)
 		}
 	case <-time.After(3 * time.Second): // a guard, not a wait for behaviour
 		t.Errorf("follower with X-Ballast-Timeout: 200ms still waiting after 3s behind a hanging leader")
-		once.Do(func() { close(release) })
+		gate.open()
 		<-done
 	}
-	once.Do(func() { close(release) })
+	gate.open()
 }
 
 // Hop-by-hop headers (RFC 9110 §7.6.1), including those the upstream's
@@ -915,37 +922,23 @@ func TestCacheAudit_IdempotentReplayCacheStatus(t *testing.T) {
 // take its collapsed followers down with it: a follower with time left
 // asks the upstream itself.
 func TestCacheAudit_CollapsedLeaderTimeoutFollowerRetries(t *testing.T) {
-	entered := make(chan struct{}, 4)
-	release := make(chan struct{})
-	var once sync.Once
-	t.Cleanup(func() { once.Do(func() { close(release) }) })
+	gate := newCacheAuditGate(t)
 	up := newCacheAuditUp(t, func(n int64, w http.ResponseWriter, r *http.Request) {
-		entered <- struct{}{}
-		if n == 1 {
-			<-release
-		}
+		gate.hold(n)
 		io.WriteString(w, "ok")
 	})
 	b := startBallast(t, cacheAuditYAML(up.url, "{mode: fresh, ttl: 1h}", "timeouts: {per_try: 10s, total: 10s}"))
-	leader := make(chan int, 1)
-	go func() {
-		resp, _ := do(t, "GET", b.base+"/r", "", "X-Ballast-Timeout", "300ms")
-		leader <- resp.StatusCode
-	}()
-	<-entered
-	follower := make(chan string, 1)
-	go func() {
-		resp, body := do(t, "GET", b.base+"/r", "")
-		follower <- fmt.Sprintf("%d %s", resp.StatusCode, body)
-	}()
+	leader := cacheAuditGet(t, b, "X-Ballast-Timeout", "300ms")
+	<-gate.entered
+	follower := cacheAuditGet(t, b)
 	waitInflight(t, b, 2)
-	if s := <-leader; s != 504 {
+	if s := (<-leader).status; s != 504 {
 		t.Errorf("leader: %d, want 504 at its 300ms deadline", s)
 	}
-	if f := <-follower; f != "200 ok" {
+	if f := <-follower; f.String() != "200 ok" {
 		t.Errorf("follower: %q, want its own call's 200", f)
 	}
-	once.Do(func() { close(release) })
+	gate.open()
 }
 
 // A reload that keeps the cache block keeps the entries; one that changes
