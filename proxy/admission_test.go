@@ -1,11 +1,9 @@
 package proxy_test
 
 import (
-	"bufio"
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"strings"
 	"testing"
@@ -110,7 +108,8 @@ func TestNeverAnOpenProxy(t *testing.T) {
 		"GET /elsewhere HTTP/1.1\r\nHost: 169.254.169.254\r\n\r\n",
 		"GET http://127.0.0.1:1/ HTTP/1.1\r\nHost: 127.0.0.1:1\r\n\r\n",
 	} {
-		status, body := rawRequest(t, b.addr, reqLine)
+		resp, body := secRawExchange(t, b.addr, reqLine)
+		status := resp.StatusCode
 		if strings.HasPrefix(reqLine, "GET http://example.org/only/x") {
 			if status != 200 || !strings.Contains(body, "route upstream") {
 				t.Errorf("%q: %d %q: a matching path goes to the route's upstream, whatever host it names", reqLine, status, body)
@@ -186,7 +185,8 @@ func TestHostileFraming(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			status, body := rawRequest(t, b.addr, tt.req)
+			resp, body := secRawExchange(t, b.addr, tt.req)
+			status := resp.StatusCode
 			if status != tt.wantStatus {
 				t.Fatalf("status %d, want %d: %s", status, tt.wantStatus, body)
 			}
@@ -246,25 +246,4 @@ func TestUnreachableUpstream(t *testing.T) {
 	if p := decodeProblem(t, resp, body); p.Reason != "upstream_unavailable" || p.Attempts != 3 || p.Route != "gone" {
 		t.Errorf("problem %+v", p)
 	}
-}
-
-// rawRequest writes req on a fresh connection and reads one response.
-func rawRequest(t *testing.T, addr, req string) (int, string) {
-	t.Helper()
-	conn, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
-	if _, err := io.WriteString(conn, req); err != nil {
-		t.Fatal(err)
-	}
-	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
-	if err != nil {
-		t.Fatalf("reading the response to %q: %v", req[:min(len(req), 60)], err)
-	}
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, string(body)
 }

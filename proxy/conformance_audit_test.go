@@ -10,7 +10,6 @@ package proxy_test
 import (
 	"bufio"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -25,47 +24,15 @@ import (
 // caWait bounds every raw read: a hang shows as a failure within it.
 const caWait = time.Second
 
-// caRaw writes raw to addr and returns what came back until ballast closed
-// the connection or wait passed; timedOut says the deadline ended it.
-func caRaw(t *testing.T, addr, raw string, wait time.Duration) (out string, timedOut bool) {
-	t.Helper()
-	conn, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	_ = conn.SetDeadline(time.Now().Add(wait))
-	if _, err := io.WriteString(conn, raw); err != nil {
-		t.Fatal(err)
-	}
-	b, err := io.ReadAll(conn)
-	var ne net.Error
-	return string(b), errors.As(err, &ne) && ne.Timeout()
-}
-
 // caExchange writes raw and reads one response with Go's parser within
-// caWait. A hang or an unparsable answer fails the test.
+// caWait. A hang, an unparsable answer or a body cut short fails the test.
 func caExchange(t *testing.T, addr, raw string) (*http.Response, string) {
 	t.Helper()
-	conn, err := net.Dial("tcp", addr)
+	resp, body, err := rawExchange(t, addr, raw, caWait)
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("reading the body of the answer to %.80q: %v (read %q)", raw, err, body)
 	}
-	defer conn.Close()
-	_ = conn.SetDeadline(time.Now().Add(caWait))
-	if _, err := io.WriteString(conn, raw); err != nil {
-		t.Fatal(err)
-	}
-	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
-	if err != nil {
-		t.Fatalf("no response to %.80q within %v: %v", raw, caWait, err)
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatalf("reading the body of the answer to %.80q: %v (read %q)", raw, err, b)
-	}
-	return resp, string(b)
+	return resp, body
 }
 
 // caProblem asserts that resp is ballast's own problem with status.
@@ -290,14 +257,14 @@ routes: [{name: tool, match: {path_prefix: /}, upstream: %s}]
 		t.Run(tt.name, func(t *testing.T) {
 			if tt.waits {
 				start := time.Now()
-				out, timedOut := caRaw(t, short.addr, tt.raw, 3*time.Second)
+				out, timedOut := rawAll(t, short.addr, tt.raw, 3*time.Second)
 				if timedOut || !strings.HasPrefix(out, "HTTP/1.1 400 ") || time.Since(start) >= 300*time.Millisecond {
 					t.Fatalf("after %v: %.120q (timed out %v), want 400 before server.read_timeout (300ms) and a close",
 						time.Since(start).Round(time.Millisecond), out, timedOut)
 				}
 				return
 			}
-			out, timedOut := caRaw(t, ca.b.addr, tt.raw, caWait)
+			out, timedOut := rawAll(t, ca.b.addr, tt.raw, caWait)
 			if timedOut && out == "" {
 				t.Fatalf("no answer within %v: ballast waits for a CRLFCRLF that never comes", caWait)
 			}
@@ -363,13 +330,13 @@ func TestConformanceAudit_RequestLineVersions(t *testing.T) {
 func TestConformanceAudit_HTTP10Clients(t *testing.T) {
 	ca := startCA(t)
 	t.Run("no keep-alive: answered then closed", func(t *testing.T) {
-		out, timedOut := caRaw(t, ca.b.addr, "GET /raw/a HTTP/1.0\r\n\r\n", caWait)
+		out, timedOut := rawAll(t, ca.b.addr, "GET /raw/a HTTP/1.0\r\n\r\n", caWait)
 		if timedOut || !strings.HasPrefix(out, "HTTP/1.1 200 ") || !strings.HasSuffix(out, "\r\n\r\nok") {
 			t.Errorf("timedOut=%v %q", timedOut, out)
 		}
 	})
 	t.Run("keep-alive: two answers, in order, then closed", func(t *testing.T) {
-		out, timedOut := caRaw(t, ca.b.addr, "GET /raw/a HTTP/1.0\r\nConnection: keep-alive\r\n\r\nGET /raw/b HTTP/1.0\r\n\r\n", caWait)
+		out, timedOut := rawAll(t, ca.b.addr, "GET /raw/a HTTP/1.0\r\nConnection: keep-alive\r\n\r\nGET /raw/b HTTP/1.0\r\n\r\n", caWait)
 		if timedOut || strings.Count(out, "HTTP/1.1 200 ") != 2 || !strings.Contains(out, "Connection: keep-alive") {
 			t.Errorf("timedOut=%v %q", timedOut, out)
 		}
@@ -383,7 +350,7 @@ func TestConformanceAudit_HTTP10Clients(t *testing.T) {
 		caProblem(t, resp, body, 400)
 	})
 	t.Run("Expect in 1.0 gets no 100", func(t *testing.T) {
-		out, _ := caRaw(t, ca.b.addr, "POST /raw/e HTTP/1.0\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\nhi", caWait)
+		out, _ := rawAll(t, ca.b.addr, "POST /raw/e HTTP/1.0\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\nhi", caWait)
 		if strings.Contains(out, " 100 ") || !strings.HasPrefix(out, "HTTP/1.1 200 ") {
 			t.Errorf("%q", out)
 		}
@@ -393,7 +360,7 @@ func TestConformanceAudit_HTTP10Clients(t *testing.T) {
 			// RFC 9112 §6.1: a server MUST NOT send Transfer-Encoding
 			// unless the request indicates HTTP/1.1; nginx sends the body
 			// as is and closes the connection.
-			out, timedOut := caRaw(t, ca.b.addr, "GET "+path+" HTTP/1.0\r\n\r\n", caWait)
+			out, timedOut := rawAll(t, ca.b.addr, "GET "+path+" HTTP/1.0\r\n\r\n", caWait)
 			head, body, _ := strings.Cut(out, "\r\n\r\n")
 			if timedOut || strings.Contains(strings.ToLower(head), "transfer-encoding") || (body != "ok" && body != "until-close") {
 				t.Errorf("timedOut=%v, got %q", timedOut, out)
@@ -410,7 +377,7 @@ func TestConformanceAudit_UpstreamHTTP10Answer(t *testing.T) {
 	ca := startCA(t)
 	for _, tt := range []struct{ path, body string }{{"/raw/http10", "ten"}, {"/raw/http10cl", "ten"}} {
 		t.Run(tt.path, func(t *testing.T) {
-			out, _ := caRaw(t, ca.b.addr, "GET "+tt.path+" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", caWait)
+			out, _ := rawAll(t, ca.b.addr, "GET "+tt.path+" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", caWait)
 			if !strings.HasPrefix(out, "HTTP/1.1 200 ") {
 				t.Fatalf("status line %.40q, want ballast's own HTTP/1.1", out)
 			}
@@ -437,7 +404,7 @@ func TestConformanceAudit_ExpectContinue(t *testing.T) {
 		}
 	})
 	t.Run("oversized body: 413 after the body, connection closed", func(t *testing.T) {
-		out, timedOut := caRaw(t, ca.b.addr, "POST /raw/big HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 5000\r\n\r\n"+strings.Repeat("a", 5000), caWait)
+		out, timedOut := rawAll(t, ca.b.addr, "POST /raw/big HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 5000\r\n\r\n"+strings.Repeat("a", 5000), caWait)
 		if timedOut || !strings.Contains(out, "HTTP/1.1 413 ") || !strings.Contains(out, "application/problem+json") {
 			t.Errorf("timedOut=%v %.300q", timedOut, out)
 		}
@@ -591,7 +558,7 @@ func TestConformanceAudit_UpstreamInterimAndNoBody(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			// Followed on the same connection by a GET: the agent's
 			// stream stays in step.
-			out, _ := caRaw(t, ca.b.addr, tt.raw+"GET /raw/ok HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", caWait)
+			out, _ := rawAll(t, ca.b.addr, tt.raw+"GET /raw/ok HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", caWait)
 			br := bufio.NewReader(strings.NewReader(out))
 			req := &http.Request{Method: strings.Fields(tt.raw)[0]}
 			resp, err := http.ReadResponse(br, req)
@@ -695,7 +662,7 @@ func TestConformanceAudit_UpstreamStatusLine(t *testing.T) {
 		{"/raw/s999", "an upstream status outside 100..599 (600, 999) is relayed instead of 502 (Envoy refuses it)"},
 	} {
 		t.Run(tt.path, func(t *testing.T) {
-			out, _ := caRaw(t, ca.b.addr, "GET "+tt.path+" HTTP/1.1\r\nHost: x\r\n\r\nGET /raw/ok HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", caWait)
+			out, _ := rawAll(t, ca.b.addr, "GET "+tt.path+" HTTP/1.1\r\nHost: x\r\n\r\nGET /raw/ok HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", caWait)
 			br := bufio.NewReader(strings.NewReader(out))
 			resp, err := http.ReadResponse(br, nil)
 			if err != nil {
@@ -723,7 +690,7 @@ func TestConformanceAudit_UpstreamHeaderSyntax(t *testing.T) {
 		}
 	})
 	t.Run("space before the colon is removed", func(t *testing.T) {
-		out, _ := caRaw(t, ca.b.addr, "GET /raw/hdr-colon HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", caWait)
+		out, _ := rawAll(t, ca.b.addr, "GET /raw/hdr-colon HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", caWait)
 		if !strings.Contains(out, "\r\nContent-Length: 2\r\n") || strings.Contains(out, "Content-Length :") || !strings.HasSuffix(out, "ok") {
 			t.Errorf("%q", out)
 		}
@@ -738,7 +705,7 @@ func TestConformanceAudit_UpstreamHeaderSyntax(t *testing.T) {
 		})
 	}
 	t.Run("a field name that is not a token", func(t *testing.T) {
-		out, _ := caRaw(t, ca.b.addr, "GET /raw/hdr-name HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", caWait)
+		out, _ := rawAll(t, ca.b.addr, "GET /raw/hdr-name HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", caWait)
 		if strings.Contains(out, "\r\nX Bad:") {
 			t.Errorf("relayed: %q", out)
 		}
@@ -791,7 +758,7 @@ func TestConformanceAudit_Pipelining(t *testing.T) {
 		"POST /raw/p2 HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello" +
 		"GET /raw/204body HTTP/1.1\r\nHost: x\r\n\r\n" +
 		"GET /raw/chunked HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-	out, timedOut := caRaw(t, ca.b.addr, raw, caWait)
+	out, timedOut := rawAll(t, ca.b.addr, raw, caWait)
 	if timedOut {
 		t.Fatalf("not all answered: %q", out)
 	}

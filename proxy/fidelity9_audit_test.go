@@ -208,7 +208,7 @@ routes:
 // close) or fiWait passed.
 func fiAgent(t *testing.T, addr, raw string) string {
 	t.Helper()
-	out, timedOut := caRaw(t, addr, raw, fiWait)
+	out, timedOut := rawAll(t, addr, raw, fiWait)
 	if timedOut {
 		t.Fatalf("no close within %v after %.80q; got %q", fiWait, raw, out)
 	}

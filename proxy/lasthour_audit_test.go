@@ -7,7 +7,6 @@ package proxy_test
 import (
 	"bufio"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"github.com/ballast-proxy/ballast/internal/redistest"
 	"github.com/ballast-proxy/ballast/policy"
@@ -75,24 +74,6 @@ func TestLastHourAudit_PathsAsSent(t *testing.T) {
 		{name: "absolute form, escaped dot-dot", target: "http://tool.internal/h/%2e%2e/x", want: "/catch/x"},
 		{name: "absolute form, plus", target: "http://tool.internal/h/a+b%2B", want: "/hosted/a+b%2B"},
 	})
-}
-
-// laRaw writes raw to addr and reads until the connection closes (or 5s
-// pass: timedOut).
-func laRaw(t *testing.T, addr, raw string) (out string, timedOut bool) {
-	t.Helper()
-	conn, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	_ = conn.SetDeadline(time.Now().Add(5 * time.Second))
-	if _, err := io.WriteString(conn, raw); err != nil {
-		t.Fatal(err)
-	}
-	b, err := io.ReadAll(conn)
-	var ne net.Error
-	return string(b), errors.As(err, &ne) && ne.Timeout()
 }
 
 // laStreamUp is an upstream of streamed answers of unknown length.
@@ -181,7 +162,7 @@ func TestLastHourAudit_HTTP10Answers(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			out, timedOut := laRaw(t, b.addr, tt.raw)
+			out, timedOut := rawAll(t, b.addr, tt.raw, 5*time.Second)
 			if timedOut {
 				t.Fatalf("the connection was not closed after the answer: %.300q", out)
 			}

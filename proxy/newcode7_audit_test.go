@@ -452,7 +452,7 @@ routes:
 		{"keyed replay", "POST /keyed/a HTTP/1.1\r\nHost: x\r\nIdempotency-Key: k7\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			out, _ := caRaw(t, b.addr, tt.req, caWait)
+			out, _ := rawAll(t, b.addr, tt.req, caWait)
 			head, body, _ := strings.Cut(out, "\r\n\r\n")
 			if !strings.HasPrefix(out, "HTTP/1.1 200 ") || body != "ten" {
 				t.Errorf("got %.300q, want ballast's HTTP/1.1 200 and the body", out)

@@ -50,7 +50,7 @@ func TestParsing9Audit_BareLFHeadAnsweredAtOnce(t *testing.T) {
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			start := time.Now()
-			out, timedOut := caRaw(t, ca.b.addr, tt.raw, 3*time.Second)
+			out, timedOut := rawAll(t, ca.b.addr, tt.raw, 3*time.Second)
 			if timedOut {
 				t.Fatalf("no answer and no close within 3s (got %.120q): ballast waits for a CRLF CRLF that never comes", out)
 			}
@@ -330,7 +330,7 @@ func TestParsing9Audit_ChunkFraming(t *testing.T) {
 			if tt.status == 200 {
 				after = "" // a request after a good body is a pipelined one
 			}
-			out, _ := caRaw(t, ca.b.addr, "POST /raw/chunk HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"+tt.body+after, caWait)
+			out, _ := rawAll(t, ca.b.addr, "POST /raw/chunk HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"+tt.body+after, caWait)
 			if tt.status == 200 {
 				if !strings.HasPrefix(out, "HTTP/1.1 200 ") {
 					t.Errorf("%.200q", out)
@@ -440,7 +440,7 @@ func TestParsing9Audit_NULAndLongRequestLine(t *testing.T) {
 	if ca.raw.saw("nul") {
 		t.Errorf("the upstream saw %q", ca.raw.all())
 	}
-	out, timedOut := caRaw(t, ca.b.addr, "GET /raw/"+strings.Repeat("a", 40000), caWait)
+	out, timedOut := rawAll(t, ca.b.addr, "GET /raw/"+strings.Repeat("a", 40000), caWait)
 	if timedOut && out == "" {
 		t.Fatal("a request line longer than the buffer, never ended, got no answer")
 	}

@@ -20,42 +20,12 @@ import (
 	"time"
 )
 
-// secRawAll writes raw to addr and returns everything ballast sends back
-// until it closes the connection or wait passes.
-func secRawAll(t *testing.T, addr, raw string, wait time.Duration) string {
-	t.Helper()
-	conn, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	_ = conn.SetDeadline(time.Now().Add(wait))
-	if _, err := io.WriteString(conn, raw); err != nil {
-		t.Fatal(err)
-	}
-	b, _ := io.ReadAll(conn)
-	return string(b)
-}
-
-// secRawExchange writes raw to addr and reads one response.
+// secRawExchange writes raw to addr and reads one response within 10s,
+// however its body ends.
 func secRawExchange(t *testing.T, addr, raw string) (*http.Response, string) {
 	t.Helper()
-	conn, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
-	if _, err := io.WriteString(conn, raw); err != nil {
-		t.Fatal(err)
-	}
-	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
-	if err != nil {
-		t.Fatalf("reading the response to %q: %v", raw, err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return resp, string(b)
+	resp, body, _ := rawExchange(t, addr, raw, 10*time.Second)
+	return resp, body
 }
 
 // secRecorder is a raw loopback upstream: it records each request head as
@@ -282,7 +252,7 @@ routes:
 		{"bare CR in a value", "X-CR: a\rb", ""},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			out := secRawAll(t, b.addr, "POST /tool/x HTTP/1.1\r\nHost: x\r\n"+tt.head+"\r\n\r\n"+tt.body+
+			out, _ := rawAll(t, b.addr, "POST /tool/x HTTP/1.1\r\nHost: x\r\n"+tt.head+"\r\n\r\n"+tt.body+
 				"GET /tool/smuggled HTTP/1.1\r\nHost: x\r\n\r\n", 3*time.Second)
 			if !strings.HasPrefix(out, "HTTP/1.1 400 ") || !strings.Contains(out, "application/problem+json") {
 				t.Fatalf("want a 400 problem, got %q", out)
@@ -320,7 +290,7 @@ routes:
 			if tt.name == "identity alone" {
 				body = "GET /tool/smuggled HTTP/1.1\r\nHost: x\r\n\r\n"
 			}
-			out := secRawAll(t, b.addr, "POST /tool/x HTTP/1.1\r\nHost: x\r\n"+tt.head+"\r\n\r\n"+body, 3*time.Second)
+			out, _ := rawAll(t, b.addr, "POST /tool/x HTTP/1.1\r\nHost: x\r\n"+tt.head+"\r\n\r\n"+body, 3*time.Second)
 			if strings.Contains(out, "/tool/smuggled") || strings.Contains(out, `"path":"/tool/smuggled"`) {
 				t.Errorf("a request smuggled in the body reached the upstream: %q", out)
 			}
