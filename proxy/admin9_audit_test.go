@@ -27,36 +27,20 @@ import (
 // request ballast built, with the credentials the route injected.
 func admin9Echo(t *testing.T) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
+	return serveConns(t, func(c net.Conn, br *bufio.Reader) {
+		_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+		var req strings.Builder
 		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
+			line, err := br.ReadString('\n')
+			req.WriteString(line)
+			if err != nil || line == "\r\n" {
+				break
 			}
-			go func() {
-				defer c.Close()
-				_ = c.SetDeadline(time.Now().Add(10 * time.Second))
-				br := bufio.NewReader(c)
-				var req strings.Builder
-				for {
-					line, err := br.ReadString('\n')
-					req.WriteString(line)
-					if err != nil || line == "\r\n" {
-						break
-					}
-				}
-				// A status line fasthttp cannot parse, then the request
-				// as the rest of the "header block".
-				_, _ = io.WriteString(c, "HTTP/1.1 2OO OK\r\n"+req.String())
-			}()
 		}
-	}()
-	return ln.Addr().String()
+		// A status line fasthttp cannot parse, then the request
+		// as the rest of the "header block".
+		_, _ = io.WriteString(c, "HTTP/1.1 2OO OK\r\n"+req.String())
+	})
 }
 
 // TestAdmin9AuditUpstreamGarbageQuotesNoInjectedSecret: when an upstream's

@@ -133,37 +133,19 @@ routes:
 // upstream whose keep-alive timeout is shorter than ballast's does.
 func oneShotUpstream(t *testing.T) (url string, hits, closed *atomic.Int64) {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
 	hits, closed = new(atomic.Int64), new(atomic.Int64)
-	var wg sync.WaitGroup
-	t.Cleanup(func() { ln.Close(); wg.Wait() })
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer closed.Add(1)
-				defer c.Close()
-				req, err := http.ReadRequest(bufio.NewReader(c))
-				if err != nil {
-					return
-				}
-				_, _ = io.Copy(io.Discard, req.Body)
-				hits.Add(1)
-				_, _ = io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 11\r\n\r\n{\"ok\":true}")
-			}()
+	addr := serveConns(t, func(c net.Conn, br *bufio.Reader) {
+		defer closed.Add(1)
+		defer c.Close() // counted as closed only once it is
+		req, err := http.ReadRequest(br)
+		if err != nil {
+			return
 		}
-	}()
-	return "http://" + ln.Addr().String(), hits, closed
+		_, _ = io.Copy(io.Discard, req.Body)
+		hits.Add(1)
+		_, _ = io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 11\r\n\r\n{\"ok\":true}")
+	})
+	return "http://" + addr, hits, closed
 }
 
 // staleRoute is a route with no ballast-level retry, so that only the

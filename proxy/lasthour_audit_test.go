@@ -415,49 +415,28 @@ func (u *laCloser) copiesOf(id string) int {
 func laStartCloser(t *testing.T) *laCloser {
 	t.Helper()
 	u := &laCloser{copies: map[string]int{}, hungUp: make(chan struct{}, 4)}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	u.url = "http://" + ln.Addr().String()
-	var wg sync.WaitGroup
-	t.Cleanup(func() { ln.Close(); wg.Wait() })
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := ln.Accept()
+	u.url = "http://" + serveConns(t, func(c net.Conn, br *bufio.Reader) {
+		for served := 0; ; served++ {
+			_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+			req, err := http.ReadRequest(br)
 			if err != nil {
 				return
 			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer c.Close()
-				br := bufio.NewReader(c)
-				for served := 0; ; served++ {
-					_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
-					req, err := http.ReadRequest(br)
-					if err != nil {
-						return
-					}
-					_, _ = io.Copy(io.Discard, req.Body)
-					u.mu.Lock()
-					u.copies[req.Header.Get("X-La-Id")]++
-					u.mu.Unlock()
-					switch {
-					case served > 0 && (req.URL.Path == "/drop" || req.URL.Path == "/hang"):
-						return // closed unanswered, after reading it whole
-					case req.URL.Path == "/hang":
-						_, _ = br.ReadByte() // until ballast closes the connection
-						u.hungUp <- struct{}{}
-						return
-					}
-					fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s", len(req.URL.Path), req.URL.Path)
-				}
-			}()
+			_, _ = io.Copy(io.Discard, req.Body)
+			u.mu.Lock()
+			u.copies[req.Header.Get("X-La-Id")]++
+			u.mu.Unlock()
+			switch {
+			case served > 0 && (req.URL.Path == "/drop" || req.URL.Path == "/hang"):
+				return // closed unanswered, after reading it whole
+			case req.URL.Path == "/hang":
+				_, _ = br.ReadByte() // until ballast closes the connection
+				u.hungUp <- struct{}{}
+				return
+			}
+			fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s", len(req.URL.Path), req.URL.Path)
 		}
-	}()
+	})
 	return u
 }
 
@@ -577,30 +556,15 @@ routes:
 // not see a clean close, which would pass the truncated body off as
 // whole: the connection is reset, as the relay aborts a 1.1 stream.
 func TestLastHourAudit_HTTP10TruncationIsNotACleanEnd(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	t.Cleanup(func() { ln.Close(); wg.Wait() })
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			_, _ = readRequestHead(bufio.NewReader(c))
-			// One chunk, then the connection ends without the last chunk.
-			_, _ = io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
-			c.Close()
-		}
-	}()
+	addr := serveConns(t, func(c net.Conn, br *bufio.Reader) {
+		_, _ = readRequestHead(br)
+		// One chunk, then the connection ends without the last chunk.
+		_, _ = io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
+	})
 	b := startBallast(t, fmt.Sprintf(`
 routes:
   - {name: s, match: {path_prefix: /}, upstream: "http://%s", retry: {attempts: 1}}
-`, ln.Addr()))
+`, addr))
 	for _, proto := range []string{"HTTP/1.1", "HTTP/1.0"} {
 		t.Run(proto, func(t *testing.T) {
 			conn, err := net.Dial("tcp", b.addr)

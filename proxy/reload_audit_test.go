@@ -449,29 +449,15 @@ func (b *ballast) configText(t *testing.T) string {
 // status page itself is static: it carries no request data to inject
 // into, and a script-src CSP without 'unsafe-inline'.
 func TestReloadAuditStatusEscapesAgentStrings(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				buf := make([]byte, 4096)
-				_, _ = c.Read(buf)
-				_, _ = io.WriteString(c, "HTTP/1.1 <script>alert(2)</script>\r\n\r\n")
-			}()
-		}
-	}()
+	addr := serveConns(t, func(c net.Conn, _ *bufio.Reader) {
+		buf := make([]byte, 4096)
+		_, _ = c.Read(buf)
+		_, _ = io.WriteString(c, "HTTP/1.1 <script>alert(2)</script>\r\n\r\n")
+	})
 	b := startBallast(t, fmt.Sprintf(`
 routes:
   - {name: bad, match: {path_prefix: /bad/}, upstream: "http://%s", retry: {attempts: 1}}
-`, ln.Addr()))
+`, addr))
 	const id = "<img/src=x/onerror=alert(1)>"
 	resp, body := do(t, "GET", b.base+"/bad/<svg/onload=alert(3)>", "", "X-Request-Id", id)
 	if resp.StatusCode != 502 {

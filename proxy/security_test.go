@@ -60,39 +60,18 @@ func secRawUpstream(t *testing.T, resp string) *secRecorder {
 // upstream's base URL.
 func serveRawHeads(t *testing.T, answer func(head string) string) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	t.Cleanup(func() { ln.Close(); wg.Wait() })
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
+	return "http://" + serveConns(t, func(c net.Conn, br *bufio.Reader) {
 		for {
-			c, err := ln.Accept()
+			_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+			head, err := readRequestHead(br)
 			if err != nil {
 				return
 			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer c.Close()
-				br := bufio.NewReader(c)
-				for {
-					_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
-					head, err := readRequestHead(br)
-					if err != nil {
-						return
-					}
-					if _, err := io.WriteString(c, answer(head)); err != nil {
-						return
-					}
-				}
-			}()
+			if _, err := io.WriteString(c, answer(head)); err != nil {
+				return
+			}
 		}
-	}()
-	return "http://" + ln.Addr().String()
+	})
 }
 
 // readRequestHead reads one request's line and headers from br, as a raw
