@@ -43,6 +43,25 @@ func decodeEcho(t *testing.T, body string) echoed {
 	return e
 }
 
+// wantNone fails for each of names that reached the upstream.
+func (e echoed) wantNone(t *testing.T, names ...string) {
+	t.Helper()
+	for _, h := range names {
+		if v, ok := e.Headers[h]; ok {
+			t.Errorf("upstream received %s: %q; it must be stripped", h, v)
+		}
+	}
+}
+
+// wantOne fails unless the upstream received header name as exactly one
+// line, want; why says what that line should be.
+func (e echoed) wantOne(t *testing.T, name, want, why string) {
+	t.Helper()
+	if got := e.Headers[name]; len(got) != 1 || got[0] != want {
+		t.Errorf("upstream %s = %q, want one line %q (%s)", name, got, want, why)
+	}
+}
+
 func TestForwardingRewritesPathAndHeaders(t *testing.T) {
 	up := echoUpstream(t)
 	b := startBallast(t, fmt.Sprintf(`
@@ -108,26 +127,12 @@ routes:
 	if e.Method != "POST" || e.Body != `{"x":1}` {
 		t.Errorf("method/body = %s %q", e.Method, e.Body)
 	}
-	for _, h := range []string{"X-Hop-Listed", "Keep-Alive", "Proxy-Authorization", "X-Ballast-Debug", "X-Ballast-Timeout", "X-Drop-Me"} {
-		if v, ok := e.Headers[h]; ok {
-			t.Errorf("upstream received %s: %v; it must be stripped", h, v)
-		}
-	}
-	if got := e.Headers["Authorization"]; len(got) != 1 || got[0] != "Bearer sk-test-123" {
-		t.Errorf("Authorization = %v, want the route's secret from ${TOOL_KEY}", got)
-	}
-	if got := e.Headers["X-Static"]; len(got) != 1 || got[0] != "v1" {
-		t.Errorf("X-Static = %v", got)
-	}
-	if got := e.Headers["X-Forwarded-For"]; len(got) != 1 || got[0] != "10.1.2.3, 127.0.0.1" {
-		t.Errorf("X-Forwarded-For = %v", got)
-	}
-	if got := e.Headers["X-Forwarded-Proto"]; len(got) != 1 || got[0] != "http" {
-		t.Errorf("X-Forwarded-Proto = %v", got)
-	}
-	if got := e.Headers["X-Request-Id"]; len(got) != 1 || got[0] != "agent-req-7" {
-		t.Errorf("upstream X-Request-Id = %v, want the agent's", got)
-	}
+	e.wantNone(t, "X-Hop-Listed", "Keep-Alive", "Proxy-Authorization", "X-Ballast-Debug", "X-Ballast-Timeout", "X-Drop-Me")
+	e.wantOne(t, "Authorization", "Bearer sk-test-123", "the route's secret from ${TOOL_KEY}")
+	e.wantOne(t, "X-Static", "v1", "set by the route")
+	e.wantOne(t, "X-Forwarded-For", "10.1.2.3, 127.0.0.1", "the agent's list then its address")
+	e.wantOne(t, "X-Forwarded-Proto", "http", "ballast's own")
+	e.wantOne(t, "X-Request-Id", "agent-req-7", "the agent's")
 	if !strings.HasPrefix(e.Host, "127.0.0.1:") {
 		t.Errorf("Host = %q, want the upstream's", e.Host)
 	}
