@@ -87,68 +87,17 @@ type nc8DropGate struct {
 
 func nc8StartDropGate(t *testing.T, target string) *nc8DropGate {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	g := &nc8DropGate{addr: ln.Addr().String()}
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	var conns []net.Conn
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
+	g := &nc8DropGate{}
+	g.addr = redisCommandProxy(t, target, func(name string) bool {
+		switch strings.ToUpper(name) {
+		case "PING", "HELLO", "CLIENT", "SELECT", "AUTH", "SUBSCRIBE", "PSUBSCRIBE", "UNSUBSCRIBE", "PUNSUBSCRIBE":
+		default:
+			if g.armed.CompareAndSwap(true, false) {
+				g.dropped.Add(1)
+				return false
 			}
-			s, err := net.Dial("tcp", target)
-			if err != nil {
-				c.Close()
-				continue
-			}
-			mu.Lock()
-			conns = append(conns, c, s)
-			mu.Unlock()
-			wg.Add(2)
-			go func() {
-				defer wg.Done()
-				_, _ = io.Copy(c, s)
-				c.Close()
-			}()
-			go func() {
-				defer wg.Done()
-				defer s.Close()
-				r := bufio.NewReader(c)
-				for {
-					name, raw, err := sfReadCommand(r)
-					if err != nil {
-						return
-					}
-					switch strings.ToUpper(name) {
-					case "PING", "HELLO", "CLIENT", "SELECT", "AUTH", "SUBSCRIBE", "PSUBSCRIBE", "UNSUBSCRIBE", "PUNSUBSCRIBE":
-					default:
-						if g.armed.CompareAndSwap(true, false) {
-							g.dropped.Add(1)
-							continue
-						}
-					}
-					if _, err := s.Write(raw); err != nil {
-						return
-					}
-				}
-			}()
 		}
-	}()
-	t.Cleanup(func() {
-		ln.Close()
-		mu.Lock()
-		for _, c := range conns {
-			c.Close()
-		}
-		mu.Unlock()
-		wg.Wait()
+		return true
 	})
 	return g
 }

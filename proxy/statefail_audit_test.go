@@ -64,72 +64,50 @@ func (g *sfGate) wait() {
 
 func sfStartGate(t *testing.T, target string) *sfGate {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	g := &sfGate{addr: ln.Addr().String()}
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	var conns []net.Conn
-	track := func(c net.Conn) {
-		mu.Lock()
-		conns = append(conns, c)
-		mu.Unlock()
-	}
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
+	g := &sfGate{}
+	g.addr = redisCommandProxy(t, target, func(name string) bool {
+		switch strings.ToUpper(name) {
+		case "PING", "HELLO", "CLIENT", "SELECT", "AUTH":
+		default:
+			g.wait()
+		}
+		return true
+	})
+	t.Cleanup(g.release) // before the proxy's cleanup: a held command must not outlive it
+	return g
+}
+
+// redisCommandProxy is a loopback proxy in front of the Redis at target:
+// each command a client sends is read whole, shown to forward by its name
+// (forward may block to hold it), and sent on unless forward says no;
+// replies are relayed as they come. It returns the proxy's host:port.
+func redisCommandProxy(t *testing.T, target string, forward func(name string) bool) string {
+	t.Helper()
+	return serveConns(t, func(c net.Conn, br *bufio.Reader) {
+		s, err := net.Dial("tcp", target)
+		if err != nil {
+			return
+		}
+		replies := make(chan struct{})
+		go func() {
+			defer close(replies)
+			_, _ = io.Copy(c, s)
+			c.Close()
+		}()
+		defer func() { s.Close(); <-replies }()
 		for {
-			c, err := ln.Accept()
+			name, raw, err := sfReadCommand(br)
 			if err != nil {
 				return
 			}
-			s, err := net.Dial("tcp", target)
-			if err != nil {
-				c.Close()
+			if !forward(name) {
 				continue
 			}
-			track(c)
-			track(s)
-			wg.Add(2)
-			go func() {
-				defer wg.Done()
-				_, _ = io.Copy(c, s)
-				c.Close()
-			}()
-			go func() {
-				defer wg.Done()
-				defer s.Close()
-				r := bufio.NewReader(c)
-				for {
-					name, raw, err := sfReadCommand(r)
-					if err != nil {
-						return
-					}
-					switch strings.ToUpper(name) {
-					case "PING", "HELLO", "CLIENT", "SELECT", "AUTH":
-					default:
-						g.wait()
-					}
-					if _, err := s.Write(raw); err != nil {
-						return
-					}
-				}
-			}()
+			if _, err := s.Write(raw); err != nil {
+				return
+			}
 		}
-	}()
-	t.Cleanup(func() {
-		g.release()
-		ln.Close()
-		mu.Lock()
-		for _, c := range conns {
-			c.Close()
-		}
-		mu.Unlock()
-		wg.Wait()
 	})
-	return g
 }
 
 // sfReadCommand reads one RESP array of bulk strings: its first element
