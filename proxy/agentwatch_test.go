@@ -28,6 +28,26 @@ func newHanging(t *testing.T) *hangUntilClientLeaves {
 	return h
 }
 
+// startHanging serves one route, name, on / to a new hangUntilClientLeaves
+// upstream, with timeouts {per_try: 60s, total: 120s} and the extra route
+// keys given (each "key: value").
+func startHanging(t *testing.T, name string, extra ...string) (*hangUntilClientLeaves, *ballast) {
+	t.Helper()
+	h := newHanging(t)
+	up, _ := upstream(t, h.handler)
+	y := fmt.Sprintf(`
+routes:
+  - name: %s
+    match: {path_prefix: /}
+    upstream: %q
+    timeouts: {per_try: 60s, total: 120s}
+`, name, up)
+	for _, kv := range extra {
+		y += "    " + kv + "\n"
+	}
+	return h, startBallast(t, y)
+}
+
 func (h *hangUntilClientLeaves) handler(w http.ResponseWriter, r *http.Request) {
 	h.hits.Add(1)
 	_, _ = io.Copy(io.Discard, r.Body) // net/http watches the connection only once the body is read
@@ -67,17 +87,7 @@ func sendAndLeave(t *testing.T, addr, request string, started <-chan struct{}) {
 // spending the provider's tokens. The attempt is no fault of the
 // upstream's and is not retried.
 func TestAgentHangUpCallsTheUpstreamOff(t *testing.T) {
-	h := newHanging(t)
-	up, _ := upstream(t, h.handler)
-	b := startBallast(t, fmt.Sprintf(`
-routes:
-  - name: model
-    match: {path_prefix: /}
-    upstream: %q
-    retry: {attempts: 3, unsafe_methods: true, backoff: {base: 1ms, max: 1ms}}
-    timeouts: {per_try: 60s, total: 120s}
-    breaker: {failures: 1, failure_ratio: 0}
-`, up))
+	h, b := startHanging(t, "model", "retry: {attempts: 3, unsafe_methods: true, backoff: {base: 1ms, max: 1ms}}", "breaker: {failures: 1, failure_ratio: 0}")
 	sendAndLeave(t, b.addr, "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}", h.started)
 	waitFor(t, func() bool { return h.hungUp.Load() == 1 })
 	waitFor(t, func() bool {
@@ -108,16 +118,7 @@ routes:
 // A call guarded by an idempotency key is detached from its agent: it runs
 // on, so that the agent's retry attaches to it or replays its answer.
 func TestAgentHangUpLeavesKeyedCallsRunning(t *testing.T) {
-	h := newHanging(t)
-	up, _ := upstream(t, h.handler)
-	b := startBallast(t, fmt.Sprintf(`
-routes:
-  - name: model
-    match: {path_prefix: /}
-    upstream: %q
-    timeouts: {per_try: 60s, total: 120s}
-    idempotency: {mode: header}
-`, up))
+	h, b := startHanging(t, "model", "idempotency: {mode: header}")
 	sendAndLeave(t, b.addr, "POST /orders HTTP/1.1\r\nHost: x\r\nIdempotency-Key: k1\r\nContent-Length: 2\r\n\r\n{}", h.started)
 	// An unkeyed call, made later, whose agent also leaves: once it is
 	// called off, the watch has looked at the keyed one too (calls are
@@ -172,16 +173,7 @@ routes:
 
 // A hedged call whose agent hangs up has both copies called off.
 func TestAgentHangUpCallsHedgesOff(t *testing.T) {
-	h := newHanging(t)
-	up, _ := upstream(t, h.handler)
-	b := startBallast(t, fmt.Sprintf(`
-routes:
-  - name: tool
-    match: {path_prefix: /}
-    upstream: %q
-    hedge_after: 10ms
-    timeouts: {per_try: 60s, total: 120s}
-`, up))
+	h, b := startHanging(t, "tool", "hedge_after: 10ms")
 	conn, err := net.Dial("tcp", b.addr)
 	if err != nil {
 		t.Fatal(err)

@@ -173,16 +173,7 @@ routes:
 // upstream call is called off. The agent, still reading, gets the 499 and
 // the connection's end, not a hang.
 func TestNewCode7_HalfCloseIsTakenAsGone(t *testing.T) {
-	h := newHanging(t)
-	up, _ := upstream(t, h.handler)
-	b := startBallast(t, fmt.Sprintf(`
-routes:
-  - name: model
-    match: {path_prefix: /}
-    upstream: %q
-    retry: {attempts: 3, unsafe_methods: true, backoff: {base: 1ms, max: 1ms}}
-    timeouts: {per_try: 60s, total: 120s}
-`, up))
+	h, b := startHanging(t, "model", "retry: {attempts: 3, unsafe_methods: true, backoff: {base: 1ms, max: 1ms}}")
 	c := nc7Dial(t, b.addr)
 	fmt.Fprint(c, "POST /v1/chat HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}")
 	nc7Started(t, h.started)
@@ -207,16 +198,7 @@ routes:
 // sees that agent leave too; and a present agent's first call, scanned
 // while it ran, leaves no signal that would end its second one.
 func TestNewCode7_KeepAliveSecondCall(t *testing.T) {
-	h := newHanging(t)
-	up, _ := upstream(t, h.handler)
-	b := startBallast(t, fmt.Sprintf(`
-routes:
-  - name: model
-    match: {path_prefix: /}
-    upstream: %q
-    retry: {attempts: 2}
-    timeouts: {per_try: 60s, total: 120s}
-`, up))
+	h, b := startHanging(t, "model", "retry: {attempts: 2}")
 	c := nc7Dial(t, b.addr)
 	br := bufio.NewReader(c)
 	for i := range 2 {
@@ -243,15 +225,7 @@ routes:
 // A pipelining agent that keeps its connection open is present: its first
 // call runs to its answer and the pipelined one follows, in order.
 func TestNewCode7_PipelinedCallsAreNotCalledOff(t *testing.T) {
-	h := newHanging(t)
-	up, _ := upstream(t, h.handler)
-	b := startBallast(t, fmt.Sprintf(`
-routes:
-  - name: model
-    match: {path_prefix: /}
-    upstream: %q
-    timeouts: {per_try: 60s, total: 120s}
-`, up))
+	h, b := startHanging(t, "model")
 	c := nc7Dial(t, b.addr)
 	br := bufio.NewReader(c)
 	fmt.Fprint(c, "GET /first HTTP/1.1\r\nHost: x\r\n\r\nGET /second HTTP/1.1\r\nHost: x\r\n\r\n")
