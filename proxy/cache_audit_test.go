@@ -663,26 +663,6 @@ func (g *cacheAuditGate) hold(n int64) {
 
 func (g *cacheAuditGate) open() { g.once.Do(func() { close(g.release) }) }
 
-// cacheAuditAnswer is the status and body of an answer to cacheAuditGet.
-type cacheAuditAnswer struct {
-	status int
-	body   string
-}
-
-func (a cacheAuditAnswer) String() string { return fmt.Sprintf("%d %s", a.status, a.body) }
-
-// cacheAuditGet sends GET /r with the header pairs given, in the
-// background, and returns where its answer will come.
-func cacheAuditGet(t *testing.T, b *ballast, headers ...string) <-chan cacheAuditAnswer {
-	t.Helper()
-	ch := make(chan cacheAuditAnswer, 1)
-	go func() {
-		resp, body := do(t, "GET", b.base+"/r", "", headers...)
-		ch <- cacheAuditAnswer{resp.StatusCode, body}
-	}()
-	return ch
-}
-
 // A collapsed follower never inherits a response it did not ask for: a
 // conditional leader's 304 (not stored) leaves the unconditional follower
 // to ask the upstream itself.
@@ -698,16 +678,16 @@ func TestCacheAudit_CollapsedFollowerOfConditionalLeader(t *testing.T) {
 		io.WriteString(w, "body-v1")
 	})
 	b := startBallast(t, cacheAuditYAML(up.url, "{mode: fresh, ttl: 1h}", ""))
-	leader := cacheAuditGet(t, b, "If-None-Match", `"v1"`)
+	leader := raSend(t, "GET", b.base+"/r", "", "If-None-Match", `"v1"`)
 	<-gate.entered
-	follower := cacheAuditGet(t, b)
+	follower := raSend(t, "GET", b.base+"/r", "")
 	waitInflight(t, b, 2)
 	gate.open()
-	if s := (<-leader).status; s != 304 {
+	if s := raAnswer(t, leader).resp.StatusCode; s != 304 {
 		t.Errorf("leader: %d, want 304", s)
 	}
-	if f := <-follower; f.status != 200 || f.body != "body-v1" {
-		t.Errorf("follower: %d %q, want 200 with the body", f.status, f.body)
+	if f := raAnswer(t, follower); f.resp.StatusCode != 200 || f.body != "body-v1" {
+		t.Errorf("follower: %d %q, want 200 with the body", f.resp.StatusCode, f.body)
 	}
 }
 
@@ -737,21 +717,21 @@ func TestCacheAudit_CollapsedLeaderFailureFollowersRetry(t *testing.T) {
 		io.WriteString(w, "ok")
 	})
 	b := startBallast(t, cacheAuditYAML(up.url, "{mode: fresh, ttl: 1h}", ""))
-	leader := cacheAuditGet(t, b)
+	leader := raSend(t, "GET", b.base+"/r", "")
 	<-gate.entered
 	const followers = 3
-	var got []<-chan cacheAuditAnswer
+	var got []<-chan raResult
 	for range followers {
-		got = append(got, cacheAuditGet(t, b))
+		got = append(got, raSend(t, "GET", b.base+"/r", ""))
 	}
 	waitInflight(t, b, 1+followers)
 	gate.open()
-	if s := (<-leader).status; s != 503 {
+	if s := raAnswer(t, leader).resp.StatusCode; s != 503 {
 		t.Errorf("leader: %d, want the upstream's 503 (attempts: 1, nothing stored)", s)
 	}
 	for _, ch := range got {
-		if g := <-ch; g.String() != "200 ok" {
-			t.Errorf("follower: %q, want its own call's 200", g)
+		if g := raAnswer(t, ch); g.resp.StatusCode != 200 || g.body != "ok" {
+			t.Errorf("follower: %d %q, want its own call's 200", g.resp.StatusCode, g.body)
 		}
 	}
 }
@@ -766,14 +746,17 @@ func TestCacheAudit_CollapsedFollowerKeepsItsDeadline(t *testing.T) {
 		io.WriteString(w, "ok")
 	})
 	b := startBallast(t, cacheAuditYAML(up.url, "{mode: fresh, ttl: 1h}", "timeouts: {per_try: 30s, total: 30s}"))
-	cacheAuditGet(t, b)
+	raSend(t, "GET", b.base+"/r", "")
 	<-gate.entered
 	start := time.Now()
-	done := cacheAuditGet(t, b, "X-Ballast-Timeout", "200ms")
+	done := raSend(t, "GET", b.base+"/r", "", "X-Ballast-Timeout", "200ms")
 	select {
 	case a := <-done:
+		if a.err != nil {
+			t.Fatalf("follower: %v", a.err)
+		}
 		if took := time.Since(start); took > 2*time.Second {
-			t.Errorf("follower answered %d after %v", a.status, took)
+			t.Errorf("follower answered %d after %v", a.resp.StatusCode, took)
 		}
 	case <-time.After(3 * time.Second): // a guard, not a wait for behaviour
 		t.Errorf("follower with X-Ballast-Timeout: 200ms still waiting after 3s behind a hanging leader")
@@ -928,15 +911,15 @@ func TestCacheAudit_CollapsedLeaderTimeoutFollowerRetries(t *testing.T) {
 		io.WriteString(w, "ok")
 	})
 	b := startBallast(t, cacheAuditYAML(up.url, "{mode: fresh, ttl: 1h}", "timeouts: {per_try: 10s, total: 10s}"))
-	leader := cacheAuditGet(t, b, "X-Ballast-Timeout", "300ms")
+	leader := raSend(t, "GET", b.base+"/r", "", "X-Ballast-Timeout", "300ms")
 	<-gate.entered
-	follower := cacheAuditGet(t, b)
+	follower := raSend(t, "GET", b.base+"/r", "")
 	waitInflight(t, b, 2)
-	if s := (<-leader).status; s != 504 {
+	if s := raAnswer(t, leader).resp.StatusCode; s != 504 {
 		t.Errorf("leader: %d, want 504 at its 300ms deadline", s)
 	}
-	if f := <-follower; f.String() != "200 ok" {
-		t.Errorf("follower: %q, want its own call's 200", f)
+	if f := raAnswer(t, follower); f.resp.StatusCode != 200 || f.body != "ok" {
+		t.Errorf("follower: %d %q, want its own call's 200", f.resp.StatusCode, f.body)
 	}
 	gate.open()
 }
