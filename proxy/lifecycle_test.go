@@ -165,22 +165,7 @@ func TestDrainFinishesInFlightRequests(t *testing.T) {
 	})
 	b := startBallast(t, routeYAML("slow", up))
 	c := client(t)
-	type result struct {
-		status int
-		body   string
-		err    error
-	}
-	done := make(chan result, 1)
-	go func() {
-		resp, err := c.Get(b.base + "/work")
-		if err != nil {
-			done <- result{err: err}
-			return
-		}
-		body, err := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		done <- result{resp.StatusCode, string(body), err}
-	}()
+	done := raSend(t, "GET", b.base+"/work", "")
 	<-started
 	if r, _ := get(t, c, b.admin+"/readyz"); r.StatusCode != 200 {
 		t.Fatalf("readyz %d before draining", r.StatusCode)
@@ -200,9 +185,8 @@ func TestDrainFinishesInFlightRequests(t *testing.T) {
 		return resp.StatusCode == 503
 	})
 	close(release)
-	r := <-done
-	if r.err != nil || r.status != 200 || r.body != "finished" {
-		t.Errorf("in-flight request during drain: %d %q %v", r.status, r.body, r.err)
+	if r := raAnswer(t, done); r.resp.StatusCode != 200 || r.body != "finished" {
+		t.Errorf("in-flight request during drain: %d %q", r.resp.StatusCode, r.body)
 	}
 	if err := <-shutdown; err != nil {
 		t.Errorf("shutdown: %v", err)

@@ -79,22 +79,7 @@ func TestReloadAuditChangedUpstreamClosesOldConnections(t *testing.T) {
 	if resp, body := get(t, c, b.base+"/x"); resp.StatusCode != 200 || body != "old" {
 		t.Fatalf("before the reload: %d %q", resp.StatusCode, body)
 	}
-	type answer struct {
-		status int
-		body   string
-		err    error
-	}
-	slow := make(chan answer, 1)
-	go func() {
-		resp, err := http.Get(b.base + "/slow")
-		if err != nil {
-			slow <- answer{err: err}
-			return
-		}
-		body, err := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		slow <- answer{resp.StatusCode, string(body), err}
-	}()
+	slow := raSend(t, "GET", b.base+"/slow", "") // on a connection of its own
 	<-old.started
 	if code, body := opsReload(t, b, routeYAML("r", next.url)); code != 200 {
 		t.Fatalf("reload: %d %s", code, body)
@@ -105,8 +90,8 @@ func TestReloadAuditChangedUpstreamClosesOldConnections(t *testing.T) {
 	// The idle connection closed at the swap; the busy one still serves.
 	waitFor(t, func() bool { return old.open.Load() == 1 })
 	old.unblock()
-	if a := <-slow; a.err != nil || a.status != 200 || a.body != "old" {
-		t.Fatalf("the request in flight across the reload: %+v, want 200 from the old upstream", a)
+	if a := raAnswer(t, slow); a.resp.StatusCode != 200 || a.body != "old" {
+		t.Fatalf("the request in flight across the reload: %d %q, want 200 from the old upstream", a.resp.StatusCode, a.body)
 	}
 	// Every connection to the upstream the reload removed closes once its
 	// last request ended (not after fasthttp's 90s idle timeout).
