@@ -649,11 +649,7 @@ func TestDocsAudit_Overloaded(t *testing.T) {
 routes:
   - {name: r, match: {path_prefix: /}, upstream: %q, concurrency: {max: 1, queue: 0}}
 `, up))
-	done := make(chan int, 1)
-	go func() {
-		resp, _ := do(t, "GET", b.base+"/slow", "")
-		done <- resp.StatusCode
-	}()
+	done := raSend(t, "GET", b.base+"/slow", "")
 	<-entered
 	resp, body := do(t, "GET", b.base+"/x", "")
 	close(release)
@@ -666,7 +662,7 @@ routes:
 	if got := b.metric("ballast_ratelimit_rejected_total", map[string]string{"route": "r", "reason": "overloaded"}); got != 1 {
 		t.Errorf("metrics.md:733: rejected{overloaded} %v", got)
 	}
-	if c := <-done; c != 200 {
+	if c := raAnswer(t, done).resp.StatusCode; c != 200 {
 		t.Errorf("held request %d", c)
 	}
 }

@@ -255,15 +255,14 @@ routes:
     retry: {backoff: {base: 1ms, max: 1ms}, max_retry_after: 120s}
     timeouts: {per_try: 2s, total: 300s}
 `, up))
-			done := make(chan int, 1)
-			go func() { resp, _ := do(t, "GET", b.base+"/x", ""); done <- resp.StatusCode }()
+			done := raSend(t, "GET", b.base+"/x", "")
 			waitFor(t, func() bool { return clock.Waiters() == 1 })
 			clock.Advance(tc.want - time.Millisecond)
 			if s.hits.Load() != 1 || clock.Waiters() != 1 {
 				t.Fatalf("retried before the hint of %v", tc.want)
 			}
 			clock.Advance(2 * time.Millisecond)
-			if got := <-done; got != 200 || s.hits.Load() != 2 {
+			if got := raAnswer(t, done).resp.StatusCode; got != 200 || s.hits.Load() != 2 {
 				t.Fatalf("after the hint: %d, hits %d", got, s.hits.Load())
 			}
 		})
@@ -327,11 +326,10 @@ func TestHostileHints(t *testing.T) {
 			s := &scripted{steps: []func(http.ResponseWriter, *http.Request){status(429, v...)}}
 			up, _ := upstream(t, s.handler)
 			b := startBallastClock(t, clock, retryRoute(up, ""))
-			done := make(chan int, 1)
-			go func() { resp, _ := do(t, "GET", b.base+"/x", ""); done <- resp.StatusCode }()
+			done := raSend(t, "GET", b.base+"/x", "")
 			waitFor(t, func() bool { return clock.Waiters() == 1 })
 			clock.Advance(5 * time.Millisecond)
-			if got := <-done; got != 200 || s.hits.Load() != 2 {
+			if got := raAnswer(t, done).resp.StatusCode; got != 200 || s.hits.Load() != 2 {
 				t.Fatalf("%d, hits %d", got, s.hits.Load())
 			}
 		})

@@ -179,11 +179,7 @@ routes:
     retry: {budget: {ratio: 1, min_per_second: 100}}
     rate_limit: {rps: 0.001, burst: 1, max_wait: 0s}
 `, up))
-	done := make(chan int, 1)
-	go func() {
-		resp, _ := do(t, "GET", b.base+"/x", "")
-		done <- resp.StatusCode
-	}()
+	done := raSend(t, "GET", b.base+"/x", "")
 	waitFor(t, func() bool { return hits.Load() >= 1 })
 	// Long enough for a hedge to go out, were it free.
 	deadline := time.Now().Add(300 * time.Millisecond)
@@ -191,7 +187,7 @@ routes:
 		time.Sleep(5 * time.Millisecond)
 	}
 	close(release)
-	if got := <-done; got != 200 {
+	if got := raAnswer(t, done).resp.StatusCode; got != 200 {
 		t.Errorf("the hedged request: %d", got)
 	}
 	if hits.Load() != 1 {
@@ -223,11 +219,7 @@ func TestLimitsAuditBulkheadQueuedAgentLeaves(t *testing.T) {
 routes:
   - {name: r, match: {path_prefix: /}, upstream: %q, concurrency: {max: 1, queue: 1, max_wait: 20s}, timeouts: {total: 30s, per_try: 30s}}
 `, up))
-	held := make(chan int, 1)
-	go func() {
-		resp, _ := do(t, "GET", b.base+"/hold", "")
-		held <- resp.StatusCode
-	}()
+	held := raSend(t, "GET", b.base+"/hold", "")
 	waitFor(t, func() bool { mu.Lock(); defer mu.Unlock(); return len(seen) == 1 })
 	gone, err := net.Dial("tcp", b.addr)
 	if err != nil {
@@ -252,7 +244,7 @@ routes:
 		return depth() == 1
 	})
 	close(release)
-	if got := <-held; got != 200 {
+	if got := raAnswer(t, held).resp.StatusCode; got != 200 {
 		t.Errorf("the holding request: %d", got)
 	}
 	if got := <-next; got != 200 {
@@ -404,11 +396,7 @@ func TestLimitsAuditBulkheadQueueWaitBounded(t *testing.T) {
 routes:
   - {name: r, match: {path_prefix: /}, upstream: %q, concurrency: {max: 1, queue: 1, max_wait: 2s}, timeouts: {total: 60s, per_try: 60s}}
 `, up))
-	held := make(chan int, 1)
-	go func() {
-		resp, _ := do(t, "GET", b.base+"/hold", "")
-		held <- resp.StatusCode
-	}()
+	held := raSend(t, "GET", b.base+"/hold", "")
 	waitFor(t, func() bool { return h.count() == 1 })
 	type result struct {
 		resp *http.Response
@@ -435,7 +423,7 @@ routes:
 		t.Errorf("problem %+v", p)
 	}
 	close(h.release)
-	if got := <-held; got != 200 {
+	if got := raAnswer(t, held).resp.StatusCode; got != 200 {
 		t.Errorf("the holding request: %d", got)
 	}
 	if got := h.paths(); got != "[/hold]" {
@@ -664,17 +652,13 @@ routes:
 	}
 	resp, body := do(t, "GET", b.base+"/x", "", "X-Ballast-Timeout", "1s")
 	laRefusal(t, resp, body, 2, `"r";q=1;w=2`, `"r";r=0;t=2`)
-	done := make(chan int, 1)
-	go func() {
-		resp, _ := do(t, "GET", b.base+"/x", "")
-		done <- resp.StatusCode
-	}()
+	done := raSend(t, "GET", b.base+"/x", "")
 	waitFor(t, func() bool { return clock.Waiters() == 1 })
 	if hits.Load() != 1 {
 		t.Fatalf("upstream hits %d while the third waits", hits.Load())
 	}
 	clock.Advance(2 * time.Second)
-	if got := <-done; got != 200 || hits.Load() != 2 {
+	if got := raAnswer(t, done).resp.StatusCode; got != 200 || hits.Load() != 2 {
 		t.Errorf("the waiting request: %d, upstream hits %d; want 200 and 2", got, hits.Load())
 	}
 }

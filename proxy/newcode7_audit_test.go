@@ -567,17 +567,13 @@ routes:
 `, up, failures)
 	}
 	b := startBallast(t, cfg(1))
-	done := make(chan int, 1)
-	go func() {
-		resp, _ := do(t, "GET", b.base+"/old", "")
-		done <- resp.StatusCode
-	}()
+	done := raSend(t, "GET", b.base+"/old", "")
 	nc7Started(t, started)
 	if code, body := opsReload(t, b, cfg(5)); code != 200 {
 		t.Fatalf("reload: %d %s", code, body)
 	}
 	close(hold)
-	if code := <-done; code != http.StatusBadGateway {
+	if code := raAnswer(t, done).resp.StatusCode; code != http.StatusBadGateway {
 		t.Fatalf("the call in flight: %d", code)
 	}
 	if resp, body := do(t, "GET", b.base+"/new", ""); resp.StatusCode != 200 {

@@ -158,17 +158,13 @@ func TestNewCode8AuditSettleAfterShutdownGaveUp(t *testing.T) {
 routes:
   - {name: pay, match: {path_prefix: /}, upstream: %q, idempotency: {mode: header}}
 `, u))
-	done := make(chan int, 1)
-	go func() {
-		resp, _ := do(t, "POST", b.base+"/charge", `{}`, "Idempotency-Key", "late")
-		done <- resp.StatusCode
-	}()
+	done := raSend(t, "POST", b.base+"/charge", `{}`, "Idempotency-Key", "late")
 	waitFor(t, func() bool { return up.calls.Load() == 1 })
 	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
 	defer cancel()
 	_ = b.srv.Shutdown(ctx) // gives up on the call in flight
 	close(up.release)
-	if code := <-done; code != 503 {
+	if code := raAnswer(t, done).resp.StatusCode; code != 503 {
 		t.Errorf("the call that outlived Shutdown's grace: %d, want 503 shutting_down", code)
 	}
 }

@@ -189,8 +189,7 @@ func TestRetryAfterHintIsHonoured(t *testing.T) {
 			}}}
 			up, _ := upstream(t, s.handler)
 			b := startBallastClock(t, clock, retryRoute(up, ""))
-			done := make(chan int, 1)
-			go func() { resp, _ := do(t, "GET", b.base+"/x", ""); done <- resp.StatusCode }()
+			done := raSend(t, "GET", b.base+"/x", "")
 			waitFor(t, func() bool { return clock.Waiters() == 1 })
 			if tc.want > 0 {
 				clock.Advance(tc.want - 10*time.Millisecond)
@@ -201,7 +200,7 @@ func TestRetryAfterHintIsHonoured(t *testing.T) {
 			} else {
 				clock.Advance(time.Millisecond)
 			}
-			if got := <-done; got != 200 || s.hits.Load() != 2 {
+			if got := raAnswer(t, done).resp.StatusCode; got != 200 || s.hits.Load() != 2 {
 				t.Fatalf("after the hint: %d, hits %d", got, s.hits.Load())
 			}
 		})
