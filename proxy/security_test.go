@@ -395,6 +395,16 @@ routes:
 
 // --- tenancy -----------------------------------------------------------------
 
+// stripRoute is one item of a routes list: the route name on /name/ to up,
+// its prefix stripped, with the route keys given (each "key: value").
+func stripRoute(name, up string, keys ...string) string {
+	y := fmt.Sprintf("  - name: %s\n    match: {path_prefix: /%s/}\n    upstream: %s\n    strip_prefix: true\n", name, name, up)
+	for _, kv := range keys {
+		y += "    " + kv + "\n"
+	}
+	return y
+}
+
 // secWhoAmI answers with a call counter and the credentials it saw; extra
 // may add response headers.
 func secWhoAmI(t *testing.T, extra func(w http.ResponseWriter, r *http.Request)) string {
@@ -417,29 +427,11 @@ func secWhoAmI(t *testing.T, extra func(w http.ResponseWriter, r *http.Request))
 // an idempotent replay or an async job.
 func TestCacheAndIdempotencyNeverCrossTenants(t *testing.T) {
 	up := secWhoAmI(t, nil)
-	b := startBallast(t, fmt.Sprintf(`
-routes:
-  - name: fresh
-    match: {path_prefix: /fresh/}
-    upstream: %s
-    strip_prefix: true
-    cache: {mode: fresh, ttl: 1h}
-  - name: idem
-    match: {path_prefix: /idem/}
-    upstream: %s
-    strip_prefix: true
-    idempotency: {mode: header}
-  - name: auto
-    match: {path_prefix: /auto/}
-    upstream: %s
-    strip_prefix: true
-    idempotency: {mode: auto}
-  - name: jobs
-    match: {path_prefix: /jobs/}
-    upstream: %s
-    strip_prefix: true
-    async: {enabled: true}
-`, up, up, up, up))
+	b := startBallast(t, "routes:\n"+
+		stripRoute("fresh", up, "cache: {mode: fresh, ttl: 1h}")+
+		stripRoute("idem", up, "idempotency: {mode: header}")+
+		stripRoute("auto", up, "idempotency: {mode: auto}")+
+		stripRoute("jobs", up, "async: {enabled: true}"))
 	creds := []struct{ name, header, a, b string }{
 		{"Authorization", "Authorization", "Bearer alice", "Bearer bob"},
 		{"x-api-key", "x-api-key", "alice", "bob"},
@@ -499,19 +491,9 @@ func TestCacheHonoursUpstreamVary(t *testing.T) {
 	up := secWhoAmI(t, func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Vary", r.URL.Query().Get("vary"))
 	})
-	b := startBallast(t, fmt.Sprintf(`
-routes:
-  - name: pub
-    match: {path_prefix: /pub/}
-    upstream: %s
-    strip_prefix: true
-    cache: {mode: fresh, ttl: 1h, public: true}
-  - name: fresh
-    match: {path_prefix: /fresh/}
-    upstream: %s
-    strip_prefix: true
-    cache: {mode: fresh, ttl: 1h}
-`, up, up))
+	b := startBallast(t, "routes:\n"+
+		stripRoute("pub", up, "cache: {mode: fresh, ttl: 1h, public: true}")+
+		stripRoute("fresh", up, "cache: {mode: fresh, ttl: 1h}"))
 	for _, tt := range []struct{ name, path, header, a, b, want string }{
 		{"public route, Vary: Authorization", "/pub/me?vary=Authorization", "Authorization", "Bearer alice", "Bearer bob", `"auth":"Bearer bob"`},
 		{"private route, Vary: Accept-Language", "/fresh/doc?vary=Accept-Language", "Accept-Language", "en", "fr", `"lang":"fr"`},

@@ -119,21 +119,9 @@ func withQuery(path, q string) string {
 func TestTenantAuditCacheEveryCredential(t *testing.T) {
 	up := &tenantEcho{}
 	url, _ := upstream(t, up.handler)
-	b := startBallast(t, fmt.Sprintf(`
-routes:
-  - name: fresh
-    match: {path_prefix: /fresh/}
-    upstream: %s
-    strip_prefix: true
-    cache: {mode: fresh, ttl: 1h}
-  - name: stale
-    match: {path_prefix: /stale/}
-    upstream: %s
-    strip_prefix: true
-    retry: {attempts: 1}
-    breaker: {enabled: false}
-    cache: {mode: fallback, ttl: 1m, stale: 1h}
-`, url, url))
+	b := startBallast(t, "routes:\n"+
+		stripRoute("fresh", url, "cache: {mode: fresh, ttl: 1h}")+
+		stripRoute("stale", url, "retry: {attempts: 1}", "breaker: {enabled: false}", "cache: {mode: fallback, ttl: 1m, stale: 1h}"))
 	for i, c := range tenantCreds {
 		t.Run(c.name, func(t *testing.T) {
 			up.down.Store(false)
@@ -215,20 +203,9 @@ func TestTenantAuditIdempotencyAndJobsEveryCredential(t *testing.T) {
 			if backend == "redis" {
 				state = fmt.Sprintf("state: {backend: redis, redis: {address: %q, key_prefix: \"ta%d:\"}}", rs.Addr(), time.Now().UnixNano()%1e6)
 			}
-			b := startBallast(t, fmt.Sprintf(`
-%s
-routes:
-  - name: idem
-    match: {path_prefix: /idem/}
-    upstream: %s
-    strip_prefix: true
-    idempotency: {mode: header}
-  - name: jobs
-    match: {path_prefix: /jobs/}
-    upstream: %s
-    strip_prefix: true
-    async: {enabled: true}
-`, state, url, url))
+			b := startBallast(t, state+"\nroutes:\n"+
+				stripRoute("idem", url, "idempotency: {mode: header}")+
+				stripRoute("jobs", url, "async: {enabled: true}"))
 			for i, c := range tenantCreds {
 				t.Run(c.name, func(t *testing.T) {
 					key := fmt.Sprintf("k-%s-%d", backend, i)
@@ -278,19 +255,9 @@ func TestTenantAuditNoAttachAcrossTenants(t *testing.T) {
 		t.Run(path, func(t *testing.T) {
 			up := &tenantEcho{block: make(chan struct{}), arrived: make(chan struct{}, 8)}
 			url, _ := upstream(t, up.handler)
-			b := startBallast(t, fmt.Sprintf(`
-routes:
-  - name: fresh
-    match: {path_prefix: /fresh/}
-    upstream: %s
-    strip_prefix: true
-    cache: {mode: fresh, ttl: 1h}
-  - name: idem
-    match: {path_prefix: /idem/}
-    upstream: %s
-    strip_prefix: true
-    idempotency: {mode: header}
-`, url, url))
+			b := startBallast(t, "routes:\n"+
+				stripRoute("fresh", url, "cache: {mode: fresh, ttl: 1h}")+
+				stripRoute("idem", url, "idempotency: {mode: header}"))
 			done := make(chan string, 2)
 			go func() {
 				_, body := tenantDo(t, "POST", b.base+path, "same", "Idempotency-Key", "k1", "X-Api-Key", "alice")
