@@ -96,6 +96,12 @@ func readRequestHead(br *bufio.Reader) (string, error) {
 	return head.String(), err
 }
 
+// secToolRoute is the config most probes here run on: one route, tool, on
+// /tool/ to up.
+func secToolRoute(up string) string {
+	return fmt.Sprintf("routes:\n  - name: tool\n    match: {path_prefix: /tool/}\n    upstream: %s\n", up)
+}
+
 // --- open proxy and routing -------------------------------------------------
 
 // TestNeverForwardsToUnconfiguredHost: absolute-form targets,
@@ -210,12 +216,7 @@ routes:
 func TestAmbiguousFramingRefused(t *testing.T) {
 	se := &sideEffects{}
 	up, _ := upstream(t, se.handler)
-	b := startBallast(t, fmt.Sprintf(`
-routes:
-  - name: tool
-    match: {path_prefix: /tool/}
-    upstream: %s
-`, up))
+	b := startBallast(t, secToolRoute(up))
 	for _, tt := range []struct{ name, head, body string }{
 		{"CL then TE chunked", "Content-Length: 5\r\nTransfer-Encoding: chunked", "0\r\n\r\n"},
 		{"TE chunked then CL", "Transfer-Encoding: chunked\r\nContent-Length: 5", "0\r\n\r\n"},
@@ -254,12 +255,7 @@ routes:
 // be parsed as the next request (a smuggled request).
 func TestNonChunkedTransferEncodingRefused(t *testing.T) {
 	up := echoUpstream(t)
-	b := startBallast(t, fmt.Sprintf(`
-routes:
-  - name: tool
-    match: {path_prefix: /tool/}
-    upstream: %s
-`, up))
+	b := startBallast(t, secToolRoute(up))
 	for _, tt := range []struct{ name, head string }{
 		{"identity alone", "Transfer-Encoding: identity"},
 		{"identity with Content-Length", "Content-Length: 5\r\nTransfer-Encoding: identity"},
@@ -356,12 +352,7 @@ routes:
 // name no spec-following hop can see).
 func TestInvalidHeaderNameRefused(t *testing.T) {
 	rec := secRawUpstream(t, "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nok")
-	b := startBallast(t, fmt.Sprintf(`
-routes:
-  - name: tool
-    match: {path_prefix: /tool/}
-    upstream: %s
-`, rec.url))
+	b := startBallast(t, secToolRoute(rec.url))
 	resp, body := secRawExchange(t, b.addr, "GET /tool/x HTTP/1.1\r\nHost: x\r\nX Space: a\r\n\r\n")
 	for _, h := range rec.all() {
 		if strings.Contains(h, "X Space") {
@@ -590,13 +581,7 @@ routes:
 // the probes requires it.
 func TestAdminNotOnMainListener(t *testing.T) {
 	up := echoUpstream(t)
-	b := startBallast(t, fmt.Sprintf(`
-admin: {token: "${ADMIN_TOKEN}"}
-routes:
-  - name: tool
-    match: {path_prefix: /tool/}
-    upstream: %s
-`, up), "ADMIN_TOKEN=adm-t0ken")
+	b := startBallast(t, "admin: {token: \"${ADMIN_TOKEN}\"}\n"+secToolRoute(up), "ADMIN_TOKEN=adm-t0ken")
 	c := client(t)
 	for _, p := range []string{"/metrics", "/config", "/status", "/healthz", "/readyz", "/reload", "/"} {
 		resp, body := do(t, "GET", b.base+p, "")
@@ -737,12 +722,7 @@ routes:
 // and the log must not carry the request's credentials.
 func TestMalformedRequestProblemQuotesNoHeaders(t *testing.T) {
 	up := echoUpstream(t)
-	b := startBallast(t, fmt.Sprintf(`
-routes:
-  - name: tool
-    match: {path_prefix: /tool/}
-    upstream: %s
-`, up))
+	b := startBallast(t, secToolRoute(up))
 	resp, body := secRawExchange(t, b.addr, "GET /tool/x HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer sk-parse-secret\r\nno colon here\r\n\r\n")
 	if resp.StatusCode != 400 || !strings.Contains(body, "bad_request") {
 		t.Fatalf("status %d: %s", resp.StatusCode, body)
