@@ -57,20 +57,29 @@ func serveConns(t *testing.T, serve func(c net.Conn, br *bufio.Reader)) string {
 	return ln.Addr().String()
 }
 
-// rawAll writes raw to addr on a fresh connection and returns what came
-// back until ballast closed the connection or wait passed; timedOut says
-// the deadline ended it.
-func rawAll(t *testing.T, addr, raw string, wait time.Duration) (out string, timedOut bool) {
+// rawSend dials addr, writes raw and returns the connection, its deadline
+// wait from now.
+func rawSend(t *testing.T, addr, raw string, wait time.Duration) net.Conn {
 	t.Helper()
 	conn, err := net.Dial("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer conn.Close()
 	_ = conn.SetDeadline(time.Now().Add(wait))
 	if _, err := io.WriteString(conn, raw); err != nil {
+		conn.Close()
 		t.Fatal(err)
 	}
+	return conn
+}
+
+// rawAll writes raw to addr on a fresh connection and returns what came
+// back until ballast closed the connection or wait passed; timedOut says
+// the deadline ended it.
+func rawAll(t *testing.T, addr, raw string, wait time.Duration) (out string, timedOut bool) {
+	t.Helper()
+	conn := rawSend(t, addr, raw, wait)
+	defer conn.Close()
 	b, err := io.ReadAll(conn)
 	var ne net.Error
 	return string(b), errors.As(err, &ne) && ne.Timeout()
@@ -78,23 +87,16 @@ func rawAll(t *testing.T, addr, raw string, wait time.Duration) (out string, tim
 
 // rawExchange writes raw to addr on a fresh connection and reads one
 // response with Go's parser within wait: a hang or an unparsable answer
-// fails the test. bodyErr is what cut the body short, if anything did.
-func rawExchange(t *testing.T, addr, raw string, wait time.Duration) (resp *http.Response, body string, bodyErr error) {
+// fails the test. The error is what cut the body short, if anything did.
+func rawExchange(t *testing.T, addr, raw string, wait time.Duration) (*http.Response, string, error) {
 	t.Helper()
-	conn, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
+	conn := rawSend(t, addr, raw, wait)
 	defer conn.Close()
-	_ = conn.SetDeadline(time.Now().Add(wait))
-	if _, err := io.WriteString(conn, raw); err != nil {
-		t.Fatal(err)
-	}
-	resp, err = http.ReadResponse(bufio.NewReader(conn), nil)
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
 	if err != nil {
 		t.Fatalf("no response to %.80q within %v: %v", raw, wait, err)
 	}
 	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	return resp, string(b), err
+	b, bodyErr := io.ReadAll(resp.Body)
+	return resp, string(b), bodyErr
 }
