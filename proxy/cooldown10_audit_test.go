@@ -9,7 +9,6 @@ import (
 	"os"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -77,17 +76,14 @@ routes: [{name: r, match: {path_prefix: /}, upstream: %q, retry: {attempts: 1}}]
 	// A second before the cap a request waits out the rest of the pause
 	// (it fits its deadline), and is sent when the cap is reached.
 	clock.Advance(24*time.Hour - time.Second)
-	done := make(chan string, 1)
-	go func() {
-		resp, body := do(t, "GET", b.base+"/x", "", "Authorization", key)
-		done <- strconv.Itoa(resp.StatusCode) + " " + body
-	}()
+	done := raSend(t, "GET", b.base+"/x", "", "Authorization", key)
 	waitFor(t, func() bool { return clock.Waiters() == 1 })
 	if hits.Load() != 1 {
 		t.Errorf("a second before the cap the upstream was called (hits %d)", hits.Load())
 	}
 	clock.Advance(time.Second)
-	if got := <-done; got != "200 ok" || hits.Load() != 2 {
+	r := raAnswer(t, done)
+	if got := strconv.Itoa(r.resp.StatusCode) + " " + r.body; got != "200 ok" || hits.Load() != 2 {
 		t.Errorf("at the cap: %s (upstream hits %d); the pause must end at retry.max_cooldown", got, hits.Load())
 	}
 	warns := cd10Warnings(b, "max_cooldown")
@@ -117,22 +113,19 @@ func TestCooldown10_CappedHintLoggedOnce(t *testing.T) {
 	b := startBallast(t, fmt.Sprintf(`
 routes: [{name: r, match: {path_prefix: /}, upstream: %q, retry: {attempts: 1}}]
 `, up))
-	var wg sync.WaitGroup
-	for range n {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			resp, body := do(t, "GET", b.base+"/x", "", "Authorization", "Bearer k")
-			if resp.StatusCode != 429 {
-				t.Errorf("%d Retry-After %q %s", resp.StatusCode, resp.Header.Get("Retry-After"), body)
-			}
-		}()
+	answers := make([]<-chan raResult, n)
+	for i := range answers {
+		answers[i] = raSend(t, "GET", b.base+"/x", "", "Authorization", "Bearer k")
 	}
 	for range n {
 		<-arrived
 	}
 	close(release)
-	wg.Wait()
+	for _, ch := range answers {
+		if r := raAnswer(t, ch); r.resp.StatusCode != 429 {
+			t.Errorf("%d Retry-After %q %s", r.resp.StatusCode, r.resp.Header.Get("Retry-After"), r.body)
+		}
+	}
 	if got := len(cd10Warnings(b, "max_cooldown")); got != 1 {
 		t.Errorf("%d WARN lines for one pause met by %d requests, want 1", got, n)
 	}
@@ -263,24 +256,6 @@ func cd10Job(t *testing.T, b *ballast, path string, headers ...string) string {
 		t.Fatalf("submit %s: %d %q %s", path, resp.StatusCode, loc, body)
 	}
 	return loc
-}
-
-// cd10Answer is what cd10Send's request was answered: its status and
-// Preference-Applied.
-type cd10Answer struct {
-	status  int
-	applied string
-}
-
-// cd10Send sends a request from a goroutine; its answer arrives on the
-// returned channel.
-func cd10Send(t *testing.T, method, url, body string, headers ...string) <-chan cd10Answer {
-	done := make(chan cd10Answer, 1)
-	go func() {
-		resp, _ := do(t, method, url, body, headers...)
-		done <- cd10Answer{resp.StatusCode, resp.Header.Get("Preference-Applied")}
-	}()
-	return done
 }
 
 // cd10Held is an upstream whose calls wait until release is closed, then
@@ -429,29 +404,23 @@ routes: [{name: r, match: {path_prefix: /}, upstream: %q, async: {enabled: true}
 	waitFor(t, func() bool { return calls.Load() == 1 })
 	waiters := clock.Waiters()
 	const n = 40
-	var wg sync.WaitGroup
-	bodies := make(chan string, n)
-	for range n {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			resp, body := do(t, "GET", b.base+loc, "", "Authorization", "Bearer team", "Prefer", "wait=20")
-			if resp.StatusCode != 200 || resp.Header.Get("X-Ballast-Job-State") != "succeeded" {
-				t.Errorf("a poller: %d %q", resp.StatusCode, resp.Header.Get("X-Ballast-Job-State"))
-			}
-			bodies <- body
-		}()
+	polls := make([]<-chan raResult, n)
+	for i := range polls {
+		polls[i] = raSend(t, "GET", b.base+loc, "", "Authorization", "Bearer team", "Prefer", "wait=20")
 	}
 	// Every poller waits on the job (its wait=20 is a timer on the clock).
 	waitFor(t, func() bool { return clock.Waiters() == waiters+n })
 	close(release)
-	wg.Wait()
-	close(bodies)
 	want := `{"answer":"` + strings.Repeat("x", 8<<10) + `"}`
-	for body := range bodies {
-		if body != want {
-			t.Errorf("a poller got %d bytes, not the job's answer", len(body))
-			break
+	wrongBody := false
+	for _, ch := range polls {
+		r := raAnswer(t, ch)
+		if r.resp.StatusCode != 200 || r.resp.Header.Get("X-Ballast-Job-State") != "succeeded" {
+			t.Errorf("a poller: %d %q", r.resp.StatusCode, r.resp.Header.Get("X-Ballast-Job-State"))
+		}
+		if r.body != want && !wrongBody {
+			t.Errorf("a poller got %d bytes, not the job's answer", len(r.body))
+			wrongBody = true
 		}
 	}
 	if calls.Load() != 1 {
@@ -514,15 +483,16 @@ routes: [{name: r, match: {path_prefix: /}, upstream: %q, async: {enabled: true}
 	defer close(release)
 	loc := cd10Job(t, b, "/j")
 	waiters := clock.Waiters()
-	done := cd10Send(t, "GET", b.base+loc, "", "Prefer", "wait=99999999999999999999")
+	done := raSend(t, "GET", b.base+loc, "", "Prefer", "wait=99999999999999999999")
 	waitFor(t, func() bool { return clock.Waiters() > waiters })
 	clock.Advance(10*time.Minute - time.Second)
 	if clock.Waiters() <= waiters {
-		t.Fatalf("the poll stopped waiting before ten minutes: %+v", <-done)
+		r := raAnswer(t, done)
+		t.Fatalf("the poll stopped waiting before ten minutes: %d Preference-Applied %q", r.resp.StatusCode, r.resp.Header.Get("Preference-Applied"))
 	}
 	clock.Advance(time.Second)
-	if a := <-done; a.status != 202 || a.applied != "wait=600" {
-		t.Errorf("the poll after ten minutes: %+v, want 202 with Preference-Applied wait=600", a)
+	if r := raAnswer(t, done); r.resp.StatusCode != 202 || r.resp.Header.Get("Preference-Applied") != "wait=600" {
+		t.Errorf("the poll after ten minutes: %d Preference-Applied %q, want 202 with Preference-Applied wait=600", r.resp.StatusCode, r.resp.Header.Get("Preference-Applied"))
 	}
 }
 
@@ -578,16 +548,12 @@ routes: [{name: r, match: {path_prefix: /}, upstream: %q, async: {enabled: true}
 	defer close(release)
 	for _, key := range []string{"", "k", "k"} { // unkeyed, keyed, and the keyed repeat (replayed)
 		waiters := clock.Waiters()
-		done := cd10Send(t, "POST", b.base+"/j", "{}", "Prefer", "respond-async, wait=30", "X-Ballast-Timeout", "1s", "Idempotency-Key", key)
+		done := raSend(t, "POST", b.base+"/j", "{}", "Prefer", "respond-async, wait=30", "X-Ballast-Timeout", "1s", "Idempotency-Key", key)
 		waitFor(t, func() bool { return clock.Waiters() > waiters })
 		clock.Advance(time.Second)
-		select {
-		case a := <-done:
-			if a.status != 202 || a.applied != "respond-async, wait=1" {
-				t.Errorf("key %q: %+v, want 202 with Preference-Applied respond-async, wait=1", key, a)
-			}
-		case <-time.After(10 * time.Second):
-			t.Fatalf("key %q: the request's wait outlasted its 1s deadline (X-Ballast-Timeout)", key)
+		r := raWithin(t, done, 10*time.Second, fmt.Sprintf("key %q: the request's wait outlasted its 1s deadline (X-Ballast-Timeout)", key))
+		if applied := r.resp.Header.Get("Preference-Applied"); r.resp.StatusCode != 202 || applied != "respond-async, wait=1" {
+			t.Errorf("key %q: %d Preference-Applied %q, want 202 with Preference-Applied respond-async, wait=1", key, r.resp.StatusCode, applied)
 		}
 	}
 }

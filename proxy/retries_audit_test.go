@@ -23,6 +23,7 @@ type raResult struct {
 	resp *http.Response
 	body string
 	err  error
+	at   time.Time // when the answer had been read whole
 }
 
 // raSend sends a request from a goroutine of its own; the answer arrives
@@ -47,7 +48,7 @@ func raSend(t *testing.T, method, url, body string, headers ...string) <-chan ra
 		}
 		b, err := io.ReadAll(resp.Body)
 		resp.Body.Close()
-		ch <- raResult{resp: resp, body: string(b), err: err}
+		ch <- raResult{resp: resp, body: string(b), err: err, at: time.Now()}
 	}()
 	return ch
 }
@@ -95,6 +96,37 @@ func raAnswer(t *testing.T, ch <-chan raResult) raResult {
 		t.Fatal("no answer within 10s")
 	}
 	return raResult{}
+}
+
+// raWithin is raAnswer with a bound of the test's own, and the failure to
+// report when the answer does not come within it.
+func raWithin(t *testing.T, ch <-chan raResult, bound time.Duration, late string) raResult {
+	t.Helper()
+	select {
+	case r := <-ch:
+		if r.err != nil {
+			t.Fatalf("request: %v", r.err)
+		}
+		return r
+	case <-time.After(bound):
+		t.Fatal(late)
+	}
+	return raResult{}
+}
+
+// raReady returns the answer on ch if it has come, without waiting for
+// one: for a test that must see a request still unanswered.
+func raReady(t *testing.T, ch <-chan raResult) (raResult, bool) {
+	t.Helper()
+	select {
+	case r := <-ch:
+		if r.err != nil {
+			t.Fatalf("request: %v", r.err)
+		}
+		return r, true
+	default:
+		return raResult{}, false
+	}
 }
 
 // raReleases advances clock by d and reports whether that ended every
