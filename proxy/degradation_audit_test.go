@@ -391,18 +391,10 @@ routes:
     timeouts: {per_try: 60s, total: 120s}
 `, up))
 	call := `{"jsonrpc":"2.0","id":7,"method":"tools/list"}`
-	type result struct {
-		resp *http.Response
-		body string
-	}
-	res := make(chan result, 1)
-	go func() {
-		resp, body := do(t, "POST", b.base+"/mcp", call, "Content-Type", "application/json")
-		res <- result{resp, body}
-	}()
+	res := raSend(t, "POST", b.base+"/mcp", call, "Content-Type", "application/json")
 	waitFor(t, func() bool { return clock.Waiters() > 0 && hits.Load() == 1 })
 	clock.Advance(100 * time.Millisecond)
-	r := <-res
+	r := raAnswer(t, res)
 	if r.resp.StatusCode != 200 || r.body != big {
 		t.Fatalf("status %d, body of %d bytes (want %d): the hedge's streamed body must arrive intact", r.resp.StatusCode, len(r.body), len(big))
 	}

@@ -461,23 +461,10 @@ routes:
     retry: {attempts: 3, backoff: {base: 1ms, max: 1ms}}
     rate_limit: {rps: 0.2, burst: 1, max_wait: 10s}
 `, up))
-	type result struct {
-		resp *http.Response
-		body string
-	}
-	done := make(chan result, 1)
-	go func() {
-		resp, body := do(t, "GET", b.base+"/s/x", "", "X-Ballast-Timeout", "4s")
-		done <- result{resp, body}
-	}()
+	done := raSend(t, "GET", b.base+"/s/x", "", "X-Ballast-Timeout", "4s")
 	waitFor(t, func() bool { return hits.Load() == 1 && clock.Waiters() > 0 })
 	clock.Advance(2 * time.Second) // the hint's wait; the next token is 3s away, the deadline 2s
-	var res result
-	select {
-	case res = <-done:
-	case <-time.After(5 * time.Second):
-		t.Fatal("the request still waits: a rate-limit turn past its deadline")
-	}
+	res := raWithin(t, done, 5*time.Second, "the request still waits: a rate-limit turn past its deadline")
 	p := decodeProblem(t, res.resp, res.body)
 	if res.resp.StatusCode != 503 || p.Reason != "upstream_unavailable" || p.Attempts != 1 || hits.Load() != 1 {
 		t.Fatalf("%d %+v after %d calls; want 503 upstream_unavailable after the one attempt", res.resp.StatusCode, p, hits.Load())

@@ -276,16 +276,14 @@ func TestJobSeams11_QueuedJobKeepsItsTurn(t *testing.T) {
 routes:
   - {name: r, match: {path_prefix: /}, upstream: %q, async: {enabled: true}, concurrency: {max: 1, queue: 10, max_wait: 20s}, timeouts: {total: 30s}}
 `, up))
-	held := make(chan string, 1)
-	go func() { _, body := do(t, "GET", b.base+"/hold", ""); held <- body }()
+	held := raSend(t, "GET", b.base+"/hold", "")
 	if got := s9Recv(t, order, 5*time.Second, "the slot's holder reaching the upstream"); got != "/hold" {
 		t.Fatalf("first call: %s", got)
 	}
 	depth := func() float64 { return b.metric("ballast_concurrency_queue_depth", map[string]string{"route": "r"}) }
 	loc := js11Submit(t, b, "GET", "/job", "")
 	waitFor(t, func() bool { return depth() == 1 })
-	direct := make(chan string, 1)
-	go func() { _, body := do(t, "GET", b.base+"/direct", ""); direct <- body }()
+	direct := raSend(t, "GET", b.base+"/direct", "")
 	waitFor(t, func() bool { return depth() == 2 })
 	close(release)
 	first := s9Recv(t, order, 5*time.Second, "the next call")
@@ -293,10 +291,10 @@ routes:
 	if first != "/job" || second != "/direct" {
 		t.Errorf("after the slot was freed: %s then %s; want the job (queued first), then the direct request", first, second)
 	}
-	if body := s9Recv(t, direct, 5*time.Second, "the direct answer"); body != "ok /direct" {
-		t.Errorf("the direct request: %q", body)
+	if r := raWithin(t, direct, 5*time.Second, "the direct answer: not within 5s"); r.body != "ok /direct" {
+		t.Errorf("the direct request: %q", r.body)
 	}
-	s9Recv(t, held, 5*time.Second, "the holder's answer")
+	raWithin(t, held, 5*time.Second, "the holder's answer: not within 5s")
 	if resp, body := do(t, "GET", b.base+loc, "", "Prefer", "wait=10"); resp.StatusCode != 200 || body != "ok /job" {
 		t.Errorf("the job: %d %q", resp.StatusCode, body)
 	}
@@ -375,19 +373,14 @@ routes:
 		t.Fatal("the job's call never reached the upstream")
 	}
 	base := clock.Waiters()
-	type answer struct {
-		resp *http.Response
-		body string
-	}
-	done := make(chan answer, 1)
-	go func() {
-		resp, body := do(t, "GET", b.base+loc, "", "Prefer", "wait=30", "X-Ballast-Timeout", "2s")
-		done <- answer{resp, body}
-	}()
+	done := raSend(t, "GET", b.base+loc, "", "Prefer", "wait=30", "X-Ballast-Timeout", "2s")
 	waitFor(t, func() bool { return clock.Waiters() > base })
 	clock.Advance(2 * time.Second)
 	select {
 	case a := <-done:
+		if a.err != nil {
+			t.Fatalf("the poll: %v", a.err)
+		}
 		if a.resp.StatusCode != 202 || a.resp.Header.Get("Preference-Applied") != "wait=2" || !strings.Contains(a.body, `"state":"running"`) {
 			t.Errorf("the poll with X-Ballast-Timeout: 2s: %d Preference-Applied %q %s; want 202 after 2s, wait=2",
 				a.resp.StatusCode, a.resp.Header.Get("Preference-Applied"), a.body)
