@@ -194,18 +194,8 @@ func TestFailOpen10AuditInFlightClaimPublished(t *testing.T) {
 			f := startFo10Fleet(t, up)
 			a, b := f.a, f.b
 			f.outage(t)
-			type answer struct {
-				code int
-				body string
-				rep  string
-			}
-			send := func(r *ballast) chan answer {
-				out := make(chan answer, 1)
-				go func() {
-					resp, body := do(t, "POST", r.base+"/pay/charge", `{"n":1}`, "Idempotency-Key", "running")
-					out <- answer{resp.StatusCode, body, resp.Header.Get("Idempotent-Replayed")}
-				}()
-				return out
+			send := func(r *ballast) <-chan raResult {
+				return raSend(t, "POST", r.base+"/pay/charge", `{"n":1}`, "Idempotency-Key", "running")
 			}
 			first := send(a)
 			waitFor(t, func() bool { return up.calls.Load() == 1 })
@@ -220,15 +210,16 @@ func TestFailOpen10AuditInFlightClaimPublished(t *testing.T) {
 				t.Fatalf("the duplicate on B ran the call (%d calls) while A runs it", n)
 			}
 			release()
-			fa, d := <-first, <-dup
-			if fa.code != tc.status {
-				t.Errorf("A answered %d %s, want %d", fa.code, fa.body, tc.status)
+			fa, d := raAnswer(t, first), raAnswer(t, dup)
+			dRep := d.resp.Header.Get("Idempotent-Replayed")
+			if fa.resp.StatusCode != tc.status {
+				t.Errorf("A answered %d %s, want %d", fa.resp.StatusCode, fa.body, tc.status)
 			}
-			if tc.status == 200 && (d.code != 200 || d.rep != "true" || d.body != fa.body) {
-				t.Errorf("B's duplicate: %d replayed=%q %s, want the replay of %s", d.code, d.rep, d.body, fa.body)
+			if tc.status == 200 && (d.resp.StatusCode != 200 || dRep != "true" || d.body != fa.body) {
+				t.Errorf("B's duplicate: %d replayed=%q %s, want the replay of %s", d.resp.StatusCode, dRep, d.body, fa.body)
 			}
-			if tc.status != 200 && (d.code != tc.status || d.rep != "") {
-				t.Errorf("B's duplicate of a released claim: %d replayed=%q, want its own call's %d", d.code, d.rep, tc.status)
+			if tc.status != 200 && (d.resp.StatusCode != tc.status || dRep != "") {
+				t.Errorf("B's duplicate of a released claim: %d replayed=%q, want its own call's %d", d.resp.StatusCode, dRep, tc.status)
 			}
 			if n := up.calls.Load(); n != tc.wantCalls {
 				t.Errorf("the upstream ran %d times, want %d", n, tc.wantCalls)
@@ -249,11 +240,7 @@ func TestFailOpen10AuditRedisClaimRestoredAndCompleted(t *testing.T) {
 		rs := redistest.Start(t)
 		up, release := heldUpstream(t, 0)
 		a, b := fo10Replicas(t, rs.Addr(), up)
-		first := make(chan string, 1)
-		go func() {
-			_, body := do(t, "POST", a.base+"/pay/charge", `{}`, "Idempotency-Key", "restored")
-			first <- body
-		}()
+		first := raSend(t, "POST", a.base+"/pay/charge", `{}`, "Idempotency-Key", "restored")
 		waitFor(t, func() bool { return up.calls.Load() == 1 })
 		rs.Kill()
 		fo9Down(t, a, b)
@@ -262,20 +249,15 @@ func TestFailOpen10AuditRedisClaimRestoredAndCompleted(t *testing.T) {
 		}
 		fo9Up(t, a, b)
 		waitFor(t, func() bool { return fo10Reconciled(a, "published") == 1 })
-		dup := make(chan *http.Response, 1)
-		var dupBody string
-		go func() {
-			r, body := do(t, "POST", b.base+"/pay/charge", `{}`, "Idempotency-Key", "restored")
-			dupBody = body
-			dup <- r
-		}()
+		dup := raSend(t, "POST", b.base+"/pay/charge", `{}`, "Idempotency-Key", "restored")
 		waitFor(t, func() bool { return b.metric("ballast_state_store_seconds", map[string]string{"op": "claim"}) >= 1 })
 		if n := up.calls.Load(); n != 1 {
 			t.Fatalf("B ran the call (%d calls) while A runs it", n)
 		}
 		release()
-		want := <-first
-		fo10Replayed(t, "B's duplicate", <-dup, dupBody, want)
+		want := raAnswer(t, first).body
+		d := raAnswer(t, dup)
+		fo10Replayed(t, "B's duplicate", d.resp, d.body, want)
 		if n := up.calls.Load(); n != 1 {
 			t.Errorf("the upstream ran %d times, want 1", n)
 		}
@@ -284,15 +266,11 @@ func TestFailOpen10AuditRedisClaimRestoredAndCompleted(t *testing.T) {
 		up, release := heldUpstream(t, 0)
 		f := startFo10Fleet(t, up)
 		a, b := f.a, f.b
-		first := make(chan string, 1)
-		go func() {
-			_, body := do(t, "POST", a.base+"/pay/charge", `{}`, "Idempotency-Key", "kept")
-			first <- body
-		}()
+		first := raSend(t, "POST", a.base+"/pay/charge", `{}`, "Idempotency-Key", "kept")
 		waitFor(t, func() bool { return up.calls.Load() == 1 })
 		f.outage(t)
 		release()
-		want := <-first
+		want := raAnswer(t, first).body
 		f.back(t)
 		waitFor(t, func() bool { return fo10Reconciled(a, "published") == 1 })
 		resp, body := do(t, "POST", b.base+"/pay/charge", `{}`, "Idempotency-Key", "kept")

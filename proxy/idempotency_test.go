@@ -5,7 +5,6 @@ import (
 	"io"
 	"net/http"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -41,24 +40,17 @@ func TestConcurrentKeyedPOSTsRunOnce(t *testing.T) {
 	se := &sideEffects{delay: 200 * time.Millisecond}
 	up, _ := upstream(t, se.handler)
 	b := startBallast(t, idemRoute(up, ""))
-	var wg sync.WaitGroup
-	bodies := make(chan string, 50)
-	replayed := atomic.Int64{}
-	for range 50 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			resp, body := do(t, "POST", b.base+"/charge", `{"amount":5}`, "Idempotency-Key", "order-42", "Authorization", "Bearer alice")
-			if resp.Header.Get("Idempotent-Replayed") == "true" {
-				replayed.Add(1)
-			}
-			bodies <- fmt.Sprint(resp.StatusCode, body)
-		}()
+	answers := make([]<-chan raResult, 50)
+	for i := range answers {
+		answers[i] = raSend(t, "POST", b.base+"/charge", `{"amount":5}`, "Idempotency-Key", "order-42", "Authorization", "Bearer alice")
 	}
-	wg.Wait()
-	close(bodies)
-	first := ""
-	for got := range bodies {
+	first, replayed := "", 0
+	for _, ch := range answers {
+		r := raAnswer(t, ch)
+		if r.resp.Header.Get("Idempotent-Replayed") == "true" {
+			replayed++
+		}
+		got := fmt.Sprint(r.resp.StatusCode, r.body)
 		if first == "" {
 			first = got
 		}
@@ -72,8 +64,8 @@ func TestConcurrentKeyedPOSTsRunOnce(t *testing.T) {
 	if se.calls.Load() != 1 {
 		t.Errorf("the upstream executed %d charges for 50 identical keyed POSTs, want 1", se.calls.Load())
 	}
-	if replayed.Load() != 49 {
-		t.Errorf("%d answers were marked Idempotent-Replayed, want 49", replayed.Load())
+	if replayed != 49 {
+		t.Errorf("%d answers were marked Idempotent-Replayed, want 49", replayed)
 	}
 	claimed := b.metric("ballast_idempotency_total", map[string]string{"route": "pay", "result": "claimed"})
 	if claimed != 1 {
@@ -194,14 +186,13 @@ func TestOnConflictReject(t *testing.T) {
 	se := &sideEffects{delay: 500 * time.Millisecond}
 	up, _ := upstream(t, se.handler)
 	b := startBallast(t, idemRoute(up, ", on_conflict: reject"))
-	done := make(chan struct{})
-	go func() { do(t, "POST", b.base+"/x", "{}", "Idempotency-Key", "k"); close(done) }()
+	done := raSend(t, "POST", b.base+"/x", "{}", "Idempotency-Key", "k")
 	waitFor(t, func() bool { return se.calls.Load() == 1 })
 	resp, body := do(t, "POST", b.base+"/x", "{}", "Idempotency-Key", "k")
 	if resp.StatusCode != 409 || decodeProblem(t, resp, body).Reason != "in_progress" || resp.Header.Get("Retry-After") == "" {
 		t.Errorf("duplicate while running: %d %s", resp.StatusCode, body)
 	}
-	<-done
+	raAnswer(t, done)
 }
 
 func TestAsyncJob(t *testing.T) {

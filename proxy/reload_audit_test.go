@@ -684,33 +684,24 @@ routes:
 	for _, rep := range reps {
 		waitFor(t, func() bool { return rep.metric("ballast_state_backend_up", nil) == 1 })
 	}
-	first := make(chan string, 1)
-	go func() {
-		_, body := do(t, "POST", a.base+"/charge", `{}`, "Idempotency-Key", "after-restart")
-		first <- body
-	}()
+	first := raSend(t, "POST", a.base+"/charge", `{}`, "Idempotency-Key", "after-restart")
 	waitFor(t, func() bool { return calls.Load() == 1 })
-	second := make(chan string, 1)
-	var took atomic.Int64
-	go func() {
-		start := time.Now()
-		resp, body := do(t, "POST", b.base+"/charge", `{}`, "Idempotency-Key", "after-restart")
-		took.Store(int64(time.Since(start)))
-		second <- fmt.Sprint(resp.StatusCode, " ", body)
-	}()
+	start := time.Now()
+	second := raSend(t, "POST", b.base+"/charge", `{}`, "Idempotency-Key", "after-restart")
 	waitFor(t, func() bool {
 		return b.metric("ballast_idempotency_total", map[string]string{"route": "pay", "result": "attached"}) >= 1
 	})
 	releasedAt := time.Now()
 	close(release)
-	if got := <-first; got != `{"charge":1}` {
+	if got := raAnswer(t, first).body; got != `{"charge":1}` {
 		t.Errorf("A answered %q", got)
 	}
-	if got := <-second; got != `200 {"charge":1}` {
+	r := raAnswer(t, second)
+	if got := fmt.Sprint(r.resp.StatusCode, " ", r.body); got != `200 {"charge":1}` {
 		t.Errorf("B's attached duplicate got %q, want A's answer", got)
 	}
-	if lag := time.Since(releasedAt); lag > 2*time.Second {
-		t.Errorf("B's duplicate was answered %v after A's call ended (it took %v in all): the wake-up was lost", lag, time.Duration(took.Load()))
+	if lag := r.at.Sub(releasedAt); lag > 2*time.Second {
+		t.Errorf("B's duplicate was answered %v after A's call ended (it took %v in all): the wake-up was lost", lag, r.at.Sub(start))
 	}
 	if calls.Load() != 1 {
 		t.Errorf("the upstream ran %d times across the fleet", calls.Load())
