@@ -230,16 +230,10 @@ routes:
 	waitFor(t, func() bool { return depth() == 1 })
 	gone.Close()
 	waitFor(t, func() bool { return depth() == 0 })
-	next := make(chan int, 1)
-	go func() {
-		resp, _ := do(t, "GET", b.base+"/next", "")
-		next <- resp.StatusCode
-	}()
+	next := raSend(t, "GET", b.base+"/next", "")
 	waitFor(t, func() bool {
-		select {
-		case code := <-next:
-			t.Fatalf("the next request got %d while the slot was taken; the gone agent kept its place", code)
-		default:
+		if r, ok := raReady(t, next); ok {
+			t.Fatalf("the next request got %d while the slot was taken; the gone agent kept its place", r.resp.StatusCode)
 		}
 		return depth() == 1
 	})
@@ -247,7 +241,7 @@ routes:
 	if got := raAnswer(t, held).resp.StatusCode; got != 200 {
 		t.Errorf("the holding request: %d", got)
 	}
-	if got := <-next; got != 200 {
+	if got := raAnswer(t, next).resp.StatusCode; got != 200 {
 		t.Errorf("the next request: %d", got)
 	}
 	mu.Lock()
@@ -312,21 +306,35 @@ func TestLimitsAuditBulkheadExactUnderLoad(t *testing.T) {
 routes:
   - {name: r, match: {path_prefix: /}, upstream: %q, concurrency: {max: 3, queue: 2, max_wait: 20s}, timeouts: {total: 30s, per_try: 30s}}
 `, up))
-	codes := make(chan int, 10)
-	var shed atomic.Int64
-	for range 10 {
-		go func() {
-			resp, body := do(t, "GET", b.base+"/hold", "")
-			if resp.StatusCode == 503 {
-				if p := decodeProblem(t, resp, body); p.Reason != "overloaded" || p.RetryAfterS < 1 || resp.Header.Get("Retry-After") == "" {
-					t.Errorf("shed: %+v Retry-After %q", p, resp.Header.Get("Retry-After"))
-				}
-				shed.Add(1)
-			}
-			codes <- resp.StatusCode
-		}()
+	pending := make([]<-chan raResult, 10)
+	for i := range pending {
+		pending[i] = raSend(t, "GET", b.base+"/hold", "")
 	}
-	waitFor(t, func() bool { return shed.Load() == 5 && h.count() == 3 })
+	shed, ok := 0, 0
+	count := func(r raResult) {
+		switch r.resp.StatusCode {
+		case 200:
+			ok++
+		case 503:
+			if p := decodeProblem(t, r.resp, r.body); p.Reason != "overloaded" || p.RetryAfterS < 1 || r.resp.Header.Get("Retry-After") == "" {
+				t.Errorf("shed: %+v Retry-After %q", p, r.resp.Header.Get("Retry-After"))
+			}
+			shed++
+		}
+	}
+	// The shed requests are answered at once, the others once released.
+	waitFor(t, func() bool {
+		waiting := pending[:0]
+		for _, ch := range pending {
+			if r, done := raReady(t, ch); done {
+				count(r)
+			} else {
+				waiting = append(waiting, ch)
+			}
+		}
+		pending = waiting
+		return shed == 5 && h.count() == 3
+	})
 	if got := b.metric("ballast_concurrency_queue_depth", map[string]string{"route": "r"}); got != 2 {
 		t.Errorf("queue depth %v, want 2", got)
 	}
@@ -337,11 +345,8 @@ routes:
 		t.Errorf("overloaded rejections %v, want 5", got)
 	}
 	close(h.release)
-	ok := 0
-	for range 10 {
-		if <-codes == 200 {
-			ok++
-		}
+	for _, ch := range pending {
+		count(raAnswer(t, ch))
 	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -358,13 +363,9 @@ func TestLimitsAuditBulkheadPriorityOrder(t *testing.T) {
 routes:
   - {name: r, match: {path_prefix: /}, upstream: %q, concurrency: {max: 1, queue: 10, max_wait: 20s}, timeouts: {total: 30s, per_try: 30s}}
 `, up))
-	var wg sync.WaitGroup
+	sent := map[string]<-chan raResult{}
 	send := func(path string, headers ...string) {
-		wg.Go(func() {
-			if resp, body := do(t, "GET", b.base+path, "", headers...); resp.StatusCode != 200 {
-				t.Errorf("%s: %d %s", path, resp.StatusCode, body)
-			}
-		})
+		sent[path] = raSend(t, "GET", b.base+path, "", headers...)
 	}
 	send("/hold")
 	waitFor(t, func() bool { return h.count() == 1 })
@@ -380,7 +381,11 @@ routes:
 		waitFor(t, func() bool { return depth() == float64(i+1) })
 	}
 	close(h.release)
-	wg.Wait()
+	for path, ch := range sent {
+		if r := raAnswer(t, ch); r.resp.StatusCode != 200 {
+			t.Errorf("%s: %d %s", path, r.resp.StatusCode, r.body)
+		}
+	}
 	if got, want := h.paths(), "[/hold /normal1 /normal2 /normal3 /low1 /low2 /low3]"; got != want {
 		t.Errorf("upstream order %s, want %s", got, want)
 	}
@@ -398,24 +403,19 @@ routes:
 `, up))
 	held := raSend(t, "GET", b.base+"/hold", "")
 	waitFor(t, func() bool { return h.count() == 1 })
-	type result struct {
-		resp *http.Response
-		body string
-	}
-	queued := make(chan result, 1)
-	go func() {
-		resp, body := do(t, "GET", b.base+"/queued", "")
-		queued <- result{resp, body}
-	}()
+	queued := raSend(t, "GET", b.base+"/queued", "")
 	waitFor(t, func() bool { return clock.Waiters() == 1 })
 	clock.Advance(1999 * time.Millisecond)
 	select {
 	case r := <-queued:
+		if r.err != nil {
+			t.Fatalf("the queued request: %v", r.err)
+		}
 		t.Fatalf("answered %d before max_wait: %s", r.resp.StatusCode, r.body)
 	case <-time.After(50 * time.Millisecond):
 	}
 	clock.Advance(time.Millisecond)
-	r := <-queued
+	r := raAnswer(t, queued)
 	if r.resp.StatusCode != 503 {
 		t.Fatalf("after max_wait in the queue: %d %s", r.resp.StatusCode, r.body)
 	}
