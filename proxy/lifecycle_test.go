@@ -136,22 +136,24 @@ func TestReloadOnFileChange(t *testing.T) {
 	go func() { _ = b.srv.WatchConfig(ctx, 20*time.Millisecond); close(watchDone) }()
 	t.Cleanup(func() { cancel(); <-watchDone })
 	c := client(t)
-	// The watcher may start after a write; write again until one is seen,
-	// leaving the debounce room to fire between writes.
+	reloaded := func() bool {
+		return b.metric("ballast_config_reloads_total", map[string]string{"result": "success"}) >= 1
+	}
+	// The watcher may start after a write; write again until a reload is
+	// counted, leaving the debounce room to fire between writes.
 	for attempt := 0; ; attempt++ {
 		if err := os.WriteFile(b.file, []byte(routeYAML("b", upB)), 0o600); err != nil {
 			t.Fatal(err)
 		}
-		deadline := time.Now().Add(500 * time.Millisecond)
-		for time.Now().Before(deadline) {
-			if _, body := get(t, c, b.base+"/x"); body == "B" {
-				return
-			}
-			time.Sleep(10 * time.Millisecond)
+		if baEventually(500*time.Millisecond, reloaded) {
+			break
 		}
 		if attempt == 10 {
 			t.Fatal("the file change was never applied")
 		}
+	}
+	if _, body := get(t, c, b.base+"/x"); body != "B" {
+		t.Errorf("after the reload: %q, want the new route's upstream B", body)
 	}
 }
 
