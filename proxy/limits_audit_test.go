@@ -324,15 +324,7 @@ routes:
 	}
 	// The shed requests are answered at once, the others once released.
 	waitFor(t, func() bool {
-		waiting := pending[:0]
-		for _, ch := range pending {
-			if r, done := raReady(t, ch); done {
-				count(r)
-			} else {
-				waiting = append(waiting, ch)
-			}
-		}
-		pending = waiting
+		pending = raCollect(t, pending, count)
 		return shed == 5 && h.count() == 3
 	})
 	if got := b.metric("ballast_concurrency_queue_depth", map[string]string{"route": "r"}); got != 2 {

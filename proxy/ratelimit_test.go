@@ -5,7 +5,6 @@ import (
 	"io"
 	"net/http"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -30,37 +29,43 @@ routes:
     rate_limit: {rps: 50, burst: 10, max_wait: 490ms}
 `, up))
 	const sent, burst, waiting = 40, 10, 24
-	var ok, refused atomic.Int64
-	var wg sync.WaitGroup
-	for range sent {
-		wg.Go(func() {
-			resp, _ := do(t, "GET", b.base+"/x", "")
-			switch {
-			case resp.StatusCode == 200:
-				ok.Add(1)
-			case resp.StatusCode == 429 && resp.Header.Get("Retry-After") != "":
-				refused.Add(1)
-			default:
-				t.Errorf("status %d, Retry-After %q", resp.StatusCode, resp.Header.Get("Retry-After"))
-			}
-		})
+	pending := make([]<-chan raResult, sent)
+	for i := range pending {
+		pending[i] = raSend(t, "GET", b.base+"/x", "")
+	}
+	var ok, refused int64
+	count := func(r raResult) {
+		switch {
+		case r.resp.StatusCode == 200:
+			ok++
+		case r.resp.StatusCode == 429 && r.resp.Header.Get("Retry-After") != "":
+			refused++
+		default:
+			t.Errorf("status %d, Retry-After %q", r.resp.StatusCode, r.resp.Header.Get("Retry-After"))
+		}
 	}
 	waitFor(t, func() bool {
-		return ok.Load() == burst && refused.Load() == sent-burst-waiting && clock.Waiters() == waiting
+		pending = raCollect(t, pending, count)
+		return ok == burst && refused == sent-burst-waiting && clock.Waiters() == waiting
 	})
 	if hits.Load() != burst {
 		t.Fatalf("before the clock moved the upstream saw %d requests, want the burst of %d", hits.Load(), burst)
 	}
 	for i := 1; i <= waiting; i++ {
 		clock.Advance(20 * time.Millisecond)
-		waitFor(t, func() bool { return ok.Load() == int64(burst+i) })
+		waitFor(t, func() bool {
+			pending = raCollect(t, pending, count)
+			return ok == int64(burst+i)
+		})
 		if got := hits.Load(); got != int64(burst+i) {
 			t.Fatalf("after %dms the upstream saw %d requests, want %d", 20*i, got, burst+i)
 		}
 	}
-	wg.Wait()
-	if hits.Load() != burst+waiting || refused.Load() != sent-burst-waiting {
-		t.Errorf("upstream saw %d, %d refused; want %d and %d", hits.Load(), refused.Load(), burst+waiting, sent-burst-waiting)
+	for _, ch := range pending {
+		count(raAnswer(t, ch))
+	}
+	if hits.Load() != burst+waiting || refused != sent-burst-waiting {
+		t.Errorf("upstream saw %d, %d refused; want %d and %d", hits.Load(), refused, burst+waiting, sent-burst-waiting)
 	}
 }
 
@@ -118,8 +123,7 @@ routes:
   - {name: r, match: {path_prefix: /}, upstream: %q, concurrency: {max: 1, queue: 0}}
 `, up))
 	c := client(t)
-	done := make(chan int, 1)
-	go func() { resp, _ := get(t, c, b.base+"/slow"); done <- resp.StatusCode }()
+	done := raSend(t, "GET", b.base+"/slow", "")
 	<-started
 	resp, body := get(t, c, b.base+"/x")
 	if resp.StatusCode != 503 {
@@ -129,7 +133,7 @@ routes:
 		t.Errorf("problem %+v", p)
 	}
 	close(release)
-	if got := <-done; got != 200 {
+	if got := raAnswer(t, done).resp.StatusCode; got != 200 {
 		t.Errorf("the admitted request: %d", got)
 	}
 	if resp, _ := get(t, c, b.base+"/x"); resp.StatusCode != 200 {

@@ -129,6 +129,22 @@ func raReady(t *testing.T, ch <-chan raResult) (raResult, bool) {
 	}
 }
 
+// raCollect hands each answer that has come on pending to got, without
+// waiting, and returns the requests still unanswered: for a test that
+// counts answers while others are held.
+func raCollect(t *testing.T, pending []<-chan raResult, got func(raResult)) []<-chan raResult {
+	t.Helper()
+	waiting := pending[:0]
+	for _, ch := range pending {
+		if r, ok := raReady(t, ch); ok {
+			got(r)
+		} else {
+			waiting = append(waiting, ch)
+		}
+	}
+	return waiting
+}
+
 // raReleases advances clock by d and reports whether that ended every
 // pending wait (a wait still pending goes on past d).
 func raReleases(clock *policy.FakeClock, d time.Duration) bool {
