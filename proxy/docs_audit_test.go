@@ -764,15 +764,11 @@ func TestDocsAudit_InProgressReject(t *testing.T) {
 routes:
   - {name: r, match: {path_prefix: /}, upstream: %q, idempotency: {mode: header, on_conflict: reject}}
 `, up))
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		do(t, "POST", b.base+"/x", "a", "Idempotency-Key", "k")
-	}()
+	done := raSend(t, "POST", b.base+"/x", "a", "Idempotency-Key", "k")
 	<-entered
 	resp, body := do(t, "POST", b.base+"/x", "a", "Idempotency-Key", "k")
 	close(release)
-	<-done
+	raAnswer(t, done)
 	if resp.StatusCode != 409 {
 		t.Fatalf("%d %s", resp.StatusCode, body)
 	}

@@ -312,28 +312,16 @@ routes:
 	if resp, _ := do(t, "POST", a.base+"/charge", `{}`, "Idempotency-Key", "done-on-b"); resp.Header.Get("Idempotent-Replayed") != "true" {
 		t.Fatalf("A did not replay B's answer")
 	}
-	slowB := make(chan int, 1)
-	go func() {
-		r, _ := do(t, "POST", b.base+"/slow", `{}`, "Idempotency-Key", "running-on-b")
-		slowB <- r.StatusCode
-	}()
+	slowB := raSend(t, "POST", b.base+"/slow", `{}`, "Idempotency-Key", "running-on-b")
 	waitFor(t, func() bool { return calls.Load() == 2 })
-	type answer struct {
-		resp *http.Response
-		body string
-	}
-	dup := make(chan answer, 1)
-	go func() {
-		r, body := do(t, "POST", a.base+"/slow", `{}`, "Idempotency-Key", "running-on-b")
-		dup <- answer{r, body}
-	}()
+	dup := raSend(t, "POST", a.base+"/slow", `{}`, "Idempotency-Key", "running-on-b")
 	waitFor(t, func() bool {
 		return a.metric("ballast_idempotency_total", map[string]string{"route": "pay", "result": "attached"}) >= 1
 	})
 	g.cutOff()
 	fo9Down(t, a, b)
 
-	d := <-dup
+	d := raAnswer(t, dup)
 	fo9Refused(t, "A's duplicate of B's running call, once Redis went away", d.resp, d.body)
 	resp, body := do(t, "POST", a.base+"/charge", `{}`, "Idempotency-Key", "done-on-b")
 	fo9Refused(t, "a duplicate on A of B's answer, during the outage", resp, body)
@@ -342,7 +330,7 @@ routes:
 	}
 	close(release)
 	released = true
-	if code := <-slowB; code != 200 {
+	if code := raAnswer(t, slowB).resp.StatusCode; code != 200 {
 		t.Errorf("B's call: %d", code)
 	}
 	g.open()
@@ -405,19 +393,8 @@ routes:
 	}
 	waitFor(t, func() bool { return b.metric("ballast_state_store_seconds", map[string]string{"op": "complete"}) >= 1 })
 	matched := g.delayReply("race-key")
-	type answer struct {
-		at   time.Time
-		code int
-		body string
-		rep  string
-	}
-	send := func() chan answer {
-		out := make(chan answer, 1)
-		go func() {
-			r, body := do(t, "POST", b.base+"/charge", `{}`, "Idempotency-Key", "race-key")
-			out <- answer{time.Now(), r.StatusCode, body, r.Header.Get("Idempotent-Replayed")}
-		}()
-		return out
+	send := func() <-chan raResult {
+		return raSend(t, "POST", b.base+"/charge", `{}`, "Idempotency-Key", "race-key")
 	}
 	first := send()
 	<-matched // the first claim is in Redis; its reply is held
@@ -428,9 +405,9 @@ routes:
 	g.blackHole()
 	fo9Down(t, b)
 	g.releaseReply()
-	a, d := <-first, <-dup
-	if a.code != 200 || d.code != 200 || d.body != a.body || d.rep != "true" {
-		t.Errorf("first %d %q, duplicate %d %q replayed %q: want the duplicate to replay the first", a.code, a.body, d.code, d.body, d.rep)
+	a, d := raAnswer(t, first), raAnswer(t, dup)
+	if rep := d.resp.Header.Get("Idempotent-Replayed"); a.resp.StatusCode != 200 || d.resp.StatusCode != 200 || d.body != a.body || rep != "true" {
+		t.Errorf("first %d %q, duplicate %d %q replayed %q: want the duplicate to replay the first", a.resp.StatusCode, a.body, d.resp.StatusCode, d.body, rep)
 	}
 	if lag := d.at.Sub(a.at); lag > 1500*time.Millisecond {
 		t.Errorf("the duplicate was answered %v after the first call: it waited out its Redis read instead of taking the answer kept locally", lag.Round(time.Millisecond))

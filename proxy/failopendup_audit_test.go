@@ -38,13 +38,14 @@ func TestFailOpenDupAuditClaimHeldInRedis(t *testing.T) {
 routes:
   - {name: pay, match: {path_prefix: /}, upstream: %q, idempotency: {mode: header}, timeouts: {total: 20s}}
 `, u))
-			send := func() chan string {
-				out := make(chan string, 1)
-				go func() {
-					r, body := do(t, "POST", b.base+"/charge", `{"n":1}`, "Idempotency-Key", "dup-1")
-					out <- fmt.Sprint(r.StatusCode, " replayed=", r.Header.Get("Idempotent-Replayed"), " ", body)
-				}()
-				return out
+			send := func() <-chan raResult {
+				return raSend(t, "POST", b.base+"/charge", `{"n":1}`, "Idempotency-Key", "dup-1")
+			}
+			// answer is how the request on ch was answered, read on the
+			// test's goroutine.
+			answer := func(ch <-chan raResult) string {
+				r := raAnswer(t, ch)
+				return fmt.Sprint(r.resp.StatusCode, " replayed=", r.resp.Header.Get("Idempotent-Replayed"), " ", r.body)
 			}
 			first := send()
 			waitFor(t, func() bool { return up.calls.Load() == 1 })
@@ -71,7 +72,7 @@ routes:
 				comeBack()
 			}
 			release()
-			a, d := <-first, <-dup
+			a, d := answer(first), answer(dup)
 			if want := `200 replayed= {"call":1}`; a != want {
 				t.Errorf("the first call answered %q, want %q", a, want)
 			}
@@ -105,13 +106,8 @@ func TestFailOpenDupAuditReleasedClaimFreesTheKey(t *testing.T) {
 routes:
   - {name: pay, match: {path_prefix: /}, upstream: %q, idempotency: {mode: header}, timeouts: {total: 20s}, retry: {attempts: 1}}
 `, u))
-	send := func() chan int {
-		out := make(chan int, 1)
-		go func() {
-			r, _ := do(t, "POST", b.base+"/charge", `{"n":1}`, "Idempotency-Key", "dup-2")
-			out <- r.StatusCode
-		}()
-		return out
+	send := func() <-chan raResult {
+		return raSend(t, "POST", b.base+"/charge", `{"n":1}`, "Idempotency-Key", "dup-2")
 	}
 	first := send()
 	waitFor(t, func() bool { return up.calls.Load() == 1 })
@@ -126,7 +122,7 @@ routes:
 		t.Fatalf("the duplicate ran the call (%d calls) while the first was running", n)
 	}
 	release()
-	if a, d := <-first, <-dup; a != http.StatusBadGateway || d != http.StatusBadGateway {
+	if a, d := raAnswer(t, first).resp.StatusCode, raAnswer(t, dup).resp.StatusCode; a != http.StatusBadGateway || d != http.StatusBadGateway {
 		t.Errorf("statuses %d and %d, want the upstream's 502 twice", a, d)
 	}
 	if n := up.calls.Load(); n != 2 {

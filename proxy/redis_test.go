@@ -88,17 +88,13 @@ routes:
 		}
 	}
 	// An agent attached on B receives the result of the call running on A.
-	done := make(chan string, 1)
-	go func() {
-		_, body := do(t, "POST", a.base+"/charge", `{"n":1}`, "Idempotency-Key", "k1")
-		done <- body
-	}()
+	done := raSend(t, "POST", a.base+"/charge", `{"n":1}`, "Idempotency-Key", "k1")
 	waitFor(t, func() bool { return se.calls.Load() == 1 })
 	resp, body := do(t, "POST", b.base+"/charge", `{"n":1}`, "Idempotency-Key", "k1")
 	if resp.StatusCode != 200 || !strings.Contains(body, `"charge":1`) {
 		t.Fatalf("attached on B: %d %q", resp.StatusCode, body)
 	}
-	if first := <-done; first != body {
+	if first := raAnswer(t, done).body; first != body {
 		t.Errorf("A answered %q, B %q", first, body)
 	}
 	// A key claimed through A replays through B.

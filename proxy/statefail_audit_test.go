@@ -189,11 +189,7 @@ routes:
 		t.Fatalf("keyed request during the outage: %d %s", resp.StatusCode, first)
 	}
 	// A call claimed locally, still running when Redis comes back.
-	slow := make(chan string, 1)
-	go func() {
-		r, body := do(t, "POST", b.base+"/slow", `{}`, "Idempotency-Key", "outage-2")
-		slow <- fmt.Sprint(r.StatusCode, " ", body)
-	}()
+	slow := raSend(t, "POST", b.base+"/slow", `{}`, "Idempotency-Key", "outage-2")
 	waitFor(t, func() bool { return slowCalls.Load() == 1 })
 	if err := rs.Restart(); err != nil {
 		t.Fatal(err)
@@ -212,17 +208,14 @@ routes:
 		return b.metric("ballast_state_store_seconds", map[string]string{"op": "claim"})
 	}
 	before := claims()
-	dup := make(chan string, 1)
-	go func() {
-		r, body := do(t, "POST", b.base+"/slow", `{}`, "Idempotency-Key", "outage-2")
-		dup <- fmt.Sprint(r.StatusCode, " ", body)
-	}()
+	dup := raSend(t, "POST", b.base+"/slow", `{}`, "Idempotency-Key", "outage-2")
 	waitFor(t, func() bool {
 		return b.metric("ballast_idempotency_total", map[string]string{"route": "pay", "result": "attached"}) >= 1
 	})
 	close(release)
 	released = true
-	a, d := <-slow, <-dup
+	said := func(r raResult) string { return fmt.Sprint(r.resp.StatusCode, " ", r.body) }
+	a, d := said(raAnswer(t, slow)), said(raAnswer(t, dup))
 	if !strings.HasPrefix(a, "200 ") || d != a {
 		t.Errorf("the call running across Redis's return answered %q; its duplicate %q, want the same answer", a, d)
 	}
@@ -465,18 +458,14 @@ routes:
 	if resp.StatusCode != 503 || decodeProblem(t, resp, body).Reason != "state_unavailable" || resp.Header.Get("Retry-After") != "1" {
 		t.Errorf("a new key with every record in flight: %d %q %s", resp.StatusCode, resp.Header.Get("Retry-After"), body)
 	}
-	dup := make(chan int, 1)
-	go func() {
-		r, _ := do(t, "POST", b.base+"/block", `{}`, "Idempotency-Key", "p")
-		dup <- r.StatusCode
-	}()
+	dup := raSend(t, "POST", b.base+"/block", `{}`, "Idempotency-Key", "p")
 	waitFor(t, func() bool {
 		return b.metric("ballast_idempotency_total", map[string]string{"route": "pay", "result": "attached"}) >= 1
 	})
 	close(release)
 	released = true
 	wg.Wait()
-	if code := <-dup; code != 200 || blocked.Load() != 2 {
+	if code := raAnswer(t, dup).resp.StatusCode; code != 200 || blocked.Load() != 2 {
 		t.Errorf("a duplicate of a running call on a full store: %d, blocked calls %d", code, blocked.Load())
 	}
 }
