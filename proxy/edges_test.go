@@ -712,19 +712,19 @@ func TestDeadPooledConnectionsAreSkipped(t *testing.T) {
 	t.Cleanup(func() { _ = srv.Close() })
 	b := startBallast(t, staleRoute("http://"+ln.Addr().String()))
 
-	var wg sync.WaitGroup
-	for range conns {
-		wg.Go(func() {
-			if resp, body := do(t, "POST", b.base+"/v1/chat/completions", `{"model":"m"}`); resp.StatusCode != 200 {
-				t.Errorf("filling the pool: %d %s", resp.StatusCode, body)
-			}
-		})
+	filling := make([]<-chan raResult, conns)
+	for i := range filling {
+		filling[i] = raSend(t, "POST", b.base+"/v1/chat/completions", `{"model":"m"}`)
 	}
 	for range conns {
 		<-arrived
 	}
 	close(release)
-	wg.Wait()
+	for _, ch := range filling {
+		if r := raAnswer(t, ch); r.resp.StatusCode != 200 {
+			t.Errorf("filling the pool: %d %s", r.resp.StatusCode, r.body)
+		}
+	}
 	waitFor(t, func() bool { return count(http.StateIdle) == conns })
 	srv.SetKeepAlivesEnabled(false) // closes the idle connections
 	srv.SetKeepAlivesEnabled(true)

@@ -138,15 +138,7 @@ routes:
 	waitFor(t, func() bool { return clock.Waiters() == 0 })
 	// The third call takes the turn the second gave back: a one-second
 	// wait, within max_wait.
-	type result struct {
-		status int
-		body   string
-	}
-	done := make(chan result, 1)
-	go func() {
-		resp, body := do(t, "GET", b.base+"/c", "")
-		done <- result{resp.StatusCode, body}
-	}()
+	done := raSend(t, "GET", b.base+"/c", "")
 	giveUp := time.Now().Add(5 * time.Second)
 	for clock.Waiters() == 0 {
 		if time.Now().After(giveUp) {
@@ -154,13 +146,16 @@ routes:
 		}
 		select {
 		case r := <-done:
-			t.Fatalf("the third call got %d %s at once; the gone agent's turn was kept", r.status, r.body)
+			if r.err != nil {
+				t.Fatalf("the third call: %v", r.err)
+			}
+			t.Fatalf("the third call got %d %s at once; the gone agent's turn was kept", r.resp.StatusCode, r.body)
 		case <-time.After(5 * time.Millisecond):
 		}
 	}
 	clock.Advance(time.Second)
-	if r := <-done; r.status != 200 {
-		t.Fatalf("the third call: %d %s", r.status, r.body)
+	if r := raAnswer(t, done); r.resp.StatusCode != 200 {
+		t.Fatalf("the third call: %d %s", r.resp.StatusCode, r.body)
 	}
 	if hits.Load() != 2 {
 		t.Errorf("upstream hits %d, want 2", hits.Load())

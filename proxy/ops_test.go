@@ -233,12 +233,15 @@ func TestMetricsCountRequestsOnceAttemptsEach(t *testing.T) {
 routes:
   - {name: m, match: {path_prefix: /m/}, upstream: %q, retry: {backoff: {base: 1ms, max: 1ms}}}
 `, up))
-	done := make(chan *http.Response, 1)
-	go func() { r, _ := do(t, "GET", b.base+"/m/secret-path-123?k=v", ""); done <- r }()
+	done := raSend(t, "GET", b.base+"/m/secret-path-123?k=v", "")
 	var resp *http.Response
 	for resp == nil {
 		select {
-		case resp = <-done:
+		case r := <-done:
+			if r.err != nil {
+				t.Fatalf("request: %v", r.err)
+			}
+			resp = r.resp
 		case <-time.After(2 * time.Millisecond):
 			clock.Advance(time.Millisecond)
 		}

@@ -37,13 +37,15 @@ routes:
     match: {path_prefix: /}
     upstream: %q
 `, up))
-	var wg sync.WaitGroup
-	for range burst {
-		wg.Go(func() { do(t, "GET", b.base+"/burst", "") })
+	answers := make([]<-chan raResult, burst)
+	for i := range answers {
+		answers[i] = raSend(t, "GET", b.base+"/burst", "")
 	}
 	arrived.Wait() // four requests in flight: four upstream connections
 	close(release)
-	wg.Wait()
+	for _, ch := range answers {
+		raAnswer(t, ch)
+	}
 	for range 10 {
 		if resp, _ := do(t, "GET", b.base+"/one", ""); resp.StatusCode != 200 {
 			t.Fatalf("status %d", resp.StatusCode)

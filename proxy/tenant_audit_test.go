@@ -258,27 +258,23 @@ func TestTenantAuditNoAttachAcrossTenants(t *testing.T) {
 			b := startBallast(t, "routes:\n"+
 				stripRoute("fresh", url, "cache: {mode: fresh, ttl: 1h}")+
 				stripRoute("idem", url, "idempotency: {mode: header}"))
-			done := make(chan string, 2)
-			go func() {
-				_, body := tenantDo(t, "POST", b.base+path, "same", "Idempotency-Key", "k1", "X-Api-Key", "alice")
-				done <- body
-			}()
+			aDone := raSend(t, "POST", b.base+path, "same", "Idempotency-Key", "k1", "X-Api-Key", "alice")
 			<-up.arrived
 			// B's request must reach the upstream on its own while A's is
 			// still held there.
-			go func() {
-				_, body := tenantDo(t, "POST", b.base+path, "same", "Idempotency-Key", "k1", "X-Api-Key", "bob")
-				done <- body
-			}()
+			bDone := raSend(t, "POST", b.base+path, "same", "Idempotency-Key", "k1", "X-Api-Key", "bob")
 			select {
 			case <-up.arrived:
-			case body := <-done:
-				t.Fatalf("B was answered while A's call was in flight, without its own call: %s", body)
+			case r := <-bDone:
+				if r.err != nil {
+					t.Fatalf("B's request: %v", r.err)
+				}
+				t.Fatalf("B was answered while A's call was in flight, without its own call: %s", r.body)
 			case <-time.After(5 * time.Second):
 				t.Fatal("B attached to A's call in flight")
 			}
 			close(up.block)
-			bodies := []string{<-done, <-done}
+			bodies := []string{raAnswer(t, aDone).body, raAnswer(t, bDone).body}
 			if !(strings.Contains(bodies[0], "alice") && strings.Contains(bodies[1], "bob") ||
 				strings.Contains(bodies[0], "bob") && strings.Contains(bodies[1], "alice")) {
 				t.Errorf("answers %q: each caller must get its own", bodies)

@@ -6,7 +6,6 @@ import (
 	"net/http"
 	"runtime"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -296,24 +295,17 @@ routes:
   - {name: tool, match: {path_prefix: /}, upstream: %q, cache: {mode: fresh, ttl: 1m}}
 `, up))
 	c := client(t)
-	var wg sync.WaitGroup
-	bodies := make(chan string, 20)
-	for range 20 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			resp, body := get(t, c, b.base+"/same", "Authorization", "Bearer k")
-			bodies <- fmt.Sprint(resp.StatusCode, body)
-		}()
+	misses := make([]<-chan raResult, 20)
+	for i := range misses {
+		misses[i] = raSend(t, "GET", b.base+"/same", "", "Authorization", "Bearer k")
 	}
 	waitFor(t, func() bool { return hits.Load() == 1 })
 	time.Sleep(50 * time.Millisecond) // let the other 19 arrive and queue behind the first
 	close(release)
-	wg.Wait()
-	close(bodies)
-	for b := range bodies {
-		if b != `200{"v":1}` {
-			t.Errorf("a collapsed request got %q", b)
+	for _, ch := range misses {
+		r := raAnswer(t, ch)
+		if got := fmt.Sprint(r.resp.StatusCode, r.body); got != `200{"v":1}` {
+			t.Errorf("a collapsed request got %q", got)
 		}
 	}
 	if hits.Load() != 1 {
@@ -333,20 +325,10 @@ routes:
 // steps the clock each time a wait begins, until the answer arrives.
 func doTicking(t *testing.T, clock *policy.FakeClock, method, url string, headers ...string) (*http.Response, string) {
 	t.Helper()
-	type result struct {
-		resp *http.Response
-		body string
-	}
-	done := make(chan result, 1)
-	go func() {
-		resp, body := do(t, method, url, "", headers...)
-		done <- result{resp, body}
-	}()
+	done := raSend(t, method, url, "", headers...)
 	for {
-		select {
-		case r := <-done:
+		if r, ok := raReady(t, done); ok {
 			return r.resp, r.body
-		default:
 		}
 		if clock.Waiters() > 0 {
 			clock.Advance(time.Millisecond) // this route's backoff is at most 1ms
