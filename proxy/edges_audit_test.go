@@ -242,8 +242,9 @@ func TestEdgesAuditStreamHeadersBeforeFirstLine(t *testing.T) {
 			})
 			b := startBallast(t, streamsAuditRoute(up, "    retry: {unsafe_methods: true}\n"))
 			got := make(chan raResult, 1)
+			c := client(t)
 			go func() {
-				resp, err := client(t).Post(b.base+"/api/chat", "application/json", strings.NewReader(`{"stream":true}`))
+				resp, err := c.Post(b.base+"/api/chat", "application/json", strings.NewReader(`{"stream":true}`))
 				got <- raResult{resp: resp, err: err}
 			}()
 			var res raResult

@@ -192,6 +192,7 @@ routes:
     concurrency: {max: 1, queue: 4, max_wait: 10s}
 `, up))
 	var wg sync.WaitGroup
+	c := client(t)
 	send := func(path string, priorities ...string) {
 		wg.Add(1)
 		go func() {
@@ -200,7 +201,7 @@ routes:
 			for _, p := range priorities {
 				req.Header.Add("X-Ballast-Priority", p)
 			}
-			if resp, err := client(t).Do(req); err == nil {
+			if resp, err := c.Do(req); err == nil {
 				io.Copy(io.Discard, resp.Body)
 				resp.Body.Close()
 			}

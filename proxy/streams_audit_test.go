@@ -76,9 +76,10 @@ func TestStreamsAuditHeadersBeforeFirstEvent(t *testing.T) {
 				err  error
 			}
 			got := make(chan result, 1)
+			c := client(t)
 			go func() {
 				req, _ := http.NewRequest(method, b.base+"/v1/chat/completions", strings.NewReader(`{"stream":true}`))
-				resp, err := client(t).Do(req)
+				resp, err := c.Do(req)
 				got <- result{resp, err}
 			}()
 			var res result
@@ -546,24 +547,21 @@ func TestStreamsAuditKeyedAsyncManyAtOnce(t *testing.T) {
 	})
 	b := startBallast(t, streamsAuditAsync(up, "    idempotency: {mode: header}\n"))
 	const copies = 20
-	locs := make(chan string, copies)
-	var wg sync.WaitGroup
-	for range copies {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			resp, body := do(t, "POST", b.base+"/report", `{"q":1}`, "Idempotency-Key", "many-1",
-				"Authorization", "Bearer alice", "Prefer", "respond-async")
-			if resp.StatusCode != 202 {
-				t.Errorf("a copy got %d %s", resp.StatusCode, body)
-			}
-			locs <- resp.Header.Get("Location")
-		}()
+	sent := make([]<-chan raResult, copies)
+	for i := range sent {
+		sent[i] = raSend(t, "POST", b.base+"/report", `{"q":1}`, "Idempotency-Key", "many-1",
+			"Authorization", "Bearer alice", "Prefer", "respond-async")
 	}
-	wg.Wait()
-	close(locs)
+	var locs []string
+	for _, ch := range sent {
+		r := raAnswer(t, ch)
+		if r.resp.StatusCode != 202 {
+			t.Errorf("a copy got %d %s", r.resp.StatusCode, r.body)
+		}
+		locs = append(locs, r.resp.Header.Get("Location"))
+	}
 	first := ""
-	for loc := range locs {
+	for _, loc := range locs {
 		if first == "" {
 			first = loc
 		}
