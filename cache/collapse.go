@@ -77,6 +77,18 @@ func (g *Group[T]) Waiters(key Key) int {
 	return 0
 }
 
+// AllWaiters reports how many callers are waiting, on every key's call
+// together (see Waiters).
+func (g *Group[T]) AllWaiters() int {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	n := 0
+	for _, c := range g.calls {
+		n += c.waiters
+	}
+	return n
+}
+
 // InFlight reports how many keys have a call running.
 func (g *Group[T]) InFlight() int {
 	g.mu.Lock()

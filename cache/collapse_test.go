@@ -58,6 +58,9 @@ func TestGroupCollapses(t *testing.T) {
 	for g.Waiters(k(1)) < n-1 {
 		runtime.Gosched()
 	}
+	if got := g.AllWaiters(); got != n-1 {
+		t.Fatalf("AllWaiters = %d with one call and %d parked on it", got, n-1)
+	}
 	close(release)
 	wg.Wait()
 	close(results)
@@ -72,7 +75,7 @@ func TestGroupCollapses(t *testing.T) {
 			t.Fatalf("caller got %v, want the shared entry", v)
 		}
 	}
-	if g.InFlight() != 0 {
+	if g.InFlight() != 0 || g.AllWaiters() != 0 {
 		t.Fatal("call not cleaned up")
 	}
 }

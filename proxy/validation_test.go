@@ -300,7 +300,7 @@ routes:
 		misses[i] = raSend(t, "GET", b.base+"/same", "", "Authorization", "Bearer k")
 	}
 	waitFor(t, func() bool { return hits.Load() == 1 })
-	time.Sleep(50 * time.Millisecond) // let the other 19 arrive and queue behind the first
+	waitFor(t, func() bool { return b.srv.CollapsedWaiters("tool") == 19 }) // the other 19 queue behind the first
 	close(release)
 	for _, ch := range misses {
 		r := raAnswer(t, ch)
