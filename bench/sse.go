@@ -58,6 +58,18 @@ func (s *sseReader) reset(src io.Reader) {
 	*s = sseReader{src: src, buf: s.buf, line: s.line[:0], data: s.data[:0]}
 }
 
+// discardRest reads the rest of the body without parsing it, and reports
+// whether the body ended cleanly (io.EOF) rather than with an error (a
+// deadline, a cut).
+func (s *sseReader) discardRest() bool {
+	s.r = s.w
+	if s.err != nil {
+		return s.err == io.EOF
+	}
+	_, err := io.Copy(io.Discard, s.src)
+	return err == nil
+}
+
 // next returns the next event's data: its first sseHeadMax bytes (valid
 // until the next call) and its full length. At the end of the body it
 // returns the body's error: io.EOF when the body ended cleanly.

@@ -606,3 +606,46 @@ func TestUpstreamShutdownEndsCutStreams(t *testing.T) {
 		}
 	}
 }
+
+// An agent's SDK stops reading at `data: [DONE]` and closes the answer
+// (openai-python's Stream). A target that sends [DONE] but holds its body
+// open counted as "timeout", though its agent got the whole stream: the
+// driver read on for the last chunk until the stream's deadline. It now
+// counts as complete, its time ends at [DONE], and its connection, whose
+// answer never ended, is closed rather than reused.
+func TestRunStreamLoadStopsAtDone(t *testing.T) {
+	const events = 3
+	opened := make(chan struct{}, 64)
+	addr := serveConns(t, func(c net.Conn, _ int, done <-chan struct{}) bool {
+		opened <- struct{}{}
+		body := sseEvents(events) + "data: [DONE]\n\n"
+		if _, err := fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n", len(body), body); err != nil {
+			return false
+		}
+		read := make(chan struct{})
+		go func() { _, _ = io.Copy(io.Discard, c); close(read) }()
+		select { // held open, without the last chunk
+		case <-read:
+		case <-done:
+			_ = c.Close()
+			<-read
+		}
+		return false
+	})
+	res, err := RunStreamLoad(context.Background(), StreamLoadConfig{
+		Addr: addr, Path: OverheadPath, Body: streamBody, Rate: 20, Connections: 8,
+		Duration: 300 * time.Millisecond, Timeout: time.Minute, WantEvents: events,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Streams == 0 || res.Complete != res.Streams || len(res.Errors) != 0 {
+		t.Fatalf("%+v; want every stream complete at its [DONE]", res)
+	}
+	if res.Stream.P99 > doneGrace.Seconds()*1000 {
+		t.Errorf("stream p99 %.1f ms: a stream's time must end at its [DONE], not after the grace", res.Stream.P99)
+	}
+	if n := int64(len(opened)); n < res.Streams {
+		t.Errorf("%d connections for %d streams: a connection whose answer never ended was reused", n, res.Streams)
+	}
+}

@@ -243,11 +243,15 @@ func (w *streamWorker) stream(intended, deadline time.Time) (out streamOutcome) 
 	if !time.Now().Before(deadline) {
 		return streamOutcome{class: "timeout"}
 	}
+	var doneAt time.Time // when `data: [DONE]` came: the stream's end for an agent
 	defer func() {
 		if out.class != "" {
 			w.close() // the connection is somewhere inside an answer
 		}
-		out.whole = time.Since(intended)
+		if doneAt.IsZero() {
+			doneAt = time.Now()
+		}
+		out.whole = doneAt.Sub(intended)
 	}()
 	if w.conn == nil {
 		dctx, cancel := context.WithDeadline(w.ctx, deadline)
@@ -317,8 +321,20 @@ func (w *streamWorker) stream(intended, deadline time.Time) (out streamOutcome) 
 			return streamOutcome{class: errorClass(err), firstEvent: first}
 		}
 		if n == len(sseDone) && string(data) == sseDone {
-			done = true
-			continue
+			// An SDK stops here and closes the answer (openai-python's
+			// Stream). The connection is kept only if the answer's end
+			// follows within doneGrace; an upstream that holds its body
+			// open past [DONE] costs its connection, not a timeout.
+			done, doneAt = true, now
+			grace := now.Add(doneGrace)
+			if deadline.Before(grace) {
+				grace = deadline
+			}
+			if err := w.conn.SetReadDeadline(grace); err != nil {
+				break
+			}
+			ended = w.sse.discardRest()
+			break
 		}
 		sent, ok := readStamp(data)
 		if !ok {
@@ -374,6 +390,11 @@ func degradedStreamClass(h http.Header) string {
 
 // sseDone is the data of the event that ends a model's stream.
 const sseDone = "[DONE]"
+
+// doneGrace is how long the driver reads on after `data: [DONE]` for the
+// answer's end (its last chunk), to keep the connection; past it, the
+// connection is closed, as an SDK's is, and the stream still counts.
+const doneGrace = 100 * time.Millisecond
 
 // readStamp reads the upstream's `"sent_ns":N` from an event's data
 // (stampEvent writes it as the first member).
