@@ -86,16 +86,7 @@ func raAtOnce(t *testing.T, clock *policy.FakeClock, ch <-chan raResult, why str
 // needs no more clock moves.
 func raAnswer(t *testing.T, ch <-chan raResult) raResult {
 	t.Helper()
-	select {
-	case r := <-ch:
-		if r.err != nil {
-			t.Fatalf("request: %v", r.err)
-		}
-		return r
-	case <-time.After(10 * time.Second):
-		t.Fatal("no answer within 10s")
-	}
-	return raResult{}
+	return raWithin(t, ch, 10*time.Second, "no answer within 10s")
 }
 
 // raWithin is raAnswer with a bound of the test's own, and the failure to

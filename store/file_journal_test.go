@@ -257,14 +257,7 @@ func TestJournalReplayKeepsANewerFileRecord(t *testing.T) {
 // queued during its write wait for the next leader, so no request is kept
 // writing the journal under sustained load.
 func TestJournalLeaderHandsOff(t *testing.T) {
-	j, _, err := openJournal(filepath.Join(t.TempDir(), "j.claims"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer j.close()
-	if err := j.start(); err != nil {
-		t.Fatal(err)
-	}
+	j := startedJournal(t)
 	first := j.add(journalClaim, "a", []byte("x"))
 	var later uint64
 	testHookJournalWrite = func() {
@@ -353,4 +346,19 @@ func TestJournalReplayReleasesOnlyTheNamedClaim(t *testing.T) {
 			}
 		})
 	}
+}
+
+// startedJournal opens and starts a claim journal in a fresh directory,
+// closed with the test.
+func startedJournal(t *testing.T) *journal {
+	t.Helper()
+	j, _, err := openJournal(filepath.Join(t.TempDir(), "j.claims"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = j.close() })
+	if err := j.start(); err != nil {
+		t.Fatal(err)
+	}
+	return j
 }

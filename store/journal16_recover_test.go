@@ -54,14 +54,7 @@ func TestJournal16_WriteFailureIsNotSticky(t *testing.T) {
 // as entries: two failed claims, then one entry the size of the first,
 // left the second one whole and valid after it.
 func TestJournal16_FailedBatchLeavesNoEntryBehind(t *testing.T) {
-	j, _, err := openJournal(filepath.Join(t.TempDir(), "j.claims"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer j.close()
-	if err := j.start(); err != nil {
-		t.Fatal(err)
-	}
+	j := startedJournal(t)
 	x1 := j.add(journalClaim, "x1", []byte("body"))
 	x2 := j.add(journalClaim, "x2", []byte("body"))
 	injected := errors.New("injected sync failure")

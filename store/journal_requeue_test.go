@@ -44,14 +44,7 @@ func TestJournalRequeue_ReleaseOfAFailedBatchSurvivesACrash(t *testing.T) {
 // A failed batch gives back at most requeueMax of its releases, the
 // earliest, so a journal that keeps failing carries a bounded backlog.
 func TestJournalRequeue_Bounded(t *testing.T) {
-	j, _, err := openJournal(filepath.Join(t.TempDir(), "j.claims"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer j.close()
-	if err := j.start(); err != nil {
-		t.Fatal(err)
-	}
+	j := startedJournal(t)
 	j.requeueMax = 2
 	for i := range 3 {
 		j.addRelease(fmt.Sprintf("r%d", i), uint64(i+1))

@@ -20,17 +20,25 @@ import (
 // releases it while f's commits fail; commits work again after.
 func failedRelease(t *testing.T, f *File, errs *asyncErrors, key string) *Record {
 	t.Helper()
-	held := mustClaim(t, f, key, args("a", t0))
+	held, restore := releaseFailing(t, f, errs, key)
+	restore()
+	return held
+}
+
+// releaseFailing is failedRelease with f's commits left failing until
+// restore.
+func releaseFailing(t *testing.T, f *File, errs *asyncErrors, key string) (held *Record, restore func()) {
+	t.Helper()
+	held = mustClaim(t, f, key, args("a", t0))
 	awaitSettled(t, f)
-	restore := breakCommits(t, f)
+	restore = breakCommits(t, f)
 	if err := f.Release(context.Background(), held); err != nil {
 		t.Fatal(err)
 	}
 	if err := <-errs.got; err == nil {
 		t.Fatalf("OnAsyncError got nil for the failed release of %s", key)
 	}
-	restore()
-	return held
+	return held, restore
 }
 
 // noMoreAsyncErrors fails if OnAsyncError was called again.
@@ -48,15 +56,7 @@ func TestReleaseKept_FailedReleaseFreesTheKeyAtOnce(t *testing.T) {
 	errs := newAsyncErrors()
 	f := openTestFile(t, filepath.Join(t.TempDir(), "state.db"), FileOptions{OnAsyncError: errs.hook})
 	mustClaim(t, f, "a", args("a", t0))
-	held := mustClaim(t, f, "k", args("a", t0))
-	awaitSettled(t, f)
-	restore := breakCommits(t, f)
-	if err := f.Release(ctx, held); err != nil {
-		t.Fatal(err)
-	}
-	if err := <-errs.got; err == nil {
-		t.Fatal("OnAsyncError got nil for the failed release")
-	}
+	held, restore := releaseFailing(t, f, errs, "k")
 	// The failed round ended, and the kept release started no other: it
 	// waits for a commit that runs anyway.
 	awaitIdle(f)
@@ -173,15 +173,7 @@ func TestReleaseKept_RetryWhileTheFileStillRefuses(t *testing.T) {
 	errs := newAsyncErrors()
 	f := openTestFile(t, filepath.Join(t.TempDir(), "state.db"), FileOptions{OnAsyncError: errs.hook})
 	mustClaim(t, f, "a", args("a", t0))
-	held := mustClaim(t, f, "k", args("a", t0))
-	awaitSettled(t, f)
-	restore := breakCommits(t, f)
-	if err := f.Release(ctx, held); err != nil {
-		t.Fatal(err)
-	}
-	if err := <-errs.got; err == nil {
-		t.Fatal("OnAsyncError got nil for the failed release")
-	}
+	_, restore := releaseFailing(t, f, errs, "k")
 	retry := mustClaim(t, f, "k", args("a", t0.Add(time.Second)))
 	if err := <-errs.got; err == nil {
 		t.Fatal("OnAsyncError got nil for the retry's failed claim")
