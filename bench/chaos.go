@@ -107,7 +107,7 @@ func Chaos(ctx context.Context, opts Options) (*ChaosResult, error) {
 	if res.BallastFeatures == nil {
 		res.BallastFeatures = []string{}
 	}
-	admin := newClient(up.Addr, 2, 5*time.Second)
+	admin := newClient(up.Addr, 2, 5*time.Second, nil)
 	defer admin.CloseIdleConnections()
 	for _, t := range []struct{ name, addr string }{{TargetDirect, up.Addr}, {TargetBallast, bl.Addr}} {
 		if err := ResetCounters(admin, up.Addr); err != nil {

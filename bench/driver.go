@@ -240,8 +240,12 @@ func RunLoad(ctx context.Context, cfg LoadConfig) (LoadResult, error) {
 	if cfg.Timeout <= 0 {
 		cfg.Timeout = 5 * time.Second
 	}
-	d := &driver{cfg: cfg, client: newClient(cfg.Addr, cfg.Connections, cfg.Timeout)}
+	d := &driver{ctx: ctx, cfg: cfg}
+	d.client = newClient(cfg.Addr, cfg.Connections, cfg.Timeout, &d.conns)
 	defer d.client.CloseIdleConnections()
+	// The run's end ends the requests in flight too: their connections
+	// close, and what they return is not counted (worker.do).
+	defer context.AfterFunc(ctx, d.conns.closeAll)()
 	for _, wl := range cfg.Workloads {
 		d.tallies = append(d.tallies, newTally())
 		d.uris = append(d.uris, "http://"+cfg.Addr+wl.Path)
@@ -287,12 +291,22 @@ func RunLoad(ctx context.Context, cfg LoadConfig) (LoadResult, error) {
 }
 
 // newClient returns a HostClient that dials with a plain net.Dialer (no
-// fasthttp DNS cache goroutine).
-func newClient(addr string, conns int, timeout time.Duration) *fasthttp.HostClient {
+// fasthttp DNS cache goroutine), adding each connection to open unless
+// open is nil.
+func newClient(addr string, conns int, timeout time.Duration, open *connSet) *fasthttp.HostClient {
 	dialer := &net.Dialer{Timeout: 2 * time.Second}
 	return &fasthttp.HostClient{
-		Addr:                     addr,
-		Dial:                     func(a string) (net.Conn, error) { return dialer.Dial("tcp", a) },
+		Addr: addr,
+		Dial: func(a string) (net.Conn, error) {
+			c, err := dialer.Dial("tcp", a)
+			if err != nil {
+				return nil, err
+			}
+			if open == nil {
+				return c, nil
+			}
+			return open.add(c), nil
+		},
 		MaxConns:                 conns,
 		MaxConnWaitTimeout:       timeout,
 		MaxIdleConnDuration:      10 * time.Second,
@@ -308,6 +322,8 @@ func newClient(addr string, conns int, timeout time.Duration) *fasthttp.HostClie
 }
 
 type driver struct {
+	ctx         context.Context // the run's: once it ends, nothing more is sent or counted
+	conns       connSet         // the client's open connections
 	cfg         LoadConfig
 	client      *fasthttp.HostClient
 	tallies     []*tally
@@ -339,7 +355,9 @@ func (d *driver) openLoop(ctx context.Context, start time.Time) {
 			w := d.newWorker()
 			defer w.release()
 			for j := range jobs {
-				w.do(j, j.intended)
+				if ctx.Err() == nil { // else drained unsent
+					w.do(j, j.intended)
+				}
 			}
 		})
 	}
@@ -452,6 +470,9 @@ func (w *worker) do(j job, since time.Time) {
 	}
 	w.resp.Reset()
 	err := w.d.client.DoDeadline(req, w.resp, since.Add(w.d.cfg.Timeout))
+	if err != nil && w.d.ctx.Err() != nil {
+		return // cut by the run's end (RunLoad): not the target's failure
+	}
 	done := time.Now()
 	if !done.Before(w.d.measureFrom) && done.Before(w.d.end) {
 		w.d.ended.Add(1)

@@ -3,6 +3,7 @@ package bench
 import (
 	"context"
 	"math"
+	"net"
 	"testing"
 	"time"
 )
@@ -136,5 +137,44 @@ func TestBareProxyForwards(t *testing.T) {
 	}
 	if res.All.Requests == 0 || res.All.OK != res.All.Requests {
 		t.Errorf("%+v", res.All)
+	}
+}
+
+// The run's end ends the requests in flight as well: a target that holds
+// every request kept RunLoad waiting for each one's Timeout (a minute
+// here), and the cut requests counted as the target's timeouts.
+func TestRunLoadCutsRequestsInFlightWhenItsContextEnds(t *testing.T) {
+	arrived := make(chan struct{}, 64)
+	addr := serveConns(t, func(c net.Conn, _ int, done <-chan struct{}) bool {
+		arrived <- struct{}{}
+		<-done // never answers
+		return false
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	type result struct {
+		res LoadResult
+		err error
+	}
+	ran := make(chan result, 1)
+	go func() {
+		res, err := RunLoad(ctx, LoadConfig{Addr: addr, Workloads: []Workload{{Path: "/"}}, Rate: 50,
+			Connections: 4, Duration: time.Minute, Timeout: time.Minute})
+		ran <- result{res, err}
+	}()
+	for range 4 { // every connection holds a request
+		<-arrived
+	}
+	cancel()
+	select {
+	case r := <-ran:
+		if r.err != nil {
+			t.Fatal(r.err)
+		}
+		if n := r.res.All.Requests; n != 0 {
+			t.Errorf("%d requests counted (%+v); the ones the run's end cut are not the target's", n, r.res.All)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("RunLoad still waits for its requests in flight 30s after its context ended")
 	}
 }

@@ -51,7 +51,7 @@ func serveOnLoopback(t *testing.T, srv loopbackServer) string {
 
 // testClient is a non-retrying client whose connections close with the test.
 func testClient(t *testing.T, addr string) *fasthttp.HostClient {
-	c := newClient(addr, 16, time.Second)
+	c := newClient(addr, 16, time.Second, nil)
 	t.Cleanup(c.CloseIdleConnections)
 	return c
 }

@@ -96,7 +96,7 @@ func (p *Process) awaitAddr(ctx context.Context, timeout time.Duration) error {
 // awaitHTTP polls GET http://addr+path until it answers (with 200 when
 // wantOK).
 func (p *Process) awaitHTTP(ctx context.Context, addr, path string, wantOK bool, timeout time.Duration) error {
-	c := newClient(addr, 1, time.Second)
+	c := newClient(addr, 1, time.Second, nil)
 	defer c.CloseIdleConnections()
 	deadline := time.Now().Add(timeout)
 	for {

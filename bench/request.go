@@ -65,7 +65,7 @@ func requestLine(wl Workload) string { return wl.Method + " " + wl.Path }
 // answer; the load drivers class every later one (degradedClass), should
 // the upstream fail under load.
 func checkRoute(ctx context.Context, addr string, wl Workload, timeout time.Duration, config string) error {
-	c := newClient(addr, 1, timeout)
+	c := newClient(addr, 1, timeout, nil)
 	defer c.CloseIdleConnections()
 	req, resp := fasthttp.AcquireRequest(), fasthttp.AcquireResponse()
 	defer fasthttp.ReleaseRequest(req)
@@ -165,7 +165,7 @@ func staleServed(p *Process, timeout time.Duration) (int64, error) {
 // fetchMetrics is the body of ballast's admin /metrics (with its admin
 // token, if any).
 func fetchMetrics(p *Process, timeout time.Duration) (string, error) {
-	c := newClient(p.Admin, 1, timeout)
+	c := newClient(p.Admin, 1, timeout, nil)
 	defer c.CloseIdleConnections()
 	req, resp := fasthttp.AcquireRequest(), fasthttp.AcquireResponse()
 	defer fasthttp.ReleaseRequest(req)
